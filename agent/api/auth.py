@@ -1,0 +1,152 @@
+"""Who is calling: bearer tokens (digests only) and Unix-socket peers (SO_PEERCRED), and what roles may do.
+
+Tokens look like `wk_<accessor>_<secret>`; the accessor is a public id for listing and revoking,
+the agent keeps only `sha256(token)`. Config tokens are given by digest alone. A caller on the
+agent's Unix socket without a token is identified by its uid, which the kernel vouches for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import pwd
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from agent.api.schemas import Principal, Role, TokenInfo
+from agent.config import AgentConfig
+from agent.store.writer import StoreWriter
+
+# What each permission admits. Approver is deliberately not an operator: approving and acting
+# are different duties (the two-person rule of the rollouts issue builds on this).
+READ: frozenset[str] = frozenset({"viewer", "operator", "approver", "admin"})
+OPERATE: frozenset[str] = frozenset({"operator", "admin"})
+APPROVE: frozenset[str] = frozenset({"approver", "admin"})
+ADMIN: frozenset[str] = frozenset({"admin"})
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh (token, accessor): 32 random bytes of secret, 8 hex chars of public accessor."""
+    accessor = secrets.token_hex(4)
+    return f"wk_{accessor}_{secrets.token_urlsafe(32)}", accessor
+
+
+@dataclass(frozen=True)
+class _Entry:
+    accessor: str
+    name: str
+    role: Role
+    digest: str
+    source: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+class TokenStore:
+    """Tokens from the config file and from the store; lookups are in memory, writes go via the writer."""
+
+    def __init__(self, writer: StoreWriter, con: duckdb.DuckDBPyConnection, cfg: AgentConfig) -> None:
+        self._writer = writer
+        self._lock = threading.Lock()
+        self._by_digest: dict[str, _Entry] = {}
+        self._all: dict[str, _Entry] = {}
+        now = time.time()
+        for t in cfg.auth.tokens:
+            self._add(_Entry(t.sha256[:8], t.name, t.role, t.sha256, "config", now))
+        cur = con.cursor()
+        try:
+            for row in cur.execute("SELECT * FROM tokens").fetchall():
+                self._add(_Entry(*row))
+        finally:
+            cur.close()
+
+    def _add(self, e: _Entry) -> None:
+        self._all[e.accessor] = e
+        if e.revoked_at is None:
+            self._by_digest[e.digest] = e
+        else:
+            self._by_digest.pop(e.digest, None)
+
+    def active_count(self) -> int:
+        return len(self._by_digest)
+
+    def authenticate(self, token: str) -> Principal | None:
+        d = digest(token)
+        e = self._by_digest.get(d)
+        if e is None or not hmac.compare_digest(e.digest, d):
+            return None
+        return Principal(name=e.name, role=e.role, via="token")
+
+    def create(self, name: str, role: Role, source: str = "api") -> tuple[str, TokenInfo]:
+        """Make a token, commit its digest, return (token shown once, its info)."""
+        token, accessor = new_token()
+        e = _Entry(accessor, name, role, digest(token), source, time.time())
+        self._writer.call(lambda con: con.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?)", list(_row(e))))
+        with self._lock:
+            self._add(e)
+        return token, _info(e)
+
+    def revoke(self, accessor: str) -> TokenInfo | None:
+        e = self._all.get(accessor)
+        if e is None or e.revoked_at is not None:
+            return None
+        if e.source == "config":
+            raise PermissionError("config tokens are revoked by removing them from the config file")
+        revoked = _Entry(*(_row(e)[:-1]), time.time())
+        self._writer.call(
+            lambda con: con.execute("UPDATE tokens SET revoked_at = ? WHERE accessor = ?", [revoked.revoked_at, accessor])
+        )
+        with self._lock:
+            self._add(revoked)
+        return _info(revoked)
+
+    def list(self) -> list[TokenInfo]:
+        return [_info(e) for e in self._all.values()]
+
+
+def _row(e: _Entry) -> tuple:
+    return (e.accessor, e.name, e.role, e.digest, e.source, e.created_at, e.revoked_at)
+
+
+def _info(e: _Entry) -> TokenInfo:
+    return TokenInfo(
+        accessor=e.accessor, name=e.name, role=e.role, source=e.source,  # type: ignore[arg-type]
+        created_at=e.created_at, revoked_at=e.revoked_at,
+    )
+
+
+def bootstrap_admin_token(tokens: TokenStore, data_dir: Path) -> Path | None:
+    """With no tokens at all, create an admin token and write it once to a 0600 file."""
+    if tokens.active_count() > 0:
+        return None
+    token, _ = tokens.create("admin", "admin", source="generated")
+    path = data_dir / "admin.token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def peer_principal(uid: int, cfg: AgentConfig) -> Principal | None:
+    """Map a Unix-socket peer's uid to a principal: configured uids, else the agent's own uid as admin."""
+    role = cfg.auth.unix_peers.get(str(uid))
+    if role is None and uid == os.geteuid():
+        role = "admin"
+    if role is None:
+        return None
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return Principal(name=f"uid:{name}", role=role, via="unix-peer")

@@ -1,0 +1,72 @@
+"""Who am I, tokens, and the audit log. Every mutation: authorize -> audit (fail closed) -> act -> answer."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+
+from agent.api.deps import client_of, ctx, require_admin, require_read
+from agent.api.errors import ApiError
+from agent.api.schemas import AuditEntry, AuditVerify, Principal, TokenCreate, TokenCreated, TokenInfo
+from agent.audit import AuditUnavailable, verify_chain
+
+router = APIRouter(tags=["admin"])
+
+
+@router.get("/whoami", response_model=Principal)
+def whoami(principal: Principal = Depends(require_read)) -> Principal:
+    return principal
+
+
+@router.get("/tokens", response_model=list[TokenInfo], dependencies=[Depends(require_admin)])
+def list_tokens(request: Request) -> list[TokenInfo]:
+    return ctx(request).tokens.list()
+
+
+def audited(request: Request, principal: Principal, action: str, target: str, detail: dict) -> None:
+    """Commit the audit entry or refuse the action (503): nothing happens that is not on record."""
+    try:
+        ctx(request).audit.record(principal, action, target, detail, client_of(request))
+    except AuditUnavailable as e:
+        raise ApiError(503, "audit_unavailable", str(e)) from None
+
+
+@router.post("/tokens", response_model=TokenCreated, status_code=201)
+async def create_token(
+    body: TokenCreate, request: Request, principal: Principal = Depends(require_admin)
+) -> TokenCreated:
+    """Create a token; the secret is in this answer only."""
+    await run_in_threadpool(audited, request, principal, "token.create", f"token:{body.name}",
+                            {"name": body.name, "role": body.role})
+    token, info = await run_in_threadpool(ctx(request).tokens.create, body.name, body.role)
+    return TokenCreated(**info.model_dump(), token=token)
+
+
+@router.delete("/tokens/{accessor}", response_model=TokenInfo)
+async def revoke_token(accessor: str, request: Request, principal: Principal = Depends(require_admin)) -> TokenInfo:
+    tokens = ctx(request).tokens
+    known = {t.accessor: t for t in tokens.list()}
+    t = known.get(accessor)
+    if t is None or t.revoked_at is not None:
+        raise ApiError(404, "not_found", f"no active token with accessor {accessor!r}", field="accessor")
+    if t.source == "config":
+        raise ApiError(409, "conflict", "config tokens are revoked by removing them from the config file",
+                       field="accessor")
+    await run_in_threadpool(audited, request, principal, "token.revoke", f"token:{t.name}", {"accessor": accessor})
+    info = await run_in_threadpool(tokens.revoke, accessor)
+    if info is None:  # revoked concurrently
+        raise ApiError(404, "not_found", f"no active token with accessor {accessor!r}", field="accessor")
+    return info
+
+
+@router.get("/audit", response_model=list[AuditEntry], dependencies=[Depends(require_read)])
+async def audit(
+    request: Request, limit: int = Query(100, ge=1, le=10000), after_seq: int | None = Query(None, ge=0)
+) -> list[AuditEntry]:
+    return await run_in_threadpool(ctx(request).reader.audit, limit, after_seq)
+
+
+@router.get("/audit/verify", response_model=AuditVerify, dependencies=[Depends(require_read)])
+async def audit_verify(request: Request) -> AuditVerify:
+    c = ctx(request)
+    return await run_in_threadpool(verify_chain, c.reader.con, c.cfg.data_dir / "audit.head")

@@ -1,0 +1,261 @@
+"""The agent's one settings model: a TOML file, then command-line flags, validated before anything starts.
+
+Every key is optional. A mistake (unknown key, wrong type, unwritable data dir, port in use) is
+reported as one line naming the key and the agent exits non-zero before it opens the store or binds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+Role = Literal["viewer", "operator", "approver", "admin"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class ConfigError(Exception):
+    """A problem with the agent's configuration or environment, fit for one line on stderr."""
+
+
+def _duration(value: object) -> object:
+    """Accept seconds as a number or a string like "90s", "15m", "24h", "30d"."""
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if not m:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 24h, 30d)")
+        return float(m.group(1)) * _UNIT_S[m.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True)
+
+
+class TokenConfig(_Strict):
+    """A bearer token given by its SHA-256 digest; the secret itself never sits in the config."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.@-]+$")
+    role: Role
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class AuthConfig(_Strict):
+    tokens: list[TokenConfig] = Field(default_factory=list)
+    health_public: bool = True
+    metrics_public: bool = True
+    # uid (as a string key, TOML keys are strings) -> role for callers on the Unix socket.
+    # The agent's own uid is an admin unless listed otherwise.
+    unix_peers: dict[str, Role] = Field(default_factory=dict)
+    socket_mode: str = Field(default="0660", pattern=r"^0?[0-7]{3}$")
+
+    @field_validator("unix_peers")
+    @classmethod
+    def _uids_are_numbers(cls, v: dict[str, Role]) -> dict[str, Role]:
+        for key in v:
+            if not key.isdigit():
+                raise ValueError(f"unix_peers keys are numeric uids, got {key!r}")
+        return v
+
+
+class RetentionConfig(_Strict):
+    raw: Duration = 24 * 3600.0
+    rollup: Duration = 30 * 86400.0
+
+
+class SimulateConfig(_Strict):
+    """Demo/test data sources. Clearly labelled as simulated everywhere they show up."""
+
+    gpus: int = Field(default=0, ge=0, le=16)
+    host: bool = False
+    seed: int = 0
+
+
+class AgentConfig(_Strict):
+    name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
+    data_dir: Path = Field(default_factory=lambda: default_data_dir())
+    listen: list[str] = Field(default_factory=list)
+    sample_interval: Duration = 1.0
+    sample_jitter: float = Field(default=0.1, ge=0, le=0.5)
+    flush_interval: Duration = 5.0
+    top_processes: int = Field(default=5, ge=0, le=50)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_addresses(cls, v: list[str]) -> list[str]:
+        for addr in v:
+            parse_listen(addr)
+        return v
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "watchkeeper.duckdb"
+
+    def listen_addresses(self) -> list[ListenAddress]:
+        """The configured addresses, or the defaults: loopback TCP 7070 and a socket in the data dir."""
+        addrs = self.listen or ["127.0.0.1:7070", f"unix:{self.data_dir / 'agent.sock'}"]
+        return [parse_listen(a) for a in addrs]
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    kind: Literal["tcp", "unix"]
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_listen(addr: str) -> ListenAddress:
+    """Parse `HOST:PORT`, `[V6]:PORT` or `unix:PATH`."""
+    if addr.startswith("unix:"):
+        path = addr[5:]
+        if not path:
+            raise ValueError(f"listen address {addr!r}: empty socket path")
+        return ListenAddress("unix", path=os.path.abspath(path))
+    m = re.match(r"^(?:\[([0-9a-fA-F:]+)\]|([^:\[\]]*)):(\d{1,5})$", addr)
+    if not m:
+        raise ValueError(f"listen address {addr!r}: expected HOST:PORT or unix:PATH")
+    port = int(m.group(3))
+    if port > 65535:
+        raise ValueError(f"listen address {addr!r}: port out of range")
+    return ListenAddress("tcp", host=m.group(1) or m.group(2) or "127.0.0.1", port=port)
+
+
+def default_data_dir() -> Path:
+    """systemd's StateDirectory when run as a unit, /var/lib for root, else the XDG data home."""
+    if state := os.environ.get("STATE_DIRECTORY"):
+        return Path(state.split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/watchkeeper")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "watchkeeper"
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def load_config(path: Path | None, overrides: dict | None = None) -> AgentConfig:
+    """Read the TOML file (if any), apply flag overrides, validate. Raises ConfigError."""
+    raw: dict = {}
+    source = str(path) if path else "config"
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, source)) from None
+
+
+def prepare_data_dir(cfg: AgentConfig) -> None:
+    """Create the data dir (0700) and prove it is writable now, not at the first flush."""
+    d = cfg.data_dir
+    try:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = d / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"data_dir {d}: not writable: {e.strerror or e}") from None
+
+
+def bind_listeners(cfg: AgentConfig) -> list[socket.socket]:
+    """Bind every listen address now, so 'port in use' is a start-up error and not a log line later."""
+    socks: list[socket.socket] = []
+    try:
+        for addr in cfg.listen_addresses():
+            socks.append(_bind(addr, int(cfg.auth.socket_mode, 8)))
+    except ConfigError:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+def _bind(addr: ListenAddress, mode: int) -> socket.socket:
+    if addr.kind == "unix":
+        path = Path(addr.path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"listen {addr}: cannot create directory: {e.strerror}") from None
+        if path.exists():
+            # A live agent answers on the socket; a stale file from a crash is safe to replace.
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+                raise ConfigError(f"listen {addr}: another process is listening on this socket")
+            except (ConnectionRefusedError, FileNotFoundError):
+                path.unlink(missing_ok=True)
+            except OSError as e:
+                if isinstance(e, ConfigError):
+                    raise
+                raise ConfigError(f"listen {addr}: {e.strerror or e}") from None
+            finally:
+                probe.close()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            old = os.umask(0o177)
+            try:
+                s.bind(str(path))
+            finally:
+                os.umask(old)
+            os.chmod(path, mode)
+        except OSError as e:
+            s.close()
+            raise ConfigError(f"listen {addr}: {e.strerror or e}") from None
+    else:
+        family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((addr.host, addr.port))
+        except OSError as e:
+            s.close()
+            why = "port in use" if e.errno == 98 else (e.strerror or str(e))
+            raise ConfigError(f"listen {addr}: {why}") from None
+    s.listen(128)
+    s.setblocking(False)
+    return s

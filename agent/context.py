@@ -1,0 +1,29 @@
+"""The running agent's parts, wired once by the daemon and handed to the API (no globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.api.auth import TokenStore
+from agent.api.schemas import EnforcementInfo
+from agent.audit import AuditLog
+from agent.config import AgentConfig
+from agent.store.reader import StoreReader
+from agent.store.writer import StoreWriter
+from agent.telemetry.sampler import Sampler
+
+
+@dataclass
+class AgentContext:
+    cfg: AgentConfig
+    writer: StoreWriter
+    reader: StoreReader
+    sampler: Sampler
+    tokens: TokenStore
+    audit: AuditLog
+    enforcement: EnforcementInfo
+    schema_version: int
+    started_at: float
+    # Cleared when the agent begins to stop, so /readyz turns 503 before the listener closes.
+    accepting: bool = True
+    checks: dict[str, str] = field(default_factory=dict)

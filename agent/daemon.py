@@ -1,0 +1,177 @@
+"""Wires the agent's parts, owns their lifecycle, talks to systemd and handles signals.
+
+Start order: store (recover, migrate) -> writer -> tokens -> telemetry -> HTTP. Stop order is the
+reverse, ending with a flush and a CHECKPOINT so the next start replays no WAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+import time
+
+import uvicorn
+
+from agent.api.app import create_app
+from agent.api.auth import TokenStore, bootstrap_admin_token
+from agent.api.peercred import PeerCredProtocol
+from agent.api.schemas import GpuStatus, Snapshot
+from agent.audit import AuditLog
+from agent.config import AgentConfig
+from agent.context import AgentContext
+from agent.store.db import open_store
+from agent.store.reader import StoreReader
+from agent.store.rollup import make_maintenance
+from agent.store.writer import StoreWriter
+from agent.systemd import notify, watchdog_interval
+from agent.telemetry.enforcement import detect_enforcement
+from agent.telemetry.sampler import Sampler
+
+log = logging.getLogger("watchkeeper.agent")
+
+ALERT_ROW = ("ts", "severity", "kind", "message")
+
+
+def _sources(cfg: AgentConfig):
+    if cfg.simulate.host:
+        from agent.telemetry.simulated import SimulatedHostCollector
+
+        host = SimulatedHostCollector(seed=cfg.simulate.seed)
+    else:
+        from agent.telemetry.host import HostCollector
+
+        host = HostCollector(top_n=cfg.top_processes)
+    if cfg.simulate.gpus:
+        from agent.telemetry.simulated import SimulatedGpuSource
+
+        gpu = SimulatedGpuSource(count=cfg.simulate.gpus, seed=cfg.simulate.seed)
+    else:
+        from agent.telemetry.gpu import NvmlGpuSource
+
+        gpu = NvmlGpuSource()
+    return host, gpu
+
+
+class _GpuStatusWatch:
+    """Records an agent alert when the GPU source's state changes (once, not per sample)."""
+
+    def __init__(self, writer: StoreWriter) -> None:
+        self._writer = writer
+        self._last: tuple[str, str | None] | None = None
+
+    def __call__(self, snap: Snapshot) -> None:
+        st: GpuStatus = snap.gpu_status
+        key = (st.source, st.reason)
+        if key == self._last:
+            return
+        first = self._last is None
+        self._last = key
+        if st.source == "none":
+            sev = "info" if first else "warning"
+            msg = f"no GPU data: {st.reason or 'unknown reason'}"
+        else:
+            sev, msg = "info", f"GPU source {st.source}{' (simulated)' if st.simulated else ''}: {len(snap.gpus)} GPU(s)"
+        self._writer.append("agent_alerts", ALERT_ROW, [(snap.ts, sev, "telemetry.gpu_source", msg)])
+
+
+def build(cfg: AgentConfig) -> AgentContext:
+    """Open the store and start the writer and sampler. Raises on a store that cannot open."""
+    opened = open_store(cfg.db_path)
+    writer = StoreWriter(
+        opened.con,
+        flush_interval=cfg.flush_interval,
+        maintenance=make_maintenance(cfg.retention.raw, cfg.retention.rollup, settle_s=cfg.flush_interval + 5),
+    )
+    writer.start()
+    now = time.time()
+    writer.append("agent_alerts", ALERT_ROW, [(now, sev, kind, msg) for sev, kind, msg in opened.startup_alerts])
+    tokens = TokenStore(writer, opened.con, cfg)
+    token_file = bootstrap_admin_token(tokens, cfg.data_dir)
+    if token_file is not None:
+        print(f"watchkeeper-agent: no tokens configured; created an admin token in {token_file} (shown once, "
+              "only its digest is kept)", file=sys.stderr, flush=True)
+    host, gpu = _sources(cfg)
+    sampler = Sampler(
+        host, gpu, writer, cfg.name, interval=cfg.sample_interval, jitter=cfg.sample_jitter,
+        host_simulated=cfg.simulate.host, on_snapshot=_GpuStatusWatch(writer),
+    )
+    checks = {"store": "ok"}
+    if opened.startup_alerts:
+        checks["store"] = "recovered: " + opened.startup_alerts[0][2][:120]
+    ctx = AgentContext(
+        cfg=cfg, writer=writer, reader=StoreReader(opened.con, cfg.retention.raw), sampler=sampler, tokens=tokens,
+        audit=AuditLog(writer, cfg.data_dir / "audit.head"), enforcement=detect_enforcement(),
+        schema_version=opened.schema_version, started_at=now, checks=checks,
+    )
+    sampler.start()
+    return ctx
+
+
+def shutdown(ctx: AgentContext) -> None:
+    """Stop sampling, flush, checkpoint, close. Safe to call twice."""
+    ctx.accepting = False
+    ctx.sampler.stop()
+    ctx.writer.stop()
+    try:
+        ctx.reader.con.close()
+    except Exception:  # already closed
+        pass
+
+
+async def _supervise(ctx: AgentContext, server: uvicorn.Server) -> None:
+    """READY once listening; WATCHDOG only while the sampler loop is alive, so a hang gets us restarted."""
+    while not server.started:
+        if server.should_exit:
+            return
+        await asyncio.sleep(0.02)
+    notify(f"READY=1\nSTATUS=serving, sampling every {ctx.cfg.sample_interval:g}s\nMAINPID={os.getpid()}")
+    interval = watchdog_interval()
+    while not server.should_exit:
+        if interval is not None and ctx.sampler.alive(within=max(10 * ctx.cfg.sample_interval, 30.0)):
+            notify("WATCHDOG=1")
+        await asyncio.sleep(interval or 1.0)
+
+
+def serve(cfg: AgentConfig, sockets: list[socket.socket]) -> int:
+    """Run until SIGTERM/SIGINT. Returns the process exit code."""
+    ctx = build(cfg)
+    app = create_app(ctx)
+    config = uvicorn.Config(
+        app,
+        http=PeerCredProtocol,
+        lifespan="off",
+        log_level="warning" if cfg.log_level == "info" else cfg.log_level,
+        access_log=cfg.log_level == "debug",
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    for s in sockets:
+        where = s.getsockname()
+        log.info("listening on %s", where if isinstance(where, str) else f"{where[0]}:{where[1]}")
+
+    async def main() -> None:
+        sup = asyncio.create_task(_supervise(ctx, server))
+        try:
+            await server.serve(sockets=sockets)
+        finally:
+            ctx.accepting = False
+            sup.cancel()
+
+    print(f"watchkeeper-agent {cfg.name}: listening on "
+          + ", ".join(str(a) for a in cfg.listen_addresses()), file=sys.stderr, flush=True)
+    try:
+        asyncio.run(main())
+    finally:
+        notify("STOPPING=1")
+        shutdown(ctx)
+        for a in cfg.listen_addresses():
+            if a.kind == "unix":
+                try:
+                    os.unlink(a.path)
+                except OSError:
+                    pass
+    return 0

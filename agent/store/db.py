@@ -1,0 +1,72 @@
+"""Opening the agent's DuckDB file: the one place that decides what happens after a crash.
+
+Only the agent opens its live file (DuckDB allows one read-write process, and a reader would block
+a restarting agent). After `kill -9` DuckDB replays the WAL on open; when that replay fails (seen
+upstream: duckdb#19712, #22044) we move the WAL aside, keep the checkpointed data, record a
+critical agent alert and run on, rather than refuse to start a monitoring daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from agent.store.migrations import migrate
+
+log = logging.getLogger("watchkeeper.store")
+
+
+class StoreOpenError(Exception):
+    """The database file cannot be opened even without its WAL."""
+
+
+@dataclass
+class OpenedStore:
+    con: duckdb.DuckDBPyConnection
+    schema_version: int
+    # Alerts to record once the writer runs: (severity, kind, message).
+    startup_alerts: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(path), config={"threads": 1})
+    # Small memory footprint for an always-on daemon; rollups and series queries are tiny.
+    con.execute("SET memory_limit='256MB'")
+    try:
+        con.execute("SET TimeZone='UTC'")
+    except duckdb.Error:  # built without ICU: timestamps are already UTC-naive
+        pass
+    return con
+
+
+def open_store(path: Path) -> OpenedStore:
+    """Open (creating if needed) and migrate the store, recovering from a WAL that won't replay."""
+    alerts: list[tuple[str, str, str]] = []
+    wal = path.with_name(path.name + ".wal")
+    try:
+        con = _connect(path)
+    except duckdb.Error as first:
+        if not wal.exists():
+            raise StoreOpenError(f"cannot open store {path}: {first}") from None
+        aside = wal.with_name(f"{wal.name}.failed-{time.strftime('%Y%m%dT%H%M%S')}")
+        wal.rename(aside)
+        msg = (
+            f"WAL replay failed ({str(first).splitlines()[0][:200]}); moved it to {aside.name} and "
+            "started from the last checkpoint: samples since then are lost"
+        )
+        log.critical(msg)
+        alerts.append(("critical", "store.wal_replay_failed", msg))
+        try:
+            con = _connect(path)
+        except duckdb.Error as second:
+            raise StoreOpenError(f"cannot open store {path} even without its WAL: {second}") from None
+    try:
+        version = migrate(con)
+    except Exception as e:
+        con.close()
+        raise StoreOpenError(f"cannot migrate store {path}: {e}") from None
+    return OpenedStore(con=con, schema_version=version, startup_alerts=alerts)

@@ -1,0 +1,93 @@
+"""The store's schema, as numbered migrations applied in order at start-up.
+
+A migration is never edited once released: add a new one. Timestamps are UTC `TIMESTAMP`s;
+the API speaks unix seconds (`epoch(ts)`).
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+# Metrics kept per host sample and per GPU sample; rollups keep avg and max of each.
+HOST_COLUMNS = (
+    "cpu_percent",
+    "load1",
+    "memory_used_bytes",
+    "memory_percent",
+    "swap_used_bytes",
+    "disk_read_bytes_per_s",
+    "disk_write_bytes_per_s",
+    "net_recv_bytes_per_s",
+    "net_sent_bytes_per_s",
+)
+GPU_COLUMNS = (
+    "utilization_percent",
+    "memory_used_bytes",
+    "memory_total_bytes",
+    "power_watts",
+    "temperature_c",
+    "sm_clock_mhz",
+)
+
+
+def _cols(names: tuple[str, ...]) -> str:
+    return ", ".join(f"{n} DOUBLE" for n in names)
+
+
+def _rollup_cols(names: tuple[str, ...]) -> str:
+    return ", ".join(f"{n} DOUBLE, {n}_max DOUBLE" for n in names)
+
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        f"""
+        CREATE TABLE host_samples (ts TIMESTAMP NOT NULL, {_cols(HOST_COLUMNS)});
+        CREATE TABLE gpu_samples (ts TIMESTAMP NOT NULL, gpu_index INTEGER NOT NULL, uuid VARCHAR,
+                                  {_cols(GPU_COLUMNS)});
+        CREATE TABLE host_rollup_1m (bucket TIMESTAMP NOT NULL, samples INTEGER,
+                                     {_rollup_cols(HOST_COLUMNS)});
+        CREATE TABLE gpu_rollup_1m (bucket TIMESTAMP NOT NULL, gpu_index INTEGER NOT NULL, uuid VARCHAR,
+                                    samples INTEGER, {_rollup_cols(GPU_COLUMNS)});
+        CREATE TABLE agent_alerts (ts TIMESTAMP NOT NULL, severity VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+                                   message VARCHAR NOT NULL);
+        CREATE TABLE audit_log (seq BIGINT PRIMARY KEY, ts DOUBLE NOT NULL, principal VARCHAR NOT NULL,
+                                role VARCHAR NOT NULL, via VARCHAR NOT NULL, action VARCHAR NOT NULL,
+                                target VARCHAR NOT NULL, detail VARCHAR NOT NULL, client VARCHAR,
+                                prev_hash VARCHAR NOT NULL, hash VARCHAR NOT NULL);
+        CREATE TABLE tokens (accessor VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, role VARCHAR NOT NULL,
+                             digest VARCHAR NOT NULL UNIQUE, source VARCHAR NOT NULL,
+                             created_at DOUBLE NOT NULL, revoked_at DOUBLE);
+        CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+        """,
+    ),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring the schema to the latest version; returns it. Each migration is one transaction."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)"
+    )
+    row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    current = row[0] if row and row[0] is not None else 0
+    if current > LATEST_VERSION:
+        raise RuntimeError(
+            f"store schema version {current} is newer than this agent knows ({LATEST_VERSION}); "
+            "upgrade the agent"
+        )
+    for version, sql in MIGRATIONS:
+        if version <= current:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            con.execute("INSERT INTO schema_migrations VALUES (?, now()::TIMESTAMP)", [version])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        current = version
+    return current

@@ -1,0 +1,207 @@
+"""The store's single writer: one thread owns every write to DuckDB.
+
+Producers (the sampler, later the prediction log) hand rows to `append` and never wait on disk.
+Rows are buffered per table and written column-wise in one statement per table per flush
+(`INSERT ... SELECT unnest($1), unnest($2) ...`: ~90k rows/s here without Arrow, against ~700
+rows/s for `executemany`). The buffer is bounded: when the disk falls behind, the oldest rows
+are dropped and counted rather than letting memory grow.
+
+Work that must be durable before the caller goes on (an audit entry, a token) uses `call`, which
+runs a function on the writer thread and waits for its commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import duckdb
+
+log = logging.getLogger("watchkeeper.store")
+
+T = TypeVar("T")
+
+# Columns holding unix seconds on the way in, stored as TIMESTAMP.
+TIME_COLUMNS = frozenset({"ts", "bucket"})
+
+
+@dataclass
+class WriterStats:
+    rows_written: int = 0
+    rows_dropped: int = 0
+    flushes: int = 0
+    last_flush_duration_s: float = 0.0
+    last_flush_at: float = 0.0
+    flush_errors: int = 0
+    last_error: str | None = None
+
+
+class StoreWriter:
+    """Owns the read-write connection's writes; see the module docstring."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        flush_interval: float = 5.0,
+        max_buffered_rows: int = 200_000,
+        maintenance: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+        maintenance_interval: float = 60.0,
+    ) -> None:
+        self._con = con
+        self.flush_interval = flush_interval
+        self.max_buffered_rows = max_buffered_rows
+        self._maintenance = maintenance
+        self._maintenance_interval = maintenance_interval
+        self._lock = threading.Lock()
+        self._buffers: dict[tuple[str, tuple[str, ...]], deque[tuple]] = {}
+        self._buffered = 0
+        self._calls: queue.SimpleQueue[tuple[Callable, Future] | None] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self.stats = WriterStats()
+
+    # ------------------------------------------------------------------ producer side
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def append(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """Queue rows for the next flush. Never blocks on disk; drops the oldest rows when full."""
+        if not rows:
+            return
+        with self._lock:
+            buf = self._buffers.get((table, columns))
+            if buf is None:
+                buf = self._buffers[(table, columns)] = deque()
+            buf.extend(rows)
+            self._buffered += len(rows)
+            over = self._buffered - self.max_buffered_rows
+            if over > 0:
+                dropped = min(over, len(buf))
+                for _ in range(dropped):
+                    buf.popleft()
+                self._buffered -= dropped
+                self.stats.rows_dropped += dropped
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    @property
+    def buffered_rows(self) -> int:
+        return self._buffered
+
+    def call(self, fn: Callable[[duckdb.DuckDBPyConnection], T], timeout: float = 10.0) -> T:
+        """Run `fn(con)` on the writer thread after pending rows are flushed; wait for its result."""
+        if self._stopping or not self._thread.is_alive():
+            raise RuntimeError("store writer is not running")
+        fut: Future = Future()
+        self._calls.put((fn, fut))
+        self._wake.set()
+        return fut.result(timeout=timeout)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Write everything buffered so far and wait until it is committed."""
+        self.call(lambda _con: None, timeout=timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Flush, checkpoint (so the next start replays no WAL) and end the thread."""
+        if not self._thread.is_alive():
+            return
+        self._stopping = True
+        self._calls.put(None)
+        self._wake.set()
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _run(self) -> None:
+        next_flush = time.monotonic() + self.flush_interval
+        next_maint = time.monotonic() + self._maintenance_interval
+        while True:
+            self._wake.wait(timeout=max(0.0, next_flush - time.monotonic()))
+            self._wake.clear()
+            stop = False
+            calls: list[tuple[Callable, Future]] = []
+            while True:
+                try:
+                    item = self._calls.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    calls.append(item)
+            now = time.monotonic()
+            if calls or stop or now >= next_flush:
+                self._flush_buffers()
+                next_flush = now + self.flush_interval
+            for fn, fut in calls:
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                try:
+                    fut.set_result(fn(self._con))
+                except BaseException as e:  # handed back to the caller, who decides
+                    fut.set_exception(e)
+            if self._maintenance is not None and now >= next_maint:
+                next_maint = now + self._maintenance_interval
+                try:
+                    self._maintenance(self._con)
+                except Exception:
+                    log.exception("store maintenance failed")
+            if stop:
+                self._flush_buffers()
+                try:
+                    self._con.execute("CHECKPOINT")
+                except duckdb.Error:
+                    log.exception("checkpoint on stop failed")
+                return
+
+    def _flush_buffers(self) -> None:
+        with self._lock:
+            batches = [(k, list(v)) for k, v in self._buffers.items() if v]
+            for k, _ in batches:
+                self._buffers[k].clear()
+            self._buffered = 0
+        if not batches:
+            return
+        t0 = time.perf_counter()
+        written = 0
+        for (table, columns), rows in batches:
+            try:
+                insert_columns(self._con, table, columns, rows)
+                written += len(rows)
+            except duckdb.Error as e:
+                # A bad batch must not wedge the writer; it is counted and reported.
+                self.stats.flush_errors += 1
+                self.stats.rows_dropped += len(rows)
+                self.stats.last_error = f"{table}: {e}"
+                log.error("dropping %d rows for %s: %s", len(rows), table, e)
+        self.stats.rows_written += written
+        self.stats.flushes += 1
+        self.stats.last_flush_duration_s = time.perf_counter() - t0
+        self.stats.last_flush_at = time.time()
+
+
+def insert_columns(
+    con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[tuple]
+) -> None:
+    """One column-wise INSERT for many rows; unix-second floats become TIMESTAMPs."""
+    data: list[Any] = [list(col) for col in zip(*rows, strict=True)]
+    exprs = ", ".join(
+        f"make_timestamp(CAST(round(c{i} * 1000000) AS BIGINT))" if c in TIME_COLUMNS else f"c{i}"
+        for i, c in enumerate(columns)
+    )
+    unnests = ", ".join(f"unnest(${i + 1}) AS c{i}" for i in range(len(columns)))
+    con.execute(
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {exprs} FROM (SELECT {unnests})",
+        data,
+    )
