@@ -137,17 +137,26 @@ def verify_chain(con: duckdb.DuckDBPyConnection, head_file: Path | None) -> Audi
         e = audit_row(r)
         if e.seq != expected_seq:
             return AuditVerify(
-                ok=False, entries=len(rows), head=prev, first_bad_seq=expected_seq,
+                ok=False,
+                entries=len(rows),
+                head=prev,
+                first_bad_seq=expected_seq,
                 problem=f"entry {expected_seq} is missing (next is {e.seq})",
             )
         if e.prev_hash != prev:
             return AuditVerify(
-                ok=False, entries=len(rows), head=prev, first_bad_seq=e.seq,
+                ok=False,
+                entries=len(rows),
+                head=prev,
+                first_bad_seq=e.seq,
                 problem=f"entry {e.seq} does not link to the entry before it",
             )
         if entry_hash(_fields(e), prev) != e.hash:
             return AuditVerify(
-                ok=False, entries=len(rows), head=prev, first_bad_seq=e.seq,
+                ok=False,
+                entries=len(rows),
+                head=prev,
+                first_bad_seq=e.seq,
                 problem=f"entry {e.seq} was modified after it was written",
             )
         prev, expected_seq = e.hash, e.seq + 1
@@ -160,7 +169,10 @@ def verify_chain(con: duckdb.DuckDBPyConnection, head_file: Path | None) -> Audi
         by_seq = {r[0]: r[-1] for r in rows}
         if seq > len(rows) or by_seq.get(seq, GENESIS) != h:
             return AuditVerify(
-                ok=False, entries=len(rows), head=head, first_bad_seq=min(seq, len(rows) + 1),
+                ok=False,
+                entries=len(rows),
+                head=head,
+                first_bad_seq=min(seq, len(rows) + 1),
                 problem=f"chain head does not match the exported head (entry {seq}): entries were removed",
             )
     return AuditVerify(ok=True, entries=len(rows), head=head)

@@ -27,13 +27,18 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the agent in the foreground (systemd runs this)")
     common(run)
-    run.add_argument("--listen", action="append", metavar="ADDR",
-                     help="HOST:PORT or unix:PATH; repeatable; replaces the config's list")
+    run.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR",
+        help="HOST:PORT or unix:PATH; repeatable; replaces the config's list",
+    )
     run.add_argument("--name", help="agent name shown in the console (default: hostname)")
     run.add_argument("--sample-interval", type=float, metavar="SECONDS")
     run.add_argument("--simulate-gpus", type=int, metavar="N", help="demo/test only: N simulated GPUs")
-    run.add_argument("--simulate-host", action="store_true", default=None,
-                     help="demo/test only: simulated host metrics")
+    run.add_argument(
+        "--simulate-host", action="store_true", default=None, help="demo/test only: simulated host metrics"
+    )
     run.add_argument("--seed", type=int, help="seed for simulated sources")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
@@ -101,7 +106,9 @@ def _verify(args: argparse.Namespace) -> int:
         import httpx
 
         try:
-            with httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://agent", timeout=30) as c:
+            with httpx.Client(
+                transport=httpx.HTTPTransport(uds=sock), base_url="http://agent", timeout=30
+            ) as c:
                 r = c.get("/api/v1/audit/verify")
                 if r.status_code == 200:
                     result = AuditVerify.model_validate(r.json())
@@ -147,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "check-config":
             cfg = _load(args)
-            print(f"config OK: name={cfg.name} data_dir={cfg.data_dir} listen="
-                  + ",".join(str(a) for a in cfg.listen_addresses()))
+            print(
+                f"config OK: name={cfg.name} data_dir={cfg.data_dir} listen="
+                + ",".join(str(a) for a in cfg.listen_addresses())
+            )
             return 0
         if args.command == "audit":
             return _verify(args)

@@ -7,6 +7,7 @@ reverse, ending with a flush and a CHECKPOINT so the next start replays no WAL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -73,7 +74,10 @@ class _GpuStatusWatch:
             sev = "info" if first else "warning"
             msg = f"no GPU data: {st.reason or 'unknown reason'}"
         else:
-            sev, msg = "info", f"GPU source {st.source}{' (simulated)' if st.simulated else ''}: {len(snap.gpus)} GPU(s)"
+            sev, msg = (
+                "info",
+                f"GPU source {st.source}{' (simulated)' if st.simulated else ''}: {len(snap.gpus)} GPU(s)",
+            )
         self._writer.append("agent_alerts", ALERT_ROW, [(snap.ts, sev, "telemetry.gpu_source", msg)])
 
 
@@ -83,28 +87,49 @@ def build(cfg: AgentConfig) -> AgentContext:
     writer = StoreWriter(
         opened.con,
         flush_interval=cfg.flush_interval,
-        maintenance=make_maintenance(cfg.retention.raw, cfg.retention.rollup, settle_s=cfg.flush_interval + 5),
+        maintenance=make_maintenance(
+            cfg.retention.raw, cfg.retention.rollup, settle_s=cfg.flush_interval + 5
+        ),
     )
     writer.start()
     now = time.time()
-    writer.append("agent_alerts", ALERT_ROW, [(now, sev, kind, msg) for sev, kind, msg in opened.startup_alerts])
+    writer.append(
+        "agent_alerts", ALERT_ROW, [(now, sev, kind, msg) for sev, kind, msg in opened.startup_alerts]
+    )
     tokens = TokenStore(writer, opened.con, cfg)
     token_file = bootstrap_admin_token(tokens, cfg.data_dir)
     if token_file is not None:
-        print(f"watchkeeper-agent: no tokens configured; created an admin token in {token_file} (shown once, "
-              "only its digest is kept)", file=sys.stderr, flush=True)
+        print(
+            f"watchkeeper-agent: no tokens configured; created an admin token in {token_file} (shown once, "
+            "only its digest is kept)",
+            file=sys.stderr,
+            flush=True,
+        )
     host, gpu = _sources(cfg)
     sampler = Sampler(
-        host, gpu, writer, cfg.name, interval=cfg.sample_interval, jitter=cfg.sample_jitter,
-        host_simulated=cfg.simulate.host, on_snapshot=_GpuStatusWatch(writer),
+        host,
+        gpu,
+        writer,
+        cfg.name,
+        interval=cfg.sample_interval,
+        jitter=cfg.sample_jitter,
+        host_simulated=cfg.simulate.host,
+        on_snapshot=_GpuStatusWatch(writer),
     )
     checks = {"store": "ok"}
     if opened.startup_alerts:
         checks["store"] = "recovered: " + opened.startup_alerts[0][2][:120]
     ctx = AgentContext(
-        cfg=cfg, writer=writer, reader=StoreReader(opened.con, cfg.retention.raw), sampler=sampler, tokens=tokens,
-        audit=AuditLog(writer, cfg.data_dir / "audit.head"), enforcement=detect_enforcement(),
-        schema_version=opened.schema_version, started_at=now, checks=checks,
+        cfg=cfg,
+        writer=writer,
+        reader=StoreReader(opened.con, cfg.retention.raw),
+        sampler=sampler,
+        tokens=tokens,
+        audit=AuditLog(writer, cfg.data_dir / "audit.head"),
+        enforcement=detect_enforcement(),
+        schema_version=opened.schema_version,
+        started_at=now,
+        checks=checks,
     )
     sampler.start()
     return ctx
@@ -161,8 +186,11 @@ def serve(cfg: AgentConfig, sockets: list[socket.socket]) -> int:
             ctx.accepting = False
             sup.cancel()
 
-    print(f"watchkeeper-agent {cfg.name}: listening on "
-          + ", ".join(str(a) for a in cfg.listen_addresses()), file=sys.stderr, flush=True)
+    print(
+        f"watchkeeper-agent {cfg.name}: listening on " + ", ".join(str(a) for a in cfg.listen_addresses()),
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         asyncio.run(main())
     finally:
@@ -170,8 +198,6 @@ def serve(cfg: AgentConfig, sockets: list[socket.socket]) -> int:
         shutdown(ctx)
         for a in cfg.listen_addresses():
             if a.kind == "unix":
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(a.path)
-                except OSError:
-                    pass
     return 0

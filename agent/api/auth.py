@@ -91,7 +91,9 @@ class TokenStore:
         """Make a token, commit its digest, return (token shown once, its info)."""
         token, accessor = new_token()
         e = _Entry(accessor, name, role, digest(token), source, time.time())
-        self._writer.call(lambda con: con.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?)", list(_row(e))))
+        self._writer.call(
+            lambda con: con.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?)", list(_row(e)))
+        )
         with self._lock:
             self._add(e)
         return token, _info(e)
@@ -104,7 +106,9 @@ class TokenStore:
             raise PermissionError("config tokens are revoked by removing them from the config file")
         revoked = _Entry(*(_row(e)[:-1]), time.time())
         self._writer.call(
-            lambda con: con.execute("UPDATE tokens SET revoked_at = ? WHERE accessor = ?", [revoked.revoked_at, accessor])
+            lambda con: con.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE accessor = ?", [revoked.revoked_at, accessor]
+            )
         )
         with self._lock:
             self._add(revoked)
@@ -120,8 +124,12 @@ def _row(e: _Entry) -> tuple:
 
 def _info(e: _Entry) -> TokenInfo:
     return TokenInfo(
-        accessor=e.accessor, name=e.name, role=e.role, source=e.source,  # type: ignore[arg-type]
-        created_at=e.created_at, revoked_at=e.revoked_at,
+        accessor=e.accessor,
+        name=e.name,
+        role=e.role,
+        source=e.source,  # type: ignore[arg-type]
+        created_at=e.created_at,
+        revoked_at=e.revoked_at,
     )
 
 

@@ -25,11 +25,17 @@ def authenticate(request: Request) -> Principal:
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "unauthorized", "expected 'Authorization: Bearer <token>'",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "expected 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         p = c.tokens.authenticate(token.strip())
         if p is None:
-            raise ApiError(401, "unauthorized", "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401, "unauthorized", "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"}
+            )
         return p
     peer = request.scope.get("extensions", {}).get(PEER_EXTENSION)
     if peer is not None:

@@ -15,8 +15,14 @@ log = logging.getLogger("watchkeeper.api")
 class ApiError(HTTPException):
     """An error with a short machine-readable `error` code and, when one field is at fault, its name."""
 
-    def __init__(self, status: int, error: str, detail: object = None, field: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        detail: object = None,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(status_code=status, detail=detail, headers=headers)
         self.error = error
         self.field = field
@@ -29,7 +35,9 @@ def _body(error: str, detail: object = None, field: str | None = None) -> dict:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(_body(exc.error, exc.detail, exc.field), status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(
+            _body(exc.error, exc.detail, exc.field), status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -41,8 +49,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path")) or "body",
-             "message": e["msg"]}
+            {
+                "field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path")) or "body",
+                "message": e["msg"],
+            }
             for e in exc.errors()
         ]
         field = errors[0]["field"] if errors else None

@@ -38,16 +38,23 @@ class AgentCollector(Collector):
 
     def collect(self) -> Iterator:
         yield InfoMetricFamily(
-            "watchkeeper_agent", "Agent build information", value={"version": __version__, "agent": self._agent_name}
+            "watchkeeper_agent",
+            "Agent build information",
+            value={"version": __version__, "agent": self._agent_name},
         )
         ws = self._writer_stats()
-        yield CounterMetricFamily("watchkeeper_store_rows_written", "Rows committed to the store", ws.rows_written)
         yield CounterMetricFamily(
-            "watchkeeper_store_rows_dropped", "Rows dropped because the store fell behind or rejected them",
+            "watchkeeper_store_rows_written", "Rows committed to the store", ws.rows_written
+        )
+        yield CounterMetricFamily(
+            "watchkeeper_store_rows_dropped",
+            "Rows dropped because the store fell behind or rejected them",
             ws.rows_dropped,
         )
         yield GaugeMetricFamily(
-            "watchkeeper_store_last_flush_seconds", "Duration of the last store flush", ws.last_flush_duration_s
+            "watchkeeper_store_last_flush_seconds",
+            "Duration of the last store flush",
+            ws.last_flush_duration_s,
         )
         if self._extra is not None:
             yield from self._extra()
@@ -55,9 +62,13 @@ class AgentCollector(Collector):
         if s is None:
             return
         yield GaugeMetricFamily(
-            "watchkeeper_sample_duration_seconds", "Time to take the last telemetry sample", s.sample_duration_s
+            "watchkeeper_sample_duration_seconds",
+            "Time to take the last telemetry sample",
+            s.sample_duration_s,
         )
-        yield GaugeMetricFamily("watchkeeper_last_sample_timestamp_seconds", "Unix time of the last sample", s.ts)
+        yield GaugeMetricFamily(
+            "watchkeeper_last_sample_timestamp_seconds", "Unix time of the last sample", s.ts
+        )
         yield from _host(s)
         yield from _gpus(s)
 
@@ -65,7 +76,9 @@ class AgentCollector(Collector):
 def _host(s: Snapshot) -> Iterator:
     if not s.host_simulated:
         # Real counters, exactly as node_exporter exposes them (seconds per cpu and mode).
-        cpu = CounterMetricFamily("node_cpu_seconds_total", "Seconds the CPUs spent in each mode", labels=["cpu", "mode"])
+        cpu = CounterMetricFamily(
+            "node_cpu_seconds_total", "Seconds the CPUs spent in each mode", labels=["cpu", "mode"]
+        )
         for i, t in enumerate(psutil.cpu_times(percpu=True)):
             for mode in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"):
                 if hasattr(t, mode):
@@ -82,7 +95,9 @@ def _host(s: Snapshot) -> Iterator:
         ("watchkeeper_cpu_utilization_percent", s.cpu.percent, "CPU utilization over the last interval"),
     ):
         yield GaugeMetricFamily(name, help_, value)
-    size = GaugeMetricFamily("node_filesystem_size_bytes", "Filesystem size", labels=["device", "mountpoint", "fstype"])
+    size = GaugeMetricFamily(
+        "node_filesystem_size_bytes", "Filesystem size", labels=["device", "mountpoint", "fstype"]
+    )
     avail = GaugeMetricFamily(
         "node_filesystem_avail_bytes", "Filesystem space available", labels=["device", "mountpoint", "fstype"]
     )
@@ -105,17 +120,29 @@ def _host(s: Snapshot) -> Iterator:
 
 _DCGM = (
     ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", lambda g: g.utilization_percent),
-    ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).",
-     lambda g: None if g.memory_used_bytes is None else g.memory_used_bytes / MIB),
-    ("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).",
-     lambda g: None if g.memory_used_bytes is None or g.memory_total_bytes is None
-     else (g.memory_total_bytes - g.memory_used_bytes) / MIB),
+    (
+        "DCGM_FI_DEV_FB_USED",
+        "Framebuffer memory used (in MiB).",
+        lambda g: None if g.memory_used_bytes is None else g.memory_used_bytes / MIB,
+    ),
+    (
+        "DCGM_FI_DEV_FB_FREE",
+        "Framebuffer memory free (in MiB).",
+        lambda g: (
+            None
+            if g.memory_used_bytes is None or g.memory_total_bytes is None
+            else (g.memory_total_bytes - g.memory_used_bytes) / MIB
+        ),
+    ),
     ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", lambda g: g.power_watts),
     ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", lambda g: g.temperature_c),
     ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", lambda g: g.sm_clock_mhz),
     ("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered.", lambda g: g.xid_errors),
-    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "Total number of double-bit volatile ECC errors.",
-     lambda g: g.ecc_uncorrected_errors),
+    (
+        "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+        "Total number of double-bit volatile ECC errors.",
+        lambda g: g.ecc_uncorrected_errors,
+    ),
 )
 _GPU_LABELS = ["gpu", "UUID", "pci_bus_id", "modelName", "Hostname", "source"]
 

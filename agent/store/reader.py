@@ -117,7 +117,8 @@ class StoreReader:
         cur = self._cursor()
         try:
             rows = cur.execute(
-                "SELECT epoch(ts), severity, kind, message FROM agent_alerts ORDER BY ts DESC LIMIT ?", [limit]
+                "SELECT epoch(ts), severity, kind, message FROM agent_alerts ORDER BY ts DESC LIMIT ?",
+                [limit],
             ).fetchall()
         finally:
             cur.close()

@@ -49,9 +49,7 @@ def run_rollup(con: duckdb.DuckDBPyConnection, settle_s: float) -> int:
                 FROM gpu_samples WHERE {where} GROUP BY b, gpu_index""",
             bounds,
         )
-        con.execute(
-            "INSERT OR REPLACE INTO meta VALUES (?, ?)", [WATERMARK_KEY, str(end)]
-        )
+        con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [WATERMARK_KEY, str(end)])
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")

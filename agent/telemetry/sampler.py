@@ -1,4 +1,4 @@
-"""The sampling loop: every interval (with jitter) read host + GPU, keep the latest snapshot, hand rows to the writer.
+"""The sampling loop: read host + GPU every interval (with jitter), keep the latest, queue rows.
 
 It runs in its own thread because psutil and NVML calls block. Jitter spreads many collectors
 (and many agents on one hypervisor) so they don't all hit /proc and the driver at the same instant;

@@ -36,23 +36,37 @@ async def create_token(
     body: TokenCreate, request: Request, principal: Principal = Depends(require_admin)
 ) -> TokenCreated:
     """Create a token; the secret is in this answer only."""
-    await run_in_threadpool(audited, request, principal, "token.create", f"token:{body.name}",
-                            {"name": body.name, "role": body.role})
+    await run_in_threadpool(
+        audited,
+        request,
+        principal,
+        "token.create",
+        f"token:{body.name}",
+        {"name": body.name, "role": body.role},
+    )
     token, info = await run_in_threadpool(ctx(request).tokens.create, body.name, body.role)
     return TokenCreated(**info.model_dump(), token=token)
 
 
 @router.delete("/tokens/{accessor}", response_model=TokenInfo)
-async def revoke_token(accessor: str, request: Request, principal: Principal = Depends(require_admin)) -> TokenInfo:
+async def revoke_token(
+    accessor: str, request: Request, principal: Principal = Depends(require_admin)
+) -> TokenInfo:
     tokens = ctx(request).tokens
     known = {t.accessor: t for t in tokens.list()}
     t = known.get(accessor)
     if t is None or t.revoked_at is not None:
         raise ApiError(404, "not_found", f"no active token with accessor {accessor!r}", field="accessor")
     if t.source == "config":
-        raise ApiError(409, "conflict", "config tokens are revoked by removing them from the config file",
-                       field="accessor")
-    await run_in_threadpool(audited, request, principal, "token.revoke", f"token:{t.name}", {"accessor": accessor})
+        raise ApiError(
+            409,
+            "conflict",
+            "config tokens are revoked by removing them from the config file",
+            field="accessor",
+        )
+    await run_in_threadpool(
+        audited, request, principal, "token.revoke", f"token:{t.name}", {"accessor": accessor}
+    )
     info = await run_in_threadpool(tokens.revoke, accessor)
     if info is None:  # revoked concurrently
         raise ApiError(404, "not_found", f"no active token with accessor {accessor!r}", field="accessor")

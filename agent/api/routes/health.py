@@ -45,7 +45,9 @@ def readyz(request: Request):
     if not c.accepting:
         checks["lifecycle"] = "stopping"
     ready = checks["telemetry"] == "ok" and checks["writer"] == "ok" and c.accepting
-    body = Health(status="ok" if ready else "starting", agent_name=c.cfg.name, version=__version__, checks=checks)
+    body = Health(
+        status="ok" if ready else "starting", agent_name=c.cfg.name, version=__version__, checks=checks
+    )
     if ready:
         return body
     return JSONResponse(body.model_dump(), status_code=503)

@@ -50,8 +50,9 @@ def snapshot(request: Request) -> Snapshot:
     """The latest telemetry sample (from memory; never touches the store)."""
     latest = ctx(request).sampler.latest
     if latest is None:
-        raise ApiError(503, "no_sample_yet", "the first sample has not been taken yet",
-                       headers={"Retry-After": "1"})
+        raise ApiError(
+            503, "no_sample_yet", "the first sample has not been taken yet", headers={"Retry-After": "1"}
+        )
     return latest
 
 
@@ -75,8 +76,12 @@ async def series(
     except UnknownMetric:
         from agent.api.schemas import GPU_METRICS, HOST_METRICS
 
-        raise ApiError(422, "invalid_request", f"unknown metric {metric!r}; known: "
-                       f"{', '.join(HOST_METRICS + GPU_METRICS)}", field="metric") from None
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"unknown metric {metric!r}; known: {', '.join(HOST_METRICS + GPU_METRICS)}",
+            field="metric",
+        ) from None
 
 
 @router.get("/alerts", response_model=list[AgentAlert])
