@@ -47,20 +47,22 @@ class AgentProc:
 
     def uds_client(self, **kw) -> httpx.Client:
         return httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self.socket_path)), base_url="http://agent", timeout=10, **kw
+            transport=httpx.HTTPTransport(uds=str(self.socket_path)),
+            base_url="http://agent",
+            timeout=10,
+            **kw,
         )
 
     def start(self, wait: bool = True, timeout: float = 20.0) -> AgentProc:
         self.log_path = self.data_dir.parent / f"{self.name}.log"
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", *self.args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            start_new_session=True,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", "run", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
         if wait:
             self.wait_ready(timeout)
         return self
@@ -117,9 +119,16 @@ def make_agent(
     sock = Path(f"/tmp/wk-{os.getpid()}-{name}-{free_port()}.sock")
     port = free_port()
     args = [
-        "--data-dir", str(data_dir), "--name", name,
-        "--listen", f"127.0.0.1:{port}", "--listen", f"unix:{sock}",
-        "--sample-interval", str(sample_interval),
+        "--data-dir",
+        str(data_dir),
+        "--name",
+        name,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--listen",
+        f"unix:{sock}",
+        "--sample-interval",
+        str(sample_interval),
     ]
     if simulate_gpus:
         args += ["--simulate-gpus", str(simulate_gpus)]
@@ -130,6 +139,10 @@ def make_agent(
         cfg.write_text(config)
         args += ["--config", str(cfg)]
     args += extra_args or []
-    e = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHKEEPER_TOKEN")}
+    e = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHKEEPER_TOKEN")
+    }
     e.update(env or {})
     return AgentProc(name=name, data_dir=data_dir, port=port, socket_path=sock, args=args, env=e)

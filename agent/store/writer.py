@@ -197,7 +197,7 @@ def insert_columns(
     """One column-wise INSERT for many rows; unix-second floats become TIMESTAMPs."""
     data: list[Any] = [list(col) for col in zip(*rows, strict=True)]
     exprs = ", ".join(
-        f"make_timestamp(CAST(round(c{i} * 1000000) AS BIGINT))" if c in TIME_COLUMNS else f"c{i}"
+        f"make_timestamp(CAST(round(c{i}::DOUBLE * 1000000) AS BIGINT))" if c in TIME_COLUMNS else f"c{i}"
         for i, c in enumerate(columns)
     )
     unnests = ", ".join(f"unnest(${i + 1}) AS c{i}" for i in range(len(columns)))
