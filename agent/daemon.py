@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -185,6 +186,16 @@ def serve(cfg: AgentConfig, sockets: list[socket.socket]) -> int:
         finally:
             ctx.accepting = False
             sup.cancel()
+
+    # uvicorn re-raises the signal that stopped it once serve() returns; with the default handler
+    # that would kill us before the flush and checkpoint below. A Python handler makes it a no-op.
+    # SIGHUP (a closed terminal, e.g. the demo's) stops gracefully too; uvicorn leaves it alone.
+    def on_signal(sig: int, _frame: object) -> None:
+        log.info("stopping on signal %s", signal.Signals(sig).name)
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
 
     print(
         f"watchkeeper-agent {cfg.name}: listening on " + ", ".join(str(a) for a in cfg.listen_addresses()),

@@ -1,0 +1,24 @@
+# Watchkeeper tasks. `just` itself comes from the dev extra (rust-just on PyPI).
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := ".venv/bin"
+
+# Lint, then the whole test suite.
+test: lint
+    {{venv}}/python -m pytest -q
+
+lint:
+    {{venv}}/ruff check .
+    {{venv}}/ruff format --check agent console bench
+
+# Three local agents (one real host, two simulated) and the console on them.
+demo:
+    {{venv}}/watchkeeper demo
+
+# Agent CPU/RSS beside prometheus-node-exporter, 60 s each, one run.
+bench-overhead seconds="60":
+    {{venv}}/python bench/agent_overhead.py --seconds {{seconds}}
+
+# Update Textual snapshot baselines after an intended UI change.
+snapshots:
+    {{venv}}/python -m pytest -q tests/console --snapshot-update
