@@ -91,9 +91,7 @@ class TokenStore:
         """Make a token, commit its digest, return (token shown once, its info)."""
         token, accessor = new_token()
         e = _Entry(accessor, name, role, digest(token), source, time.time())
-        self._writer.call(
-            lambda con: con.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?)", list(_row(e)))
-        )
+        self._writer.call(lambda con: con.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?)", list(_row(e))))
         with self._lock:
             self._add(e)
         return token, _info(e)

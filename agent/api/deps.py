@@ -33,9 +33,7 @@ def authenticate(request: Request) -> Principal:
             )
         p = c.tokens.authenticate(token.strip())
         if p is None:
-            raise ApiError(
-                401, "unauthorized", "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"}
-            )
+            raise ApiError(401, "unauthorized", "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
         return p
     peer = request.scope.get("extensions", {}).get(PEER_EXTENSION)
     if peer is not None:
@@ -47,7 +45,8 @@ def authenticate(request: Request) -> Principal:
 
 
 def _require(allowed: frozenset[str], what: str) -> Callable[[Request], Principal]:
-    def dep(request: Request) -> Principal:
+    # async so FastAPI runs it on the loop: no thread-pool hop (and thread) per request.
+    async def dep(request: Request) -> Principal:
         p = authenticate(request)
         if p.role not in allowed:
             raise ApiError(403, "forbidden", f"role {p.role!r} may not {what}")

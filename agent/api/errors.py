@@ -35,9 +35,7 @@ def _body(error: str, detail: object = None, field: str | None = None) -> dict:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(
-            _body(exc.error, exc.detail, exc.field), status_code=exc.status_code, headers=exc.headers
-        )
+        return JSONResponse(_body(exc.error, exc.detail, exc.field), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

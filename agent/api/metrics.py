@@ -43,9 +43,7 @@ class AgentCollector(Collector):
             value={"version": __version__, "agent": self._agent_name},
         )
         ws = self._writer_stats()
-        yield CounterMetricFamily(
-            "watchkeeper_store_rows_written", "Rows committed to the store", ws.rows_written
-        )
+        yield CounterMetricFamily("watchkeeper_store_rows_written", "Rows committed to the store", ws.rows_written)
         yield CounterMetricFamily(
             "watchkeeper_store_rows_dropped",
             "Rows dropped because the store fell behind or rejected them",
@@ -66,9 +64,7 @@ class AgentCollector(Collector):
             "Time to take the last telemetry sample",
             s.sample_duration_s,
         )
-        yield GaugeMetricFamily(
-            "watchkeeper_last_sample_timestamp_seconds", "Unix time of the last sample", s.ts
-        )
+        yield GaugeMetricFamily("watchkeeper_last_sample_timestamp_seconds", "Unix time of the last sample", s.ts)
         yield from _host(s)
         yield from _gpus(s)
 
@@ -95,9 +91,7 @@ def _host(s: Snapshot) -> Iterator:
         ("watchkeeper_cpu_utilization_percent", s.cpu.percent, "CPU utilization over the last interval"),
     ):
         yield GaugeMetricFamily(name, help_, value)
-    size = GaugeMetricFamily(
-        "node_filesystem_size_bytes", "Filesystem size", labels=["device", "mountpoint", "fstype"]
-    )
+    size = GaugeMetricFamily("node_filesystem_size_bytes", "Filesystem size", labels=["device", "mountpoint", "fstype"])
     avail = GaugeMetricFamily(
         "node_filesystem_avail_bytes", "Filesystem space available", labels=["device", "mountpoint", "fstype"]
     )

@@ -10,12 +10,8 @@ from __future__ import annotations
 import socket
 import struct
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
-
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
-except ImportError:  # httptools not installed: h11 is always there
-    _Base = H11Protocol  # type: ignore[assignment,misc]
+# httptools comes with uvicorn[standard], a dependency; h11 would need its own hook.
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
 
 _UCRED = struct.Struct("3i")
 

@@ -33,14 +33,16 @@ class OpenedStore:
 
 
 def _connect(path: Path) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(str(path), config={"threads": 1})
-    # Small memory footprint for an always-on daemon; rollups and series queries are tiny.
-    con.execute("SET memory_limit='256MB'")
-    try:
-        con.execute("SET TimeZone='UTC'")
-    except duckdb.Error:  # built without ICU: timestamps are already UTC-naive
-        pass
-    return con
+    # One thread and a small memory limit: an always-on daemon whose queries are tiny.
+    return duckdb.connect(
+        str(path),
+        config={
+            "threads": 1,
+            "memory_limit": "256MB",
+            "allocator_flush_threshold": "8MB",
+            "checkpoint_threshold": "4MB",
+        },
+    )
 
 
 def open_store(path: Path) -> OpenedStore:

@@ -6,7 +6,11 @@ the API speaks unix seconds (`epoch(ts)`).
 
 from __future__ import annotations
 
+import time
+
 import duckdb
+
+from agent.store.sqltime import ts_from_unix
 
 # Metrics kept per host sample and per GPU sample; rollups keep avg and max of each.
 HOST_COLUMNS = (
@@ -68,15 +72,12 @@ LATEST_VERSION = MIGRATIONS[-1][0]
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
     """Bring the schema to the latest version; returns it. Each migration is one transaction."""
-    con.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)"
-    )
+    con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
     row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
     current = row[0] if row and row[0] is not None else 0
     if current > LATEST_VERSION:
         raise RuntimeError(
-            f"store schema version {current} is newer than this agent knows ({LATEST_VERSION}); "
-            "upgrade the agent"
+            f"store schema version {current} is newer than this agent knows ({LATEST_VERSION}); upgrade the agent"
         )
     for version, sql in MIGRATIONS:
         if version <= current:
@@ -84,7 +85,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(sql)
-            con.execute("INSERT INTO schema_migrations VALUES (?, now()::TIMESTAMP)", [version])
+            con.execute(f"INSERT INTO schema_migrations VALUES (?, {ts_from_unix('?')})", [version, time.time()])
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")

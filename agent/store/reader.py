@@ -20,6 +20,7 @@ from agent.api.schemas import (
     SeriesPoint,
     SeriesResponse,
 )
+from agent.store.sqltime import ts_from_unix
 
 # Wire metric name -> (table family, column)
 _HOST_COL = {m: m for m in HOST_METRICS}
@@ -69,7 +70,7 @@ class StoreReader:
             SELECT {group}any_value({"uuid" if gpu else "NULL"}),
                    floor(epoch({ts}) / $step) * $step AS b, avg({col})
             FROM {table}
-            WHERE {ts} >= to_timestamp($start)::TIMESTAMP AND {ts} <= to_timestamp($end)::TIMESTAMP
+            WHERE {ts} >= {ts_from_unix("$start")} AND {ts} <= {ts_from_unix("$end")}
             GROUP BY {group}b ORDER BY {group}b"""
         cur = self._cursor()
         try:

@@ -11,6 +11,7 @@ import time
 import duckdb
 
 from agent.store.migrations import GPU_COLUMNS, HOST_COLUMNS
+from agent.store.sqltime import ts_from_unix
 
 WATERMARK_KEY = "rollup_watermark"
 
@@ -33,7 +34,7 @@ def run_rollup(con: duckdb.DuckDBPyConnection, settle_s: float) -> int:
     if end <= start:
         return 0
     bounds = [start, end]
-    where = "ts >= to_timestamp(?)::TIMESTAMP AND ts < to_timestamp(?)::TIMESTAMP"
+    where = f"ts >= {ts_from_unix('?')} AND ts < {ts_from_unix('?')}"
     con.execute("BEGIN TRANSACTION")
     try:
         n = con.execute(
@@ -62,10 +63,10 @@ def run_retention(con: duckdb.DuckDBPyConnection, raw_s: float, rollup_s: float)
     now = time.time()
     raw_cut, roll_cut = [now - raw_s], [now - rollup_s]
     for table in ("host_samples", "gpu_samples"):
-        con.execute(f"DELETE FROM {table} WHERE ts < to_timestamp(?)::TIMESTAMP", raw_cut)
+        con.execute(f"DELETE FROM {table} WHERE ts < {ts_from_unix('?')}", raw_cut)
     for table in ("host_rollup_1m", "gpu_rollup_1m"):
-        con.execute(f"DELETE FROM {table} WHERE bucket < to_timestamp(?)::TIMESTAMP", roll_cut)
-    con.execute("DELETE FROM agent_alerts WHERE ts < to_timestamp(?)::TIMESTAMP", roll_cut)
+        con.execute(f"DELETE FROM {table} WHERE bucket < {ts_from_unix('?')}", roll_cut)
+    con.execute(f"DELETE FROM agent_alerts WHERE ts < {ts_from_unix('?')}", roll_cut)
 
 
 def make_maintenance(raw_s: float, rollup_s: float, settle_s: float):

@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from agent.store.sqltime import ts_from_unix
+
 log = logging.getLogger("watchkeeper.store")
 
 T = TypeVar("T")
@@ -191,15 +193,10 @@ class StoreWriter:
         self.stats.last_flush_at = time.time()
 
 
-def insert_columns(
-    con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[tuple]
-) -> None:
+def insert_columns(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
     """One column-wise INSERT for many rows; unix-second floats become TIMESTAMPs."""
     data: list[Any] = [list(col) for col in zip(*rows, strict=True)]
-    exprs = ", ".join(
-        f"make_timestamp(CAST(round(c{i}::DOUBLE * 1000000) AS BIGINT))" if c in TIME_COLUMNS else f"c{i}"
-        for i, c in enumerate(columns)
-    )
+    exprs = ", ".join(ts_from_unix(f"c{i}") if c in TIME_COLUMNS else f"c{i}" for i, c in enumerate(columns))
     unnests = ", ".join(f"unnest(${i + 1}) AS c{i}" for i in range(len(columns)))
     con.execute(
         f"INSERT INTO {table} ({', '.join(columns)}) SELECT {exprs} FROM (SELECT {unnests})",

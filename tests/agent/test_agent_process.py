@@ -21,9 +21,7 @@ FAST = "flush_interval = 0.2\n"
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def wait_for(pred, timeout: float = 10.0, every: float = 0.1):
@@ -217,9 +215,7 @@ def test_kill9_then_restart_keeps_flushed_samples(agent_factory):
         wait_for(
             lambda: (
                 len(
-                    c.get("/api/v1/series", params={"metric": "cpu_percent", "step": 0.2}).json()["series"][
-                        0
-                    ]["points"]
+                    c.get("/api/v1/series", params={"metric": "cpu_percent", "step": 0.2}).json()["series"][0]["points"]
                 )
                 >= 5
                 if c.get("/api/v1/series", params={"metric": "cpu_percent", "step": 0.2}).json()["series"]
@@ -251,9 +247,7 @@ def test_corrupt_wal_agent_moves_it_aside_and_runs(agent_factory):
     wal.write_bytes(bytes(data))
     a.start()
     with a.client() as c:
-        alerts = wait_for(
-            lambda: [x for x in c.get("/api/v1/alerts").json() if x["kind"] == "store.wal_replay_failed"]
-        )
+        alerts = wait_for(lambda: [x for x in c.get("/api/v1/alerts").json() if x["kind"] == "store.wal_replay_failed"])
         assert alerts[0]["severity"] == "critical"
         assert "recovered" in httpx.get(f"{a.url}/readyz").json()["checks"]["store"]
     assert any(p.name.startswith("watchkeeper.duckdb.wal.failed-") for p in a.data_dir.iterdir())

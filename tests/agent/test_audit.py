@@ -25,9 +25,7 @@ def audit(tmp_path):
 
 def _fill(log: AuditLog, n: int = 5) -> None:
     for i in range(n):
-        log.record(
-            ALICE, "token.create", f"token:t{i}", {"role": "viewer", "i": i, "note": "ünïcode"}, "127.0.0.1:5"
-        )
+        log.record(ALICE, "token.create", f"token:t{i}", {"role": "viewer", "i": i, "note": "ünïcode"}, "127.0.0.1:5")
 
 
 def test_chain_verifies_and_head_is_exported(audit):

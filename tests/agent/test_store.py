@@ -200,6 +200,6 @@ def test_corrupt_wal_is_moved_aside_with_an_alert(tmp_path):
     assert not wal.exists()
     assert any(p.name.startswith("wk.duckdb.wal.failed-") for p in tmp_path.iterdir())
     # the store is usable: schema there, writes work
-    opened.con.execute("INSERT INTO agent_alerts VALUES (now()::TIMESTAMP, 'info', 'k', 'm')")
+    opened.con.execute("INSERT INTO agent_alerts VALUES (TIMESTAMP '2026-01-01', 'info', 'k', 'm')")
     opened.con.close()
     assert os.path.exists(path)

@@ -14,12 +14,12 @@ router = APIRouter(tags=["admin"])
 
 
 @router.get("/whoami", response_model=Principal)
-def whoami(principal: Principal = Depends(require_read)) -> Principal:
+async def whoami(principal: Principal = Depends(require_read)) -> Principal:
     return principal
 
 
 @router.get("/tokens", response_model=list[TokenInfo], dependencies=[Depends(require_admin)])
-def list_tokens(request: Request) -> list[TokenInfo]:
+async def list_tokens(request: Request) -> list[TokenInfo]:
     return ctx(request).tokens.list()
 
 
@@ -49,9 +49,7 @@ async def create_token(
 
 
 @router.delete("/tokens/{accessor}", response_model=TokenInfo)
-async def revoke_token(
-    accessor: str, request: Request, principal: Principal = Depends(require_admin)
-) -> TokenInfo:
+async def revoke_token(accessor: str, request: Request, principal: Principal = Depends(require_admin)) -> TokenInfo:
     tokens = ctx(request).tokens
     known = {t.accessor: t for t in tokens.list()}
     t = known.get(accessor)
@@ -64,9 +62,7 @@ async def revoke_token(
             "config tokens are revoked by removing them from the config file",
             field="accessor",
         )
-    await run_in_threadpool(
-        audited, request, principal, "token.revoke", f"token:{t.name}", {"accessor": accessor}
-    )
+    await run_in_threadpool(audited, request, principal, "token.revoke", f"token:{t.name}", {"accessor": accessor})
     info = await run_in_threadpool(tokens.revoke, accessor)
     if info is None:  # revoked concurrently
         raise ApiError(404, "not_found", f"no active token with accessor {accessor!r}", field="accessor")

@@ -20,7 +20,7 @@ def _maybe_auth(request: Request, public: bool) -> None:
 
 
 @router.get("/healthz", response_model=Health, tags=["health"])
-def healthz(request: Request) -> Health:
+async def healthz(request: Request) -> Health:
     """The process is up and answering."""
     c = ctx(request)
     _maybe_auth(request, c.cfg.auth.health_public)
@@ -28,7 +28,7 @@ def healthz(request: Request) -> Health:
 
 
 @router.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
-def readyz(request: Request):
+async def readyz(request: Request):
     """Ready when the store writer runs, a sample was taken recently and the agent is not stopping."""
     c = ctx(request)
     _maybe_auth(request, c.cfg.auth.health_public)
@@ -45,16 +45,14 @@ def readyz(request: Request):
     if not c.accepting:
         checks["lifecycle"] = "stopping"
     ready = checks["telemetry"] == "ok" and checks["writer"] == "ok" and c.accepting
-    body = Health(
-        status="ok" if ready else "starting", agent_name=c.cfg.name, version=__version__, checks=checks
-    )
+    body = Health(status="ok" if ready else "starting", agent_name=c.cfg.name, version=__version__, checks=checks)
     if ready:
         return body
     return JSONResponse(body.model_dump(), status_code=503)
 
 
 @router.get("/metrics", tags=["health"], response_class=Response)
-def metrics(request: Request) -> Response:
+async def metrics(request: Request) -> Response:
     """Prometheus text exposition (node_exporter and DCGM-exporter names)."""
     c = ctx(request)
     _maybe_auth(request, c.cfg.auth.metrics_public)

@@ -21,7 +21,7 @@ router = APIRouter(dependencies=[Depends(require_read)], tags=["telemetry"])
 
 
 @router.get("/host", response_model=HostInfo)
-def host(request: Request) -> HostInfo:
+async def host(request: Request) -> HostInfo:
     """What this host is: CPUs, memory, GPUs, the agent's version and enforcement capabilities."""
     c = ctx(request)
     latest = c.sampler.latest
@@ -46,13 +46,11 @@ def host(request: Request) -> HostInfo:
 
 
 @router.get("/snapshot", response_model=Snapshot, responses={503: {"description": "no sample yet"}})
-def snapshot(request: Request) -> Snapshot:
+async def snapshot(request: Request) -> Snapshot:
     """The latest telemetry sample (from memory; never touches the store)."""
     latest = ctx(request).sampler.latest
     if latest is None:
-        raise ApiError(
-            503, "no_sample_yet", "the first sample has not been taken yet", headers={"Retry-After": "1"}
-        )
+        raise ApiError(503, "no_sample_yet", "the first sample has not been taken yet", headers={"Retry-After": "1"})
     return latest
 
 
