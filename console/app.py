@@ -1,0 +1,207 @@
+"""`WatchkeeperApp`: the fleet console.
+
+Data flow (one direction each way):
+- a poll runs in an exclusive worker, posts `FleetPolled`, and only when it has finished is the
+  next poll armed, so polls never overlap however slow the fleet is;
+- the App keeps the newest `FleetStatus` (a reactive) and hands it down to the visible screen,
+  unless a modal covers it (the screen catches up when it is resumed);
+- every problem the user should hear about goes to one sink, `on_console_error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import App
+from textual.binding import Binding
+from textual.reactive import reactive
+from textual.screen import ModalScreen
+from textual.timer import Timer
+
+from console.client import AgentState, FleetSource, FleetStatus
+from console.messages import ConsoleError, FleetPolled
+from console.readonly import allowed
+from console.screens.base import ConsoleScreen
+from console.screens.fleet import FleetScreen
+from console.screens.help import HelpScreen
+from console.screens.host import HostScreen
+
+DEFAULT_REFRESH_S = 2.0
+# The same error is reported at most once in this many seconds (a dead agent fails every poll).
+ERROR_REPEAT_S = 60.0
+EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class WatchkeeperApp(App[int]):
+    """The Watchkeeper fleet console."""
+
+    TITLE = "Watchkeeper"
+    CSS_PATH = Path(__file__).parent / "styles" / "app.tcss"
+    BINDINGS: ClassVar = [
+        Binding("q", "quit", "Quit"),
+        # Textual's ctrl+c only hints at ctrl+q; operators expect Ctrl+C to leave.
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
+        Binding("question_mark", "help", "Help"),
+        Binding("r", "refresh_now", "Refresh"),
+    ]
+
+    # The first screen; a subclass (or a later feature) may swap in an extended one.
+    FLEET_SCREEN: ClassVar[type[FleetScreen]] = FleetScreen
+
+    fleet_status: reactive[FleetStatus | None] = reactive(None, always_update=True, init=False)
+
+    def __init__(
+        self,
+        source: FleetSource,
+        *,
+        refresh_s: float = DEFAULT_REFRESH_S,
+        readonly: bool = False,
+        theme: str | None = None,
+        ansi_color: bool | None = None,
+    ) -> None:
+        super().__init__(ansi_color=ansi_color)
+        self.source = source
+        self.refresh_s = refresh_s
+        # Plain attribute, fixed for the app's life: later mutating actions consult it (through
+        # `console.readonly.mutating`), and nothing may switch it off at runtime.
+        self.readonly = readonly
+        if theme:
+            self.theme = theme
+        self.polls_started = 0
+        self.polls_finished = 0
+        self.polling = False
+        self._poll_timer: Timer | None = None
+        self._reported: dict[tuple[str, str], float] = {}
+        self._previous_handlers: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_mount(self) -> None:
+        self._install_signal_handlers()
+        if self.readonly:
+            self.add_class("-readonly")
+        self._set_subtitle()
+        self.push_screen(self.FLEET_SCREEN())
+        self.poll_fleet()
+
+    async def on_unmount(self) -> None:
+        self._remove_signal_handlers()
+        if self._poll_timer is not None:
+            self._poll_timer.stop()
+        await self.source.aclose()
+
+    def _install_signal_handlers(self) -> None:
+        # A closed SSH session (SIGHUP) or `kill` (SIGTERM) must leave through the normal exit
+        # path, so the terminal is restored and whoever started us (e.g. `demo`) can clean up.
+        loop = asyncio.get_running_loop()
+        for sig in EXIT_SIGNALS:
+            previous = signal.getsignal(sig)
+            try:
+                loop.add_signal_handler(sig, functools.partial(self.exit, return_code=128 + sig))
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no such signal
+                continue
+            self._previous_handlers[sig] = previous
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig, previous in self._previous_handlers.items():
+            loop.remove_signal_handler(sig)
+            # asyncio resets to SIG_DFL; put back what was there (e.g. demo's cleanup handler).
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous_handlers.clear()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return allowed(self, action)
+
+    # ------------------------------------------------------------------ polling
+
+    @work(exclusive=True, group="fleet-poll")
+    async def poll_fleet(self) -> None:
+        """Poll every agent once in the background, then arm the next poll."""
+        self.polling = True
+        self.polls_started += 1
+        cancelled = False
+        try:
+            status = await self.source.poll()
+            self.post_message(FleetPolled(status))
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        except Exception as exc:  # the poller should not raise; if it does, say so and keep polling
+            self.post_message(ConsoleError("poll", f"poll failed: {type(exc).__name__}: {exc}"))
+        finally:
+            self.polling = False
+            self.polls_finished += 1
+            if not cancelled:
+                self._arm_poll()
+
+    def _arm_poll(self) -> None:
+        if self._poll_timer is not None:
+            self._poll_timer.stop()
+        self._poll_timer = self.set_timer(self.refresh_s, self.poll_fleet, name="fleet-poll")
+
+    def action_refresh_now(self) -> None:
+        """`r`: poll now, unless a poll is already running (polls never overlap)."""
+        if self.polling:
+            return
+        if self._poll_timer is not None:
+            self._poll_timer.stop()
+        self.poll_fleet()
+
+    @on(FleetPolled)
+    def _fleet_polled(self, message: FleetPolled) -> None:
+        self.fleet_status = message.status
+
+    def watch_fleet_status(self, status: FleetStatus | None) -> None:
+        if status is None:
+            return
+        self._set_subtitle()
+        screen = self.screen
+        if isinstance(screen, ModalScreen):
+            return  # skip redraw under a modal; the screen catches up on resume
+        if isinstance(screen, ConsoleScreen):
+            screen.show_fleet(status)
+
+    def _set_subtitle(self) -> None:
+        parts: list[str] = []
+        status = self.fleet_status
+        if status is None:
+            parts.append(f"{len(self.source.specs)} agents")
+        else:
+            parts.append(f"{len(status.agents)} agents")
+            parts.extend(f"{status.count(s)} {s.value}" for s in AgentState if status.count(s))
+        if self.readonly:
+            parts.append("READ-ONLY")
+        self.sub_title = " · ".join(parts)
+
+    # ------------------------------------------------------------------ navigation
+
+    def open_host(self, agent: str) -> None:
+        """Drill into one agent's host screen."""
+        self.push_screen(HostScreen(agent))
+
+    def action_help(self) -> None:
+        """`?`: show the key reference."""
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    # ------------------------------------------------------------------ the error sink
+
+    @on(ConsoleError)
+    def report_error(self, message: ConsoleError) -> None:
+        """Report a problem once (repeats within ERROR_REPEAT_S are dropped)."""
+        now = time.monotonic()
+        key = (message.source, message.message)
+        last = self._reported.get(key)
+        if last is not None and now - last < ERROR_REPEAT_S:
+            return
+        self._reported[key] = now
+        self.log.error(f"{message.source}: {message.message}")
+        severity = message.severity if message.severity in ("information", "warning", "error") else "error"
+        self.notify(message.message, severity=severity, timeout=8)  # type: ignore[arg-type]

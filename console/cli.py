@@ -1,0 +1,216 @@
+"""`watchkeeper`: the console's command line.
+
+    watchkeeper [--agents URL,...] [--fleet FILE] [--readonly] [--refresh S]   the TUI
+    watchkeeper status [--json] [--agents ...] [--fleet ...]                    headless table
+    watchkeeper demo                                                            3 local agents + TUI
+
+Exit codes: 0 fine (status: all up), 1 status: some agent stale/down, 2 usage or config error
+(one line on stderr). New subcommands are `Command`s added to `COMMANDS`: a name, a help line, a
+function adding its options, and a function running it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from console import __version__
+from console.config import FleetConfigError, resolve_fleet
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A usage or configuration problem: printed as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the whole usage block; scripts and humans both want one line.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: `configure` adds its options, `run` returns the exit code."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0.2 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0.2 and 3600 seconds")
+    return seconds
+
+
+def _add_fleet_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # On subcommands the defaults are SUPPRESSed so `watchkeeper --agents X status` keeps X
+    # (argparse would otherwise overwrite it with the subparser's default None).
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--agents",
+        metavar="URL,...",
+        default=default,
+        help="comma-separated agent addresses (http://, https://, unix:///path); token from $WATCHKEEPER_TOKEN",
+    )
+    parser.add_argument(
+        "--fleet",
+        metavar="FILE",
+        default=default,
+        help="TOML fleet file ([[agent]] name, url, token or token_env); default $WATCHKEEPER_FLEET",
+    )
+
+
+def _add_tui_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    parser.add_argument(
+        "--readonly",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="disable every action that changes an agent",
+    )
+    parser.add_argument(
+        "--refresh",
+        type=_positive_seconds,
+        metavar="S",
+        default=argparse.SUPPRESS if suppress else 2.0,
+        help="seconds between polls (default 2)",
+    )
+    parser.add_argument(
+        "--theme",
+        metavar="NAME",
+        default=argparse.SUPPRESS if suppress else None,
+        help="Textual theme, e.g. textual-dark, nord; ansi-dark/ansi-light use the terminal's palette",
+    )
+    parser.add_argument(
+        "--ansi",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="use the terminal's own palette (same as --theme ansi-dark)",
+    )
+
+
+def _specs(args: argparse.Namespace):
+    try:
+        return resolve_fleet(getattr(args, "agents", None), getattr(args, "fleet", None))
+    except FleetConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _theme(args: argparse.Namespace) -> str | None:
+    from textual.theme import BUILTIN_THEMES
+
+    theme = "ansi-dark" if getattr(args, "ansi", False) else getattr(args, "theme", None)
+    if theme is not None and theme not in BUILTIN_THEMES:
+        raise UsageError(f"unknown theme {theme!r} (choose from {', '.join(sorted(BUILTIN_THEMES))})")
+    return theme
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def run_tui(args: argparse.Namespace, specs: Sequence | None = None) -> int:  # type: ignore[type-arg]
+    """Open the fleet console on the given (or configured) agents."""
+    from console.app import WatchkeeperApp
+    from console.client import FleetPoller
+
+    theme = _theme(args)
+    specs = specs if specs is not None else _specs(args)
+    app = WatchkeeperApp(FleetPoller(specs), refresh_s=args.refresh, readonly=args.readonly, theme=theme)
+    rc = app.run()
+    return app.return_code if app.return_code is not None else (rc or EXIT_OK)
+
+
+def _configure_status(p: argparse.ArgumentParser) -> None:
+    _add_fleet_options(p, suppress=True)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from console.status import run_status
+
+    return run_status(_specs(args), as_json=args.json, out=sys.stdout)
+
+
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    _add_tui_options(p, suppress=True)
+    p.add_argument("--data-dir", metavar="DIR", help="where the demo agents keep their data (default ./.demo)")
+    p.add_argument(
+        "--agent-command",
+        metavar="CMD",
+        help="command that starts an agent (default: this Python's watchkeeper agent)",
+    )
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from console.demo import DemoError, DemoFleet, demo_dir, exit_on_signals, parse_agent_command
+
+    theme = _theme(args)  # validate before starting anything
+    fleet = DemoFleet(demo_dir(args.data_dir), agent_command=parse_agent_command(args.agent_command))
+    # exit_on_signals spans the whole run: the TUI swaps in its own handlers while it runs and
+    # puts these back when it stops, so a SIGTERM during start-up or clean-up also cleans up.
+    with exit_on_signals(), fleet:
+        print(f"watchkeeper demo: starting {len(fleet.plan)} agents in {fleet.base_dir} …", file=sys.stderr)
+        try:
+            specs = fleet.start()
+        except DemoError as exc:
+            raise UsageError(f"demo: {exc}") from None
+        args.theme = theme
+        args.ansi = False
+        return run_tui(args, specs)
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "status",
+        "print the fleet table without the TUI (exit 1 unless all agents are up)",
+        _configure_status,
+        _run_status,
+    ),
+    Command("demo", "start three local agents and open the console on them", _configure_demo, _run_demo),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (top level opens the TUI; subcommands from `COMMANDS`)."""
+    parser = _Parser(prog="watchkeeper", description="Watchkeeper fleet console for ML hosts.")
+    parser.add_argument("--version", action="version", version=f"watchkeeper {__version__}")
+    _add_fleet_options(parser, suppress=False)
+    _add_tui_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.configure(p)
+        p.set_defaults(handler=command.run)
+    parser.set_defaults(handler=run_tui)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `watchkeeper`; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except UsageError as exc:
+        print(f"watchkeeper: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The `?` help screen: every key, grouped by where it works."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "Everywhere",
+        (
+            ("?", "this help"),
+            ("r", "refresh now"),
+            ("q", "quit"),
+        ),
+    ),
+    (
+        "Fleet",
+        (
+            ("↑ ↓ PgUp PgDn", "move"),
+            ("Enter", "open host"),
+            ("/", "filter (regex, smart case; !regex inverts)"),
+            ("Esc", "clear filter"),
+            ("s", "sort by next column"),
+            ("N S C M G U A", "sort by name, state, CPU, mem, GPU, GPU mem, age (twice: reverse)"),
+            ("click header", "sort by that column"),
+        ),
+    ),
+    (
+        "Host",
+        (("Esc / Backspace", "back to fleet"),),
+    ),
+)
+
+STATES = (
+    ("up", "answering, newest sample fresh"),
+    ("stale", "answering, but newest sample older than 3 sample intervals"),
+    ("down", "not answering or refusing us (why and next retry shown)"),
+)
+
+
+def help_text(readonly: bool) -> str:
+    """The help body as plain text."""
+    width = max(len(k) for _, rows in HELP_SECTIONS for k, _ in rows) + 2
+    lines: list[str] = []
+    for title, rows in HELP_SECTIONS:
+        lines.append(title)
+        lines.extend(f"  {key:<{width}}{what}" for key, what in rows)
+        lines.append("")
+    lines.append("States")
+    lines.extend(f"  {key:<{width}}{what}" for key, what in STATES)
+    lines.append("")
+    lines.append("Mode: read-only (actions that change agents are disabled)" if readonly else "Mode: read-write")
+    return "\n".join(lines)
+
+
+class HelpScreen(ModalScreen[None]):
+    """Key reference; Escape or ? closes it."""
+
+    BINDINGS = [
+        Binding("escape", "dismiss", "Close"),
+        Binding("question_mark", "dismiss", "Close", show=False),
+        # A modal masks the App's bindings; `q` must still quit from here.
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-box"):
+            yield Static("Watchkeeper — keys", classes="help--title")
+            yield Static(help_text(bool(getattr(self.app, "readonly", False))), id="help-body", markup=False)

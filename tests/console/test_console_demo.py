@@ -1,0 +1,186 @@
+"""`watchkeeper demo`: agents start, the console reaches them, and nothing is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from console.client import AgentState
+from console.demo import DemoError, DemoFleet, alive_pids
+from console.status import poll_once
+
+REPO = Path(__file__).resolve().parents[2]
+FAKE = [sys.executable, str(Path(__file__).with_name("fake_agent.py"))]
+NAMES = ["demo-local", "demo-sim-4gpu", "demo-sim-1gpu"]
+
+
+def group_pids(base: Path) -> list[int]:
+    """Leader and grandchild pids the fake agents wrote."""
+    pids: list[int] = []
+    for name in NAMES:
+        f = base / name / "pids"
+        if f.exists():
+            pids.extend(json.loads(f.read_text()))
+    return pids
+
+
+def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    end = time.monotonic() + timeout
+    while alive_pids(pids) and time.monotonic() < end:
+        time.sleep(0.05)
+    return alive_pids(pids)
+
+
+@pytest.fixture(autouse=True)
+def reap(tmp_path: Path):
+    """Whatever a failing test leaves behind is killed by pid (never by name)."""
+    yield
+    for pid_file in tmp_path.rglob("pids"):
+        for pid in alive_pids(json.loads(pid_file.read_text())):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_demo_fleet_starts_agents_the_console_can_poll_and_stops_all(tmp_path: Path) -> None:
+    base = tmp_path / "demo"
+    with DemoFleet(base, agent_command=FAKE) as fleet:
+        specs = fleet.start()
+        assert [s.name for s in specs] == NAMES
+        assert specs[0].url == f"unix://{(base / 'demo-local' / 'agent.sock').resolve()}"
+        assert all(s.url.startswith("http://127.0.0.1:") for s in specs[1:])
+        assert [s.token for s in specs] == [f"token-{n}" for n in NAMES]  # read from admin.token
+        pids = group_pids(base)
+        assert len(pids) == 6 and alive_pids(pids) == pids
+        status = asyncio.run(poll_once(specs))
+        assert [a.state for a in status.agents] == [AgentState.UP] * 3
+        assert [len(a.snapshot.gpus) for a in status.agents] == [2, 4, 1]  # type: ignore[union-attr]
+        # Every agent leads its own process group (so killpg reaches its children).
+        assert all(os.getpgid(p) == p for p in fleet.pids)
+    # The fakes leave their `sleep` grandchildren behind on SIGTERM: the group sweep must get them.
+    assert wait_gone(pids) == []
+
+
+def test_exception_inside_the_demo_still_stops_everything(tmp_path: Path) -> None:
+    base = tmp_path / "demo"
+    with pytest.raises(RuntimeError, match="boom"), DemoFleet(base, agent_command=FAKE) as fleet:
+        fleet.start()
+        pids = group_pids(base)
+        raise RuntimeError("boom")
+    assert wait_gone(pids) == []
+
+
+def test_agent_that_fails_to_start_is_reported_and_others_stopped(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_AGENT_FAIL", "1")
+    with pytest.raises(DemoError) as err, DemoFleet(tmp_path / "d", agent_command=FAKE, ready_timeout_s=10) as fleet:
+        fleet.start()
+    assert "exited with 3" in str(err.value) and "FAKE_AGENT_FAIL" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert alive_pids(fleet.pids) == []
+
+
+def test_agent_ignoring_sigterm_is_killed_after_grace(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_AGENT_IGNORE_TERM", "1")
+    base = tmp_path / "d"
+    fleet = DemoFleet(base, agent_command=FAKE, stop_grace_s=0.5)
+    with fleet:
+        fleet.start()
+        pids = group_pids(base)
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 4
+    assert wait_gone(pids) == []
+
+
+def test_long_data_dir_puts_sockets_in_a_short_temp_dir(tmp_path: Path) -> None:
+    base = tmp_path / ("x" * 90)
+    with DemoFleet(base, agent_command=FAKE) as fleet:
+        specs = fleet.start()
+        sock = specs[0].socket_path
+        assert sock is not None and len(sock) < 100 and Path(sock).exists()
+        assert asyncio.run(poll_once(specs[:1])).all_up
+    assert not Path(sock).parent.exists()  # temp socket dir removed
+
+
+# --------------------------------------------------------------------------- the CLI under a terminal
+
+
+class Terminal:
+    """Runs `watchkeeper demo` on a pseudo-terminal and drains its output."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        master, slave = pty.openpty()
+        full_env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "30", **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "console.cli", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=REPO,
+            env=full_env,
+            start_new_session=True,
+        )
+        os.close(slave)
+        self.master = master
+        self.output = bytearray()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.output.extend(chunk)
+
+    def wait_for(self, needle: bytes, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while needle not in self.output:
+            assert self.proc.poll() is None, f"exited {self.proc.returncode}: {bytes(self.output[-2000:])!r}"
+            assert time.monotonic() < end, f"{needle!r} not seen: {bytes(self.output[-2000:])!r}"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        os.close(self.master)
+
+
+@pytest.mark.parametrize("how", ["q", "ctrl+c", "SIGTERM", "SIGHUP", "SIGKILL"])
+def test_demo_cli_leaves_no_process_behind(tmp_path: Path, how: str) -> None:
+    base = tmp_path / "demo"
+    term = Terminal(["demo", "--data-dir", str(base), "--agent-command", shlex.join(FAKE), "--refresh", "0.5"])
+    try:
+        term.wait_for(b"demo-sim-1gpu")  # the TUI drew the fleet
+        term.wait_for(b"3 up")
+        pids = group_pids(base)
+        assert len(pids) == 6 and alive_pids(pids) == pids
+        leaders = pids[0::2]
+        if how == "q":
+            os.write(term.master, b"q")
+        elif how == "ctrl+c":
+            os.write(term.master, b"\x03")
+        else:
+            term.proc.send_signal(getattr(signal, how))
+        rc = term.proc.wait(20)
+        if how == "SIGKILL":
+            # No cleanup code runs; PR_SET_PDEATHSIG still takes the agents down.
+            assert rc == -signal.SIGKILL
+            assert wait_gone(leaders) == []
+        else:
+            assert rc == {"q": 0, "ctrl+c": 0, "SIGTERM": 128 + 15, "SIGHUP": 128 + 1}[how]
+            assert wait_gone(pids) == []
+    finally:
+        term.close()

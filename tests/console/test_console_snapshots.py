@@ -1,0 +1,89 @@
+"""Visual regression tests (pytest-textual-snapshot) on frozen, deterministic data.
+
+Update after an intended change with `pytest tests/console --snapshot-update` and review the SVGs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from textual.widgets import Input
+
+from console.app import WatchkeeperApp
+from console.screens.host import HostScreen
+from console.widgets.fleet_table import FleetTable
+from tests.console.wk_fakes import FakeSource, down, fleet, stale, up
+
+SIZE = (120, 32)
+
+
+def make_app(**kw) -> WatchkeeperApp:
+    source = FakeSource(
+        fleet(
+            up("gpu-01", 0, cpu=91.0, gpu_utils=(97.0, 80.0)),
+            down("gpu-02", 1),
+            up("gpu-03", 2, cpu=10.0, mem=77.0, gpu_utils=()),
+            stale("cpu-04", 3),
+            down("gpu-05", 4, reason="401 bad token", retry_in=30.0),
+        )
+    )
+    # A long refresh: nothing moves while the screenshot is taken.
+    return WatchkeeperApp(source, refresh_s=3600, **kw)
+
+
+async def wait_for(pilot, predicate) -> None:
+    for _ in range(300):
+        if predicate():
+            await pilot.pause()
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never ready")
+
+
+async def fleet_ready(pilot) -> None:
+    app = pilot.app
+    await wait_for(
+        pilot,
+        lambda: (
+            app.fleet_status is not None
+            and app.screen.query(FleetTable)
+            and app.screen.query_one(FleetTable).row_count > 0
+        ),
+    )
+
+
+def test_fleet_screen(snap_compare) -> None:
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=fleet_ready)
+
+
+def test_fleet_sorted_and_filtered_readonly(snap_compare) -> None:
+    async def run_before(pilot) -> None:
+        await fleet_ready(pilot)
+        await pilot.press("C", "C", "slash", *"!stale")
+        pilot.app.screen.query_one(Input).cursor_blink = False
+        await pilot.pause()
+
+    assert snap_compare(make_app(readonly=True), terminal_size=SIZE, run_before=run_before)
+
+
+def test_host_screen(snap_compare) -> None:
+    async def run_before(pilot) -> None:
+        await fleet_ready(pilot)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, HostScreen) and bool(pilot.app.screen.series))
+        await pilot.pause()
+
+    assert snap_compare(make_app(), terminal_size=(120, 40), run_before=run_before)
+
+
+def test_help_screen(snap_compare) -> None:
+    async def run_before(pilot) -> None:
+        await fleet_ready(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause()
+
+    assert snap_compare(make_app(), terminal_size=(120, 36), run_before=run_before)
+
+
+def test_ansi_theme(snap_compare) -> None:
+    assert snap_compare(make_app(theme="ansi-dark"), terminal_size=SIZE, run_before=fleet_ready)
