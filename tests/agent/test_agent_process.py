@@ -209,29 +209,19 @@ def test_sigterm_flushes_checkpoints_and_cleans_up(agent_factory):
     assert n >= 3  # buffered samples were flushed by the graceful stop
 
 
+def cpu_points(c: httpx.Client) -> list[dict]:
+    r = c.get("/api/v1/series", params={"metric": "cpu_percent", "step": 0.2, "start": time.time() - 120}).json()
+    return r["series"][0]["points"] if r["series"] else []
+
+
 def test_kill9_then_restart_keeps_flushed_samples(agent_factory):
     a = agent_factory("k1", config=FAST)
     with a.client() as c:
-        wait_for(
-            lambda: (
-                len(
-                    c.get("/api/v1/series", params={"metric": "cpu_percent", "step": 0.2}).json()["series"][0]["points"]
-                )
-                >= 5
-                if c.get("/api/v1/series", params={"metric": "cpu_percent", "step": 0.2}).json()["series"]
-                else False
-            )
-        )
-        before = c.get(
-            "/api/v1/series", params={"metric": "cpu_percent", "step": 0.2, "start": time.time() - 120}
-        ).json()["series"][0]["points"]
+        before = wait_for(lambda: (p := cpu_points(c)) and len(p) >= 5 and p)
     a.kill()
     a.start()
     with a.client() as c:
-        after = c.get(
-            "/api/v1/series", params={"metric": "cpu_percent", "step": 0.2, "start": time.time() - 120}
-        ).json()["series"][0]["points"]
-    ts_after = {p["ts"] for p in after}
+        ts_after = {p["ts"] for p in cpu_points(c)}
     assert all(p["ts"] in ts_after for p in before)
 
 
