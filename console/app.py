@@ -156,7 +156,24 @@ class WatchkeeperApp(App[int]):
 
     @on(FleetPolled)
     def _fleet_polled(self, message: FleetPolled) -> None:
+        previous = self.fleet_status
         self.fleet_status = message.status
+        if previous is not None:
+            self._announce_changes(previous, message.status)
+
+    def _announce_changes(self, before: FleetStatus, after: FleetStatus) -> None:
+        # The table shows the state; a toast tells the operator who is looking elsewhere that it
+        # changed (first poll excluded: nothing changed, we just started looking).
+        for agent in after.agents:
+            old = before.get(agent.name)
+            if old is None or old.state is agent.state:
+                continue
+            if agent.state is AgentState.UP:
+                text, severity = f"{agent.label} is up again", "information"
+            else:
+                text = f"{agent.label} is {agent.state.value}" + (f": {agent.reason}" if agent.reason else "")
+                severity = "warning" if agent.state is AgentState.STALE else "error"
+            self.post_message(ConsoleError(f"state {agent.name}", text, severity=severity))
 
     def watch_fleet_status(self, status: FleetStatus | None) -> None:
         if status is None:

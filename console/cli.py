@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from console import __version__
-from console.config import FleetConfigError, resolve_fleet
+from console.config import AgentSpec, FleetConfigError, resolve_fleet
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -103,7 +103,7 @@ def _add_tui_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None
     )
 
 
-def _specs(args: argparse.Namespace):
+def _specs(args: argparse.Namespace) -> list[AgentSpec]:
     try:
         return resolve_fleet(getattr(args, "agents", None), getattr(args, "fleet", None))
     except FleetConfigError as exc:
@@ -122,7 +122,7 @@ def _theme(args: argparse.Namespace) -> str | None:
 # --------------------------------------------------------------------------- commands
 
 
-def run_tui(args: argparse.Namespace, specs: Sequence | None = None) -> int:  # type: ignore[type-arg]
+def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) -> int:
     """Open the fleet console on the given (or configured) agents."""
     from console.app import WatchkeeperApp
     from console.client import FleetPoller

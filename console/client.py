@@ -83,9 +83,13 @@ class AgentError(Exception):
         self.status_code = status_code
 
 
-def _shared_ssl_context(verify: bool | str, _cache: dict[bool | str, ssl.SSLContext] = {}) -> ssl.SSLContext:  # noqa: B006
+_SSL_CONTEXTS: dict[bool | str, ssl.SSLContext] = {}
+
+
+def _shared_ssl_context(verify: bool | str) -> ssl.SSLContext:
     # Building a context reads the CA bundle from disk (tens of ms); a fleet of 100 agents needs
     # one per distinct `verify` setting, not one per agent.
+    _cache = _SSL_CONTEXTS
     if verify not in _cache:
         if verify is True:
             _cache[verify] = ssl.create_default_context()

@@ -55,6 +55,10 @@ class FleetScreen(ConsoleScreen):
         ),
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._shown: FleetStatus | None = None
+
     def compose(self) -> ComposeResult:
         yield Header()
         yield FleetTable(id="fleet-table")
@@ -82,8 +86,6 @@ class FleetScreen(ConsoleScreen):
         status = self.wk_app.fleet_status
         if status is not None and status is not self._shown:
             self.show_fleet(status)
-
-    _shown: FleetStatus | None = None
 
     def show_fleet(self, status: FleetStatus) -> None:
         """Update rows in place from a new poll."""

@@ -7,6 +7,7 @@ same thing every time: percentages are drawn on 0..100, bytes on 0..capacity.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from rich.text import Text
@@ -38,7 +39,8 @@ def spark_text(values: Sequence[float], width: int, ceiling: float | None) -> Te
     for v in points:
         frac = min(max(v / top, 0.0), 1.0)
         style = "red" if frac >= 0.9 else "yellow" if frac >= 0.75 else "green"
-        text.append(BARS[min(len(BARS) - 1, int(frac * len(BARS)))], style=style)
+        # The lowest bar that reaches the value: 50 % is exactly half height.
+        text.append(BARS[max(0, math.ceil(frac * len(BARS)) - 1)], style=style)
     return text
 
 

@@ -289,3 +289,35 @@ async def test_q_quits_even_from_help() -> None:
             await pilot.pause()
             assert app._exit, keys
         assert app.return_code == 0
+
+
+async def test_state_changes_are_announced_once() -> None:
+    source = four()
+    app = WatchkeeperApp(source, refresh_s=60)
+    seen: list[tuple[str, str]] = []
+    app.notify = lambda message, severity="information", **kw: seen.append((message, severity))  # type: ignore[method-assign]
+    async with app.run_test(size=(120, 30)) as pilot:
+        t = await ready(app, pilot)
+        assert seen == []  # the first poll is not news
+        agents = list(source.status.agents)
+        agents[0] = down("gpu-01", 0, reason="timeout after 2s", retry_in=0)
+        agents[1] = up("gpu-02", 1)
+        source.status = fleet(*agents)
+        syncs = t.sync_count
+        app.action_refresh_now()
+        await until(pilot, lambda: t.sync_count > syncs)
+        await pilot.pause()
+        assert sorted(seen) == [("gpu-01 is down: timeout after 2s", "error"), ("gpu-02 is up again", "information")]
+
+
+async def test_host_screen_of_a_down_agent_without_data() -> None:
+    app = WatchkeeperApp(four(), refresh_s=60)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(app, pilot)
+        app.open_host("gpu-02")
+        await until(pilot, lambda: isinstance(app.screen, HostScreen) and bool(app.screen.series))
+        await pilot.pause()
+        summary = str(app.screen.query_one("#host-summary", Static).render())
+        assert "down: connection refused (retry in 8s)" in summary
+        assert app.screen.query_one("#cpu", MetricSpark).value_text == ""
+        assert app.screen.query_one("#top-cpu", ProcessTable).row_count == 0

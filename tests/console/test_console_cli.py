@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from console.cli import build_parser, main
-from tests.console.test_console_demo import Terminal
 from tests.console.wk_fakes import ThreadedFakeAgent, agent_routes
+from tests.console.wk_terminal import Terminal
 
 REPO = Path(__file__).resolve().parents[2]
 WATCHKEEPER = [sys.executable, "-m", "console.cli"]

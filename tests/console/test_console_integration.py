@@ -19,7 +19,7 @@ from console.client import AgentState, ErrorKind, FleetPoller
 from console.config import AgentSpec
 from console.demo import alive_pids
 from console.screens.host import HostScreen
-from tests.console.test_console_demo import Terminal
+from tests.console.wk_terminal import Terminal
 
 REPO = Path(__file__).resolve().parents[2]
 # The agent writes samples to its store in batches (5 s by default); tests want history sooner.
