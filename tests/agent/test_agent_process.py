@@ -194,6 +194,14 @@ def test_metrics_can_require_auth(agent_factory):
     assert httpx.get(f"{a.url}/metrics", headers=a.headers()).status_code == 200
 
 
+def test_series_includes_samples_not_yet_flushed(agent_factory):
+    a = agent_factory("f1", config="flush_interval = 600\n")
+    with a.client() as c:
+        wait_for(lambda: c.get("/api/v1/snapshot").status_code == 200)
+        time.sleep(0.6)
+        assert len(cpu_points(c)) >= 2  # without the read-side flush this would be empty for 10 min
+
+
 def test_sigterm_flushes_checkpoints_and_cleans_up(agent_factory):
     a = agent_factory("q1", config="flush_interval = 60\n")  # nothing flushed before the stop
     with a.client() as c:

@@ -15,6 +15,7 @@ from agent import __version__
 from agent.api.deps import ctx, require_read
 from agent.api.errors import ApiError
 from agent.api.schemas import AgentAlert, HostInfo, SeriesResponse, Snapshot
+from agent.context import AgentContext
 from agent.store.reader import UnknownMetric
 
 router = APIRouter(dependencies=[Depends(require_read)], tags=["telemetry"])
@@ -69,8 +70,9 @@ async def series(
         raise ApiError(422, "invalid_request", "start must be before end", field="start")
     if end - start > 400 * 86400:
         raise ApiError(422, "invalid_request", "range longer than 400 days", field="start")
+    c = ctx(request)
     try:
-        return await run_in_threadpool(ctx(request).reader.series, metric, start, end, step)
+        return await run_in_threadpool(_series_now, c, metric, start, end, step)
     except UnknownMetric:
         from agent.api.schemas import GPU_METRICS, HOST_METRICS
 
@@ -80,6 +82,14 @@ async def series(
             f"unknown metric {metric!r}; known: {', '.join(HOST_METRICS + GPU_METRICS)}",
             field="metric",
         ) from None
+
+
+def _series_now(c: AgentContext, metric: str, start: float, end: float, step: float | None) -> SeriesResponse:
+    # A range reaching into the unflushed window would lag by up to flush_interval: flush first.
+    # Only readers wait for this; the sampler never does.
+    if end > c.writer.stats.last_flush_at and c.writer.buffered_rows:
+        c.writer.flush()
+    return c.reader.series(metric, start, end, step)
 
 
 @router.get("/alerts", response_model=list[AgentAlert])
