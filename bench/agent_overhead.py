@@ -69,6 +69,7 @@ class Measured:
     cpu_percent: float
     peak_rss_mib: float
     end_rss_mib: float
+    uss_mib: float
     scrapes_ok: int
     scrapes: int
 
@@ -168,6 +169,7 @@ def main() -> int:
                 100 * (cpu_seconds(p) - cpu0[n]) / wall,
                 vm_hwm_mib(p.pid),
                 p.memory_info().rss / 2**20,
+                p.memory_full_info().uss / 2**20,
                 ok[n],
                 total[n],
             )
@@ -188,24 +190,29 @@ def main() -> int:
         f"\nAgent overhead, {args.seconds:.0f} s at 1 s sampling, scraped every 1 s "
         f"({os.cpu_count()} cores, {'simulated GPUs: ' + str(args.gpus) if args.gpus else 'no GPU'})\n"
     )
-    hdr = f"{'process':<20} {'CPU % of 1 core':>16} {'peak RSS MiB':>13} {'RSS MiB at end':>15} {'scrapes ok':>11}"
+    hdr = (
+        f"{'process':<22} {'CPU % of 1 core':>16} {'peak RSS MiB':>13} {'RSS MiB at end':>15} "
+        f"{'private MiB':>12} {'scrapes ok':>11}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for m in results:
         print(
-            f"{m.name:<20} {m.cpu_percent:>16.2f} {m.peak_rss_mib:>13.1f} {m.end_rss_mib:>15.1f} "
-            f"{m.scrapes_ok:>5}/{m.scrapes:<5}"
+            f"{m.name:<22} {m.cpu_percent:>16.2f} {m.peak_rss_mib:>13.1f} {m.end_rss_mib:>15.1f} "
+            f"{m.uss_mib:>12.1f} {m.scrapes_ok:>5}/{m.scrapes:<5}"
         )
     by = {m.name: m for m in results}
     if "node_exporter" in by:
         a, n = by["watchkeeper-agent"], by["node_exporter"]
         print(
-            f"{'agent / node_exporter':<20} {a.cpu_percent / max(n.cpu_percent, 1e-9):>15.2f}x "
-            f"{a.peak_rss_mib / n.peak_rss_mib:>12.2f}x"
+            f"{'agent / node_exporter':<22} {a.cpu_percent / max(n.cpu_percent, 1e-9):>15.2f}x "
+            f"{a.peak_rss_mib / n.peak_rss_mib:>12.2f}x {a.end_rss_mib / n.end_rss_mib:>14.2f}x "
+            f"{a.uss_mib / n.uss_mib:>11.2f}x"
         )
     a = by["watchkeeper-agent"]
     verdict = "PASS" if a.cpu_percent <= 1.0 and a.peak_rss_mib <= 100 else "MISS"
     print(f"\ntarget: agent <= 1.00 % of a core and <= 100 MiB peak RSS -> {verdict}")
+    print("(private = USS: memory only this process holds; RSS also counts shared library code pages)")
     return 0
 
 
