@@ -49,9 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     asub = audit.add_subparsers(dest="audit_command", required=True)
     verify = asub.add_parser("verify", help="verify the hash chain (through the running agent, or the file)")
     common(verify)
-    verify.add_argument(
-        "--socket", type=Path, help="the running agent's Unix socket (default: from the config)"
-    )
+    verify.add_argument("--socket", type=Path, help="the running agent's Unix socket (default: from the config)")
     verify.add_argument("--json", action="store_true")
 
     tokens = sub.add_parser("tokens", help="token tools")
@@ -103,19 +101,13 @@ def _verify(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     result: AuditVerify | None = None
-    sock = (
-        str(args.socket)
-        if args.socket
-        else next((a.path for a in cfg.listen_addresses() if a.kind == "unix"), None)
-    )
+    sock = str(args.socket) if args.socket else next((a.path for a in cfg.listen_addresses() if a.kind == "unix"), None)
     if sock and Path(sock).exists():
         # The live file belongs to the running agent: ask it (our uid is its admin on the socket).
         import httpx
 
         try:
-            with httpx.Client(
-                transport=httpx.HTTPTransport(uds=sock), base_url="http://agent", timeout=30
-            ) as c:
+            with httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://agent", timeout=30) as c:
                 r = c.get("/api/v1/audit/verify")
                 if r.status_code == 200:
                     result = AuditVerify.model_validate(r.json())

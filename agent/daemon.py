@@ -88,15 +88,11 @@ def build(cfg: AgentConfig) -> AgentContext:
     writer = StoreWriter(
         opened.con,
         flush_interval=cfg.flush_interval,
-        maintenance=make_maintenance(
-            cfg.retention.raw, cfg.retention.rollup, settle_s=cfg.flush_interval + 5
-        ),
+        maintenance=make_maintenance(cfg.retention.raw, cfg.retention.rollup, settle_s=cfg.flush_interval + 5),
     )
     writer.start()
     now = time.time()
-    writer.append(
-        "agent_alerts", ALERT_ROW, [(now, sev, kind, msg) for sev, kind, msg in opened.startup_alerts]
-    )
+    writer.append("agent_alerts", ALERT_ROW, [(now, sev, kind, msg) for sev, kind, msg in opened.startup_alerts])
     tokens = TokenStore(writer, opened.con, cfg)
     token_file = bootstrap_admin_token(tokens, cfg.data_dir)
     if token_file is not None:

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,8 @@ class DemoFleet:
             "--listen", f"unix:{sock}",
             "--name", plan.name,
             "--simulate-gpus", str(plan.simulate_gpus),
+            # a different seed per agent, so simulated hosts don't move in lockstep
+            "--seed", str(zlib.crc32(plan.name.encode())),
         ]  # fmt: skip
         if plan.simulate_host:
             args.append("--simulate-host")

@@ -57,6 +57,9 @@ class FleetRow:
     gpu_mem_total: int | None
     age: float | None
     hostname: str | None
+    # Demo/test sources: shown as such so nobody mistakes them for hardware.
+    simulated_host: bool = False
+    simulated_gpus: bool = False
 
     @property
     def gpu_mem(self) -> float | None:
@@ -69,7 +72,7 @@ class FleetRow:
         """The display text of one column."""
         match column:
             case "host":
-                return self.host
+                return f"{self.host} (sim)" if self.simulated_host else self.host
             case "state":
                 return self.state.value
             case "cpu":
@@ -77,7 +80,9 @@ class FleetRow:
             case "mem":
                 return fmt_percent(self.mem)
             case "gpus":
-                return MISSING if self.gpus is None else str(self.gpus)
+                if self.gpus is None:
+                    return MISSING
+                return f"{self.gpus} sim" if self.simulated_gpus else str(self.gpus)
             case "gpu_util":
                 return fmt_percent(self.gpu_util)
             case "gpu_mem":
@@ -148,6 +153,8 @@ def row_for(status: AgentStatus, order: int, polled_at: float) -> FleetRow:
         gpu_mem_total=sum(total) if total else None,
         age=status.sample_age_s,
         hostname=snap.hostname if snap else (status.host.hostname if status.host else None),
+        simulated_host=bool(snap and snap.host_simulated),
+        simulated_gpus=bool(snap and snap.gpu_status.simulated),
     )
 
 

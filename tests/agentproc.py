@@ -139,10 +139,6 @@ def make_agent(
         cfg.write_text(config)
         args += ["--config", str(cfg)]
     args += extra_args or []
-    e = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHKEEPER_TOKEN")
-    }
+    e = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHKEEPER_TOKEN")}
     e.update(env or {})
     return AgentProc(name=name, data_dir=data_dir, port=port, socket_path=sock, args=args, env=e)

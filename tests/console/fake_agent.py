@@ -37,6 +37,7 @@ def main() -> int:
     p.add_argument("--name", default="fake")
     p.add_argument("--simulate-gpus", type=int, default=0)
     p.add_argument("--simulate-host", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if os.environ.get("FAKE_AGENT_FAIL"):
         print("fake agent: refusing to start (FAKE_AGENT_FAIL)", flush=True)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from console.client import AgentState
+from console.client import AgentState, AgentStatus
 from console.filtering import RowFilter
 from console.rows import fleet_rows, fmt_age, fmt_bytes, fmt_bytes_pair, render_table, sort_rows
 from tests.console.wk_fakes import FROZEN_NOW, down, fleet, stale, up
@@ -90,3 +90,18 @@ def test_filter(text: str, hay: str, shown: bool) -> None:
 def test_invalid_filter_raises() -> None:
     with pytest.raises(re.error):
         RowFilter.parse("gpu-(")
+
+
+def test_simulated_sources_are_labelled() -> None:
+    from console.rows import row_for
+    from tests.console.wk_fakes import make_snapshot
+
+    snap = make_snapshot("demo")
+    real = row_for(AgentStatus(name="demo", url="u", state=AgentState.UP, snapshot=snap), 0, 0.0)
+    assert real.text("gpus") == "2" and real.text("host") == "demo"
+    sim = snap.model_copy(
+        update={"host_simulated": True, "gpu_status": snap.gpu_status.model_copy(update={"simulated": True})}
+    )
+    row = row_for(AgentStatus(name="demo", url="u", state=AgentState.UP, snapshot=sim), 0, 0.0)
+    assert row.text("gpus") == "2 sim" and row.text("host") == "demo (sim)"
+    assert row.sort_value("gpus") == 2  # the label is display only

@@ -37,8 +37,8 @@ def make_gpu(
 ) -> GpuSample:
     return GpuSample(
         index=index,
-        uuid=f"GPU-{index:08d}-sim",
-        name="Simulated A100",
+        uuid=f"GPU-{index:08d}-0000-0000-0000-000000000000",
+        name="NVIDIA A100-SXM4-80GB",
         pci_bus_id=f"0000:{index + 1:02x}:00.0",
         utilization_percent=util,
         memory_used_bytes=int(mem_used_gib * GiB),
@@ -87,7 +87,7 @@ def make_snapshot(
         top_cpu=procs,
         top_rss=list(reversed(procs)),
         gpus=gpus,
-        gpu_status=GpuStatus(source="simulated", simulated=True)
+        gpu_status=GpuStatus(source="nvml", driver_version="550.54.15")
         if gpus
         else GpuStatus(source="none", reason="no driver"),
     )
@@ -106,7 +106,7 @@ def make_host(name: str = "gpu-01", *, interval: float = 2.0, gpus: int = 2) -> 
         cpu_physical=8,
         memory_total_bytes=64 * GiB,
         gpus=[make_gpu(i) for i in range(gpus)],
-        gpu_status=GpuStatus(source="simulated", simulated=True),
+        gpu_status=GpuStatus(source="nvml", driver_version="550.54.15"),
         enforcement=EnforcementInfo(tier="psutil"),
         sample_interval_s=interval,
         data_dir="/var/lib/watchkeeper",

@@ -34,8 +34,9 @@ async def host(request: Request) -> HostInfo:
         python=sys.version.split()[0],
         boot_time=psutil.boot_time(),
         started_at=c.started_at,
-        cpu_logical=psutil.cpu_count() or 0,
-        cpu_physical=psutil.cpu_count(logical=False),
+        # A simulated host reports its own shape, not this machine's.
+        cpu_logical=len(latest.cpu.per_core) if latest and latest.host_simulated else psutil.cpu_count() or 0,
+        cpu_physical=None if latest and latest.host_simulated else psutil.cpu_count(logical=False),
         memory_total_bytes=latest.memory.total_bytes if latest else psutil.virtual_memory().total,
         gpus=latest.gpus if latest else [],
         gpu_status=latest.gpu_status if latest else c.sampler.gpu_status(),
