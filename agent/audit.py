@@ -132,33 +132,19 @@ def verify_chain(con: duckdb.DuckDBPyConnection, head_file: Path | None) -> Audi
         rows = cur.execute("SELECT * FROM audit_log ORDER BY seq").fetchall()
     finally:
         cur.close()
+
+    def broken(seq: int, head: str | None, problem: str) -> AuditVerify:
+        return AuditVerify(ok=False, entries=len(rows), head=head, first_bad_seq=seq, problem=problem)
+
     prev, expected_seq = GENESIS, 1
     for r in rows:
         e = audit_row(r)
         if e.seq != expected_seq:
-            return AuditVerify(
-                ok=False,
-                entries=len(rows),
-                head=prev,
-                first_bad_seq=expected_seq,
-                problem=f"entry {expected_seq} is missing (next is {e.seq})",
-            )
+            return broken(expected_seq, prev, f"entry {expected_seq} is missing (next is {e.seq})")
         if e.prev_hash != prev:
-            return AuditVerify(
-                ok=False,
-                entries=len(rows),
-                head=prev,
-                first_bad_seq=e.seq,
-                problem=f"entry {e.seq} does not link to the entry before it",
-            )
+            return broken(e.seq, prev, f"entry {e.seq} does not link to the entry before it")
         if entry_hash(_fields(e), prev) != e.hash:
-            return AuditVerify(
-                ok=False,
-                entries=len(rows),
-                head=prev,
-                first_bad_seq=e.seq,
-                problem=f"entry {e.seq} was modified after it was written",
-            )
+            return broken(e.seq, prev, f"entry {e.seq} was modified after it was written")
         prev, expected_seq = e.hash, e.seq + 1
     head = prev if rows else None
     exported = read_head(head_file) if head_file else None
@@ -168,11 +154,9 @@ def verify_chain(con: duckdb.DuckDBPyConnection, head_file: Path | None) -> Audi
         # crash; it must never be ahead of the table or disagree with the row it names.
         by_seq = {r[0]: r[-1] for r in rows}
         if seq > len(rows) or by_seq.get(seq, GENESIS) != h:
-            return AuditVerify(
-                ok=False,
-                entries=len(rows),
-                head=head,
-                first_bad_seq=min(seq, len(rows) + 1),
-                problem=f"chain head does not match the exported head (entry {seq}): entries were removed",
+            return broken(
+                min(seq, len(rows) + 1),
+                head,
+                f"chain head does not match the exported head (entry {seq}): entries were removed",
             )
     return AuditVerify(ok=True, entries=len(rows), head=head)
