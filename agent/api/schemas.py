@@ -285,3 +285,248 @@ class Health(_Wire):
     agent_name: str
     version: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- model registry
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+ModelFormat = Literal["onnx", "torchscript", "torch_export"]
+FeatureDtype = Literal["float", "int", "bool", "category"]
+
+
+class FeatureSpec(_Wire):
+    """One input feature of a model's signature.
+
+    Numeric features go to the model as-is (normalisation belongs in the model). A `category`
+    feature is one-hot encoded by the server in the order of `categories`; a value outside them is
+    "unseen": it encodes as all zeros and is counted (data quality), never an error.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    dtype: FeatureDtype
+    min: float | None = None  # allowed range, inclusive; outside is counted, not rejected
+    max: float | None = None
+    categories: list[str] | None = None  # required for dtype "category"
+    # Used for a missing value when the endpoint's missing_policy is "impute" (e.g. the training median).
+    impute: float | str | None = None
+
+
+class OutputSpec(_Wire):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["binary", "regression", "multiclass"]
+    labels: list[str] | None = None  # binary: [negative, positive]; multiclass: one per class
+    threshold: float = 0.5  # binary: score >= threshold -> labels[1]
+
+
+class Signature(_Wire):
+    model_config = ConfigDict(extra="forbid")
+    features: list[FeatureSpec] = Field(min_length=1)
+    output: OutputSpec
+
+
+class Lineage(_Wire):
+    """Where a model version came from; the first three are required on every build."""
+
+    model_config = ConfigDict(extra="forbid")
+    build_id: str = Field(min_length=1, max_length=200)
+    code_commit: str = Field(min_length=1, max_length=200)
+    code_dirty: bool = False
+    data_version: str = Field(min_length=1, max_length=200)  # a version name or a content digest
+    params_hash: str | None = None
+    parent_version: int | None = None
+    job_id: str | None = None
+
+
+class ModelVersionCreate(_Wire):
+    """Metadata sent with an artifact (multipart field `metadata`, JSON) to register a version."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: ModelFormat
+    lineage: Lineage
+    signature: Signature
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    # Reference data profile (drift issue): opaque JSON here, validated by agent/monitoring.
+    profile: dict | None = None
+
+
+class ModelVersion(_Wire):
+    name: str
+    version: int
+    digest: str  # sha256 of the artifact bytes
+    size_bytes: int
+    format: ModelFormat
+    created_at: float
+    created_by: str
+    description: str = ""
+    lineage: Lineage
+    signature: Signature
+    tags: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    has_profile: bool = False
+    aliases: list[str] = Field(default_factory=list)
+
+
+class ModelSummary(_Wire):
+    name: str
+    latest_version: int
+    versions: int
+    aliases: dict[str, int] = Field(default_factory=dict)
+    updated_at: float
+
+
+class AliasMove(_Wire):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1)
+    reason: str = Field(default="", max_length=500)
+
+
+class AliasEvent(_Wire):
+    ts: float
+    model: str
+    alias: str
+    from_version: int | None
+    to_version: int
+    principal: str
+    reason: str = ""
+
+
+# --------------------------------------------------------------------------- endpoints and serving
+
+
+class BatchingConfig(_Wire):
+    """Adaptive micro-batching across concurrent requests. Counts rows, not requests."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    max_rows: int = Field(default=64, ge=1, le=100_000)
+    max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+
+
+class BreakerConfig(_Wire):
+    """Circuit breaker: opens on error rate or slow calls over a rolling window, probes when half-open."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    window_s: float = Field(default=10.0, gt=0, le=3600)
+    min_requests: int = Field(default=20, ge=1)
+    error_rate: float = Field(default=0.5, gt=0, le=1)
+    slow_call_ms: float | None = Field(default=None, gt=0)  # a call slower than this counts as a failure
+    open_s: float = Field(default=5.0, gt=0, le=3600)
+    half_open_probes: int = Field(default=3, ge=1, le=1000)
+
+
+class EndpointConfig(_Wire):
+    """What `PUT /api/v1/endpoints/{name}` takes. Exactly one of `version` and `alias` picks the model."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(pattern=NAME_PATTERN)
+    version: int | None = Field(default=None, ge=1)
+    alias: str | None = Field(default=None, pattern=NAME_PATTERN)
+    max_concurrency: int = Field(default=64, ge=1, le=100_000)  # rows in flight beyond this are shed
+    timeout_ms: float = Field(default=1000.0, gt=0, le=600_000)
+    max_payload_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
+    max_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    missing_policy: Literal["reject", "impute"] = "reject"
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    # The default prediction returned (marked as fallback) when shedding, timing out, erroring,
+    # breaker open or switched to fallback by an operator. None: those cases answer 429/503/504/502.
+    fallback: dict | None = None
+    log_sample_rate: float = Field(default=1.0, ge=0, le=1)
+    prewarm: bool = True
+
+
+class EndpointInfo(_Wire):
+    name: str
+    config: EndpointConfig
+    model: str
+    version: int | None  # resolved version now serving (alias resolved); None if unresolvable
+    resolve_error: str | None = None
+    fallback_mode: bool = False  # forced by an operator
+    fallback_reason: str = ""
+    breaker_state: Literal["closed", "open", "half_open", "disabled"] = "closed"
+    loaded: bool = False
+    updated_at: float
+    updated_by: str
+
+
+class FallbackToggle(_Wire):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class LatencySummary(_Wire):
+    count: int
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+
+
+class EndpointVersionStats(_Wire):
+    """Traffic of one endpoint and model version: totals since start and the last `window_s`."""
+
+    endpoint: str
+    model: str
+    version: int
+    requests: int
+    rows: int
+    errors: int
+    fallbacks: int
+    fallbacks_by_reason: dict[str, int] = Field(default_factory=dict)
+    rejected: int = 0  # 4xx: validation, payload size
+    window_s: float
+    window_requests: int
+    window_rps: float
+    window_error_rate: float
+    window_fallback_rate: float
+    latency: LatencySummary  # over the window
+    latency_total: LatencySummary  # since start
+    batch_rows_mean: float | None = None
+
+
+class LoadedModel(_Wire):
+    model: str
+    version: int
+    format: ModelFormat
+    memory_bytes: int
+    loaded_at: float
+    last_used_at: float
+    load_ms: float
+    endpoints: list[str] = Field(default_factory=list)
+
+
+class ServingStatus(_Wire):
+    """`GET /api/v1/serving`: endpoints, their stats, the model pool, and the prediction log's health."""
+
+    endpoints: list[EndpointInfo]
+    stats: list[EndpointVersionStats]
+    loaded_models: list[LoadedModel]
+    pool_budget_bytes: int
+    pool_used_bytes: int
+    predlog_rows_written: int
+    predlog_rows_dropped: int
+    in_flight: dict[str, int] = Field(default_factory=dict)
+
+
+class Prediction(_Wire):
+    """One row's answer. `score` is the positive-class probability (binary) or the value (regression)."""
+
+    score: float | None = None
+    label: str | None = None
+    scores: list[float] | None = None  # multiclass probabilities, in `OutputSpec.labels` order
+
+
+class PredictResponse(_Wire):
+    request_id: str
+    endpoint: str
+    model: str
+    version: int | None
+    predictions: list[Prediction] | list[dict]
+    fallback: bool = False
+    fallback_reason: str | None = None
+    latency_ms: float

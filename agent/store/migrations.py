@@ -67,6 +67,33 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
+MIGRATIONS.append(
+    (
+        2,
+        """
+        -- Model registry. A version row is never updated: (name, version) and its digest are immutable.
+        CREATE TABLE model_versions (name VARCHAR NOT NULL, version INTEGER NOT NULL, digest VARCHAR NOT NULL,
+                                     size_bytes BIGINT NOT NULL, format VARCHAR NOT NULL,
+                                     created_at DOUBLE NOT NULL, created_by VARCHAR NOT NULL,
+                                     description VARCHAR NOT NULL, lineage VARCHAR NOT NULL,
+                                     signature VARCHAR NOT NULL, tags VARCHAR NOT NULL, metrics VARCHAR NOT NULL,
+                                     profile VARCHAR, PRIMARY KEY (name, version));
+        -- Alias moves, append-only; the current alias is the latest event per (model, alias).
+        CREATE TABLE alias_events (seq BIGINT PRIMARY KEY, ts DOUBLE NOT NULL, model VARCHAR NOT NULL,
+                                   alias VARCHAR NOT NULL, from_version INTEGER, to_version INTEGER NOT NULL,
+                                   principal VARCHAR NOT NULL, reason VARCHAR NOT NULL);
+        -- Endpoint configuration and operator switches, append-only; current state = latest per endpoint.
+        CREATE TABLE endpoint_events (seq BIGINT PRIMARY KEY, ts DOUBLE NOT NULL, endpoint VARCHAR NOT NULL,
+                                      kind VARCHAR NOT NULL, body VARCHAR NOT NULL, principal VARCHAR NOT NULL);
+        -- Prediction log: one row per predicted row. Features in signature order, typed.
+        CREATE TABLE predictions (ts TIMESTAMP NOT NULL, request_id VARCHAR NOT NULL, endpoint VARCHAR NOT NULL,
+                                  model VARCHAR NOT NULL, version INTEGER, row_idx INTEGER NOT NULL,
+                                  num DOUBLE[], cat VARCHAR[], score DOUBLE, label VARCHAR,
+                                  latency_ms DOUBLE NOT NULL, status VARCHAR NOT NULL, fallback_reason VARCHAR);
+        """,
+    )
+)
+
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 

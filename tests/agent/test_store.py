@@ -35,8 +35,10 @@ def test_migrations_are_idempotent(tmp_path):
     a = open_store(tmp_path / "x.duckdb")
     a.con.close()
     b = open_store(tmp_path / "x.duckdb")
-    assert b.schema_version == 1
-    assert b.con.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 1
+    from agent.store.migrations import LATEST_VERSION
+
+    assert b.schema_version == LATEST_VERSION
+    assert b.con.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == LATEST_VERSION
     b.con.close()
 
 
