@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import psutil
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
@@ -165,6 +165,8 @@ def _gpus(s: Snapshot) -> Iterator:
 def make_registry(collector: AgentCollector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    # process_cpu_seconds_total, process_resident_memory_bytes, ...: the agent's own cost (loadtest reads it).
+    ProcessCollector(registry=registry)
     return registry
 
 
