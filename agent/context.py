@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent.api.auth import TokenStore
 from agent.api.schemas import EnforcementInfo
@@ -11,6 +12,9 @@ from agent.config import AgentConfig
 from agent.store.reader import StoreReader
 from agent.store.writer import StoreWriter
 from agent.telemetry.sampler import Sampler
+
+if TYPE_CHECKING:
+    from agent.serving.service import ServingService
 
 
 @dataclass
@@ -24,6 +28,8 @@ class AgentContext:
     enforcement: EnforcementInfo
     schema_version: int
     started_at: float
+    # Model serving (None until wired, e.g. in unit tests of other parts).
+    serving: ServingService | None = None
     # Cleared when the agent begins to stop, so /readyz turns 503 before the listener closes.
     accepting: bool = True
     checks: dict[str, str] = field(default_factory=dict)

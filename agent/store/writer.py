@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import duckdb
@@ -43,6 +43,7 @@ class WriterStats:
     last_flush_at: float = 0.0
     flush_errors: int = 0
     last_error: str | None = None
+    dropped_by_table: dict[str, int] = field(default_factory=dict)
 
 
 class StoreWriter:
@@ -53,12 +54,14 @@ class StoreWriter:
         con: duckdb.DuckDBPyConnection,
         flush_interval: float = 5.0,
         max_buffered_rows: int = 200_000,
+        flush_rows: int = 50_000,
         maintenance: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
         maintenance_interval: float = 60.0,
     ) -> None:
         self._con = con
         self.flush_interval = flush_interval
         self.max_buffered_rows = max_buffered_rows
+        self.flush_rows = flush_rows
         self._maintenance = maintenance
         self._maintenance_interval = maintenance_interval
         self._lock = threading.Lock()
@@ -92,6 +95,10 @@ class StoreWriter:
                     buf.popleft()
                 self._buffered -= dropped
                 self.stats.rows_dropped += dropped
+                self.stats.dropped_by_table[table] = self.stats.dropped_by_table.get(table, 0) + dropped
+            elif self._buffered >= self.flush_rows:
+                # A burst (prediction logging under load): flush now rather than at the next tick.
+                self._wake.set()
 
     @property
     def running(self) -> bool:
@@ -143,7 +150,7 @@ class StoreWriter:
                 else:
                     calls.append(item)
             now = time.monotonic()
-            if calls or stop or now >= next_flush:
+            if calls or stop or now >= next_flush or self._buffered >= self.flush_rows:
                 self._flush_buffers()
                 next_flush = now + self.flush_interval
             for fn, fut in calls:
@@ -185,6 +192,7 @@ class StoreWriter:
                 # A bad batch must not wedge the writer; it is counted and reported.
                 self.stats.flush_errors += 1
                 self.stats.rows_dropped += len(rows)
+                self.stats.dropped_by_table[table] = self.stats.dropped_by_table.get(table, 0) + len(rows)
                 self.stats.last_error = f"{table}: {e}"
                 log.error("dropping %d rows for %s: %s", len(rows), table, e)
         self.stats.rows_written += written

@@ -1,0 +1,158 @@
+"""Endpoints: configure, inspect, switch to fallback, predict (slow path; the fast path is agent/serving/asgi.py)."""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import APIRouter, Body, Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from agent.api.deps import ctx, require_operate, require_read
+from agent.api.errors import ApiError
+from agent.api.routes.admin import audited
+from agent.api.schemas import (
+    NAME_PATTERN,
+    EndpointConfig,
+    EndpointInfo,
+    EndpointVersionStats,
+    FallbackToggle,
+    PredictResponse,
+    Principal,
+    ServingStatus,
+)
+from agent.serving.service import EndpointError, ServingService
+
+router = APIRouter(tags=["serving"])
+EndpointName = Path(pattern=NAME_PATTERN)
+
+
+def serving(request: Request) -> ServingService:
+    s = ctx(request).serving
+    if s is None:
+        raise ApiError(503, "serving_unavailable", "serving is not running on this agent")
+    return s
+
+
+def _info(s: ServingService, name: str) -> EndpointInfo:
+    ep = s.endpoints.get(name)
+    if ep is None:
+        raise ApiError(404, "not_found", f"no endpoint {name!r}", field="name")
+    return ep.info(s.is_loaded(ep))
+
+
+def _raise(e: EndpointError) -> None:
+    raise ApiError(e.status, e.error, e.detail, field=e.field) from None
+
+
+@router.get("/serving", response_model=ServingStatus, dependencies=[Depends(require_read)])
+async def serving_status(request: Request) -> ServingStatus:
+    """Endpoints, their traffic per model version, loaded models and the prediction log's health."""
+    return serving(request).status()
+
+
+@router.get("/endpoints", response_model=list[EndpointInfo], dependencies=[Depends(require_read)])
+async def list_endpoints(request: Request) -> list[EndpointInfo]:
+    s = serving(request)
+    return [ep.info(s.is_loaded(ep)) for ep in s.endpoints.values()]
+
+
+@router.get("/endpoints/{name}", response_model=EndpointInfo, dependencies=[Depends(require_read)])
+async def get_endpoint(request: Request, name: str = EndpointName) -> EndpointInfo:
+    return _info(serving(request), name)
+
+
+@router.get("/endpoints/{name}/stats", response_model=list[EndpointVersionStats], dependencies=[Depends(require_read)])
+async def endpoint_stats(request: Request, name: str = EndpointName) -> list[EndpointVersionStats]:
+    s = serving(request)
+    _info(s, name)
+    return s.stats_list(name)
+
+
+@router.put("/endpoints/{name}", response_model=EndpointInfo)
+async def put_endpoint(
+    body: EndpointConfig, request: Request, name: str = EndpointName, principal: Principal = Depends(require_operate)
+) -> EndpointInfo:
+    """Create or replace an endpoint; the model (version or alias) must resolve in the registry."""
+    s = serving(request)
+    if (body.version is None) == (body.alias is None):
+        raise ApiError(422, "invalid_request", "give exactly one of version and alias", field="version")
+    await run_in_threadpool(audited, request, principal, "endpoint.put", f"endpoint:{name}", body.model_dump())
+    try:
+        ep = await run_in_threadpool(s.put, name, body, principal.name)
+    except EndpointError as e:
+        _raise(e)
+    s.prewarm_soon(ep)
+    return ep.info(s.is_loaded(ep))
+
+
+@router.delete("/endpoints/{name}", status_code=204)
+async def delete_endpoint(
+    request: Request, name: str = EndpointName, principal: Principal = Depends(require_operate)
+) -> Response:
+    s = serving(request)
+    _info(s, name)
+    await run_in_threadpool(audited, request, principal, "endpoint.delete", f"endpoint:{name}", {})
+    try:
+        await run_in_threadpool(s.delete, name, principal.name)
+    except EndpointError as e:
+        _raise(e)
+    return Response(status_code=204)
+
+
+@router.post("/endpoints/{name}/fallback", response_model=EndpointInfo)
+async def toggle_fallback(
+    body: FallbackToggle, request: Request, name: str = EndpointName, principal: Principal = Depends(require_operate)
+) -> EndpointInfo:
+    """Switch an endpoint to (or back from) its fallback prediction. Audited: who, when, why, from where."""
+    s = serving(request)
+    info = _info(s, name)
+    if body.enabled and info.config.fallback is None:
+        raise ApiError(409, "conflict", "this endpoint has no fallback prediction configured", field="enabled")
+    await run_in_threadpool(
+        audited, request, principal, "endpoint.fallback", f"endpoint:{name}",
+        {"enabled": body.enabled, "reason": body.reason, "version": info.version},
+    )  # fmt: skip
+    try:
+        ep = await run_in_threadpool(s.set_fallback, name, body.enabled, body.reason, principal.name)
+    except EndpointError as e:
+        _raise(e)
+    return ep.info(s.is_loaded(ep))
+
+
+@router.post(
+    "/endpoints/{name}/predict",
+    response_model=PredictResponse,
+    dependencies=[Depends(require_read)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "records": {"type": "array", "items": {"type": "object"}},
+                            "columns": {"type": "object", "additionalProperties": {"type": "array"}},
+                        },
+                    }
+                }
+            },
+        }
+    },
+    responses={413: {}, 422: {}, 429: {}, 502: {}, 503: {}, 504: {}},
+)
+async def predict(request: Request, name: str = EndpointName, _body: bytes = Body(b"", include_in_schema=False)):
+    """Predict rows. Normally answered by the fast path in front of FastAPI; this is the same service."""
+    s = serving(request)
+    ep = s.endpoints.get(name)
+    if ep is None:
+        raise ApiError(404, "not_found", f"no endpoint {name!r}", field="endpoint")
+    body = await request.body()
+    if len(body) > ep.config.max_payload_bytes:
+        raise ApiError(413, "payload_too_large", f"body over {ep.config.max_payload_bytes} bytes", field="body")
+    rid = request.headers.get("x-request-id") or os.urandom(8).hex()
+    ans = await s.predict(name, body, rid)
+    headers = {k.decode(): v.decode() for k, v in ans.headers}
+    headers["x-request-id"] = rid
+    return Response(ans.body, status_code=ans.status, media_type="application/json", headers=headers)

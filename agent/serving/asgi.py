@@ -1,0 +1,124 @@
+"""The predict fast path: a thin ASGI layer in front of FastAPI for `POST /api/v1/endpoints/{name}/predict`.
+
+FastAPI's routing, dependency injection and pydantic response validation cost more per request
+than parsing, validating and running a small model. This path does only what a predict needs —
+auth (a dict lookup of the token digest or the socket peer's uid), a bounded body read, the
+service — and answers with pre-serialised JSON. The same route is also declared in FastAPI
+(agent/api/routes/endpoints.py) for OpenAPI and for clients that bypass this layer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from agent.api.auth import peer_principal
+from agent.api.schemas import API_PREFIX
+from agent.context import AgentContext
+
+PREFIX = f"{API_PREFIX}/endpoints/"
+SUFFIX = "/predict"
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+
+class PredictFastPath:
+    def __init__(self, app: Callable, ctx: AgentContext) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path.startswith(PREFIX) and path.endswith(SUFFIX):
+                name = path[len(PREFIX) : -len(SUFFIX)]
+                if name and "/" not in name and self.ctx.serving is not None:
+                    await self._predict(name, scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _predict(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        auth = length = request_id = ctype = None
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                auth = v
+            elif k == b"content-length":
+                length = v
+            elif k == b"x-request-id":
+                request_id = v
+            elif k == b"content-type":
+                ctype = v
+        status = self._authorized(auth, scope)
+        if status is not None:
+            await _send(send, status[0], status[1], [(b"www-authenticate", b"Bearer")] if status[0] == 401 else [])
+            return
+        serving = self.ctx.serving
+        ep = serving.endpoints.get(name)
+        if ep is None:
+            await _send(send, 404, _err("not_found", f"no endpoint {name!r}", "endpoint"))
+            return
+        if ctype is not None and not ctype.startswith(b"application/json"):
+            await _send(send, 415, _err("unsupported_media_type", "send application/json", "content-type"))
+            return
+        limit = ep.config.max_payload_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _send(send, 413, _err("payload_too_large", f"body over {limit} bytes", "body"))
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send(send, 413, _err("payload_too_large", f"body over {limit} bytes", "body"))
+                return
+            chunks.append(chunk)
+            more = msg.get("more_body", False)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        rid = request_id.decode() if request_id and _REQUEST_ID.match(request_id) else os.urandom(8).hex()
+        ans = await serving.predict(name, body, rid)
+        await _send(send, ans.status, ans.body, [(b"x-request-id", rid.encode()), *ans.headers])
+
+    def _authorized(self, auth: bytes | None, scope: Scope) -> tuple[int, bytes] | None:
+        """None when any known principal calls; else (status, body). Any role may predict."""
+        if auth is not None:
+            scheme, _, token = auth.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and self.ctx.tokens.authenticate(token.strip()) is not None:
+                return None
+            return 401, _err("unauthorized", "unknown or revoked token", None)
+        peer = scope.get("extensions", {}).get("watchkeeper.peer")
+        if peer is not None:
+            if peer_principal(peer["uid"], self.ctx.cfg) is not None:
+                return None
+            return 403, _err("forbidden", f"uid {peer['uid']} is not allowed on this socket", None)
+        return 401, _err("unauthorized", "missing bearer token", None)
+
+
+def _err(error: str, detail: object, field: str | None) -> bytes:
+    return orjson.dumps({"error": error, "detail": detail, "field": field})
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,188 @@
+"""Validate request rows against a model signature and encode them into the model's float matrix.
+
+Per row and feature: unknown field, wrong type, and (under the "reject" policy) a missing value are
+errors that name the row and field (the request gets 422). Out-of-range values, unseen categories
+and imputed missing values are not errors: they are counted (data quality) and the row is served.
+This runs on the event loop for every request, so it is plain loops over small lists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agent.api.schemas import FeatureSpec, Signature
+from agent.serving.errors import ValidationFailed
+from agent.serving.signature import encoded_width
+
+if TYPE_CHECKING:
+    import numpy as np
+
+MAX_ERRORS = 50  # per request: enough to fix a payload, bounded so a huge bad one can't bloat the answer
+
+
+@dataclass
+class Quality:
+    """Data-quality counts of one request, per feature name."""
+
+    missing: dict[str, int] = field(default_factory=dict)
+    out_of_range: dict[str, int] = field(default_factory=dict)
+    unseen: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def bump(d: dict[str, int], name: str) -> None:
+        d[name] = d.get(name, 0) + 1
+
+
+@dataclass
+class Encoded:
+    matrix: np.ndarray  # float32 [rows, width]
+    num: list[list[float | None]]  # numeric features per row as received (None = missing), for the log
+    cat: list[list[str | None]]
+    quality: Quality
+
+
+@dataclass(frozen=True)
+class _Feature:
+    spec: FeatureSpec
+    offset: int
+    index: dict[str, int] | None  # category -> one-hot position
+
+
+_NUMERIC = (int, float)
+
+
+class Encoder:
+    def __init__(self, sig: Signature, missing_policy: str = "reject") -> None:
+        self.signature = sig
+        self.width = encoded_width(sig)
+        self.impute = missing_policy == "impute"
+        feats: list[_Feature] = []
+        offset = 0
+        for f in sig.features:
+            if f.dtype == "category":
+                cats = f.categories or []
+                feats.append(_Feature(f, offset, {c: i for i, c in enumerate(cats)}))
+                offset += len(cats)
+            else:
+                feats.append(_Feature(f, offset, None))
+                offset += 1
+        self._features = feats
+        self._by_name = {f.spec.name: f for f in feats}
+        self.numeric_names = [f.spec.name for f in feats if f.index is None]
+        self.category_names = [f.spec.name for f in feats if f.index is not None]
+
+    def encode_records(self, records: list[Any]) -> Encoded:
+        """Rows as JSON objects. Raises ValidationFailed with every error (up to MAX_ERRORS)."""
+        import numpy as np  # lazily: an agent serving nothing never imports numpy
+
+        n = len(records)
+        mat = np.zeros((n, self.width), dtype=np.float32)
+        errors: list[dict[str, Any]] = []
+        q = Quality()
+        nums: list[list[float | None]] = []
+        cats: list[list[str | None]] = []
+        by_name = self._by_name
+        for r, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                errors.append({"row": r, "field": None, "message": "a record must be a JSON object"})
+                continue
+            for key in rec:
+                if key not in by_name:
+                    errors.append({"row": r, "field": key, "message": "unknown field"})
+            row = mat[r]
+            num_row: list[float | None] = []
+            cat_row: list[str | None] = []
+            for f in self._features:
+                v = rec.get(f.spec.name)
+                ok = self._one(f, v, row, r, num_row, cat_row, errors, q)
+                if not ok and len(errors) >= MAX_ERRORS:
+                    break
+            nums.append(num_row)
+            cats.append(cat_row)
+            if len(errors) >= MAX_ERRORS:
+                break
+        if errors:
+            raise ValidationFailed(errors[:MAX_ERRORS])
+        return Encoded(mat, nums, cats, q)
+
+    def encode_columns(self, columns: Any) -> Encoded:
+        """Columnar form {feature: [values...]}: same checks, one list per feature."""
+        if not isinstance(columns, dict) or not columns:
+            raise ValidationFailed([{"row": None, "field": "columns", "message": "expected an object of lists"}])
+        lengths = {len(v) if isinstance(v, list) else -1 for v in columns.values()}
+        if -1 in lengths:
+            bad = next(k for k, v in columns.items() if not isinstance(v, list))
+            raise ValidationFailed([{"row": None, "field": bad, "message": "expected a list"}])
+        if len(lengths) != 1:
+            raise ValidationFailed([{"row": None, "field": "columns", "message": "columns differ in length"}])
+        n = lengths.pop()
+        # Transposing to records keeps one validation path; the cost is small next to JSON parsing.
+        names = list(columns)
+        cols = [columns[k] for k in names]
+        return self.encode_records([dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)][:n])
+
+    def _one(
+        self,
+        f: _Feature,
+        v: Any,
+        row: np.ndarray,
+        r: int,
+        num_row: list[float | None],
+        cat_row: list[str | None],
+        errors: list[dict[str, Any]],
+        q: Quality,
+    ) -> bool:
+        spec = f.spec
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            Quality.bump(q.missing, spec.name)
+            if not self.impute:
+                errors.append({"row": r, "field": spec.name, "message": "missing value"})
+                return False
+            if spec.impute is None:
+                errors.append({"row": r, "field": spec.name, "message": "missing value and no impute value"})
+                return False
+            v_use = spec.impute
+            if f.index is None:
+                num_row.append(None)
+            else:
+                cat_row.append(None)
+        else:
+            v_use = v
+            if f.index is None:
+                if spec.dtype == "bool":
+                    if not isinstance(v, bool) and v not in (0, 1):
+                        errors.append({"row": r, "field": spec.name, "message": "expected a boolean"})
+                        return False
+                elif isinstance(v, bool) or not isinstance(v, _NUMERIC):
+                    errors.append({"row": r, "field": spec.name, "message": f"expected a number, got {_kind(v)}"})
+                    return False
+                elif spec.dtype == "int" and isinstance(v, float) and not v.is_integer():
+                    errors.append({"row": r, "field": spec.name, "message": "expected an integer"})
+                    return False
+                elif isinstance(v, float) and math.isinf(v):
+                    errors.append({"row": r, "field": spec.name, "message": "infinite value"})
+                    return False
+                num_row.append(float(v))
+            else:
+                if not isinstance(v, str):
+                    errors.append({"row": r, "field": spec.name, "message": f"expected a string, got {_kind(v)}"})
+                    return False
+                cat_row.append(v)
+        if f.index is None:
+            x = float(v_use)
+            if (spec.min is not None and x < spec.min) or (spec.max is not None and x > spec.max):
+                Quality.bump(q.out_of_range, spec.name)
+            row[f.offset] = x
+        else:
+            pos = f.index.get(str(v_use))
+            if pos is None:
+                Quality.bump(q.unseen, spec.name)  # encodes as all zeros
+            else:
+                row[f.offset + pos] = 1.0
+        return True
+
+
+def _kind(v: Any) -> str:
+    return {bool: "a boolean", str: "a string", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)

@@ -1,0 +1,124 @@
+"""The model pool: many models per agent, loaded on first use or pre-warmed, evicted LRU under a memory budget.
+
+Loads run one at a time in a dedicated loader thread, so loading a large model never takes an
+inference thread (serving other models goes on) and the resident-memory delta we measure around a
+load belongs to that model alone. Concurrent requests for a model that is loading share one load.
+An evicted model that still has calls in flight stays alive until they finish (they hold it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from agent.api.schemas import LoadedModel
+from agent.serving.runtimes import Runtime, load_runtime
+
+log = logging.getLogger("watchkeeper.serving")
+
+Key = tuple[str, int]
+
+
+@dataclass
+class Loaded:
+    model: str
+    version: int
+    format: str
+    runtime: Runtime
+    memory_bytes: int
+    loaded_at: float
+    load_ms: float
+    last_used_at: float = field(default_factory=time.time)
+
+    def info(self, endpoints: list[str]) -> LoadedModel:
+        return LoadedModel(
+            model=self.model, version=self.version, format=self.format,  # type: ignore[arg-type]
+            memory_bytes=self.memory_bytes, loaded_at=self.loaded_at, last_used_at=self.last_used_at,
+            load_ms=self.load_ms, endpoints=endpoints,
+        )  # fmt: skip
+
+
+class ModelLoadError(Exception):
+    pass
+
+
+class ModelPool:
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self._models: OrderedDict[Key, Loaded] = OrderedDict()  # LRU order: oldest first
+        self._loading: dict[Key, asyncio.Future] = {}
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+        self._proc = psutil.Process()
+        self.evictions = 0
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(m.memory_bytes for m in self._models.values())
+
+    def loaded(self) -> list[Loaded]:
+        return list(self._models.values())
+
+    def peek(self, key: Key) -> Loaded | None:
+        """The loaded model, marked as just used; None when not loaded (never loads)."""
+        m = self._models.get(key)
+        if m is not None:
+            self._models.move_to_end(key)
+            m.last_used_at = time.time()
+        return m
+
+    async def get(self, key: Key, path: Path, fmt: str) -> Loaded:
+        """The model, loading it if needed (shared by concurrent callers)."""
+        m = self.peek(key)
+        if m is not None:
+            return m
+        fut = self._loading.get(key)
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(self._loader, self._load, key, path, fmt)
+            self._loading[key] = fut
+            fut.add_done_callback(lambda f: self._installed(key, f))
+        return await asyncio.shield(fut)
+
+    def _load(self, key: Key, path: Path, fmt: str) -> Loaded:
+        before = self._proc.memory_info().rss
+        t0 = time.perf_counter()
+        try:
+            runtime = load_runtime(path, fmt)
+        except Exception as e:
+            raise ModelLoadError(f"{key[0]}:{key[1]} failed to load: {e}") from e
+        load_ms = (time.perf_counter() - t0) * 1000
+        grown = self._proc.memory_info().rss - before
+        # The RSS delta misses memory the allocator had already reserved; the artifact size is a floor.
+        mem = max(grown, path.stat().st_size)
+        log.info("loaded %s:%s (%s) in %.0f ms, ~%d MiB", key[0], key[1], fmt, load_ms, mem >> 20)
+        return Loaded(key[0], key[1], fmt, runtime, mem, time.time(), load_ms)
+
+    def _installed(self, key: Key, fut: asyncio.Future) -> None:
+        self._loading.pop(key, None)
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        m: Loaded = fut.result()
+        self._models[key] = m
+        self._models.move_to_end(key)
+        self._evict(keep=key)
+
+    def _evict(self, keep: Key) -> None:
+        while self.used_bytes > self.budget_bytes and len(self._models) > 1:
+            victim = next(k for k in self._models if k != keep)
+            gone = self._models.pop(victim)
+            self.evictions += 1
+            log.info("evicted %s:%s (LRU, pool over %d MiB budget)", gone.model, gone.version, self.budget_bytes >> 20)
+
+    def unload(self, key: Key) -> bool:
+        return self._models.pop(key, None) is not None
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)
+        self._models.clear()

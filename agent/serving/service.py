@@ -1,0 +1,485 @@
+"""Endpoints and the predict path.
+
+An endpoint binds a name to a model (a pinned version or an alias), with its limits, breaker,
+batching and fallback. Configuration changes and operator switches are append-only events in the
+store (`endpoint_events`); the current state is rebuilt from them at start-up.
+
+The predict path, in order: parse → validate/encode against the signature → operator fallback? →
+breaker → concurrency (rows in flight) → model from the pool → (batcher) → inference thread with a
+timeout → answer → stats, breaker outcome and the prediction log. Every way it can fail ends in
+either the endpoint's fallback prediction (200, marked) or a documented status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from agent.api.schemas import (
+    EndpointConfig,
+    EndpointInfo,
+    EndpointVersionStats,
+    ModelVersion,
+    ServingStatus,
+)
+from agent.serving.breaker import CircuitBreaker
+from agent.serving.errors import ValidationFailed
+from agent.serving.pool import ModelLoadError, ModelPool
+from agent.serving.predlog import PredictionLog
+from agent.serving.stats import VersionStats
+from agent.store.writer import StoreWriter
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from agent.serving.batcher import MicroBatcher
+    from agent.serving.encode import Encoded, Encoder
+
+log = logging.getLogger("watchkeeper.serving")
+
+# What the caller gets when there is no fallback configured, per reason.
+STATUS_WITHOUT_FALLBACK = {
+    "shed": 429,
+    "breaker_open": 503,
+    "model_unavailable": 503,
+    "operator": 503,
+    "timeout": 504,
+    "model_error": 502,
+}
+
+
+class RegistryView(Protocol):
+    def resolve(self, name: str, version: int | None = None, alias: str | None = None) -> ModelVersion: ...
+    def artifact_path(self, name: str, version: int) -> Path: ...
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Endpoint:
+    name: str
+    config: EndpointConfig
+    updated_at: float
+    updated_by: str
+    version: ModelVersion | None = None
+    resolve_error: str | None = None
+    encoder: Encoder | None = None
+    breaker: CircuitBreaker = field(init=False)
+    batcher: MicroBatcher | None = None
+    in_flight_rows: int = 0
+    fallback_mode: bool = False
+    fallback_reason: str = ""
+    fallback_body: bytes | None = None  # pre-serialised single fallback prediction
+
+    def __post_init__(self) -> None:
+        self.breaker = CircuitBreaker(self.config.breaker)
+        if self.config.fallback is not None:
+            self.fallback_body = orjson.dumps(self.config.fallback)
+
+    @property
+    def key(self) -> tuple[str, int] | None:
+        return (self.version.name, self.version.version) if self.version else None
+
+    def info(self, loaded: bool) -> EndpointInfo:
+        return EndpointInfo(
+            name=self.name,
+            config=self.config,
+            model=self.config.model,
+            version=self.version.version if self.version else None,
+            resolve_error=self.resolve_error,
+            fallback_mode=self.fallback_mode,
+            fallback_reason=self.fallback_reason,
+            breaker_state=self.breaker.state,  # type: ignore[arg-type]
+            loaded=loaded,
+            updated_at=self.updated_at,
+            updated_by=self.updated_by,
+        )
+
+
+class EndpointError(Exception):
+    def __init__(self, status: int, error: str, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.field = status, error, detail, field
+
+
+class ServingService:
+    def __init__(self, registry: RegistryView, writer: StoreWriter, pool_budget_bytes: int) -> None:
+        self.registry = registry
+        self.writer = writer
+        self.pool = ModelPool(pool_budget_bytes)
+        self.predlog = PredictionLog(writer)
+        self.endpoints: dict[str, Endpoint] = {}
+        self.stats: dict[tuple[str, int], VersionStats] = {}
+        self._infer = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="infer")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._seq = 0
+
+    # ------------------------------------------------------------------ configuration
+
+    def restore(self, con: Any) -> None:
+        """Rebuild endpoints from their events (start-up). Unresolvable models are kept, with the reason."""
+        cur = con.cursor()
+        try:
+            rows = cur.execute(
+                "SELECT seq, ts, endpoint, kind, body, principal FROM endpoint_events ORDER BY seq"
+            ).fetchall()
+        finally:
+            cur.close()
+        for seq, ts, name, kind, body, principal in rows:
+            self._seq = max(self._seq, seq)
+            data = orjson.loads(body)
+            if kind == "config":
+                ep = Endpoint(name, EndpointConfig.model_validate(data), ts, principal)
+                old = self.endpoints.get(name)
+                if old is not None:
+                    ep.fallback_mode, ep.fallback_reason = old.fallback_mode, old.fallback_reason
+                self._resolve(ep)
+                self.endpoints[name] = ep
+            elif kind == "delete":
+                self.endpoints.pop(name, None)
+            elif kind == "fallback" and name in self.endpoints:
+                ep = self.endpoints[name]
+                ep.fallback_mode, ep.fallback_reason = bool(data["enabled"]), data.get("reason", "")
+
+    def _resolve(self, ep: Endpoint) -> None:
+        try:
+            mv = self.registry.resolve(ep.config.model, ep.config.version, ep.config.alias)
+        except Exception as e:  # unknown model/alias: the endpoint exists but answers 503/fallback
+            ep.version, ep.encoder, ep.resolve_error = None, None, str(e)
+            return
+        from agent.serving.encode import Encoder  # numpy: only once a model is being served
+
+        ep.version, ep.resolve_error = mv, None
+        ep.encoder = Encoder(mv.signature, ep.config.missing_policy)
+        ep.batcher = None  # rebuilt for the new runtime on first use
+
+    def _event(self, name: str, kind: str, body: dict, principal: str) -> float:
+        ts = time.time()
+        self._seq += 1
+        seq = self._seq
+        payload = orjson.dumps(body).decode()
+        self.writer.call(
+            lambda con: con.execute(
+                "INSERT INTO endpoint_events VALUES (?, ?, ?, ?, ?, ?)", [seq, ts, name, kind, payload, principal]
+            )
+        )
+        return ts
+
+    def put(self, name: str, cfg: EndpointConfig, principal: str) -> Endpoint:
+        """Create or replace an endpoint (durable first). Raises EndpointError for a model that doesn't resolve."""
+        if (cfg.version is None) == (cfg.alias is None):
+            raise EndpointError(422, "invalid_request", "give exactly one of version and alias", "version")
+        ep = Endpoint(name, cfg, time.time(), principal)
+        self._resolve(ep)
+        if ep.version is None:
+            raise EndpointError(404, "not_found", ep.resolve_error or "model not found", "model")
+        old = self.endpoints.get(name)
+        if old is not None:
+            ep.fallback_mode, ep.fallback_reason = old.fallback_mode, old.fallback_reason
+        ep.updated_at = self._event(name, "config", cfg.model_dump(), principal)
+        self.endpoints[name] = ep
+        return ep
+
+    def delete(self, name: str, principal: str) -> None:
+        if name not in self.endpoints:
+            raise EndpointError(404, "not_found", f"no endpoint {name!r}", "name")
+        self._event(name, "delete", {}, principal)
+        del self.endpoints[name]
+
+    def set_fallback(self, name: str, enabled: bool, reason: str, principal: str) -> Endpoint:
+        ep = self.endpoints.get(name)
+        if ep is None:
+            raise EndpointError(404, "not_found", f"no endpoint {name!r}", "name")
+        if enabled and ep.config.fallback is None:
+            raise EndpointError(409, "conflict", "this endpoint has no fallback prediction configured", "enabled")
+        self._event(name, "fallback", {"enabled": enabled, "reason": reason}, principal)
+        ep.fallback_mode, ep.fallback_reason = enabled, reason if enabled else ""
+        return ep
+
+    def reresolve_alias(self, model: str) -> None:
+        """An alias of `model` moved: endpoints following it switch once the new version is loaded."""
+        for ep in list(self.endpoints.values()):
+            if ep.config.model == model and ep.config.alias is not None:
+                candidate = Endpoint(ep.name, ep.config, ep.updated_at, ep.updated_by)
+                self._resolve(candidate)
+                if candidate.version is None or candidate.key == ep.key:
+                    continue
+                if self._loop is not None:
+                    asyncio.run_coroutine_threadsafe(self._swap_when_loaded(ep, candidate), self._loop)
+
+    async def _swap_when_loaded(self, ep: Endpoint, candidate: Endpoint) -> None:
+        # Never route a request to a version that is not loaded: load first, then swap.
+        try:
+            await self._load(candidate)
+        except ModelLoadError as e:
+            log.error("endpoint %s stays on %s: %s", ep.name, ep.key, e)
+            return
+        ep.version, ep.encoder, ep.batcher = candidate.version, candidate.encoder, None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to the serving loop and pre-warm endpoints that ask for it."""
+        self._loop = loop
+        for ep in self.endpoints.values():
+            if ep.config.prewarm and ep.version is not None:
+                loop.create_task(self._prewarm(ep))
+
+    async def _prewarm(self, ep: Endpoint) -> None:
+        try:
+            await self._load(ep)
+        except ModelLoadError as e:
+            log.error("pre-warming endpoint %s: %s", ep.name, e)
+
+    def prewarm_soon(self, ep: Endpoint) -> None:
+        if ep.config.prewarm and self._loop is not None:
+            self._loop.create_task(self._prewarm(ep))
+
+    def close(self) -> None:
+        self.pool.close()
+        self._infer.shutdown(wait=False, cancel_futures=True)
+
+    async def _load(self, ep: Endpoint):
+        assert ep.version is not None
+        mv = ep.version
+        return await self.pool.get((mv.name, mv.version), self.registry.artifact_path(mv.name, mv.version), mv.format)
+
+    # ------------------------------------------------------------------ status
+
+    def version_stats(self, ep_name: str, model: str, version: int) -> VersionStats:
+        key = (ep_name, version)
+        s = self.stats.get(key)
+        if s is None:
+            s = self.stats[key] = VersionStats(ep_name, model, version)
+        return s
+
+    def stats_list(self, endpoint: str | None = None) -> list[EndpointVersionStats]:
+        out = []
+        for (name, _), s in self.stats.items():
+            if endpoint is not None and name != endpoint:
+                continue
+            ep = self.endpoints.get(name)
+            b = ep.batcher if ep else None
+            mean = b.batched_rows / b.batches if b and b.batches else None
+            out.append(s.snapshot(mean))
+        return out
+
+    def is_loaded(self, ep: Endpoint) -> bool:
+        return ep.key is not None and ep.key in {(m.model, m.version) for m in self.pool.loaded()}
+
+    def status(self) -> ServingStatus:
+        users: dict[tuple[str, int], list[str]] = {}
+        for ep in self.endpoints.values():
+            if ep.key:
+                users.setdefault(ep.key, []).append(ep.name)
+        return ServingStatus(
+            endpoints=[ep.info(self.is_loaded(ep)) for ep in self.endpoints.values()],
+            stats=self.stats_list(),
+            loaded_models=[m.info(users.get((m.model, m.version), [])) for m in self.pool.loaded()],
+            pool_budget_bytes=self.pool.budget_bytes,
+            pool_used_bytes=self.pool.used_bytes,
+            predlog_rows_written=self.predlog.rows_logged,
+            predlog_rows_dropped=self.predlog.rows_dropped,
+            in_flight={ep.name: ep.in_flight_rows for ep in self.endpoints.values()},
+        )
+
+    # ------------------------------------------------------------------ predict
+
+    async def predict(self, name: str, body: bytes, request_id: str) -> Answer:
+        """Serve one request. Never raises: every outcome is an Answer with a documented status."""
+        t0 = time.perf_counter()
+        ep = self.endpoints.get(name)
+        if ep is None:
+            return _error(404, "not_found", f"no endpoint {name!r}", "endpoint")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            return self._rejected(ep, 422, "invalid_json", f"body is not valid JSON: {e}", "body")
+        if ep.encoder is None or ep.version is None:
+            return self._fallback(ep, request_id, _rows_in(payload), "model_unavailable", t0, None)
+        try:
+            enc = _encode(ep.encoder, payload, ep.config.max_rows)
+        except ValidationFailed as e:
+            return self._rejected(ep, 422, "invalid_request", e.errors, _first_field(e.errors))
+        except _TooManyRows as e:
+            return self._rejected(ep, 413, "too_many_rows", str(e), "records")
+        n = len(enc.matrix)
+        if ep.fallback_mode:
+            return self._fallback(ep, request_id, n, "operator", t0, enc)
+        if not ep.breaker.allow():
+            return self._fallback(ep, request_id, n, "breaker_open", t0, enc)
+        if ep.in_flight_rows + n > ep.config.max_concurrency and ep.in_flight_rows > 0:
+            return self._fallback(ep, request_id, n, "shed", t0, enc)
+        mv = ep.version
+        ep.in_flight_rows += n
+        try:
+            out = await asyncio.wait_for(self._infer_rows(ep, enc.matrix), ep.config.timeout_ms / 1000)
+        except TimeoutError:
+            ep.breaker.record(False, (time.perf_counter() - t0) * 1000)
+            return self._fallback(ep, request_id, n, "timeout", t0, enc, mv)
+        except ModelLoadError as e:
+            log.warning("endpoint %s: %s", name, e)
+            return self._fallback(ep, request_id, n, "model_unavailable", t0, enc, mv)
+        except Exception as e:  # the model raised: breaker counts it, caller gets the fallback
+            log.warning("endpoint %s: model error: %r", name, e)
+            ep.breaker.record(False, (time.perf_counter() - t0) * 1000)
+            return self._fallback(ep, request_id, n, "model_error", t0, enc, mv)
+        finally:
+            ep.in_flight_rows -= n
+        latency_ms = (time.perf_counter() - t0) * 1000
+        ep.breaker.record(True, latency_ms)
+        scores, labels, preds = _decode(out, mv)
+        self.version_stats(name, mv.name, mv.version).record(latency_ms, n, 200, None, False)
+        if self.predlog.sampled(ep.config.log_sample_rate):
+            self.predlog.log(request_id, name, mv.name, mv.version, enc.num, enc.cat, scores, labels, latency_ms,
+                             "ok", None)  # fmt: skip
+        body_out = orjson.dumps(
+            {"request_id": request_id, "endpoint": name, "model": mv.name, "version": mv.version,
+             "predictions": preds, "fallback": False, "fallback_reason": None, "latency_ms": latency_ms},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )  # fmt: skip
+        return Answer(200, body_out, [(b"x-watchkeeper-model-version", f"{mv.name}:{mv.version}".encode())])
+
+    async def _infer_rows(self, ep: Endpoint, x: np.ndarray) -> np.ndarray:
+        loaded = self.pool.peek(ep.key) if ep.key else None  # type: ignore[arg-type]
+        if loaded is None:
+            loaded = await self._load(ep)
+        run: Callable[[np.ndarray], np.ndarray] = loaded.runtime.run
+        b = ep.config.batching
+        if b.enabled:
+            from agent.serving.batcher import MicroBatcher
+
+            if ep.batcher is None or ep.batcher._run is not run:
+                ep.batcher = MicroBatcher(run, self._infer, b.max_rows, b.max_wait_ms)
+            return await ep.batcher.submit(x)
+        return await asyncio.get_running_loop().run_in_executor(self._infer, run, x)
+
+    def _fallback(
+        self,
+        ep: Endpoint,
+        request_id: str,
+        n: int,
+        reason: str,
+        t0: float,
+        enc: Encoded | None,
+        mv: ModelVersion | None = None,
+    ) -> Answer:
+        mv = mv or ep.version
+        latency_ms = (time.perf_counter() - t0) * 1000
+        version = mv.version if mv else 0
+        model = mv.name if mv else ep.config.model
+        if ep.fallback_body is None:
+            status = STATUS_WITHOUT_FALLBACK[reason]
+            self.version_stats(ep.name, model, version).record(latency_ms, n, status, None, True)
+            headers = [(b"retry-after", b"1")] if status in (429, 503) else []
+            detail = {
+                "shed": f"over max_concurrency ({ep.config.max_concurrency} rows in flight)",
+                "breaker_open": f"circuit breaker open: {ep.breaker.last_reason}",
+                "model_unavailable": ep.resolve_error or "the model could not be loaded",
+                "operator": f"switched to fallback by an operator: {ep.fallback_reason}",
+                "timeout": f"no answer within {ep.config.timeout_ms:g} ms",
+                "model_error": "the model failed on this input",
+            }[reason]
+            ans = _error(status, reason, detail, None)
+            ans.headers.extend(headers)
+            return ans
+        self.version_stats(ep.name, model, version).record(latency_ms, n, 200, reason, False)
+        fb = ep.config.fallback or {}
+        if enc is not None and self.predlog.sampled(ep.config.log_sample_rate):
+            score = fb.get("score")
+            self.predlog.log(request_id, ep.name, model, mv.version if mv else None, enc.num, enc.cat,
+                             [score] * n, [fb.get("label")] * n, latency_ms, "fallback", reason)  # fmt: skip
+        preds = b"[" + b",".join([ep.fallback_body] * n) + b"]"
+        body = (
+            b'{"request_id":' + orjson.dumps(request_id) + b',"endpoint":' + orjson.dumps(ep.name)
+            + b',"model":' + orjson.dumps(model) + b',"version":' + orjson.dumps(mv.version if mv else None)
+            + b',"predictions":' + preds + b',"fallback":true,"fallback_reason":' + orjson.dumps(reason)
+            + b',"latency_ms":' + orjson.dumps(latency_ms) + b"}"
+        )  # fmt: skip
+        return Answer(200, body, [(b"x-watchkeeper-fallback", reason.encode())])
+
+    def _rejected(self, ep: Endpoint, status: int, error: str, detail: Any, field: str | None) -> Answer:
+        mv = ep.version
+        s = self.version_stats(ep.name, mv.name if mv else ep.config.model, mv.version if mv else 0)
+        s.rejected += 1
+        return _error(status, error, detail, field)
+
+
+class _TooManyRows(Exception):
+    pass
+
+
+def _rows_in(payload: Any) -> int:
+    if isinstance(payload, dict):
+        if isinstance(payload.get("records"), list):
+            return len(payload["records"])
+        cols = payload.get("columns")
+        if isinstance(cols, dict) and cols:
+            first = next(iter(cols.values()))
+            return len(first) if isinstance(first, list) else 1
+    return 1
+
+
+def _encode(encoder: Encoder, payload: Any, max_rows: int) -> Encoded:
+    if not isinstance(payload, dict):
+        raise ValidationFailed([{"row": None, "field": "body", "message": "expected a JSON object"}])
+    extra = set(payload) - {"records", "columns"}
+    if extra:
+        raise ValidationFailed([{"row": None, "field": sorted(extra)[0], "message": "unknown field"}])
+    if "records" in payload and "columns" in payload:
+        raise ValidationFailed([{"row": None, "field": "columns", "message": "give records or columns, not both"}])
+    if "records" in payload:
+        recs = payload["records"]
+        if not isinstance(recs, list) or not recs:
+            raise ValidationFailed([{"row": None, "field": "records", "message": "expected a non-empty list"}])
+        if len(recs) > max_rows:
+            raise _TooManyRows(f"{len(recs)} rows; this endpoint takes at most {max_rows}")
+        return encoder.encode_records(recs)
+    if "columns" in payload:
+        n = _rows_in(payload)
+        if n > max_rows:
+            raise _TooManyRows(f"{n} rows; this endpoint takes at most {max_rows}")
+        return encoder.encode_columns(payload["columns"])
+    raise ValidationFailed([{"row": None, "field": "records", "message": "give records or columns"}])
+
+
+def _decode(out: np.ndarray, mv: ModelVersion) -> tuple[list, list, list]:
+    spec = mv.signature.output
+    if spec.kind == "binary":
+        col = out[:, -1] if out.shape[1] > 1 else out[:, 0]
+        scores = col.tolist()
+        names = spec.labels or ["0", "1"]
+        labels = [names[1] if s >= spec.threshold else names[0] for s in scores]
+        return scores, labels, [{"score": s, "label": lab} for s, lab in zip(scores, labels, strict=True)]
+    if spec.kind == "regression":
+        scores = out[:, 0].tolist()
+        return scores, [None] * len(scores), [{"score": s} for s in scores]
+    names = spec.labels or [str(i) for i in range(out.shape[1])]
+    idx = out.argmax(axis=1).tolist()
+    probs = out.tolist()
+    scores = [p[i] for p, i in zip(probs, idx, strict=True)]
+    labels = [names[i] for i in idx]
+    preds = [{"score": s, "label": lab, "scores": p} for s, lab, p in zip(scores, labels, probs, strict=True)]
+    return scores, labels, preds
+
+
+def _first_field(errors: list[dict]) -> str | None:
+    return next((e.get("field") for e in errors if e.get("field")), None)
+
+
+def _error(status: int, error: str, detail: Any, field: str | None) -> Answer:
+    return Answer(status, orjson.dumps({"error": error, "detail": detail, "field": field}))

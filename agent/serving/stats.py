@@ -1,0 +1,135 @@
+"""Latency histograms and counters per endpoint and model version, over a rolling window and since start.
+
+Log-spaced buckets (25 per decade from 10 µs to 100 s): recording is a bisect and two increments,
+percentiles are interpolated within a bucket (error well under 10 %), and histograms merge by
+adding counts — the same buckets feed the API, /metrics and the console.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from agent.api.schemas import EndpointVersionStats, LatencySummary
+
+BOUNDS_MS: list[float] = [0.01 * 10 ** (i / 25) for i in range(25 * 7 + 1)]  # 0.01 ms .. 100 s
+WINDOW_S = 60.0
+SLOT_S = 5.0
+
+
+def _new() -> list[int]:
+    return [0] * (len(BOUNDS_MS) + 1)
+
+
+@dataclass
+class _Slot:
+    start: float
+    hist: list[int] = field(default_factory=_new)
+    requests: int = 0
+    errors: int = 0
+    fallbacks: int = 0
+    sum_ms: float = 0.0
+
+
+class VersionStats:
+    def __init__(self, endpoint: str, model: str, version: int) -> None:
+        self.endpoint, self.model, self.version = endpoint, model, version
+        self.hist = _new()
+        self.requests = self.rows = self.errors = self.fallbacks = self.rejected = 0
+        self.sum_ms = 0.0
+        self.compute_ms = 0.0
+        self.fallbacks_by_reason: dict[str, int] = {}
+        self.status_codes: dict[int, int] = {}
+        self._slots: deque[_Slot] = deque()
+
+    def _slot(self, now: float) -> _Slot:
+        start = now - now % SLOT_S
+        if not self._slots or self._slots[-1].start != start:
+            self._slots.append(_Slot(start))
+            while self._slots and self._slots[0].start <= now - WINDOW_S - SLOT_S:
+                self._slots.popleft()
+        return self._slots[-1]
+
+    def record(self, latency_ms: float, rows: int, status: int, fallback_reason: str | None, error: bool) -> None:
+        now = time.time()
+        i = bisect.bisect_left(BOUNDS_MS, latency_ms)
+        s = self._slot(now)
+        self.hist[i] += 1
+        s.hist[i] += 1
+        self.requests += 1
+        s.requests += 1
+        self.rows += rows
+        self.sum_ms += latency_ms
+        s.sum_ms += latency_ms
+        self.status_codes[status] = self.status_codes.get(status, 0) + 1
+        if error:
+            self.errors += 1
+            s.errors += 1
+        if fallback_reason is not None:
+            self.fallbacks += 1
+            s.fallbacks += 1
+            self.fallbacks_by_reason[fallback_reason] = self.fallbacks_by_reason.get(fallback_reason, 0) + 1
+
+    def snapshot(self, batch_rows_mean: float | None = None) -> EndpointVersionStats:
+        now = time.time()
+        slots = [s for s in self._slots if s.start > now - WINDOW_S - SLOT_S]
+        hist = _new()
+        req = err = fb = 0
+        total_ms = 0.0
+        for s in slots:
+            for i, c in enumerate(s.hist):
+                if c:
+                    hist[i] += c
+            req += s.requests
+            err += s.errors
+            fb += s.fallbacks
+            total_ms += s.sum_ms
+        span = max(min(WINDOW_S, now - slots[0].start), 1.0) if slots else WINDOW_S
+        return EndpointVersionStats(
+            endpoint=self.endpoint,
+            model=self.model,
+            version=self.version,
+            requests=self.requests,
+            rows=self.rows,
+            errors=self.errors,
+            fallbacks=self.fallbacks,
+            fallbacks_by_reason=dict(self.fallbacks_by_reason),
+            rejected=self.rejected,
+            window_s=span,
+            window_requests=req,
+            window_rps=req / span,
+            window_error_rate=err / req if req else 0.0,
+            window_fallback_rate=fb / req if req else 0.0,
+            latency=summarize(hist, total_ms),
+            latency_total=summarize(self.hist, self.sum_ms),
+            batch_rows_mean=batch_rows_mean,
+        )
+
+
+def quantile(hist: list[int], q: float) -> float | None:
+    """The q-quantile (0..1) of a bucketed histogram, interpolated linearly within its bucket."""
+    total = sum(hist)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, c in enumerate(hist):
+        if c and seen + c >= rank:
+            lo = BOUNDS_MS[i - 1] if i > 0 else 0.0
+            hi = BOUNDS_MS[i] if i < len(BOUNDS_MS) else BOUNDS_MS[-1]
+            return lo + (hi - lo) * max(0.0, min(1.0, (rank - seen) / c))
+        seen += c
+    return BOUNDS_MS[-1]
+
+
+def summarize(hist: list[int], sum_ms: float) -> LatencySummary:
+    n = sum(hist)
+    return LatencySummary(
+        count=n,
+        p50_ms=quantile(hist, 0.50),
+        p95_ms=quantile(hist, 0.95),
+        p99_ms=quantile(hist, 0.99),
+        mean_ms=sum_ms / n if n else None,
+    )
