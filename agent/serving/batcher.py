@@ -18,9 +18,15 @@ import numpy as np
 
 class MicroBatcher:
     def __init__(
-        self, run: Callable[[np.ndarray], np.ndarray], executor: Executor, max_rows: int, max_wait_ms: float
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        executor: Executor,
+        max_rows: int,
+        max_wait_ms: float,
+        inline: bool = False,
     ) -> None:
-        self._run = run
+        self.run_fn = run
+        self.inline = inline  # run batches on the loop (cheap models: a thread hop costs more)
         self._executor = executor
         self.max_rows = max_rows
         self.max_wait_s = max_wait_ms / 1000.0
@@ -60,7 +66,15 @@ class MicroBatcher:
         big = xs[0] if len(xs) == 1 else np.concatenate(xs)
         self.batches += 1
         self.batched_rows += len(big)
-        task = loop.run_in_executor(self._executor, self._run, big)
+        if self.inline:
+            task: asyncio.Future = loop.create_future()
+            try:
+                task.set_result(self.run_fn(big))
+            except Exception as e:
+                task.set_exception(e)
+            self._done(loop, task, batch)
+            return
+        task = loop.run_in_executor(self._executor, self.run_fn, big)
         task.add_done_callback(lambda t: self._done(loop, t, batch))
 
     def _done(self, loop: asyncio.AbstractEventLoop, task: asyncio.Future, batch: list) -> None:

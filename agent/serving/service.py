@@ -256,7 +256,10 @@ class ServingService:
     async def _load(self, ep: Endpoint):
         assert ep.version is not None
         mv = ep.version
-        return await self.pool.get((mv.name, mv.version), self.registry.artifact_path(mv.name, mv.version), mv.format)
+        width = ep.encoder.width if ep.encoder else 0
+        return await self.pool.get(
+            (mv.name, mv.version), self.registry.artifact_path(mv.name, mv.version), mv.format, width
+        )
 
     # ------------------------------------------------------------------ status
 
@@ -363,9 +366,12 @@ class ServingService:
         if b.enabled:
             from agent.serving.batcher import MicroBatcher
 
-            if ep.batcher is None or ep.batcher._run is not run:
-                ep.batcher = MicroBatcher(run, self._infer, b.max_rows, b.max_wait_ms)
+            # Rebuilt after a model swap: a batcher is bound to one runtime.
+            if ep.batcher is None or ep.batcher.run_fn is not run:
+                ep.batcher = MicroBatcher(run, self._infer, b.max_rows, b.max_wait_ms, inline=loaded.inline)
             return await ep.batcher.submit(x)
+        if loaded.inline:
+            return run(x)
         return await asyncio.get_running_loop().run_in_executor(self._infer, run, x)
 
     def _fallback(
