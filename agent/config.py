@@ -82,6 +82,29 @@ class SimulateConfig(_Strict):
     seed: int = 0
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?\s*$")
+_UNIT_B = {None: 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
+           "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}  # fmt: skip
+
+
+def _size(value: object) -> object:
+    """Accept bytes as a number or a string like "512MiB", "2GiB"."""
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if not m:
+            raise ValueError(f"not a size: {value!r} (use e.g. 512MiB, 2GiB)")
+        return int(float(m.group(1)) * _UNIT_B[m.group(2)])
+    return value
+
+
+Size = Annotated[int, BeforeValidator(_size), Field(ge=0)]
+
+
+class ServingConfig(_Strict):
+    # Loaded models are evicted least-recently-used beyond this (estimated resident memory).
+    pool_budget: Size = 2 * 2**30
+
+
 class AgentConfig(_Strict):
     name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
     data_dir: Path = Field(default_factory=lambda: default_data_dir())
@@ -94,6 +117,7 @@ class AgentConfig(_Strict):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
     @field_validator("listen")
     @classmethod

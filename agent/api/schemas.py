@@ -418,6 +418,15 @@ class BreakerConfig(_Wire):
     half_open_probes: int = Field(default=3, ge=1, le=1000)
 
 
+class FaultConfig(_Wire):
+    """Fault injection for drills and tests (as Envoy's fault filter): errors and delays before the model."""
+
+    model_config = ConfigDict(extra="forbid")
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    delay_ms: float = Field(default=0.0, ge=0, le=60_000)
+    delay_rate: float = Field(default=1.0, ge=0, le=1)
+
+
 class EndpointConfig(_Wire):
     """What `PUT /api/v1/endpoints/{name}` takes. Exactly one of `version` and `alias` picks the model."""
 
@@ -437,6 +446,7 @@ class EndpointConfig(_Wire):
     fallback: dict | None = None
     log_sample_rate: float = Field(default=1.0, ge=0, le=1)
     prewarm: bool = True
+    faults: FaultConfig | None = None
 
 
 class EndpointInfo(_Wire):
@@ -511,6 +521,23 @@ class ServingStatus(_Wire):
     predlog_rows_written: int
     predlog_rows_dropped: int
     in_flight: dict[str, int] = Field(default_factory=dict)
+
+
+class PredictionLogRow(_Wire):
+    """One logged row (`GET /api/v1/endpoints/{name}/predictions`)."""
+
+    ts: float
+    request_id: str
+    endpoint: str
+    model: str
+    version: int | None
+    row_idx: int
+    features: dict[str, float | str | None]
+    score: float | None
+    label: str | None
+    latency_ms: float
+    status: str
+    fallback_reason: str | None
 
 
 class Prediction(_Wire):

@@ -57,5 +57,9 @@ class PredictionLog:
         self.rows_logged += len(rows)
 
     @property
+    def rows_committed(self) -> int:
+        return self._writer.stats.written_by_table.get("predictions", 0)
+
+    @property
     def rows_dropped(self) -> int:
         return self._writer.stats.dropped_by_table.get("predictions", 0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from agent.api.schemas import (
     EndpointInfo,
     EndpointVersionStats,
     ModelVersion,
+    PredictionLogRow,
     ServingStatus,
 )
 from agent.serving.breaker import CircuitBreaker
@@ -281,6 +283,43 @@ class ServingService:
             out.append(s.snapshot(mean))
         return out
 
+    def recent_predictions(
+        self, con: Any, name: str, limit: int, request_id: str | None = None
+    ) -> list[PredictionLogRow]:
+        """Logged rows of an endpoint, newest first, features named from each row's model signature."""
+        where, params = "endpoint = ?", [name]
+        if request_id is not None:
+            where, params = where + " AND request_id = ?", [*params, request_id]
+        cur = con.cursor()
+        try:
+            rows = cur.execute(
+                f"""SELECT epoch(ts), request_id, endpoint, model, version, row_idx, num, cat, score, label,
+                           latency_ms, status, fallback_reason
+                    FROM predictions WHERE {where} ORDER BY ts DESC, row_idx LIMIT ?""",
+                [*params, limit],
+            ).fetchall()
+        finally:
+            cur.close()
+        names: dict[tuple[str, int], tuple[list[str], list[str]]] = {}
+        out = []
+        for ts, rid, ep, model, version, idx, num, cat, score, label, lat, status, reason in rows:
+            key = (model, version)
+            if key not in names and version is not None:
+                try:
+                    feats = self.registry.resolve(model, version).signature.features
+                    names[key] = ([f.name for f in feats if f.dtype != "category"],
+                                  [f.name for f in feats if f.dtype == "category"])  # fmt: skip
+                except Exception:
+                    names[key] = ([], [])
+            num_names, cat_names = names.get(key, ([], []))
+            features: dict[str, float | str | None] = dict(zip(num_names, num or [], strict=False))
+            features.update(zip(cat_names, cat or [], strict=False))
+            out.append(PredictionLogRow(
+                ts=ts, request_id=rid, endpoint=ep, model=model, version=version, row_idx=idx, features=features,
+                score=score, label=label, latency_ms=lat, status=status, fallback_reason=reason,
+            ))  # fmt: skip
+        return out
+
     def is_loaded(self, ep: Endpoint) -> bool:
         return ep.key is not None and ep.key in {(m.model, m.version) for m in self.pool.loaded()}
 
@@ -295,7 +334,7 @@ class ServingService:
             loaded_models=[m.info(users.get((m.model, m.version), [])) for m in self.pool.loaded()],
             pool_budget_bytes=self.pool.budget_bytes,
             pool_used_bytes=self.pool.used_bytes,
-            predlog_rows_written=self.predlog.rows_logged,
+            predlog_rows_written=self.predlog.rows_committed,
             predlog_rows_dropped=self.predlog.rows_dropped,
             in_flight={ep.name: ep.in_flight_rows for ep in self.endpoints.values()},
         )
@@ -358,6 +397,12 @@ class ServingService:
         return Answer(200, body_out, [(b"x-watchkeeper-model-version", f"{mv.name}:{mv.version}".encode())])
 
     async def _infer_rows(self, ep: Endpoint, x: np.ndarray) -> np.ndarray:
+        f = ep.config.faults
+        if f is not None:  # drills and tests: misbehave before the model, as a sick model would
+            if f.delay_ms and random.random() < f.delay_rate:
+                await asyncio.sleep(f.delay_ms / 1000)
+            if f.error_rate and random.random() < f.error_rate:
+                raise InjectedFault("injected fault")
         loaded = self.pool.peek(ep.key) if ep.key else None  # type: ignore[arg-type]
         if loaded is None:
             loaded = await self._load(ep)
@@ -423,6 +468,10 @@ class ServingService:
         s = self.version_stats(ep.name, mv.name if mv else ep.config.model, mv.version if mv else 0)
         s.rejected += 1
         return _error(status, error, detail, field)
+
+
+class InjectedFault(Exception):
+    pass
 
 
 class _TooManyRows(Exception):

@@ -44,6 +44,7 @@ class WriterStats:
     flush_errors: int = 0
     last_error: str | None = None
     dropped_by_table: dict[str, int] = field(default_factory=dict)
+    written_by_table: dict[str, int] = field(default_factory=dict)
 
 
 class StoreWriter:
@@ -188,6 +189,7 @@ class StoreWriter:
             try:
                 insert_columns(self._con, table, columns, rows)
                 written += len(rows)
+                self.stats.written_by_table[table] = self.stats.written_by_table.get(table, 0) + len(rows)
             except duckdb.Error as e:
                 # A bad batch must not wedge the writer; it is counted and reported.
                 self.stats.flush_errors += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from fastapi import APIRouter, Body, Depends, Path, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
@@ -17,6 +17,7 @@ from agent.api.schemas import (
     EndpointInfo,
     EndpointVersionStats,
     FallbackToggle,
+    PredictionLogRow,
     PredictResponse,
     Principal,
     ServingStatus,
@@ -67,6 +68,24 @@ async def endpoint_stats(request: Request, name: str = EndpointName) -> list[End
     s = serving(request)
     _info(s, name)
     return s.stats_list(name)
+
+
+@router.get(
+    "/endpoints/{name}/predictions", response_model=list[PredictionLogRow], dependencies=[Depends(require_read)]
+)
+async def endpoint_predictions(
+    request: Request,
+    name: str = EndpointName,
+    limit: int = Query(100, ge=1, le=10_000),
+    request_id: str | None = Query(None, max_length=128),
+) -> list[PredictionLogRow]:
+    """The prediction log, newest first (what was received, what was answered, how)."""
+    s = serving(request)
+    _info(s, name)
+    c = ctx(request)
+    if c.writer.buffered_rows:  # include what is still buffered, as /series does
+        await run_in_threadpool(c.writer.flush)
+    return await run_in_threadpool(s.recent_predictions, c.reader.con, name, limit, request_id)
 
 
 @router.put("/endpoints/{name}", response_model=EndpointInfo)
