@@ -14,6 +14,7 @@ from agent.store.writer import StoreWriter
 from agent.telemetry.sampler import Sampler
 
 if TYPE_CHECKING:
+    from agent.registry.store import Registry
     from agent.serving.service import ServingService
 
 
@@ -30,6 +31,8 @@ class AgentContext:
     started_at: float
     # Model serving (None until wired, e.g. in unit tests of other parts).
     serving: ServingService | None = None
+    # The model registry (None until wired, e.g. in unit tests of other parts).
+    registry: Registry | None = None
     # Cleared when the agent begins to stop, so /readyz turns 503 before the listener closes.
     accepting: bool = True
     checks: dict[str, str] = field(default_factory=dict)

@@ -24,6 +24,7 @@ from agent.api.schemas import GpuStatus, Snapshot
 from agent.audit import AuditLog
 from agent.config import AgentConfig
 from agent.context import AgentContext
+from agent.registry.store import Registry, reset_tmp_dir
 from agent.store.db import open_store
 from agent.store.reader import StoreReader
 from agent.store.rollup import make_maintenance
@@ -113,6 +114,9 @@ def build(cfg: AgentConfig) -> AgentContext:
         host_simulated=cfg.simulate.host,
         on_snapshot=_GpuStatusWatch(writer),
     )
+    # Model artifacts; uploads stream into tmp/ (one filesystem, so placing an artifact is a rename).
+    reset_tmp_dir(cfg.data_dir / "tmp")
+    registry = Registry(writer, opened.con, cfg.data_dir / "models", cfg.data_dir / "tmp")
     checks = {"store": "ok"}
     if opened.startup_alerts:
         checks["store"] = "recovered: " + opened.startup_alerts[0][2][:120]
@@ -127,6 +131,7 @@ def build(cfg: AgentConfig) -> AgentContext:
         schema_version=opened.schema_version,
         started_at=now,
         checks=checks,
+        registry=registry,
     )
     sampler.start()
     return ctx

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from agent import __version__
 from agent.api.errors import install_error_handlers
 from agent.api.metrics import AgentCollector, make_registry
-from agent.api.routes import admin, health, telemetry
+from agent.api.routes import admin, health, models, telemetry
 from agent.api.schemas import API_PREFIX
 from agent.context import AgentContext
 
@@ -28,4 +28,5 @@ def create_app(ctx: AgentContext) -> FastAPI:
     app.include_router(health.router)
     app.include_router(telemetry.router, prefix=API_PREFIX)
     app.include_router(admin.router, prefix=API_PREFIX)
+    app.include_router(models.router, prefix=API_PREFIX)
     return app
