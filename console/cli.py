@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from console import __version__
+from console import __version__, models_cli
 from console.config import AgentSpec, FleetConfigError, resolve_fleet
 
 EXIT_OK = 0
@@ -181,6 +181,7 @@ COMMANDS: tuple[Command, ...] = (
         _run_status,
     ),
     Command("demo", "start three local agents and open the console on them", _configure_demo, _run_demo),
+    Command("models", models_cli.HELP, models_cli.configure, models_cli.run),
 )
 
 

@@ -2,7 +2,7 @@
 
 A version is `(name, version, digest)`: the integer version is assigned here (max + 1 under a lock),
 the digest is the sha256 of the artifact bytes, and neither the row nor the artifact is ever changed
-or deleted through the API. Artifacts live at `<data_dir>/models/<name>/<version>/model.<onnx|pt>`,
+or deleted through the API. Artifacts live at `<data_dir>/models/<name>/<version>/model.<onnx|pt|pt2>`,
 moved there atomically from the upload's temporary file and made read-only (0444).
 
 An alias (`prod`, `canary`) is a pointer moved by appending an event to `alias_events`; its value is
@@ -52,7 +52,8 @@ log = logging.getLogger("watchkeeper.registry")
 
 DEFAULT_MAX_ARTIFACT_BYTES = 2 * 1024**3
 MAX_ARTIFACT_ENV = "WATCHKEEPER_MAX_ARTIFACT_BYTES"
-ARTIFACT_FILES: dict[str, str] = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt"}
+# torch.export archives are `.pt2` (torch.export.load warns about any other name).
+ARTIFACT_FILES: dict[str, str] = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2"}
 # `GET /models/{name}/aliases/history` is a route, so no alias may be called that.
 RESERVED_ALIASES = frozenset({"history"})
 
@@ -248,6 +249,7 @@ def _check_torch(path: Path, width: int, export: bool) -> None:
         raise InvalidModel(
             "this agent has no torch: register an ONNX export, or install the agent's torch extra", "format"
         ) from None
+    torch.set_num_threads(1)  # as the serving runtimes do: a check must not take every core
     kind = "torch.export" if export else "TorchScript"
     try:
         model = torch.export.load(str(path)).module() if export else torch.jit.load(str(path), map_location="cpu")
@@ -257,8 +259,9 @@ def _check_torch(path: Path, width: int, export: bool) -> None:
         with torch.inference_mode():
             model(torch.zeros(1, width, dtype=torch.float32))
     except Exception as e:
+        hint = " (export it with a dynamic batch dimension)" if export else ""
         raise InvalidModel(
-            f"the model does not take a [1, {width}] float input (the signature's encoded width): {_why(e)}",
+            f"the model does not take a [1, {width}] float input (the signature's encoded width){hint}: {_why(e)}",
             "artifact",
         ) from None
 
