@@ -25,6 +25,8 @@ from agent.audit import AuditLog
 from agent.config import AgentConfig
 from agent.context import AgentContext
 from agent.registry.store import Registry, reset_tmp_dir
+from agent.serving.asgi import PredictFastPath
+from agent.serving.service import ServingService
 from agent.store.db import open_store
 from agent.store.reader import StoreReader
 from agent.store.rollup import make_maintenance
@@ -117,6 +119,10 @@ def build(cfg: AgentConfig) -> AgentContext:
     # Model artifacts; uploads stream into tmp/ (one filesystem, so placing an artifact is a rename).
     reset_tmp_dir(cfg.data_dir / "tmp")
     registry = Registry(writer, opened.con, cfg.data_dir / "models", cfg.data_dir / "tmp")
+    serving = ServingService(registry, writer, cfg.serving.pool_budget)
+    serving.restore(opened.con)
+    # Endpoints that follow an alias switch to the new version (once it is loaded) when it moves.
+    registry.subscribe(lambda event: serving.reresolve_alias(event.model))
     checks = {"store": "ok"}
     if opened.startup_alerts:
         checks["store"] = "recovered: " + opened.startup_alerts[0][2][:120]
@@ -132,6 +138,7 @@ def build(cfg: AgentConfig) -> AgentContext:
         started_at=now,
         checks=checks,
         registry=registry,
+        serving=serving,
     )
     sampler.start()
     return ctx
@@ -140,6 +147,8 @@ def build(cfg: AgentConfig) -> AgentContext:
 def shutdown(ctx: AgentContext) -> None:
     """Stop sampling, flush, checkpoint, close. Safe to call twice."""
     ctx.accepting = False
+    if ctx.serving is not None:
+        ctx.serving.close()
     ctx.sampler.stop()
     ctx.writer.stop()
     try:
@@ -165,7 +174,7 @@ async def _supervise(ctx: AgentContext, server: uvicorn.Server) -> None:
 def serve(cfg: AgentConfig, sockets: list[socket.socket]) -> int:
     """Run until SIGTERM/SIGINT. Returns the process exit code."""
     ctx = build(cfg)
-    app = create_app(ctx)
+    app = PredictFastPath(create_app(ctx), ctx)
     config = uvicorn.Config(
         app,
         http=PeerCredProtocol,
@@ -182,6 +191,8 @@ def serve(cfg: AgentConfig, sockets: list[socket.socket]) -> int:
 
     async def main() -> None:
         sup = asyncio.create_task(_supervise(ctx, server))
+        if ctx.serving is not None:
+            ctx.serving.start(asyncio.get_running_loop())  # pre-warms endpoints' models
         try:
             await server.serve(sockets=sockets)
         finally:

@@ -26,6 +26,7 @@ class MicroBatcher:
         inline: bool = False,
     ) -> None:
         self.run_fn = run
+        self.owner: object = None  # what the run function belongs to (the loaded model), for rebinding
         self.inline = inline  # run batches on the loop (cheap models: a thread hop costs more)
         self._executor = executor
         self.max_rows = max_rows

@@ -412,8 +412,9 @@ class ServingService:
             from agent.serving.batcher import MicroBatcher
 
             # Rebuilt after a model swap: a batcher is bound to one runtime.
-            if ep.batcher is None or ep.batcher.run_fn is not run:
+            if ep.batcher is None or ep.batcher.owner is not loaded:
                 ep.batcher = MicroBatcher(run, self._infer, b.max_rows, b.max_wait_ms, inline=loaded.inline)
+                ep.batcher.owner = loaded
             return await ep.batcher.submit(x)
         if loaded.inline:
             return run(x)
