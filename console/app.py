@@ -24,10 +24,11 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.timer import Timer
 
-from console.client import AgentState, FleetSource, FleetStatus
-from console.messages import ConsoleError, FleetPolled
+from console.client import AgentError, AgentState, FleetSource, FleetStatus
+from console.messages import ConsoleError, FallbackToggled, FleetPolled
 from console.readonly import allowed
 from console.screens.base import ConsoleScreen
+from console.screens.endpoints import EndpointsScreen
 from console.screens.fleet import FleetScreen
 from console.screens.help import HelpScreen
 from console.screens.host import HostScreen
@@ -76,6 +77,7 @@ class WatchkeeperApp(App[int]):
         self.polls_started = 0
         self.polls_finished = 0
         self.polling = False
+        self._poll_again = False
         self._poll_timer: Timer | None = None
         self._reported: dict[tuple[str, str], float] = {}
         self._previous_handlers: dict[int, Any] = {}
@@ -144,7 +146,16 @@ class WatchkeeperApp(App[int]):
     def _arm_poll(self) -> None:
         if self._poll_timer is not None:
             self._poll_timer.stop()
-        self._poll_timer = self.set_timer(self.refresh_s, self.poll_fleet, name="fleet-poll")
+        delay = 0.0 if self._poll_again else self.refresh_s
+        self._poll_again = False
+        self._poll_timer = self.set_timer(delay, self.poll_fleet, name="fleet-poll")
+
+    def request_poll(self) -> None:
+        """Poll as soon as possible: now, or right after the poll in flight (never two at once)."""
+        if self.polling:
+            self._poll_again = True
+        else:
+            self.action_refresh_now()
 
     def action_refresh_now(self) -> None:
         """`r`: poll now, unless a poll is already running (polls never overlap)."""
@@ -202,6 +213,44 @@ class WatchkeeperApp(App[int]):
     def open_host(self, agent: str) -> None:
         """Drill into one agent's host screen."""
         self.push_screen(HostScreen(agent))
+
+    def open_endpoints(self) -> None:
+        """Open the fleet's endpoints screen."""
+        if not isinstance(self.screen, EndpointsScreen):
+            self.push_screen(EndpointsScreen())
+
+    # ------------------------------------------------------------------ actions on agents
+
+    @work(group="fallback")
+    async def set_fallback(self, agent: str, endpoint: str, enabled: bool, reason: str) -> None:
+        """Switch an endpoint to (or back from) its fallback, in the background (App-owned, so
+        leaving the screen does not cancel a request the agent may already have applied)."""
+        if self.readonly:  # the key and the dialog refuse already; this is the last line
+            self.post_message(ConsoleError("readonly", "read-only mode: fallback switch refused", severity="warning"))
+            return
+        try:
+            info = await self.source.set_fallback(agent, endpoint, enabled, reason)
+        except AgentError as exc:
+            self.post_message(FallbackToggled(agent, endpoint, enabled, error=exc.message))
+        except Exception as exc:
+            self.post_message(FallbackToggled(agent, endpoint, enabled, error=f"{type(exc).__name__}: {exc}"))
+        else:
+            self.post_message(FallbackToggled(agent, endpoint, enabled, info=info))
+
+    @on(FallbackToggled)
+    def _fallback_toggled(self, message: FallbackToggled) -> None:
+        status = self.fleet_status.get(message.agent) if self.fleet_status else None
+        host = status.label if status else message.agent
+        what = "switched to fallback" if message.enabled else "switched back to the model"
+        if message.error is not None:
+            text = f"{message.endpoint} on {host}: not {what}: {message.error}"
+            self.post_message(ConsoleError(f"fallback {message.agent}/{message.endpoint}", text))
+        else:
+            version = message.info.version if message.info else None
+            text = f"{message.endpoint} on {host} {what}" + (f" (v{version})" if version is not None else "")
+            # Not deduplicated like errors: every switch the operator makes deserves its answer.
+            self.notify(text, severity="information", timeout=8)
+        self.request_poll()
 
     def action_help(self) -> None:
         """`?`: show the key reference."""

@@ -173,6 +173,18 @@ def _run_demo(args: argparse.Namespace) -> int:
         return run_tui(args, specs)
 
 
+def _configure_loadtest(p: argparse.ArgumentParser) -> None:
+    from console.loadtest import configure
+
+    configure(p)
+
+
+def _run_loadtest(args: argparse.Namespace) -> int:
+    from console.loadtest import main_from_args
+
+    return main_from_args(args)
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "status",
@@ -181,6 +193,12 @@ COMMANDS: tuple[Command, ...] = (
         _run_status,
     ),
     Command("demo", "start three local agents and open the console on them", _configure_demo, _run_demo),
+    Command(
+        "loadtest",
+        "drive an endpoint's predict route (bounded) and report latency, status codes, fallbacks, agent CPU",
+        _configure_loadtest,
+        _run_loadtest,
+    ),
     Command("models", models_cli.HELP, models_cli.configure, models_cli.run),
 )
 

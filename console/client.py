@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
@@ -29,11 +30,15 @@ from agent.api.schemas import (
     API_PREFIX,
     AgentAlert,
     AuditEntry,
+    EndpointInfo,
     ErrorBody,
+    FallbackToggle,
     Health,
     HostInfo,
+    ModelVersion,
     Principal,
     SeriesResponse,
+    ServingStatus,
     Snapshot,
 )
 from console import __version__
@@ -56,6 +61,10 @@ _PRINCIPAL = TypeAdapter(Principal)
 _ALERTS = TypeAdapter(list[AgentAlert])
 _AUDIT = TypeAdapter(list[AuditEntry])
 _ERROR = TypeAdapter(ErrorBody)
+_SERVING = TypeAdapter(ServingStatus)
+_ENDPOINT = TypeAdapter(EndpointInfo)
+_ENDPOINTS = TypeAdapter(list[EndpointInfo])
+_MODEL_VERSION = TypeAdapter(ModelVersion)
 
 
 class ErrorKind(StrEnum):
@@ -76,11 +85,15 @@ class ErrorKind(StrEnum):
 class AgentError(Exception):
     """A failed request to an agent; `str()` is the short "why" the UI shows."""
 
-    def __init__(self, kind: ErrorKind, message: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self, kind: ErrorKind, message: str, *, status_code: int | None = None, error_code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.status_code = status_code
+        # The agent's machine-readable `ErrorBody.error` (e.g. "not_found", "conflict"), if it sent one.
+        self.error_code = error_code
 
 
 _SSL_CONTEXTS: dict[bool | str, ssl.SSLContext] = {}
@@ -142,22 +155,54 @@ def classify_response(response: httpx.Response, *, has_token: bool) -> AgentErro
     """Map a non-2xx response (ErrorBody or not) to an `AgentError`."""
     code = response.status_code
     detail = ""
+    error_code: str | None = None
     try:
         body = _ERROR.validate_json(response.content)
-        detail = body.error
+        detail = error_code = body.error
         if isinstance(body.detail, str) and body.detail:
             detail = f"{detail}: {body.detail}" if detail else body.detail
     except ValidationError:
         detail = response.reason_phrase or ""
     detail = " ".join(detail.split())[:120]
     if code == 401:
-        return AgentError(ErrorKind.UNAUTHORIZED, "401 bad token" if has_token else "401 no token", status_code=code)
+        message = "401 bad token" if has_token else "401 no token"
+        return AgentError(ErrorKind.UNAUTHORIZED, message, status_code=code, error_code=error_code)
     if code == 403:
-        return AgentError(ErrorKind.FORBIDDEN, f"403 forbidden{': ' + detail if detail else ''}", status_code=code)
+        message = f"403 forbidden{': ' + detail if detail else ''}"
+        return AgentError(ErrorKind.FORBIDDEN, message, status_code=code, error_code=error_code)
     if code == 503:
-        return AgentError(ErrorKind.NOT_READY, f"503 {detail or 'not ready'}", status_code=code)
+        return AgentError(ErrorKind.NOT_READY, f"503 {detail or 'not ready'}", status_code=code, error_code=error_code)
     kind = ErrorKind.HTTP_5XX if code >= 500 else ErrorKind.HTTP_4XX
-    return AgentError(kind, f"HTTP {code}{': ' + detail if detail else ''}", status_code=code)
+    return AgentError(kind, f"HTTP {code}{': ' + detail if detail else ''}", status_code=code, error_code=error_code)
+
+
+def http_client(
+    spec: AgentSpec,
+    *,
+    timeout_s: float | None = None,
+    limits: httpx.Limits | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """An `httpx.AsyncClient` for one agent: base URL (or Unix socket), token, TLS, no proxies."""
+    headers = {"User-Agent": f"watchkeeper-console/{__version__}", "Accept": "application/json"}
+    if spec.token:
+        headers["Authorization"] = f"Bearer {spec.token}"
+    base_url = spec.url
+    if spec.socket_path is not None:
+        transport = transport or httpx.AsyncHTTPTransport(uds=spec.socket_path, limits=limits or httpx.Limits())
+        base_url = "http://agent"
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers=headers,
+        timeout=httpx.Timeout(spec.timeout_s if timeout_s is None else timeout_s),
+        transport=transport,
+        limits=limits or httpx.Limits(),
+        verify=_shared_ssl_context(spec.verify) if spec.url.startswith("https://") else True,
+        follow_redirects=False,
+        # Agents live on internal networks: an HTTP(S)_PROXY meant for the internet must not
+        # swallow requests to 10.x or 127.0.0.1.
+        trust_env=False,
+    )
 
 
 class AgentClient:
@@ -167,43 +212,40 @@ class AgentClient:
         self.spec = spec
         # Offset of the agent's clock from ours (agent - console), from the Date header.
         self.clock_offset_s = 0.0
-        headers = {"User-Agent": f"watchkeeper-console/{__version__}", "Accept": "application/json"}
-        if spec.token:
-            headers["Authorization"] = f"Bearer {spec.token}"
-        base_url = spec.url
-        if spec.socket_path is not None:
-            transport = transport or httpx.AsyncHTTPTransport(uds=spec.socket_path)
-            base_url = "http://agent"
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            headers=headers,
-            timeout=httpx.Timeout(spec.timeout_s),
-            transport=transport,
-            verify=_shared_ssl_context(spec.verify) if spec.url.startswith("https://") else True,
-            follow_redirects=False,
-            # Agents live on internal networks: an HTTP(S)_PROXY meant for the internet must not
-            # swallow requests to 10.x or 127.0.0.1.
-            trust_env=False,
-        )
+        self._http = http_client(spec, transport=transport)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def _get(self, path: str, adapter: TypeAdapter[T], params: dict[str, Any] | None = None) -> T:
+    async def _request(
+        self, method: str, path: str, params: dict[str, Any] | None = None, body: bytes | None = None
+    ) -> httpx.Response:
         timeout_s = self.spec.timeout_s
+        headers = {"Content-Type": "application/json"} if body is not None else None
         try:
             # httpx's timeout is per phase (connect, each read...); an agent trickling bytes could
             # exceed it many times over. This bounds the whole request.
             async with asyncio.timeout(timeout_s):
-                response = await self._http.get(path, params=params)
+                response = await self._http.request(method, path, params=params, content=body, headers=headers)
         except TimeoutError:
             raise AgentError(ErrorKind.TIMEOUT, f"timeout after {timeout_s:g}s") from None
         except httpx.HTTPError as exc:
             raise classify_transport_error(exc, timeout_s=timeout_s) from exc
-        self._note_date(response)
         if not response.is_success:
             raise classify_response(response, has_token=bool(self.spec.token))
+        # Only from answers of the agent itself: an error may come from a proxy with its own clock.
+        self._note_date(response)
+        return response
+
+    async def _get(self, path: str, adapter: TypeAdapter[T], params: dict[str, Any] | None = None) -> T:
+        return self._parse(path, adapter, await self._request("GET", path, params))
+
+    async def _post(self, path: str, adapter: TypeAdapter[T], body: bytes) -> T:
+        return self._parse(path, adapter, await self._request("POST", path, body=body))
+
+    @staticmethod
+    def _parse(path: str, adapter: TypeAdapter[T], response: httpx.Response) -> T:
         try:
             return adapter.validate_json(response.content)
         except ValidationError as exc:
@@ -256,6 +298,36 @@ class AgentClient:
         """`GET /api/v1/audit?limit=`: newest audit entries."""
         return await self._get(f"{API_PREFIX}/audit", _AUDIT, {"limit": limit})
 
+    async def serving(self) -> ServingStatus | None:
+        """`GET /api/v1/serving`; None when the agent serves nothing (older agent: 404; serving off: 503)."""
+        try:
+            return await self._get(f"{API_PREFIX}/serving", _SERVING)
+        except AgentError as exc:
+            if exc.status_code == 404 or (exc.status_code == 503 and exc.error_code == "serving_unavailable"):
+                return None
+            raise
+
+    async def endpoints(self) -> list[EndpointInfo]:
+        """`GET /api/v1/endpoints`."""
+        return await self._get(f"{API_PREFIX}/endpoints", _ENDPOINTS)
+
+    async def endpoint(self, name: str) -> EndpointInfo:
+        """`GET /api/v1/endpoints/{name}`."""
+        return await self._get(f"{API_PREFIX}/endpoints/{quote(name, safe='')}", _ENDPOINT)
+
+    async def set_fallback(self, name: str, enabled: bool, reason: str) -> EndpointInfo:
+        """`POST /api/v1/endpoints/{name}/fallback` (operator; the agent audits who, when, why)."""
+        body = FallbackToggle(enabled=enabled, reason=reason).model_dump_json().encode()
+        return await self._post(f"{API_PREFIX}/endpoints/{quote(name, safe='')}/fallback", _ENDPOINT, body)
+
+    async def model_version(self, name: str, version: int) -> ModelVersion:
+        """`GET /api/v1/models/{name}/versions/{version}` (its signature describes valid payloads)."""
+        return await self._get(f"{API_PREFIX}/models/{quote(name, safe='')}/versions/{int(version)}", _MODEL_VERSION)
+
+    async def metrics_text(self) -> str:
+        """`GET /metrics`: the Prometheus text exposition."""
+        return (await self._request("GET", "/metrics")).text
+
 
 # --------------------------------------------------------------------------- poll results
 
@@ -264,6 +336,15 @@ class AgentState(StrEnum):
     UP = "up"
     STALE = "stale"
     DOWN = "down"
+
+
+class ServingState(StrEnum):
+    """Whether we know what an agent serves (`GET /api/v1/serving`)."""
+
+    UNKNOWN = "unknown"  # not fetched yet
+    OK = "ok"
+    NONE = "none"  # the agent serves nothing (older agent, or serving switched off)
+    ERROR = "error"  # the last fetch failed; `serving` is the last good answer, if any
 
 
 @dataclass(frozen=True)
@@ -289,6 +370,10 @@ class AgentStatus:
     next_retry_at: float | None = None
     latency_s: float | None = None
     clock_offset_s: float = 0.0
+    serving: ServingStatus | None = None
+    serving_state: ServingState = ServingState.UNKNOWN
+    serving_error: str | None = None
+    serving_at: float | None = None  # console-clock time of the last good serving answer
 
     @property
     def label(self) -> str:
@@ -329,6 +414,11 @@ class FleetSource(Protocol):
 
     async def series(self, name: str, metric: str, start: float, end: float, step_s: float) -> SeriesResponse: ...
 
+    def want_serving(self, wanted: bool) -> None:
+        """Fetch serving status on every poll (True: the endpoints view is open) or only rarely."""
+
+    async def set_fallback(self, name: str, endpoint: str, enabled: bool, reason: str) -> EndpointInfo: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -350,6 +440,11 @@ class _Track:
     last_seen: float | None = None
     latency_s: float | None = None
     latencies: list[float] = field(default_factory=list)
+    serving: ServingStatus | None = None
+    serving_state: ServingState = ServingState.UNKNOWN
+    serving_error: str | None = None
+    serving_at: float | None = None
+    serving_attempt_at: float | None = None
 
 
 class FleetPoller:
@@ -359,6 +454,10 @@ class FleetPoller:
     timeout: each agent's requests run concurrently with everyone else's under its own deadline.
     An agent that fails is skipped until its backoff expires (base * 2^(failures-1), capped), and
     keeps its last snapshot so the UI can say when it was last seen.
+
+    Serving status (`/api/v1/serving`, bigger than a snapshot) is fetched alongside the snapshot
+    on every poll while someone `want_serving(True)` (the endpoints view), otherwise only every
+    `serving_idle_s`; an agent that serves nothing (404) is asked again only at that idle pace.
     """
 
     def __init__(
@@ -369,11 +468,14 @@ class FleetPoller:
         host_refresh_s: float = 300.0,
         backoff_base_s: float = 1.0,
         backoff_cap_s: float = 30.0,
+        serving_idle_s: float = 120.0,
         client_factory: Callable[[AgentSpec], AgentClient] = AgentClient,
     ) -> None:
         self._specs = tuple(specs)
         self._clock = clock
         self.host_refresh_s = host_refresh_s
+        self.serving_idle_s = serving_idle_s
+        self.serving_wanted = False
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self._tracks = {s.name: _Track(spec=s, client=client_factory(s)) for s in self._specs}
@@ -413,6 +515,14 @@ class FleetPoller:
         """Fetch one metric's series from agent `name`."""
         return await self._tracks[name].client.series(metric, start, end, step_s)
 
+    def want_serving(self, wanted: bool) -> None:
+        """Fetch serving status on every poll while `wanted`, else every `serving_idle_s`."""
+        self.serving_wanted = wanted
+
+    async def set_fallback(self, name: str, endpoint: str, enabled: bool, reason: str) -> EndpointInfo:
+        """Switch `endpoint` on agent `name` to (or back from) its fallback prediction."""
+        return await self._tracks[name].client.set_fallback(endpoint, enabled, reason)
+
     async def aclose(self) -> None:
         """Close every agent's connection pool."""
         await asyncio.gather(*(t.client.aclose() for t in self._tracks.values()), return_exceptions=True)
@@ -429,13 +539,18 @@ class FleetPoller:
         need_host = track.host is None or (
             track.host_fetched_at is not None and now - track.host_fetched_at >= self.host_refresh_s
         )
-        host_result: Any = None
+        need_serving = self._serving_due(track, now)
+        calls: list[Any] = [track.client.snapshot()]
         if need_host:
-            snap_result, host_result = await asyncio.gather(
-                _capture(track.client.snapshot()), _capture(track.client.host_info())
-            )
-        else:
-            snap_result = await _capture(track.client.snapshot())
+            calls.append(track.client.host_info())
+        if need_serving:
+            track.serving_attempt_at = now
+            calls.append(track.client.serving())
+        results = await asyncio.gather(*(_capture(c) for c in calls))
+        snap_result = results[0]
+        host_result: Any = results[1] if need_host else None
+        if need_serving:
+            self._note_serving(track, results[-1])
         if isinstance(host_result, HostInfo):
             track.host = host_result
             track.host_fetched_at = now
@@ -445,8 +560,9 @@ class FleetPoller:
             track.latency_s = statistics.median(track.latencies)
             track.last_seen = self._clock()
             if track.failures:
-                # It was down: it may have restarted with other GPUs or settings.
+                # It was down: it may have restarted with other GPUs, settings or a newer version.
                 track.host_fetched_at = None if track.host is None else now - self.host_refresh_s
+                track.serving_attempt_at = None
             track.failures = 0
             track.next_attempt_at = 0.0
             track.error = None
@@ -461,6 +577,28 @@ class FleetPoller:
             return
         track.failures += 1
         track.next_attempt_at = self._clock() + self.backoff_s(track.failures)
+
+    def _serving_due(self, track: _Track, now: float) -> bool:
+        if track.serving_attempt_at is None:
+            return True
+        if self.serving_wanted and track.serving_state is not ServingState.NONE:
+            return True
+        return now - track.serving_attempt_at >= self.serving_idle_s
+
+    def _note_serving(self, track: _Track, result: Any) -> None:
+        if isinstance(result, ServingStatus):
+            track.serving = result
+            track.serving_state = ServingState.OK
+            track.serving_error = None
+            track.serving_at = self._clock()
+        elif result is None:
+            track.serving = None
+            track.serving_state = ServingState.NONE
+            track.serving_error = None
+        else:
+            error = result if isinstance(result, AgentError) else _unexpected(result)
+            track.serving_state = ServingState.ERROR
+            track.serving_error = error.message
 
     def _status(self, track: _Track, now: float) -> AgentStatus:
         spec = track.spec
@@ -488,6 +626,10 @@ class FleetPoller:
             "failures": track.failures,
             "latency_s": track.latency_s,
             "clock_offset_s": offset,
+            "serving": track.serving,
+            "serving_state": track.serving_state,
+            "serving_error": track.serving_error,
+            "serving_at": track.serving_at,
         }
         if track.error is not None:
             return AgentStatus(

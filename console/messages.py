@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from textual.message import Message
 
-from agent.api.schemas import SeriesResponse
+from agent.api.schemas import EndpointInfo, SeriesResponse
 from console.client import FleetStatus
 
 
@@ -26,6 +26,20 @@ class SeriesLoaded(Message):
         self.agent = agent
         self.series = dict(series)
         self.errors = dict(errors)
+
+
+class FallbackToggled(Message):
+    """A fallback switch finished: `info` is the agent's answer, or `error` says why it failed."""
+
+    def __init__(
+        self, agent: str, endpoint: str, enabled: bool, *, info: EndpointInfo | None = None, error: str | None = None
+    ) -> None:
+        super().__init__()
+        self.agent = agent
+        self.endpoint = endpoint
+        self.enabled = enabled
+        self.info = info
+        self.error = error
 
 
 class ConsoleError(Message):

@@ -49,6 +49,7 @@ class FleetScreen(ConsoleScreen):
         Binding("s", "cycle_sort", "Sort"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
         Binding("enter", "open_host", "Open", show=True, priority=False),
+        Binding("e", "open_endpoints", "Endpoints"),
         *(
             Binding(key, f"sort_by('{column}')", f"Sort by {_LABELS[column]}", show=False)
             for key, column in SORT_KEYS.items()
@@ -178,6 +179,10 @@ class FleetScreen(ConsoleScreen):
         self.table.focus()
 
     # ------------------------------------------------------------------ drill-down
+
+    def action_open_endpoints(self) -> None:
+        """`e`: every model endpoint across the fleet."""
+        self.wk_app.open_endpoints()
 
     def action_open_host(self) -> None:
         """Enter: open the host under the cursor."""

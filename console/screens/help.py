@@ -22,6 +22,7 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         (
             ("↑ ↓ PgUp PgDn", "move"),
             ("Enter", "open host"),
+            ("e", "endpoints (model serving across the fleet)"),
             ("/", "filter (regex, smart case; !regex inverts)"),
             ("Esc", "clear filter"),
             ("s", "sort by next column"),
@@ -33,6 +34,14 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         "Host",
         (("Esc / Backspace", "back to fleet"),),
     ),
+    (
+        "Endpoints",
+        (
+            ("f", "switch the selected endpoint to its fallback / back (asks, reason required)"),
+            ("/", "filter (host, endpoint, model:version, breaker, mode)"),
+            ("Esc", "clear filter, else back to fleet"),
+        ),
+    ),
 )
 
 STATES = (
@@ -42,13 +51,19 @@ STATES = (
 )
 
 
+# Keys that change something on an agent: marked as disabled in read-only mode.
+MUTATING_KEYS = {("Endpoints", "f")}
+
+
 def help_text(readonly: bool) -> str:
     """The help body as plain text."""
     width = max(len(k) for _, rows in HELP_SECTIONS for k, _ in rows) + 2
     lines: list[str] = []
     for title, rows in HELP_SECTIONS:
         lines.append(title)
-        lines.extend(f"  {key:<{width}}{what}" for key, what in rows)
+        for key, what in rows:
+            off = " [disabled: read-only]" if readonly and (title, key) in MUTATING_KEYS else ""
+            lines.append(f"  {key:<{width}}{what}{off}")
         lines.append("")
     lines.append("States")
     lines.extend(f"  {key:<{width}}{what}" for key, what in STATES)

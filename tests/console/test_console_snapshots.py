@@ -10,9 +10,13 @@ import asyncio
 from textual.widgets import Input
 
 from console.app import WatchkeeperApp
+from console.screens.endpoints import EndpointsScreen
+from console.screens.fallback import FallbackConfirm
 from console.screens.host import HostScreen
+from console.serving_rows import row_key
+from console.widgets.endpoint_table import EndpointTable
 from console.widgets.fleet_table import FleetTable
-from tests.console.wk_fakes import FakeSource, down, fleet, stale, up
+from tests.console.wk_fakes import FakeSource, down, fleet, serving_fleet, stale, up
 
 SIZE = (120, 32)
 
@@ -87,3 +91,36 @@ def test_help_screen(snap_compare) -> None:
 
 def test_ansi_theme(snap_compare) -> None:
     assert snap_compare(make_app(theme="ansi-dark"), terminal_size=SIZE, run_before=fleet_ready)
+
+
+async def endpoints_ready(pilot) -> None:
+    await fleet_ready(pilot)
+    await pilot.press("e")
+    app = pilot.app
+    await wait_for(
+        pilot,
+        lambda: isinstance(app.screen, EndpointsScreen) and app.screen.query_one(EndpointTable).row_count > 0,
+    )
+    table = app.screen.query_one(EndpointTable)
+    table.move_cursor(row=table.row_keys.index(row_key("gpu-02", "flights", "flights", 3)))
+    await pilot.pause()
+
+
+def test_endpoints_screen(snap_compare) -> None:
+    app = WatchkeeperApp(FakeSource(serving_fleet()), refresh_s=3600)
+    assert snap_compare(app, terminal_size=(140, 36), run_before=endpoints_ready)
+
+
+def test_fallback_confirmation(snap_compare) -> None:
+    async def run_before(pilot) -> None:
+        await endpoints_ready(pilot)
+        table = pilot.app.screen.query_one(EndpointTable)
+        table.move_cursor(row=table.row_keys.index(row_key("gpu-01", "fraud", "fraud", 7)))
+        await pilot.press("f")
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, FallbackConfirm))
+        await pilot.press("enter")  # an empty reason is refused: the dialog says so
+        pilot.app.screen.query_one(Input).cursor_blink = False
+        await pilot.pause()
+
+    app = WatchkeeperApp(FakeSource(serving_fleet()), refresh_s=3600)
+    assert snap_compare(app, terminal_size=(140, 36), run_before=run_before)

@@ -1,0 +1,264 @@
+"""The endpoints screen: every model endpoint across the fleet, and the selected agent's model pool.
+
+While this screen is open the poller fetches `/api/v1/serving` from every agent on each poll
+(otherwise only rarely); rows are keyed by (agent, endpoint, model version) and updated in place.
+`f` switches the selected endpoint to its fallback prediction or back, after a confirmation.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from console.client import AgentState, FleetStatus, ServingState
+from console.filtering import RowFilter
+from console.messages import ConsoleError
+from console.readonly import mutating
+from console.screens.base import ConsoleScreen
+from console.screens.fallback import FallbackConfirm, FallbackRequest
+from console.screens.fleet import FilterInput
+from console.serving_rows import EndpointRow, detail_text, endpoint_rows, pool_line, predlog_line
+from console.widgets.endpoint_table import EndpointTable, LoadedModelTable
+
+if TYPE_CHECKING:
+    from console.app import WatchkeeperApp
+
+
+class EndpointsScreen(ConsoleScreen):
+    """All endpoints of all agents; Escape goes back to the fleet."""
+
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("backspace", "app.pop_screen", "Back", show=False),
+        Binding("slash", "filter", "Filter"),
+        Binding("f", "toggle_fallback", "Fallback on/off"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shown: FleetStatus | None = None
+        self._reported: dict[str, str | None] = {}
+
+    @property
+    def wk_app(self) -> WatchkeeperApp:
+        return self.app  # type: ignore[return-value]
+
+    @property
+    def table(self) -> EndpointTable:
+        return self.query_one(EndpointTable)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield EndpointTable(id="endpoint-table")
+        with Horizontal(id="serving-panel"):
+            yield Static("", id="endpoint-detail", markup=False)
+            with Vertical(id="pool-box"):
+                yield Static("", id="pool-summary", markup=False)
+                yield LoadedModelTable(id="loaded-models")
+        yield FilterInput(placeholder="filter: regex (! inverts)", id="filter", classes="-hidden")
+        yield Static("", id="endpoints-status", markup=False)
+        yield Footer()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_mount(self) -> None:
+        self.sub_title = "endpoints"
+        self.table.focus()
+        # Serving status on every poll while we are open, and one now rather than in refresh_s.
+        self.wk_app.source.want_serving(True)
+        self.wk_app.request_poll()
+        if self.wk_app.fleet_status is not None:
+            self.show_fleet(self.wk_app.fleet_status)
+        else:
+            self._update_status_line()
+
+    def on_unmount(self) -> None:
+        self.wk_app.source.want_serving(False)
+
+    def on_screen_resume(self) -> None:
+        status = self.wk_app.fleet_status
+        if status is not None and status is not self._shown:
+            self.show_fleet(status)
+
+    # ------------------------------------------------------------------ data
+
+    def show_fleet(self, status: FleetStatus) -> None:
+        """Update rows in place from a new poll."""
+        self._shown = status
+        self.table.show(endpoint_rows(status))
+        self._show_panel()
+        self._update_status_line()
+        self._report_serving_errors(status)
+
+    def _report_serving_errors(self, status: FleetStatus) -> None:
+        # Through the one sink; each agent's error is reported when it first appears or changes.
+        for agent in status.agents:
+            error = agent.serving_error if agent.serving_state is ServingState.ERROR else None
+            if agent.state is AgentState.DOWN:
+                error = None  # the fleet already announces a down agent
+            if error and self._reported.get(agent.name) != error:
+                self.post_message(
+                    ConsoleError(f"serving {agent.name}", f"{agent.label}: serving status: {error}", severity="warning")
+                )
+            self._reported[agent.name] = error
+
+    def _show_panel(self) -> None:
+        row = self.table.cursor_row_data
+        status = self._shown
+        detail = self.query_one("#endpoint-detail", Static)
+        summary = self.query_one("#pool-summary", Static)
+        models = self.query_one(LoadedModelTable)
+        agent = status.get(row.agent) if row is not None and status is not None else None
+        if row is None or agent is None or status is None:
+            detail.update("no endpoint selected" if self.table.all_rows else "")
+            summary.update("")
+            models.show(None, 0.0)
+            return
+        detail.update(styled_detail(detail_text(row, agent, status.polled_at)))
+        serving = agent.serving
+        if serving is None:
+            summary.update(f"{agent.label}: serves nothing")
+        else:
+            text = Text(f"{agent.label}: {pool_line(serving)}\n")
+            text.append(predlog_line(serving), style="bold yellow" if serving.predlog_rows_dropped else "")
+            summary.update(text)
+        models.show(agent, status.polled_at)
+
+    def _update_status_line(self) -> None:
+        status = self._shown
+        table = self.table
+        parts: list[str] = []
+        if status is None:
+            parts.append("waiting for first poll…")
+        else:
+            agents = status.agents
+            with_serving = [a for a in agents if a.serving is not None]
+            parts.append(f"{len(table.rows_shown)}/{len(table.all_rows)} rows")
+            parts.append(f"{len(with_serving)}/{len(agents)} agents serving")
+            none = sum(1 for a in agents if a.serving_state is ServingState.NONE)
+            if none:
+                parts.append(f"{none} without serving")
+            waiting = sum(1 for a in agents if a.serving_state is ServingState.UNKNOWN and a.state is AgentState.UP)
+            if waiting:
+                parts.append(f"{waiting} loading…")
+            failing = [a.label for a in agents if a.serving_state is ServingState.ERROR]
+            if failing:
+                parts.append(f"serving status failed: {', '.join(failing)}")
+            windows = {r.stats.window_s for r in table.all_rows if r.stats is not None}
+            if len(windows) == 1:
+                parts.append(f"rates over {windows.pop():g}s")
+        parts.append(f"every {self.wk_app.refresh_s:g}s")
+        if table.row_filter.active:
+            parts.append(f"filter /{table.row_filter.text}")
+        self.query_one("#endpoints-status", Static).update("  ·  ".join(parts))
+
+    @on(DataTable.RowHighlighted, "#endpoint-table")
+    def _row_highlighted(self) -> None:
+        self._show_panel()
+
+    # ------------------------------------------------------------------ actions
+
+    def action_back(self) -> None:
+        """Escape: clear the filter if one is set, else back to the fleet."""
+        if self.table.row_filter.active or self.query_one(FilterInput).has_focus:
+            self.action_clear_filter()
+            return
+        self.app.pop_screen()
+
+    def action_filter(self) -> None:
+        """`/`: show and focus the filter line."""
+        box = self.query_one(FilterInput)
+        box.remove_class("-hidden")
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one(FilterInput)
+        box.value = ""
+        box.add_class("-hidden")
+        box.remove_class("-invalid")
+        self.table.row_filter = RowFilter()
+        self.table.focus()
+        self._update_status_line()
+        self._show_panel()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        try:
+            row_filter = RowFilter.parse(event.value)
+        except re.error:
+            event.input.add_class("-invalid")
+            return
+        event.input.remove_class("-invalid")
+        self.table.row_filter = row_filter
+        self._update_status_line()
+        self._show_panel()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        if not event.value:
+            self.action_clear_filter()
+            return
+        self.table.focus()
+
+    @mutating
+    def action_toggle_fallback(self) -> None:
+        """`f`: switch the selected endpoint to its fallback (or back), after confirmation."""
+        row = self.table.cursor_row_data
+        if row is None:
+            self.app.notify("no endpoint selected", severity="warning")
+            return
+        request = fallback_request(row)
+        if request.enable and not request.fallback_configured:
+            self.app.notify(
+                f"{row.endpoint} on {row.host} has no fallback prediction configured; set one in its config first",
+                severity="warning",
+                timeout=8,
+            )
+            return
+        if row.agent_state is AgentState.DOWN:
+            self.app.notify(f"{row.host} is down; cannot switch {row.endpoint}", severity="warning")
+            return
+
+        def decided(confirmed: bool | None) -> None:
+            if confirmed:
+                self.wk_app.set_fallback(request.agent, request.endpoint, request.enable, dialog.reason)
+
+        dialog = FallbackConfirm(request)
+        self.app.push_screen(dialog, decided)
+
+
+def styled_detail(plain: str) -> Text:
+    """The detail panel's text with the lines an operator must not miss highlighted."""
+    text = Text()
+    for i, line in enumerate(plain.split("\n")):
+        style = ""
+        if i == 0:
+            style = "bold"
+        elif line.startswith(("FALLBACK FORCED", "LAST KNOWN", "cannot resolve")):
+            style = "bold yellow"
+        elif line.startswith("retired"):
+            style = "dim"
+        text.append(("\n" if i else "") + line, style=style)
+    return text
+
+
+def fallback_request(row: EndpointRow) -> FallbackRequest:
+    """The switch `f` proposes for a row: the opposite of the endpoint's current mode."""
+    info = row.info
+    version = f"{info.model}:{info.version if info.version is not None else '?'}"
+    return FallbackRequest(
+        agent=row.agent,
+        host=row.host,
+        endpoint=row.endpoint,
+        model_version=version,
+        enable=not info.fallback_mode,
+        breaker=info.breaker_state,
+        fallback_configured=info.config.fallback is not None,
+    )

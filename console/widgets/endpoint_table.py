@@ -1,0 +1,122 @@
+"""The endpoints table (one row per agent, endpoint and model version) and the loaded-models table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.text import Text
+from textual.reactive import reactive
+
+from console.client import AgentStatus
+from console.filtering import RowFilter
+from console.serving_rows import COLUMNS, ERROR_RATE_HOT, EndpointRow, loaded_model_cells
+from console.widgets.keyed_table import Cell, KeyedTable
+
+BREAKER_STYLE = {
+    "closed": "green",
+    "open": "bold reverse red",
+    "half_open": "bold yellow",
+    "disabled": "dim",
+}
+FORCED_STYLE = "bold reverse yellow"
+
+
+def _rate_style(value: float | None, hot: tuple[float, float]) -> str:
+    if value is None or value < hot[0]:
+        return ""
+    return "bold red" if value >= hot[1] else "yellow"
+
+
+def row_cells(row: EndpointRow) -> tuple[Cell, ...]:
+    """Display cells of one row: breaker states, forced fallback and bad rates stand out."""
+    dim = "dim" if row.stale else ""
+    cells: list[Cell] = []
+    for column in COLUMNS:
+        text = row.text(column.key)
+        style = dim
+        match column.key:
+            case "breaker":
+                style = dim or BREAKER_STYLE.get(row.breaker or "", "dim")
+            case "mode":
+                style = FORCED_STYLE if row.forced else "dim" if not row.current else dim
+            case "errors":
+                style = dim or _rate_style(row.error_rate, ERROR_RATE_HOT)
+            case "fallback":
+                style = dim or _rate_style(row.fallback_rate, (1e-9, 0.5))
+            case "loaded":
+                style = dim or ("yellow" if row.current and not row.loaded else "" if row.current else "dim")
+            case "model" | "endpoint" | "host":
+                style = dim or ("" if row.current else "dim")
+        cells.append(Text(text, style=style, justify="right" if column.numeric else "left"))
+    return tuple(cells)
+
+
+class EndpointTable(KeyedTable):
+    """Shows `EndpointRow`s filtered by `row_filter`, in fleet order."""
+
+    row_filter: reactive[RowFilter] = reactive(RowFilter, always_update=True)
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__([(c.key, c.label) for c in COLUMNS], cursor_type="row", zebra_stripes=True, **kwargs)
+        self._rows: list[EndpointRow] = []
+
+    @property
+    def all_rows(self) -> list[EndpointRow]:
+        return list(self._rows)
+
+    @property
+    def rows_shown(self) -> list[EndpointRow]:
+        """The rows that pass the filter, in display order."""
+        return [r for r in self._rows if self.row_filter.matches(r.matches_text())]
+
+    @property
+    def cursor_row_data(self) -> EndpointRow | None:
+        """The row under the cursor."""
+        key = self.cursor_key
+        return next((r for r in self._rows if r.key == key), None) if key is not None else None
+
+    def show(self, rows: Sequence[EndpointRow]) -> None:
+        """Display a new poll's rows."""
+        self._rows = list(rows)
+        self._render_rows()
+
+    def _render_rows(self) -> None:
+        if not self.is_mounted:
+            return
+        self.sync([(r.key, row_cells(r)) for r in self.rows_shown])
+
+    def watch_row_filter(self) -> None:
+        self._render_rows()
+
+
+_LOADED_COLUMNS = (
+    ("model", "MODEL:VER"),
+    ("format", "FORMAT"),
+    ("memory", "MEMORY"),
+    ("loaded", "LOADED"),
+    ("used", "USED"),
+    ("load_ms", "LOAD ms"),
+    ("endpoints", "ENDPOINTS"),
+)
+
+
+class LoadedModelTable(KeyedTable):
+    """The models in one agent's pool, biggest first."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(_LOADED_COLUMNS, cursor_type="none", **kwargs)
+
+    def show(self, agent: AgentStatus | None, now: float) -> None:
+        models = list(agent.serving.loaded_models) if agent is not None and agent.serving is not None else []
+        models.sort(key=lambda m: (-m.memory_bytes, m.model, m.version))
+        rows: list[tuple[str, Sequence[Cell]]] = []
+        for m in models:
+            assert agent is not None
+            cells = loaded_model_cells(m, agent, now)
+            rows.append(
+                (
+                    f"{m.model}:{m.version}",
+                    tuple(Text(c, justify="right") if i in (2, 3, 4, 5) else c for i, c in enumerate(cells)),
+                )
+            )
+        self.sync(rows)
