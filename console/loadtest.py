@@ -290,6 +290,8 @@ def read_data(path: Path, features: Sequence[str] | None, limit: int = DATA_ROWS
     warnings: list[str] = []
     if features:
         absent = [f for f in features if f not in frame.columns]
+        if len(absent) == len(features):
+            raise LoadtestError(f"--data: {path} has none of the model's features ({', '.join(features)})")
         if absent:
             warnings.append(f"data file lacks feature(s) {', '.join(absent)}: they are sent as missing")
         frame = frame.select([c for c in features if c in frame.columns])
