@@ -278,3 +278,21 @@ def test_missing_metrics_leaves_cpu_unknown(capsys) -> None:
         rc, doc = run_json(capsys, "flights", "--agent", agent.url, "--requests", "2")
     assert rc == 0
     assert doc["agent_cpu_percent"] is None and doc["agent_cpu_error"].startswith("/metrics: HTTP 404")
+
+
+def test_missing_sniffio_is_not_searched_for_on_every_request() -> None:
+    import importlib.util
+    import sys
+
+    from console.loadtest import _skip_missing_sniffio
+
+    if sys.modules.get("sniffio", None) is None:
+        sys.modules.pop("sniffio", None)  # an earlier loadtest run in this process may have set it
+    if "sniffio" in sys.modules or importlib.util.find_spec("sniffio") is not None:
+        pytest.skip("sniffio is installed: nothing to skip")
+    try:
+        _skip_missing_sniffio()
+        with pytest.raises(ImportError):
+            import sniffio  # noqa: F401
+    finally:
+        sys.modules.pop("sniffio", None)
