@@ -458,6 +458,8 @@ class EndpointInfo(_Wire):
     fallback_mode: bool = False  # forced by an operator
     fallback_reason: str = ""
     breaker_state: Literal["closed", "open", "half_open", "disabled"] = "closed"
+    breaker_since: float | None = None  # unix time of the last state change
+    breaker_reason: str = ""  # why it last opened
     loaded: bool = False
     updated_at: float
     updated_by: str
@@ -491,6 +493,8 @@ class EndpointVersionStats(_Wire):
     rejected: int = 0  # 4xx: validation, payload size
     window_s: float
     window_requests: int
+    window_fallbacks: int = 0
+    window_errors: int = 0
     window_rps: float
     window_error_rate: float
     window_fallback_rate: float

@@ -28,6 +28,7 @@ class CircuitBreaker:
         self._probes_ok = 0
         self.opened_count = 0
         self.last_reason = ""
+        self.since = time.time()  # wall clock of the last state change, for people
 
     def allow(self) -> bool:
         """May this call reach the model? Moves open -> half-open when the open period ends."""
@@ -37,6 +38,7 @@ class CircuitBreaker:
             if self._clock() - self._opened_at < self.cfg.open_s:
                 return False
             self.state = "half_open"
+            self.since = time.time()
             self._probes_started = self._probes_ok = 0
         if self._probes_started < self.cfg.half_open_probes:
             self._probes_started += 1
@@ -56,6 +58,7 @@ class CircuitBreaker:
             self._probes_ok += 1
             if self._probes_ok >= self.cfg.half_open_probes:
                 self.state = "closed"
+                self.since = time.time()
                 self._outcomes.clear()
                 self._failures = 0
             return
@@ -76,6 +79,7 @@ class CircuitBreaker:
 
     def _open(self, reason: str) -> None:
         self.state = "open"
+        self.since = time.time()
         self._opened_at = self._clock()
         self.opened_count += 1
         self.last_reason = reason

@@ -106,6 +106,8 @@ class Endpoint:
             fallback_mode=self.fallback_mode,
             fallback_reason=self.fallback_reason,
             breaker_state=self.breaker.state,  # type: ignore[arg-type]
+            breaker_since=self.breaker.since,
+            breaker_reason=self.breaker.last_reason,
             loaded=loaded,
             updated_at=self.updated_at,
             updated_by=self.updated_by,

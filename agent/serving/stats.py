@@ -99,6 +99,8 @@ class VersionStats:
             rejected=self.rejected,
             window_s=span,
             window_requests=req,
+            window_fallbacks=fb,
+            window_errors=err,
             window_rps=req / span,
             window_error_rate=err / req if req else 0.0,
             window_fallback_rate=fb / req if req else 0.0,

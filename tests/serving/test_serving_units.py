@@ -214,3 +214,13 @@ def test_stats_count_fallbacks_and_errors():
     assert snap.rows == 4 and snap.fallbacks == 1 and snap.errors == 1
     assert snap.fallbacks_by_reason == {"breaker_open": 1}
     assert snap.window_fallback_rate == pytest.approx(1 / 3)
+    assert snap.window_fallbacks == 1 and snap.window_errors == 1
+
+
+def test_breaker_reports_since_and_reason():
+    clock = Clock()
+    b = CircuitBreaker(BreakerConfig(min_requests=2, error_rate=0.5), clock)
+    t0 = b.since
+    b.record(False, 1)
+    b.record(False, 1)
+    assert b.state == "open" and b.since >= t0 and "2/2 calls failed" in b.last_reason
