@@ -205,3 +205,23 @@ def test_corrupt_wal_is_moved_aside_with_an_alert(tmp_path):
     opened.con.execute("INSERT INTO agent_alerts VALUES (TIMESTAMP '2026-01-01', 'info', 'k', 'm')")
     opened.con.close()
     assert os.path.exists(path)
+
+
+def test_large_batches_take_the_arrow_path_with_identical_results(tmp_path):
+    from agent.serving.predlog import COLUMNS
+    from agent.store.writer import ARROW_MIN_ROWS, insert_columns
+
+    opened = open_store(tmp_path / "wk.duckdb")
+    t0 = 1_700_000_000.25
+    rows = [
+        (t0 + i, f"r{i}", "ep", "m", 1, i, [float(i), None], ["JFK", None], 0.5, "x", 1.0, "ok", None)
+        for i in range(ARROW_MIN_ROWS + 10)
+    ]
+    insert_columns(opened.con, "predictions", COLUMNS, rows[:5])  # unnest path
+    insert_columns(opened.con, "predictions", COLUMNS, rows)  # arrow path
+    got = opened.con.execute(
+        "SELECT epoch(ts), num, cat FROM predictions WHERE request_id = 'r3' ORDER BY ts"
+    ).fetchall()
+    assert got[0] == got[1] == (t0 + 3, [3.0, None], ["JFK", None])
+    assert opened.con.execute("SELECT count(*) FROM predictions").fetchone()[0] == len(rows) + 5
+    opened.con.close()
