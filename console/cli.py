@@ -170,7 +170,32 @@ def _run_demo(args: argparse.Namespace) -> int:
             raise UsageError(f"demo: {exc}") from None
         args.theme = theme
         args.ansi = False
-        return run_tui(args, specs)
+        traffic = _demo_traffic(fleet)
+        try:
+            return run_tui(args, specs)
+        finally:
+            if traffic is not None:
+                traffic.stop()
+
+
+def _demo_traffic(fleet):
+    """Serve the sample model on the first demo agent and replay flights at it (if the data is here)."""
+    from console.demo_traffic import DemoTraffic
+
+    agent = fleet.agents[0]
+    if agent.token is None:
+        return None
+    traffic = DemoTraffic(agent.http_url, agent.token)
+    if not traffic.available():
+        print("watchkeeper demo: sample_data/flights not found; no model traffic", file=sys.stderr)
+        return None
+    try:
+        traffic.setup()
+    except Exception as exc:  # the fleet view is still worth showing
+        print(f"watchkeeper demo: could not set up model serving: {exc}", file=sys.stderr)
+        return None
+    traffic.start()
+    return traffic
 
 
 def _configure_loadtest(p: argparse.ArgumentParser) -> None:
