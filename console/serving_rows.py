@@ -291,7 +291,7 @@ def detail_text(row: EndpointRow, agent: AgentStatus, now: float) -> str:
     else:
         lat = s.latency
         lines.append(
-            f"last {s.window_s:g}s: {s.window_requests:,} req  ·  {fmt_rate(row.error_rate)} err  ·  "
+            f"last {s.window_s:.0f}s: {s.window_requests:,} req  ·  {fmt_rate(row.error_rate)} err  ·  "
             f"p50 {fmt_ms(lat.p50_ms)} p95 {fmt_ms(lat.p95_ms)} p99 {fmt_ms(lat.p99_ms)} ms"
         )
         lines.append(
