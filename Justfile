@@ -19,6 +19,14 @@ demo:
 bench-overhead seconds="60":
     {{venv}}/python bench/agent_overhead.py --seconds {{seconds}}
 
+# Agent predict path vs bare FastAPI and BentoML (own venv), wrk at c=1/8/32/64.
+bench-serving *args:
+    {{venv}}/python bench/serving.py {{args}}
+
+# Prediction-log ingest rate of the store writer vs the naive inserts.
+bench-ingest *args:
+    {{venv}}/python bench/ingest.py {{args}}
+
 # Update Textual snapshot baselines after an intended UI change.
 snapshots:
     {{venv}}/python -m pytest -q tests/console --snapshot-update
