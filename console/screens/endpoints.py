@@ -7,7 +7,6 @@ While this screen is open the poller fetches `/api/v1/serving` from every agent 
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -15,15 +14,13 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Footer, Header, Static
 
 from console.client import AgentState, FleetStatus, ServingState
-from console.filtering import RowFilter
 from console.messages import ConsoleError
 from console.readonly import mutating
-from console.screens.base import ConsoleScreen
 from console.screens.fallback import FallbackConfirm, FallbackRequest
-from console.screens.fleet import FilterInput
+from console.screens.filtered import FilteredTableScreen, FilterInput
 from console.serving_rows import EndpointRow, detail_text, endpoint_rows, pool_line, predlog_line
 from console.widgets.endpoint_table import EndpointTable, LoadedModelTable
 
@@ -31,7 +28,7 @@ if TYPE_CHECKING:
     from console.app import WatchkeeperApp
 
 
-class EndpointsScreen(ConsoleScreen):
+class EndpointsScreen(FilteredTableScreen):
     """All endpoints of all agents; Escape goes back to the fleet."""
 
     BINDINGS = [
@@ -172,40 +169,9 @@ class EndpointsScreen(ConsoleScreen):
             return
         self.app.pop_screen()
 
-    def action_filter(self) -> None:
-        """`/`: show and focus the filter line."""
-        box = self.query_one(FilterInput)
-        box.remove_class("-hidden")
-        box.focus()
-
-    def action_clear_filter(self) -> None:
-        box = self.query_one(FilterInput)
-        box.value = ""
-        box.add_class("-hidden")
-        box.remove_class("-invalid")
-        self.table.row_filter = RowFilter()
-        self.table.focus()
+    def _filter_applied(self) -> None:
         self._update_status_line()
         self._show_panel()
-
-    @on(Input.Changed, "#filter")
-    def _filter_changed(self, event: Input.Changed) -> None:
-        try:
-            row_filter = RowFilter.parse(event.value)
-        except re.error:
-            event.input.add_class("-invalid")
-            return
-        event.input.remove_class("-invalid")
-        self.table.row_filter = row_filter
-        self._update_status_line()
-        self._show_panel()
-
-    @on(Input.Submitted, "#filter")
-    def _filter_submitted(self, event: Input.Submitted) -> None:
-        if not event.value:
-            self.action_clear_filter()
-            return
-        self.table.focus()
 
     @mutating
     def action_toggle_fallback(self) -> None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Footer, Header, Static
 
 from console.client import FleetStatus
-from console.filtering import RowFilter
 from console.rows import COLUMN_KEYS, COLUMNS, fleet_rows
-from console.screens.base import ConsoleScreen
+from console.screens.filtered import FilteredTableScreen, FilterInput
 from console.widgets.fleet_table import FleetTable
 
 if TYPE_CHECKING:
@@ -32,16 +30,7 @@ SORT_KEYS: dict[str, str] = {
 _LABELS = {c.key: c.label for c in COLUMNS}
 
 
-class FilterInput(Input):
-    """The `/` filter line; Escape clears and hides it."""
-
-    BINDINGS = [Binding("escape", "dismiss_filter", "Clear filter", show=False)]
-
-    def action_dismiss_filter(self) -> None:
-        self.screen.action_clear_filter()  # type: ignore[attr-defined]
-
-
-class FleetScreen(ConsoleScreen):
+class FleetScreen(FilteredTableScreen):
     """All agents; Enter opens one."""
 
     BINDINGS = [
@@ -143,40 +132,8 @@ class FleetScreen(ConsoleScreen):
 
     # ------------------------------------------------------------------ filtering
 
-    def action_filter(self) -> None:
-        """`/`: show and focus the filter line."""
-        box = self.query_one(FilterInput)
-        box.remove_class("-hidden")
-        box.focus()
-
-    def action_clear_filter(self) -> None:
-        """Escape: drop the filter and go back to the table."""
-        box = self.query_one(FilterInput)
-        box.value = ""
-        box.add_class("-hidden")
-        box.remove_class("-invalid")
-        self.table.row_filter = RowFilter()
-        self.table.focus()
+    def _filter_applied(self) -> None:
         self._update_status_line()
-
-    @on(Input.Changed, "#filter")
-    def _filter_changed(self, event: Input.Changed) -> None:
-        try:
-            row_filter = RowFilter.parse(event.value)
-        except re.error:
-            # Keep showing the last valid filter while the user is mid-way through a pattern.
-            event.input.add_class("-invalid")
-            return
-        event.input.remove_class("-invalid")
-        self.table.row_filter = row_filter
-        self._update_status_line()
-
-    @on(Input.Submitted, "#filter")
-    def _filter_submitted(self, event: Input.Submitted) -> None:
-        if not event.value:
-            self.action_clear_filter()
-            return
-        self.table.focus()
 
     # ------------------------------------------------------------------ drill-down
 
