@@ -16,18 +16,11 @@ from dataclasses import dataclass
 
 from agent.api.schemas import EndpointInfo, EndpointVersionStats, LoadedModel, ServingStatus
 from console.client import AgentState, AgentStatus, FleetStatus, ServingState
-from console.rows import MISSING, fmt_age, fmt_bytes
+from console.rows import MISSING, Column, fmt_age, fmt_bytes
 
 # Error rate (fraction) at which the cell is drawn as a warning / as critical.
 ERROR_RATE_HOT = (0.01, 0.05)
 KEY_SEP = "\t"  # agent names may contain "/" and ":" (unix socket paths), never a tab
-
-
-@dataclass(frozen=True)
-class Column:
-    key: str
-    label: str
-    numeric: bool = False
 
 
 COLUMNS: tuple[Column, ...] = (

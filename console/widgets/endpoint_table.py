@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.text import Text
-from textual.reactive import reactive
 
 from console.client import AgentStatus
-from console.filtering import RowFilter
 from console.serving_rows import COLUMNS, ERROR_RATE_HOT, EndpointRow, loaded_model_cells
-from console.widgets.keyed_table import Cell, KeyedTable
+from console.widgets.keyed_table import Cell, FilteredRowsTable, KeyedTable
 
 BREAKER_STYLE = {
     "closed": "green",
@@ -51,42 +49,24 @@ def row_cells(row: EndpointRow) -> tuple[Cell, ...]:
     return tuple(cells)
 
 
-class EndpointTable(KeyedTable):
+class EndpointTable(FilteredRowsTable):
     """Shows `EndpointRow`s filtered by `row_filter`, in fleet order."""
 
-    row_filter: reactive[RowFilter] = reactive(RowFilter, always_update=True)
-
     def __init__(self, **kwargs: object) -> None:
-        super().__init__([(c.key, c.label) for c in COLUMNS], cursor_type="row", zebra_stripes=True, **kwargs)
-        self._rows: list[EndpointRow] = []
+        super().__init__([(c.key, c.label) for c in COLUMNS], **kwargs)
+
+    def cells(self, row: EndpointRow) -> tuple[Cell, ...]:
+        return row_cells(row)
 
     @property
     def all_rows(self) -> list[EndpointRow]:
         return list(self._rows)
 
     @property
-    def rows_shown(self) -> list[EndpointRow]:
-        """The rows that pass the filter, in display order."""
-        return [r for r in self._rows if self.row_filter.matches(r.matches_text())]
-
-    @property
     def cursor_row_data(self) -> EndpointRow | None:
         """The row under the cursor."""
         key = self.cursor_key
         return next((r for r in self._rows if r.key == key), None) if key is not None else None
-
-    def show(self, rows: Sequence[EndpointRow]) -> None:
-        """Display a new poll's rows."""
-        self._rows = list(rows)
-        self._render_rows()
-
-    def _render_rows(self) -> None:
-        if not self.is_mounted:
-            return
-        self.sync([(r.key, row_cells(r)) for r in self.rows_shown])
-
-    def watch_row_filter(self) -> None:
-        self._render_rows()
 
 
 _LOADED_COLUMNS = (

@@ -7,9 +7,8 @@ from textual.binding import Binding
 from textual.reactive import reactive
 
 from console.client import AgentState
-from console.filtering import RowFilter
 from console.rows import COLUMNS, FleetRow, sort_rows
-from console.widgets.keyed_table import Cell, KeyedTable
+from console.widgets.keyed_table import Cell, FilteredRowsTable
 
 STATE_STYLE = {AgentState.UP: "green", AgentState.STALE: "bold yellow", AgentState.DOWN: "bold red"}
 # Percent thresholds at which a value is drawn as a warning / as critical.
@@ -47,7 +46,7 @@ def row_cells(row: FleetRow) -> tuple[Cell, ...]:
     return tuple(cells)
 
 
-class FleetTable(KeyedTable):
+class FleetTable(FilteredRowsTable):
     """Shows `FleetRow`s; `sort_column`/`sort_reverse`/`row_filter` are reactive view state."""
 
     # DataTable hides Enter from the footer; here it is the drill-down, so show it.
@@ -55,27 +54,15 @@ class FleetTable(KeyedTable):
 
     sort_column: reactive[str | None] = reactive(None)
     sort_reverse: reactive[bool] = reactive(False)
-    row_filter: reactive[RowFilter] = reactive(RowFilter, always_update=True)
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__([(c.key, c.label) for c in COLUMNS], cursor_type="row", zebra_stripes=True, **kwargs)
-        self._rows: list[FleetRow] = []
+        super().__init__([(c.key, c.label) for c in COLUMNS], **kwargs)
 
-    @property
-    def rows_shown(self) -> list[FleetRow]:
-        """The rows that pass the filter, in display order."""
-        shown = [r for r in self._rows if self.row_filter.matches(r.matches_text())]
-        return sort_rows(shown, self.sort_column, self.sort_reverse)
+    def cells(self, row: FleetRow) -> tuple[Cell, ...]:
+        return row_cells(row)
 
-    def show(self, rows: list[FleetRow]) -> None:
-        """Display a new poll's rows (in fleet order)."""
-        self._rows = list(rows)
-        self._render_rows()
-
-    def _render_rows(self) -> None:
-        if not self.is_mounted:
-            return
-        self.sync([(r.key, row_cells(r)) for r in self.rows_shown])
+    def order(self, rows: list[FleetRow]) -> list[FleetRow]:
+        return sort_rows(rows, self.sort_column, self.sort_reverse)
 
     def watch_sort_column(self) -> None:
         self._render_rows()
@@ -84,9 +71,6 @@ class FleetTable(KeyedTable):
     def watch_sort_reverse(self) -> None:
         self._render_rows()
         self._label_sorted_column()
-
-    def watch_row_filter(self) -> None:
-        self._render_rows()
 
     def _label_sorted_column(self) -> None:
         if not self.is_mounted:

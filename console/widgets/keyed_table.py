@@ -11,8 +11,11 @@ from collections.abc import Sequence
 
 from rich.text import Text
 from textual import events
+from textual.reactive import reactive
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowKey
+
+from console.filtering import RowFilter
 
 Cell = str | Text
 
@@ -119,3 +122,42 @@ class KeyedTable(DataTable):
 def _style_of(cell: Text) -> object:
     # Text equality ignores the base style; a cell that only changes colour must still update.
     return cell.style
+
+
+class FilteredRowsTable(KeyedTable):
+    """A KeyedTable showing row models that pass a reactive `row_filter`.
+
+    Subclasses give `cells(row)` and may reorder in `order(rows)`; every change of data or view
+    state goes through one `_render_rows`, which updates cells in place by key.
+    """
+
+    row_filter: reactive[RowFilter] = reactive(RowFilter, always_update=True)
+
+    def __init__(self, columns: Sequence[tuple[str, str | Text]], **kwargs: object) -> None:
+        super().__init__(columns, cursor_type="row", zebra_stripes=True, **kwargs)
+        self._rows: list = []
+
+    def cells(self, row) -> Sequence[Cell]:
+        raise NotImplementedError
+
+    def order(self, rows: list) -> list:
+        """Display order of the filtered rows (default: as given)."""
+        return rows
+
+    @property
+    def rows_shown(self) -> list:
+        """The rows that pass the filter, in display order."""
+        return self.order([r for r in self._rows if self.row_filter.matches(r.matches_text())])
+
+    def show(self, rows: Sequence) -> None:
+        """Display a new poll's rows."""
+        self._rows = list(rows)
+        self._render_rows()
+
+    def _render_rows(self) -> None:
+        if not self.is_mounted:
+            return
+        self.sync([(r.key, self.cells(r)) for r in self.rows_shown])
+
+    def watch_row_filter(self) -> None:
+        self._render_rows()
