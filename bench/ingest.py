@@ -9,8 +9,9 @@ Each variant runs in its own process (fresh store in a temp dir, clean peak RSS)
                       producer at full speed: the rate it commits when saturated, rows dropped past its
                       bounded buffer.
     writer @ 100k/s   the same, offered exactly the target rate: does it keep up without dropping?
-    no Arrow @ 100k/s the writer with its Arrow path switched off (column lists bound as parameters), offered
-                      the target rate too.
+    row tuples @ 100k/s
+                      the design before this one, offered the target rate too: the request path builds one
+                      tuple per row and `StoreWriter.append`s them; the writer converts tuples to Arrow.
     executemany       each request's rows inserted in the request path, one parameterised row at a time.
     VALUES            each request's rows as one multi-row `INSERT ... VALUES (...), (...)` in the request path.
     what-if           not the agent as shipped: `writer @ 100k/s` with gc.freeze() + gc.set_threshold(100_000,
@@ -24,7 +25,7 @@ variants it is the request's INSERT. Target: >= 100k rows/s sustained, i.e. `wri
 every row, drops none and has drained its backlog within 5 % of the run (the saturated run shows beside it
 what a producer that never yields the GIL leaves the writer: the convoy a busy event loop causes).
 
-Variants: writer, paced, no-arrow, executemany, values, what-if (all by default; ~80 s).
+Variants: writer, paced, rows, executemany, values, what-if (all by default; ~80 s).
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--flush-interval 0.2] [--variants writer,paced,...]
 """
@@ -51,12 +52,12 @@ TARGET_ROWS_S = 100_000
 VARIANTS = {
     "writer": "writer",
     "paced": f"writer @ {TARGET_ROWS_S // 1000}k/s",
-    "no-arrow": f"no Arrow @ {TARGET_ROWS_S // 1000}k/s",
+    "rows": f"row tuples @ {TARGET_ROWS_S // 1000}k/s",
     "executemany": "executemany",
     "values": "VALUES",
     "what-if": "what-if, @ 100k/s",
 }
-PACED = ("paced", "no-arrow", "what-if")
+PACED = ("paced", "rows", "what-if")
 POOL_ROWS = 4096
 WHAT_IF_CHECKPOINT = "64MB"
 
@@ -102,6 +103,10 @@ def request_pool(seed: int = 7) -> list[dict[str, Any]]:
                 "request_id": f"{k:016x}",
                 "num": nums[sl],
                 "cat": cats[sl],
+                "num_flat": [v for r in nums[sl] for v in r],
+                "cat_flat": [v for r in cats[sl] for v in r],
+                "num_width": len(num_names),
+                "cat_width": len(cat_names),
                 "scores": sc,
                 "labels": ["delayed" if s >= 0.22 else "on_time" for s in sc],
                 "latency_ms": 0.3 + (k % 17) / 10,
@@ -142,11 +147,7 @@ def child(variant: str, seconds: float, flush_interval: float, rate: float | Non
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)
         con.execute(f"SET checkpoint_threshold = '{WHAT_IF_CHECKPOINT}'")
-    if variant in ("writer", "paced", "no-arrow", "what-if"):
-        if variant == "no-arrow":
-            if not hasattr(writer_mod, "ARROW_MIN_ROWS"):
-                return {"skipped": "this writer has no Arrow path (ARROW_MIN_ROWS)"}
-            writer_mod.ARROW_MIN_ROWS = 1 << 62
+    if variant in ("writer", "paced", "rows", "what-if"):
         w = writer_mod.StoreWriter(con, flush_interval=flush_interval)
         # Time every flush (the writer itself keeps only the last one).
         inner = getattr(w, "_flush_buffers", None)
@@ -165,8 +166,13 @@ def child(variant: str, seconds: float, flush_interval: float, rate: float | Non
         plog = PredictionLog(w)
 
         def log(req: dict[str, Any]) -> None:
-            plog.log(req["request_id"], "delays", "flights", 1, req["num"], req["cat"], req["scores"], req["labels"],
-                     req["latency_ms"], "ok", None)  # fmt: skip
+            plog.log(req["request_id"], "delays", "flights", 1, req["num_flat"], req["num_width"], req["cat_flat"],
+                     req["cat_width"], req["scores"], req["labels"], req["latency_ms"], "ok", None)  # fmt: skip
+
+        if variant == "rows":
+
+            def log(req: dict[str, Any]) -> None:
+                w.append("predictions", COLUMNS, _rows(req))
     elif variant == "executemany":
         exprs = ", ".join(ts_from_unix("?") if c == "ts" else "?" for c in COLUMNS)
         sql = f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({exprs})"
@@ -304,11 +310,11 @@ def main() -> int:
     )
     base = results.get("writer", {})
     paced = results.get("paced", {})
-    if paced.get("rate") and results.get("no-arrow", {}).get("rate"):
-        r = results["no-arrow"]
+    if paced.get("rate") and results.get("rows", {}).get("rate"):
+        r = results["rows"]
         print(
             f"offered {TARGET_ROWS_S:,} rows/s: {paced['rate']:,.0f} rows/s committed, {paced['dropped']:,} dropped "
-            f"with the Arrow path; {r['rate']:,.0f} rows/s, {r['dropped']:,} dropped without it"
+            f"with one object per request; {r['rate']:,.0f} rows/s, {r['dropped']:,} dropped with row tuples"
         )
     best = max((x["rate"] for x in (base, paced) if x.get("rate")), default=None)
     for v in ("executemany", "values"):

@@ -38,9 +38,13 @@ class Quality:
 @dataclass
 class Encoded:
     matrix: np.ndarray  # float32 [rows, width]
-    num: list[list[float | None]]  # numeric features per row as received (None = missing), for the log
-    cat: list[list[str | None]]
+    # Numeric features as received (None = missing), for the log: rows x num_width values, row-major,
+    # flat so the log keeps one list per request rather than one per row.
+    num: list[float | None]
+    cat: list[str | None]
     quality: Quality
+    num_width: int = 0
+    cat_width: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,8 @@ class Encoder:
         mat = np.zeros((n, self.width), dtype=np.float32)
         errors: list[dict[str, Any]] = []
         q = Quality()
-        nums: list[list[float | None]] = []
-        cats: list[list[str | None]] = []
+        nums: list[float | None] = []
+        cats: list[str | None] = []
         by_name = self._by_name
         for r, rec in enumerate(records):
             if not isinstance(rec, dict):
@@ -92,20 +96,16 @@ class Encoder:
                 if key not in by_name:
                     errors.append({"row": r, "field": key, "message": "unknown field"})
             row = mat[r]
-            num_row: list[float | None] = []
-            cat_row: list[str | None] = []
             for f in self._features:
                 v = rec.get(f.spec.name)
-                ok = self._one(f, v, row, r, num_row, cat_row, errors, q)
+                ok = self._one(f, v, row, r, nums, cats, errors, q)
                 if not ok and len(errors) >= MAX_ERRORS:
                     break
-            nums.append(num_row)
-            cats.append(cat_row)
             if len(errors) >= MAX_ERRORS:
                 break
         if errors:
             raise ValidationFailed(errors[:MAX_ERRORS])
-        return Encoded(mat, nums, cats, q)
+        return Encoded(mat, nums, cats, q, len(self.numeric_names), len(self.category_names))
 
     def encode_columns(self, columns: Any) -> Encoded:
         """Columnar form {feature: [values...]}: same checks, one list per feature."""

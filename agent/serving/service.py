@@ -397,8 +397,8 @@ class ServingService:
         scores, labels, preds = _decode(out, mv)
         self.version_stats(name, mv.name, mv.version).record(latency_ms, n, 200, None, False)
         if self.predlog.sampled(ep.config.log_sample_rate):
-            self.predlog.log(request_id, name, mv.name, mv.version, enc.num, enc.cat, scores, labels, latency_ms,
-                             "ok", None)  # fmt: skip
+            self.predlog.log(request_id, name, mv.name, mv.version, enc.num, enc.num_width, enc.cat, enc.cat_width,
+                             scores, labels, latency_ms, "ok", None)  # fmt: skip
         body_out = orjson.dumps(
             {"request_id": request_id, "endpoint": name, "model": mv.name, "version": mv.version,
              "predictions": preds, "fallback": False, "fallback_reason": None, "latency_ms": latency_ms},
@@ -463,8 +463,9 @@ class ServingService:
         fb = ep.config.fallback or {}
         if enc is not None and self.predlog.sampled(ep.config.log_sample_rate):
             score = fb.get("score")
-            self.predlog.log(request_id, ep.name, model, mv.version if mv else None, enc.num, enc.cat,
-                             [score] * n, [fb.get("label")] * n, latency_ms, "fallback", reason)  # fmt: skip
+            self.predlog.log(request_id, ep.name, model, mv.version if mv else None, enc.num, enc.num_width,
+                             enc.cat, enc.cat_width, [score] * n, [fb.get("label")] * n, latency_ms, "fallback",
+                             reason)  # fmt: skip
         preds = b"[" + b",".join([ep.fallback_body] * n) + b"]"
         body = (
             b'{"request_id":' + orjson.dumps(request_id) + b',"endpoint":' + orjson.dumps(ep.name)

@@ -17,12 +17,15 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import duckdb
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from agent.store.sqltime import ts_from_unix
 
@@ -45,6 +48,24 @@ class WriterStats:
     last_error: str | None = None
     dropped_by_table: dict[str, int] = field(default_factory=dict)
     written_by_table: dict[str, int] = field(default_factory=dict)
+
+
+class BatchSource(Protocol):
+    """A producer that keeps its own column-friendly queue and hands the writer Arrow tables.
+
+    The prediction log is one: it queues one object per request, not per row, and builds Arrow
+    columns on the writer thread. Its queue bound and drop counting are its own (`count_dropped`).
+    """
+
+    table: str
+    columns: tuple[str, ...]
+
+    @property
+    def pending_rows(self) -> int: ...
+
+    def take(self) -> list: ...
+
+    def chunks(self, items: list, max_rows: int) -> Iterable[tuple[int, pa.Table]]: ...
 
 
 class StoreWriter:
@@ -72,6 +93,7 @@ class StoreWriter:
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._sources: list[BatchSource] = []
         self.stats = WriterStats()
 
     # ------------------------------------------------------------------ producer side
@@ -101,13 +123,28 @@ class StoreWriter:
                 # A burst (prediction logging under load): flush now rather than at the next tick.
                 self._wake.set()
 
+    def add_source(self, source: BatchSource) -> None:
+        """Drain `source` at every flush, after the row buffers."""
+        self._sources.append(source)
+
+    def poke(self, pending_rows: int) -> None:
+        """A source has `pending_rows` queued: flush now if that is a burst worth writing."""
+        if pending_rows >= self.flush_rows:
+            self._wake.set()
+
+    def count_dropped(self, table: str, rows: int) -> None:
+        """A source dropped rows past its bound: count them with the writer's own drops."""
+        with self._lock:
+            self.stats.rows_dropped += rows
+            self.stats.dropped_by_table[table] = self.stats.dropped_by_table.get(table, 0) + rows
+
     @property
     def running(self) -> bool:
         return self._thread.is_alive() and not self._stopping
 
     @property
     def buffered_rows(self) -> int:
-        return self._buffered
+        return self._buffered + sum(src.pending_rows for src in self._sources)
 
     def call(self, fn: Callable[[duckdb.DuckDBPyConnection], T], timeout: float = 10.0) -> T:
         """Run `fn(con)` on the writer thread after pending rows are flushed; wait for its result."""
@@ -151,7 +188,7 @@ class StoreWriter:
                 else:
                     calls.append(item)
             now = time.monotonic()
-            if calls or stop or now >= next_flush or self._buffered >= self.flush_rows:
+            if calls or stop or now >= next_flush or self.buffered_rows >= self.flush_rows:
                 self._flush_buffers()
                 next_flush = now + self.flush_interval
             for fn, fut in calls:
@@ -181,26 +218,52 @@ class StoreWriter:
             for k, _ in batches:
                 self._buffers[k].clear()
             self._buffered = 0
-        if not batches:
+        taken = [(src, src.take()) for src in self._sources]
+        taken = [(src, items) for src, items in taken if items]
+        if not batches and not taken:
             return
         t0 = time.perf_counter()
         written = 0
         for (table, columns), rows in batches:
-            try:
-                insert_columns(self._con, table, columns, rows)
-                written += len(rows)
-                self.stats.written_by_table[table] = self.stats.written_by_table.get(table, 0) + len(rows)
-            except duckdb.Error as e:
-                # A bad batch must not wedge the writer; it is counted and reported.
-                self.stats.flush_errors += 1
-                self.stats.rows_dropped += len(rows)
-                self.stats.dropped_by_table[table] = self.stats.dropped_by_table.get(table, 0) + len(rows)
-                self.stats.last_error = f"{table}: {e}"
-                log.error("dropping %d rows for %s: %s", len(rows), table, e)
+            insert = lambda t=table, c=columns, r=rows: insert_columns(self._con, t, c, r)  # noqa: E731
+            written += self._guarded(table, len(rows), insert)
+        for src, items in taken:
+            # Conversion holds the GIL: done in chunks with a yield between them. The INSERT releases
+            # it, and each statement costs ~1-4 ms however small, so the chunks go in together.
+            tables: list[pa.Table] = []
+            rows = 0
+            for n, tbl in src.chunks(items, CHUNK_ROWS):
+                tables.append(tbl)
+                rows += n
+                time.sleep(0)
+                if rows >= INSERT_ROWS:
+                    written += self._insert_tables(src, tables, rows)
+                    tables, rows = [], 0
+            if tables:
+                written += self._insert_tables(src, tables, rows)
         self.stats.rows_written += written
         self.stats.flushes += 1
         self.stats.last_flush_duration_s = time.perf_counter() - t0
         self.stats.last_flush_at = time.time()
+
+    def _insert_tables(self, src: BatchSource, tables: list[pa.Table], rows: int) -> int:
+        import pyarrow as pa
+
+        batch = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        return self._guarded(src.table, rows, lambda: insert_arrow(self._con, src.table, src.columns, batch))
+
+    def _guarded(self, table: str, rows: int, insert: Callable[[], None]) -> int:
+        """Run one INSERT; a failing batch is counted and reported, never wedges the writer."""
+        try:
+            insert()
+        except duckdb.Error as e:
+            self.stats.flush_errors += 1
+            self.count_dropped(table, rows)
+            self.stats.last_error = f"{table}: {e}"
+            log.error("dropping %d rows for %s: %s", rows, table, e)
+            return 0
+        self.stats.written_by_table[table] = self.stats.written_by_table.get(table, 0) + rows
+        return rows
 
 
 # Large batches (the prediction log under load) go through Arrow: ~180k rows/s with list columns
@@ -210,6 +273,7 @@ class StoreWriter:
 # the unnest path and never import pyarrow: an idle agent stays small.
 ARROW_MIN_ROWS = 512
 CHUNK_ROWS = 2048
+INSERT_ROWS = 65_536
 
 
 def insert_columns(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
@@ -228,17 +292,31 @@ def insert_columns(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[st
         insert(con, table, columns, rows[i : i + CHUNK_ROWS])
 
 
-def _exprs(columns: tuple[str, ...]) -> str:
-    return ", ".join(ts_from_unix(f"c{i}") if c in TIME_COLUMNS else f"c{i}" for i, c in enumerate(columns))
+def _exprs(columns: tuple[str, ...], ready: frozenset[int] = frozenset()) -> str:
+    """Select list turning unix-second time columns into TIMESTAMPs (except those in `ready`)."""
+    return ", ".join(
+        ts_from_unix(f"c{i}") if c in TIME_COLUMNS and i not in ready else f"c{i}" for i, c in enumerate(columns)
+    )
 
 
 def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
     import pyarrow as pa
 
-    batch = pa.table({f"c{i}": pa.array(col) for i, col in enumerate(zip(*rows, strict=True))})
+    cols = zip(*rows, strict=True)
+    insert_arrow(con, table, columns, pa.table({f"c{i}": pa.array(col) for i, col in enumerate(cols)}))
+
+
+def insert_arrow(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], batch: pa.Table) -> None:
+    """INSERT an Arrow table whose columns are c0..cN in `columns` order.
+
+    Time columns may be unix seconds (converted in SQL) or already Arrow timestamps (taken as they are).
+    """
+    import pyarrow as pa
+
+    ready = frozenset(i for i, f in enumerate(batch.schema) if pa.types.is_timestamp(f.type))
     con.register("_wk_batch", batch)
     try:
-        con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {_exprs(columns)} FROM _wk_batch")
+        con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {_exprs(columns, ready)} FROM _wk_batch")
     finally:
         con.unregister("_wk_batch")
 

@@ -34,7 +34,7 @@ def test_encoder_layout_and_one_hot():
     enc = e.encode_records([{"distance": 1000.5, "hour": 7, "weekend": True, "origin": "LGA"}])
     assert enc.matrix.dtype == np.float32
     assert enc.matrix.tolist() == [[1000.5, 7.0, 1.0, 0.0, 0.0, 1.0]]
-    assert enc.num == [[1000.5, 7.0, 1.0]] and enc.cat == [["LGA"]]
+    assert enc.num == [1000.5, 7.0, 1.0] and enc.cat == ["LGA"] and (enc.num_width, enc.cat_width) == (3, 1)
 
 
 def test_encoder_names_every_bad_field_and_row():
@@ -67,7 +67,7 @@ def test_impute_policy_fills_and_counts_missing():
     enc = e.encode_records([{"distance": None, "weekend": True, "origin": None, "hour": 3}])
     assert enc.matrix.tolist() == [[1000.0, 3.0, 1.0, 0.0, 1.0, 0.0]]
     assert enc.quality.missing == {"distance": 1, "origin": 1}
-    assert enc.num == [[None, 3.0, 1.0]] and enc.cat == [[None]]  # the log keeps what was received
+    assert enc.num == [None, 3.0, 1.0] and enc.cat == [None]  # the log keeps what was received
     with pytest.raises(ValidationFailed, match="validation"):
         e.encode_records([{"distance": 1.0, "hour": 1, "origin": "EWR"}])  # bool has no impute value
 
