@@ -37,6 +37,7 @@ def _duration(value: object) -> object:
 
 
 Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+Hold = Annotated[float, BeforeValidator(_duration), Field(ge=0)]  # a duration that may be zero
 
 
 class _Strict(BaseModel):
@@ -105,6 +106,52 @@ class ServingConfig(_Strict):
     pool_budget: Size = 2 * 2**30
 
 
+class MonitoringConfig(_Strict):
+    """Drift windows cut from the prediction log."""
+
+    # Each endpoint's logged rows are histogrammed per window of this length, once it has closed.
+    window: Duration = 60.0
+    # How often the monitor looks for closed windows (and new feedback).
+    interval: Duration = 10.0
+    # Windows kept (histograms and scores); merged ranges reach back this far.
+    keep: Duration = 30 * 86400.0
+
+
+AlertKind = Literal[
+    "feature_drift", "prediction_drift", "label_drift", "data_quality", "latency_p99", "error_rate",
+    "fallback_rate", "outage", "quality_drop",
+]  # fmt: skip
+
+
+class AlertRuleConfig(_Strict):
+    """One alert rule. `threshold` means what its kind says (docs/monitoring.md); `for` holds it."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: AlertKind
+    threshold: float | None = None
+    for_s: Hold = Field(default=0.0, alias="for")
+    severity: Literal["info", "warning", "critical"] = "warning"
+    endpoints: list[str] = Field(default_factory=list)  # empty: every endpoint
+    metric: str | None = None  # quality_drop: accuracy | auc | f1 | mae | rmse
+
+
+class WebhookConfig(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    url: str = Field(pattern=r"^https?://")
+    format: Literal["slack", "alertmanager"] = "alertmanager"
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+    timeout: Duration = 5.0
+    max_attempts: int = Field(default=6, ge=1, le=100)
+
+
+class AlertingConfig(_Strict):
+    # How often rules are evaluated.
+    interval: Duration = 15.0
+    # None: the built-in rules (agent/alerting/rules.py DEFAULT_RULES); [] turns them all off.
+    rules: list[AlertRuleConfig] | None = None
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+
+
 class AgentConfig(_Strict):
     name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
     data_dir: Path = Field(default_factory=lambda: default_data_dir())
@@ -118,6 +165,8 @@ class AgentConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    alerting: AlertingConfig = Field(default_factory=AlertingConfig)
 
     @field_validator("listen")
     @classmethod

@@ -447,6 +447,9 @@ class EndpointConfig(_Wire):
     log_sample_rate: float = Field(default=1.0, ge=0, le=1)
     prewarm: bool = True
     faults: FaultConfig | None = None
+    # Drift/data-quality thresholds for this endpoint (keys of agent.monitoring.drift.DriftThresholds);
+    # None: the defaults. Checked when the endpoint is put: an unknown key is a 422.
+    drift: dict[str, float] | None = None
 
 
 class EndpointInfo(_Wire):
@@ -561,3 +564,207 @@ class PredictResponse(_Wire):
     fallback: bool = False
     fallback_reason: str | None = None
     latency_ms: float
+
+
+# --------------------------------------------------------------------------- monitoring: drift, quality, labels
+
+DriftVerdict = Literal["ok", "drift", "quality", "drift+quality", "no data"]
+DriftBaseline = Literal["reference", "previous"]
+
+
+class FeatureDriftOut(_Wire):
+    """One feature (or `__prediction__` / `__label__`) of one window against a baseline.
+
+    Effect sizes (psi, wasserstein_norm, js, ks_stat) sit beside p-values: at a million rows every
+    p-value is tiny. `score` is the primary method's value, compared with `threshold`.
+    """
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    n_ref: int
+    n_cur: int
+    method: str
+    score: float | None
+    threshold: float | None
+    drifted: bool
+    verdict: DriftVerdict
+    psi: float | None = None
+    ks_stat: float | None = None
+    ks_pvalue: float | None = None
+    wasserstein_norm: float | None = None
+    js: float | None = None
+    chi2_stat: float | None = None
+    chi2_pvalue: float | None = None
+    missing_rate_ref: float | None = None
+    missing_rate_cur: float | None = None
+    out_of_range_share: float | None = None
+    unseen_share: float | None = None
+    unseen_top: list[str] = Field(default_factory=list)
+    quality_issues: list[str] = Field(default_factory=list)
+
+
+class DriftReportOut(_Wire):
+    """`GET /api/v1/endpoints/{name}/drift`: one window (or a merged range of windows) vs a baseline."""
+
+    endpoint: str
+    model: str
+    version: int
+    baseline: DriftBaseline
+    window_start: float | None
+    window_end: float | None
+    n_ref: int
+    n_cur: int
+    drift_share: float
+    dataset_drift: bool
+    features: list[FeatureDriftOut]
+    computed_at: float
+    note: str = ""  # e.g. "no reference profile for this version"
+
+
+class DriftPoint(_Wire):
+    window_end: float
+    score: float | None
+    drifted: bool
+    verdict: DriftVerdict
+
+
+class DriftHistory(_Wire):
+    """`GET /api/v1/endpoints/{name}/drift/history`: per feature, its score per window (sparklines)."""
+
+    endpoint: str
+    baseline: DriftBaseline
+    features: dict[str, list[DriftPoint]]
+
+
+class HistogramOut(_Wire):
+    """Reference vs current distribution of one feature over the profile's frozen bins (for plotting).
+
+    Numeric: `bins` are labels of the coarse bins ("< 7", "[7, 8)", ..., ">= 19"); categorical: the
+    categories, then "(unseen)" and "(missing)". Counts are shares of the rows (0..1).
+    """
+
+    endpoint: str
+    feature: str
+    kind: Literal["numeric", "categorical"]
+    bins: list[str]
+    reference: list[float]
+    current: list[float]
+    window_start: float | None
+    window_end: float | None
+
+
+class FeedbackItem(_Wire):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=128)
+    row_idx: int = Field(default=0, ge=0)
+    label: str | None = Field(default=None, max_length=256)  # classification: the true class
+    value: float | None = None  # regression target or a business outcome (e.g. revenue)
+    ts: float | None = None  # when the outcome happened; default: when received
+
+
+class FeedbackBatch(_Wire):
+    """`POST /api/v1/endpoints/{name}/feedback`: labels arriving late and in any order."""
+
+    model_config = ConfigDict(extra="forbid")
+    items: list[FeedbackItem] = Field(min_length=1, max_length=100_000)
+
+
+class FeedbackAccepted(_Wire):
+    accepted: int
+    unknown_request_ids: int  # not (yet) in the prediction log: kept, joined when they arrive
+
+
+class QualityWindow(_Wire):
+    """Model quality of one version over one window of predictions whose labels have arrived."""
+
+    model: str
+    version: int
+    window_start: float
+    window_end: float
+    labelled: int
+    predictions: int
+    accuracy: float | None = None
+    auc: float | None = None
+    f1: float | None = None
+    mae: float | None = None
+    rmse: float | None = None
+    positive_rate: float | None = None  # labels: share of the positive class (label drift)
+
+
+class QualityReport(_Wire):
+    """`GET /api/v1/endpoints/{name}/quality`: quality per version and window; the reference's metrics."""
+
+    endpoint: str
+    kind: Literal["binary", "multiclass", "regression"]
+    windows: list[QualityWindow]
+    reference_metrics: dict[str, float] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- alerts
+
+AlertSeverity = Literal["info", "warning", "critical"]
+AlertState = Literal["pending", "firing", "resolved"]
+
+
+class AlertOut(_Wire):
+    """One alert instance, keyed by its fingerprint (rule + labels): deduplicated while it lasts."""
+
+    fingerprint: str
+    rule: str
+    kind: str
+    severity: AlertSeverity
+    state: AlertState
+    endpoint: str | None = None
+    subject: str | None = None  # e.g. the feature
+    summary: str
+    value: float | None = None
+    threshold: float | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    started_at: float  # first breach
+    firing_at: float | None = None  # after its `for` duration
+    resolved_at: float | None = None
+    updated_at: float
+    acked_by: str | None = None
+    acked_at: float | None = None
+    silenced_until: float | None = None
+    silenced_by: str | None = None
+    host: str = ""  # the agent's name, filled by the agent
+
+
+class AlertAck(_Wire):
+    model_config = ConfigDict(extra="forbid")
+    comment: str = Field(default="", max_length=500)
+
+
+class AlertSilence(_Wire):
+    model_config = ConfigDict(extra="forbid")
+    duration_s: float = Field(gt=0, le=30 * 86400)
+    comment: str = Field(default="", max_length=500)
+
+
+class AlertRuleOut(_Wire):
+    name: str
+    kind: str
+    severity: AlertSeverity
+    threshold: float | None
+    for_s: float
+    endpoints: list[str] = Field(default_factory=list)  # empty: all
+
+
+class WebhookStatus(_Wire):
+    name: str
+    url: str  # credentials and query strings removed
+    format: Literal["slack", "alertmanager"]
+    sent: int
+    failed: int
+    queued: int
+    last_error: str | None = None
+    last_sent_at: float | None = None
+
+
+class AlertsResponse(_Wire):
+    """`GET /api/v1/alerts`."""
+
+    alerts: list[AlertOut]
+    rules: list[AlertRuleOut]
+    webhooks: list[WebhookStatus]

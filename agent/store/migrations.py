@@ -119,3 +119,32 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             raise
         current = version
     return current
+
+MIGRATIONS.append(
+    (
+        3,
+        """
+        -- Labels and outcomes, arriving late and in any order; joined to predictions on (request_id, row_idx).
+        CREATE TABLE feedback (ts TIMESTAMP NOT NULL, received_at DOUBLE NOT NULL, endpoint VARCHAR NOT NULL,
+                               request_id VARCHAR NOT NULL, row_idx INTEGER NOT NULL, label VARCHAR,
+                               value DOUBLE, principal VARCHAR NOT NULL);
+        -- One mergeable histogram per endpoint, model version and window (agent.monitoring.window JSON):
+        -- drift over any time range merges these, never re-scans predictions.
+        CREATE TABLE drift_windows (endpoint VARCHAR NOT NULL, model VARCHAR NOT NULL, version INTEGER NOT NULL,
+                                    window_start DOUBLE NOT NULL, window_end DOUBLE NOT NULL,
+                                    rows BIGINT NOT NULL, histogram VARCHAR NOT NULL,
+                                    PRIMARY KEY (endpoint, version, window_start));
+        -- Per-window scores against the reference and against the previous window (sparklines, alerts).
+        CREATE TABLE drift_scores (endpoint VARCHAR NOT NULL, model VARCHAR NOT NULL, version INTEGER NOT NULL,
+                                   window_end DOUBLE NOT NULL, baseline VARCHAR NOT NULL, feature VARCHAR NOT NULL,
+                                   kind VARCHAR NOT NULL, method VARCHAR NOT NULL, score DOUBLE,
+                                   drifted BOOLEAN NOT NULL, verdict VARCHAR NOT NULL, missing_rate DOUBLE,
+                                   out_of_range_share DOUBLE, unseen_share DOUBLE);
+        -- Alert instances by fingerprint (rule + labels); state changes are rows in alert_events.
+        CREATE TABLE alerts (fingerprint VARCHAR PRIMARY KEY, body VARCHAR NOT NULL, state VARCHAR NOT NULL,
+                             updated_at DOUBLE NOT NULL);
+        CREATE TABLE alert_events (ts DOUBLE NOT NULL, fingerprint VARCHAR NOT NULL, event VARCHAR NOT NULL,
+                                   detail VARCHAR NOT NULL);
+        """,
+    )
+)
