@@ -94,32 +94,6 @@ MIGRATIONS.append(
     )
 )
 
-LATEST_VERSION = MIGRATIONS[-1][0]
-
-
-def migrate(con: duckdb.DuckDBPyConnection) -> int:
-    """Bring the schema to the latest version; returns it. Each migration is one transaction."""
-    con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
-    row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
-    current = row[0] if row and row[0] is not None else 0
-    if current > LATEST_VERSION:
-        raise RuntimeError(
-            f"store schema version {current} is newer than this agent knows ({LATEST_VERSION}); upgrade the agent"
-        )
-    for version, sql in MIGRATIONS:
-        if version <= current:
-            continue
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(sql)
-            con.execute(f"INSERT INTO schema_migrations VALUES (?, {ts_from_unix('?')})", [version, time.time()])
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
-        current = version
-    return current
-
 MIGRATIONS.append(
     (
         3,
@@ -148,3 +122,29 @@ MIGRATIONS.append(
         """,
     )
 )
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring the schema to the latest version; returns it. Each migration is one transaction."""
+    con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    current = row[0] if row and row[0] is not None else 0
+    if current > LATEST_VERSION:
+        raise RuntimeError(
+            f"store schema version {current} is newer than this agent knows ({LATEST_VERSION}); upgrade the agent"
+        )
+    for version, sql in MIGRATIONS:
+        if version <= current:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            con.execute(f"INSERT INTO schema_migrations VALUES (?, {ts_from_unix('?')})", [version, time.time()])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        current = version
+    return current
