@@ -14,6 +14,8 @@ from agent.store.writer import StoreWriter
 from agent.telemetry.sampler import Sampler
 
 if TYPE_CHECKING:
+    from agent.alerting.engine import AlertEngine
+    from agent.monitoring.service import MonitorService
     from agent.registry.store import Registry
     from agent.serving.service import ServingService
 
@@ -33,6 +35,10 @@ class AgentContext:
     serving: ServingService | None = None
     # The model registry (None until wired, e.g. in unit tests of other parts).
     registry: Registry | None = None
+    # Drift windows, data quality and labels over the prediction log (None until wired).
+    monitor: MonitorService | None = None
+    # Alert rules, their state and webhook delivery (None until wired).
+    alerts: AlertEngine | None = None
     # Cleared when the agent begins to stop, so /readyz turns 503 before the listener closes.
     accepting: bool = True
     checks: dict[str, str] = field(default_factory=dict)
