@@ -26,6 +26,13 @@ KS_EXACT_MAX_N = 10_000
 WASSERSTEIN_STD_FLOOR = 1e-3
 
 
+def warm_up() -> None:
+    """Import the scipy tails now rather than inside the first comparison (scipy.stats takes ~1.5 s to import
+    here; an agent can pay that on a background thread at start-up)."""
+    import scipy.special
+    import scipy.stats  # noqa: F401
+
+
 class KSResult(NamedTuple):
     """Two-sample Kolmogorov-Smirnov result: statistic D, two-sided p-value and the two sample sizes."""
 
