@@ -124,6 +124,19 @@ def test_small_reference_uses_tests_matching_scipy():
     assert math.isclose(c.score, want.pvalue, rel_tol=1e-9, abs_tol=1e-300) and c.drifted
 
 
+def test_ks_pvalue_beside_wasserstein_is_asymptotic_unless_asked():
+    rng = np.random.default_rng(16)
+    ref, cur = rng.integers(0, 300, 3000).astype(float), rng.integers(5, 300, 2000).astype(float)
+    p = fit_profile({"v": ref}, numeric=["v"], categorical=[])
+    assert p.columns["v"].fine.mode == "exact"  # 300 distinct values: D is exact
+    refh, h = WindowHistogram.from_profile(p), window(p, {"v": cur})
+    f = compare(refh, h).feature("v")
+    assert f.method == "wasserstein"
+    assert math.isclose(f.ks_pvalue, stats.ks_2samp(ref, cur, method="asymp").pvalue, rel_tol=1e-9)
+    g = compare(refh, h, DriftThresholds(ks_method="scipy")).feature("v")
+    assert math.isclose(g.ks_pvalue, stats.ks_2samp(ref, cur).pvalue, rel_tol=1e-9)
+
+
 def test_too_little_data_is_no_data(profile, reference):
     rep = compare(reference, window(profile, data(50, 8, shift=3.0)))
     assert {f.verdict for f in rep.features} == {"no data"}
