@@ -18,6 +18,7 @@ import time
 
 import uvicorn
 
+from agent.alerting.loop import alert_loop, start_alerting, stop_alerting
 from agent.api.app import create_app
 from agent.api.auth import TokenStore, bootstrap_admin_token
 from agent.api.peercred import PeerCredProtocol
@@ -142,6 +143,7 @@ def build(cfg: AgentConfig) -> AgentContext:
         serving=serving,
     )
     sampler.start()
+    start_alerting(ctx)  # ctx.alerts: restores alert state, starts webhook delivery
     return ctx
 
 
@@ -151,6 +153,7 @@ def shutdown(ctx: AgentContext) -> None:
     if ctx.serving is not None:
         ctx.serving.close()
     ctx.sampler.stop()
+    stop_alerting(ctx)
     ctx.writer.stop()
     try:
         ctx.reader.con.close()
@@ -216,6 +219,7 @@ def serve(cfg: AgentConfig, sockets: list[socket.socket]) -> int:
         sup = asyncio.create_task(_supervise(ctx, server))
         if ctx.serving is not None:
             ctx.serving.start(asyncio.get_running_loop())  # pre-warms endpoints' models
+        alerts = asyncio.create_task(alert_loop(ctx))  # evaluates rules every alerting.interval
         loop = asyncio.get_running_loop()
         loop.call_later(5.0, _quiet_gc)
         try:
@@ -223,6 +227,7 @@ def serve(cfg: AgentConfig, sockets: list[socket.socket]) -> int:
         finally:
             ctx.accepting = False
             sup.cancel()
+            alerts.cancel()
 
     # uvicorn re-raises the signal that stopped it once serve() returns; with the default handler
     # that would kill us before the flush and checkpoint below. A Python handler makes it a no-op.

@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from agent import __version__
+from agent.alerting.metrics import AlertCollector
 from agent.api.errors import install_error_handlers
 from agent.api.metrics import AgentCollector, make_registry
 from agent.api.routes import admin, endpoints, health, models, telemetry
+from agent.api.routes import alerts as alert_routes
 from agent.api.schemas import API_PREFIX
 from agent.context import AgentContext
 
@@ -24,12 +26,14 @@ def create_app(ctx: AgentContext) -> FastAPI:
     app.state.registry = make_registry(
         AgentCollector(lambda: ctx.sampler.latest, lambda: ctx.writer.stats, ctx.cfg.name, extra=_serving_metrics(ctx))
     )
+    app.state.registry.register(AlertCollector(lambda: ctx.alerts))
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(telemetry.router, prefix=API_PREFIX)
     app.include_router(admin.router, prefix=API_PREFIX)
     app.include_router(models.router, prefix=API_PREFIX)
     app.include_router(endpoints.router, prefix=API_PREFIX)
+    app.include_router(alert_routes.router, prefix=API_PREFIX)
     return app
 
 

@@ -1,0 +1,124 @@
+"""Alert rules: what each kind measures, what its threshold means, and the built-in defaults.
+
+A rule (`[[alerting.rules]]`, `agent.config.AlertRuleConfig`) names a kind, a threshold, a hold
+time (`for`), a severity and optionally the endpoints it applies to (empty: every endpoint). Each
+evaluation turns the agent's state into `Signal`s (agent/alerting/signals.py); the engine applies
+every rule to the signals of its kind. An alert is one (rule, endpoint, subject): it is *pending*
+from its first breach, *firing* once the breach has held for `for` seconds (notified once), and
+*resolved* when the breach ends or its endpoint/feature goes away.
+
+Kinds and their thresholds (every comparison is "value > threshold"):
+
+- `latency_p99`: threshold in milliseconds. Value: the endpoint's p99 request latency over the
+  serving window (the last 60 s; the largest p99 of the versions that served in it). Needs at least
+  `MIN_WINDOW_REQUESTS` requests in the window. Default 250 ms, for 60 s, warning.
+- `error_rate`: threshold a share 0..1. Value: requests answered with an error status (model error,
+  timeout, breaker open, shed or model unavailable on an endpoint *without* a fallback) divided by
+  the window's requests. Needs `MIN_WINDOW_REQUESTS`. Default 0.05, for 60 s, critical.
+- `fallback_rate`: threshold a share 0..1. Value: requests answered with the fallback prediction
+  (any reason, an operator's switch included) divided by the window's requests. Needs
+  `MIN_WINDOW_REQUESTS`. Default 0.10, for 60 s, warning.
+- `outage`: no threshold. Breached when an endpoint served traffic earlier (in the previous
+  evaluation's window or since the agent started) and has none in the current window, or when
+  every request of its window failed or fell back (an operator's fallback switch excepted).
+  Default for 60 s, critical.
+- `feature_drift`: threshold optional. Without one, a feature breaches when the drift monitor says
+  it drifted (its own per-method threshold, per endpoint: `EndpointConfig.drift`). With one, the
+  feature's drift score (the primary method's: PSI, Jensen-Shannon, ...) is compared with it.
+  One alert per feature. Default warning, for 0 (a drift window is already a minute of data).
+- `prediction_drift`: the same, for the model's output (the monitor's `__prediction__` feature).
+- `label_drift`: the same, for the arrived labels (`__label__`).
+- `data_quality`: threshold optional. Without one, a feature breaches when the monitor lists
+  quality issues for it (missing-rate jump, out-of-range values, unseen categories). With one,
+  the worst of its current missing rate, out-of-range share and unseen share is compared with it.
+- `quality_drop`: threshold a relative drop 0..1 of the rule's `metric` (accuracy, auc, f1, mae,
+  rmse; without one: auc for binary models, accuracy for multiclass, rmse for regression) in the
+  latest labelled window against the model version's reference
+  metric: (reference - current) / reference, or (current - reference) / reference for the error
+  metrics mae and rmse. Needs `MIN_LABELLED` labelled predictions. Default 0.05, warning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from agent.api.schemas import AlertRuleOut
+from agent.config import AlertKind, AlertRuleConfig
+
+# Rate and latency rules need this many requests in the window: one failed request out of two is
+# not a 50 % error rate worth waking someone for (a dead endpoint is the `outage` rule's job).
+MIN_WINDOW_REQUESTS = 10
+# quality_drop needs this many labelled predictions in the window before a metric means anything.
+MIN_LABELLED = 30
+
+SERVING_KINDS: frozenset[str] = frozenset({"latency_p99", "error_rate", "fallback_rate", "outage"})
+DRIFT_KINDS: frozenset[str] = frozenset({"feature_drift", "prediction_drift", "label_drift", "data_quality"})
+MONITOR_KINDS: frozenset[str] = DRIFT_KINDS | {"quality_drop"}
+# Kinds whose breach is "value > threshold" when a rule gives a threshold.
+THRESHOLD_KINDS: frozenset[str] = frozenset(
+    {"latency_p99", "error_rate", "fallback_rate", "quality_drop", *DRIFT_KINDS}
+)
+QUALITY_METRICS = ("accuracy", "auc", "f1", "mae", "rmse")
+LOWER_IS_BETTER = frozenset({"mae", "rmse"})
+
+
+@dataclass
+class Signal:
+    """One measured thing an alert rule can judge: a value of one kind, for an endpoint and subject.
+
+    `breached` is the source's own verdict (with `threshold` the one it used); a rule with its own
+    threshold re-judges `value` against it. `subject` is e.g. the feature or metric; None for
+    endpoint-wide kinds.
+    """
+
+    kind: AlertKind
+    endpoint: str | None
+    subject: str | None
+    value: float | None
+    threshold: float | None
+    breached: bool
+    summary: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def _rule(name: str, kind: str, threshold: float | None, for_s: float, severity: str, **kw) -> AlertRuleConfig:
+    return AlertRuleConfig.model_validate(
+        {"name": name, "kind": kind, "threshold": threshold, "for": for_s, "severity": severity, **kw}
+    )
+
+
+DEFAULT_RULES: list[AlertRuleConfig] = [
+    _rule("feature_drift", "feature_drift", None, 0, "warning"),
+    _rule("prediction_drift", "prediction_drift", None, 0, "warning"),
+    _rule("label_drift", "label_drift", None, 0, "warning"),
+    _rule("data_quality", "data_quality", None, 0, "warning"),
+    _rule("latency_p99", "latency_p99", 250.0, 60, "warning"),
+    _rule("error_rate", "error_rate", 0.05, 60, "critical"),
+    _rule("fallback_rate", "fallback_rate", 0.10, 60, "warning"),
+    _rule("outage", "outage", None, 60, "critical"),
+    _rule("quality_drop", "quality_drop", 0.05, 0, "warning"),
+]
+
+
+def effective_rules(rules: list[AlertRuleConfig] | None) -> list[AlertRuleConfig]:
+    """The configured rules; None (nothing configured) means the built-in defaults."""
+    return list(DEFAULT_RULES) if rules is None else list(rules)
+
+
+def breaches(value: float | None, threshold: float | None) -> bool:
+    """`value > threshold`; an unknown (None/NaN) value never breaches."""
+    if value is None or threshold is None or math.isnan(value):
+        return False
+    return value > threshold
+
+
+def rule_out(rule: AlertRuleConfig) -> AlertRuleOut:
+    return AlertRuleOut(
+        name=rule.name,
+        kind=rule.kind,
+        severity=rule.severity,
+        threshold=rule.threshold,
+        for_s=rule.for_s,
+        endpoints=list(rule.endpoints),
+    )
