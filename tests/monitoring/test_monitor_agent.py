@@ -154,3 +154,50 @@ def test_monitoring_errors_name_the_field(monitored):
     # before any window closed: an empty report that says why
     rep = c.get("/api/v1/endpoints/delays/drift").json()
     assert rep["features"] == [] and rep["note"]
+
+
+def _parquet(df: pl.DataFrame) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    df.write_parquet(buf)
+    return buf.getvalue()
+
+
+def test_registration_fits_the_profile_and_checks_validation_data_for_skew(agent_factory):
+    import json
+
+    a = agent_factory("reg", config=CONFIG)
+    c = a.client()
+    meta = json.loads((FLIGHTS / "metadata.json").read_text())
+    meta.pop("profile")
+    ref = pl.read_parquet(FLIGHTS / "reference.parquet").rename({"delayed": "label"})
+    summer = _summer(2000).rename({"delayed": "label"})
+
+    def post(**data: bytes):
+        files = {
+            "artifact": ("model.onnx", (FLIGHTS / "model.onnx").read_bytes()),
+            "metadata": (None, json.dumps(meta)),
+        }
+        files.update({k: (f"{k}.parquet", v) for k, v in data.items()})
+        return c.post("/api/v1/models/fitted/versions", files=files)
+
+    r = post(reference=_parquet(ref.drop("temp")))
+    assert r.status_code == 422 and r.json()["field"] == "reference" and "temp" in str(r.json()["detail"])
+    r = post(validation=_parquet(summer))
+    assert r.status_code == 422 and r.json()["field"] == "validation"
+    r = post(reference=b"not parquet")
+    assert r.status_code == 422 and r.json()["field"] == "reference"
+    r = post(reference=_parquet(ref), validation=_parquet(summer))
+    assert r.status_code == 201, r.text
+    assert r.json()["has_profile"]
+    prof = c.get("/api/v1/models/fitted/versions/1/profile").json()
+    assert prof["schema"] == "watchkeeper.reference-profile/2" and prof["rows"] == ref.height
+    assert prof["prediction"] == "__prediction__" and prof["label"] == "__label__"
+    skew = {f["name"]: f for f in prof["validation_skew"]["features"]}
+    assert skew["temp"]["drifted"] and skew["temp"]["wasserstein_norm"] > 1.0
+    assert prof["validation_skew"]["n_cur"] == summer.height
+    # nothing half-registered by the refused attempts, and no temporary files left behind
+    assert [v["version"] for v in c.get("/api/v1/models/fitted").json()] == [1]
+    assert not [p for p in (a.data_dir / "tmp").iterdir() if p.is_file()]
+    c.close()
