@@ -27,6 +27,10 @@ bench-serving *args:
 bench-ingest *args:
     {{venv}}/python bench/ingest.py {{args}}
 
+# Drift + data quality vs Evidently (own venv) and a plain numpy pass, 200k x 1M rows.
+bench-drift *args:
+    {{venv}}/python bench/drift.py {{args}}
+
 # Update Textual snapshot baselines after an intended UI change.
 snapshots:
     {{venv}}/python -m pytest -q tests/console --snapshot-update
