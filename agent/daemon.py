@@ -26,6 +26,7 @@ from agent.api.schemas import GpuStatus, Snapshot
 from agent.audit import AuditLog
 from agent.config import AgentConfig
 from agent.context import AgentContext
+from agent.monitoring.service import MonitorService
 from agent.registry.store import Registry, reset_tmp_dir
 from agent.serving.asgi import PredictFastPath
 from agent.serving.service import ServingService
@@ -142,7 +143,10 @@ def build(cfg: AgentConfig) -> AgentContext:
         registry=registry,
         serving=serving,
     )
+    # Drift windows over the prediction log (its thread imports numpy only once an endpoint exists).
+    ctx.monitor = MonitorService(cfg.monitoring, opened.con, writer, registry, serving)
     sampler.start()
+    ctx.monitor.start()
     start_alerting(ctx)  # ctx.alerts: restores alert state, starts webhook delivery
     return ctx
 
@@ -150,6 +154,8 @@ def build(cfg: AgentConfig) -> AgentContext:
 def shutdown(ctx: AgentContext) -> None:
     """Stop sampling, flush, checkpoint, close. Safe to call twice."""
     ctx.accepting = False
+    if ctx.monitor is not None:
+        ctx.monitor.stop()
     if ctx.serving is not None:
         ctx.serving.close()
     ctx.sampler.stop()

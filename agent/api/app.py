@@ -8,7 +8,7 @@ from agent import __version__
 from agent.alerting.metrics import AlertCollector
 from agent.api.errors import install_error_handlers
 from agent.api.metrics import AgentCollector, make_registry
-from agent.api.routes import admin, endpoints, health, models, telemetry
+from agent.api.routes import admin, endpoints, health, models, monitoring, telemetry
 from agent.api.routes import alerts as alert_routes
 from agent.api.schemas import API_PREFIX
 from agent.context import AgentContext
@@ -18,7 +18,7 @@ def create_app(ctx: AgentContext) -> FastAPI:
     app = FastAPI(
         title="Watchkeeper agent",
         version=__version__,
-        description="Per-host agent: telemetry, store, model registry and serving (drift and rollouts next).",
+        description="Per-host agent: telemetry, store, model registry, serving, drift and alerts (rollouts next).",
         docs_url=None,
         redoc_url=None,
     )
@@ -33,6 +33,7 @@ def create_app(ctx: AgentContext) -> FastAPI:
     app.include_router(admin.router, prefix=API_PREFIX)
     app.include_router(models.router, prefix=API_PREFIX)
     app.include_router(endpoints.router, prefix=API_PREFIX)
+    app.include_router(monitoring.router, prefix=API_PREFIX)
     app.include_router(alert_routes.router, prefix=API_PREFIX)
     return app
 

@@ -104,6 +104,7 @@ class MonitorService:
         self._watermark: dict[str, float] = {}
         self._prev: dict[tuple[str, int], WindowHistogram] = {}
         self._latest: dict[str, _Latest] = {}
+        self._label_cache: dict[str, tuple[float, FeatureDriftOut | None, QualityReport | None]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
@@ -516,7 +517,11 @@ class MonitorService:
     # ------------------------------------------------------------------ alert signals
 
     def signals(self) -> list[Any]:
-        """Alert signals from the latest windows (drift, data quality), label drift and model quality."""
+        """Alert signals from the latest windows (drift, data quality), label drift and model quality.
+
+        Label drift and quality join the prediction log with feedback: they are recomputed at most once a
+        window (`monitoring.window`), not at every rule evaluation.
+        """
         from agent.alerting.signals import drift_signals, quality_signals
 
         out: list[Any] = []
@@ -526,20 +531,30 @@ class MonitorService:
             if name not in self._serving.endpoints:
                 continue
             rep = lt.reports.get("reference")
+            lab, quality = self._labels_cached(name)
             if rep is not None:
-                try:
-                    lab = self.label_drift(name)
-                except Exception:
-                    log.exception("label drift of %s", name)
-                    lab = None
                 if lab is not None:
                     rep = rep.model_copy(update={"features": [*rep.features, lab]})
                 out.extend(drift_signals(rep, "reference"))
-            try:
-                out.extend(quality_signals(self.quality(name)))
-            except MonitorError:
-                pass
+            if quality is not None:
+                out.extend(quality_signals(quality))
         return out
+
+    def _labels_cached(self, name: str) -> tuple[FeatureDriftOut | None, QualityReport | None]:
+        now = time.monotonic()
+        hit = self._label_cache.get(name)
+        if hit is not None and now - hit[0] < max(self.cfg.window, 30.0):
+            return hit[1], hit[2]
+        lab = quality = None
+        try:
+            lab = self.label_drift(name)
+            quality = self.quality(name)
+        except MonitorError:
+            pass
+        except Exception:  # a failing query must not stop the other endpoints' signals
+            log.exception("labels of %s", name)
+        self._label_cache[name] = (now, lab, quality)
+        return lab, quality
 
 
 # ---------------------------------------------------------------------- helpers
