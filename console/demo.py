@@ -81,6 +81,16 @@ class RunningAgent:
         return AgentSpec(name=self.plan.name, url=url, token=self.token, timeout_s=2.0)
 
 
+DEMO_CONFIG = """\
+[monitoring]
+window = 10
+interval = 2
+
+[alerting]
+interval = 3
+"""
+
+
 def default_agent_command() -> list[str]:
     """Start agents with this interpreter, so the demo uses the same installation."""
     return [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())"]
@@ -187,6 +197,10 @@ class DemoFleet:
         ]  # fmt: skip
         if plan.simulate_host:
             args.append("--simulate-host")
+        # Short drift windows and quick rule evaluation, so drift and its alert show within a minute.
+        cfg = data_dir / "agent.toml"
+        cfg.write_text(DEMO_CONFIG)
+        args += ["--config", str(cfg)]
         log_path = data_dir / "agent.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
