@@ -123,6 +123,22 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        4,
+        """
+        -- Rollouts as append-only events; a rollout's state is the replay of its events (survives kill -9).
+        CREATE TABLE rollout_events (seq BIGINT PRIMARY KEY, ts DOUBLE NOT NULL, rollout_id VARCHAR NOT NULL,
+                                     endpoint VARCHAR NOT NULL, kind VARCHAR NOT NULL, body VARCHAR NOT NULL,
+                                     principal VARCHAR NOT NULL);
+        -- Registered datasets (validation sets for rollout gates): immutable name + version + digest.
+        CREATE TABLE datasets (name VARCHAR NOT NULL, version INTEGER NOT NULL, digest VARCHAR NOT NULL,
+                               rows BIGINT NOT NULL, columns VARCHAR NOT NULL, size_bytes BIGINT NOT NULL,
+                               created_at DOUBLE NOT NULL, created_by VARCHAR NOT NULL, PRIMARY KEY (name, version));
+        """,
+    )
+)
+
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 
