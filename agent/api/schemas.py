@@ -425,6 +425,8 @@ class FaultConfig(_Wire):
     error_rate: float = Field(default=0.0, ge=0, le=1)
     delay_ms: float = Field(default=0.0, ge=0, le=60_000)
     delay_rate: float = Field(default=1.0, ge=0, le=1)
+    # Only requests served by this model version misbehave (a rollout drill: a sick candidate); None: all.
+    version: int | None = Field(default=None, ge=1)
 
 
 class EndpointConfig(_Wire):

@@ -87,7 +87,7 @@ class PredictFastPath:
             more = msg.get("more_body", False)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         rid = request_id.decode() if request_id and _REQUEST_ID.match(request_id) else os.urandom(8).hex()
-        ans = await serving.predict(name, body, rid)
+        ans = await serving.predict(name, body, rid, scope["headers"] if ep.route is not None else None)
         await _send(send, ans.status, ans.body, [(b"x-request-id", rid.encode()), *ans.headers])
 
     def _authorized(self, auth: bytes | None, scope: Scope) -> tuple[int, bytes] | None:

@@ -63,6 +63,25 @@ class ModelPool:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._proc = psutil.Process()
         self.evictions = 0
+        # Models that must stay loaded (a rollout's candidate; a promoted version's predecessor kept warm),
+        # with the time the pin ends (None: until unpinned).
+        self._pins: dict[Key, float | None] = {}
+
+    def pin(self, key: Key, seconds: float | None = None) -> None:
+        """Keep `key` loaded (not evicted) for `seconds`, or until `unpin`."""
+        self._pins[key] = None if seconds is None else time.time() + seconds
+
+    def unpin(self, key: Key) -> None:
+        self._pins.pop(key, None)
+
+    def pinned(self, key: Key) -> bool:
+        if key not in self._pins:
+            return False
+        until = self._pins[key]
+        if until is not None and until < time.time():
+            del self._pins[key]
+            return False
+        return True
 
     @property
     def used_bytes(self) -> int:
@@ -118,7 +137,9 @@ class ModelPool:
 
     def _evict(self, keep: Key) -> None:
         while self.used_bytes > self.budget_bytes and len(self._models) > 1:
-            victim = next(k for k in self._models if k != keep)
+            victim = next((k for k in self._models if k != keep and not self.pinned(k)), None)
+            if victim is None:
+                return  # everything else is pinned: over budget rather than break a rollout
             gone = self._models.pop(victim)
             self.evictions += 1
             log.info("evicted %s:%s (LRU, pool over %d MiB budget)", gone.model, gone.version, self.budget_bytes >> 20)

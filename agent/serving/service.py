@@ -37,7 +37,7 @@ from agent.serving.breaker import CircuitBreaker
 from agent.serving.errors import ValidationFailed
 from agent.serving.pool import ModelLoadError, ModelPool
 from agent.serving.predlog import PredictionLog
-from agent.serving.stats import VersionStats
+from agent.serving.stats import ShadowStats, ShadowWindow, VersionStats, VersionWindow, version_window
 from agent.store.writer import StoreWriter
 
 if TYPE_CHECKING:
@@ -72,6 +72,33 @@ class Answer:
 
 
 @dataclass
+class Route:
+    """A rollout's traffic split on one endpoint (agent/rollouts sets it; docs/rollouts.md).
+
+    `weight` percent of requests go to the candidate (by a hash of the `sticky_header` value when given, so
+    a caller keeps its version; random otherwise), `shadow` share of the rest is mirrored to it.
+    """
+
+    rollout_id: str
+    candidate: ModelVersion
+    weight: float = 0.0
+    shadow: float = 0.0
+    sticky_header: str | None = None
+    encoder: Encoder | None = None  # the candidate's, when its signature differs from stable's
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.candidate.name, self.candidate.version)
+
+
+@dataclass
+class RouteMetrics:
+    stable: VersionWindow
+    candidate: VersionWindow | None
+    shadow: ShadowWindow
+
+
+@dataclass
 class Endpoint:
     name: str
     config: EndpointConfig
@@ -86,6 +113,8 @@ class Endpoint:
     fallback_mode: bool = False
     fallback_reason: str = ""
     fallback_body: bytes | None = None  # pre-serialised single fallback prediction
+    route: Route | None = None  # a rollout's candidate and split
+    shadow_stats: ShadowStats = field(default_factory=lambda: ShadowStats())
 
     def __post_init__(self) -> None:
         self.breaker = CircuitBreaker(self.config.breaker)
@@ -265,6 +294,144 @@ class ServingService:
             (mv.name, mv.version), self.registry.artifact_path(mv.name, mv.version), mv.format, width
         )
 
+    # ------------------------------------------------------------------ rollouts (agent/rollouts drives these)
+
+    def set_route(self, endpoint: str, route: Route | None) -> None:
+        """Split `endpoint`'s traffic with a candidate (None: all to stable). Takes effect on the next request."""
+        ep = self.endpoints.get(endpoint)
+        if ep is None:
+            raise EndpointError(404, "not_found", f"no endpoint {endpoint!r}", "name")
+        old = ep.route
+        if route is not None:
+            from agent.serving.encode import Encoder
+
+            if ep.version is None or route.candidate.signature.features != ep.version.signature.features:
+                route.encoder = Encoder(route.candidate.signature, ep.config.missing_policy)
+            self.pool.pin(route.key)
+        if old is not None and (route is None or old.key != route.key):
+            self.pool.unpin(old.key)
+        ep.route = route
+
+    def pin(self, model: str, version: int, seconds: float | None = None) -> None:
+        """Keep a version loaded (a promoted version's predecessor, for an instant rollback)."""
+        self.pool.pin((model, version), seconds)
+
+    def is_version_loaded(self, model: str, version: int) -> bool:
+        return any(m.model == model and m.version == version for m in self.pool.loaded())
+
+    def ensure_loaded_blocking(self, mv: ModelVersion, timeout: float = 60.0) -> None:
+        """Load a version into the pool, from a thread other than the serving loop's. Raises ModelLoadError."""
+        from agent.serving.signature import encoded_width
+
+        if self.pool.peek((mv.name, mv.version)) is not None:
+            return
+        if self._loop is None:
+            raise ModelLoadError("serving is not started")
+        coro = self.pool.get(
+            (mv.name, mv.version), self.registry.artifact_path(mv.name, mv.version), mv.format,
+            encoded_width(mv.signature),
+        )  # fmt: skip
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def evaluate_blocking(self, mv: ModelVersion, records: list[dict]) -> tuple[np.ndarray, list[str | None]]:
+        """Scores and labels of `mv` on `records` (a rollout gate's validation set), off the serving loop."""
+        import numpy as np
+
+        from agent.serving.encode import Encoder
+
+        self.ensure_loaded_blocking(mv)
+        loaded = self.pool.peek((mv.name, mv.version))
+        if loaded is None:
+            raise ModelLoadError(f"{mv.name}:{mv.version} was evicted while evaluating")
+        enc = Encoder(mv.signature, "impute")
+        scores: list[float] = []
+        labels: list[str | None] = []
+        for i in range(0, len(records), 4096):
+            out = loaded.runtime.run(enc.encode_records(records[i : i + 4096]).matrix)
+            sc, lab, _ = _decode(out, mv)
+            scores += sc
+            labels += lab
+        return np.asarray(scores, dtype=np.float64), labels
+
+    def route_metrics(self, endpoint: str, window_s: float) -> RouteMetrics:
+        """Stable beside candidate over the last `window_s` seconds (5 s granularity), and the shadow's record."""
+        ep = self.endpoints.get(endpoint)
+        if ep is None or ep.version is None:
+            raise EndpointError(404, "not_found", f"no endpoint {endpoint!r} with a model", "name")
+        stable = version_window(self.stats.get((endpoint, ep.version.version)), ep.version.version, window_s)
+        cand = None
+        if ep.route is not None:
+            v = ep.route.candidate.version
+            cand = version_window(self.stats.get((endpoint, v)), v, window_s)
+        return RouteMetrics(stable, cand, ep.shadow_stats.window(window_s))
+
+    async def _predict_candidate(
+        self, ep: Endpoint, route: Route, cand: Any, enc: Encoded, request_id: str, t0: float
+    ) -> Answer | None:
+        """Serve a request with the candidate; None hands it back to stable (the candidate rejected or failed)."""
+        mv = route.candidate
+        n = len(enc.matrix)
+        vs = self.version_stats(ep.name, mv.name, mv.version)
+        try:
+            x = enc.matrix if route.encoder is None else _encode_again(route.encoder, ep.encoder, enc)
+        except ValidationFailed:
+            return None
+        try:
+            out = await asyncio.wait_for(self._run_candidate(ep, cand, x), ep.config.timeout_ms / 1000)
+        except Exception as e:  # counted against the candidate (its guards decide); the caller gets stable
+            if not isinstance(e, TimeoutError | InjectedFault):
+                log.warning("endpoint %s candidate %s:%s: %r", ep.name, mv.name, mv.version, e)
+            vs.record((time.perf_counter() - t0) * 1000, n, 504 if isinstance(e, TimeoutError) else 502, None, True)
+            return None
+        latency_ms = (time.perf_counter() - t0) * 1000
+        scores, labels, preds = _decode(out, mv)
+        vs.record(latency_ms, n, 200, None, False)
+        vs.add_scores(scores)
+        if self.predlog.sampled(ep.config.log_sample_rate):
+            self.predlog.log(request_id, ep.name, mv.name, mv.version, enc.num, enc.num_width, enc.cat, enc.cat_width,
+                             scores, labels, latency_ms, "ok", None)  # fmt: skip
+        body_out = orjson.dumps(
+            {"request_id": request_id, "endpoint": ep.name, "model": mv.name, "version": mv.version,
+             "predictions": preds, "fallback": False, "fallback_reason": None, "latency_ms": latency_ms},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )  # fmt: skip
+        return Answer(200, body_out, [(b"x-watchkeeper-model-version", f"{mv.name}:{mv.version}".encode())])
+
+    async def _run_candidate(self, ep: Endpoint, cand: Any, x: np.ndarray) -> np.ndarray:
+        f = ep.config.faults
+        if f is not None and f.version == cand.version:
+            if f.delay_ms and random.random() < f.delay_rate:
+                await asyncio.sleep(f.delay_ms / 1000)
+            if f.error_rate and random.random() < f.error_rate:
+                raise InjectedFault("injected fault")
+        if cand.inline:
+            return cand.runtime.run(x)
+        return await asyncio.get_running_loop().run_in_executor(self._infer, cand.runtime.run, x)
+
+    async def _shadow(
+        self, ep: Endpoint, route: Route, enc: Encoded, scores: list, labels: list, request_id: str
+    ) -> None:
+        """Mirror one answered request to the candidate and compare; never touches the caller's answer."""
+        cand = self.pool.peek(route.key)
+        if cand is None:
+            return
+        t0 = time.perf_counter()
+        mv = route.candidate
+        try:
+            x = enc.matrix if route.encoder is None else _encode_again(route.encoder, ep.encoder, enc)
+            out = await asyncio.wait_for(self._run_candidate(ep, cand, x), ep.config.timeout_ms / 1000)
+            c_scores, c_labels, _ = _decode(out, mv)
+        except Exception:
+            ep.shadow_stats.record(0, 0, 0.0, (time.perf_counter() - t0) * 1000, True)
+            return
+        latency_ms = (time.perf_counter() - t0) * 1000
+        dis = sum(a != b for a, b in zip(labels, c_labels, strict=False))
+        diff = sum(abs(a - b) for a, b in zip(scores, c_scores, strict=False) if a is not None and b is not None)
+        ep.shadow_stats.record(len(c_scores), dis, diff, latency_ms, False)
+        if self.predlog.sampled(ep.config.log_sample_rate):
+            self.predlog.log(request_id, ep.name, mv.name, mv.version, enc.num, enc.num_width, enc.cat, enc.cat_width,
+                             c_scores, c_labels, latency_ms, "shadow", None)  # fmt: skip
+
     # ------------------------------------------------------------------ status
 
     def version_stats(self, ep_name: str, model: str, version: int) -> VersionStats:
@@ -343,8 +510,12 @@ class ServingService:
 
     # ------------------------------------------------------------------ predict
 
-    async def predict(self, name: str, body: bytes, request_id: str) -> Answer:
-        """Serve one request. Never raises: every outcome is an Answer with a documented status."""
+    async def predict(
+        self, name: str, body: bytes, request_id: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> Answer:
+        """Serve one request. Never raises: every outcome is an Answer with a documented status.
+
+        `headers` (the request's, lower-case names) matter only to an A/B rollout's sticky assignment."""
         t0 = time.perf_counter()
         ep = self.endpoints.get(name)
         if ep is None:
@@ -368,11 +539,23 @@ class ServingService:
             return self._fallback(ep, request_id, n, "breaker_open", t0, enc)
         if ep.in_flight_rows + n > ep.config.max_concurrency and ep.in_flight_rows > 0:
             return self._fallback(ep, request_id, n, "shed", t0, enc)
+        route = ep.route
+        if route is not None and route.weight > 0 and _to_candidate(route, headers):
+            cand = self.pool.peek(route.key)
+            if cand is not None:  # never a version that is not loaded: until then, stable serves
+                ans = await self._predict_candidate(ep, route, cand, enc, request_id, t0)
+                if ans is not None:
+                    return ans
         mv = ep.version
         ep.in_flight_rows += n
         try:
             loaded = self.pool.peek(ep.key) if ep.key else None
-            if loaded is not None and loaded.inline and not ep.config.batching.enabled and ep.config.faults is None:
+            if (
+                loaded is not None
+                and loaded.inline
+                and not ep.config.batching.enabled
+                and (ep.config.faults is None or ep.config.faults.version not in (None, mv.version if mv else None))
+            ):
                 # An inline call can't be interrupted anyway: skip wait_for's task and timer (~8 % of
                 # the loop's CPU); a call that overran still counts as a timeout below.
                 out = loaded.runtime.run(enc.matrix)
@@ -395,7 +578,13 @@ class ServingService:
         latency_ms = (time.perf_counter() - t0) * 1000
         ep.breaker.record(True, latency_ms)
         scores, labels, preds = _decode(out, mv)
-        self.version_stats(name, mv.name, mv.version).record(latency_ms, n, 200, None, False)
+        vs = self.version_stats(name, mv.name, mv.version)
+        vs.record(latency_ms, n, 200, None, False)
+        if route is not None:
+            vs.add_scores(scores)
+            if route.shadow > 0 and random.random() < route.shadow and self.pool.peek(route.key) is not None:
+                # After the caller's answer: the candidate sees the same rows, its result is only compared.
+                asyncio.get_running_loop().create_task(self._shadow(ep, route, enc, scores, labels, request_id))
         if self.predlog.sampled(ep.config.log_sample_rate):
             self.predlog.log(request_id, name, mv.name, mv.version, enc.num, enc.num_width, enc.cat, enc.cat_width,
                              scores, labels, latency_ms, "ok", None)  # fmt: skip
@@ -408,7 +597,8 @@ class ServingService:
 
     async def _infer_rows(self, ep: Endpoint, x: np.ndarray) -> np.ndarray:
         f = ep.config.faults
-        if f is not None:  # drills and tests: misbehave before the model, as a sick model would
+        if f is not None and (f.version is None or f.version == (ep.version.version if ep.version else None)):
+            # drills and tests: misbehave before the model, as a sick model would
             if f.delay_ms and random.random() < f.delay_rate:
                 await asyncio.sleep(f.delay_ms / 1000)
             if f.error_rate and random.random() < f.error_rate:
@@ -550,3 +740,36 @@ def _first_field(errors: list[dict]) -> str | None:
 
 def _error(status: int, error: str, detail: Any, field: str | None) -> Answer:
     return Answer(status, orjson.dumps({"error": error, "detail": detail, "field": field}))
+
+
+def _to_candidate(route: Route, headers: list[tuple[bytes, bytes]] | None) -> bool:
+    """This request's side of the split: a stable hash of the caller key (A/B), else a coin."""
+    if route.weight >= 100:
+        return True
+    if route.sticky_header is not None and headers:
+        want = route.sticky_header.lower().encode()
+        for k, v in headers:
+            if k == want:
+                import hashlib
+
+                # Salted with the rollout, so each rollout assigns callers afresh.
+                h = hashlib.blake2b(v, digest_size=8, key=route.rollout_id.encode()[:64]).digest()
+                return int.from_bytes(h, "big") % 10_000 < route.weight * 100
+    return random.random() * 100 < route.weight
+
+
+def _encode_again(encoder: Encoder, stable: Encoder | None, enc: Encoded) -> np.ndarray:
+    """The request's rows for a candidate whose signature differs, rebuilt by feature name from the values
+    the stable encoder kept (missing stays missing; the candidate's policy applies)."""
+    if stable is None:
+        raise ValidationFailed([{"row": None, "field": None, "message": "no stable encoder"}])
+    n = len(enc.matrix)
+    recs: list[dict[str, Any]] = []
+    for r in range(n):
+        rec: dict[str, Any] = {}
+        for i, name in enumerate(stable.numeric_names):
+            rec[name] = enc.num[r * enc.num_width + i]
+        for i, name in enumerate(stable.category_names):
+            rec[name] = enc.cat[r * enc.cat_width + i]
+        recs.append({k: v for k, v in rec.items() if k in encoder._by_name})
+    return encoder.encode_records(recs).matrix

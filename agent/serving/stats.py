@@ -43,6 +43,14 @@ class VersionStats:
         self.fallbacks_by_reason: dict[str, int] = {}
         self.status_codes: dict[int, int] = {}
         self._slots: deque[_Slot] = deque()
+        # Output scores per request while a rollout watches this endpoint: (time, scores), last WINDOW_S*5.
+        self.scores: deque[tuple[float, list[float]]] = deque()
+
+    def add_scores(self, scores: list[float]) -> None:
+        now = time.time()
+        self.scores.append((now, scores))
+        while self.scores and self.scores[0][0] < now - WINDOW_S * 5:
+            self.scores.popleft()
 
     def _slot(self, now: float) -> _Slot:
         start = now - now % SLOT_S
@@ -135,3 +143,92 @@ def summarize(hist: list[int], sum_ms: float) -> LatencySummary:
         p99_ms=quantile(hist, 0.99),
         mean_ms=sum_ms / n if n else None,
     )
+
+
+@dataclass
+class VersionWindow:
+    """One version's traffic over a recent window (rollout guards): counts, rates, latency, output scores."""
+
+    version: int
+    requests: int = 0
+    errors: int = 0
+    fallbacks: int = 0
+    error_rate: float = 0.0
+    fallback_rate: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    scores: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ShadowWindow:
+    """Mirrored requests over a recent window: the candidate against the answers stable gave."""
+
+    requests: int = 0
+    rows: int = 0
+    disagreements: int = 0  # rows whose label differs from stable's
+    disagreement_rate: float = 0.0
+    score_abs_diff_mean: float | None = None
+    p99_ms: float | None = None
+    errors: int = 0
+
+
+def version_window(stats: VersionStats | None, version: int, seconds: float) -> VersionWindow:
+    """Counts of the slots that started within the last `seconds` (5 s granularity), plus their scores."""
+    out = VersionWindow(version)
+    if stats is None:
+        return out
+    now = time.time()
+    hist = _new()
+    total_ms = 0.0
+    for s in stats._slots:
+        if s.start + SLOT_S <= now - seconds:
+            continue
+        out.requests += s.requests
+        out.errors += s.errors
+        out.fallbacks += s.fallbacks
+        total_ms += s.sum_ms
+        for i, c in enumerate(s.hist):
+            if c:
+                hist[i] += c
+    if out.requests:
+        out.error_rate = out.errors / out.requests
+        out.fallback_rate = out.fallbacks / out.requests
+        lat = summarize(hist, total_ms)
+        out.p50_ms, out.p99_ms = lat.p50_ms, lat.p99_ms
+    out.scores = [x for ts, chunk in stats.scores if ts > now - seconds for x in chunk]
+    return out
+
+
+class ShadowStats:
+    """Per-request records of mirrored calls, kept for the rolling window."""
+
+    def __init__(self) -> None:
+        self._recs: deque[tuple[float, int, int, float, float, bool]] = deque()
+
+    def record(self, rows: int, disagreements: int, abs_diff_sum: float, latency_ms: float, error: bool) -> None:
+        now = time.time()
+        self._recs.append((now, rows, disagreements, abs_diff_sum, latency_ms, error))
+        while self._recs and self._recs[0][0] < now - WINDOW_S * 5:
+            self._recs.popleft()
+
+    def window(self, seconds: float) -> ShadowWindow:
+        now = time.time()
+        recs = [r for r in self._recs if r[0] > now - seconds]
+        out = ShadowWindow(requests=len(recs))
+        hist = _new()
+        total_ms = 0.0
+        diff = 0.0
+        for _, rows, dis, d, ms, err in recs:
+            out.rows += rows if not err else 0
+            out.disagreements += dis
+            out.errors += err
+            diff += d
+            total_ms += ms
+            hist[bisect.bisect_left(BOUNDS_MS, ms)] += 1
+        if out.rows:
+            out.disagreement_rate = out.disagreements / out.rows
+            out.score_abs_diff_mean = diff / out.rows
+        if recs:
+            out.p99_ms = summarize(hist, total_ms).p99_ms
+        return out

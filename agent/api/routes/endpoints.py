@@ -178,7 +178,7 @@ async def predict(request: Request, name: str = EndpointName, _body: bytes = Bod
     if len(body) > ep.config.max_payload_bytes:
         raise ApiError(413, "payload_too_large", f"body over {ep.config.max_payload_bytes} bytes", field="body")
     rid = request.headers.get("x-request-id") or os.urandom(8).hex()
-    ans = await s.predict(name, body, rid)
+    ans = await s.predict(name, body, rid, request.scope["headers"])
     headers = {k.decode(): v.decode() for k, v in ans.headers}
     headers["x-request-id"] = rid
     return Response(ans.body, status_code=ans.status, media_type="application/json", headers=headers)
