@@ -27,6 +27,10 @@ bench-serving *args:
 bench-ingest *args:
     {{venv}}/python bench/ingest.py {{args}}
 
+# Request formats: records vs columns through parse + validate + encode.
+bench-encode *args:
+    {{venv}}/python bench/encode.py {{args}}
+
 # Drift + data quality vs Evidently (own venv) and a plain numpy pass, 200k x 1M rows.
 bench-drift *args:
     {{venv}}/python bench/drift.py {{args}}

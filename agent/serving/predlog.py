@@ -146,7 +146,8 @@ def to_arrow(items: list[_Item]) -> pa.Table:
         return pa.array([it[i] for it in items], typ).take(req_of_row)
 
     def lists(flat_i: int, width_i: int, typ: pa.DataType) -> pa.Array:
-        values = pa.array(list(chain.from_iterable(it[flat_i] for it in items)), typ)
+        # from_pandas: a NaN (the columnar encoder's missing value) is stored as NULL, like None
+        values = pa.array(list(chain.from_iterable(it[flat_i] for it in items)), typ, from_pandas=True)
         widths = np.repeat(np.fromiter((it[width_i] for it in items), np.int64, n_req), counts)
         offsets = np.zeros(total + 1, np.int32)
         np.cumsum(widths, out=offsets[1:])

@@ -62,3 +62,15 @@ def test_a_full_queue_drops_the_oldest_requests_and_counts_them(tmp_path):
     assert kept == ["r3", "r4", "r5"]  # whole requests, newest kept
     assert plog.rows_dropped == 9 and w.stats.dropped_by_table["predictions"] == 9
     assert plog.rows_committed == 9 and plog.rows_logged == 18
+
+
+def test_nan_from_the_columnar_encoder_is_stored_as_null(tmp_path):
+    store = open_store(tmp_path / "wk.duckdb")
+    w = StoreWriter(store.con, flush_interval=60)
+    plog = PredictionLog(w)
+    w.start()
+    plog.log("n", "ep", "m", 1, [float("nan"), 2.0], 2, ["x"], 1, [0.5], ["y"], 1.0, "ok", None)
+    w.flush()
+    got = store.con.execute("SELECT num FROM predictions").fetchone()[0]
+    w.stop()
+    assert got == [None, 2.0]

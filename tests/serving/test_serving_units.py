@@ -13,7 +13,7 @@ import pytest
 from agent.api.schemas import BreakerConfig, FeatureSpec, OutputSpec, Signature
 from agent.serving.batcher import MicroBatcher
 from agent.serving.breaker import CircuitBreaker
-from agent.serving.encode import Encoder
+from agent.serving.encode import VECTOR_MIN_ROWS, Encoder
 from agent.serving.errors import ValidationFailed
 from agent.serving.stats import BOUNDS_MS, VersionStats, quantile
 
@@ -79,6 +79,49 @@ def test_columns_equal_records():
     assert np.array_equal(e.encode_records(recs).matrix, e.encode_columns(cols).matrix)
     with pytest.raises(ValidationFailed):
         e.encode_columns({"distance": [1.0], "hour": [1, 2]})
+
+
+def _mixed_rows(n: int, seed: int = 5) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i in range(n):
+        recs.append({
+            "distance": None if i % 17 == 0 else float(rng.uniform(-100, 6000)),  # missing, out of range
+            "hour": int(rng.integers(0, 30)),  # 24..29 out of range
+            "weekend": bool(i % 3 == 0),
+            "origin": None if i % 11 == 0 else ["EWR", "JFK", "LGA", "BOS"][i % 4],  # missing, unseen BOS
+        })  # fmt: skip
+    return recs
+
+
+@pytest.mark.parametrize("n", [VECTOR_MIN_ROWS - 1, VECTOR_MIN_ROWS, 500])
+def test_columns_vectorised_equal_records_with_missing_unseen_and_out_of_range(n: int):
+    e = Encoder(SIG, missing_policy="impute")
+    recs = _mixed_rows(n)
+    a = e.encode_records(recs)
+    b = e.encode_columns({k: [r[k] for r in recs] for k in recs[0]})
+    assert np.array_equal(a.matrix, b.matrix)
+    assert a.quality == b.quality and a.quality.missing and a.quality.unseen and a.quality.out_of_range
+    assert a.cat == b.cat and (a.num_width, a.cat_width) == (b.num_width, b.cat_width)
+    same = [x == y or (x is None and y != y) for x, y in zip(a.num, b.num, strict=True)]  # NaN stands for None
+    assert all(same)
+
+
+def test_columns_with_bad_values_name_the_row_and_field_as_records_do():
+    e = Encoder(SIG)  # reject policy: a missing value is an error
+    recs = _mixed_rows(100)
+    recs[40]["hour"] = "7"
+    cols = {k: [r[k] for r in recs] for k in recs[0]}
+    with pytest.raises(ValidationFailed) as by_cols:
+        e.encode_columns(cols)
+    with pytest.raises(ValidationFailed) as by_recs:
+        e.encode_records(recs)
+    assert by_cols.value.errors == by_recs.value.errors
+    assert {"row": 40, "field": "hour", "message": "expected a number, got a string"} in by_cols.value.errors
+    cols["extra"] = [1] * 100
+    with pytest.raises(ValidationFailed) as unknown:
+        Encoder(SIG, missing_policy="impute").encode_columns(cols)
+    assert any(err["field"] == "extra" for err in unknown.value.errors)
 
 
 # --------------------------------------------------------------------------- breaker
