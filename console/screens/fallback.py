@@ -1,24 +1,14 @@
 """Confirmation before switching an endpoint to its fallback prediction (or back to the model).
 
-Posting-style: `y` confirms, `n` or Escape cancels; the reason is required (the agent records it
-in its audit log with who, when and from where). While the reason box has focus every key types
-into it, so a stray `y` can only ever become part of the reason; Enter there confirms.
+The dialog is a `ConfirmScreen` (y confirms, n or Escape cancels) whose reason is required: the
+agent records it in its audit log with who, when and from where.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from textual import on
-from textual.app import ComposeResult
-from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static
-
-from console.readonly import mutating
-
-REASON_MAX = 500  # FallbackToggle.reason's limit on the agent
+from console.screens.confirm import ConfirmScreen
 
 
 @dataclass(frozen=True)
@@ -55,71 +45,18 @@ class FallbackRequest:
         )
 
 
-class FallbackConfirm(ModalScreen[bool]):
+class FallbackConfirm(ConfirmScreen):
     """y / n / Escape; the reason Input must not be empty. Dismisses True (confirmed) or False."""
 
-    BINDINGS = [
-        Binding("escape", "cancel", "Cancel"),
-        Binding("n", "cancel", "No"),
-        Binding("y", "confirm", "Yes"),
-    ]
-
     def __init__(self, request: FallbackRequest) -> None:
-        super().__init__()
+        super().__init__(
+            heading=request.title,
+            body=request.consequence,
+            yes_label="Yes, switch to fallback (y)" if request.enable else "Yes, back to the model (y)",
+            yes_variant="warning" if request.enable else "primary",
+            box_class="-enable" if request.enable else "-disable",
+            text_label="Reason (required; recorded in the agent's audit log):",
+            text_placeholder="e.g. INC-1234 model returns NaN",
+            text_required=True,
+        )
         self.request = request
-        self.reason = ""
-
-    def compose(self) -> ComposeResult:
-        r = self.request
-        with Vertical(id="confirm-box", classes="-enable" if r.enable else "-disable"):
-            yield Static(r.title, id="confirm-title", markup=False)
-            yield Static(r.consequence, id="confirm-body", markup=False)
-            yield Label("Reason (required; recorded in the agent's audit log):")
-            yield Input(placeholder="e.g. INC-1234 model returns NaN", max_length=REASON_MAX, id="reason")
-            yield Static("", id="confirm-error", markup=False)
-            with Horizontal(id="confirm-buttons"):
-                label = "Yes, switch to fallback (y)" if r.enable else "Yes, back to the model (y)"
-                yield Button(label, id="yes", variant="warning" if r.enable else "primary")
-                yield Button("No (n)", id="no")
-
-    def on_mount(self) -> None:
-        self.query_one("#reason", Input).focus()
-
-    @on(Input.Submitted, "#reason")
-    async def _submitted(self) -> None:
-        await self.run_action("confirm")
-
-    @on(Input.Changed, "#reason")
-    def _changed(self, event: Input.Changed) -> None:
-        if event.value.strip():
-            self._show_error("")
-
-    @on(Button.Pressed, "#yes")
-    async def _yes(self) -> None:
-        await self.run_action("confirm")
-
-    @on(Button.Pressed, "#no")
-    def _no(self) -> None:
-        self.action_cancel()
-
-    @mutating
-    def action_confirm(self) -> None:
-        """Confirm, if a reason was given."""
-        box = self.query_one("#reason", Input)
-        reason = " ".join(box.value.split())
-        if not reason:
-            self._show_error("A reason is required.")
-            box.focus()
-            return
-        self.reason = reason
-        self.dismiss(True)
-
-    def action_cancel(self) -> None:
-        """Leave without changing anything."""
-        self.dismiss(False)
-
-    def _show_error(self, text: str) -> None:
-        error = self.query_one("#confirm-error", Static)
-        error.update(text)
-        error.display = bool(text)
-        self.query_one("#reason", Input).set_class(bool(text), "-invalid")
