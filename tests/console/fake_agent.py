@@ -38,6 +38,8 @@ def main() -> int:
     p.add_argument("--simulate-gpus", type=int, default=0)
     p.add_argument("--simulate-host", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    # The demo writes an agent.toml (short drift windows, quick alert rules); this stand-in ignores it.
+    p.add_argument("--config", default=None)
     args = p.parse_args()
     if os.environ.get("FAKE_AGENT_FAIL"):
         print("fake agent: refusing to start (FAKE_AGENT_FAIL)", flush=True)
