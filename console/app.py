@@ -24,9 +24,11 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.timer import Timer
 
+from console.alert_rows import firing_count
 from console.client import AgentError, AgentState, FleetSource, FleetStatus
 from console.messages import ConsoleError, FallbackToggled, FleetPolled
 from console.readonly import allowed
+from console.screens.alerts import AlertsScreen
 from console.screens.base import ConsoleScreen
 from console.screens.endpoints import EndpointsScreen
 from console.screens.fleet import FleetScreen
@@ -50,6 +52,8 @@ class WatchkeeperApp(App[int]):
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
         Binding("question_mark", "help", "Help"),
         Binding("r", "refresh_now", "Refresh"),
+        # Alerts are fleet-wide: `!` opens them from any screen (the fleet screen shows the key).
+        Binding("exclamation_mark", "alerts", "Alerts", show=False),
     ]
 
     # The first screen; a subclass (or a later feature) may swap in an extended one.
@@ -204,6 +208,9 @@ class WatchkeeperApp(App[int]):
         else:
             parts.append(f"{len(status.agents)} agents")
             parts.extend(f"{status.count(s)} {s.value}" for s in AgentState if status.count(s))
+            firing = firing_count(status)
+            if firing:
+                parts.append(f"{firing} alert{'s' if firing != 1 else ''} firing")
         if self.readonly:
             parts.append("READ-ONLY")
         self.sub_title = " · ".join(parts)
@@ -218,6 +225,15 @@ class WatchkeeperApp(App[int]):
         """Open the fleet's endpoints screen."""
         if not isinstance(self.screen, EndpointsScreen):
             self.push_screen(EndpointsScreen())
+
+    def open_alerts(self) -> None:
+        """Open the alerts of the whole fleet."""
+        if not isinstance(self.screen, AlertsScreen):
+            self.push_screen(AlertsScreen())
+
+    def action_alerts(self) -> None:
+        """`!`: the alerts of the whole fleet."""
+        self.open_alerts()
 
     # ------------------------------------------------------------------ actions on agents
 

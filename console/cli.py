@@ -2,6 +2,7 @@
 
     watchkeeper [--agents URL,...] [--fleet FILE] [--readonly] [--refresh S]   the TUI
     watchkeeper status [--json] [--agents ...] [--fleet ...]                    headless table
+    watchkeeper alerts [--json] [--state firing|pending|resolved]               alerts across the fleet
     watchkeeper demo                                                            3 local agents + TUI
 
 Exit codes: 0 fine (status: all up), 1 status: some agent stale/down, 2 usage or config error
@@ -125,11 +126,11 @@ def _theme(args: argparse.Namespace) -> str | None:
 def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) -> int:
     """Open the fleet console on the given (or configured) agents."""
     from console.app import WatchkeeperApp
-    from console.client import FleetPoller
+    from console.monitoring_client import MonitoringPoller
 
     theme = _theme(args)
     specs = specs if specs is not None else _specs(args)
-    app = WatchkeeperApp(FleetPoller(specs), refresh_s=args.refresh, readonly=args.readonly, theme=theme)
+    app = WatchkeeperApp(MonitoringPoller(specs), refresh_s=args.refresh, readonly=args.readonly, theme=theme)
     rc = app.run()
     return app.return_code if app.return_code is not None else (rc or EXIT_OK)
 
@@ -143,6 +144,20 @@ def _run_status(args: argparse.Namespace) -> int:
     from console.status import run_status
 
     return run_status(_specs(args), as_json=args.json, out=sys.stdout)
+
+
+def _configure_alerts(p: argparse.ArgumentParser) -> None:
+    from console.alert_rows import STATES
+
+    _add_fleet_options(p, suppress=True)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--state", choices=STATES, help="only alerts in this state")
+
+
+def _run_alerts(args: argparse.Namespace) -> int:
+    from console.alerts_cli import run_alerts
+
+    return run_alerts(_specs(args), state=args.state, as_json=args.json, out=sys.stdout, err=sys.stderr)
 
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
@@ -216,6 +231,12 @@ COMMANDS: tuple[Command, ...] = (
         "print the fleet table without the TUI (exit 1 unless all agents are up)",
         _configure_status,
         _run_status,
+    ),
+    Command(
+        "alerts",
+        "list the alerts of every agent, firing first (exit 1 if some agent could not be read)",
+        _configure_alerts,
+        _run_alerts,
     ),
     Command("demo", "start three local agents and open the console on them", _configure_demo, _run_demo),
     Command(

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -43,6 +43,9 @@ from agent.api.schemas import (
 )
 from console import __version__
 from console.config import AgentSpec
+
+if TYPE_CHECKING:
+    from console.monitoring_client import AlertFeed
 
 T = TypeVar("T")
 
@@ -374,6 +377,8 @@ class AgentStatus:
     serving_state: ServingState = ServingState.UNKNOWN
     serving_error: str | None = None
     serving_at: float | None = None  # console-clock time of the last good serving answer
+    # The agent's model alerts (filled by `console.monitoring_client.MonitoringPoller`; None: not asked).
+    alerts: AlertFeed | None = None
 
     @property
     def label(self) -> str:

@@ -19,6 +19,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from console.client import AgentState, FleetStatus, ServingState
 from console.messages import ConsoleError
 from console.readonly import mutating
+from console.screens.drift import DriftScreen
 from console.screens.fallback import FallbackConfirm, FallbackRequest
 from console.screens.filtered import FilteredTableScreen, FilterInput
 from console.serving_rows import EndpointRow, detail_text, endpoint_rows, pool_line, predlog_line
@@ -36,6 +37,7 @@ class EndpointsScreen(FilteredTableScreen):
         Binding("backspace", "app.pop_screen", "Back", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("f", "toggle_fallback", "Fallback on/off"),
+        Binding("d", "open_drift", "Drift"),
     ]
 
     def __init__(self) -> None:
@@ -172,6 +174,14 @@ class EndpointsScreen(FilteredTableScreen):
     def _filter_applied(self) -> None:
         self._update_status_line()
         self._show_panel()
+
+    def action_open_drift(self) -> None:
+        """`d`: the drift of the selected endpoint (features, scores, histograms)."""
+        row = self.table.cursor_row_data
+        if row is None:
+            self.app.notify("no endpoint selected", severity="warning")
+            return
+        self.app.push_screen(DriftScreen(row.agent, row.endpoint))
 
     @mutating
     def action_toggle_fallback(self) -> None:

@@ -39,6 +39,7 @@ class FleetScreen(FilteredTableScreen):
         Binding("escape", "clear_filter", "Clear filter", show=False),
         Binding("enter", "open_host", "Open", show=True, priority=False),
         Binding("e", "open_endpoints", "Endpoints"),
+        Binding("exclamation_mark", "app.alerts", "Alerts"),
         *(
             Binding(key, f"sort_by('{column}')", f"Sort by {_LABELS[column]}", show=False)
             for key, column in SORT_KEYS.items()

@@ -13,6 +13,7 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         "Everywhere",
         (
             ("?", "this help"),
+            ("!", "alerts across the fleet"),
             ("r", "refresh now"),
             ("q", "quit"),
         ),
@@ -38,8 +39,28 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         "Endpoints",
         (
             ("f", "switch the selected endpoint to its fallback / back (asks, reason required)"),
+            ("d", "drift of the selected endpoint"),
             ("/", "filter (host, endpoint, model:version, breaker, mode)"),
             ("Esc", "clear filter, else back to fleet"),
+        ),
+    ),
+    (
+        "Drift",
+        (
+            ("↑ ↓", "select a feature: its reference vs current histogram below"),
+            ("b", "baseline: reference profile / previous window"),
+            ("r", "refresh the drift now"),
+            ("/", "filter features (name, method, verdict, quality issue)"),
+            ("Esc", "clear filter, else back to endpoints"),
+        ),
+    ),
+    (
+        "Alerts",
+        (
+            ("a", "acknowledge the selected alert (asks; comment optional)"),
+            ("s", "silence the selected alert for 1h / 4h / 24h (asks)"),
+            ("/", "filter (host, severity, state, rule, endpoint, subject, summary)"),
+            ("Esc", "clear filter, else back"),
         ),
     ),
 )
@@ -47,12 +68,12 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 STATES = (
     ("up", "answering, newest sample fresh"),
     ("stale", "answering, but newest sample older than 3 sample intervals"),
-    ("down", "not answering or refusing us (why and next retry shown)"),
+    ("down", "not answering or refusing us (why and next retry shown); an agent_down alert too"),
 )
 
 
 # Keys that change something on an agent: marked as disabled in read-only mode.
-MUTATING_KEYS = {("Endpoints", "f")}
+MUTATING_KEYS = {("Endpoints", "f"), ("Alerts", "a"), ("Alerts", "s")}
 
 
 def help_text(readonly: bool) -> str:

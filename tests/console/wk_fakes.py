@@ -9,19 +9,27 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from agent.api.schemas import (
+    AlertOut,
+    AlertRuleOut,
+    AlertsResponse,
     BreakerConfig,
     CpuSample,
+    DriftHistory,
+    DriftPoint,
+    DriftReportOut,
     EndpointConfig,
     EndpointInfo,
     EndpointVersionStats,
     EnforcementInfo,
+    FeatureDriftOut,
     FeatureSpec,
     GpuProcess,
     GpuSample,
     GpuStatus,
+    HistogramOut,
     HostInfo,
     LatencySummary,
     Lineage,
@@ -30,6 +38,8 @@ from agent.api.schemas import (
     ModelVersion,
     OutputSpec,
     ProcessSample,
+    QualityReport,
+    QualityWindow,
     Series,
     SeriesPoint,
     SeriesResponse,
@@ -39,6 +49,7 @@ from agent.api.schemas import (
 )
 from console.client import AgentError, AgentState, AgentStatus, ErrorKind, FleetStatus, ServingState
 from console.config import AgentSpec
+from console.monitoring_client import AlertFeed, FeedState
 
 FROZEN_NOW = 1_700_000_000.0
 GiB = 2**30
@@ -360,6 +371,12 @@ class FakeSource:
     fallback_calls: list[tuple[str, str, bool, str]] = field(default_factory=list)
     fallback_error: Exception | None = None
     fallback_delay_s: float = 0.0
+    drift_calls: list[tuple[str, str, str]] = field(default_factory=list)
+    histogram_calls: list[tuple[str, str, str]] = field(default_factory=list)
+    drift_error: Exception | None = None
+    quality_error: Exception | None = None
+    alert_calls: list[tuple[str, str, str, float | None, str]] = field(default_factory=list)
+    alert_error: Exception | None = None
 
     @property
     def specs(self) -> Sequence[AgentSpec]:
@@ -419,8 +436,259 @@ class FakeSource:
         self.status = replace(self.status, agents=tuple(agents))
         return result
 
+    # ------------------------------------------------------------------ monitoring (MonitoringSource)
+
+    async def drift(
+        self, name: str, endpoint: str, baseline: str = "reference", since: float | None = None
+    ) -> DriftReportOut:
+        self.drift_calls.append((name, endpoint, baseline))
+        if self.drift_error is not None:
+            raise self.drift_error
+        return make_drift_report(endpoint, baseline)
+
+    async def drift_history(self, name: str, endpoint: str, baseline: str = "reference") -> DriftHistory:
+        return make_drift_history(endpoint, baseline)
+
+    async def drift_histogram(self, name: str, endpoint: str, feature: str) -> HistogramOut:
+        self.histogram_calls.append((name, endpoint, feature))
+        return make_histogram(endpoint, feature)
+
+    async def quality(self, name: str, endpoint: str) -> QualityReport:
+        if self.quality_error is not None:
+            raise self.quality_error
+        return make_quality(endpoint)
+
+    async def ack_alert(self, name: str, fingerprint: str, comment: str) -> AlertOut | None:
+        self.alert_calls.append((name, "ack", fingerprint, None, comment))
+        return self._apply_alert(name, fingerprint, {"acked_by": "op-alice", "acked_at": FROZEN_NOW})
+
+    async def silence_alert(self, name: str, fingerprint: str, duration_s: float, comment: str) -> AlertOut | None:
+        self.alert_calls.append((name, "silence", fingerprint, duration_s, comment))
+        update = {"silenced_until": FROZEN_NOW + duration_s, "silenced_by": "op-alice"}
+        return self._apply_alert(name, fingerprint, update)
+
+    def _apply_alert(self, name: str, fingerprint: str, update: dict[str, Any]) -> AlertOut:
+        if self.alert_error is not None:
+            raise self.alert_error
+        agents, result = [], None
+        for agent in self.status.agents:
+            if agent.name == name and agent.alerts is not None:
+                alerts = []
+                for a in agent.alerts.alerts:
+                    if a.fingerprint == fingerprint:
+                        a = result = a.model_copy(update=update)
+                    alerts.append(a)
+                agent = replace(agent, alerts=replace(agent.alerts, alerts=tuple(alerts)))
+            agents.append(agent)
+        if result is None:
+            raise AgentError(ErrorKind.HTTP_4XX, f"HTTP 404: not_found: no alert {fingerprint!r}", status_code=404)
+        self.status = replace(self.status, agents=tuple(agents))
+        return result
+
     async def aclose(self) -> None:
         self.closed = True
+
+
+# --------------------------------------------------------------------------- monitoring data
+
+
+def make_feature(name: str, kind: str = "numeric", score: float | None = 0.05, **kw: Any) -> FeatureDriftOut:
+    """One feature's drift; `method`, `threshold`, `verdict` and `drifted` follow from kind and score."""
+    method = kw.pop("method", "psi" if kind == "numeric" else "jensen_shannon")
+    threshold = kw.pop("threshold", 0.2 if method == "psi" else 0.1)
+    drifted = score is not None and score >= threshold
+    issues = kw.get("quality_issues", [])
+    verdict = "no data" if score is None else ("drift" if drifted else "ok")
+    if issues and score is not None:
+        verdict = "drift+quality" if drifted else "quality"
+    base: dict[str, Any] = {"n_ref": 50_000, "n_cur": 1_200, "missing_rate_ref": 0.0, "missing_rate_cur": 0.0}
+    if kind == "numeric":
+        base.update(
+            psi=score, ks_stat=None if score is None else round(score * 0.7, 4), ks_pvalue=1e-9 if drifted else 0.31
+        )
+        base.update(wasserstein_norm=None if score is None else round(score / 3, 4), out_of_range_share=0.0)
+    else:
+        base.update(js=score, psi=None if score is None else round(score * 2, 4), chi2_stat=812.5, chi2_pvalue=2e-12)
+        base.update(unseen_share=0.0)
+    base.update(kw)
+    return FeatureDriftOut(
+        name=name, kind=kind, method=method, score=score, threshold=threshold, drifted=drifted, verdict=verdict,
+        **base,
+    )  # fmt: skip
+
+
+def make_drift_report(endpoint: str = "flights", baseline: str = "reference", *, version: int = 3) -> DriftReportOut:
+    """Reference: distance drifted, carrier drifted with missing values and unseen categories.
+    Previous window: only dep_hour moved (so the order of the table changes with the baseline)."""
+    if baseline == "reference":
+        features = [
+            make_feature("distance", score=0.31, out_of_range_share=0.034),
+            make_feature(
+                "carrier", "categorical", score=0.14, missing_rate_cur=0.12, unseen_share=0.041,
+                unseen_top=["ZZ", "QQ"], quality_issues=["missing rate 12.0% (reference 0.0%)"],
+            ),
+            make_feature("dep_hour", score=0.08),
+            make_feature("temp", score=None, n_cur=0),
+            make_feature("__prediction__", score=0.12),
+        ]  # fmt: skip
+    else:
+        features = [
+            make_feature("distance", score=0.02),
+            make_feature("carrier", "categorical", score=0.01),
+            make_feature("dep_hour", score=0.27),
+            make_feature("temp", score=None, n_cur=0),
+            make_feature("__prediction__", score=0.03),
+        ]
+    drifted = [f for f in features if f.drifted and not f.name.startswith("__")]
+    return DriftReportOut(
+        endpoint=endpoint,
+        model="flights",
+        version=version,
+        baseline=baseline,  # type: ignore[arg-type]
+        window_start=FROZEN_NOW - 100.0,
+        window_end=FROZEN_NOW - 40.0,
+        n_ref=50_000 if baseline == "reference" else 1_150,
+        n_cur=1_200,
+        drift_share=len(drifted) / 4,
+        dataset_drift=len(drifted) >= 2,
+        features=features,
+        computed_at=FROZEN_NOW - 35.0,
+    )
+
+
+def make_drift_history(endpoint: str = "flights", baseline: str = "reference", windows: int = 12) -> DriftHistory:
+    """Each feature's score rising towards the report's latest score."""
+    report = make_drift_report(endpoint, baseline)
+    features = {}
+    for f in report.features:
+        final = f.score
+        points = []
+        for i in range(windows):
+            score = None if final is None else round(final * (i + 1) / windows, 4)
+            points.append(
+                DriftPoint(
+                    window_end=FROZEN_NOW - 40.0 - 60.0 * (windows - 1 - i),
+                    score=score,
+                    drifted=score is not None and f.threshold is not None and score >= f.threshold,
+                    verdict="no data" if score is None else "ok",
+                )
+            )
+        features[f.name] = points
+    return DriftHistory(endpoint=endpoint, baseline=baseline, features=features)  # type: ignore[arg-type]
+
+
+def make_histogram(endpoint: str = "flights", feature: str = "distance") -> HistogramOut:
+    if feature == "carrier":
+        bins, ref, cur = (
+            ["AA", "DL", "UA", "(unseen)", "(missing)"],
+            [0.4, 0.35, 0.25, 0.0, 0.0],
+            [0.3, 0.3, 0.18, 0.1, 0.12],
+        )
+        kind = "categorical"
+    else:
+        seed = sum(map(ord, feature)) % 5
+        bins = ["< 100", "[100, 500)", "[500, 1000)", "[1000, 2000)", ">= 2000", "(missing)"]
+        ref = [0.1, 0.3, 0.3, 0.2, 0.1, 0.0]
+        cur = [0.05, 0.2 + seed * 0.01, 0.3, 0.3 - seed * 0.01, 0.15, 0.0]
+        kind = "numeric"
+    return HistogramOut(
+        endpoint=endpoint, feature=feature, kind=kind, bins=bins, reference=ref, current=cur,  # type: ignore[arg-type]
+        window_start=FROZEN_NOW - 100.0, window_end=FROZEN_NOW - 40.0,
+    )  # fmt: skip
+
+
+def make_quality(endpoint: str = "flights") -> QualityReport:
+    windows = [
+        QualityWindow(
+            model="flights", version=3, window_start=FROZEN_NOW - 3700.0 + 600 * i,
+            window_end=FROZEN_NOW - 3100.0 + 600 * i, labelled=400 + i, predictions=5_000,
+            accuracy=0.84 - 0.01 * i, auc=0.9 - 0.01 * i, f1=0.7,
+        )
+        for i in range(3)
+    ]  # fmt: skip
+    return QualityReport(
+        endpoint=endpoint, kind="binary", windows=windows, reference_metrics={"accuracy": 0.85, "auc": 0.91, "f1": 0.72}
+    )
+
+
+def make_alert(
+    fingerprint: str,
+    rule: str = "feature_drift",
+    *,
+    severity: str = "warning",
+    state: str = "firing",
+    endpoint: str | None = "flights",
+    subject: str | None = None,
+    summary: str = "",
+    value: float | None = None,
+    threshold: float | None = None,
+    age: float = 600.0,
+    host: str = "",
+    now: float = FROZEN_NOW,
+    **kw: Any,
+) -> AlertOut:
+    started = now - age
+    return AlertOut(
+        fingerprint=fingerprint,
+        rule=rule,
+        kind=kw.pop("kind", rule),
+        severity=severity,  # type: ignore[arg-type]
+        state=state,  # type: ignore[arg-type]
+        endpoint=endpoint,
+        subject=subject,
+        summary=summary or f"{rule} on {endpoint or 'agent'}",
+        value=value,
+        threshold=threshold,
+        started_at=started,
+        firing_at=started + 60 if state != "pending" else None,
+        resolved_at=now - 30 if state == "resolved" else None,
+        updated_at=now - 5,
+        host=host,
+        **kw,
+    )
+
+
+def fleet_alerts(host: str, now: float = FROZEN_NOW) -> list[AlertOut]:
+    """gpu-01's alerts: a critical drift firing, a pending latency warning, a resolved fallback rate."""
+    return [
+        make_alert(
+            "a1f0", "feature_drift", severity="critical", subject="distance", value=0.31, threshold=0.2, age=900,
+            summary="feature distance drifted: psi 0.31 (threshold 0.2)", host=host, now=now,
+        ),
+        make_alert(
+            "b2e1", "latency_p99", severity="warning", state="pending", value=480.0, threshold=250.0, age=45,
+            summary="p99 latency 480 ms (threshold 250)", host=host, now=now,
+        ),
+        make_alert(
+            "c3d2", "fallback_rate", severity="info", state="resolved", value=0.01, threshold=0.05, age=7200,
+            summary="fallback rate 1% (threshold 0.05)", host=host, now=now,
+        ),
+    ]  # fmt: skip
+
+
+def alerting(agent: AgentStatus, alerts: Sequence[AlertOut], state: FeedState = FeedState.OK, error: str | None = None):
+    """`agent` with an alert feed."""
+    return replace(agent, alerts=AlertFeed(state=state, alerts=tuple(alerts), error=error, fetched_at=FROZEN_NOW))
+
+
+def alerts_fleet() -> FleetStatus:
+    """Four agents: gpu-01 with three alerts, gpu-02 with an acknowledged warning, gpu-03 down (its last
+    known alert kept), cpu-04 without alerting."""
+    acked = make_alert(
+        "d4c3", "error_rate", endpoint="fraud", value=0.12, threshold=0.05, age=300, host="gpu-02",
+        summary="error rate 12% (threshold 0.05)", acked_by="bob", acked_at=FROZEN_NOW - 120,
+    )  # fmt: skip
+    last_known = make_alert(
+        "e5b4", "quality_drop", endpoint="eta", subject="accuracy", value=0.7, threshold=0.8, age=1800, host="gpu-03",
+        summary="accuracy 0.70 (threshold 0.8)",
+    )  # fmt: skip
+    gone = replace(down("gpu-03", 2), last_seen=FROZEN_NOW - 95.0)
+    return fleet(
+        alerting(up("gpu-01", 0), fleet_alerts("gpu-01")),
+        alerting(up("gpu-02", 1), [acked]),
+        alerting(gone, [last_known], FeedState.ERROR, "connection refused"),
+        alerting(up("cpu-04", 3, gpu_utils=()), [], FeedState.NONE),
+    )
 
 
 # --------------------------------------------------------------------------- a tiny HTTP agent
@@ -591,6 +859,91 @@ def agent_routes(
         "/api/v1/host": guard(lambda: make_host(name, interval=interval, gpus=gpus)),
         "/api/v1/snapshot": guard(lambda: make_snapshot(name, ts=now() - 0.5, gpu_utils=[40.0] * gpus)),
     }
+
+
+@dataclass
+class MonitoredAgent:
+    """Routes of an agent that serves one endpoint with drift data and alerts; records acks and silences.
+
+    Drift follows `make_drift_report` (the `baseline` query picks which); alerts are `fleet_alerts`
+    relative to the real clock, with `ack`/`silence` applied as the agent would.
+    """
+
+    name: str = "gpu-01"
+    endpoint: str = "flights"
+    token: str | None = None
+    alerting: bool = True
+    alerts: list[AlertOut] = field(default_factory=list)
+    alert_queries: list[dict[str, list[str]]] = field(default_factory=list)
+    actions: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        import time as _time
+
+        if not self.alerts and self.alerting:
+            self.alerts = fleet_alerts(self.name, now=_time.time())
+
+    def routes(self) -> dict[str, Any]:
+        ep = f"/api/v1/endpoints/{quote(self.endpoint, safe='')}"
+        routes: dict[str, Any] = dict(agent_routes(self.name, token=self.token))
+        serving = make_serving(
+            [make_endpoint(self.endpoint, "flights", 3)],
+            [make_stats(self.endpoint, "flights", 3)],
+            [make_loaded("flights", 3, 48.0, (self.endpoint,))],
+        )
+        routes["/api/v1/serving"] = self._guard(lambda q: Reply(200, serving))
+        routes[f"{ep}/drift"] = self._guard(
+            lambda q: Reply(200, make_drift_report(self.endpoint, q.get("baseline", ["reference"])[0]))
+        )
+        routes[f"{ep}/drift/history"] = self._guard(
+            lambda q: Reply(200, make_drift_history(self.endpoint, q.get("baseline", ["reference"])[0]))
+        )
+        routes[f"{ep}/drift/histogram"] = self._guard(
+            lambda q: Reply(200, make_histogram(self.endpoint, q["feature"][0]))
+        )
+        routes[f"{ep}/quality"] = self._guard(lambda q: Reply(200, make_quality(self.endpoint)))
+        if self.alerting:
+            routes["/api/v1/alerting"] = self._guard(self._list)
+            for a in self.alerts:
+                routes[f"POST /api/v1/alerts/{a.fingerprint}/ack"] = self._action
+                routes[f"POST /api/v1/alerts/{a.fingerprint}/silence"] = self._action
+        return routes
+
+    def _guard(self, make: Callable[[dict[str, list[str]]], Reply]) -> Handler:
+        def handler(path: str, query: dict[str, list[str]], headers: dict[str, str]) -> Reply:
+            if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
+                return Reply(401, {"error": "unauthorized"})
+            return make(query)
+
+        return handler
+
+    def _list(self, query: dict[str, list[str]]) -> Reply:
+        self.alert_queries.append(query)
+        state = query.get("state", [None])[0]
+        alerts = [a for a in self.alerts if state is None or a.state == state]
+        rules = [
+            AlertRuleOut(name=a.rule, kind=a.kind, severity=a.severity, threshold=a.threshold, for_s=60) for a in alerts
+        ]
+        return Reply(200, AlertsResponse(alerts=alerts, rules=rules, webhooks=[]))
+
+    def _action(self, request: FakeRequest) -> Reply:
+        import time as _time
+
+        if self.token is not None and request.headers.get("authorization") != f"Bearer {self.token}":
+            return Reply(401, {"error": "unauthorized"})
+        _, _, _, _, fingerprint, verb = request.path.split("/")
+        body = request.json()
+        self.actions.append((verb, fingerprint, body))
+        now = _time.time()
+        for i, a in enumerate(self.alerts):
+            if a.fingerprint == fingerprint:
+                if verb == "ack":
+                    update: dict[str, Any] = {"acked_by": "operator-1", "acked_at": now}
+                else:
+                    update = {"silenced_until": now + body["duration_s"], "silenced_by": "operator-1"}
+                self.alerts[i] = a.model_copy(update=update)
+                return Reply(200, self.alerts[i])
+        return Reply(404, {"error": "not_found", "detail": f"no alert with fingerprint {fingerprint!r}"})
 
 
 class ThreadedFakeAgent:

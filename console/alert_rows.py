@@ -1,0 +1,242 @@
+"""The alerts view's rows as plain values, shared by the TUI and `watchkeeper alerts`. No Textual here.
+
+One row per (agent, alert fingerprint), plus one row the console makes itself for every agent
+that stopped answering (kind `agent_down`, critical, firing): an agent that cannot be asked for its
+alerts is an outage of its own, and its last known alerts stay listed, dimmed. Order: firing, then
+pending, then resolved; within a state the worst severity first, alerts nobody has in hand (not
+acknowledged, not silenced) before those somebody has, then the newest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.api.schemas import AlertOut
+from console.client import AgentState, AgentStatus, FleetStatus
+from console.monitoring_client import FeedState
+from console.rows import MISSING, Column, fmt_age
+from console.serving_rows import KEY_SEP
+
+OUTAGE_KIND = "agent_down"
+STATES = ("firing", "pending", "resolved")
+STATE_RANK = {s: i for i, s in enumerate(STATES)}
+SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+COLUMNS: tuple[Column, ...] = (
+    Column("severity", "SEVERITY"),
+    Column("state", "STATE"),
+    Column("host", "HOST"),
+    Column("endpoint", "ENDPOINT"),
+    Column("subject", "SUBJECT"),
+    Column("summary", "SUMMARY"),
+    Column("value", "VALUE/THR", numeric=True),
+    Column("since", "SINCE", numeric=True),
+    Column("acked", "ACKED BY"),
+)
+
+
+def alert_key(agent: str, fingerprint: str) -> str:
+    """The table key of one alert of one agent."""
+    return f"{agent}{KEY_SEP}{fingerprint}"
+
+
+def fmt_number(value: float | None) -> str:
+    """A measured value or threshold, short: 4 significant digits."""
+    return MISSING if value is None else f"{value:.4g}"
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    """One alert of one agent, or the console's outage row for an agent that stopped answering."""
+
+    key: str
+    agent: str  # the agent's key in the fleet
+    order: int  # the agent's place in the fleet
+    host: str  # its display name
+    alert: AlertOut
+    now: float  # "now" on the agent's clock (ages are measured against it)
+    synthesized: bool = False  # made by the console (agent_down), not an alert the agent holds
+    stale: bool = False  # the agent is not answering: its last known state
+
+    @property
+    def severity(self) -> str:
+        return self.alert.severity
+
+    @property
+    def state(self) -> str:
+        return self.alert.state
+
+    @property
+    def since_ts(self) -> float | None:
+        """When the alert entered its current state."""
+        a = self.alert
+        if a.state == "resolved":
+            return a.resolved_at or a.updated_at
+        if a.state == "firing":
+            return a.firing_at or a.started_at
+        return a.started_at
+
+    @property
+    def silenced(self) -> bool:
+        until = self.alert.silenced_until
+        return until is not None and until > self.now
+
+    @property
+    def handled(self) -> bool:
+        """Somebody has it in hand: acknowledged or silenced."""
+        return bool(self.alert.acked_by) or self.silenced
+
+    @property
+    def actionable(self) -> str | None:
+        """Why `a`/`s` cannot act on this row, or None when they can."""
+        if self.synthesized:
+            return f"the outage of {self.host} is the console's own row; the agent holds no such alert"
+        if self.stale:
+            return f"{self.host} is not answering; try again when it is back"
+        return None
+
+    def text(self, column: str) -> str:
+        """The display text of one column."""
+        a = self.alert
+        match column:
+            case "severity":
+                return a.severity
+            case "state":
+                return a.state
+            case "host":
+                return self.host
+            case "endpoint":
+                return a.endpoint or MISSING
+            case "subject":
+                return a.subject or MISSING
+            case "summary":
+                return " ".join(a.summary.split())
+            case "value":
+                if a.value is None and a.threshold is None:
+                    return MISSING
+                return f"{fmt_number(a.value)} / {fmt_number(a.threshold)}"
+            case "since":
+                ts = self.since_ts
+                return MISSING if ts is None else fmt_age(max(0.0, self.now - ts))
+            case "acked":
+                parts = [a.acked_by] if a.acked_by else []
+                if self.silenced and a.silenced_until is not None:
+                    parts.append(f"silenced {fmt_age(a.silenced_until - self.now)}")
+                return ", ".join(parts) or MISSING
+        raise KeyError(column)
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return (
+            STATE_RANK.get(self.state, len(STATES)),
+            SEVERITY_RANK.get(self.severity, len(SEVERITY_RANK)),
+            self.handled,
+            -(self.since_ts or 0.0),
+            self.order,
+            self.alert.fingerprint,
+        )
+
+    def matches_text(self) -> str:
+        """What the `/` filter searches."""
+        a = self.alert
+        parts = (self.host, a.severity, a.state, a.rule, a.kind, a.endpoint, a.subject, a.summary, a.acked_by)
+        return " ".join(p for p in parts if p)
+
+    def as_json(self) -> dict[str, Any]:
+        """Machine-readable form for `watchkeeper alerts --json`: the agent's alert plus where it came from."""
+        data = self.alert.model_dump(mode="json")
+        data.update(agent=self.agent, host=self.host, synthesized=self.synthesized, stale=self.stale)
+        return data
+
+
+def outage_alert(agent: AgentStatus, polled_at: float) -> AlertOut:
+    """The console's own alert for an agent that stopped answering."""
+    reason = agent.reason or "not answering"
+    seen = agent.last_seen
+    since = f"last answer {fmt_age(max(0.0, polled_at - seen))} ago" if seen is not None else "no answer yet"
+    return AlertOut(
+        fingerprint=f"{OUTAGE_KIND}:{agent.name}",
+        rule=OUTAGE_KIND,
+        kind=OUTAGE_KIND,
+        severity="critical",
+        state="firing",
+        subject=agent.error_kind.value if agent.error_kind else None,
+        summary=f"agent not answering: {reason} ({since})",
+        started_at=seen if seen is not None else polled_at,
+        firing_at=seen,
+        updated_at=polled_at,
+        host=agent.label,
+    )
+
+
+def is_outage(agent: AgentStatus) -> bool:
+    """The agent was asked and did not answer (an agent not polled yet is not an outage)."""
+    return agent.state is AgentState.DOWN and agent.error_kind is not None
+
+
+def alert_rows(status: FleetStatus, states: Iterable[str] | None = None) -> list[AlertRow]:
+    """Every agent's alerts and the outage rows, sorted (see the module docstring)."""
+    wanted = set(states) if states is not None else None
+    rows: list[AlertRow] = []
+    for order, agent in enumerate(status.agents):
+        down = is_outage(agent)
+        if down:
+            alert = outage_alert(agent, status.polled_at)
+            rows.append(
+                AlertRow(alert_key(agent.name, alert.fingerprint), agent.name, order, agent.label, alert,
+                         status.polled_at, synthesized=True)
+            )  # fmt: skip
+        feed = agent.alerts
+        if feed is None:
+            continue
+        now = status.polled_at + agent.clock_offset_s
+        for alert in feed.alerts:
+            key = alert_key(agent.name, alert.fingerprint)
+            rows.append(AlertRow(key, agent.name, order, agent.label, alert, now, stale=down))
+    if wanted is not None:
+        rows = [r for r in rows if r.state in wanted]
+    return sorted(rows, key=AlertRow.sort_key)
+
+
+def firing_count(status: FleetStatus) -> int:
+    """Alerts the agents report as firing (the console's outage rows not counted: the fleet shows those)."""
+    return sum(1 for a in status.agents if a.alerts for x in a.alerts.alerts if x.state == "firing")
+
+
+def feed_problems(status: FleetStatus) -> list[str]:
+    """'host (why)' for every answering agent whose alerts could not be read."""
+    out = []
+    for agent in status.agents:
+        feed = agent.alerts
+        if feed is not None and feed.state is FeedState.ERROR and not is_outage(agent):
+            out.append(f"{agent.label} ({feed.error})")
+    return out
+
+
+def feed_counts(status: FleetStatus) -> dict[str, int]:
+    """How many agents' alerts we have, lack (no alerting) or failed to read."""
+    counts = {s.value: 0 for s in FeedState}
+    for agent in status.agents:
+        counts[(agent.alerts.state if agent.alerts else FeedState.UNKNOWN).value] += 1
+    return counts
+
+
+def render_alerts(rows: Sequence[AlertRow], summary_width: int = 60) -> str:
+    """Plain aligned text of the alerts table (`watchkeeper alerts`)."""
+    header = [c.label for c in COLUMNS]
+    body = []
+    for r in rows:
+        cells = [r.text(c.key) for c in COLUMNS]
+        i = [c.key for c in COLUMNS].index("summary")
+        if len(cells[i]) > summary_width:
+            cells[i] = cells[i][: summary_width - 1] + "…"
+        body.append(cells)
+    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
+    lines = []
+    for cells in [header, *body]:
+        parts = [
+            cell.rjust(w) if col.numeric else cell.ljust(w) for cell, w, col in zip(cells, widths, COLUMNS, strict=True)
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)

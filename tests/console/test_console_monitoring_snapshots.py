@@ -1,0 +1,73 @@
+"""Visual regression tests of the drift and alerts screens (pytest-textual-snapshot), on frozen data.
+
+Update after an intended change with `just snapshots` (pytest --snapshot-update) and review the SVGs.
+"""
+
+from __future__ import annotations
+
+from console.app import WatchkeeperApp
+from console.screens.alerts import AlertsScreen, SilenceConfirm
+from console.screens.drift import DriftScreen
+from console.serving_rows import row_key
+from console.widgets.alert_table import AlertTable
+from console.widgets.endpoint_table import EndpointTable
+from tests.console.test_console_snapshots import fleet_ready, wait_for
+from tests.console.wk_fakes import FakeSource, alerts_fleet, serving_fleet
+
+
+async def drift_ready(pilot) -> None:
+    await fleet_ready(pilot)
+    await pilot.press("e")
+    app = pilot.app
+    await wait_for(pilot, lambda: app.screen.query(EndpointTable) and app.screen.query_one(EndpointTable).row_count > 0)
+    table = app.screen.query_one(EndpointTable)
+    table.move_cursor(row=table.row_keys.index(row_key("gpu-01", "flights", "flights", 3)))
+    await pilot.press("d")
+    await wait_for(pilot, lambda: isinstance(app.screen, DriftScreen) and app.screen.histogram is not None)
+    await pilot.pause()
+
+
+def test_drift_screen(snap_compare) -> None:
+    app = WatchkeeperApp(FakeSource(serving_fleet()), refresh_s=3600)
+    assert snap_compare(app, terminal_size=(140, 44), run_before=drift_ready)
+
+
+def test_drift_screen_previous_window_second_feature(snap_compare) -> None:
+    async def run_before(pilot) -> None:
+        await drift_ready(pilot)
+        screen = pilot.app.screen
+        await pilot.press("b")
+        await wait_for(pilot, lambda: screen.loads == 2)
+        await pilot.press("down", "down", "down")  # carrier: categorical, unseen and missing
+        await wait_for(pilot, lambda: screen.histogram is not None and screen.histogram.feature == "carrier")
+        await pilot.pause()
+
+    app = WatchkeeperApp(FakeSource(serving_fleet()), refresh_s=3600)
+    assert snap_compare(app, terminal_size=(140, 44), run_before=run_before)
+
+
+async def alerts_ready(pilot) -> None:
+    await fleet_ready(pilot)
+    await pilot.press("exclamation_mark")
+    app = pilot.app
+    await wait_for(pilot, lambda: isinstance(app.screen, AlertsScreen) and app.screen.query_one(AlertTable).row_count)
+    await pilot.pause()
+
+
+def test_alerts_screen(snap_compare) -> None:
+    app = WatchkeeperApp(FakeSource(alerts_fleet()), refresh_s=3600)
+    assert snap_compare(app, terminal_size=(140, 36), run_before=alerts_ready)
+
+
+def test_silence_dialog(snap_compare) -> None:
+    async def run_before(pilot) -> None:
+        await alerts_ready(pilot)
+        table = pilot.app.screen.query_one(AlertTable)
+        table.move_cursor(row=1)
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, SilenceConfirm))
+        await pilot.press("down")
+        await pilot.pause()
+
+    app = WatchkeeperApp(FakeSource(alerts_fleet()), refresh_s=3600)
+    assert snap_compare(app, terminal_size=(140, 40), run_before=run_before)
