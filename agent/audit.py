@@ -77,7 +77,8 @@ class AuditLog:
         detail: dict,
         client: str | None,
     ) -> AuditEntry:
-        last = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        rows = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchall()
+        last = rows[0] if rows else None
         seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
         fields = {
             "seq": seq,

@@ -449,12 +449,14 @@ class MonitorService:
                 )
             finally:
                 con.unregister("_wk_fb")
+            # fetchall, not fetchone: this is the writer's connection, and a result left unfinished
+            # would make its next INSERT fail ("connection has an unfinished result").
             found = con.execute(
                 "SELECT count(DISTINCT request_id) FROM predictions WHERE endpoint = ? AND request_id IN "
                 "(SELECT unnest(?))",
                 [name, ids],
-            ).fetchone()
-            return int(found[0]) if found else 0
+            ).fetchall()
+            return int(found[0][0]) if found else 0
 
         known = self._writer.call(write, timeout=30.0)
         return FeedbackAccepted(accepted=len(items), unknown_request_ids=len(ids) - known)

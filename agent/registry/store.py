@@ -659,7 +659,7 @@ class Registry:
                 )
 
             def insert(con: duckdb.DuckDBPyConnection) -> None:
-                seq = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM alias_events").fetchone()[0]
+                seq = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM alias_events").fetchall()[0][0]
                 con.execute(
                     "INSERT INTO alias_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [seq, ev.ts, name, alias, ev.from_version, ev.to_version, principal_name, ev.reason],

@@ -23,11 +23,12 @@ def _aggs(cols: tuple[str, ...]) -> str:
 def run_rollup(con: duckdb.DuckDBPyConnection, settle_s: float) -> int:
     """Roll up every complete minute older than `settle_s` (rows still in flight are not missed)."""
     end = (int(time.time() - settle_s) // 60) * 60
-    row = con.execute("SELECT value FROM meta WHERE key = ?", [WATERMARK_KEY]).fetchone()
+    rows = con.execute("SELECT value FROM meta WHERE key = ?", [WATERMARK_KEY]).fetchall()
+    row = rows[0] if rows else None
     if row:
         start = float(row[0])
     else:
-        first = con.execute("SELECT min(epoch(ts)) FROM host_samples").fetchone()[0]
+        first = con.execute("SELECT min(epoch(ts)) FROM host_samples").fetchall()[0][0]
         if first is None:
             return 0
         start = (int(first) // 60) * 60
@@ -42,7 +43,7 @@ def run_rollup(con: duckdb.DuckDBPyConnection, settle_s: float) -> int:
                 SELECT time_bucket(INTERVAL 1 minute, ts) AS b, count(*), {_aggs(HOST_COLUMNS)}
                 FROM host_samples WHERE {where} GROUP BY b""",
             bounds,
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         con.execute(
             f"""INSERT INTO gpu_rollup_1m
                 SELECT time_bucket(INTERVAL 1 minute, ts) AS b, gpu_index, any_value(uuid), count(*),

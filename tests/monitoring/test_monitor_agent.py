@@ -126,6 +126,11 @@ def test_summer_traffic_drifts_and_quality_problems_are_flagged(monitored):
     scores = np.array([x[2] for x in rows])
     assert w["auc"] == pytest.approx(auc(scores, np.array(truth) == "delayed"))
     assert w["positive_rate"] == pytest.approx(float(np.mean(np.array(truth) == "delayed")))
+    # feedback runs on the writer's connection: the prediction log must keep flowing after it (regression:
+    # a result left unfinished there made the next log INSERT fail and drop rows)
+    _send(c, _summer(50))
+    c.get("/api/v1/endpoints/delays/predictions", params={"limit": 1})  # flushes what is buffered
+    assert c.get("/api/v1/serving").json()["predlog_rows_dropped"] == 0
 
     # A restart keeps the windows: the latest report comes back from the store.
     end = latest["window_end"]
