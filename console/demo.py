@@ -83,7 +83,7 @@ class RunningAgent:
 
 DEMO_CONFIG = """\
 [monitoring]
-window = 10
+window = 20
 interval = 2
 
 [alerting]

@@ -227,8 +227,18 @@ class MonitorService:
                      AND ts < make_timestamp(CAST(? * 1e6 AS BIGINT))""",
                 params=[name, mv.version, start, end],
             ).to_arrow_reader(BATCH_ROWS)
+            features = prof.features
             for batch in reader:
-                hist.update(_frame(batch, num_names, cat_names, prof.prediction))
+                frame = _frame(batch, num_names, cat_names, None)
+                hist.update(frame, columns=features)
+                if prof.prediction is not None:
+                    # The model's output of the rows it answered: fallbacks and shadow rows are not predictions
+                    # of this version, so they are neither counted nor missing.
+                    import pyarrow.compute as pc
+
+                    answered = batch.filter(pc.is_valid(batch.column(2)))
+                    if answered.num_rows:
+                        hist.update(_frame(answered, [], [], prof.prediction), columns=[prof.prediction])
         finally:
             cur.close()
         return hist

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,16 +121,27 @@ class WindowHistogram:
 
     # ---- counting --------------------------------------------------------------------------------------------
 
-    def update(self, frame: pl.DataFrame | Mapping[str, Any], *, threads: int | None = None) -> WindowHistogram:
+    def update(
+        self,
+        frame: pl.DataFrame | Mapping[str, Any],
+        *,
+        threads: int | None = None,
+        columns: Iterable[str] | None = None,
+    ) -> WindowHistogram:
         """Count the rows of `frame` (a polars DataFrame or a dict of arrays/lists) into this window; returns self.
 
         Numeric values may be null/NaN (missing; so are +-inf); categorical values may be None. A monitored
-        column absent from `frame` counts as missing on every row; extra columns are ignored. `threads`: columns
-        are counted in parallel for frames of PARALLEL_MIN_ROWS rows or more (default min(4, CPUs)); 1 turns
-        that off. The window is unchanged if a column is malformed (ValueError naming it).
+        column absent from `frame` counts as missing on every row; extra columns are ignored. `columns` limits
+        the update to those monitored columns (e.g. the prediction of only the rows a model answered); the
+        window's `rows` grows only when every feature column is counted. `threads`: columns are counted in
+        parallel for frames of PARALLEL_MIN_ROWS rows or more (default min(4, CPUs)); 1 turns that off. The
+        window is unchanged if a column is malformed (ValueError naming it).
         """
         get, rows = _column_getter(frame)
         names = list(self.profile.columns)
+        if columns is not None:
+            wanted = set(columns)
+            names = [n for n in names if n in wanted]
         if threads is None:
             threads = min(4, os.cpu_count() or 1) if rows >= PARALLEL_MIN_ROWS else 1
         if threads > 1 and len(names) > 1:
@@ -141,7 +152,8 @@ class WindowHistogram:
         # Everything was counted before anything is added, so a bad column leaves the window as it was.
         for name, part in zip(names, parts, strict=True):
             _add(self.columns[name], part)
-        self.rows += rows
+        if set(self.profile.features) <= set(names):
+            self.rows += rows
         return self
 
     def _count(self, name: str, get, rows: int) -> NumericCounts | CategoricalCounts:
@@ -332,7 +344,9 @@ class WindowHistogram:
                 ):
                     raise ValueError(f"{path}.unseen_top: expected a list of [name, count]")
                 c = CategoricalCounts(counts, missing, _nonneg(cd, "unseen", path), {p[0]: p[1] for p in top})
-            if c.n + c.missing != rows:
+            # A feature sees every row; the prediction and label columns may be counted for fewer
+            # (`update(columns=...)`: only answered rows, labels as they arrive), never for more.
+            if c.n + c.missing > rows or (col.role == "feature" and c.n + c.missing != rows):
                 raise ValueError(f"{path}.missing: counts + missing must equal rows ({rows})")
             cols[name] = c
         return cls(profile, ranges, _columns=cols, _rows=rows)

@@ -36,7 +36,7 @@ def test_demo_traffic_serves_and_exercises_fallbacks(agent_factory) -> None:
 def test_demo_replay_drifts_raises_an_alert_and_feeds_labels_back(agent_factory) -> None:
     from console.demo import DEMO_CONFIG
 
-    fast = DEMO_CONFIG.replace("window = 10", "window = 2").replace("interval = 2", "interval = 0.3")
+    fast = DEMO_CONFIG.replace("window = 20", "window = 2").replace("interval = 2", "interval = 0.3")
     a = agent_factory("demo-drift", config="flush_interval = 0.2\n" + fast.replace("interval = 3", "interval = 0.5"))
     t = DemoTraffic(a.url, a.token, rate_per_s=80, feedback_delay_s=0.5)
     t.setup()
