@@ -28,12 +28,14 @@ from console.alert_rows import firing_count
 from console.client import AgentError, AgentState, FleetSource, FleetStatus
 from console.messages import ConsoleError, FallbackToggled, FleetPolled
 from console.readonly import allowed
+from console.rollout_rows import awaiting_count
 from console.screens.alerts import AlertsScreen
 from console.screens.base import ConsoleScreen
 from console.screens.endpoints import EndpointsScreen
 from console.screens.fleet import FleetScreen
 from console.screens.help import HelpScreen
 from console.screens.host import HostScreen
+from console.screens.rollouts import RolloutsScreen
 
 DEFAULT_REFRESH_S = 2.0
 # The same error is reported at most once in this many seconds (a dead agent fails every poll).
@@ -54,6 +56,8 @@ class WatchkeeperApp(App[int]):
         Binding("r", "refresh_now", "Refresh"),
         # Alerts are fleet-wide: `!` opens them from any screen (the fleet screen shows the key).
         Binding("exclamation_mark", "alerts", "Alerts", show=False),
+        # Rollouts are fleet-wide too: `R` opens them from any screen.
+        Binding("R", "rollouts", "Rollouts", show=False),
     ]
 
     # The first screen; a subclass (or a later feature) may swap in an extended one.
@@ -211,6 +215,9 @@ class WatchkeeperApp(App[int]):
             firing = firing_count(status)
             if firing:
                 parts.append(f"{firing} alert{'s' if firing != 1 else ''} firing")
+            waiting = awaiting_count(status)
+            if waiting:
+                parts.append(f"{waiting} rollout{'s' if waiting != 1 else ''} awaiting approval")
         if self.readonly:
             parts.append("READ-ONLY")
         self.sub_title = " · ".join(parts)
@@ -234,6 +241,15 @@ class WatchkeeperApp(App[int]):
     def action_alerts(self) -> None:
         """`!`: the alerts of the whole fleet."""
         self.open_alerts()
+
+    def open_rollouts(self) -> None:
+        """Open the rollouts of the whole fleet."""
+        if not isinstance(self.screen, RolloutsScreen):
+            self.push_screen(RolloutsScreen())
+
+    def action_rollouts(self) -> None:
+        """`R`: the rollouts of the whole fleet."""
+        self.open_rollouts()
 
     # ------------------------------------------------------------------ actions on agents
 

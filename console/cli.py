@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from console import __version__, models_cli
+from console import __version__, models_cli, rollouts_cli
 from console.config import AgentSpec, FleetConfigError, resolve_fleet
 
 EXIT_OK = 0
@@ -126,11 +126,11 @@ def _theme(args: argparse.Namespace) -> str | None:
 def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) -> int:
     """Open the fleet console on the given (or configured) agents."""
     from console.app import WatchkeeperApp
-    from console.monitoring_client import MonitoringPoller
+    from console.rollouts_client import RolloutsPoller
 
     theme = _theme(args)
     specs = specs if specs is not None else _specs(args)
-    app = WatchkeeperApp(MonitoringPoller(specs), refresh_s=args.refresh, readonly=args.readonly, theme=theme)
+    app = WatchkeeperApp(RolloutsPoller(specs), refresh_s=args.refresh, readonly=args.readonly, theme=theme)
     rc = app.run()
     return app.return_code if app.return_code is not None else (rc or EXIT_OK)
 
@@ -246,6 +246,7 @@ COMMANDS: tuple[Command, ...] = (
         _run_loadtest,
     ),
     Command("models", models_cli.HELP, models_cli.configure, models_cli.run),
+    *(Command(*spec) for spec in rollouts_cli.COMMANDS),
 )
 
 

@@ -14,6 +14,7 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         (
             ("?", "this help"),
             ("!", "alerts across the fleet"),
+            ("R", "rollouts across the fleet"),
             ("r", "refresh now"),
             ("q", "quit"),
         ),
@@ -63,6 +64,20 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("Esc", "clear filter, else back"),
         ),
     ),
+    (
+        "Rollouts",
+        (
+            ("m / M", "mark the selected rollout (actions apply to all marked) / unmark all"),
+            ("a", "approve the awaiting step (asks; reason optional)"),
+            ("x", "reject the awaiting step: back to stable (asks, reason required)"),
+            ("p", "promote now, skipping the remaining steps (asks)"),
+            ("space", "pause / resume (asks)"),
+            ("b", "abort: all traffic back to stable (asks, reason required)"),
+            ("r", "roll back, also a promoted rollout (asks, reason required)"),
+            ("/", "filter (host, endpoint, model, strategy, state, id, author)"),
+            ("Esc", "clear filter, else back"),
+        ),
+    ),
 )
 
 STATES = (
@@ -73,7 +88,12 @@ STATES = (
 
 
 # Keys that change something on an agent: marked as disabled in read-only mode.
-MUTATING_KEYS = {("Endpoints", "f"), ("Alerts", "a"), ("Alerts", "s")}
+MUTATING_KEYS = {
+    ("Endpoints", "f"),
+    ("Alerts", "a"),
+    ("Alerts", "s"),
+    *(("Rollouts", key) for key in ("a", "x", "p", "space", "b", "r")),
+}
 
 
 def help_text(readonly: bool) -> str:

@@ -1,0 +1,362 @@
+"""The rollouts half of the agents' API, and rollouts in the fleet poll.
+
+`RolloutsClient` adds the rollout and dataset routes to `MonitoringClient`; `RolloutsPoller` is the
+poller the TUI runs: besides each agent's snapshot (and alerts) every poll asks for its active
+rollouts (`GET /api/v1/rollouts?active=true`, concurrently: one round trip, same backoff), and every
+`ended_refresh_s` (or at once when an active rollout disappeared) for the ended ones, of which those
+that ended in the last `recent_s` are kept. An agent without rollouts (404: an older agent; 503: not
+running there) counts as having none and is asked again every `rollouts_idle_s`.
+
+Fleet statuses carry the rollouts in `RolloutAgentStatus.rollouts` (a subclass of `AgentStatus`, so
+every screen that knows nothing of rollouts keeps working); read them with `rollout_feed(agent)`.
+
+Like `console.client` this imports no Textual and nothing from `agent/` but the wire contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
+
+import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from agent.api.schemas import (
+    API_PREFIX,
+    ROLLOUT_TERMINAL,
+    DatasetInfo,
+    ErrorBody,
+    GateResult,
+    RolloutAction,
+    RolloutCreate,
+    RolloutOut,
+)
+from console.client import (
+    AgentClient,
+    AgentError,
+    AgentStatus,
+    ErrorKind,
+    classify_response,
+    classify_transport_error,
+)
+from console.config import AgentSpec
+from console.monitoring_client import FeedState, MonitoringClient, MonitoringPoller, MonitoringSource
+
+if TYPE_CHECKING:
+    from console.client import _Track
+
+ROLLOUTS_PATH = f"{API_PREFIX}/rollouts"
+# An agent without rollouts (older agent: 404; rollouts not running: 503 "unavailable") is asked again this often.
+ROLLOUTS_IDLE_S = 120.0
+# Ended rollouts are fetched this often (and right after an active one disappeared) ...
+ENDED_REFRESH_S = 30.0
+# ... and kept in the feed if they ended this recently.
+RECENT_S = 3600.0
+
+ACTIONS = ("approve", "reject", "promote", "pause", "resume", "abort", "rollback")
+STEP_ACTIONS = frozenset({"approve", "reject"})  # they name the awaiting step (a stale one is 409)
+APPROVER_ACTIONS = frozenset({"approve", "reject", "promote"})
+
+_ROLLOUT = TypeAdapter(RolloutOut)
+_ROLLOUTS = TypeAdapter(list[RolloutOut])
+_DATASET = TypeAdapter(DatasetInfo)
+_DATASETS = TypeAdapter(list[DatasetInfo])
+_ERROR = TypeAdapter(ErrorBody)
+_GATE = TypeAdapter(GateResult)
+
+
+class RolloutRefused(AgentError):
+    """An agent refused a rollout request; `body` is its ErrorBody, `gate` the GateResult of a failed gate."""
+
+    def __init__(self, base: AgentError, body: ErrorBody | None, gate: GateResult | None) -> None:
+        message = base.message
+        if gate is not None:
+            failed = [m.metric for m in gate.metrics if not m.passed]
+            message = f"HTTP {base.status_code}: validation gate failed" + (f" ({', '.join(failed)})" if failed else "")
+        elif body is not None and isinstance(body.detail, str) and body.detail and body.detail not in message:
+            # classify_response keeps 120 characters; the CLI prints the whole reason.
+            message = f"HTTP {base.status_code}: {body.error}: {' '.join(body.detail.split())}"
+        super().__init__(base.kind, message, status_code=base.status_code, error_code=base.error_code)
+        self.body = body
+        self.gate = gate
+
+    @property
+    def rejected(self) -> bool:
+        """The agent judged the candidate (a failed validation gate), as opposed to a request problem."""
+        return self.gate is not None
+
+
+def rollouts_unavailable(exc: AgentError) -> bool:
+    """The agent has no rollouts: the route is missing (older agent) or the engine is not running there."""
+    if exc.status_code == 404 and exc.error_code in (None, "not_found"):
+        return True
+    return exc.status_code == 503 and exc.error_code == "unavailable"
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class RolloutsClient(MonitoringClient):
+    """`MonitoringClient` plus the rollout and dataset routes."""
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: bytes | None = None,
+        files: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> httpx.Response:
+        """One request bounded as a whole; a refusal raises `RolloutRefused` with the agent's ErrorBody."""
+        timeout_s = self.spec.timeout_s if timeout_s is None else timeout_s
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await self._http.request(
+                    method, path, params=params, content=body, files=files, headers=headers
+                )
+        except TimeoutError:
+            raise AgentError(ErrorKind.TIMEOUT, f"timeout after {timeout_s:g}s") from None
+        except httpx.HTTPError as exc:
+            raise classify_transport_error(exc, timeout_s=timeout_s) from exc
+        if response.is_success:
+            self._note_date(response)
+            return response
+        base = classify_response(response, has_token=bool(self.spec.token))
+        try:
+            err: ErrorBody | None = _ERROR.validate_json(response.content)
+        except ValidationError:
+            err = None
+        gate = None
+        if err is not None and err.field == "gate" and isinstance(err.detail, dict):
+            try:
+                gate = _GATE.validate_python(err.detail)
+            except ValidationError:
+                gate = None
+        raise RolloutRefused(base, err, gate)
+
+    async def rollouts(self, active: bool | None = None, endpoint: str | None = None) -> list[RolloutOut] | None:
+        """`GET /api/v1/rollouts[?active=&endpoint=]`, newest first; None when the agent has no rollouts."""
+        params: dict[str, Any] = {}
+        if active is not None:
+            params["active"] = "true" if active else "false"
+        if endpoint is not None:
+            params["endpoint"] = endpoint
+        try:
+            response = await self._exchange("GET", ROLLOUTS_PATH, params=params or None)
+        except AgentError as exc:
+            if rollouts_unavailable(exc):
+                return None
+            raise
+        out: list[RolloutOut] = self._parse(ROLLOUTS_PATH, _ROLLOUTS, response)
+        # An agent that ignores the query (or a newer one with other rules) still gets filtered here.
+        if active is not None:
+            out = [r for r in out if (r.state not in ROLLOUT_TERMINAL) == active]
+        if endpoint is not None:
+            out = [r for r in out if r.endpoint == endpoint]
+        return out
+
+    async def rollout(self, rollout_id: str) -> RolloutOut:
+        """`GET /api/v1/rollouts/{id}`."""
+        path = f"{ROLLOUTS_PATH}/{quote(rollout_id, safe='')}"
+        return self._parse(path, _ROLLOUT, await self._exchange("GET", path))
+
+    async def start_rollout(self, endpoint: str, create: RolloutCreate) -> RolloutOut:
+        """`POST /api/v1/endpoints/{name}/rollouts` (operator). A failed gate raises `RolloutRefused` with `gate`.
+
+        The agent runs the validation gate before it answers, so this allows more than the poll timeout.
+        """
+        path = f"{API_PREFIX}/endpoints/{quote(endpoint, safe='')}/rollouts"
+        body = create.model_dump_json(exclude_none=True).encode()
+        response = await self._exchange("POST", path, body=body, timeout_s=max(self.spec.timeout_s, 120.0))
+        return self._parse(path, _ROLLOUT, response)
+
+    async def rollout_action(
+        self, rollout_id: str, action: str, *, step_index: int | None = None, reason: str = ""
+    ) -> RolloutOut:
+        """`POST /api/v1/rollouts/{id}/{action}`; approve/reject name the awaiting `step_index`."""
+        if action not in ACTIONS:
+            raise ValueError(f"unknown rollout action {action!r}")
+        path = f"{ROLLOUTS_PATH}/{quote(rollout_id, safe='')}/{action}"
+        body = RolloutAction(step_index=step_index, reason=reason).model_dump_json(exclude_none=True).encode()
+        # Rolling back a promoted rollout loads the old version first: allow it time.
+        response = await self._exchange("POST", path, body=body, timeout_s=max(self.spec.timeout_s, 60.0))
+        return self._parse(path, _ROLLOUT, response)
+
+    async def datasets(self) -> list[DatasetInfo]:
+        """`GET /api/v1/datasets`."""
+        path = f"{API_PREFIX}/datasets"
+        return self._parse(path, _DATASETS, await self._exchange("GET", path))
+
+    async def upload_dataset(self, name: str, parquet: Path) -> DatasetInfo:
+        """`POST /api/v1/datasets/{name}/versions` with the Parquet file as multipart part `data` (operator)."""
+        path = f"{API_PREFIX}/datasets/{quote(name, safe='')}/versions"
+        with open(parquet, "rb") as fh:
+            response = await self._exchange(
+                "POST", path, files={"data": (parquet.name, fh, "application/octet-stream")}, timeout_s=600.0
+            )
+        return self._parse(path, _DATASET, response)
+
+
+# --------------------------------------------------------------------------- poll results
+
+
+@dataclass(frozen=True)
+class RolloutFeed:
+    """One agent's rollouts as of its last poll. Times are console-clock unix seconds."""
+
+    state: FeedState = FeedState.UNKNOWN
+    active: tuple[RolloutOut, ...] = ()
+    ended: tuple[RolloutOut, ...] = ()  # ended in the last RECENT_S (as of their last fetch)
+    error: str | None = None
+    fetched_at: float | None = None  # the last good answer
+
+    @property
+    def rollouts(self) -> tuple[RolloutOut, ...]:
+        """Active ones, then the recently ended ones not also listed as active."""
+        ids = {r.id for r in self.active}
+        return self.active + tuple(r for r in self.ended if r.id not in ids)
+
+
+@dataclass(frozen=True)
+class RolloutAgentStatus(AgentStatus):
+    """`AgentStatus` with the agent's rollouts (None: not asked)."""
+
+    rollouts: RolloutFeed | None = None
+
+
+def rollout_feed(agent: AgentStatus) -> RolloutFeed | None:
+    """The rollouts of `agent` (None for statuses from a poller that does not ask for them)."""
+    return getattr(agent, "rollouts", None)
+
+
+def with_rollouts(agent: AgentStatus, feed: RolloutFeed | None) -> RolloutAgentStatus:
+    """`agent` carrying `feed`."""
+    if isinstance(agent, RolloutAgentStatus):
+        return replace(agent, rollouts=feed)
+    values = {f.name: getattr(agent, f.name) for f in fields(agent)}
+    return RolloutAgentStatus(**values, rollouts=feed)
+
+
+class RolloutSource(MonitoringSource, Protocol):
+    """What the rollouts screen needs from the data layer (RolloutsPoller, or a test fake)."""
+
+    async def rollout_action(
+        self, name: str, rollout_id: str, action: str, step_index: int | None, reason: str
+    ) -> RolloutOut: ...
+
+
+@dataclass
+class _RolloutTrack:
+    feed: RolloutFeed = field(default_factory=RolloutFeed)
+    attempt_at: float | None = None
+    ended_at: float | None = None  # when the ended ones were last fetched
+    ended_due: bool = True
+
+
+class RolloutsPoller(MonitoringPoller):
+    """`MonitoringPoller` that also fetches every agent's rollouts on each poll (see the module docstring)."""
+
+    def __init__(
+        self,
+        specs: Iterable[AgentSpec],
+        *,
+        rollouts_idle_s: float = ROLLOUTS_IDLE_S,
+        ended_refresh_s: float = ENDED_REFRESH_S,
+        recent_s: float = RECENT_S,
+        client_factory: Callable[[AgentSpec], AgentClient] = RolloutsClient,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(specs, client_factory=client_factory, **kwargs)
+        self.rollouts_idle_s = rollouts_idle_s
+        self.ended_refresh_s = ended_refresh_s
+        self.recent_s = recent_s
+        self._rollout_tracks = {s.name: _RolloutTrack() for s in self.specs}
+
+    def _rollouts_client(self, name: str) -> RolloutsClient:
+        client = self.client(name)
+        if not isinstance(client, RolloutsClient):
+            raise AgentError(ErrorKind.PROTOCOL, "console error: this agent's client has no rollout routes")
+        return client
+
+    async def _poll_one(self, track: _Track) -> None:
+        rt = self._rollout_tracks[track.spec.name]
+        now = self.now()
+        if rt.feed.state is FeedState.NONE and rt.attempt_at is not None and now - rt.attempt_at < self.rollouts_idle_s:
+            await super()._poll_one(track)
+            return
+        rt.attempt_at = now
+        want_ended = rt.ended_due or rt.ended_at is None or now - rt.ended_at >= self.ended_refresh_s
+        _, result = await asyncio.gather(
+            super()._poll_one(track), _capture(self._fetch_rollouts(track.spec.name, want_ended))
+        )
+        self._note_rollouts(rt, result, track.client.clock_offset_s)
+
+    async def _fetch_rollouts(
+        self, name: str, want_ended: bool
+    ) -> tuple[list[RolloutOut], list[RolloutOut] | None] | None:
+        client = self._rollouts_client(name)
+        if want_ended:
+            active, ended = await asyncio.gather(client.rollouts(active=True), client.rollouts(active=False))
+            if active is None or ended is None:
+                return None
+            return active, ended
+        active = await client.rollouts(active=True)
+        return None if active is None else (active, None)
+
+    def _note_rollouts(self, rt: _RolloutTrack, result: Any, offset: float) -> None:
+        now = self.now()
+        if result is None:
+            rt.feed = RolloutFeed(state=FeedState.NONE, fetched_at=now)
+            return
+        if not isinstance(result, tuple):
+            error = result if isinstance(result, AgentError) else _unexpected(result)
+            rt.feed = replace(rt.feed, state=FeedState.ERROR, error=error.message)
+            return
+        active, ended = result
+        previous = {r.id for r in rt.feed.active}
+        if ended is not None:
+            rt.ended_at = now
+            rt.ended_due = False
+            # Ended times are on the agent's clock.
+            since = now + offset - self.recent_s
+            kept = tuple(r for r in ended if r.ended_at is None or r.ended_at >= since)
+        else:
+            kept = rt.feed.ended
+        # An active rollout that is no longer active has ended: learn how on the next poll.
+        if previous - {r.id for r in active}:
+            rt.ended_due = True
+        rt.feed = RolloutFeed(state=FeedState.OK, active=tuple(active), ended=kept, fetched_at=now)
+
+    def _status(self, track: _Track, now: float) -> AgentStatus:
+        return with_rollouts(super()._status(track, now), self._rollout_tracks[track.spec.name].feed)
+
+    # ------------------------------------------------------------------ actions (RolloutSource)
+
+    async def rollout_action(
+        self, name: str, rollout_id: str, action: str, step_index: int | None, reason: str
+    ) -> RolloutOut:
+        """Send `action` for rollout `rollout_id` to agent `name`; the next poll fetches the ended list too."""
+        try:
+            return await self._rollouts_client(name).rollout_action(
+                rollout_id, action, step_index=step_index, reason=reason
+            )
+        finally:
+            self._rollout_tracks[name].ended_due = True
+
+
+async def _capture(coro: Any) -> Any:
+    try:
+        return await coro
+    except Exception as exc:
+        return exc
+
+
+def _unexpected(exc: BaseException) -> AgentError:
+    return AgentError(ErrorKind.PROTOCOL, f"console error: {type(exc).__name__}: {exc}")
