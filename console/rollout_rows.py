@@ -380,17 +380,17 @@ def guard_lines(r: RolloutOut, now: float) -> list[Line]:
     if not r.guards:
         return [[("guards  ", "bold"), ("none judged yet", "dim")]]
     w = max(len("guard"), *(len(g.name) for g in r.guards))
-    lines: list[Line] = [[(f"{'guard':<{w}}  {'stable':>10}  {'candidate':>10}  {'limit':>10}", "bold")]]
+    lines: list[Line] = [[(f"{'guard':<{w}}  {'stable':>9}  {'candidate':>9}  {'limit':>9}", "bold")]]
     for g in r.guards:
         text = (
-            f"{g.name:<{w}}  {fmt_guard(g.name, g.stable):>10}  {fmt_guard(g.name, g.candidate):>10}  "
-            f"{fmt_guard(g.name, g.limit):>10}"
+            f"{g.name:<{w}}  {fmt_guard(g.name, g.stable):>9}  {fmt_guard(g.name, g.candidate):>9}  "
+            f"{fmt_guard(g.name, g.limit):>9}"
         )
         if g.breached:
             since = f" for {fmt_age(max(0.0, now - g.breached_since))}" if g.breached_since is not None else ""
             lines.append([(text, "red"), (f"  BREACHED{since}", "bold red")])
         elif g.candidate is None:
-            lines.append([(text, "dim"), ("  too few requests", "dim")])
+            lines.append([(text, "dim"), ("  few requests", "dim")])
         else:
             lines.append([(text, ""), ("  ok", "green")])
     return lines

@@ -62,7 +62,7 @@ DONE_DEFAULT = {
 # `deploy --wait` stops waiting for a rollout in these states (ended, or waiting for a human).
 WAIT_DONE = frozenset({"aborted", "promoted", "rolled_back", "rejected", "awaiting_approval", "paused"})
 FAILED_END = frozenset({"aborted", "rejected", "rolled_back"})
-_GATE_RE = re.compile(r"^(?P<metric>[a-z_]+):(?P<plus>\+)?(?P<value>[0-9.eE+-]+?)(?P<pct>%)?$")
+_GATE_RE = re.compile(r"^(?P<metric>[a-z_][a-z0-9_]*):(?P<plus>\+)?(?P<value>[0-9.eE+-]+?)(?P<pct>%)?$")
 
 
 class RolloutsUsageError(Exception):

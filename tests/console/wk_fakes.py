@@ -12,9 +12,12 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from agent.api.schemas import (
+    ROLLOUT_TERMINAL,
+    ABResult,
     AlertOut,
     AlertRuleOut,
     AlertsResponse,
+    ApprovalOut,
     BreakerConfig,
     CpuSample,
     DriftHistory,
@@ -26,9 +29,12 @@ from agent.api.schemas import (
     EnforcementInfo,
     FeatureDriftOut,
     FeatureSpec,
+    GateMetricOut,
+    GateResult,
     GpuProcess,
     GpuSample,
     GpuStatus,
+    GuardMetric,
     HistogramOut,
     HostInfo,
     LatencySummary,
@@ -40,6 +46,9 @@ from agent.api.schemas import (
     ProcessSample,
     QualityReport,
     QualityWindow,
+    RolloutCreate,
+    RolloutOut,
+    RolloutStep,
     Series,
     SeriesPoint,
     SeriesResponse,
@@ -1101,3 +1110,343 @@ def fallback_reply(reason: str, n: int = 1) -> Reply:
         "latency_ms": 0.05,
     }
     return Reply(200, body, headers={"x-watchkeeper-fallback": reason})
+
+
+# --------------------------------------------------------------------------- rollouts
+
+
+def make_rollout(
+    rollout_id: str = "r-0001",
+    endpoint: str = "flights",
+    *,
+    strategy: str = "canary",
+    state: str = "progressing",
+    step_index: int = 0,
+    steps: Sequence[dict[str, Any]] | None = None,
+    stable: int = 2,
+    candidate: int = 3,
+    model: str = "flights",
+    weight: float | None = None,
+    shadow: float = 0.0,
+    in_step_s: float = 42.0,
+    age: float = 600.0,
+    guards: Sequence[GuardMetric] | None = None,
+    gate: GateResult | None = None,
+    ab: ABResult | None = None,
+    approvals: Sequence[ApprovalOut] = (),
+    started_by: str = "alice",
+    ended_ago: float | None = None,
+    end_reason: str = "",
+    host: str = "",
+    now: float = FROZEN_NOW,
+) -> RolloutOut:
+    """A rollout as an agent reports it; the canary's default plan unless `steps` are given."""
+    plan = [RolloutStep(**s) for s in steps] if steps is not None else canary_plan()
+    if weight is None:
+        weights = [s.set_weight for s in plan[: step_index + 1] if s.set_weight is not None]
+        weight = weights[-1] if weights else 0.0
+    awaiting = step_index if state == "awaiting_approval" else None
+    return RolloutOut(
+        id=rollout_id,
+        endpoint=endpoint,
+        model=model,
+        stable_version=stable,
+        candidate_version=candidate,
+        strategy=strategy,  # type: ignore[arg-type]
+        state=state,  # type: ignore[arg-type]
+        steps=plan,
+        step_index=step_index,
+        step_started_at=now - in_step_s,
+        weight=weight,
+        shadow=shadow,
+        candidate_loaded=True,
+        awaiting_approval_for=awaiting,
+        approvals=list(approvals),
+        gate=gate,
+        guards=list(guards if guards is not None else make_guards()),
+        ab=ab,
+        candidate_lineage=Lineage(
+            build_id="build-117", code_commit="9f3c2ab", code_dirty=True, data_version="d-2024-05"
+        ),
+        started_by=started_by,
+        started_at=now - age,
+        updated_at=now - 1.0,
+        ended_at=None if ended_ago is None else now - ended_ago,
+        end_reason=end_reason,
+        host=host,
+    )
+
+
+def canary_plan() -> list[RolloutStep]:
+    """The canary default: 5 %, approval, 25 %, pause 60 s, 50 %, approval, 100 %."""
+    return [
+        RolloutStep(set_weight=5),
+        RolloutStep(approval=True),
+        RolloutStep(set_weight=25),
+        RolloutStep(pause_s=60),
+        RolloutStep(set_weight=50),
+        RolloutStep(approval=True),
+        RolloutStep(set_weight=100),
+    ]
+
+
+def make_guards(*, breached: bool = False, now: float = FROZEN_NOW) -> list[GuardMetric]:
+    """Error rate (breached for 12 s when `breached`), p99 against stable, prediction drift, one not judged."""
+    return [
+        GuardMetric(
+            name="error_rate", stable=0.001, candidate=0.08 if breached else 0.002, limit=0.05, breached=breached,
+            breached_since=now - 12.0 if breached else None,
+        ),
+        GuardMetric(name="p99_vs_stable", stable=9.5, candidate=11.2, limit=19.0, breached=False),
+        GuardMetric(name="prediction_drift", stable=0.0, candidate=0.04, limit=0.2, breached=False),
+        GuardMetric(name="fallback_rate", stable=0.0, candidate=None, limit=0.1, breached=False),
+    ]  # fmt: skip
+
+
+def make_gate(passed: bool = True) -> GateResult:
+    return GateResult(
+        dataset="flights-val",
+        dataset_digest="4f2a9c0d1e8b7a6f5e4d3c2b1a09",
+        rows=5000,
+        passed=passed,
+        metrics=[
+            GateMetricOut(metric="auc", stable=0.792, candidate=0.811 if passed else 0.71, threshold=0.75,
+                          passed=passed, detail="" if passed else "0.71 < threshold 0.75"),
+            GateMetricOut(metric="log_loss", stable=0.41, candidate=0.39, min_absolute_change=0.01, passed=True),
+        ],
+        evaluated_at=FROZEN_NOW - 700,
+    )  # fmt: skip
+
+
+def rollouts_feed(agent: AgentStatus, rollouts: Sequence[RolloutOut], state: FeedState = FeedState.OK):
+    """`agent` with a rollout feed (active and ended split by state)."""
+    from console.rollouts_client import RolloutFeed, with_rollouts
+
+    active = tuple(r for r in rollouts if r.state not in ROLLOUT_TERMINAL)
+    ended = tuple(r for r in rollouts if r.state in ROLLOUT_TERMINAL)
+    return with_rollouts(agent, RolloutFeed(state=state, active=active, ended=ended, fetched_at=FROZEN_NOW))
+
+
+def rollouts_fleet() -> FleetStatus:
+    """gpu-01: flights awaiting approval of step 2 (a guard breached) and an A/B test of fraud without enough
+    data; gpu-02: flights awaiting approval too (same versions: a fan-out); gpu-03: eta's shadow rollout
+    aborted 10 minutes ago; cpu-04: an agent without rollouts."""
+    flights_1 = make_rollout(
+        "r-a1", state="awaiting_approval", step_index=1, gate=make_gate(), guards=make_guards(breached=True),
+        host="gpu-01",
+    )  # fmt: skip
+    ab = make_rollout(
+        "r-a2", "fraud", strategy="ab", model="fraud", stable=7, candidate=8,
+        steps=[{"set_weight": 50}, {"approval": True}], in_step_s=300, age=400,
+        ab=ABResult(outcome="positive_rate", stable_n=120, candidate_n=131, stable_mean=0.112, candidate_mean=0.13,
+                    lift=None, ci_low=None, ci_high=None, p_value=None, test="two-proportion z",
+                    status="not_enough_data"),
+        started_by="carol", host="gpu-01",
+    )  # fmt: skip
+    flights_2 = make_rollout(
+        "r-b1", state="awaiting_approval", step_index=1, gate=make_gate(), host="gpu-02",
+        approvals=[],
+    )  # fmt: skip
+    aborted = make_rollout(
+        "r-c1", "eta", strategy="shadow", model="eta", stable=4, candidate=5, state="aborted", step_index=1,
+        steps=[{"shadow": 1.0}, {"analysis_s": 300}, {"approval": True}], weight=0.0, shadow=0.0,
+        guards=make_guards(breached=True), ended_ago=600, age=1500,
+        end_reason="guard error_rate breached for 30s (8.0% > 5.0%)", host="gpu-03",
+    )  # fmt: skip
+    return fleet(
+        rollouts_feed(up("gpu-01", 0), [flights_1, ab]),
+        rollouts_feed(up("gpu-02", 1), [flights_2]),
+        rollouts_feed(up("gpu-03", 2), [aborted]),
+        rollouts_feed(up("cpu-04", 3, gpu_utils=()), [], FeedState.NONE),
+    )
+
+
+def apply_rollout_action(r: RolloutOut, action: str, step_index: int | None, reason: str, who: str, now: float):
+    """What an agent does with an action (simplified): the new rollout."""
+    update: dict[str, Any] = {"updated_at": now}
+    if action in ("approve", "reject"):
+        ap = ApprovalOut(
+            step_index=r.step_index, decision="approved" if action == "approve" else "rejected", principal=who,
+            at=now, reason=reason,
+        )  # fmt: skip
+        update["approvals"] = [*r.approvals, ap]
+        update["awaiting_approval_for"] = None
+        if action == "approve":
+            nxt = r.step_index + 1
+            if nxt >= len(r.steps):
+                update.update(state="promoted", weight=100.0, ended_at=now, end_reason=f"promoted by {who}")
+            else:
+                step = r.steps[nxt]
+                update.update(step_index=nxt, step_started_at=now, state="progressing")
+                if step.set_weight is not None:
+                    update["weight"] = step.set_weight
+                if step.approval:
+                    update.update(state="awaiting_approval", awaiting_approval_for=nxt)
+        else:
+            update.update(state="aborted", weight=0.0, ended_at=now, end_reason=f"step rejected by {who}")
+    elif action == "promote":
+        update.update(state="promoted", weight=100.0, ended_at=now, end_reason=f"promoted by {who}")
+    elif action == "pause":
+        update.update(state="paused", awaiting_approval_for=None)
+    elif action == "resume":
+        step = r.steps[r.step_index]
+        state = "awaiting_approval" if step.approval else "progressing"
+        update.update(state=state, awaiting_approval_for=r.step_index if step.approval else None)
+    elif action == "abort":
+        update.update(state="aborted", weight=0.0, ended_at=now, end_reason=f"aborted by {who}: {reason}")
+    elif action == "rollback":
+        update.update(state="rolled_back", weight=0.0, ended_at=now, end_reason=f"rolled back by {who}: {reason}")
+    return r.model_copy(update=update)
+
+
+@dataclass
+class RolloutFakeSource(FakeSource):
+    """A FakeSource with rollouts (`rollouts_fleet()` by default) that records and applies actions."""
+
+    status: FleetStatus = field(default_factory=rollouts_fleet)
+    rollout_calls: list[tuple[str, str, str, int | None, str]] = field(default_factory=list)
+    rollout_errors: dict[str, Exception] = field(default_factory=dict)  # agent -> error its actions raise
+
+    async def rollout_action(
+        self, name: str, rollout_id: str, action: str, step_index: int | None, reason: str
+    ) -> RolloutOut:
+        from console.rollouts_client import rollout_feed
+
+        self.rollout_calls.append((name, rollout_id, action, step_index, reason))
+        if name in self.rollout_errors:
+            raise self.rollout_errors[name]
+        agents, result = [], None
+        for agent in self.status.agents:
+            feed = rollout_feed(agent)
+            if agent.name == name and feed is not None:
+                rollouts = []
+                for r in feed.rollouts:
+                    if r.id == rollout_id:
+                        r = result = apply_rollout_action(r, action, step_index, reason, "op-bob", FROZEN_NOW)
+                    rollouts.append(r)
+                agent = rollouts_feed(agent, rollouts, feed.state)
+            agents.append(agent)
+        if result is None:
+            raise AgentError(ErrorKind.HTTP_4XX, f"HTTP 404: not_found: no rollout {rollout_id!r}", status_code=404)
+        self.status = replace(self.status, agents=tuple(agents))
+        return result
+
+
+@dataclass
+class RolloutAgent:
+    """Routes of an agent serving `endpoint` (model flights, version `stable`) with the rollout routes.
+
+    Records every POST in `posts` as (path, body). A new rollout gets the id `r-<name>-NN`; `gate_fails`
+    answers the start with a 422 gate failure; `script` lists updates applied to a started rollout, one
+    per `GET /rollouts/{id}` (how `deploy --wait` sees it move). `principal` is who we are to this agent:
+    under the two-person rule it may not approve a rollout it started (403).
+    """
+
+    name: str = "gpu-01"
+    endpoint: str = "flights"
+    token: str | None = None
+    has_endpoint: bool = True
+    stable: int = 2
+    gate_fails: bool = False
+    principal: str = "op-bob"
+    rollouts: list[RolloutOut] = field(default_factory=list)
+    script: list[dict[str, Any]] = field(default_factory=list)
+    posts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    max_ids: int = 20
+
+    def routes(self) -> dict[str, Any]:
+        routes: dict[str, Any] = dict(agent_routes(self.name, token=self.token))
+        ep = f"/api/v1/endpoints/{quote(self.endpoint, safe='')}"
+        if self.has_endpoint:
+            info = make_endpoint(self.endpoint, "flights", self.stable, alias=None)
+            routes[ep] = self._guard(lambda q: Reply(200, info))
+            routes[f"POST {ep}/rollouts"] = self._start
+        routes["/api/v1/rollouts"] = self._guard(self._list)
+        ids = [r.id for r in self.rollouts] + [self._new_id(n) for n in range(1, self.max_ids + 1)]
+        for rid in ids:
+            routes[f"/api/v1/rollouts/{rid}"] = self._guard(lambda q, rid=rid: self._get(rid))
+            for action in ("approve", "reject", "promote", "pause", "resume", "abort", "rollback"):
+                routes[f"POST /api/v1/rollouts/{rid}/{action}"] = self._act
+        return routes
+
+    def _new_id(self, n: int) -> str:
+        return f"r-{self.name}-{n:02d}"
+
+    def _guard(self, make: Callable[[dict[str, list[str]]], Reply]) -> Handler:
+        def handler(path: str, query: dict[str, list[str]], headers: dict[str, str]) -> Reply:
+            if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
+                return Reply(401, {"error": "unauthorized"})
+            return make(query)
+
+        return handler
+
+    def _authorized(self, request: FakeRequest) -> bool:
+        return self.token is None or request.headers.get("authorization") == f"Bearer {self.token}"
+
+    def find(self, rollout_id: str) -> RolloutOut | None:
+        return next((r for r in self.rollouts if r.id == rollout_id), None)
+
+    def _list(self, query: dict[str, list[str]]) -> Reply:
+        active = query.get("active", [None])[0]
+        out = [r for r in self.rollouts if active is None or (r.state not in ROLLOUT_TERMINAL) == (active == "true")]
+        return Reply(200, [json.loads(r.model_dump_json()) for r in sorted(out, key=lambda r: -r.started_at)])
+
+    def _get(self, rollout_id: str) -> Reply:
+        r = self.find(rollout_id)
+        if r is None:
+            return Reply(404, {"error": "not_found", "detail": f"no rollout {rollout_id!r}", "field": "id"})
+        if self.script and r.state not in ROLLOUT_TERMINAL:
+            r = self._replace(r.model_copy(update=self.script.pop(0)))
+        return Reply(200, r)
+
+    def _replace(self, new: RolloutOut) -> RolloutOut:
+        self.rollouts = [new if r.id == new.id else r for r in self.rollouts]
+        return new
+
+    def _start(self, request: FakeRequest) -> Reply:
+        import time as _time
+
+        if not self._authorized(request):
+            return Reply(401, {"error": "unauthorized"})
+        body = request.json()
+        self.posts.append((request.path, body))
+        create = RolloutCreate.model_validate(body)
+        if any(r.endpoint == self.endpoint and r.state not in ROLLOUT_TERMINAL for r in self.rollouts):
+            return Reply(409, {"error": "conflict", "detail": f"{self.endpoint!r} already has an active rollout",
+                               "field": "name"})  # fmt: skip
+        if self.gate_fails:
+            gate = make_gate(passed=False)
+            return Reply(422, {"error": "gate_failed", "detail": json.loads(gate.model_dump_json()), "field": "gate"})
+        now = _time.time()
+        steps = [s.model_dump(exclude_none=True) for s in create.steps] if create.steps else None
+        r = make_rollout(
+            self._new_id(len(self.rollouts) + 1), self.endpoint, strategy=create.strategy, steps=steps,
+            stable=self.stable, candidate=create.candidate_version, in_step_s=0.0, age=0.0, guards=[],
+            gate=make_gate() if create.gate else None, started_by=self.principal, host=self.name, now=now,
+        )  # fmt: skip
+        self.rollouts.append(r)
+        return Reply(201, r)
+
+    def _act(self, request: FakeRequest) -> Reply:
+        import time as _time
+
+        if not self._authorized(request):
+            return Reply(401, {"error": "unauthorized"})
+        _, _, _, _, rid, action = request.path.split("/")
+        body = request.json() if request.body else {}
+        self.posts.append((request.path, body))
+        r = self.find(rid)
+        if r is None:
+            return Reply(404, {"error": "not_found", "detail": f"no rollout {rid!r}", "field": "id"})
+        if action in ("approve", "reject", "promote") and r.two_person_rule and r.started_by == self.principal:
+            why = f"{self.principal} started rollout {rid}: another approver must {action} it"
+            return Reply(403, {"error": "two_person_rule", "detail": why})
+        if action in ("approve", "reject") and (
+            r.state != "awaiting_approval" or body.get("step_index") != r.awaiting_approval_for
+        ):
+            return Reply(409, {"error": "stale", "detail": f"step {body.get('step_index')} is not awaiting approval",
+                               "field": "step_index"})  # fmt: skip
+        new = apply_rollout_action(
+            r, action, body.get("step_index"), body.get("reason", ""), self.principal, _time.time()
+        )
+        return Reply(200, self._replace(new))
