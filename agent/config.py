@@ -119,7 +119,7 @@ class MonitoringConfig(_Strict):
 
 AlertKind = Literal[
     "feature_drift", "prediction_drift", "label_drift", "data_quality", "latency_p99", "error_rate",
-    "fallback_rate", "outage", "quality_drop",
+    "fallback_rate", "outage", "quality_drop", "rollout_guard",
 ]  # fmt: skip
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from agent.alerting.engine import AlertEngine
     from agent.monitoring.service import MonitorService
     from agent.registry.store import Registry
+    from agent.rollouts.engine import RolloutEngine
     from agent.serving.service import ServingService
 
 
@@ -39,6 +40,8 @@ class AgentContext:
     monitor: MonitorService | None = None
     # Alert rules, their state and webhook delivery (None until wired).
     alerts: AlertEngine | None = None
+    # Rollouts of endpoints to candidate versions, and the datasets their gates use (None until wired).
+    rollouts: RolloutEngine | None = None
     # Cleared when the agent begins to stop, so /readyz turns 503 before the listener closes.
     accepting: bool = True
     checks: dict[str, str] = field(default_factory=dict)

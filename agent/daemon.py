@@ -148,7 +148,33 @@ def build(cfg: AgentConfig) -> AgentContext:
     sampler.start()
     ctx.monitor.start()
     start_alerting(ctx)  # ctx.alerts: restores alert state, starts webhook delivery
+    start_rollouts(ctx, opened.con)  # ctx.rollouts: replays rollout events, routes live ones again
     return ctx
+
+
+def start_rollouts(ctx: AgentContext, con) -> None:
+    """Build the rollout engine (and the datasets its gates use), replay its events, start its thread.
+
+    Candidates of restored rollouts load once serving's loop runs; until then stable takes all traffic."""
+    from agent.registry.datasets import DatasetStore
+    from agent.rollouts.engine import RolloutEngine
+
+    datasets = DatasetStore(ctx.writer, con, ctx.cfg.data_dir / "datasets")
+    engine = RolloutEngine(
+        ctx.writer, con, ctx.serving, ctx.registry, ctx.audit, datasets=datasets, alerts=lambda: ctx.alerts,
+        host=ctx.cfg.name,
+    )  # fmt: skip
+    try:
+        engine.restore()
+    except Exception:
+        log.exception("could not restore rollouts; starting with none")
+    engine.start()
+    ctx.rollouts = engine
+
+
+def stop_rollouts(ctx: AgentContext) -> None:
+    if ctx.rollouts is not None:
+        ctx.rollouts.stop()
 
 
 def shutdown(ctx: AgentContext) -> None:
@@ -156,6 +182,7 @@ def shutdown(ctx: AgentContext) -> None:
     ctx.accepting = False
     if ctx.monitor is not None:
         ctx.monitor.stop()
+    stop_rollouts(ctx)
     if ctx.serving is not None:
         ctx.serving.close()
     ctx.sampler.stop()

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from agent.alerting.engine import AlertEngine
-from agent.alerting.rules import MONITOR_KINDS, SERVING_KINDS, Signal
+from agent.alerting.rules import MONITOR_KINDS, ROLLOUT_KINDS, SERVING_KINDS, Signal
 from agent.alerting.signals import serving_signals
 from agent.alerting.webhooks import Notifier
 from agent.api.schemas import ServingStatus
@@ -77,6 +77,13 @@ def collect(
         if got is not None:  # None: not ready yet
             signals.extend(got)
             covered |= MONITOR_KINDS
+    rollout_signals = getattr(ctx.rollouts, "signals", None)
+    if rollout_signals is not None:
+        try:
+            signals.extend(rollout_signals())
+            covered |= ROLLOUT_KINDS
+        except Exception:
+            log.exception("rollout signals failed")
     return signals, covered
 
 

@@ -36,6 +36,10 @@ Kinds and their thresholds (every comparison is "value > threshold"):
   latest labelled window against the model version's reference
   metric: (reference - current) / reference, or (current - reference) / reference for the error
   metrics mae and rmse. Needs `MIN_LABELLED` labelled predictions. Default 0.05, warning.
+- `rollout_guard`: no threshold. Breached while an endpoint's latest rollout stands aborted by one of its
+  guards or a failed analysis (agent/rollouts: traffic is already back on stable), for an hour or until
+  the next rollout starts there. Raised when the rollout aborts, not at the next evaluation. Default for 0,
+  critical.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ MIN_LABELLED = 30
 SERVING_KINDS: frozenset[str] = frozenset({"latency_p99", "error_rate", "fallback_rate", "outage"})
 DRIFT_KINDS: frozenset[str] = frozenset({"feature_drift", "prediction_drift", "label_drift", "data_quality"})
 MONITOR_KINDS: frozenset[str] = DRIFT_KINDS | {"quality_drop"}
+ROLLOUT_KINDS: frozenset[str] = frozenset({"rollout_guard"})
 # Kinds whose breach is "value > threshold" when a rule gives a threshold.
 THRESHOLD_KINDS: frozenset[str] = frozenset(
     {"latency_p99", "error_rate", "fallback_rate", "quality_drop", *DRIFT_KINDS}
@@ -98,6 +103,7 @@ DEFAULT_RULES: list[AlertRuleConfig] = [
     _rule("fallback_rate", "fallback_rate", 0.10, 60, "warning"),
     _rule("outage", "outage", None, 60, "critical"),
     _rule("quality_drop", "quality_drop", 0.05, 0, "warning"),
+    _rule("rollout_guard", "rollout_guard", None, 0, "critical"),
 ]
 
 

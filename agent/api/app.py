@@ -10,8 +10,10 @@ from agent.api.errors import install_error_handlers
 from agent.api.metrics import AgentCollector, make_registry
 from agent.api.routes import admin, endpoints, health, models, monitoring, telemetry
 from agent.api.routes import alerts as alert_routes
+from agent.api.routes import rollouts as rollout_routes
 from agent.api.schemas import API_PREFIX
 from agent.context import AgentContext
+from agent.rollouts.metrics import RolloutCollector
 
 
 def create_app(ctx: AgentContext) -> FastAPI:
@@ -27,6 +29,7 @@ def create_app(ctx: AgentContext) -> FastAPI:
         AgentCollector(lambda: ctx.sampler.latest, lambda: ctx.writer.stats, ctx.cfg.name, extra=_serving_metrics(ctx))
     )
     app.state.registry.register(AlertCollector(lambda: ctx.alerts))
+    app.state.registry.register(RolloutCollector(lambda: ctx.rollouts))
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(telemetry.router, prefix=API_PREFIX)
@@ -35,6 +38,7 @@ def create_app(ctx: AgentContext) -> FastAPI:
     app.include_router(endpoints.router, prefix=API_PREFIX)
     app.include_router(monitoring.router, prefix=API_PREFIX)
     app.include_router(alert_routes.router, prefix=API_PREFIX)
+    app.include_router(rollout_routes.router, prefix=API_PREFIX)
     return app
 
 

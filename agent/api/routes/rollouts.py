@@ -1,0 +1,300 @@
+"""Rollouts and datasets over HTTP (docs/rollouts.md).
+
+- `POST /endpoints/{name}/rollouts` (operator): start; 201 with the rollout. A failed validation gate is
+  a 422 whose `detail` is the GateResult and `field` "gate" (the rollout is recorded as rejected).
+- `GET /rollouts[?active=true&endpoint=]`, `GET /rollouts/{id}` (any role).
+- `POST /rollouts/{id}/{action}` with a `RolloutAction` body: approve, reject, promote (approver; never the
+  rollout's author under the two-person rule; approve/reject name the step, a step that has moved on is 409
+  "stale"), pause, resume, abort, rollback (operator; rollback needs no approval).
+- `POST /datasets/{name}/versions` (operator, multipart part `data`: a Parquet file), `GET /datasets`,
+  `GET /datasets/{name}`.
+
+Every mutation: authorize -> checks -> audit (fail closed) -> act -> answer; the engine calls the audit hook
+once its checks passed, under its lock, so what is audited is what happens.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
+
+from agent.api.deps import client_of, ctx, require_operate, require_read
+from agent.api.errors import ApiError
+from agent.api.routes.admin import audited
+from agent.api.routes.models import MAX_DATA_BYTES
+from agent.api.schemas import API_PREFIX, NAME_PATTERN, DatasetInfo, Principal, RolloutAction, RolloutCreate, RolloutOut
+from agent.registry.store import RegistryError
+from agent.rollouts.engine import ACTIONS, RolloutEngine, RolloutError
+
+router = APIRouter(tags=["rollouts"])
+
+_FEED_BYTES = 1024 * 1024
+
+
+def _engine(request: Request) -> RolloutEngine:
+    eng = getattr(ctx(request), "rollouts", None)
+    if eng is None:
+        raise ApiError(503, "unavailable", "rollouts are not running on this agent")
+    return eng
+
+
+def _api(e: RolloutError | RegistryError) -> ApiError:
+    return ApiError(e.status, e.error, e.detail, e.field)
+
+
+def _name(value: str, field: str = "name") -> str:
+    import re
+
+    if not re.match(NAME_PATTERN, value):
+        raise ApiError(
+            422, "invalid_request",
+            f"{field} {value!r} must be 1-64 characters of [A-Za-z0-9_.-], starting with a letter or digit", field,
+        )  # fmt: skip
+    return value
+
+
+# --------------------------------------------------------------------------- rollouts
+
+
+@router.post("/endpoints/{name}/rollouts", response_model=RolloutOut, status_code=201)
+async def start_rollout(
+    body: RolloutCreate,
+    request: Request,
+    response: Response,
+    name: str,
+    principal: Principal = Depends(require_operate),
+) -> RolloutOut:
+    """Start moving an endpoint to `candidate_version`: gate, candidate loaded, then the plan's first step."""
+    _name(name)
+    eng = _engine(request)
+    client = client_of(request)
+
+    def run() -> RolloutOut:
+        try:
+            return eng.create(
+                name, body, principal, client,
+                audit=lambda detail: audited(request, principal, "rollout.start", f"endpoint:{name}", detail),
+            )  # fmt: skip
+        except RolloutError as e:
+            raise _api(e) from None
+
+    out = await run_in_threadpool(run)
+    response.headers["Location"] = f"{API_PREFIX}/rollouts/{out.id}"
+    return out
+
+
+@router.get("/rollouts", response_model=list[RolloutOut], dependencies=[Depends(require_read)])
+async def list_rollouts(
+    request: Request,
+    active: bool | None = Query(None, description="true: only rollouts still running; false: only ended ones"),
+    endpoint: str | None = Query(None, pattern=NAME_PATTERN),
+) -> list[RolloutOut]:
+    """Rollouts, newest first."""
+    return _engine(request).list(active, endpoint)
+
+
+@router.get("/rollouts/{rollout_id}", response_model=RolloutOut, dependencies=[Depends(require_read)])
+async def get_rollout(rollout_id: str, request: Request) -> RolloutOut:
+    try:
+        return _engine(request).get(rollout_id)
+    except RolloutError as e:
+        raise _api(e) from None
+
+
+@router.post("/rollouts/{rollout_id}/{action}", response_model=RolloutOut)
+async def rollout_action(
+    rollout_id: str,
+    action: str,
+    request: Request,
+    body: RolloutAction | None = None,
+    principal: Principal = Depends(require_read),
+) -> RolloutOut:
+    """approve / reject / promote (approver) or pause / resume / abort / rollback (operator); audited."""
+    eng = _engine(request)
+    if action not in ACTIONS:
+        raise ApiError(404, "not_found", f"no action {action!r}: one of {', '.join(ACTIONS)}", "action")
+    body = body or RolloutAction()
+    client = client_of(request)
+
+    def run() -> RolloutOut:
+        try:
+            return eng.act(
+                rollout_id, action, body, principal, client,
+                audit=lambda detail: audited(request, principal, f"rollout.{action}", f"rollout:{rollout_id}", detail),
+            )  # fmt: skip
+        except RolloutError as e:
+            raise _api(e) from None
+
+    return await run_in_threadpool(run)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+class _DataUpload:
+    """Receives `multipart/form-data` with one part, `data` (a Parquet file), straight to a file in the
+    registry's tmp dir; the parser is fed from a worker thread in ~1 MiB slices."""
+
+    def __init__(self, tmp_dir: Path, boundary: bytes) -> None:
+        self.path = tmp_dir / f"dataset-{uuid.uuid4().hex}.parquet"
+        self.size = 0
+        self.done = False
+        self._fh: Any = None
+        self._in_data = False
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._disposition = b""
+        self._ended = False
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": lambda d, s, e: self._header_name.extend(d[s:e]),
+                "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_end": self._on_end,
+            },
+        )
+
+    def _on_part_begin(self) -> None:
+        self._disposition = b""
+
+    def _on_header_end(self) -> None:
+        if bytes(self._header_name).strip().lower() == b"content-disposition":
+            self._disposition = bytes(self._header_value)
+        self._header_name.clear()
+        self._header_value.clear()
+
+    def _on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        name = options.get(b"name", b"").decode("latin-1")
+        if name != "data":
+            raise ApiError(422, "invalid_request", f"unexpected form field {name!r}: send 'data' (Parquet)",
+                           name or "body")  # fmt: skip
+        if self.done or self._fh is not None:
+            raise ApiError(422, "invalid_request", "form field 'data' given twice", "data")
+        self._fh = open(self.path, "xb")  # noqa: SIM115 - closed in _on_part_end / close()
+        self._in_data = True
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self.size += end - start
+        if self.size > MAX_DATA_BYTES:
+            raise ApiError(413, "too_large", f"the dataset is larger than {MAX_DATA_BYTES} bytes", "data")
+        self._fh.write(data[start:end])
+
+    def _on_part_end(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+            self.done = True
+
+    def _on_end(self) -> None:
+        self._ended = True
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._parser.write(data)
+        except ApiError:
+            raise
+        except Exception as e:
+            raise ApiError(422, "invalid_request", f"malformed multipart body: {e}", "body") from None
+
+    def finish(self) -> None:
+        self._parser.finalize()
+        if not self._ended:
+            raise ApiError(422, "invalid_request", "the multipart body ended early", "body")
+        if not self.done:
+            raise ApiError(422, "invalid_request", "form field 'data' (a Parquet file) is required", "data")
+
+    def discard(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self.path.unlink(missing_ok=True)
+
+
+async def _receive(request: Request, tmp_dir: Path) -> _DataUpload:
+    ctype, params = parse_options_header(request.headers.get("content-type"))
+    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
+        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with the field 'data' (Parquet)",
+                       "content-type")  # fmt: skip
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > MAX_DATA_BYTES + 64 * 1024:
+        raise ApiError(413, "too_large", f"the dataset is larger than {MAX_DATA_BYTES} bytes", "data")
+    up = _DataUpload(tmp_dir, params[b"boundary"])
+    try:
+        pending = bytearray()
+        async for chunk in request.stream():
+            pending.extend(chunk)
+            if len(pending) >= _FEED_BYTES:
+                data = bytes(pending)
+                pending.clear()
+                await run_in_threadpool(up.feed, data)
+        if pending:
+            await run_in_threadpool(up.feed, bytes(pending))
+        up.finish()
+    except ClientDisconnect:
+        up.discard()
+        raise ApiError(400, "client_disconnect", "the client went away during the upload", "data") from None
+    except BaseException:
+        up.discard()
+        raise
+    return up
+
+
+def _datasets(request: Request) -> Any:
+    ds = _engine(request).datasets
+    if ds is None:
+        raise ApiError(503, "unavailable", "datasets are not available on this agent")
+    return ds
+
+
+@router.post("/datasets/{name}/versions", response_model=DatasetInfo, status_code=201)
+async def register_dataset(
+    name: str, request: Request, response: Response, principal: Principal = Depends(require_operate)
+) -> DatasetInfo:
+    """Register a Parquet file (multipart part `data`) as the next immutable version of a dataset."""
+    _name(name)
+    ds = _datasets(request)
+    reg = ctx(request).registry
+    tmp = reg.tmp_dir if reg is not None else ds.root
+    up = await _receive(request, tmp)
+
+    def register() -> DatasetInfo:
+        try:
+            return ds.register(
+                name, up.path, principal.name,
+                audit=lambda detail: audited(request, principal, "dataset.register", f"dataset:{name}", detail),
+            )  # fmt: skip
+        except RegistryError as e:
+            raise _api(e) from None
+
+    try:
+        info = await run_in_threadpool(register)
+    finally:
+        up.discard()  # moved away on success
+    response.headers["Location"] = f"{API_PREFIX}/datasets/{name}"
+    return info
+
+
+@router.get("/datasets", response_model=list[DatasetInfo], dependencies=[Depends(require_read)])
+async def list_datasets(request: Request) -> list[DatasetInfo]:
+    return _datasets(request).list()
+
+
+@router.get("/datasets/{name}", response_model=list[DatasetInfo], dependencies=[Depends(require_read)])
+async def dataset_versions(name: str, request: Request) -> list[DatasetInfo]:
+    ds = _datasets(request)
+    out = [d for d in ds.list() if d.name == name]
+    if not out:
+        raise ApiError(404, "not_found", f"no dataset named {name!r}", "name")
+    return out
