@@ -602,6 +602,9 @@ class FeatureDriftOut(_Wire):
     out_of_range_share: float | None = None
     unseen_share: float | None = None
     unseen_top: list[str] = Field(default_factory=list)
+    # Requests refused (422) for this feature's value in the window: wrong type, corrupt, missing under "reject".
+    # Counted in the agent's memory: absent (None) for windows from before a restart.
+    rejected_requests: int | None = None
     quality_issues: list[str] = Field(default_factory=list)
 
 

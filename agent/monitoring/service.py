@@ -418,14 +418,36 @@ class MonitorService:
     def _report_out(
         self, name: str, mv: ModelVersion, baseline: str, start: float | None, end: float | None, rep: DriftReport
     ) -> DriftReportOut:
+        # Labels arrive late: the label column is judged by `label_drift`, not per window.
+        feats = [FeatureDriftOut(**_clean(f)) for f in rep.features if f.role != "label"]
         return DriftReportOut(
             endpoint=name, model=mv.name, version=mv.version, baseline=baseline,  # type: ignore[arg-type]
             window_start=start, window_end=end, n_ref=rep.n_ref, n_cur=rep.n_cur,
             drift_share=_finite(rep.drift_share) or 0.0, dataset_drift=bool(rep.dataset_drift),
-            # Labels arrive late: the label column is judged by `label_drift`, not per window.
-            features=[FeatureDriftOut(**_clean(f)) for f in rep.features if f.role != "label"],
-            computed_at=time.time(),
+            features=self._with_rejections(name, start, end, feats), computed_at=time.time(),
         )  # fmt: skip
+
+    def _with_rejections(
+        self, name: str, start: float | None, end: float | None, feats: list[FeatureDriftOut]
+    ) -> list[FeatureDriftOut]:
+        """Add the window's refused requests per feature (type mismatches, corrupt values) as a quality issue.
+
+        Only features of the signature can be refused; the prediction column keeps None."""
+        if start is None or end is None:
+            return feats
+        counts = self._serving.rejections(name, start, end)
+        out = []
+        for f in feats:
+            if f.name.startswith("__"):
+                out.append(f)
+                continue
+            n = counts.get(f.name, 0)
+            update: dict[str, Any] = {"rejected_requests": n}
+            if n:
+                update["quality_issues"] = [*f.quality_issues, "rejected_values"]
+                update["verdict"] = "drift+quality" if f.drifted else "quality"
+            out.append(f.model_copy(update=update))
+        return out
 
     def _empty(self, name: str, mv: ModelVersion, baseline: str, note: str) -> DriftReportOut:
         return DriftReportOut(

@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -114,6 +115,8 @@ class Endpoint:
     fallback_reason: str = ""
     fallback_body: bytes | None = None  # pre-serialised single fallback prediction
     route: Route | None = None  # a rollout's candidate and split
+    # (time, feature) of requests refused for a feature's value: the monitor's per-window type errors
+    rejections: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=10_000))
     shadow_stats: ShadowStats = field(default_factory=lambda: ShadowStats())
 
     def __post_init__(self) -> None:
@@ -669,7 +672,20 @@ class ServingService:
         mv = ep.version
         s = self.version_stats(ep.name, mv.name if mv else ep.config.model, mv.version if mv else 0)
         s.rejected += 1
+        if isinstance(detail, list):  # validation errors: type mismatches and corrupt values per feature
+            now = time.time()
+            for fname in {e.get("field") for e in detail if isinstance(e, dict) and e.get("field")}:
+                ep.rejections.append((now, fname))
         return _error(status, error, detail, field)
+
+    def rejections(self, endpoint: str, start: float, end: float) -> dict[str, int]:
+        """Requests refused for a bad value, per feature, in [start, end) (kept in memory, the last 10k)."""
+        ep = self.endpoints.get(endpoint)
+        out: dict[str, int] = {}
+        for ts, fname in ep.rejections if ep is not None else ():
+            if start <= ts < end:
+                out[fname] = out.get(fname, 0) + 1
+        return out
 
 
 class InjectedFault(Exception):

@@ -72,6 +72,10 @@ def test_summer_traffic_drifts_and_quality_problems_are_flagged(monitored):
         pl.when(odd).then(pl.lit("ZZ")).otherwise(pl.col("carrier")).alias("carrier"),
     )
     answers = _send(c, summer)
+    # Corrupt values are refused (422) and counted against their feature in the window.
+    bad = summer.head(1).select(FEATURES).to_dicts()[0] | {"temp": "warm"}
+    for _ in range(3):
+        assert c.post("/api/v1/endpoints/delays/predict", json={"records": [bad]}).status_code == 422
 
     def merged():
         r = c.get("/api/v1/endpoints/delays/drift", params={"since": t0 - 5})
@@ -88,6 +92,8 @@ def test_summer_traffic_drifts_and_quality_problems_are_flagged(monitored):
     assert "missing_rate" in feats["pressure"]["quality_issues"]
     assert feats["pressure"]["missing_rate_cur"] == pytest.approx(summer["pressure"].null_count() / summer.height)
     assert "unseen" in feats["carrier"]["quality_issues"] and feats["carrier"]["unseen_top"] == ["ZZ"]
+    assert feats["temp"]["rejected_requests"] == 3 and "rejected_values" in feats["temp"]["quality_issues"]
+    assert feats["distance"]["rejected_requests"] == 0 and feats["__prediction__"]["rejected_requests"] is None
     assert rep["features"][0]["score"] is not None  # sorted by severity, most drifted first
     assert 0 < rep["drift_share"] <= 1
 
