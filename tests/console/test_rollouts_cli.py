@@ -287,3 +287,44 @@ def test_every_action_is_a_subcommand(action, capsys) -> None:
         main([action, "--help"])
     assert exit_info.value.code == 0
     assert "ID|ENDPOINT" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- a real agent
+
+
+def test_deploy_list_and_abort_against_a_real_agent(agent_factory, tmp_path, capsys) -> None:
+    from tests.serving.test_serving_agent import FAST, endpoint, register, wait_loaded
+
+    agent = agent_factory("roll-01", config=FAST)
+    with agent.client() as c:
+        if c.get("/api/v1/rollouts").status_code == 404:
+            pytest.skip("this agent has no rollout routes")
+        register(c)
+        register(c, doc=b"v2")  # version 2: the same weights under a new digest
+        endpoint(c, "delays", version=1)
+        wait_loaded(c, "delays")
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(f'[[agent]]\nname = "roll-01"\nurl = "{agent.url}"\ntoken = "{agent.token}"\n')
+    args = ["--fleet", str(fleet)]
+    rc = main(["deploy", "delays", "--model", "flights:2", "--strategy", "canary", "--reason", "cli test", *args])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "roll-01: started r-" in out.out and "(canary, flights v1→v2)" in out.out
+    assert main(["rollouts", "--json", *args]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (r,) = doc["rollouts"]
+    assert (r["agent"], r["endpoint"], r["strategy"], r["stable_version"], r["candidate_version"]) == (
+        "roll-01", "delays", "canary", 1, 2,
+    )  # fmt: skip
+    assert r["state"] in ("validating", "progressing", "awaiting_approval") and r["started_by"]
+    assert r["steps"][1]["approval"] is True and doc["agents"] == [
+        {"name": "roll-01", "url": agent.url, "rollouts": "ok", "error": None}
+    ]
+    # A second deploy of the same endpoint is refused (one active rollout per endpoint).
+    assert main(["deploy", "delays", "--model", "flights:2", "--strategy", "canary", *args]) == 1
+    assert "409" in capsys.readouterr().err
+    assert main(["abort", "delays", "--reason", "done testing", "--json", *args]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["status"] == "done" and result["rollout"]["state"] == "aborted"
+    assert main(["rollouts", *args]) == 0
+    assert capsys.readouterr().out.strip() == "no active rollouts"
