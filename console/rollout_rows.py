@@ -390,9 +390,11 @@ def guard_lines(r: RolloutOut, now: float) -> list[Line]:
             since = f" for {fmt_age(max(0.0, now - g.breached_since))}" if g.breached_since is not None else ""
             lines.append([(text, "red"), (f"  BREACHED{since}", "bold red")])
         elif g.candidate is None:
-            lines.append([(text, "dim"), ("  few requests", "dim")])
+            lines.append([(text, "dim"), ("  n/a", "dim")])
         else:
             lines.append([(text, ""), ("  ok", "green")])
+    if any(g.candidate is None and not g.breached for g in r.guards):
+        lines.append([("n/a: too few requests in the window to judge", "dim")])
     return lines
 
 
@@ -434,7 +436,10 @@ def lineage_line(r: RolloutOut) -> Line:
     lin = r.candidate_lineage
     if lin is None:
         return [("candidate  ", "bold"), ("no lineage recorded", "dim")]
-    line: Line = [("candidate  ", "bold"), (f"build {lin.build_id}  commit {lin.code_commit}", "")]
+    commit = lin.code_commit
+    if len(commit) > 12 and all(c in "0123456789abcdef" for c in commit.lower()):
+        commit = commit[:12]  # a git hash; the whole one is in the JSON
+    line: Line = [("candidate  ", "bold"), (f"build {lin.build_id}  commit {commit}", "")]
     if lin.code_dirty:
         line.append((" (dirty)", "bold yellow"))
     line.append((f"  data {lin.data_version}", ""))

@@ -109,7 +109,8 @@ def test_detail_shows_plan_gate_guards_side_by_side_ab_approvals_and_lineage() -
     assert lines[1].split() == ["error_rate", "0.1%", "8.0%", "5.0%", "BREACHED", "for", "12s"]
     assert live[1][0][1] == "red" and live[1][1][1] == "bold red"
     assert lines[2].split() == ["p99_vs_stable", "9.5", "ms", "11.2", "ms", "19.0", "ms", "ok"]
-    assert lines[4].split()[:3] == ["fallback_rate", "0.0%", "-"] and "few requests" in lines[4]
+    assert lines[4].split()[:3] == ["fallback_rate", "0.0%", "-"] and lines[4].endswith("n/a")
+    assert lines[5] == "n/a: too few requests in the window to judge"
     ab = plain(live_lines(rows[K_FRAUD_AB]))
     assert "A/B  positive rate (two-proportion z): not enough data yet" in ab
     assert "stable 0.112 (n 120)  candidate 0.13 (n 131)" in ab
