@@ -445,6 +445,8 @@ class RolloutEngine:
         r.ended_at = now
         r.end_reason = note
         self._commit(r, "promoted", principal, {"note": note, **(extra or {})})
+        if principal == AGENT.name:  # the plan finished by itself (a pause or analysis was its last wait)
+            self._audit_auto(r, "rollout.promote", {"reason": note})
 
     # ------------------------------------------------------------------ start
 

@@ -367,3 +367,15 @@ def test_rollback_after_promotion_switches_the_endpoint_back(w: World):
     assert out.state == "rolled_back" and w.serving.endpoints["delays"].version.version == 1
     assert w.serving.loads == loads  # it was kept warm
     assert err(act, eng, rid, "rollback", OLGA).status == 409
+
+
+def test_a_plan_without_approvals_promotes_itself_on_record(w: World):
+    eng = w.engine()
+    rid = eng.create("delays", spec(steps=steps({"set_weight": 50}, {"pause_s": 10}, {"set_weight": 100})), OLGA).id
+    assert eng.get(rid).state == "progressing"
+    w.clock.t += 10
+    eng.tick()
+    out = eng.get(rid)
+    assert out.state == "promoted" and out.step_index == 3 and "pause of 10 s at step 1 over" in out.end_reason
+    assert w.serving.puts == [("delays", 2, "watchkeeper-agent")]
+    assert ("watchkeeper-agent", "rollout.promote") in w.audit.actions()
