@@ -125,6 +125,7 @@ class DriftScreen(FilteredTableScreen):
         self.loading = False
         self._agent_status: AgentStatus | None = None
         self._timer: Timer | None = None
+        self._closed = False  # unmounted: no more refreshes
         self._reported: str | None = None
 
     @property
@@ -178,6 +179,7 @@ class DriftScreen(FilteredTableScreen):
         self._load_now()
 
     def on_unmount(self) -> None:
+        self._closed = True  # a load finishing after this must not arm another refresh
         if self._timer is not None:
             self._timer.stop()
 
@@ -196,6 +198,8 @@ class DriftScreen(FilteredTableScreen):
 
     def _load_now(self) -> None:
         """Refresh now; the timer is re-armed when this load has finished (loads never overlap)."""
+        if self._closed:
+            return
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
@@ -234,7 +238,7 @@ class DriftScreen(FilteredTableScreen):
             cancelled = True
             raise
         finally:
-            if not cancelled and self.is_attached:
+            if not cancelled and self.is_attached and not self._closed:
                 if self._timer is not None:
                     self._timer.stop()
                 self._timer = self.set_timer(self.refresh_interval, self._load_now)
