@@ -93,8 +93,7 @@ class Rollout:
     model: str
     stable_version: int
     candidate_version: int
-    spec: RolloutCreate
-    steps: list[RolloutStep]
+    spec: RolloutCreate  # with the plan resolved: `steps` is never None
     lineage: Lineage | None
     started_by: str
     started_at: float
@@ -123,9 +122,6 @@ class Rollout:
     ab_at: float = 0.0
     feature_drift: tuple[float | None, float | None] | None = None
     feature_drift_at: float = 0.0
-    loading: bool = False
-    load_retry_at: float = 0.0
-    load_error: str | None = None
 
     def snapshot(self) -> dict:
         return {k: getattr(self, k) for k in SNAPSHOT}
@@ -138,6 +134,10 @@ class Rollout:
     @property
     def strategy(self) -> str:
         return self.spec.strategy
+
+    @property
+    def steps(self) -> list[RolloutStep]:
+        return self.spec.steps or []
 
 
 def _ended(r: Rollout) -> bool:
@@ -174,6 +174,8 @@ class RolloutEngine:
         self._rollouts: dict[str, Rollout] = {}
         self._starting: set[str] = set()  # endpoints whose rollout is being created
         self._warm: list[tuple[ModelVersion, float]] = []  # promoted-away versions kept loaded until
+        self._loading: set[tuple[str, int]] = set()  # background loads in flight
+        self._load_retry: dict[tuple[str, int], float] = {}  # a failed load is tried again after
         self._seq = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -344,25 +346,25 @@ class RolloutEngine:
         except Exception as e:
             log.warning("rollout %s: cannot keep %s:%s warm: %s", r.id, r.model, r.stable_version, e)
 
-    def _load_soon(self, mv: ModelVersion, r: Rollout | None, now: float) -> None:
-        """Load `mv` in a thread of its own (after a restart); retried every LOAD_RETRY_S on failure."""
-        if r is not None:
-            if r.loading or now < r.load_retry_at:
+    def _load_soon(self, mv: ModelVersion, now: float) -> None:
+        """Load `mv` in a thread of its own (a candidate or a warm standby after a restart); a failed load
+        is tried again after LOAD_RETRY_S."""
+        key = (mv.name, mv.version)
+        with self._lock:
+            if key in self._loading or now < self._load_retry.get(key, 0.0):
                 return
-            r.loading = True
+            self._loading.add(key)
 
         def run() -> None:
             try:
                 self.serving.ensure_loaded_blocking(mv)
-                if r is not None:
-                    r.load_error = None
+                self._load_retry.pop(key, None)
             except Exception as e:
-                if r is not None:
-                    r.load_error = str(e)
-                    r.load_retry_at = self.clock() + LOAD_RETRY_S
+                log.warning("loading %s:%s for a rollout: %s", mv.name, mv.version, e)
+                self._load_retry[key] = self.clock() + LOAD_RETRY_S
             finally:
-                if r is not None:
-                    r.loading = False
+                with self._lock:
+                    self._loading.discard(key)
 
         threading.Thread(target=run, name="rollout-load", daemon=True).start()
 
@@ -522,7 +524,7 @@ class RolloutEngine:
         now = self.clock()
         r = Rollout(
             id="r-" + uuid.uuid4().hex[:12], endpoint=endpoint, model=cand.name, stable_version=stable.version,
-            candidate_version=cand.version, spec=body.model_copy(update={"steps": steps}), steps=steps,
+            candidate_version=cand.version, spec=body.model_copy(update={"steps": steps}),
             lineage=cand.lineage, started_by=principal.name, started_at=now, host=self.host,
             step_started_at=now, updated_at=now,
         )  # fmt: skip
@@ -720,7 +722,7 @@ class RolloutEngine:
             warm = list(self._warm)
         for mv, _ in warm:
             if not self._loaded(mv.name, mv.version):
-                self._load_soon(mv, None, now)
+                self._load_soon(mv, now)
         alert = False
         for r in live:
             try:
@@ -753,7 +755,7 @@ class RolloutEngine:
             self._audit_auto(r, "rollout.abort", {"reason": r.end_reason})
             return False
         if not self._loaded(r.model, r.candidate_version):
-            self._load_soon(self._candidate_mv(r), r, now)
+            self._load_soon(self._candidate_mv(r), now)
         route = ep.route
         if route is None or route.rollout_id != r.id or route.weight != r.weight or route.shadow != r.shadow:
             self._apply_route(r)  # the endpoint was re-put (a new object) or the agent restarted
@@ -924,7 +926,7 @@ def _from_created(rid: str, data: dict) -> Rollout:
     spec = RolloutCreate.model_validate(data["spec"])
     return Rollout(
         id=rid, endpoint=data["endpoint"], model=data["model"], stable_version=data["stable_version"],
-        candidate_version=data["candidate_version"], spec=spec, steps=list(spec.steps or []),
+        candidate_version=data["candidate_version"], spec=spec,
         lineage=Lineage.model_validate(data["lineage"]) if data.get("lineage") else None,
         started_by=data["started_by"], started_at=data["started_at"], host=data.get("host", ""),
     )  # fmt: skip

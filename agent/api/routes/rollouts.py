@@ -29,7 +29,7 @@ from agent.api.errors import ApiError
 from agent.api.routes.admin import audited
 from agent.api.routes.models import MAX_DATA_BYTES
 from agent.api.schemas import API_PREFIX, NAME_PATTERN, DatasetInfo, Principal, RolloutAction, RolloutCreate, RolloutOut
-from agent.registry.store import RegistryError
+from agent.registry.store import RegistryError, check_name
 from agent.rollouts.engine import ACTIONS, RolloutEngine, RolloutError
 
 router = APIRouter(tags=["rollouts"])
@@ -48,15 +48,11 @@ def _api(e: RolloutError | RegistryError) -> ApiError:
     return ApiError(e.status, e.error, e.detail, e.field)
 
 
-def _name(value: str, field: str = "name") -> str:
-    import re
-
-    if not re.match(NAME_PATTERN, value):
-        raise ApiError(
-            422, "invalid_request",
-            f"{field} {value!r} must be 1-64 characters of [A-Za-z0-9_.-], starting with a letter or digit", field,
-        )  # fmt: skip
-    return value
+def _name(value: str) -> str:
+    try:
+        return check_name(value)
+    except RegistryError as e:
+        raise _api(e) from None
 
 
 # --------------------------------------------------------------------------- rollouts
