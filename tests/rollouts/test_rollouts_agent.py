@@ -332,8 +332,13 @@ def test_shadow_traffic_never_changes_a_response(agent_factory):
     for b0, r in zip(before, during, strict=True):
         assert r.headers["x-watchkeeper-model-version"] == "flights:1"
         assert r.json()["predictions"] == b0["predictions"] and r.json()["version"] == 1
+
     # ...and the candidate did answer every mirrored request, differently: the shadow saw it, callers did not.
-    logged = c.get("/api/v1/endpoints/delays/predictions", params={"limit": 1000}).json()
+    def shadow_rows() -> list[dict] | None:  # mirrored after the answers, in batches: wait for the last
+        logged = c.get("/api/v1/endpoints/delays/predictions", params={"limit": 1000}).json()
+        return logged if sum(p["status"] == "shadow" for p in logged) >= 200 else None
+
+    logged = wait_for(shadow_rows, every=0.1)
     shadow = {(p["request_id"], p["row_idx"]): p for p in logged if p["status"] == "shadow"}
     served = {(p["request_id"], p["row_idx"]): p for p in logged if p["request_id"].startswith("sh-")
               and p["status"] == "ok"}  # fmt: skip
