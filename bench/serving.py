@@ -12,6 +12,10 @@ in p99 even at c=1.
     agent           `agent.cli run` as deployed: endpoint with validation, missing-value imputation,
                     fallback, breaker, stats and the prediction log (every request) on; bearer auth.
     agent-batching  the same with micro-batching on (max_rows 64, max_wait_ms 2).
+    agent-canary    `agent` with a canary rollout holding at 50 % (an approval step): half the requests go to
+                    version 2 (the same weights under a new digest, so answers are identical).
+    agent-shadow    `agent` with a shadow rollout mirroring 100 % of requests to version 2 after answering.
+                    Routing and shadowing must add <= 5 % to `agent`'s p50 (issue 5), judged at c=1.
     fastapi         what people write by hand: pydantic model of the 13 features, one-hot in Python,
                     `session.run` inline in an `async def`, `uvicorn app:app` with its defaults
                     (uvloop + httptools, one worker, access log on, to /dev/null).
@@ -24,10 +28,11 @@ in p99 even at c=1.
 All sessions use one intra-op thread. Each server is started, warmed up, measured at every
 concurrency and stopped (its whole process group) before the next starts. CPU is user+system of
 the server's process tree over the measured window (100 % = one core); wrk shares the same cores.
-Targets at c=32: agent >= 4x BentoML and >= 1.3x bare FastAPI req/s, with p99 no worse than either.
+Targets at c=32: agent >= 4x BentoML and >= 1.3x bare FastAPI req/s, with p99 no worse than either; at c=1:
+agent-canary and agent-shadow p50 <= 1.05x agent's.
 
     .venv/bin/python bench/serving.py [--duration 10] [--concurrency 1,8,32,64]
-        [--systems agent,agent-batching,fastapi,bentoml,inprocess] [--quick]
+        [--systems agent,agent-batching,agent-canary,agent-shadow,fastapi,bentoml,inprocess] [--quick]
 
 wrk comes from Debian's `wrk` package (installed here if missing and we are root with apt).
 """
@@ -60,7 +65,15 @@ FLIGHTS = ROOT / "sample_data" / "flights"
 MODEL = FLIGHTS / "model.onnx"
 METADATA = FLIGHTS / "metadata.json"
 BENTO_VENV = Path.home() / ".cache" / "watchkeeper-bench" / "bentoml-venv"
-ALL_SYSTEMS = ("agent", "agent-batching", "fastapi", "bentoml", "inprocess")
+ALL_SYSTEMS = ("agent", "agent-batching", "agent-canary", "agent-shadow", "fastapi", "bentoml", "inprocess")
+ROLLOUT_P50_LIMIT = 1.05
+# A rollout that holds its split for the whole run: guards that could end it on noise are off (the candidate
+# has the stable version's weights, so there is nothing real for them to catch).
+QUIET_GUARDS = {"max_p99_ratio_vs_stable": None, "max_prediction_drift": None, "max_shadow_disagreement": None}
+ROLLOUTS = {
+    "agent-canary": {"strategy": "canary", "steps": [{"set_weight": 50}, {"approval": True}]},
+    "agent-shadow": {"strategy": "shadow", "steps": [{"shadow": 1.0}, {"approval": True}]},
+}
 BENTO_PACKAGES = ("bentoml", "onnxruntime", "numpy")
 TARGET_C = 32
 TARGET_VS_BENTOML = 4.0
@@ -481,6 +494,9 @@ def bench_agent(
                 if time.monotonic() > deadline:
                     raise RuntimeError("model never loaded")
                 time.sleep(0.05)
+            rollout = ROLLOUTS.get(name)
+            if rollout is not None:
+                rollout_id = start_rollout(c, rollout)
             path = "/api/v1/endpoints/delays/predict"
             s.answers = check_answers(lambda b: c.post(path, content=b), ctx["bodies"], ctx["ref"])
             script = tmp / "wrk.lua"
@@ -494,6 +510,15 @@ def bench_agent(
                 s, ctx["wrk"], base + path, script, p.pid, ctx["levels"], ctx["seconds"], ctx["warmup"], fallbacks
             )
             st = c.get("/api/v1/serving").json()
+            if rollout is not None:
+                ro = c.get(f"/api/v1/rollouts/{rollout_id}").json()
+                by_v = {e["version"]: e["requests"] for e in st["stats"] if e["endpoint"] == "delays"}
+                s.extra.append(
+                    f"{name}: rollout {ro['state']} at step {ro['step_index']} (weight {ro['weight']:g} %, shadow "
+                    f"{ro['shadow']:g}); requests by version {by_v}"
+                )
+                if ro["state"] in ("aborted", "rolled_back"):
+                    raise RuntimeError(f"the rollout ended during the run: {ro['end_reason']}")
             rss = psutil.Process(p.pid).memory_info().rss / 2**20
             s.extra.append(
                 f"{name}: prediction log {st['predlog_rows_written']:,} rows committed, "
@@ -507,6 +532,32 @@ def bench_agent(
     finally:
         procs.stop(p)
     return s
+
+
+def start_rollout(c: httpx.Client, rollout: dict) -> str:
+    """Register version 2 (same weights, new digest) and start a rollout to it; wait until it routes."""
+    r = c.post(
+        "/api/v1/models/flights/versions",
+        files={
+            "artifact": ("model.onnx", MODEL.read_bytes() + b"\x32\x02v2"),  # a doc_string: new digest, same weights
+            "metadata": (None, METADATA.read_text()),
+        },
+    )
+    if r.status_code != 201:
+        raise RuntimeError(f"register v2: {r.status_code} {r.text[:200]}")
+    body = {"candidate_version": 2, "guards": QUIET_GUARDS, "two_person_rule": True, **rollout}
+    r = c.post("/api/v1/endpoints/delays/rollouts", json=body)
+    if r.status_code != 201:
+        raise RuntimeError(f"rollout: {r.status_code} {r.text[:300]}")
+    rid = r.json()["id"]
+    deadline = time.monotonic() + 30
+    while True:
+        ro = c.get(f"/api/v1/rollouts/{rid}").json()
+        if ro["candidate_loaded"] and ro["state"] == "awaiting_approval":
+            return rid
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rollout never reached its hold: {ro['state']} {ro.get('end_reason', '')}")
+        time.sleep(0.1)
 
 
 def bench_fastapi(ctx: dict, procs: Procs) -> System:
@@ -764,6 +815,22 @@ def report(systems: list[System], args: argparse.Namespace, levels: list[int]) -
                 f"  {agent} vs {other}: {ratio:.2f}x req/s (target {want:g}x), p99 {a.p99_ms:.2f} vs "
                 f"{o.p99_ms:.2f} ms -> {verdict}"
             )
+    base1 = by.get(("agent", 1))
+    for name in ROLLOUTS:
+        rows = [(c, by.get((name, c)), by.get(("agent", c))) for c in levels]
+        rows = [(c, a, b) for c, a, b in rows if a and b]
+        if not rows:
+            continue
+        cells = ", ".join(f"c={c}: p50 {a.p50_ms / b.p50_ms:.2f}x, req/s {a.rps / b.rps:.2f}x" for c, a, b in rows)
+        print(f"  {name} / agent: {cells}")
+        a1 = by.get((name, 1))
+        if a1 is None or base1 is None:
+            print(f"  {name}: not measured at c=1 beside agent -> MISS (unverified)")
+            continue
+        ratio = a1.p50_ms / base1.p50_ms
+        verdict = "PASS" if ratio <= ROLLOUT_P50_LIMIT and a1.non2xx == 0 else "MISS"
+        print(f"  {name} p50 at c=1: {a1.p50_ms:.3f} vs {base1.p50_ms:.3f} ms = {ratio:.3f}x "
+              f"(target <= {ROLLOUT_P50_LIMIT:g}x) -> {verdict}")  # fmt: skip
     print(
         "(CPU % = server process tree, 100 = one core; non-2xx = wrk's count of status >= 400; sock err = "
         "connect/read/write/timeout; fallback = answers the agent served as its fallback)"
@@ -818,6 +885,8 @@ def main() -> int:
                     systems.append(bench_agent("agent", False, ctx, procs))
                 elif name == "agent-batching":
                     systems.append(bench_agent("agent-batching", True, ctx, procs))
+                elif name in ROLLOUTS:
+                    systems.append(bench_agent(name, False, ctx, procs))
                 elif name == "fastapi":
                     systems.append(bench_fastapi(ctx, procs))
                 elif name == "bentoml":

@@ -60,6 +60,10 @@ STATUS_WITHOUT_FALLBACK = {
 }
 
 
+SHADOW_BATCH_S = 0.02  # mirrored requests wait at most this long to run batched on the candidate
+SHADOW_MAX_QUEUED_ROWS = 8192
+
+
 class RegistryView(Protocol):
     def resolve(self, name: str, version: int | None = None, alias: str | None = None) -> ModelVersion: ...
     def artifact_path(self, name: str, version: int) -> Path: ...
@@ -117,6 +121,11 @@ class Endpoint:
     route: Route | None = None  # a rollout's candidate and split
     # (time, feature) of requests refused for a feature's value: the monitor's per-window type errors
     rejections: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=10_000))
+    # Mirrored requests waiting for the candidate (see ServingService._queue_shadow).
+    shadow_queue: list[tuple] = field(default_factory=list)
+    shadow_queued_rows: int = 0
+    shadow_flush_armed: bool = False
+    shadow_skipped: int = 0
     shadow_stats: ShadowStats = field(default_factory=lambda: ShadowStats())
 
     def __post_init__(self) -> None:
@@ -379,8 +388,14 @@ class ServingService:
             x = enc.matrix if route.encoder is None else _encode_again(route.encoder, ep.encoder, enc)
         except ValidationFailed:
             return None
+        f = ep.config.faults
         try:
-            out = await asyncio.wait_for(self._run_candidate(ep, cand, x), ep.config.timeout_ms / 1000)
+            if cand.inline and (f is None or f.version != cand.version):
+                out = cand.runtime.run(x)  # as for stable: no wait_for task for a call that can't be interrupted
+                if (time.perf_counter() - t0) * 1000 > ep.config.timeout_ms:
+                    raise TimeoutError
+            else:
+                out = await asyncio.wait_for(self._run_candidate(ep, cand, x), ep.config.timeout_ms / 1000)
         except Exception as e:  # counted against the candidate (its guards decide); the caller gets stable
             if not isinstance(e, TimeoutError | InjectedFault):
                 log.warning("endpoint %s candidate %s:%s: %r", ep.name, mv.name, mv.version, e)
@@ -411,29 +426,55 @@ class ServingService:
             return cand.runtime.run(x)
         return await asyncio.get_running_loop().run_in_executor(self._infer, cand.runtime.run, x)
 
-    async def _shadow(
+    def _queue_shadow(
         self, ep: Endpoint, route: Route, enc: Encoded, scores: list, labels: list, request_id: str
     ) -> None:
-        """Mirror one answered request to the candidate and compare; never touches the caller's answer."""
-        cand = self.pool.peek(route.key)
-        if cand is None:
+        """Queue an answered request for the candidate. Mirrored calls run batched every SHADOW_BATCH_S: one
+        model call and one decode for many requests keep the cost to live traffic small (bench/serving.py)."""
+        if ep.shadow_queued_rows >= SHADOW_MAX_QUEUED_ROWS:
+            ep.shadow_skipped += 1  # the candidate can't keep up: mirror less rather than grow memory
             return
-        t0 = time.perf_counter()
+        ep.shadow_queue.append((enc, scores, labels, request_id))
+        ep.shadow_queued_rows += len(scores)
+        if not ep.shadow_flush_armed:
+            ep.shadow_flush_armed = True
+            loop = asyncio.get_running_loop()
+            loop.call_later(SHADOW_BATCH_S, lambda: loop.create_task(self._shadow_batch(ep, route)))
+
+    async def _shadow_batch(self, ep: Endpoint, route: Route) -> None:
+        """Run the queued mirrored requests through the candidate and compare; never touches an answer."""
+        import numpy as np
+
+        batch, ep.shadow_queue = ep.shadow_queue, []
+        ep.shadow_queued_rows, ep.shadow_flush_armed = 0, False
+        cand = self.pool.peek(route.key)
+        if cand is None or not batch or ep.route is not route:
+            return
         mv = route.candidate
+        t0 = time.perf_counter()
         try:
-            x = enc.matrix if route.encoder is None else _encode_again(route.encoder, ep.encoder, enc)
-            out = await asyncio.wait_for(self._run_candidate(ep, cand, x), ep.config.timeout_ms / 1000)
+            xs = [e.matrix if route.encoder is None else _encode_again(route.encoder, ep.encoder, e) for e, *_ in batch]
+            out = await asyncio.wait_for(self._run_candidate(ep, cand, np.concatenate(xs)), ep.config.timeout_ms / 1000)
             c_scores, c_labels, _ = _decode(out, mv)
         except Exception:
-            ep.shadow_stats.record(0, 0, 0.0, (time.perf_counter() - t0) * 1000, True)
+            for _ in batch:
+                ep.shadow_stats.record(0, 0, 0.0, (time.perf_counter() - t0) * 1000, True)
             return
-        latency_ms = (time.perf_counter() - t0) * 1000
-        dis = sum(a != b for a, b in zip(labels, c_labels, strict=False))
-        diff = sum(abs(a - b) for a, b in zip(scores, c_scores, strict=False) if a is not None and b is not None)
-        ep.shadow_stats.record(len(c_scores), dis, diff, latency_ms, False)
-        if self.predlog.sampled(ep.config.log_sample_rate):
-            self.predlog.log(request_id, ep.name, mv.name, mv.version, enc.num, enc.num_width, enc.cat, enc.cat_width,
-                             c_scores, c_labels, latency_ms, "shadow", None)  # fmt: skip
+        call_ms = (time.perf_counter() - t0) * 1000
+        total = max(len(c_scores), 1)
+        at = 0
+        for enc, scores, labels, request_id in batch:
+            n = len(scores)
+            cs, cl = c_scores[at : at + n], c_labels[at : at + n]
+            at += n
+            dis = sum(a != b for a, b in zip(labels, cl, strict=False))
+            diff = sum(abs(a - b) for a, b in zip(scores, cs, strict=False) if a is not None and b is not None)
+            # Latency: the candidate's model time, attributed to each request by its rows (calls are batched).
+            ms = call_ms * n / total
+            ep.shadow_stats.record(n, dis, diff, ms, False, cs)
+            if self.predlog.sampled(ep.config.log_sample_rate):
+                self.predlog.log(request_id, ep.name, mv.name, mv.version, enc.num, enc.num_width, enc.cat,
+                                 enc.cat_width, cs, cl, ms, "shadow", None)  # fmt: skip
 
     # ------------------------------------------------------------------ status
 
@@ -587,7 +628,7 @@ class ServingService:
             vs.add_scores(scores)
             if route.shadow > 0 and random.random() < route.shadow and self.pool.peek(route.key) is not None:
                 # After the caller's answer: the candidate sees the same rows, its result is only compared.
-                asyncio.get_running_loop().create_task(self._shadow(ep, route, enc, scores, labels, request_id))
+                self._queue_shadow(ep, route, enc, scores, labels, request_id)
         if self.predlog.sampled(ep.config.log_sample_rate):
             self.predlog.log(request_id, name, mv.name, mv.version, enc.num, enc.num_width, enc.cat, enc.cat_width,
                              scores, labels, latency_ms, "ok", None)  # fmt: skip

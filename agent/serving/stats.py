@@ -43,14 +43,11 @@ class VersionStats:
         self.fallbacks_by_reason: dict[str, int] = {}
         self.status_codes: dict[int, int] = {}
         self._slots: deque[_Slot] = deque()
-        # Output scores per request while a rollout watches this endpoint: (time, scores), last WINDOW_S*5.
-        self.scores: deque[tuple[float, list[float]]] = deque()
+        # Output scores while a rollout watches this endpoint (its prediction-drift guard).
+        self.scores = ScoreSlots()
 
     def add_scores(self, scores: list[float]) -> None:
-        now = time.time()
-        self.scores.append((now, scores))
-        while self.scores and self.scores[0][0] < now - WINDOW_S * 5:
-            self.scores.popleft()
+        self.scores.add(scores)
 
     def _slot(self, now: float) -> _Slot:
         start = now - now % SLOT_S
@@ -171,6 +168,7 @@ class ShadowWindow:
     score_abs_diff_mean: float | None = None
     p99_ms: float | None = None
     errors: int = 0
+    scores: list[float] = field(default_factory=list)  # the candidate's outputs (its prediction drift)
 
 
 def version_window(stats: VersionStats | None, version: int, seconds: float) -> VersionWindow:
@@ -196,39 +194,104 @@ def version_window(stats: VersionStats | None, version: int, seconds: float) -> 
         out.fallback_rate = out.fallbacks / out.requests
         lat = summarize(hist, total_ms)
         out.p50_ms, out.p99_ms = lat.p50_ms, lat.p99_ms
-    out.scores = [x for ts, chunk in stats.scores if ts > now - seconds for x in chunk]
+    out.scores = stats.scores.since(now - seconds)
     return out
 
 
-class ShadowStats:
-    """Per-request records of mirrored calls, kept for the rolling window."""
+class ScoreSlots:
+    """Recent output scores in 1-second slots of at most SCORES_PER_SLOT each, kept SCORE_KEEP_S.
+
+    Bounded whatever the request rate (at 3k req/s a list per request would keep ~1M objects alive for the
+    garbage collector and make every guard evaluation walk them); the first scores of each second stand for
+    it, which is an unbiased sample for a distribution that doesn't change within the second.
+    """
 
     def __init__(self) -> None:
-        self._recs: deque[tuple[float, int, int, float, float, bool]] = deque()
+        self._slots: deque[tuple[float, list[float]]] = deque()
 
-    def record(self, rows: int, disagreements: int, abs_diff_sum: float, latency_ms: float, error: bool) -> None:
+    def add(self, scores: list[float]) -> None:
         now = time.time()
-        self._recs.append((now, rows, disagreements, abs_diff_sum, latency_ms, error))
-        while self._recs and self._recs[0][0] < now - WINDOW_S * 5:
-            self._recs.popleft()
+        start = now - now % 1.0
+        if not self._slots or self._slots[-1][0] != start:
+            self._slots.append((start, []))
+            while self._slots and self._slots[0][0] < now - SCORE_KEEP_S:
+                self._slots.popleft()
+        slot = self._slots[-1][1]
+        room = SCORES_PER_SLOT - len(slot)
+        if room > 0:
+            slot.extend(scores[:room])
+
+    def since(self, t: float) -> list[float]:
+        return [x for start, chunk in self._slots if start + 1.0 > t for x in chunk if x is not None]
+
+
+SCORES_PER_SLOT = 500
+SCORE_KEEP_S = WINDOW_S * 5
+
+
+@dataclass
+class _ShadowSlot:
+    start: float
+    requests: int = 0
+    rows: int = 0
+    disagreements: int = 0
+    diff: float = 0.0
+    errors: int = 0
+    sum_ms: float = 0.0
+    hist: list[int] = field(default_factory=_new)
+
+
+class ShadowStats:
+    """Mirrored calls summed in 1-second slots (kept SCORE_KEEP_S), plus the candidate's scores."""
+
+    def __init__(self) -> None:
+        self._slots: deque[_ShadowSlot] = deque()
+        self.scores = ScoreSlots()
+
+    def record(
+        self, rows: int, disagreements: int, abs_diff_sum: float, latency_ms: float, error: bool,
+        scores: list[float] | None = None,
+    ) -> None:  # fmt: skip
+        now = time.time()
+        start = now - now % 1.0
+        if not self._slots or self._slots[-1].start != start:
+            self._slots.append(_ShadowSlot(start))
+            while self._slots and self._slots[0].start < now - SCORE_KEEP_S:
+                self._slots.popleft()
+        s = self._slots[-1]
+        s.requests += 1
+        s.errors += error
+        if not error:
+            s.rows += rows
+        s.disagreements += disagreements
+        s.diff += abs_diff_sum
+        s.sum_ms += latency_ms
+        s.hist[bisect.bisect_left(BOUNDS_MS, latency_ms)] += 1
+        if scores:
+            self.scores.add(scores)
 
     def window(self, seconds: float) -> ShadowWindow:
         now = time.time()
-        recs = [r for r in self._recs if r[0] > now - seconds]
-        out = ShadowWindow(requests=len(recs))
+        out = ShadowWindow()
         hist = _new()
         total_ms = 0.0
         diff = 0.0
-        for _, rows, dis, d, ms, err in recs:
-            out.rows += rows if not err else 0
-            out.disagreements += dis
-            out.errors += err
-            diff += d
-            total_ms += ms
-            hist[bisect.bisect_left(BOUNDS_MS, ms)] += 1
+        for s in self._slots:
+            if s.start + 1.0 <= now - seconds:
+                continue
+            out.requests += s.requests
+            out.rows += s.rows
+            out.disagreements += s.disagreements
+            out.errors += s.errors
+            diff += s.diff
+            total_ms += s.sum_ms
+            for i, c in enumerate(s.hist):
+                if c:
+                    hist[i] += c
         if out.rows:
             out.disagreement_rate = out.disagreements / out.rows
             out.score_abs_diff_mean = diff / out.rows
-        if recs:
+        if out.requests:
             out.p99_ms = summarize(hist, total_ms).p99_ms
+        out.scores = self.scores.since(now - seconds)
         return out
