@@ -179,7 +179,6 @@ class RolloutEngine:
         self._seq = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.ticks = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -715,7 +714,6 @@ class RolloutEngine:
     def tick(self, now: float | None = None) -> None:
         """One pass over live rollouts: endpoint checks, loading, routes, guards, timers, A/B."""
         now = self.clock() if now is None else now
-        self.ticks += 1
         with self._lock:
             live = [r for r in self._rollouts.values() if r.state in LIVE]
             self._warm = [(mv, until) for mv, until in self._warm if until > now]
