@@ -19,7 +19,7 @@ Every tick the engine asks serving for the last `window_s` seconds of the endpoi
   candidate's traffic (stable's beside); limit `max_feature_drift_share`.
 
 While the candidate has fewer than `min_requests` live requests in the window (a shadow or blue/green
-preview), its error rate and latency come from its mirrored calls. A guard that can't be judged
+preview), its error rate, latency and output scores come from its mirrored calls. A guard that can't be judged
 (too few requests) has no candidate value and is not breached. A breach is tracked from the tick it is
 first seen (`breached_since`); held for `window_s` it aborts the rollout.
 """
@@ -93,7 +93,7 @@ def judge(
         add("p99_vs_stable", st_p99, cand_p99 if limit is not None else None, limit)
     if g.max_prediction_drift is not None:
         drift = None
-        cand_scores = live.scores if live_ok else getattr(sh, "scores", None) if shadow_ok else None
+        cand_scores = live.scores if live_ok else sh.scores if shadow_ok else None
         enough = st_ok and cand_scores is not None and min(len(st.scores), len(cand_scores)) >= g.min_requests
         if enough:
             drift = prediction_drift(st.scores, cand_scores)

@@ -60,8 +60,11 @@ def test_prediction_drift_is_wasserstein_over_stables_std():
 
 
 def test_shadow_numbers_stand_in_while_the_candidate_has_no_live_traffic():
-    sh = ShadowWindow(requests=40, rows=80, disagreements=20, disagreement_rate=0.25, p99_ms=3.0, errors=4)
-    m = by_name(judge(rm(VersionWindow(1, requests=40, p99_ms=1.0), VersionWindow(2), sh), g(p99_slo_ms=2)))
+    sh = ShadowWindow(requests=40, rows=80, disagreements=20, disagreement_rate=0.25, p99_ms=3.0, errors=4,
+                      scores=[0.5] * 40)  # fmt: skip
+    st = VersionWindow(1, requests=40, p99_ms=1.0, scores=[0.1, 0.2] * 20)
+    m = by_name(judge(rm(st, VersionWindow(2), sh), g(p99_slo_ms=2)))
+    assert m["prediction_drift"].candidate == pytest.approx(prediction_drift(st.scores, sh.scores))
     assert m["shadow_disagreement"].candidate == 0.25 and m["shadow_disagreement"].breached
     assert m["error_rate"].candidate == 0.1 and m["error_rate"].breached
     assert m["p99_ms"].candidate == 3.0 and m["p99_ms"].breached
