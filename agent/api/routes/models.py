@@ -8,10 +8,8 @@ becomes visible.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,11 +18,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
-from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import ClientDisconnect
 
 from agent.api.deps import ctx, require_operate, require_read
 from agent.api.errors import ApiError
+from agent.api.multipart import Part, receive
 from agent.api.routes.admin import audited
 from agent.api.schemas import (
     AliasEvent,
@@ -50,10 +47,6 @@ MAX_METADATA_BYTES = 16 * 1024 * 1024
 # Reference and validation data together (Parquet is compact: 1M rows x 25 columns is ~100 MiB).
 MAX_DATA_BYTES = 512 * 1024 * 1024
 DATA_PARTS = ("reference", "validation")
-# Multipart boundaries and part headers on top of the two parts' contents.
-_ENVELOPE_BYTES = 64 * 1024
-# Received bytes are handed to the parser (and the disk) in slices of about this size, off the loop.
-_FEED_BYTES = 1024 * 1024
 DIGEST_HEADER = "X-Watchkeeper-Digest"
 
 
@@ -85,181 +78,12 @@ def _call(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
 # --------------------------------------------------------------------------- streaming upload
 
 
-class _Upload:
-    """Receives `multipart/form-data` with parts `metadata` (JSON text) and `artifact` (the file), and
-    optionally `reference` and `validation` (Parquet data: the agent fits the version's reference profile
-    from the first and checks the second for skew against it).
-
-    The artifact's bytes go straight to a file in the registry's tmp dir and into a sha256; the
-    parser is fed from a worker thread in ~1 MiB slices, so neither disk writes nor hashing run on
-    the event loop.
-    """
-
-    def __init__(self, tmp_dir: Path, boundary: bytes, max_bytes: int) -> None:
-        self.path = tmp_dir / f"upload-{uuid.uuid4().hex}.part"
-        self.max_bytes = max_bytes
-        self.size = 0
-        self.digest: str | None = None
-        self.metadata: str | None = None
-        self._hash = hashlib.sha256()
-        self.data: dict[str, Path] = {}  # reference / validation parquet files
-        self._data_size = 0
-        self._fh: Any = None
-        self._part: str | None = None
-        self._seen: set[str] = set()
-        self._meta = bytearray()
-        self._header_name = bytearray()
-        self._header_value = bytearray()
-        self._disposition = b""
-        self._ended = False
-        self._parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": self._on_part_begin,
-                "on_header_field": lambda d, s, e: self._header_name.extend(d[s:e]),
-                "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
-                "on_header_end": self._on_header_end,
-                "on_headers_finished": self._on_headers_finished,
-                "on_part_data": self._on_part_data,
-                "on_part_end": self._on_part_end,
-                "on_end": self._on_end,
-            },
-        )
-
-    # -- parser callbacks (worker thread)
-
-    def _on_part_begin(self) -> None:
-        self._part, self._disposition = None, b""
-
-    def _on_header_end(self) -> None:
-        if bytes(self._header_name).strip().lower() == b"content-disposition":
-            self._disposition = bytes(self._header_value)
-        self._header_name.clear()
-        self._header_value.clear()
-
-    def _on_headers_finished(self) -> None:
-        _, options = parse_options_header(self._disposition)
-        name = options.get(b"name", b"").decode("latin-1")
-        if name not in ("artifact", "metadata", *DATA_PARTS):
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"unexpected form field {name!r}: send 'metadata' (JSON), 'artifact' (the file) and optionally "
-                "'reference' / 'validation' (Parquet)",
-                field=name or "body",
-            )
-        if name in self._seen:
-            raise ApiError(422, "invalid_request", f"form field {name!r} given twice", field=name)
-        self._seen.add(name)
-        self._part = name
-        if name == "artifact":
-            self._fh = open(self.path, "xb")  # noqa: SIM115 - closed in _on_part_end / close()
-        elif name in DATA_PARTS:
-            self.data[name] = self.path.with_suffix(f".{name}.parquet")
-            self._fh = open(self.data[name], "xb")  # noqa: SIM115 - closed in _on_part_end / close()
-
-    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
-        if self._part == "artifact":
-            self.size += len(chunk)
-            if self.size > self.max_bytes:
-                raise ApiError(
-                    413, "too_large", f"the artifact is larger than the limit of {self.max_bytes} bytes", "artifact"
-                )
-            self._hash.update(chunk)
-            self._fh.write(chunk)
-        elif self._part in DATA_PARTS:
-            self._data_size += len(chunk)
-            if self._data_size > MAX_DATA_BYTES:
-                raise ApiError(413, "too_large", f"reference/validation data over {MAX_DATA_BYTES} bytes", self._part)
-            self._fh.write(chunk)
-        else:
-            if len(self._meta) + len(chunk) > MAX_METADATA_BYTES:
-                raise ApiError(413, "too_large", f"metadata is larger than {MAX_METADATA_BYTES} bytes", "metadata")
-            self._meta.extend(chunk)
-
-    def _on_part_end(self) -> None:
-        if self._part == "artifact":
-            self._fh.close()
-            self._fh = None
-            self.digest = self._hash.hexdigest()
-        elif self._part in DATA_PARTS:
-            self._fh.close()
-            self._fh = None
-        elif self._part == "metadata":
-            try:
-                self.metadata = self._meta.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ApiError(422, "invalid_request", "metadata is not UTF-8 text", "metadata") from None
-        self._part = None
-
-    def _on_end(self) -> None:
-        self._ended = True
-
-    # -- feeding
-
-    def feed(self, data: bytes) -> None:
-        try:
-            self._parser.write(data)
-        except ApiError:
-            raise
-        except Exception as e:  # python-multipart's parse errors
-            raise ApiError(422, "invalid_request", f"malformed multipart body: {e}", "body") from None
-
-    def finish(self) -> None:
-        self._parser.finalize()
-        if not self._ended:
-            raise ApiError(422, "invalid_request", "the multipart body ended early", "body")
-        if self.metadata is None:
-            raise ApiError(422, "invalid_request", "form field 'metadata' (JSON) is required", "metadata")
-        if self.digest is None:
-            raise ApiError(422, "invalid_request", "form field 'artifact' (the model file) is required", "artifact")
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-    def discard(self) -> None:
-        """Remove every temporary file of this upload (the artifact is moved away on success)."""
-        for p in (self.path, *self.data.values()):
-            p.unlink(missing_ok=True)
-
-
-async def _receive(request: Request, tmp_dir: Path) -> _Upload:
-    ctype, params = parse_options_header(request.headers.get("content-type"))
-    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            "send multipart/form-data with fields 'metadata' (JSON) and 'artifact' (the model file)",
-            "content-type",
-        )
-    cap = max_artifact_bytes()
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > cap + MAX_METADATA_BYTES + MAX_DATA_BYTES + _ENVELOPE_BYTES:
-        raise ApiError(413, "too_large", f"the artifact is larger than the limit of {cap} bytes", "artifact")
-    up = _Upload(tmp_dir, params[b"boundary"], cap)
-    try:
-        pending = bytearray()
-        async for chunk in request.stream():
-            pending.extend(chunk)
-            if len(pending) >= _FEED_BYTES:
-                data = bytes(pending)
-                pending.clear()
-                await run_in_threadpool(up.feed, data)
-        if pending:
-            await run_in_threadpool(up.feed, bytes(pending))
-        up.finish()
-    except ClientDisconnect:
-        up.close()
-        up.discard()
-        raise ApiError(400, "client_disconnect", "the client went away during the upload", "artifact") from None
-    except BaseException:
-        up.close()
-        up.discard()
-        raise
-    return up
+def _parts() -> list[Part]:
+    return [
+        Part("metadata", MAX_METADATA_BYTES, required=True, text=True, what="JSON"),
+        Part("artifact", max_artifact_bytes(), required=True, sha256=True, what="the model file"),
+        *(Part(name, MAX_DATA_BYTES, what=f"the {name} data") for name in DATA_PARTS),
+    ]
 
 
 def _parse_metadata(text: str) -> ModelVersionCreate:
@@ -306,20 +130,21 @@ async def register_version(
     """Register a new version: multipart `metadata` (JSON `ModelVersionCreate`) and `artifact` (the file)."""
     _name(name)
     reg = _registry(request)
-    up = await _receive(request, reg.tmp_dir)
+    up = await receive(request, reg.tmp_dir, _parts(), blame="artifact")
     try:
 
         def register() -> ModelVersion:
-            meta = _parse_metadata(up.metadata or "")
-            if up.data:
-                meta = _with_fitted_profile(meta, up.data)
+            meta = _parse_metadata(up.texts["metadata"])
+            data = {k: v for k, v in up.files.items() if k in DATA_PARTS}
+            if data:
+                meta = _with_fitted_profile(meta, data)
             return _call(
                 reg.register,
                 name,
                 meta,
-                up.path,
+                up.files["artifact"],
                 principal.name,
-                digest=up.digest,
+                digest=up.digests["artifact"],
                 audit=lambda detail: audited(request, principal, "model.register", f"model:{name}", detail),
             )
 

@@ -15,17 +15,14 @@ once its checks passed, under its lock, so what is audited is what happens.
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import ClientDisconnect
 
 from agent.api.deps import client_of, ctx, require_operate, require_read
 from agent.api.errors import ApiError
+from agent.api.multipart import Part, receive
 from agent.api.routes.admin import audited
 from agent.api.routes.models import MAX_DATA_BYTES
 from agent.api.schemas import API_PREFIX, NAME_PATTERN, DatasetInfo, Principal, RolloutAction, RolloutCreate, RolloutOut
@@ -33,8 +30,6 @@ from agent.registry.store import RegistryError, check_name
 from agent.rollouts.engine import ACTIONS, RolloutEngine, RolloutError
 
 router = APIRouter(tags=["rollouts"])
-
-_FEED_BYTES = 1024 * 1024
 
 
 def _engine(request: Request) -> RolloutEngine:
@@ -133,120 +128,6 @@ async def rollout_action(
 # --------------------------------------------------------------------------- datasets
 
 
-class _DataUpload:
-    """Receives `multipart/form-data` with one part, `data` (a Parquet file), straight to a file in the
-    registry's tmp dir; the parser is fed from a worker thread in ~1 MiB slices."""
-
-    def __init__(self, tmp_dir: Path, boundary: bytes) -> None:
-        self.path = tmp_dir / f"dataset-{uuid.uuid4().hex}.parquet"
-        self.size = 0
-        self.done = False
-        self._fh: Any = None
-        self._in_data = False
-        self._header_name = bytearray()
-        self._header_value = bytearray()
-        self._disposition = b""
-        self._ended = False
-        self._parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": self._on_part_begin,
-                "on_header_field": lambda d, s, e: self._header_name.extend(d[s:e]),
-                "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
-                "on_header_end": self._on_header_end,
-                "on_headers_finished": self._on_headers_finished,
-                "on_part_data": self._on_part_data,
-                "on_part_end": self._on_part_end,
-                "on_end": self._on_end,
-            },
-        )
-
-    def _on_part_begin(self) -> None:
-        self._disposition = b""
-
-    def _on_header_end(self) -> None:
-        if bytes(self._header_name).strip().lower() == b"content-disposition":
-            self._disposition = bytes(self._header_value)
-        self._header_name.clear()
-        self._header_value.clear()
-
-    def _on_headers_finished(self) -> None:
-        _, options = parse_options_header(self._disposition)
-        name = options.get(b"name", b"").decode("latin-1")
-        if name != "data":
-            raise ApiError(422, "invalid_request", f"unexpected form field {name!r}: send 'data' (Parquet)",
-                           name or "body")  # fmt: skip
-        if self.done or self._fh is not None:
-            raise ApiError(422, "invalid_request", "form field 'data' given twice", "data")
-        self._fh = open(self.path, "xb")  # noqa: SIM115 - closed in _on_part_end / close()
-        self._in_data = True
-
-    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        self.size += end - start
-        if self.size > MAX_DATA_BYTES:
-            raise ApiError(413, "too_large", f"the dataset is larger than {MAX_DATA_BYTES} bytes", "data")
-        self._fh.write(data[start:end])
-
-    def _on_part_end(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-            self.done = True
-
-    def _on_end(self) -> None:
-        self._ended = True
-
-    def feed(self, data: bytes) -> None:
-        try:
-            self._parser.write(data)
-        except ApiError:
-            raise
-        except Exception as e:
-            raise ApiError(422, "invalid_request", f"malformed multipart body: {e}", "body") from None
-
-    def finish(self) -> None:
-        self._parser.finalize()
-        if not self._ended:
-            raise ApiError(422, "invalid_request", "the multipart body ended early", "body")
-        if not self.done:
-            raise ApiError(422, "invalid_request", "form field 'data' (a Parquet file) is required", "data")
-
-    def discard(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        self.path.unlink(missing_ok=True)
-
-
-async def _receive(request: Request, tmp_dir: Path) -> _DataUpload:
-    ctype, params = parse_options_header(request.headers.get("content-type"))
-    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
-        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with the field 'data' (Parquet)",
-                       "content-type")  # fmt: skip
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > MAX_DATA_BYTES + 64 * 1024:
-        raise ApiError(413, "too_large", f"the dataset is larger than {MAX_DATA_BYTES} bytes", "data")
-    up = _DataUpload(tmp_dir, params[b"boundary"])
-    try:
-        pending = bytearray()
-        async for chunk in request.stream():
-            pending.extend(chunk)
-            if len(pending) >= _FEED_BYTES:
-                data = bytes(pending)
-                pending.clear()
-                await run_in_threadpool(up.feed, data)
-        if pending:
-            await run_in_threadpool(up.feed, bytes(pending))
-        up.finish()
-    except ClientDisconnect:
-        up.discard()
-        raise ApiError(400, "client_disconnect", "the client went away during the upload", "data") from None
-    except BaseException:
-        up.discard()
-        raise
-    return up
-
-
 def _datasets(request: Request) -> Any:
     ds = _engine(request).datasets
     if ds is None:
@@ -263,12 +144,12 @@ async def register_dataset(
     ds = _datasets(request)
     reg = ctx(request).registry
     tmp = reg.tmp_dir if reg is not None else ds.root
-    up = await _receive(request, tmp)
+    up = await receive(request, tmp, [Part("data", MAX_DATA_BYTES, required=True, what="a Parquet file")], "data")
 
     def register() -> DatasetInfo:
         try:
             return ds.register(
-                name, up.path, principal.name,
+                name, up.files["data"], principal.name,
                 audit=lambda detail: audited(request, principal, "dataset.register", f"dataset:{name}", detail),
             )  # fmt: skip
         except RegistryError as e:
