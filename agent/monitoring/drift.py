@@ -253,13 +253,11 @@ def _verdict(judged: bool, drifted: bool, issues: list[str]) -> Verdict:
 
 
 def _numeric(name: str, col: NumericColumn, r: NumericCounts, c: NumericCounts, t: DriftThresholds) -> FeatureDrift:
-    n_ref, n_cur = r.n, c.n
-    r_rows, c_rows = n_ref + r.missing, n_cur + c.missing
     method = t.numeric_method
     if method == "auto":
-        method = "wasserstein" if n_ref > t.auto_reference_values else "ks"
+        method = "wasserstein" if r.n > t.auto_reference_values else "ks"
     p = ks = ks_p = w_norm = None
-    if n_ref and n_cur:
+    if r.n and c.n:
         p = _num(psi(col.coarse(r.cells), col.coarse(c.cells), eps=t.psi_eps))
         ks_method = {"auto": "auto" if method == "ks" else "asymp", "scipy": "auto"}.get(t.ks_method, t.ks_method)
         ks_res = ks_from_counts(col.fine.cell_ends(), r.cells, c.cells, method=ks_method)
@@ -268,54 +266,18 @@ def _numeric(name: str, col: NumericColumn, r: NumericCounts, c: NumericCounts, 
         hi = max(v for v in (r.max, c.max) if v is not None)
         w = wasserstein_from_grid(col.fine.grid(lo, hi), r.cells, c.cells)
         w_norm = _num(normalise_wasserstein(w, col.std if col.std is not None else math.nan))
-    score, threshold = {
-        "wasserstein": (w_norm, t.wasserstein),
-        "ks": (ks_p, t.ks_pvalue),
-        "psi": (p, t.psi),
-    }[method]
-    judged = n_ref >= t.min_rows and n_cur >= t.min_rows
-    drifted = judged and score is not None and (score < threshold if method == "ks" else score >= threshold)
-    issues = []
-    oor_share = c.out_of_range / n_cur if n_cur else None
-    if c_rows >= t.min_rows:
-        if _missing_issue(r.missing, r_rows, c.missing, c_rows, t):
-            issues.append("missing_rate")
-        if oor_share is not None and oor_share > t.out_of_range_share:
-            issues.append("out_of_range")
-    return FeatureDrift(
-        name=name,
-        kind="numeric",
-        n_ref=n_ref,
-        n_cur=n_cur,
-        psi=p,
-        ks_stat=ks,
-        ks_pvalue=ks_p,
-        wasserstein_norm=w_norm,
-        js=None,
-        chi2_stat=None,
-        chi2_pvalue=None,
-        method=method,
-        score=score,
-        threshold=threshold,
-        drifted=drifted,
-        missing_rate_ref=r.missing / r_rows if r_rows else None,
-        missing_rate_cur=c.missing / c_rows if c_rows else None,
-        out_of_range_share=oor_share,
-        unseen_share=None,
-        unseen_top=[],
-        quality_issues=issues,
-        verdict=_verdict(judged, drifted, issues),
-        role=col.role,
-        severity=_severity(method, score, threshold) if judged else 0.0,
-    )
+    score, threshold = {"wasserstein": (w_norm, t.wasserstein), "ks": (ks_p, t.ks_pvalue), "psi": (p, t.psi)}[method]
+    oor_share = c.out_of_range / c.n if c.n else None
+    return _feature(
+        name, "numeric", col.role, r, c, t, method, score, threshold, ("out_of_range", oor_share, t.out_of_range_share),
+        psi=p, ks_stat=ks, ks_pvalue=ks_p, wasserstein_norm=w_norm, out_of_range_share=oor_share,
+    )  # fmt: skip
 
 
 def _categorical(name: str, role, r: CategoricalCounts, c: CategoricalCounts, t: DriftThresholds) -> FeatureDrift:
-    n_ref, n_cur = r.n, c.n
-    r_rows, c_rows = n_ref + r.missing, n_cur + c.missing
     method = t.categorical_method
     if method == "auto":
-        method = "jensenshannon" if n_ref > t.auto_reference_values else "chi2"
+        method = "jensenshannon" if r.n > t.auto_reference_values else "chi2"
     # The distribution is compared over the reference's categories; unseen ones are a quality issue of their own
     # (counted in, a 2 % unseen category alone would push the JS distance to ~0.1).
     p = js = chi = chi_p = None
@@ -324,41 +286,60 @@ def _categorical(name: str, role, r: CategoricalCounts, c: CategoricalCounts, t:
         js = _num(js_distance(r.counts, c.counts, base=t.js_base))
         res = chi2_2xk(r.counts, c.counts)
         chi, chi_p = _num(res.statistic), _num(res.pvalue)
-    score, threshold = {
-        "jensenshannon": (js, t.jensenshannon),
-        "chi2": (chi_p, t.chi2_pvalue),
-        "psi": (p, t.psi),
-    }[method]
-    judged = n_ref >= t.min_rows and n_cur >= t.min_rows
-    drifted = judged and score is not None and (score < threshold if method == "chi2" else score >= threshold)
+    score, threshold = {"jensenshannon": (js, t.jensenshannon), "chi2": (chi_p, t.chi2_pvalue), "psi": (p, t.psi)}[
+        method
+    ]
+    unseen_share = c.unseen / c.n if c.n else None
+    return _feature(
+        name, "categorical", role, r, c, t, method, score, threshold, ("unseen", unseen_share, t.unseen_share),
+        psi=p, js=js, chi2_stat=chi, chi2_pvalue=chi_p, unseen_share=unseen_share,
+        unseen_top=[k for k, _ in sorted(c.unseen_top.items(), key=lambda kv: (-kv[1], kv[0]))],
+    )  # fmt: skip
+
+
+_STATS = ("psi", "ks_stat", "ks_pvalue", "wasserstein_norm", "js", "chi2_stat", "chi2_pvalue",
+          "out_of_range_share", "unseen_share")  # fmt: skip
+
+
+def _feature(
+    name: str,
+    kind: Literal["numeric", "categorical"],
+    role,
+    r: NumericCounts | CategoricalCounts,
+    c: NumericCounts | CategoricalCounts,
+    t: DriftThresholds,
+    method: str,
+    score: float | None,
+    threshold: float,
+    extra_issue: tuple[str, float | None, float],
+    **stats: Any,
+) -> FeatureDrift:
+    """The verdict shared by both kinds: judged only with enough values, drift by the primary method (p-value
+    methods drift below their threshold, distances at or above it), missing-rate and one kind-specific issue."""
+    r_rows, c_rows = r.n + r.missing, c.n + c.missing
+    judged = r.n >= t.min_rows and c.n >= t.min_rows
+    below = method in P_VALUE_METHODS
+    drifted = judged and score is not None and (score < threshold if below else score >= threshold)
     issues = []
-    unseen_share = c.unseen / n_cur if n_cur else None
     if c_rows >= t.min_rows:
         if _missing_issue(r.missing, r_rows, c.missing, c_rows, t):
             issues.append("missing_rate")
-        if unseen_share is not None and unseen_share > t.unseen_share:
-            issues.append("unseen")
+        issue, share, limit = extra_issue
+        if share is not None and share > limit:
+            issues.append(issue)
     return FeatureDrift(
         name=name,
-        kind="categorical",
-        n_ref=n_ref,
-        n_cur=n_cur,
-        psi=p,
-        ks_stat=None,
-        ks_pvalue=None,
-        wasserstein_norm=None,
-        js=js,
-        chi2_stat=chi,
-        chi2_pvalue=chi_p,
+        kind=kind,
+        n_ref=r.n,
+        n_cur=c.n,
+        **{k: stats.get(k) for k in _STATS},
         method=method,
         score=score,
         threshold=threshold,
         drifted=drifted,
         missing_rate_ref=r.missing / r_rows if r_rows else None,
         missing_rate_cur=c.missing / c_rows if c_rows else None,
-        out_of_range_share=None,
-        unseen_share=unseen_share,
-        unseen_top=[k for k, _ in sorted(c.unseen_top.items(), key=lambda kv: (-kv[1], kv[0]))],
+        unseen_top=stats.get("unseen_top", []),
         quality_issues=issues,
         verdict=_verdict(judged, drifted, issues),
         role=role,
