@@ -25,7 +25,7 @@ from textual.screen import ModalScreen
 from textual.timer import Timer
 
 from console.alert_rows import firing_count
-from console.client import AgentError, AgentState, FleetSource, FleetStatus
+from console.client import AgentState, FleetSource, FleetStatus, why
 from console.messages import ConsoleError, FallbackToggled, FleetPolled
 from console.readonly import allowed
 from console.rollout_rows import awaiting_count
@@ -262,10 +262,8 @@ class WatchkeeperApp(App[int]):
             return
         try:
             info = await self.source.set_fallback(agent, endpoint, enabled, reason)
-        except AgentError as exc:
-            self.post_message(FallbackToggled(agent, endpoint, enabled, error=exc.message))
         except Exception as exc:
-            self.post_message(FallbackToggled(agent, endpoint, enabled, error=f"{type(exc).__name__}: {exc}"))
+            self.post_message(FallbackToggled(agent, endpoint, enabled, error=why(exc)))
         else:
             self.post_message(FallbackToggled(agent, endpoint, enabled, info=info))
 

@@ -16,7 +16,7 @@ import errno
 import ssl
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from console.monitoring_client import AlertFeed
 
 T = TypeVar("T")
+C = TypeVar("C", bound="AgentClient")
 
 # Used until the agent's HostInfo (which carries the real interval) has been fetched.
 DEFAULT_SAMPLE_INTERVAL_S = 5.0
@@ -222,20 +223,34 @@ class AgentClient:
         await self._http.aclose()
 
     async def _request(
-        self, method: str, path: str, params: dict[str, Any] | None = None, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: bytes | None = None,
+        *,
+        files: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+        refusal: Callable[[httpx.Response], AgentError] | None = None,
     ) -> httpx.Response:
-        timeout_s = self.spec.timeout_s
+        """One request bounded as a whole (`timeout_s`, default the agent's); a non-2xx answer raises
+        `refusal(response)`, by default `classify_response`'s AgentError."""
+        timeout_s = self.spec.timeout_s if timeout_s is None else timeout_s
         headers = {"Content-Type": "application/json"} if body is not None else None
         try:
             # httpx's timeout is per phase (connect, each read...); an agent trickling bytes could
             # exceed it many times over. This bounds the whole request.
             async with asyncio.timeout(timeout_s):
-                response = await self._http.request(method, path, params=params, content=body, headers=headers)
+                response = await self._http.request(
+                    method, path, params=params, content=body, files=files, headers=headers
+                )
         except TimeoutError:
             raise AgentError(ErrorKind.TIMEOUT, f"timeout after {timeout_s:g}s") from None
         except httpx.HTTPError as exc:
             raise classify_transport_error(exc, timeout_s=timeout_s) from exc
         if not response.is_success:
+            if refusal is not None:
+                raise refusal(response)
             raise classify_response(response, has_token=bool(self.spec.token))
         # Only from answers of the agent itself: an error may come from a proxy with its own clock.
         self._note_date(response)
@@ -497,6 +512,13 @@ class FleetPoller:
         """The client for agent `name` (KeyError if unknown)."""
         return self._tracks[name].client
 
+    def client_with(self, name: str, kind: type[C], routes: str) -> C:
+        """The client for agent `name` as a `kind`; an AgentError if it lacks those (`routes`) routes."""
+        client = self.client(name)
+        if not isinstance(client, kind):
+            raise AgentError(ErrorKind.PROTOCOL, f"console error: this agent's client has no {routes} routes")
+        return client
+
     def backoff_s(self, failures: int) -> float:
         """Delay before the next attempt after `failures` consecutive failures."""
         if failures <= 0:
@@ -551,7 +573,7 @@ class FleetPoller:
         if need_serving:
             track.serving_attempt_at = now
             calls.append(track.client.serving())
-        results = await asyncio.gather(*(_capture(c) for c in calls))
+        results = await asyncio.gather(*(capture(c) for c in calls))
         snap_result = results[0]
         host_result: Any = results[1] if need_host else None
         if need_serving:
@@ -572,7 +594,7 @@ class FleetPoller:
             track.next_attempt_at = 0.0
             track.error = None
             return
-        error = snap_result if isinstance(snap_result, AgentError) else _unexpected(snap_result)
+        error = as_agent_error(snap_result)
         track.error = error
         if error.kind is ErrorKind.NOT_READY:
             # Alive but starting (no sample yet): keep the normal cadence, no backoff.
@@ -601,7 +623,7 @@ class FleetPoller:
             track.serving_state = ServingState.NONE
             track.serving_error = None
         else:
-            error = result if isinstance(result, AgentError) else _unexpected(result)
+            error = as_agent_error(result)
             track.serving_state = ServingState.ERROR
             track.serving_error = error.message
 
@@ -651,13 +673,23 @@ class FleetPoller:
         return AgentStatus(state=AgentState.UP, **common)
 
 
-async def _capture(coro: Any) -> Any:
+async def capture(coro: Awaitable[T]) -> T | Exception:
+    """What `coro` returns, or the exception it raised (one agent's failure must not abort a gather)."""
     try:
         return await coro
     except Exception as exc:
         return exc
 
 
-def _unexpected(exc: BaseException) -> AgentError:
+def as_agent_error(result: object) -> AgentError:
+    """`result` itself if it is an AgentError; any other failure (or an answer of the wrong type) is a
+    console bug, reported as PROTOCOL."""
+    if isinstance(result, AgentError):
+        return result
     # A bug in our own code path must show up as a reason on that one agent, not kill the poll.
-    return AgentError(ErrorKind.PROTOCOL, f"console error: {type(exc).__name__}: {exc}")
+    return AgentError(ErrorKind.PROTOCOL, f"console error: {type(result).__name__}: {result}")
+
+
+def why(exc: BaseException) -> str:
+    """The short reason a failed request gives: an AgentError's message, else the exception's type and text."""
+    return exc.message if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}"

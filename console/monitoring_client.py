@@ -11,10 +11,10 @@ Like `console.client` this imports no Textual and nothing from `agent/` but the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from pydantic import TypeAdapter, ValidationError
@@ -32,7 +32,7 @@ from agent.api.schemas import (
     QualityReport,
     WebhookStatus,
 )
-from console.client import AgentClient, AgentError, AgentStatus, ErrorKind, FleetPoller, FleetSource
+from console.client import AgentClient, AgentError, AgentStatus, FleetPoller, FleetSource, as_agent_error, capture
 from console.config import AgentSpec
 
 if TYPE_CHECKING:
@@ -49,6 +49,8 @@ _HISTOGRAM = TypeAdapter(HistogramOut)
 _QUALITY = TypeAdapter(QualityReport)
 _ALERTS = TypeAdapter(AlertsResponse)
 _ALERT = TypeAdapter(AlertOut)
+
+T = TypeVar("T")
 
 
 class FeedState(StrEnum):
@@ -80,9 +82,22 @@ def _range(params: dict[str, Any], since: float | None, until: float | None = No
     return params
 
 
-def _unavailable(exc: AgentError, code: str) -> bool:
-    """The route is missing (older agent) or its service is not running on this agent."""
-    return (exc.status_code == 404 and exc.error_code in (None, "not_found")) or exc.error_code == code
+def route_unavailable(exc: AgentError, code: str, status: int | None = None) -> bool:
+    """The route is missing (404: older agent) or its service is not running on this agent (error
+    `code`, with HTTP `status` where given)."""
+    if exc.status_code == 404 and exc.error_code in (None, "not_found"):
+        return True
+    return exc.error_code == code and status in (None, exc.status_code)
+
+
+async def unless_unavailable(request: Awaitable[T], unavailable: Callable[[AgentError], bool]) -> T | None:
+    """`request`'s answer, or None when it failed because the agent lacks the route (`unavailable`)."""
+    try:
+        return await request
+    except AgentError as exc:
+        if unavailable(exc):
+            return None
+        raise
 
 
 class MonitoringClient(AgentClient):
@@ -118,12 +133,10 @@ class MonitoringClient(AgentClient):
 
     async def model_alerts(self, state: str | None = None) -> AlertsResponse | None:
         """`GET /api/v1/alerting[?state=]`; None when the agent has no alerting (404, or not running)."""
-        try:
-            return await self._get(ALERTS_LIST_PATH, _ALERTS, {"state": state} if state else None)
-        except AgentError as exc:
-            if _unavailable(exc, "alerting_unavailable"):
-                return None
-            raise
+        return await unless_unavailable(
+            self._get(ALERTS_LIST_PATH, _ALERTS, {"state": state} if state else None),
+            lambda exc: route_unavailable(exc, "alerting_unavailable"),
+        )
 
     async def ack_alert(self, fingerprint: str, comment: str = "") -> AlertOut | None:
         """`POST /api/v1/alerts/{fingerprint}/ack` (operator; the agent audits it)."""
@@ -163,9 +176,30 @@ class MonitoringSource(FleetSource, Protocol):
 
 
 @dataclass
-class _AlertTrack:
-    feed: AlertFeed = field(default_factory=AlertFeed)
+class FeedTrack:
+    """One agent's optional feed (alerts, rollouts) between polls: the last one and when it was asked for.
+
+    An agent without the route (FeedState.NONE) is asked again only every `idle_s` (see `due`)."""
+
+    feed: Any  # AlertFeed, RolloutFeed: a frozen dataclass with `state` and `error`
     attempt_at: float | None = None
+
+    def due(self, now: float, idle_s: float) -> bool:
+        """Whether to ask at `now` (then noted as the attempt)."""
+        if self.feed.state is FeedState.NONE and self.attempt_at is not None and now - self.attempt_at < idle_s:
+            return False
+        self.attempt_at = now
+        return True
+
+    def failed(self, result: object) -> None:
+        """The fetch failed: keep the last good answer, marked as an error."""
+        self.feed = replace(self.feed, state=FeedState.ERROR, error=as_agent_error(result).message)
+
+
+async def beside(poll: Awaitable[None], fetch: Awaitable[Any]) -> Any:
+    """Run an agent's poll and one more fetch concurrently (one round trip); the fetch's answer or exception."""
+    _, result = await asyncio.gather(poll, capture(fetch))
+    return result
 
 
 class MonitoringPoller(FleetPoller):
@@ -187,41 +221,32 @@ class MonitoringPoller(FleetPoller):
         super().__init__(specs, client_factory=client_factory, **kwargs)
         self.alerts_state = alerts_state
         self.alerts_idle_s = alerts_idle_s
-        self._alert_tracks = {s.name: _AlertTrack() for s in self.specs}
+        self._alert_tracks = {s.name: FeedTrack(AlertFeed()) for s in self.specs}
 
     def _monitoring(self, name: str) -> MonitoringClient:
-        client = self.client(name)
-        if not isinstance(client, MonitoringClient):
-            raise AgentError(ErrorKind.PROTOCOL, "console error: this agent's client has no monitoring routes")
-        return client
+        return self.client_with(name, MonitoringClient, "monitoring")
 
     async def _poll_one(self, track: _Track) -> None:
         alerts = self._alert_tracks[track.spec.name]
-        now = self.now()
-        idle = alerts.feed.state is FeedState.NONE and alerts.attempt_at is not None
-        if idle and now - alerts.attempt_at < self.alerts_idle_s:  # type: ignore[operator]
+        if not alerts.due(self.now(), self.alerts_idle_s):
             await super()._poll_one(track)
             return
-        alerts.attempt_at = now
-        _, result = await asyncio.gather(super()._poll_one(track), _capture(self._fetch_alerts(track)))
-        alerts.feed = self._next_feed(alerts.feed, result)
-
-    async def _fetch_alerts(self, track: _Track) -> AlertsResponse | None:
-        return await self._monitoring(track.spec.name).model_alerts(self.alerts_state)
-
-    def _next_feed(self, feed: AlertFeed, result: Any) -> AlertFeed:
+        result = await beside(super()._poll_one(track), self._fetch_alerts(track))
         if isinstance(result, AlertsResponse):
-            return AlertFeed(
+            alerts.feed = AlertFeed(
                 state=FeedState.OK,
                 alerts=tuple(result.alerts),
                 rules=tuple(result.rules),
                 webhooks=tuple(result.webhooks),
                 fetched_at=self.now(),
             )
-        if result is None:
-            return AlertFeed(state=FeedState.NONE, fetched_at=self.now())
-        error = result if isinstance(result, AgentError) else _unexpected(result)
-        return replace(feed, state=FeedState.ERROR, error=error.message)
+        elif result is None:
+            alerts.feed = AlertFeed(state=FeedState.NONE, fetched_at=self.now())
+        else:
+            alerts.failed(result)
+
+    async def _fetch_alerts(self, track: _Track) -> AlertsResponse | None:
+        return await self._monitoring(track.spec.name).model_alerts(self.alerts_state)
 
     def _status(self, track: _Track, now: float) -> AgentStatus:
         return replace(super()._status(track, now), alerts=self._alert_tracks[track.spec.name].feed)
@@ -253,14 +278,3 @@ class MonitoringPoller(FleetPoller):
     async def silence_alert(self, name: str, fingerprint: str, duration_s: float, comment: str) -> AlertOut | None:
         """Silence alert `fingerprint` on agent `name` for `duration_s`."""
         return await self._monitoring(name).silence_alert(fingerprint, duration_s, comment)
-
-
-async def _capture(coro: Any) -> Any:
-    try:
-        return await coro
-    except Exception as exc:
-        return exc
-
-
-def _unexpected(exc: BaseException) -> AgentError:
-    return AgentError(ErrorKind.PROTOCOL, f"console error: {type(exc).__name__}: {exc}")

@@ -178,16 +178,15 @@ async def _with_clients(specs: Sequence[Any], body: Callable[[dict[str, Any]], A
 
 
 async def _capture(coro: Any) -> Any:
-    try:
-        return await coro
-    except Exception as exc:
-        return exc
+    from console.client import capture
+
+    return await capture(coro)
 
 
 def _why(exc: BaseException) -> str:
-    from console.client import AgentError
+    from console.client import why
 
-    return exc.message if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}"
+    return why(exc)
 
 
 # --------------------------------------------------------------------------- deploy

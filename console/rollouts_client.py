@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
@@ -35,16 +35,18 @@ from agent.api.schemas import (
     RolloutCreate,
     RolloutOut,
 )
-from console.client import (
-    AgentClient,
-    AgentError,
-    AgentStatus,
-    ErrorKind,
-    classify_response,
-    classify_transport_error,
-)
+from console.client import AgentClient, AgentError, AgentStatus, classify_response
 from console.config import AgentSpec
-from console.monitoring_client import FeedState, MonitoringClient, MonitoringPoller, MonitoringSource
+from console.monitoring_client import (
+    FeedState,
+    FeedTrack,
+    MonitoringClient,
+    MonitoringPoller,
+    MonitoringSource,
+    beside,
+    route_unavailable,
+    unless_unavailable,
+)
 
 if TYPE_CHECKING:
     from console.client import _Track
@@ -92,9 +94,7 @@ class RolloutRefused(AgentError):
 
 def rollouts_unavailable(exc: AgentError) -> bool:
     """The agent has no rollouts: the route is missing (older agent) or the engine is not running there."""
-    if exc.status_code == 404 and exc.error_code in (None, "not_found"):
-        return True
-    return exc.status_code == 503 and exc.error_code == "unavailable"
+    return route_unavailable(exc, "unavailable", 503)
 
 
 # --------------------------------------------------------------------------- the client
@@ -103,31 +103,12 @@ def rollouts_unavailable(exc: AgentError) -> bool:
 class RolloutsClient(MonitoringClient):
     """`MonitoringClient` plus the rollout and dataset routes."""
 
-    async def _exchange(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, Any] | None = None,
-        body: bytes | None = None,
-        files: dict[str, Any] | None = None,
-        timeout_s: float | None = None,
-    ) -> httpx.Response:
-        """One request bounded as a whole; a refusal raises `RolloutRefused` with the agent's ErrorBody."""
-        timeout_s = self.spec.timeout_s if timeout_s is None else timeout_s
-        headers = {"Content-Type": "application/json"} if body is not None else None
-        try:
-            async with asyncio.timeout(timeout_s):
-                response = await self._http.request(
-                    method, path, params=params, content=body, files=files, headers=headers
-                )
-        except TimeoutError:
-            raise AgentError(ErrorKind.TIMEOUT, f"timeout after {timeout_s:g}s") from None
-        except httpx.HTTPError as exc:
-            raise classify_transport_error(exc, timeout_s=timeout_s) from exc
-        if response.is_success:
-            self._note_date(response)
-            return response
+    async def _exchange(self, method: str, path: str, **options: Any) -> httpx.Response:
+        """`_request` (same options: params, body, files, timeout_s) where a refusal raises `RolloutRefused`
+        with the agent's ErrorBody."""
+        return await self._request(method, path, refusal=self._refused, **options)
+
+    def _refused(self, response: httpx.Response) -> RolloutRefused:
         base = classify_response(response, has_token=bool(self.spec.token))
         try:
             err: ErrorBody | None = _ERROR.validate_json(response.content)
@@ -139,7 +120,7 @@ class RolloutsClient(MonitoringClient):
                 gate = _GATE.validate_python(err.detail)
             except ValidationError:
                 gate = None
-        raise RolloutRefused(base, err, gate)
+        return RolloutRefused(base, err, gate)
 
     async def rollouts(self, active: bool | None = None, endpoint: str | None = None) -> list[RolloutOut] | None:
         """`GET /api/v1/rollouts[?active=&endpoint=]`, newest first; None when the agent has no rollouts."""
@@ -148,12 +129,11 @@ class RolloutsClient(MonitoringClient):
             params["active"] = "true" if active else "false"
         if endpoint is not None:
             params["endpoint"] = endpoint
-        try:
-            response = await self._exchange("GET", ROLLOUTS_PATH, params=params or None)
-        except AgentError as exc:
-            if rollouts_unavailable(exc):
-                return None
-            raise
+        response = await unless_unavailable(
+            self._exchange("GET", ROLLOUTS_PATH, params=params or None), rollouts_unavailable
+        )
+        if response is None:
+            return None
         out: list[RolloutOut] = self._parse(ROLLOUTS_PATH, _ROLLOUTS, response)
         # An agent that ignores the query (or a newer one with other rules) still gets filtered here.
         if active is not None:
@@ -253,9 +233,7 @@ class RolloutSource(MonitoringSource, Protocol):
 
 
 @dataclass
-class _RolloutTrack:
-    feed: RolloutFeed = field(default_factory=RolloutFeed)
-    attempt_at: float | None = None
+class _RolloutTrack(FeedTrack):
     ended_at: float | None = None  # when the ended ones were last fetched
     ended_due: bool = True
 
@@ -277,25 +255,19 @@ class RolloutsPoller(MonitoringPoller):
         self.rollouts_idle_s = rollouts_idle_s
         self.ended_refresh_s = ended_refresh_s
         self.recent_s = recent_s
-        self._rollout_tracks = {s.name: _RolloutTrack() for s in self.specs}
+        self._rollout_tracks = {s.name: _RolloutTrack(RolloutFeed()) for s in self.specs}
 
     def _rollouts_client(self, name: str) -> RolloutsClient:
-        client = self.client(name)
-        if not isinstance(client, RolloutsClient):
-            raise AgentError(ErrorKind.PROTOCOL, "console error: this agent's client has no rollout routes")
-        return client
+        return self.client_with(name, RolloutsClient, "rollout")
 
     async def _poll_one(self, track: _Track) -> None:
         rt = self._rollout_tracks[track.spec.name]
         now = self.now()
-        if rt.feed.state is FeedState.NONE and rt.attempt_at is not None and now - rt.attempt_at < self.rollouts_idle_s:
+        if not rt.due(now, self.rollouts_idle_s):
             await super()._poll_one(track)
             return
-        rt.attempt_at = now
         want_ended = rt.ended_due or rt.ended_at is None or now - rt.ended_at >= self.ended_refresh_s
-        _, result = await asyncio.gather(
-            super()._poll_one(track), _capture(self._fetch_rollouts(track.spec.name, want_ended))
-        )
+        result = await beside(super()._poll_one(track), self._fetch_rollouts(track.spec.name, want_ended))
         self._note_rollouts(rt, result, track.client.clock_offset_s)
 
     async def _fetch_rollouts(
@@ -316,8 +288,7 @@ class RolloutsPoller(MonitoringPoller):
             rt.feed = RolloutFeed(state=FeedState.NONE, fetched_at=now)
             return
         if not isinstance(result, tuple):
-            error = result if isinstance(result, AgentError) else _unexpected(result)
-            rt.feed = replace(rt.feed, state=FeedState.ERROR, error=error.message)
+            rt.failed(result)
             return
         active, ended = result
         previous = {r.id for r in rt.feed.active}
@@ -349,14 +320,3 @@ class RolloutsPoller(MonitoringPoller):
             )
         finally:
             self._rollout_tracks[name].ended_due = True
-
-
-async def _capture(coro: Any) -> Any:
-    try:
-        return await coro
-    except Exception as exc:
-        return exc
-
-
-def _unexpected(exc: BaseException) -> AgentError:
-    return AgentError(ErrorKind.PROTOCOL, f"console error: {type(exc).__name__}: {exc}")

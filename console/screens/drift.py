@@ -26,7 +26,7 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Static
 
 from agent.api.schemas import DriftHistory, DriftReportOut, HistogramOut, QualityReport
-from console.client import AgentError, AgentState, AgentStatus, FleetStatus
+from console.client import AgentState, AgentStatus, FleetStatus, why
 from console.drift_rows import (
     data_quality_line,
     drift_line,
@@ -92,10 +92,6 @@ async def _attempt(call: Callable[[], Awaitable[Any]]) -> Any:
         return await call()
     except Exception as exc:
         return exc
-
-
-def _why(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}"
 
 
 class DriftScreen(FilteredTableScreen):
@@ -219,7 +215,7 @@ class DriftScreen(FilteredTableScreen):
                 _attempt(lambda: source.quality(agent, endpoint)),
             )
             errors = {
-                part: _why(result)
+                part: why(result)
                 for part, result in (("drift", report), ("history", history), ("quality", quality))
                 if isinstance(result, BaseException)
             }
@@ -291,7 +287,7 @@ class DriftScreen(FilteredTableScreen):
         if isinstance(result, HistogramOut):
             self.post_message(HistogramLoaded(feature, result, None))
         else:
-            self.post_message(HistogramLoaded(feature, None, _why(result)))
+            self.post_message(HistogramLoaded(feature, None, why(result)))
 
     @on(HistogramLoaded)
     def _histogram_loaded(self, message: HistogramLoaded) -> None:
