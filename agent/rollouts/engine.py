@@ -22,8 +22,8 @@ routes are set again (the candidate takes traffic once it has loaded), and a rol
 is aborted. Every action and every automatic change is in the hash-chained audit log; automatic ones
 are by the principal "watchkeeper-agent".
 
-A thread ticks every `tick_s` (0.25 s): timers of pause and analysis steps, guards (agent/rollouts/guards.py)
-with automatic abort when a breach holds for the guards' window (and an alert: `signals()`), the A/B
+A thread ticks every `tick_s` (0.25 s) while a rollout is live (else every IDLE_TICK_S): timers of pause
+and analysis steps, guards (agent/rollouts/guards.py) with automatic abort when a breach holds for the guards' window (and an alert: `signals()`), the A/B
 result (agent/rollouts/abtest.py), and loading candidates again after a restart.
 """
 
@@ -71,6 +71,7 @@ ALERT_HOLD_S = 3600.0
 AB_REFRESH_S = 2.0
 FEATURE_DRIFT_REFRESH_S = 10.0
 LOAD_RETRY_S = 2.0
+IDLE_TICK_S = 5.0  # the ticker's period with no live rollout and nothing kept warm
 PROMOTE_PIN_S = 120.0  # the candidate stays pinned through the switch of the endpoint's config
 SNAPSHOT = (
     "state", "step_index", "step_started_at", "weight", "shadow", "awaiting_approval_for", "updated_at",
@@ -170,6 +171,7 @@ class RolloutEngine:
         self.host = host
         self.clock = clock
         self.tick_s = tick_s
+        self._wake = threading.Event()
         self._lock = threading.RLock()
         self._rollouts: dict[str, Rollout] = {}
         self._starting: set[str] = set()  # endpoints whose rollout is being created
@@ -188,15 +190,25 @@ class RolloutEngine:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.tick_s):
+        while not self._stop.is_set():
+            # With nothing live the thread sleeps (an idle agent pays ~nothing); a new rollout wakes it.
+            self._wake.wait(self.tick_s if self._busy() else IDLE_TICK_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.tick()
             except Exception:
                 log.exception("rollout tick failed")
+
+    def _busy(self) -> bool:
+        with self._lock:
+            return bool(self._warm) or any(not _ended(r) for r in self._rollouts.values())
 
     def restore(self) -> int:
         """Replay `rollout_events` (start-up); set routes of live rollouts again. Returns how many are active."""
@@ -570,6 +582,7 @@ class RolloutEngine:
         with self._lock:
             if r.state == "validating":  # not aborted meanwhile
                 self._enter(r, 0, principal.name, self.clock(), "started")
+            self._wake.set()  # the ticker may be asleep (nothing was live)
             return self._out(r)
 
     def _reject(self, r: Rollout, reason: str, gate: GateResult | None) -> None:
@@ -644,6 +657,7 @@ class RolloutEngine:
                 self._end(r, "aborted", f"aborted by {who}: {body.reason}".rstrip(": "), who)
             elif action == "rollback":
                 self._rollback(r, who, body.reason)
+            self._wake.set()
             return self._out(r)
 
     def _check(self, r: Rollout, action: str, body: RolloutAction, principal: Principal) -> None:
