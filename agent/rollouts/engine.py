@@ -23,8 +23,9 @@ is aborted. Every action and every automatic change is in the hash-chained audit
 are by the principal "watchkeeper-agent".
 
 A thread ticks every `tick_s` (0.25 s) while a rollout is live (else every IDLE_TICK_S): timers of pause
-and analysis steps, guards (agent/rollouts/guards.py) with automatic abort when a breach holds for the guards' window (and an alert: `signals()`), the A/B
-result (agent/rollouts/abtest.py), and loading candidates again after a restart.
+and analysis steps, guards (agent/rollouts/guards.py) with automatic abort when a breach holds for the
+guards' window (and an alert: `signals()`), the A/B result (agent/rollouts/abtest.py), and loading
+candidates again after a restart.
 """
 
 from __future__ import annotations
