@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.api.schemas import AlertOut
-from console.client import AgentState, AgentStatus, FleetStatus
-from console.monitoring_client import FeedState
-from console.rows import MISSING, Column, fmt_age
+from console.client import AgentStatus, FleetStatus
+from console.feeds import is_outage
+from console.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns
 from console.serving_rows import KEY_SEP
+
+if TYPE_CHECKING:
+    from console.monitoring_client import AlertFeed
 
 OUTAGE_KIND = "agent_down"
 STATES = ("firing", "pending", "resolved")
@@ -42,19 +45,10 @@ def alert_key(agent: str, fingerprint: str) -> str:
     return f"{agent}{KEY_SEP}{fingerprint}"
 
 
-def fmt_number(value: float | None) -> str:
-    """A measured value or threshold, short: 4 significant digits."""
-    return MISSING if value is None else f"{value:.4g}"
-
-
 @dataclass(frozen=True)
-class AlertRow:
+class AlertRow(AgentItemRow):
     """One alert of one agent, or the console's outage row for an agent that stopped answering."""
 
-    key: str
-    agent: str  # the agent's key in the fleet
-    order: int  # the agent's place in the fleet
-    host: str  # its display name
     alert: AlertOut
     now: float  # "now" on the agent's clock (ages are measured against it)
     synthesized: bool = False  # made by the console (agent_down), not an alert the agent holds
@@ -170,11 +164,6 @@ def outage_alert(agent: AgentStatus, polled_at: float) -> AlertOut:
     )
 
 
-def is_outage(agent: AgentStatus) -> bool:
-    """The agent was asked and did not answer (an agent not polled yet is not an outage)."""
-    return agent.state is AgentState.DOWN and agent.error_kind is not None
-
-
 def alert_rows(status: FleetStatus, states: Iterable[str] | None = None) -> list[AlertRow]:
     """Every agent's alerts and the outage rows, sorted (see the module docstring)."""
     wanted = set(states) if states is not None else None
@@ -204,27 +193,13 @@ def firing_count(status: FleetStatus) -> int:
     return sum(1 for a in status.agents if a.alerts for x in a.alerts.alerts if x.state == "firing")
 
 
-def feed_problems(status: FleetStatus) -> list[str]:
-    """'host (why)' for every answering agent whose alerts could not be read."""
-    out = []
-    for agent in status.agents:
-        feed = agent.alerts
-        if feed is not None and feed.state is FeedState.ERROR and not is_outage(agent):
-            out.append(f"{agent.label} ({feed.error})")
-    return out
-
-
-def feed_counts(status: FleetStatus) -> dict[str, int]:
-    """How many agents' alerts we have, lack (no alerting) or failed to read."""
-    counts = {s.value: 0 for s in FeedState}
-    for agent in status.agents:
-        counts[(agent.alerts.state if agent.alerts else FeedState.UNKNOWN).value] += 1
-    return counts
+def alert_feed(agent: AgentStatus) -> AlertFeed | None:
+    """The alerts of `agent` (None: not asked), for `console.feeds`."""
+    return agent.alerts
 
 
 def render_alerts(rows: Sequence[AlertRow], summary_width: int = 60) -> str:
     """Plain aligned text of the alerts table (`watchkeeper alerts`)."""
-    header = [c.label for c in COLUMNS]
     body = []
     for r in rows:
         cells = [r.text(c.key) for c in COLUMNS]
@@ -232,11 +207,4 @@ def render_alerts(rows: Sequence[AlertRow], summary_width: int = 60) -> str:
         if len(cells[i]) > summary_width:
             cells[i] = cells[i][: summary_width - 1] + "…"
         body.append(cells)
-    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
-    lines = []
-    for cells in [header, *body]:
-        parts = [
-            cell.rjust(w) if col.numeric else cell.ljust(w) for cell, w, col in zip(cells, widths, COLUMNS, strict=True)
-        ]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
+    return render_columns(COLUMNS, body)

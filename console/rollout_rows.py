@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.api.schemas import ROLLOUT_TERMINAL, ABResult, GateResult, GuardMetric, RolloutOut, RolloutStep
-from console.alert_rows import is_outage
 from console.client import FleetStatus
+from console.feeds import is_outage
 from console.monitoring_client import FeedState
 from console.rollouts_client import RolloutFeed, rollout_feed
-from console.rows import MISSING, Column, fmt_age
+from console.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns
 from console.serving_rows import KEY_SEP
 
 Seg = tuple[str, str]  # (text, rich style; "" for none)
@@ -105,22 +105,14 @@ def fmt_guard(name: str, value: float | None) -> str:
     return f"{value:.3g}"
 
 
-def fmt_metric(value: float | None) -> str:
-    return MISSING if value is None else f"{value:.4g}"
-
-
 def fmt_signed(value: float | None, digits: int = 4) -> str:
     return MISSING if value is None else f"{value:+.{digits}g}"
 
 
 @dataclass(frozen=True)
-class RolloutRow:
+class RolloutRow(AgentItemRow):
     """One rollout of one agent, as last seen."""
 
-    key: str
-    agent: str  # the agent's key in the fleet
-    order: int  # the agent's place in the fleet
-    host: str  # its display name
     rollout: RolloutOut
     now: float  # "now" on the agent's clock (ages are measured against it)
     stale: bool = False  # the agent is not answering: its last known state
@@ -263,40 +255,12 @@ def awaiting_count(status: FleetStatus) -> int:
     )
 
 
-def feed_counts(status: FleetStatus) -> dict[str, int]:
-    """How many agents' rollouts we have, lack (no rollouts there) or failed to read."""
-    counts = {s.value: 0 for s in FeedState}
-    for agent in status.agents:
-        feed = rollout_feed(agent)
-        counts[(feed.state if feed else FeedState.UNKNOWN).value] += 1
-    return counts
-
-
-def feed_problems(status: FleetStatus) -> list[str]:
-    """'host (why)' for every answering agent whose rollouts could not be read."""
-    out = []
-    for agent in status.agents:
-        feed: RolloutFeed | None = rollout_feed(agent)
-        if feed is not None and feed.state is FeedState.ERROR and not is_outage(agent):
-            out.append(f"{agent.label} ({feed.error})")
-    return out
-
-
 # --------------------------------------------------------------------------- plain text
 
 
 def render_rollouts(rows: Sequence[RolloutRow]) -> str:
     """Plain aligned text of the rollouts table (`watchkeeper rollouts`)."""
-    header = [c.label for c in COLUMNS]
-    body = [[r.text(c.key) for c in COLUMNS] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
-    lines = []
-    for cells in [header, *body]:
-        parts = [
-            cell.rjust(w) if col.numeric else cell.ljust(w) for cell, w, col in zip(cells, widths, COLUMNS, strict=True)
-        ]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
+    return render_columns(COLUMNS, [[r.text(c.key) for c in COLUMNS] for r in rows])
 
 
 def plain(lines: Iterable[Line]) -> str:
@@ -360,12 +324,12 @@ def gate_lines(gate: GateResult | None) -> list[Line]:
     for m in gate.metrics:
         bounds = []
         if m.threshold is not None:
-            bounds.append(f"threshold {fmt_metric(m.threshold)}")
+            bounds.append(f"threshold {fmt_number(m.threshold)}")
         if m.min_absolute_change is not None:
             bounds.append(f"change {fmt_signed(m.min_absolute_change)}")
         if m.min_relative_change is not None:
             bounds.append(f"change {m.min_relative_change * 100:+.3g}%")
-        text = f"  {m.metric:<9} candidate {fmt_metric(m.candidate)}  stable {fmt_metric(m.stable)}"
+        text = f"  {m.metric:<9} candidate {fmt_number(m.candidate)}  stable {fmt_number(m.stable)}"
         if bounds:
             text += f"  ({', '.join(bounds)})"
         line: Line = [(text + "  ", ""), ("ok", "green") if m.passed else ("FAIL", "bold red")]
@@ -405,7 +369,7 @@ def ab_lines(ab: ABResult | None) -> list[Line]:
     label, style = AB_STATUS.get(ab.status, (ab.status, ""))
     head: Line = [("A/B  ", "bold"), (f"{ab.outcome.replace('_', ' ')} ({ab.test}): ", ""), (label, style)]
     arms = (
-        f"  stable {fmt_metric(ab.stable_mean)} (n {ab.stable_n})  candidate {fmt_metric(ab.candidate_mean)} "
+        f"  stable {fmt_number(ab.stable_mean)} (n {ab.stable_n})  candidate {fmt_number(ab.candidate_mean)} "
         f"(n {ab.candidate_n})"
     )
     lines = [head, [(arms, "")]]

@@ -7,6 +7,7 @@ Keeping the numbers (for sorting and JSON) apart from their text (for display) m
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,6 +35,17 @@ COLUMNS: tuple[Column, ...] = (
     Column("why", "WHY"),
 )
 COLUMN_KEYS = tuple(c.key for c in COLUMNS)
+
+
+@dataclass(frozen=True)
+class AgentItemRow:
+    """A row of a fleet-wide table about one thing on one agent (an alert, a rollout, an endpoint version)."""
+
+    key: str
+    agent: str  # the agent's key in the fleet
+    order: int  # the agent's place in the fleet
+    host: str  # the agent's display name
+
 
 # Ascending state order puts the problems first, as an on-call engineer wants them.
 STATE_RANK = {AgentState.DOWN: 0, AgentState.STALE: 1, AgentState.UP: 2}
@@ -220,15 +232,25 @@ def fmt_age(seconds: float | None) -> str:
     return f"{seconds / 86400:.0f}d"
 
 
-def render_table(rows: list[FleetRow]) -> str:
-    """Plain aligned text of the fleet table (headless `status`)."""
-    header = [c.label for c in COLUMNS]
-    body = [[r.text(c.key) for c in COLUMNS] for r in rows]
+def fmt_number(value: float | None) -> str:
+    """A measured value, threshold or metric, short: 4 significant digits."""
+    return MISSING if value is None else f"{value:.4g}"
+
+
+def render_columns(columns: Sequence[Column], body: Sequence[Sequence[str]]) -> str:
+    """Plain aligned text of a table: a header of the columns' labels, then `body` (a row of cells
+    each); numeric columns right-aligned."""
+    header = [c.label for c in columns]
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
     lines = []
     for cells in [header, *body]:
         parts = [
-            cell.rjust(w) if col.numeric else cell.ljust(w) for cell, w, col in zip(cells, widths, COLUMNS, strict=True)
+            cell.rjust(w) if col.numeric else cell.ljust(w) for cell, w, col in zip(cells, widths, columns, strict=True)
         ]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
+
+
+def render_table(rows: list[FleetRow]) -> str:
+    """Plain aligned text of the fleet table (headless `status`)."""
+    return render_columns(COLUMNS, [[r.text(c.key) for c in COLUMNS] for r in rows])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from agent.api.schemas import EndpointInfo, EndpointVersionStats, LoadedModel, ServingStatus
 from console.client import AgentState, AgentStatus, FleetStatus, ServingState
-from console.rows import MISSING, Column, fmt_age, fmt_bytes
+from console.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_bytes
 
 # Error rate (fraction) at which the cell is drawn as a warning / as critical.
 ERROR_RATE_HOT = (0.01, 0.05)
@@ -44,13 +44,9 @@ def row_key(agent: str, endpoint: str, model: str, version: int | None) -> str:
 
 
 @dataclass(frozen=True)
-class EndpointRow:
+class EndpointRow(AgentItemRow):
     """One (agent, endpoint, model version)."""
 
-    key: str
-    agent: str  # the agent's key in the fleet
-    order: int  # the agent's place in the fleet
-    host: str  # the agent's display name
     agent_state: AgentState
     endpoint: str
     model: str

@@ -21,13 +21,14 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Header, OptionList, Static
 
 from agent.api.schemas import AlertOut
-from console.alert_rows import STATES, AlertRow, alert_rows, feed_counts, feed_problems, fmt_number
+from console.alert_rows import STATES, AlertRow, alert_feed, alert_rows
 from console.client import AgentError, FleetStatus
 from console.drift_rows import fmt_utc
+from console.feeds import feed_parts
 from console.messages import ConsoleError
-from console.monitoring_client import FeedState, MonitoringSource
+from console.monitoring_client import MonitoringSource
 from console.readonly import mutating
-from console.rows import MISSING, fmt_age
+from console.rows import MISSING, fmt_age, fmt_number
 from console.screens.confirm import ConfirmScreen
 from console.screens.filtered import FilteredTableScreen, FilterInput
 from console.widgets.alert_table import AlertTable
@@ -206,13 +207,7 @@ class AlertsScreen(FilteredTableScreen):
             rows = table.all_rows
             parts.append(f"{len(table.rows_shown)}/{len(rows)} alerts")
             parts.extend(f"{n} {s}" for s in STATES if (n := sum(1 for r in rows if r.state == s)))
-            counts = feed_counts(status)
-            parts.append(f"alerts from {counts[FeedState.OK.value]}/{len(status.agents)} agents")
-            if counts[FeedState.NONE.value]:
-                parts.append(f"{counts[FeedState.NONE.value]} without alerting")
-            problems = feed_problems(status)
-            if problems:
-                parts.append(f"unreadable: {', '.join(problems)}")
+            parts.extend(feed_parts(status, alert_feed, "alerts", "without alerting"))
         parts.append(f"every {self.wk_app.refresh_s:g}s")
         if table.row_filter.active:
             parts.append(f"filter /{table.row_filter.text}")

@@ -29,8 +29,8 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from agent.api.schemas import ROLLOUT_TERMINAL, RolloutOut
 from console.client import AgentError, FleetStatus
+from console.feeds import feed_parts
 from console.messages import ConsoleError
-from console.monitoring_client import FeedState
 from console.readonly import mutating
 from console.rollout_rows import (
     Line,
@@ -38,13 +38,11 @@ from console.rollout_rows import (
     awaiting_count,
     describe_step,
     detail_lines,
-    feed_counts,
-    feed_problems,
     live_lines,
     rollout_rows,
     state_label,
 )
-from console.rollouts_client import RolloutSource
+from console.rollouts_client import RolloutSource, rollout_feed
 from console.screens.confirm import ConfirmScreen
 from console.screens.filtered import FilteredTableScreen, FilterInput
 from console.widgets.rollout_table import RolloutTable
@@ -243,13 +241,7 @@ class RolloutsScreen(FilteredTableScreen):
                 parts.append(f"{waiting} awaiting approval")
             if table.marked:
                 parts.append(f"{len(table.marked)} marked")
-            counts = feed_counts(status)
-            parts.append(f"rollouts from {counts[FeedState.OK.value]}/{len(status.agents)} agents")
-            if counts[FeedState.NONE.value]:
-                parts.append(f"{counts[FeedState.NONE.value]} without rollouts")
-            problems = feed_problems(status)
-            if problems:
-                parts.append(f"unreadable: {', '.join(problems)}")
+            parts.extend(feed_parts(status, rollout_feed, "rollouts", "without rollouts"))
         parts.append(f"every {self.wk_app.refresh_s:g}s")
         if table.row_filter.active:
             parts.append(f"filter /{table.row_filter.text}")
