@@ -36,7 +36,7 @@ def row_cells(row: AlertRow) -> tuple[Cell, ...]:
     return tuple(cells)
 
 
-class AlertTable(FilteredRowsTable):
+class AlertTable(FilteredRowsTable[AlertRow]):
     """Shows `AlertRow`s filtered by `row_filter`, in the order given (state, severity, age)."""
 
     def __init__(self, **kwargs: object) -> None:
@@ -44,13 +44,3 @@ class AlertTable(FilteredRowsTable):
 
     def cells(self, row: AlertRow) -> tuple[Cell, ...]:
         return row_cells(row)
-
-    @property
-    def all_rows(self) -> list[AlertRow]:
-        return list(self._rows)
-
-    @property
-    def cursor_row_data(self) -> AlertRow | None:
-        """The alert under the cursor."""
-        key = self.cursor_key
-        return next((r for r in self._rows if r.key == key), None) if key is not None else None

@@ -43,7 +43,7 @@ def row_cells(row: FeatureRow) -> tuple[Cell, ...]:
     return tuple(cells)
 
 
-class DriftTable(FilteredRowsTable):
+class DriftTable(FilteredRowsTable[FeatureRow]):
     """Shows `FeatureRow`s filtered by `row_filter`, in the order given (by score)."""
 
     def __init__(self, **kwargs: object) -> None:
@@ -51,13 +51,3 @@ class DriftTable(FilteredRowsTable):
 
     def cells(self, row: FeatureRow) -> tuple[Cell, ...]:
         return row_cells(row)
-
-    @property
-    def all_rows(self) -> list[FeatureRow]:
-        return list(self._rows)
-
-    @property
-    def cursor_row_data(self) -> FeatureRow | None:
-        """The feature under the cursor."""
-        key = self.cursor_key
-        return next((r for r in self._rows if r.key == key), None) if key is not None else None

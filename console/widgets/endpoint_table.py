@@ -49,7 +49,7 @@ def row_cells(row: EndpointRow) -> tuple[Cell, ...]:
     return tuple(cells)
 
 
-class EndpointTable(FilteredRowsTable):
+class EndpointTable(FilteredRowsTable[EndpointRow]):
     """Shows `EndpointRow`s filtered by `row_filter`, in fleet order."""
 
     def __init__(self, **kwargs: object) -> None:
@@ -57,16 +57,6 @@ class EndpointTable(FilteredRowsTable):
 
     def cells(self, row: EndpointRow) -> tuple[Cell, ...]:
         return row_cells(row)
-
-    @property
-    def all_rows(self) -> list[EndpointRow]:
-        return list(self._rows)
-
-    @property
-    def cursor_row_data(self) -> EndpointRow | None:
-        """The row under the cursor."""
-        key = self.cursor_key
-        return next((r for r in self._rows if r.key == key), None) if key is not None else None
 
 
 _LOADED_COLUMNS = (

@@ -46,7 +46,7 @@ def row_cells(row: FleetRow) -> tuple[Cell, ...]:
     return tuple(cells)
 
 
-class FleetTable(FilteredRowsTable):
+class FleetTable(FilteredRowsTable[FleetRow]):
     """Shows `FleetRow`s; `sort_column`/`sort_reverse`/`row_filter` are reactive view state."""
 
     # DataTable hides Enter from the footer; here it is the drill-down, so show it.

@@ -8,6 +8,7 @@ whose content changed, and reorders with `sort()` only when the order changed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Generic, Protocol, TypeVar
 
 from rich.text import Text
 from textual import events
@@ -18,6 +19,18 @@ from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowKey
 from console.filtering import RowFilter
 
 Cell = str | Text
+
+
+class RowModel(Protocol):
+    """What a FilteredRowsTable needs of a row: its table key and the text the `/` filter searches."""
+
+    @property
+    def key(self) -> str: ...
+
+    def matches_text(self) -> str: ...
+
+
+R = TypeVar("R", bound=RowModel)
 
 
 class _KeyedText(Text):
@@ -124,7 +137,7 @@ def _style_of(cell: Text) -> object:
     return cell.style
 
 
-class FilteredRowsTable(KeyedTable):
+class FilteredRowsTable(KeyedTable, Generic[R]):
     """A KeyedTable showing row models that pass a reactive `row_filter`.
 
     Subclasses give `cells(row)` and may reorder in `order(rows)`; every change of data or view
@@ -135,21 +148,32 @@ class FilteredRowsTable(KeyedTable):
 
     def __init__(self, columns: Sequence[tuple[str, str | Text]], **kwargs: object) -> None:
         super().__init__(columns, cursor_type="row", zebra_stripes=True, **kwargs)
-        self._rows: list = []
+        self._rows: list[R] = []
 
-    def cells(self, row) -> Sequence[Cell]:
+    def cells(self, row: R) -> Sequence[Cell]:
         raise NotImplementedError
 
-    def order(self, rows: list) -> list:
+    def order(self, rows: list[R]) -> list[R]:
         """Display order of the filtered rows (default: as given)."""
         return rows
 
     @property
-    def rows_shown(self) -> list:
+    def all_rows(self) -> list[R]:
+        """Every row of the last `show`, filtered or not."""
+        return list(self._rows)
+
+    @property
+    def rows_shown(self) -> list[R]:
         """The rows that pass the filter, in display order."""
         return self.order([r for r in self._rows if self.row_filter.matches(r.matches_text())])
 
-    def show(self, rows: Sequence) -> None:
+    @property
+    def cursor_row_data(self) -> R | None:
+        """The row under the cursor."""
+        key = self.cursor_key
+        return next((r for r in self._rows if r.key == key), None) if key is not None else None
+
+    def show(self, rows: Sequence[R]) -> None:
         """Display a new poll's rows."""
         self._rows = list(rows)
         self._render_rows()

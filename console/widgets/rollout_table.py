@@ -30,7 +30,7 @@ def row_cells(row: RolloutRow, marked: bool = False) -> tuple[Cell, ...]:
     return tuple(cells)
 
 
-class RolloutTable(FilteredRowsTable):
+class RolloutTable(FilteredRowsTable[RolloutRow]):
     """Shows `RolloutRow`s filtered by `row_filter`, in the order given; `marked` keys carry a `*`."""
 
     def __init__(self, **kwargs: object) -> None:
@@ -57,16 +57,6 @@ class RolloutTable(FilteredRowsTable):
     def clear_marks(self) -> None:
         self.marked.clear()
         self._render_rows()
-
-    @property
-    def all_rows(self) -> list[RolloutRow]:
-        return list(self._rows)
-
-    @property
-    def cursor_row_data(self) -> RolloutRow | None:
-        """The rollout under the cursor."""
-        key = self.cursor_key
-        return next((r for r in self._rows if r.key == key), None) if key is not None else None
 
     @property
     def marked_rows(self) -> list[RolloutRow]:
