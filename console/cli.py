@@ -200,7 +200,7 @@ def _demo_traffic(fleet):
     agent = fleet.agents[0]
     if agent.token is None:
         return None
-    traffic = DemoTraffic(agent.http_url, agent.token)
+    traffic = DemoTraffic(agent.http_url, agent.token, state_dir=agent.data_dir)
     if not traffic.available():
         print("watchkeeper demo: sample_data/flights not found; no model traffic", file=sys.stderr)
         return None
