@@ -18,19 +18,19 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widget import Widget
-from textual.widgets import DataTable, Footer, Header, OptionList, Static
+from textual.widgets import Header, OptionList, Static
 
 from agent.api.schemas import AlertOut
 from console.alert_rows import STATES, AlertRow, alert_feed, alert_rows
-from console.client import AgentError, FleetStatus
+from console.client import FleetStatus
 from console.drift_rows import fmt_utc
 from console.feeds import feed_parts
-from console.messages import ConsoleError
 from console.monitoring_client import MonitoringSource
 from console.readonly import mutating
 from console.rows import MISSING, fmt_age, fmt_number
+from console.screens.actions import HostCall, run_on_hosts
 from console.screens.confirm import ConfirmScreen
-from console.screens.filtered import FilteredTableScreen, FilterInput
+from console.screens.filtered import FleetTableScreen
 from console.widgets.alert_table import AlertTable
 
 if TYPE_CHECKING:
@@ -70,45 +70,63 @@ class AlertRequest:
         )
 
 
-class AckConfirm(ConfirmScreen):
-    """Acknowledge one alert; the comment is optional. Enter in the comment box, or `y`, confirms."""
+class AlertConfirm(ConfirmScreen):
+    """Confirm one action on one alert, naming host, endpoint and rule; the comment is optional."""
 
     CSS_PATH = STYLES
 
-    def __init__(self, request: AlertRequest) -> None:
+    def __init__(
+        self,
+        request: AlertRequest,
+        *,
+        verb: str,
+        explain: str,
+        yes_label: str,
+        placeholder: str,
+        yes_variant: str = "primary",
+    ) -> None:
         super().__init__(
-            heading=f"Acknowledge {request.rule} on {request.host}?",
-            body=(
-                f"{request.where}\n\n"
-                "Acknowledging records you as the one who has it in hand (the agent audits who and when). "
-                "It does not silence or resolve it."
-            ),
-            yes_label="Yes, acknowledge (y)",
+            heading=f"{verb} {request.rule} on {request.host}?",
+            body=f"{request.where}\n\n{explain}",
+            yes_label=yes_label,
+            yes_variant=yes_variant,
             text_label="Comment (optional; recorded in the agent's audit log):",
-            text_placeholder="e.g. looking into it, INC-1234",
+            text_placeholder=placeholder,
         )
         self.request = request
 
 
-class SilenceConfirm(ConfirmScreen):
-    """Silence one alert for a chosen time: arrows pick 1 h / 4 h / 24 h, `y` or Enter confirms."""
-
-    CSS_PATH = STYLES
+class AckConfirm(AlertConfirm):
+    """Acknowledge one alert; the comment is optional. Enter in the comment box, or `y`, confirms."""
 
     def __init__(self, request: AlertRequest) -> None:
         super().__init__(
-            heading=f"Silence {request.rule} on {request.host}?",
-            body=(
-                f"{request.where}\n\n"
+            request,
+            verb="Acknowledge",
+            explain=(
+                "Acknowledging records you as the one who has it in hand (the agent audits who and when). "
+                "It does not silence or resolve it."
+            ),
+            yes_label="Yes, acknowledge (y)",
+            placeholder="e.g. looking into it, INC-1234",
+        )
+
+
+class SilenceConfirm(AlertConfirm):
+    """Silence one alert for a chosen time: arrows pick 1 h / 4 h / 24 h, `y` or Enter confirms."""
+
+    def __init__(self, request: AlertRequest) -> None:
+        super().__init__(
+            request,
+            verb="Silence",
+            explain=(
                 "While silenced the agent sends no notifications for this alert (and for a new instance of "
                 "it); it stays listed here. The agent audits who silenced it, when and for how long."
             ),
             yes_label="Yes, silence (y)",
             yes_variant="warning",
-            text_label="Comment (optional; recorded in the agent's audit log):",
-            text_placeholder="e.g. known issue, fix deploying",
+            placeholder="e.g. known issue, fix deploying",
         )
-        self.request = request
 
     def compose_choices(self) -> ComposeResult:
         yield Static("Silence for:", classes="confirm--label")
@@ -132,7 +150,7 @@ class SilenceConfirm(ConfirmScreen):
         await self.run_action("confirm")
 
 
-class AlertsScreen(FilteredTableScreen):
+class AlertsScreen(FleetTableScreen):
     """All alerts of all agents; Escape goes back."""
 
     CSS_PATH = STYLES
@@ -143,14 +161,8 @@ class AlertsScreen(FilteredTableScreen):
         Binding("a", "ack", "Acknowledge"),
         Binding("s", "silence", "Silence"),
     ]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._shown: FleetStatus | None = None
-
-    @property
-    def wk_app(self) -> WatchkeeperApp:
-        return self.app  # type: ignore[return-value]
+    VIEW = "alerts"
+    STATUS_ID = "alerts-status"
 
     @property
     def table(self) -> AlertTable:
@@ -160,34 +172,12 @@ class AlertsScreen(FilteredTableScreen):
         yield Header()
         yield AlertTable(id="alert-table")
         yield Static("", id="alert-detail", markup=False)
-        yield FilterInput(placeholder="filter: regex (! inverts)", id="filter", classes="-hidden")
-        yield Static("", id="alerts-status", markup=False)
-        yield Footer()
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def on_mount(self) -> None:
-        self.sub_title = "alerts"
-        self.table.focus()
-        self.wk_app.request_poll()  # fresh alerts now, not in refresh_s
-        if self.wk_app.fleet_status is not None:
-            self.show_fleet(self.wk_app.fleet_status)
-        else:
-            self._update_status_line()
-
-    def on_screen_resume(self) -> None:
-        status = self.wk_app.fleet_status
-        if status is not None and status is not self._shown:
-            self.show_fleet(status)
+        yield from self.compose_bottom()
 
     # ------------------------------------------------------------------ data
 
-    def show_fleet(self, status: FleetStatus) -> None:
-        """Update rows in place from a new poll."""
-        self._shown = status
-        self.table.show(alert_rows(status))
-        self._show_detail()
-        self._update_status_line()
+    def rows_of(self, status: FleetStatus) -> list[AlertRow]:
+        return alert_rows(status)
 
     def _show_detail(self) -> None:
         row = self.table.cursor_row_data
@@ -197,43 +187,18 @@ class AlertsScreen(FilteredTableScreen):
             return
         box.update(detail_text(row))
 
-    def _update_status_line(self) -> None:
-        status = self._shown
-        table = self.table
-        parts: list[str] = []
-        if status is None:
-            parts.append("waiting for first poll…")
-        else:
-            rows = table.all_rows
-            parts.append(f"{len(table.rows_shown)}/{len(rows)} alerts")
-            parts.extend(f"{n} {s}" for s in STATES if (n := sum(1 for r in rows if r.state == s)))
-            parts.extend(feed_parts(status, alert_feed, "alerts", "without alerting"))
-        parts.append(f"every {self.wk_app.refresh_s:g}s")
-        if table.row_filter.active:
-            parts.append(f"filter /{table.row_filter.text}")
-        self.query_one("#alerts-status", Static).update("  ·  ".join(parts))
-
-    @on(DataTable.RowHighlighted, "#alert-table")
-    def _row_highlighted(self) -> None:
-        self._show_detail()
-
-    def _filter_applied(self) -> None:
-        self._update_status_line()
-        self._show_detail()
+    def status_parts(self, status: FleetStatus) -> list[str]:
+        rows = self.table.all_rows
+        parts = [f"{len(self.table.rows_shown)}/{len(rows)} alerts"]
+        parts.extend(f"{n} {s}" for s in STATES if (n := sum(1 for r in rows if r.state == s)))
+        parts.extend(feed_parts(status, alert_feed, "alerts", "without alerting"))
+        return parts
 
     # ------------------------------------------------------------------ actions
 
-    def action_back(self) -> None:
-        """Escape: clear the filter if one is set, else back."""
-        if self.table.row_filter.active or self.query_one(FilterInput).has_focus:
-            self.action_clear_filter()
-            return
-        self.app.pop_screen()
-
     def _target(self, verb: str) -> AlertRow | None:
-        row = self.table.cursor_row_data
+        row = self.cursor_row("alert")
         if row is None:
-            self.app.notify("no alert selected", severity="warning")
             return None
         why = row.actionable
         if why is not None:
@@ -253,17 +218,16 @@ class AlertsScreen(FilteredTableScreen):
         request = AlertRequest.of(row)
         dialog = AckConfirm(request)
 
-        def decided(confirmed: bool | None) -> None:
-            if confirmed:
-                source = cast(MonitoringSource, self.wk_app.source)
-                run_alert_action(
-                    self.wk_app,
-                    request,
-                    "acknowledged",
-                    lambda: source.ack_alert(request.agent, request.fingerprint, dialog.reason),
-                )
+        def ack() -> None:
+            source = cast(MonitoringSource, self.wk_app.source)
+            run_alert_action(
+                self.wk_app,
+                request,
+                "acknowledged",
+                lambda: source.ack_alert(request.agent, request.fingerprint, dialog.reason),
+            )
 
-        self.app.push_screen(dialog, decided)
+        self.confirm(dialog, ack)
 
     @mutating
     def action_silence(self) -> None:
@@ -274,47 +238,25 @@ class AlertsScreen(FilteredTableScreen):
         request = AlertRequest.of(row)
         dialog = SilenceConfirm(request)
 
-        def decided(confirmed: bool | None) -> None:
-            if confirmed:
-                duration = dialog.duration_s
-                source = cast(MonitoringSource, self.wk_app.source)
-                run_alert_action(
-                    self.wk_app,
-                    request,
-                    f"silenced for {fmt_age(duration)}",
-                    lambda: source.silence_alert(request.agent, request.fingerprint, duration, dialog.reason),
-                )
+        def silence() -> None:
+            duration = dialog.duration_s
+            source = cast(MonitoringSource, self.wk_app.source)
+            run_alert_action(
+                self.wk_app,
+                request,
+                f"silenced for {fmt_age(duration)}",
+                lambda: source.silence_alert(request.agent, request.fingerprint, duration, dialog.reason),
+            )
 
-        self.app.push_screen(dialog, decided)
+        self.confirm(dialog, silence)
 
 
 def run_alert_action(
     app: WatchkeeperApp, request: AlertRequest, done: str, call: Callable[[], Awaitable[AlertOut | None]]
 ) -> None:
-    """Send an ack or silence in an App-owned worker (leaving the screen must not cancel a request
-    the agent may already have applied), then say how it went for that host and poll again."""
-
-    async def act() -> None:
-        what = f"{request.rule} on {request.host}" + (f" ({request.endpoint})" if request.endpoint else "")
-        if app.readonly:  # the keys and the dialogs refuse already; this is the last line
-            app.post_message(ConsoleError("readonly", "read-only mode: alert action refused", severity="warning"))
-            return
-        try:
-            await call()
-        except AgentError as exc:
-            app.post_message(ConsoleError(f"alert {request.agent}/{request.fingerprint}", f"{what}: not {done}: {exc}"))
-        except Exception as exc:
-            app.post_message(
-                ConsoleError(
-                    f"alert {request.agent}/{request.fingerprint}", f"{what}: not {done}: {type(exc).__name__}: {exc}"
-                )
-            )
-        else:
-            # Not deduplicated like errors: every action the operator takes deserves its answer.
-            app.notify(f"{what}: {done}", severity="information", timeout=8)
-        app.request_poll()
-
-    app.run_worker(act(), group="alert-action", exit_on_error=False)
+    """Send an ack or silence in an App-owned worker, then say how it went for that host and poll again."""
+    what = f"{request.rule} on {request.host}" + (f" ({request.endpoint})" if request.endpoint else "")
+    run_on_hosts(app, "alert", done, done, [HostCall(f"alert {request.agent}/{request.fingerprint}", what, call)])
 
 
 def detail_text(row: AlertRow) -> Text:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from rich.text import Text
 from textual import on, work
@@ -23,7 +23,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from agent.api.schemas import DriftHistory, DriftReportOut, HistogramOut, QualityReport
 from console.client import AgentState, AgentStatus, FleetStatus, why
@@ -40,12 +40,9 @@ from console.drift_rows import (
 from console.messages import ConsoleError
 from console.monitoring_client import MonitoringSource
 from console.rows import fmt_age
-from console.screens.filtered import FilteredTableScreen, FilterInput
+from console.screens.filtered import FilteredTableScreen
 from console.widgets.drift_table import DriftTable
 from console.widgets.histogram import HistogramView
-
-if TYPE_CHECKING:
-    from console.app import WatchkeeperApp
 
 STYLES = Path(__file__).resolve().parent.parent / "styles" / "monitoring.tcss"
 DRIFT_REFRESH_MIN_S = 10.0
@@ -105,6 +102,7 @@ class DriftScreen(FilteredTableScreen):
         Binding("slash", "filter", "Filter"),
         Binding("r", "reload", "Refresh"),
     ]
+    STATUS_ID = "drift-status"
 
     def __init__(self, agent: str, endpoint: str) -> None:
         super().__init__()
@@ -123,10 +121,6 @@ class DriftScreen(FilteredTableScreen):
         self._timer: Timer | None = None
         self._closed = False  # unmounted: no more refreshes
         self._reported: str | None = None
-
-    @property
-    def wk_app(self) -> WatchkeeperApp:
-        return self.app  # type: ignore[return-value]
 
     @property
     def source(self) -> MonitoringSource:
@@ -157,9 +151,7 @@ class DriftScreen(FilteredTableScreen):
             with VerticalScroll(id="histogram-box"):
                 yield HistogramView(id="histogram")
             yield Static("", id="feature-detail", markup=False)
-        yield FilterInput(placeholder="filter: regex (! inverts)", id="filter", classes="-hidden")
-        yield Static("", id="drift-status", markup=False)
-        yield Footer()
+        yield from self.compose_bottom()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -352,9 +344,7 @@ class DriftScreen(FilteredTableScreen):
         if "history" in self.errors:
             parts.append(f"history unavailable: {self.errors['history']}")
         parts.append(f"every {self.refresh_interval:g}s")
-        if table.row_filter.active:
-            parts.append(f"filter /{table.row_filter.text}")
-        self.query_one("#drift-status", Static).update("  ·  ".join(parts))
+        self.show_status(parts)
 
     @on(DataTable.RowHighlighted, "#drift-table")
     def _row_highlighted(self) -> None:
@@ -367,13 +357,6 @@ class DriftScreen(FilteredTableScreen):
         self._request_histogram()
 
     # ------------------------------------------------------------------ actions
-
-    def action_back(self) -> None:
-        """Escape: clear the filter if one is set, else back."""
-        if self.table.row_filter.active or self.query_one(FilterInput).has_focus:
-            self.action_clear_filter()
-            return
-        self.app.pop_screen()
 
     def action_toggle_baseline(self) -> None:
         """`b`: compare with the reference profile or with the previous window."""

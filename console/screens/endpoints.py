@@ -7,29 +7,23 @@ While this screen is open the poller fetches `/api/v1/serving` from every agent 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rich.text import Text
-from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import Header, Static
 
 from console.client import AgentState, FleetStatus, ServingState
 from console.messages import ConsoleError
 from console.readonly import mutating
 from console.screens.drift import DriftScreen
 from console.screens.fallback import FallbackConfirm, FallbackRequest
-from console.screens.filtered import FilteredTableScreen, FilterInput
+from console.screens.filtered import FleetTableScreen
 from console.serving_rows import EndpointRow, detail_text, endpoint_rows, pool_line, predlog_line
 from console.widgets.endpoint_table import EndpointTable, LoadedModelTable
 
-if TYPE_CHECKING:
-    from console.app import WatchkeeperApp
 
-
-class EndpointsScreen(FilteredTableScreen):
+class EndpointsScreen(FleetTableScreen):
     """All endpoints of all agents; Escape goes back to the fleet."""
 
     BINDINGS = [
@@ -39,15 +33,12 @@ class EndpointsScreen(FilteredTableScreen):
         Binding("f", "toggle_fallback", "Fallback on/off"),
         Binding("d", "open_drift", "Drift"),
     ]
+    VIEW = "endpoints"
+    STATUS_ID = "endpoints-status"
 
     def __init__(self) -> None:
         super().__init__()
-        self._shown: FleetStatus | None = None
         self._reported: dict[str, str | None] = {}
-
-    @property
-    def wk_app(self) -> WatchkeeperApp:
-        return self.app  # type: ignore[return-value]
 
     @property
     def table(self) -> EndpointTable:
@@ -61,39 +52,26 @@ class EndpointsScreen(FilteredTableScreen):
             with Vertical(id="pool-box"):
                 yield Static("", id="pool-summary", markup=False)
                 yield LoadedModelTable(id="loaded-models")
-        yield FilterInput(placeholder="filter: regex (! inverts)", id="filter", classes="-hidden")
-        yield Static("", id="endpoints-status", markup=False)
-        yield Footer()
+        yield from self.compose_bottom()
 
     # ------------------------------------------------------------------ lifecycle
 
-    def on_mount(self) -> None:
-        self.sub_title = "endpoints"
-        self.table.focus()
+    def _opened(self) -> None:
         # Serving status on every poll while we are open, and one now rather than in refresh_s.
         self.wk_app.source.want_serving(True)
-        self.wk_app.request_poll()
-        if self.wk_app.fleet_status is not None:
-            self.show_fleet(self.wk_app.fleet_status)
-        else:
-            self._update_status_line()
+        super()._opened()
 
     def on_unmount(self) -> None:
         self.wk_app.source.want_serving(False)
 
-    def on_screen_resume(self) -> None:
-        status = self.wk_app.fleet_status
-        if status is not None and status is not self._shown:
-            self.show_fleet(status)
-
     # ------------------------------------------------------------------ data
+
+    def rows_of(self, status: FleetStatus) -> list[EndpointRow]:
+        return endpoint_rows(status)
 
     def show_fleet(self, status: FleetStatus) -> None:
         """Update rows in place from a new poll."""
-        self._shown = status
-        self.table.show(endpoint_rows(status))
-        self._show_panel()
-        self._update_status_line()
+        super().show_fleet(status)
         self._report_serving_errors(status)
 
     def _report_serving_errors(self, status: FleetStatus) -> None:
@@ -108,7 +86,7 @@ class EndpointsScreen(FilteredTableScreen):
                 )
             self._reported[agent.name] = error
 
-    def _show_panel(self) -> None:
+    def _show_detail(self) -> None:
         row = self.table.cursor_row_data
         status = self._shown
         detail = self.query_one("#endpoint-detail", Static)
@@ -130,65 +108,39 @@ class EndpointsScreen(FilteredTableScreen):
             summary.update(text)
         models.show(agent, status.polled_at)
 
-    def _update_status_line(self) -> None:
-        status = self._shown
+    def status_parts(self, status: FleetStatus) -> list[str]:
         table = self.table
-        parts: list[str] = []
-        if status is None:
-            parts.append("waiting for first poll…")
-        else:
-            agents = status.agents
-            with_serving = [a for a in agents if a.serving is not None]
-            parts.append(f"{len(table.rows_shown)}/{len(table.all_rows)} rows")
-            parts.append(f"{len(with_serving)}/{len(agents)} agents serving")
-            none = sum(1 for a in agents if a.serving_state is ServingState.NONE)
-            if none:
-                parts.append(f"{none} without serving")
-            waiting = sum(1 for a in agents if a.serving_state is ServingState.UNKNOWN and a.state is AgentState.UP)
-            if waiting:
-                parts.append(f"{waiting} loading…")
-            failing = [a.label for a in agents if a.serving_state is ServingState.ERROR]
-            if failing:
-                parts.append(f"serving status failed: {', '.join(failing)}")
-            windows = {r.stats.window_s for r in table.all_rows if r.stats is not None}
-            if len(windows) == 1:
-                parts.append(f"rates over {windows.pop():g}s")
-        parts.append(f"every {self.wk_app.refresh_s:g}s")
-        if table.row_filter.active:
-            parts.append(f"filter /{table.row_filter.text}")
-        self.query_one("#endpoints-status", Static).update("  ·  ".join(parts))
-
-    @on(DataTable.RowHighlighted, "#endpoint-table")
-    def _row_highlighted(self) -> None:
-        self._show_panel()
+        agents = status.agents
+        with_serving = [a for a in agents if a.serving is not None]
+        parts = [f"{len(table.rows_shown)}/{len(table.all_rows)} rows"]
+        parts.append(f"{len(with_serving)}/{len(agents)} agents serving")
+        none = sum(1 for a in agents if a.serving_state is ServingState.NONE)
+        if none:
+            parts.append(f"{none} without serving")
+        waiting = sum(1 for a in agents if a.serving_state is ServingState.UNKNOWN and a.state is AgentState.UP)
+        if waiting:
+            parts.append(f"{waiting} loading…")
+        failing = [a.label for a in agents if a.serving_state is ServingState.ERROR]
+        if failing:
+            parts.append(f"serving status failed: {', '.join(failing)}")
+        windows = {r.stats.window_s for r in table.all_rows if r.stats is not None}
+        if len(windows) == 1:
+            parts.append(f"rates over {windows.pop():g}s")
+        return parts
 
     # ------------------------------------------------------------------ actions
 
-    def action_back(self) -> None:
-        """Escape: clear the filter if one is set, else back to the fleet."""
-        if self.table.row_filter.active or self.query_one(FilterInput).has_focus:
-            self.action_clear_filter()
-            return
-        self.app.pop_screen()
-
-    def _filter_applied(self) -> None:
-        self._update_status_line()
-        self._show_panel()
-
     def action_open_drift(self) -> None:
         """`d`: the drift of the selected endpoint (features, scores, histograms)."""
-        row = self.table.cursor_row_data
-        if row is None:
-            self.app.notify("no endpoint selected", severity="warning")
-            return
-        self.app.push_screen(DriftScreen(row.agent, row.endpoint))
+        row = self.cursor_row("endpoint")
+        if row is not None:
+            self.app.push_screen(DriftScreen(row.agent, row.endpoint))
 
     @mutating
     def action_toggle_fallback(self) -> None:
         """`f`: switch the selected endpoint to its fallback (or back), after confirmation."""
-        row = self.table.cursor_row_data
+        row = self.cursor_row("endpoint")
         if row is None:
-            self.app.notify("no endpoint selected", severity="warning")
             return
         request = fallback_request(row)
         if request.enable and not request.fallback_configured:
@@ -201,13 +153,10 @@ class EndpointsScreen(FilteredTableScreen):
         if row.agent_state is AgentState.DOWN:
             self.app.notify(f"{row.host} is down; cannot switch {row.endpoint}", severity="warning")
             return
-
-        def decided(confirmed: bool | None) -> None:
-            if confirmed:
-                self.wk_app.set_fallback(request.agent, request.endpoint, request.enable, dialog.reason)
-
         dialog = FallbackConfirm(request)
-        self.app.push_screen(dialog, decided)
+        self.confirm(
+            dialog, lambda: self.wk_app.set_fallback(request.agent, request.endpoint, request.enable, dialog.reason)
+        )
 
 
 def styled_detail(plain: str) -> Text:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header
 
 from console.client import FleetStatus
-from console.rows import COLUMN_KEYS, COLUMNS, fleet_rows
-from console.screens.filtered import FilteredTableScreen, FilterInput
+from console.rows import COLUMN_KEYS, COLUMNS, FleetRow, fleet_rows
+from console.screens.filtered import FleetTableScreen
 from console.widgets.fleet_table import FleetTable
-
-if TYPE_CHECKING:
-    from console.app import WatchkeeperApp
 
 # k9s-style shift-letter sorts: pressing the same one again flips the direction.
 SORT_KEYS: dict[str, str] = {
@@ -30,7 +25,7 @@ SORT_KEYS: dict[str, str] = {
 _LABELS = {c.key: c.label for c in COLUMNS}
 
 
-class FleetScreen(FilteredTableScreen):
+class FleetScreen(FleetTableScreen):
     """All agents; Enter opens one."""
 
     BINDINGS = [
@@ -45,61 +40,32 @@ class FleetScreen(FilteredTableScreen):
             for key, column in SORT_KEYS.items()
         ),
     ]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._shown: FleetStatus | None = None
+    STATUS_ID = "fleet-status"
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield FleetTable(id="fleet-table")
-        yield FilterInput(placeholder="filter: regex (! inverts)", id="filter", classes="-hidden")
-        yield Static("", id="fleet-status", markup=False)
-        yield Footer()
+        yield from self.compose_bottom()
 
     @property
     def table(self) -> FleetTable:
         return self.query_one(FleetTable)
 
-    @property
-    def wk_app(self) -> WatchkeeperApp:
-        return self.app  # type: ignore[return-value]
+    def _opened(self) -> None:
+        """The first screen: the App polls as it starts."""
 
-    def on_mount(self) -> None:
-        self.table.focus()
-        if self.wk_app.fleet_status is not None:
-            self.show_fleet(self.wk_app.fleet_status)
-        else:
-            self._update_status_line()
+    def rows_of(self, status: FleetStatus) -> list[FleetRow]:
+        return fleet_rows(status)
 
-    def on_screen_resume(self) -> None:
-        # Polls that arrived while a modal or the host screen covered us were not drawn here.
-        status = self.wk_app.fleet_status
-        if status is not None and status is not self._shown:
-            self.show_fleet(status)
+    def status_parts(self, status: FleetStatus) -> list[str]:
+        return [f"{len(self.table.rows_shown)}/{len(status.agents)} shown", f"poll {status.duration_s:.1f}s"]
 
-    def show_fleet(self, status: FleetStatus) -> None:
-        """Update rows in place from a new poll."""
-        self._shown = status
-        self.table.show(fleet_rows(status))
-        self._update_status_line()
-
-    def _update_status_line(self) -> None:
+    def view_parts(self) -> list[str]:
         table = self.table
-        status = self._shown
-        parts: list[str] = []
-        if status is None:
-            parts.append("waiting for first poll…")
-        else:
-            parts.append(f"{len(table.rows_shown)}/{len(status.agents)} shown")
-            parts.append(f"poll {status.duration_s:.1f}s")
-        parts.append(f"every {self.wk_app.refresh_s:g}s")
-        if table.sort_column:
-            arrow = "↓" if table.sort_reverse else "↑"
-            parts.append(f"sort {_LABELS[table.sort_column]}{arrow}")
-        if table.row_filter.active:
-            parts.append(f"filter /{table.row_filter.text}")
-        self.query_one("#fleet-status", Static).update("  ·  ".join(parts))
+        if not table.sort_column:
+            return []
+        arrow = "↓" if table.sort_reverse else "↑"
+        return [f"sort {_LABELS[table.sort_column]}{arrow}"]
 
     # ------------------------------------------------------------------ sorting
 
@@ -130,11 +96,6 @@ class FleetScreen(FilteredTableScreen):
     def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
         if event.column_key.value is not None:
             self.action_sort_by(event.column_key.value)
-
-    # ------------------------------------------------------------------ filtering
-
-    def _filter_applied(self) -> None:
-        self._update_status_line()
 
     # ------------------------------------------------------------------ drill-down
 

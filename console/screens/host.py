@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -20,9 +19,6 @@ from console.rows import fmt_age, fmt_bytes, fmt_bytes_pair, fmt_percent
 from console.screens.base import ConsoleScreen
 from console.widgets.metric import MetricSpark
 from console.widgets.process_table import GpuProcessTable, ProcessTable
-
-if TYPE_CHECKING:
-    from console.app import WatchkeeperApp
 
 HISTORY_WINDOW_S = 15 * 60.0
 # Enough points to fill a wide terminal without asking the agent for every raw sample.
@@ -110,10 +106,6 @@ class HostScreen(ConsoleScreen):
         self.series_errors: dict[str, str] = {}
         self._series_timer: Timer | None = None
         self._gpu_panels: list[GpuPanel] = []
-
-    @property
-    def wk_app(self) -> WatchkeeperApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -15,22 +15,20 @@ Read-only mode hides and refuses them.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
-from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import Header, Static
 
 from agent.api.schemas import ROLLOUT_TERMINAL, RolloutOut
-from console.client import AgentError, FleetStatus
+from console.client import FleetStatus
 from console.feeds import feed_parts
-from console.messages import ConsoleError
 from console.readonly import mutating
 from console.rollout_rows import (
     Line,
@@ -43,8 +41,9 @@ from console.rollout_rows import (
     state_label,
 )
 from console.rollouts_client import RolloutSource, rollout_feed
+from console.screens.actions import HostCall, run_on_hosts
 from console.screens.confirm import ConfirmScreen
-from console.screens.filtered import FilteredTableScreen, FilterInput
+from console.screens.filtered import FleetTableScreen
 from console.widgets.rollout_table import RolloutTable
 
 if TYPE_CHECKING:
@@ -148,7 +147,7 @@ class RolloutConfirm(ConfirmScreen):
         self.requests = requests
 
 
-class RolloutsScreen(FilteredTableScreen):
+class RolloutsScreen(FleetTableScreen):
     """All rollouts of all agents; Escape goes back."""
 
     CSS_PATH = STYLES
@@ -165,14 +164,8 @@ class RolloutsScreen(FilteredTableScreen):
         Binding("b", "abort", "Abort"),
         Binding("r", "rollback", "Rollback"),
     ]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._shown: FleetStatus | None = None
-
-    @property
-    def wk_app(self) -> WatchkeeperApp:
-        return self.app  # type: ignore[return-value]
+    VIEW = "rollouts"
+    STATUS_ID = "rollouts-status"
 
     @property
     def table(self) -> RolloutTable:
@@ -184,34 +177,12 @@ class RolloutsScreen(FilteredTableScreen):
         with Horizontal(id="rollout-panel"):
             yield Static("", id="rollout-detail", markup=False)
             yield Static("", id="rollout-live", markup=False)
-        yield FilterInput(placeholder="filter: regex (! inverts)", id="filter", classes="-hidden")
-        yield Static("", id="rollouts-status", markup=False)
-        yield Footer()
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def on_mount(self) -> None:
-        self.sub_title = "rollouts"
-        self.table.focus()
-        self.wk_app.request_poll()  # fresh rollouts now, not in refresh_s
-        if self.wk_app.fleet_status is not None:
-            self.show_fleet(self.wk_app.fleet_status)
-        else:
-            self._update_status_line()
-
-    def on_screen_resume(self) -> None:
-        status = self.wk_app.fleet_status
-        if status is not None and status is not self._shown:
-            self.show_fleet(status)
+        yield from self.compose_bottom()
 
     # ------------------------------------------------------------------ data
 
-    def show_fleet(self, status: FleetStatus) -> None:
-        """Update rows in place from a new poll."""
-        self._shown = status
-        self.table.show(rollout_rows(status))
-        self._show_detail()
-        self._update_status_line()
+    def rows_of(self, status: FleetStatus) -> list[RolloutRow]:
+        return rollout_rows(status)
 
     def _show_detail(self) -> None:
         row = self.table.cursor_row_data
@@ -225,44 +196,21 @@ class RolloutsScreen(FilteredTableScreen):
         detail.update(styled(detail_lines(row)))
         live.update(styled(live_lines(row)))
 
-    def _update_status_line(self) -> None:
-        status = self._shown
+    def status_parts(self, status: FleetStatus) -> list[str]:
         table = self.table
-        parts: list[str] = []
-        if status is None:
-            parts.append("waiting for first poll…")
-        else:
-            rows = table.all_rows
-            parts.append(f"{len(table.rows_shown)}/{len(rows)} rollouts")
-            active = sum(1 for r in rows if not r.ended)
-            parts.append(f"{active} active")
-            waiting = awaiting_count(status)
-            if waiting:
-                parts.append(f"{waiting} awaiting approval")
-            if table.marked:
-                parts.append(f"{len(table.marked)} marked")
-            parts.extend(feed_parts(status, rollout_feed, "rollouts", "without rollouts"))
-        parts.append(f"every {self.wk_app.refresh_s:g}s")
-        if table.row_filter.active:
-            parts.append(f"filter /{table.row_filter.text}")
-        self.query_one("#rollouts-status", Static).update("  ·  ".join(parts))
+        rows = table.all_rows
+        parts = [f"{len(table.rows_shown)}/{len(rows)} rollouts"]
+        active = sum(1 for r in rows if not r.ended)
+        parts.append(f"{active} active")
+        waiting = awaiting_count(status)
+        if waiting:
+            parts.append(f"{waiting} awaiting approval")
+        if table.marked:
+            parts.append(f"{len(table.marked)} marked")
+        parts.extend(feed_parts(status, rollout_feed, "rollouts", "without rollouts"))
+        return parts
 
-    @on(DataTable.RowHighlighted, "#rollout-table")
-    def _row_highlighted(self) -> None:
-        self._show_detail()
-
-    def _filter_applied(self) -> None:
-        self._update_status_line()
-        self._show_detail()
-
-    # ------------------------------------------------------------------ navigation and marks
-
-    def action_back(self) -> None:
-        """Escape: clear the filter if one is set, else back."""
-        if self.table.row_filter.active or self.query_one(FilterInput).has_focus:
-            self.action_clear_filter()
-            return
-        self.app.pop_screen()
+    # ------------------------------------------------------------------ marks
 
     def action_mark(self) -> None:
         """`m`: mark or unmark the selected rollout (actions then apply to every marked one), move down."""
@@ -280,12 +228,16 @@ class RolloutsScreen(FilteredTableScreen):
         self.table.clear_marks()
         self._update_status_line()
 
+    def _selected(self) -> list[RolloutRow]:
+        """The marked rows, else the one under the cursor (if any)."""
+        table = self.table
+        return table.marked_rows or ([table.cursor_row_data] if table.cursor_row_data else [])
+
     # ------------------------------------------------------------------ actions
 
     def _targets(self, action: str) -> list[RolloutRow]:
         """The marked rows (else the selected one) the action can apply to; says why the others can't."""
-        table = self.table
-        rows = table.marked_rows or ([table.cursor_row_data] if table.cursor_row_data else [])
+        rows = self._selected()
         if not rows:
             self.app.notify("no rollout selected", severity="warning")
             return []
@@ -306,12 +258,7 @@ class RolloutsScreen(FilteredTableScreen):
             return
         requests = [RolloutRequest.of(row, action) for row in rows]
         dialog = RolloutConfirm(action, requests)
-
-        def decided(confirmed: bool | None) -> None:
-            if confirmed:
-                run_rollout_actions(self.wk_app, action, requests, dialog.reason)
-
-        self.app.push_screen(dialog, decided)
+        self.confirm(dialog, lambda: run_rollout_actions(self.wk_app, action, requests, dialog.reason))
 
     @mutating
     def action_approve(self) -> None:
@@ -331,8 +278,7 @@ class RolloutsScreen(FilteredTableScreen):
     @mutating
     def action_pause_resume(self) -> None:
         """Space: pause a running rollout, resume a paused one, after confirmation."""
-        table = self.table
-        rows = table.marked_rows or ([table.cursor_row_data] if table.cursor_row_data else [])
+        rows = self._selected()
         paused = [r for r in rows if r.state == "paused"]
         self._confirm("resume" if rows and len(paused) == len(rows) else "pause")
 
@@ -350,36 +296,16 @@ class RolloutsScreen(FilteredTableScreen):
 def run_rollout_actions(app: WatchkeeperApp, action: str, requests: list[RolloutRequest], reason: str) -> None:
     """Send `action` to every request's agent concurrently in an App-owned worker, then say how it went
     for each host (one notification per host) and poll again."""
-    verb = VERBS[action]
-
-    async def one(request: RolloutRequest) -> bool:
-        what = f"{request.endpoint} on {request.host}"
-        source = cast(RolloutSource, app.source)
-        key = f"rollout {request.agent}/{request.rollout_id}"
-        try:
-            out = await source.rollout_action(request.agent, request.rollout_id, action, request.step_index, reason)
-        except AgentError as exc:
-            app.post_message(ConsoleError(key, f"{what}: not {verb.done}: {exc}"))
-            return False
-        except Exception as exc:
-            app.post_message(ConsoleError(key, f"{what}: not {verb.done}: {type(exc).__name__}: {exc}"))
-            return False
-        # Not deduplicated like errors: every action the operator takes deserves its answer.
-        app.notify(f"{what}: {verb.done} ({now_at(out)})", severity="information", timeout=8)
-        return True
-
-    async def act() -> None:
-        if app.readonly:  # the keys and the dialog refuse already; this is the last line
-            app.post_message(ConsoleError("readonly", "read-only mode: rollout action refused", severity="warning"))
-            return
-        results = await asyncio.gather(*(one(r) for r in requests))
-        if len(requests) > 1:
-            done = sum(results)
-            severity = "information" if done == len(requests) else "warning"
-            app.notify(f"{action}: {done}/{len(requests)} hosts {verb.done}", severity=severity, timeout=8)
-        app.request_poll()
-
-    app.run_worker(act(), group="rollout-action", exit_on_error=False)
+    source = cast(RolloutSource, app.source)
+    calls = [
+        HostCall(
+            f"rollout {r.agent}/{r.rollout_id}",
+            f"{r.endpoint} on {r.host}",
+            functools.partial(source.rollout_action, r.agent, r.rollout_id, action, r.step_index, reason),
+        )
+        for r in requests
+    ]
+    run_on_hosts(app, "rollout", action, VERBS[action].done, calls, lambda out: f" ({now_at(out)})")
 
 
 def now_at(r: RolloutOut) -> str:
