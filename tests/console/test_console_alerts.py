@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -34,10 +32,12 @@ from tests.console.wk_fakes import (
     agent_routes,
     alerting,
     alerts_fleet,
+    closed_url,
     fleet,
     make_alert,
     up,
 )
+from tests.console.wk_pilot import imports_textual, open_from_fleet, press_to, recording, screen_text, select, until
 
 REPO = Path(__file__).resolve().parents[2]
 K_OUTAGE = alert_key("gpu-03", "agent_down:gpu-03")
@@ -48,41 +48,8 @@ K_ACKED = alert_key("gpu-02", "d4c3")
 K_LAST_KNOWN = alert_key("gpu-03", "e5b4")
 
 
-def closed_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
-async def until(pilot, predicate, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < end, "condition not reached"
-        await pilot.pause(0.02)
-
-
-def screen_text(app: WatchkeeperApp) -> str:
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
-
-
-def recording(app: WatchkeeperApp) -> list[tuple[str, str]]:
-    seen: list[tuple[str, str]] = []
-    app.notify = lambda message, severity="information", **kw: seen.append((message, severity))  # type: ignore[method-assign]
-    return seen
-
-
 async def open_alerts(app: WatchkeeperApp, pilot) -> AlertTable:
-    await until(pilot, lambda: isinstance(app.screen, FleetScreen) and app.fleet_status is not None)
-    await pilot.press("exclamation_mark")
-    await until(pilot, lambda: isinstance(app.screen, AlertsScreen) and app.screen.table.row_count > 0)
-    await pilot.pause()
-    return app.screen.query_one(AlertTable)
-
-
-async def select(pilot, table: AlertTable, key: str) -> None:
-    table.move_cursor(row=table.row_keys.index(key))
-    await pilot.pause()
+    return await open_from_fleet(app, pilot, "exclamation_mark", AlertsScreen, AlertTable)
 
 
 # --------------------------------------------------------------------------- rows
@@ -237,11 +204,9 @@ async def test_an_action_answer_that_is_not_an_alert_still_counts_as_done() -> N
 
 
 def test_data_layer_modules_do_not_import_textual() -> None:
-    code = (
-        "import sys, console.monitoring_client, console.alert_rows, console.drift_rows, console.alerts_cli; "
-        "sys.exit(1 if any(m == 'textual' or m.startswith('textual.') for m in sys.modules) else 0)"
+    assert not imports_textual(
+        "console.monitoring_client", "console.alert_rows", "console.drift_rows", "console.alerts_cli", "console.feeds"
     )
-    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
 # --------------------------------------------------------------------------- the screen (scripted source)
@@ -271,8 +236,7 @@ async def test_bang_opens_alerts_sorted_with_outage_and_detail_and_status_line()
         await pilot.press("exclamation_mark")
         await pilot.pause()
         assert sum(isinstance(s, AlertsScreen) for s in app.screen_stack) == 1
-        await pilot.press("escape")
-        await until(pilot, lambda: isinstance(app.screen, FleetScreen))
+        await press_to(pilot, FleetScreen, "escape")
 
 
 async def test_filter_narrows_rows_and_survives_a_refresh() -> None:
@@ -302,8 +266,7 @@ async def test_ack_asks_naming_host_endpoint_and_rule_then_posts_and_says_so() -
     async with app.run_test(size=(140, 40)) as pilot:
         table = await open_alerts(app, pilot)
         await select(pilot, table, K_DRIFT)
-        await pilot.press("a")
-        await until(pilot, lambda: isinstance(app.screen, AckConfirm))
+        await press_to(pilot, AckConfirm, "a")
         text = screen_text(app)
         assert "Acknowledge feature_drift on gpu-01?" in text
         assert "host gpu-01  ·  endpoint flights  ·  rule feature_drift (distance)" in text
@@ -327,8 +290,7 @@ async def test_silence_offers_1h_4h_24h_and_posts_the_chosen_duration() -> None:
     async with app.run_test(size=(140, 40)) as pilot:
         table = await open_alerts(app, pilot)
         await select(pilot, table, K_PENDING)
-        await pilot.press("s")
-        await until(pilot, lambda: isinstance(app.screen, SilenceConfirm))
+        await press_to(pilot, SilenceConfirm, "s")
         dialog = app.screen
         options = dialog.query_one(OptionList)
         assert [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)] == [
@@ -340,8 +302,7 @@ async def test_silence_offers_1h_4h_24h_and_posts_the_chosen_duration() -> None:
         assert source.alert_calls == [("gpu-01", "silence", "b2e1", 4 * 3600.0, "")]
         await until(pilot, lambda: any("silenced for 4h" in m for m, _ in seen))
         # Enter on a duration confirms too, with the comment typed after tabbing to it.
-        await pilot.press("s")
-        await until(pilot, lambda: isinstance(app.screen, SilenceConfirm))
+        await press_to(pilot, SilenceConfirm, "s")
         await pilot.press("tab", *"deploy", "shift+tab", "down", "down", "enter")
         await until(pilot, lambda: len(source.alert_calls) == 2)
         assert source.alert_calls[1] == ("gpu-01", "silence", "b2e1", 86400.0, "deploy")
@@ -356,8 +317,7 @@ async def test_cancel_sends_nothing() -> None:
         for key, keys in (("a", ("escape",)), ("a", ("tab", "n")), ("s", ("n",)), ("s", ("escape",))):
             await pilot.press(key)
             await until(pilot, lambda: isinstance(app.screen, AckConfirm | SilenceConfirm))
-            await pilot.press(*keys)
-            await until(pilot, lambda: isinstance(app.screen, AlertsScreen))
+            await press_to(pilot, AlertsScreen, *keys)
         await pilot.pause(0.1)
         assert source.alert_calls == []
 
@@ -425,8 +385,7 @@ async def test_readonly_hides_and_refuses_ack_and_silence() -> None:
         await pilot.press("escape")
         await pilot.pause(0.1)
         assert source.alert_calls == []
-        await pilot.press("question_mark")
-        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await press_to(pilot, HelpScreen, "question_mark")
         body = str(app.screen.query_one("#help-body", Static).render())
         assert "acknowledge the selected alert (asks; comment optional) [disabled: read-only]" in body
         assert "alerts across the fleet" in body
@@ -437,8 +396,7 @@ async def test_a_modal_over_the_alerts_screen_defers_redraw() -> None:
     app = WatchkeeperApp(source, refresh_s=60)
     async with app.run_test(size=(140, 40)) as pilot:
         table = await open_alerts(app, pilot)
-        await pilot.press("question_mark")
-        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await press_to(pilot, HelpScreen, "question_mark")
         gpu01 = source.status.agents[0]
         source.status = replace(source.status, agents=(alerting(gpu01, []), *source.status.agents[1:]))
         polls = source.polls
@@ -477,8 +435,7 @@ async def test_alerts_screen_against_fake_agents_ack_reaches_the_agent() -> None
                 alert_key("gpu-01", "c3d2"),
             ]
             await select(pilot, table, alert_key("gpu-02", "9f9f"))
-            await pilot.press("a")
-            await until(pilot, lambda: isinstance(app.screen, AckConfirm))
+            await press_to(pilot, AckConfirm, "a")
             assert "Acknowledge outage on gpu-02?" in screen_text(app)
             await pilot.press(*"paging the owner", "enter")
             await until(pilot, lambda: bool(two.actions))

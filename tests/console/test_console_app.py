@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 from textual.binding import Binding
@@ -18,6 +17,7 @@ from console.widgets.fleet_table import FleetTable
 from console.widgets.metric import MetricSpark
 from console.widgets.process_table import GpuProcessTable, ProcessTable
 from tests.console.wk_fakes import FakeSource, down, fleet, stale, up
+from tests.console.wk_pilot import press_to, until
 
 
 def four() -> FakeSource:
@@ -29,14 +29,6 @@ def four() -> FakeSource:
             stale("cpu-04", 3),
         )
     )
-
-
-async def until(pilot, predicate, timeout: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < end, "condition not reached"
-        await pilot.pause(0.02)
 
 
 def table(app: WatchkeeperApp) -> FleetTable:
@@ -165,8 +157,7 @@ async def test_enter_drills_into_host_and_escape_returns() -> None:
     async with app.run_test(size=(120, 40)) as pilot:
         t = await ready(app, pilot)
         t.move_cursor(row=0)
-        await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, HostScreen))
+        await press_to(pilot, HostScreen, "enter")
         host = app.screen
         assert isinstance(host, HostScreen) and host.agent == "gpu-01"
         await until(pilot, lambda: bool(host.series))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,17 +11,11 @@ from pathlib import Path
 import pytest
 
 from console.cli import build_parser, main
-from tests.console.wk_fakes import ThreadedFakeAgent, agent_routes
+from tests.console.wk_fakes import ThreadedFakeAgent, agent_routes, closed_url
 from tests.console.wk_terminal import Terminal
 
 REPO = Path(__file__).resolve().parents[2]
 WATCHKEEPER = [sys.executable, "-m", "console.cli"]
-
-
-def closed_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ast
 import socket
-import subprocess
-import sys
 import time
 from email.utils import formatdate
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 from console.client import AgentClient, AgentError, AgentState, ErrorKind, FleetPoller
 from console.config import AgentSpec
 from tests.console.wk_fakes import FakeHttpAgent, Reply, agent_routes, make_host, make_snapshot
+from tests.console.wk_pilot import imports_textual
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -288,11 +287,7 @@ async def test_down_agent_keeps_last_snapshot_and_last_seen() -> None:
 
 
 def test_client_module_does_not_import_textual() -> None:
-    code = (
-        "import sys, console.client, console.config, console.status, console.rows; "
-        "sys.exit(1 if any(m == 'textual' or m.startswith('textual.') for m in sys.modules) else 0)"
-    )
-    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+    assert not imports_textual("console.client", "console.config", "console.status", "console.rows")
 
 
 def test_console_imports_only_the_wire_contract_from_agent() -> None:

@@ -18,7 +18,6 @@ from console.drift_rows import data_quality_line, drift_line, feature_rows, mode
 from console.monitoring_client import MonitoringClient, MonitoringPoller
 from console.screens.drift import DriftScreen
 from console.screens.endpoints import EndpointsScreen
-from console.screens.fleet import FleetScreen
 from console.serving_rows import row_key
 from console.widgets.drift_table import VERDICT_STYLE, DriftTable
 from console.widgets.endpoint_table import EndpointTable
@@ -35,17 +34,10 @@ from tests.console.wk_fakes import (
     make_quality,
     serving_fleet,
 )
+from tests.console.wk_pilot import open_from_fleet, press_to, select, until
 
 REF_ORDER = ["distance", "carrier", "__prediction__", "dep_hour", "temp"]
 PREV_ORDER = ["dep_hour", "__prediction__", "distance", "carrier", "temp"]
-
-
-async def until(pilot, predicate, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < end, "condition not reached"
-        await pilot.pause(0.02)
 
 
 def plain(widget) -> str:
@@ -54,12 +46,8 @@ def plain(widget) -> str:
 
 
 async def open_drift(app: WatchkeeperApp, pilot, key: str) -> DriftTable:
-    await until(pilot, lambda: isinstance(app.screen, FleetScreen) and app.fleet_status is not None)
-    await pilot.press("e")
-    await until(pilot, lambda: isinstance(app.screen, EndpointsScreen) and app.screen.table.row_count > 0)
-    table = app.screen.query_one(EndpointTable)
-    table.move_cursor(row=table.row_keys.index(key))
-    await pilot.pause()
+    table = await open_from_fleet(app, pilot, "e", EndpointsScreen, EndpointTable)
+    await select(pilot, table, key)
     await pilot.press("d")
     await until(pilot, lambda: isinstance(app.screen, DriftScreen) and app.screen.loads > 0)
     await pilot.pause()
@@ -300,8 +288,7 @@ async def test_refresh_is_rearmed_after_each_load_and_stops_when_leaving(monkeyp
         await pilot.press("r", "r", "r")  # manual refreshes cancel the one in flight: never two at once
         await pilot.pause(0.3)
         assert in_flight["max"] == 1
-        await pilot.press("escape")
-        await until(pilot, lambda: isinstance(app.screen, EndpointsScreen))
+        await press_to(pilot, EndpointsScreen, "escape")
         await pilot.pause(0.1)
         calls = len(source.drift_calls)
         await pilot.pause(0.4)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 from textual.widgets import Input, Static
@@ -23,6 +22,7 @@ from tests.console.wk_fakes import (
     serving_fleet,
     serving_up,
 )
+from tests.console.wk_pilot import open_from_fleet, press_to, screen_text, select, until
 
 K_FLIGHTS = row_key("gpu-01", "flights", "flights", 3)
 K_FLIGHTS_OLD = row_key("gpu-01", "flights", "flights", 2)
@@ -31,29 +31,8 @@ K_ETA = row_key("gpu-02", "eta", "eta", None)
 K_B_FLIGHTS = row_key("gpu-02", "flights", "flights", 3)
 
 
-async def until(pilot, predicate, timeout: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < end, "condition not reached"
-        await pilot.pause(0.02)
-
-
-def screen_text(app: WatchkeeperApp) -> str:
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
-
-
 async def open_endpoints(app: WatchkeeperApp, pilot) -> EndpointTable:
-    await until(pilot, lambda: isinstance(app.screen, FleetScreen) and app.fleet_status is not None)
-    await pilot.press("e")
-    await until(pilot, lambda: isinstance(app.screen, EndpointsScreen) and app.screen.table.row_count > 0)
-    await pilot.pause()
-    return app.screen.query_one(EndpointTable)
-
-
-async def select(pilot, table: EndpointTable, key: str) -> None:
-    table.move_cursor(row=table.row_keys.index(key))
-    await pilot.pause()
+    return await open_from_fleet(app, pilot, "e", EndpointsScreen, EndpointTable)
 
 
 def cell(table: EndpointTable, key: str, column: str):
@@ -160,8 +139,7 @@ async def test_fallback_toggle_confirm_posts_with_reason_and_refreshes() -> None
     async with app.run_test(size=(140, 40)) as pilot:
         t = await open_endpoints(app, pilot)
         await select(pilot, t, K_FLIGHTS)
-        await pilot.press("f")
-        await until(pilot, lambda: isinstance(app.screen, FallbackConfirm))
+        await press_to(pilot, FallbackConfirm, "f")
         dialog = app.screen
         assert isinstance(dialog, FallbackConfirm)
         text = screen_text(app)
@@ -184,8 +162,7 @@ async def test_fallback_toggle_confirm_posts_with_reason_and_refreshes() -> None
         assert ("flights on gpu-01 switched to fallback (v3)", "information") in seen
 
         # And back: `f` on a forced endpoint proposes switching back; `y` from the buttons confirms.
-        await pilot.press("f")
-        await until(pilot, lambda: isinstance(app.screen, FallbackConfirm))
+        await press_to(pilot, FallbackConfirm, "f")
         assert "Switch back to the model: flights on gpu-01?" in screen_text(app)
         await pilot.press(*"resolved", "tab")
         await pilot.press("y")
@@ -201,10 +178,8 @@ async def test_fallback_toggle_cancel_sends_nothing() -> None:
         t = await open_endpoints(app, pilot)
         await select(pilot, t, K_FRAUD)
         for keys in (("escape",), ("tab", "n"), ("tab", "tab", "enter")):  # Esc; n; the No button
-            await pilot.press("f")
-            await until(pilot, lambda: isinstance(app.screen, FallbackConfirm))
-            await pilot.press(*"some reason", *keys)
-            await until(pilot, lambda: isinstance(app.screen, EndpointsScreen))
+            await press_to(pilot, FallbackConfirm, "f")
+            await press_to(pilot, EndpointsScreen, *"some reason", *keys)
         await pilot.pause(0.1)
         assert source.fallback_calls == []
 
@@ -269,8 +244,7 @@ async def test_readonly_hides_and_refuses_the_fallback_switch() -> None:
         app.set_fallback("gpu-01", "flights", True, "sneaky")
         await pilot.pause(0.2)
         assert source.fallback_calls == []
-        await pilot.press("question_mark")
-        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await press_to(pilot, HelpScreen, "question_mark")
         assert "[disabled: read-only]" in str(app.screen.query_one("#help-body", Static).render())
 
 
@@ -308,8 +282,7 @@ async def test_a_modal_over_the_endpoints_screen_defers_redraw() -> None:
     app = WatchkeeperApp(source, refresh_s=60)
     async with app.run_test(size=(140, 40)) as pilot:
         t = await open_endpoints(app, pilot)
-        await pilot.press("question_mark")
-        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await press_to(pilot, HelpScreen, "question_mark")
         agents = list(source.status.agents)
         a = agents[0]
         agents[0] = replace(a, serving=a.serving.model_copy(update={"stats": [make_stats(rps=999.0)]}))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,7 +25,14 @@ from console.loadtest import (
     percentile,
     pool_size,
 )
-from tests.console.wk_fakes import FakeHttpAgent, FakePredictor, Reply, ThreadedFakeAgent, fallback_reply
+from tests.console.wk_fakes import (
+    FakeHttpAgent,
+    FakePredictor,
+    Reply,
+    ThreadedFakeAgent,
+    closed_url,
+    fallback_reply,
+)
 
 PREDICT = "/api/v1/endpoints/flights/predict"
 
@@ -35,12 +41,6 @@ def run_json(capsys, *argv: str) -> tuple[int, dict]:
     rc = main(["loadtest", *argv, "--json"])
     captured = capsys.readouterr()
     return rc, json.loads(captured.out)
-
-
-def closed_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 # --------------------------------------------------------------------------- pieces

@@ -8,18 +8,17 @@ from __future__ import annotations
 from console.app import WatchkeeperApp
 from console.screens.alerts import AlertsScreen, SilenceConfirm
 from console.screens.drift import DriftScreen
+from console.screens.endpoints import EndpointsScreen
 from console.serving_rows import row_key
 from console.widgets.alert_table import AlertTable
 from console.widgets.endpoint_table import EndpointTable
-from tests.console.test_console_snapshots import fleet_ready, wait_for
 from tests.console.wk_fakes import FakeSource, alerts_fleet, serving_fleet
+from tests.console.wk_pilot import opened_ready, wait_for
 
 
 async def drift_ready(pilot) -> None:
-    await fleet_ready(pilot)
-    await pilot.press("e")
+    await opened_ready(pilot, "e", EndpointsScreen, EndpointTable)
     app = pilot.app
-    await wait_for(pilot, lambda: app.screen.query(EndpointTable) and app.screen.query_one(EndpointTable).row_count > 0)
     table = app.screen.query_one(EndpointTable)
     table.move_cursor(row=table.row_keys.index(row_key("gpu-01", "flights", "flights", 3)))
     await pilot.press("d")
@@ -47,10 +46,7 @@ def test_drift_screen_previous_window_second_feature(snap_compare) -> None:
 
 
 async def alerts_ready(pilot) -> None:
-    await fleet_ready(pilot)
-    await pilot.press("exclamation_mark")
-    app = pilot.app
-    await wait_for(pilot, lambda: isinstance(app.screen, AlertsScreen) and app.screen.query_one(AlertTable).row_count)
+    await opened_ready(pilot, "exclamation_mark", AlertsScreen, AlertTable)
     await pilot.pause()
 
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 from textual.widgets import Input, Static
 
@@ -29,22 +26,31 @@ from console.screens.fleet import FleetScreen
 from console.screens.help import HelpScreen
 from console.screens.rollouts import RolloutConfirm, RolloutsScreen
 from console.widgets.rollout_table import MARK, RolloutTable
-from tests.console.test_console_alerts import closed_url, recording, screen_text, until
-from tests.console.test_console_snapshots import fleet_ready, wait_for
 from tests.console.wk_fakes import (
     FakeHttpAgent,
     FakeSource,
     RolloutAgent,
     RolloutFakeSource,
     agent_routes,
+    closed_url,
     make_guards,
     make_rollout,
     rollouts_feed,
     rollouts_fleet,
     up,
 )
+from tests.console.wk_pilot import (
+    fleet_ready,
+    imports_textual,
+    open_from_fleet,
+    press_to,
+    recording,
+    screen_text,
+    select,
+    until,
+    wait_for,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 K_FLIGHTS_1 = rollout_key("gpu-01", "r-a1")
 K_FRAUD_AB = rollout_key("gpu-01", "r-a2")
 K_FLIGHTS_2 = rollout_key("gpu-02", "r-b1")
@@ -52,16 +58,7 @@ K_ETA_ABORTED = rollout_key("gpu-03", "r-c1")
 
 
 async def open_rollouts(app: WatchkeeperApp, pilot) -> RolloutTable:
-    await until(pilot, lambda: isinstance(app.screen, FleetScreen) and app.fleet_status is not None)
-    await pilot.press("R")
-    await until(pilot, lambda: isinstance(app.screen, RolloutsScreen) and app.screen.table.row_count > 0)
-    await pilot.pause()
-    return app.screen.query_one(RolloutTable)
-
-
-async def select(pilot, table: RolloutTable, key: str) -> None:
-    table.move_cursor(row=table.row_keys.index(key))
-    await pilot.pause()
+    return await open_from_fleet(app, pilot, "R", RolloutsScreen, RolloutTable)
 
 
 def panel(app: WatchkeeperApp, which: str) -> str:
@@ -119,11 +116,7 @@ def test_detail_shows_plan_gate_guards_side_by_side_ab_approvals_and_lineage() -
 
 
 def test_data_layer_imports_no_textual() -> None:
-    code = (
-        "import sys, console.rollouts_client, console.rollout_rows, console.rollouts_cli; "
-        "sys.exit(1 if any(m == 'textual' or m.startswith('textual.') for m in sys.modules) else 0)"
-    )
-    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+    assert not imports_textual("console.rollouts_client", "console.rollout_rows", "console.rollouts_cli")
 
 
 # --------------------------------------------------------------------------- the poll (fake agents over HTTP)
@@ -220,8 +213,7 @@ async def test_R_lists_fleet_rollouts_awaiting_approval_highlighted_with_detail_
         await pilot.press("escape")
         await pilot.pause()
         assert len(table.row_keys) == 4
-        await pilot.press("escape")
-        await until(pilot, lambda: isinstance(app.screen, FleetScreen))
+        await press_to(pilot, FleetScreen, "escape")
 
 
 async def test_approve_asks_naming_host_endpoint_versions_and_sends_the_awaiting_step() -> None:
@@ -231,8 +223,7 @@ async def test_approve_asks_naming_host_endpoint_versions_and_sends_the_awaiting
     async with app.run_test(size=(150, 44)) as pilot:
         table = await open_rollouts(app, pilot)
         await select(pilot, table, K_FLIGHTS_1)
-        await pilot.press("a")
-        await until(pilot, lambda: isinstance(app.screen, RolloutConfirm))
+        await press_to(pilot, RolloutConfirm, "a")
         text = screen_text(app)
         assert "Approve step 2 of flights on gpu-01?" in text
         assert "gpu-01  ·  flights  ·  flights v2→v3  ·  awaiting approval, step 2" in text
@@ -259,8 +250,7 @@ async def test_marked_rows_fan_out_with_one_notification_per_host() -> None:
         assert table.marked == {K_FLIGHTS_1, K_FLIGHTS_2}
         assert table.get_cell(K_FLIGHTS_2, "mark").plain == MARK
         assert "2 marked" in str(app.screen.query_one("#rollouts-status", Static).render())
-        await pilot.press("a")
-        await until(pilot, lambda: isinstance(app.screen, RolloutConfirm))
+        await press_to(pilot, RolloutConfirm, "a")
         text = screen_text(app)
         assert "Approve flights on 2 hosts?" in text
         assert "gpu-01  ·  flights  ·  flights v2→v3  ·  awaiting approval, step 2" in text
@@ -289,8 +279,7 @@ async def test_reject_abort_rollback_need_a_reason_and_ended_rollouts_are_refuse
     async with app.run_test(size=(150, 44)) as pilot:
         table = await open_rollouts(app, pilot)
         await select(pilot, table, K_FLIGHTS_2)
-        await pilot.press("x")
-        await until(pilot, lambda: isinstance(app.screen, RolloutConfirm))
+        await press_to(pilot, RolloutConfirm, "x")
         await pilot.press("enter")  # no reason: refused in the dialog
         await pilot.pause()
         assert isinstance(app.screen, RolloutConfirm) and "A reason is required." in screen_text(app)
@@ -309,11 +298,9 @@ async def test_reject_abort_rollback_need_a_reason_and_ended_rollouts_are_refuse
         )
         # Space pauses a running rollout (Esc cancels).
         await select(pilot, table, K_FRAUD_AB)
-        await pilot.press("space")
-        await until(pilot, lambda: isinstance(app.screen, RolloutConfirm))
+        await press_to(pilot, RolloutConfirm, "space")
         assert app.screen.action == "pause" and "Pause fraud on gpu-01?" in screen_text(app)
-        await pilot.press("escape")
-        await until(pilot, lambda: isinstance(app.screen, RolloutsScreen))
+        await press_to(pilot, RolloutsScreen, "escape")
         assert len(source.rollout_calls) == 1
 
 
@@ -335,8 +322,7 @@ async def test_readonly_hides_and_refuses_every_rollout_action() -> None:
         assert app.screen is screen
         await screen.action_approve()  # called directly: @mutating refuses
         assert any("read-only mode: approve is disabled" in m for m, _ in seen)
-        await pilot.press("question_mark")
-        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await press_to(pilot, HelpScreen, "question_mark")
         body = str(app.screen.query_one("#help-body", Static).render())
         assert "approve the awaiting step (asks; reason optional) [disabled: read-only]" in body
         assert "rollouts across the fleet" in body
@@ -379,8 +365,7 @@ async def test_approve_on_two_fake_agents_posts_each_awaiting_step_to_its_own_ag
             table = await open_rollouts(app, pilot)
             await until(pilot, lambda: len(table.row_keys) == 2)
             await select(pilot, table, rollout_key("gpu-01", "r-g1"))
-            await pilot.press("m", "m", "a")
-            await until(pilot, lambda: isinstance(app.screen, RolloutConfirm))
+            await press_to(pilot, RolloutConfirm, "m", "m", "a")
             assert "gpu-02  ·  flights  ·  flights v2→v3  ·  awaiting approval, step 6" in screen_text(app)
             await pilot.press(*"ok", "enter")
             await until(pilot, lambda: any(m.startswith("approve: ") for m, _ in seen))

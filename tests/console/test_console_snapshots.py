@@ -5,8 +5,6 @@ Update after an intended change with `pytest tests/console --snapshot-update` an
 
 from __future__ import annotations
 
-import asyncio
-
 from textual.widgets import Input
 
 from console.app import WatchkeeperApp
@@ -15,8 +13,8 @@ from console.screens.fallback import FallbackConfirm
 from console.screens.host import HostScreen
 from console.serving_rows import row_key
 from console.widgets.endpoint_table import EndpointTable
-from console.widgets.fleet_table import FleetTable
 from tests.console.wk_fakes import FakeSource, down, fleet, serving_fleet, stale, up
+from tests.console.wk_pilot import fleet_ready, opened_ready, wait_for
 
 SIZE = (120, 32)
 
@@ -33,27 +31,6 @@ def make_app(**kw) -> WatchkeeperApp:
     )
     # A long refresh: nothing moves while the screenshot is taken.
     return WatchkeeperApp(source, refresh_s=3600, **kw)
-
-
-async def wait_for(pilot, predicate) -> None:
-    for _ in range(300):
-        if predicate():
-            await pilot.pause()
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("never ready")
-
-
-async def fleet_ready(pilot) -> None:
-    app = pilot.app
-    await wait_for(
-        pilot,
-        lambda: (
-            app.fleet_status is not None
-            and app.screen.query(FleetTable)
-            and app.screen.query_one(FleetTable).row_count > 0
-        ),
-    )
 
 
 def test_fleet_screen(snap_compare) -> None:
@@ -94,14 +71,8 @@ def test_ansi_theme(snap_compare) -> None:
 
 
 async def endpoints_ready(pilot) -> None:
-    await fleet_ready(pilot)
-    await pilot.press("e")
-    app = pilot.app
-    await wait_for(
-        pilot,
-        lambda: isinstance(app.screen, EndpointsScreen) and app.screen.query_one(EndpointTable).row_count > 0,
-    )
-    table = app.screen.query_one(EndpointTable)
+    await opened_ready(pilot, "e", EndpointsScreen, EndpointTable)
+    table = pilot.app.screen.query_one(EndpointTable)
     table.move_cursor(row=table.row_keys.index(row_key("gpu-02", "flights", "flights", 3)))
     await pilot.pause()
 

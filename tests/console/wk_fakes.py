@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -841,6 +842,30 @@ class FakeHttpAgent:
             writer.close()
 
 
+def closed_url() -> str:
+    """An agent address where nothing listens (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+class TokenRoutes:
+    """Routes of a fake agent that, given a `token`, answer 401 to requests without `Bearer <token>`."""
+
+    token: str | None
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        return self.token is None or headers.get("authorization") == f"Bearer {self.token}"
+
+    def _guard(self, make: Callable[[dict[str, list[str]]], Reply]) -> Handler:
+        def handler(path: str, query: dict[str, list[str]], headers: dict[str, str]) -> Reply:
+            if not self._authorized(headers):
+                return Reply(401, {"error": "unauthorized"})
+            return make(query)
+
+        return handler
+
+
 def agent_routes(
     name: str = "gpu-01",
     *,
@@ -871,7 +896,7 @@ def agent_routes(
 
 
 @dataclass
-class MonitoredAgent:
+class MonitoredAgent(TokenRoutes):
     """Routes of an agent that serves one endpoint with drift data and alerts; records acks and silences.
 
     Drift follows `make_drift_report` (the `baseline` query picks which); alerts are `fleet_alerts`
@@ -918,14 +943,6 @@ class MonitoredAgent:
                 routes[f"POST /api/v1/alerts/{a.fingerprint}/silence"] = self._action
         return routes
 
-    def _guard(self, make: Callable[[dict[str, list[str]]], Reply]) -> Handler:
-        def handler(path: str, query: dict[str, list[str]], headers: dict[str, str]) -> Reply:
-            if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
-                return Reply(401, {"error": "unauthorized"})
-            return make(query)
-
-        return handler
-
     def _list(self, query: dict[str, list[str]]) -> Reply:
         self.alert_queries.append(query)
         state = query.get("state", [None])[0]
@@ -938,7 +955,7 @@ class MonitoredAgent:
     def _action(self, request: FakeRequest) -> Reply:
         import time as _time
 
-        if self.token is not None and request.headers.get("authorization") != f"Bearer {self.token}":
+        if not self._authorized(request.headers):
             return Reply(401, {"error": "unauthorized"})
         _, _, _, _, fingerprint, verb = request.path.split("/")
         body = request.json()
@@ -1333,7 +1350,7 @@ class RolloutFakeSource(FakeSource):
 
 
 @dataclass
-class RolloutAgent:
+class RolloutAgent(TokenRoutes):
     """Routes of an agent serving `endpoint` (model flights, version `stable`) with the rollout routes.
 
     Records every POST in `posts` as (path, body). A new rollout gets the id `r-<name>-NN`; `gate_fails`
@@ -1372,17 +1389,6 @@ class RolloutAgent:
     def _new_id(self, n: int) -> str:
         return f"r-{self.name}-{n:02d}"
 
-    def _guard(self, make: Callable[[dict[str, list[str]]], Reply]) -> Handler:
-        def handler(path: str, query: dict[str, list[str]], headers: dict[str, str]) -> Reply:
-            if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
-                return Reply(401, {"error": "unauthorized"})
-            return make(query)
-
-        return handler
-
-    def _authorized(self, request: FakeRequest) -> bool:
-        return self.token is None or request.headers.get("authorization") == f"Bearer {self.token}"
-
     def find(self, rollout_id: str) -> RolloutOut | None:
         return next((r for r in self.rollouts if r.id == rollout_id), None)
 
@@ -1406,7 +1412,7 @@ class RolloutAgent:
     def _start(self, request: FakeRequest) -> Reply:
         import time as _time
 
-        if not self._authorized(request):
+        if not self._authorized(request.headers):
             return Reply(401, {"error": "unauthorized"})
         body = request.json()
         self.posts.append((request.path, body))
@@ -1430,7 +1436,7 @@ class RolloutAgent:
     def _act(self, request: FakeRequest) -> Reply:
         import time as _time
 
-        if not self._authorized(request):
+        if not self._authorized(request.headers):
             return Reply(401, {"error": "unauthorized"})
         _, _, _, _, rid, action = request.path.split("/")
         body = request.json() if request.body else {}
