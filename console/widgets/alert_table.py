@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from rich.text import Text
-
 from console.alert_rows import COLUMNS, AlertRow
-from console.widgets.keyed_table import Cell, FilteredRowsTable
+from console.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
 
 SEVERITY_STYLE = {"critical": "bold reverse red", "warning": "bold yellow", "info": "cyan"}
 STATE_STYLE = {"firing": "bold red", "pending": "yellow", "resolved": "green"}
@@ -32,15 +30,14 @@ def row_cells(row: AlertRow) -> tuple[Cell, ...]:
         text = row.text(column.key)
         if column.key == "summary" and len(text) > SUMMARY_MAX:
             text = text[: SUMMARY_MAX - 1] + "…"
-        cells.append(Text(text, style=style, justify="right" if column.numeric else "left"))
+        cells.append(column_cell(text, column, style))
     return tuple(cells)
 
 
 class AlertTable(FilteredRowsTable[AlertRow]):
     """Shows `AlertRow`s filtered by `row_filter`, in the order given (state, severity, age)."""
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__([(c.key, c.label) for c in COLUMNS], **kwargs)
+    COLUMNS = COLUMNS
 
     def cells(self, row: AlertRow) -> tuple[Cell, ...]:
         return row_cells(row)

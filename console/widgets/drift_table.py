@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from rich.text import Text
-
 from console.drift_rows import COLUMNS, HISTORY_WIDTH, FeatureRow, history_ceiling
-from console.widgets.keyed_table import Cell, FilteredRowsTable
+from console.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
 from console.widgets.spark import spark_text
 
 VERDICT_STYLE = {
@@ -39,15 +37,14 @@ def row_cells(row: FeatureRow) -> tuple[Cell, ...]:
             case "range" | "unseen":
                 value = f.out_of_range_share if column.key == "range" else f.unseen_share
                 style = "yellow" if value else ""
-        cells.append(Text(row.text(column.key), style=style, justify="right" if column.numeric else "left"))
+        cells.append(column_cell(row.text(column.key), column, style))
     return tuple(cells)
 
 
 class DriftTable(FilteredRowsTable[FeatureRow]):
     """Shows `FeatureRow`s filtered by `row_filter`, in the order given (by score)."""
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__([(c.key, c.label) for c in COLUMNS], **kwargs)
+    COLUMNS = COLUMNS
 
     def cells(self, row: FeatureRow) -> tuple[Cell, ...]:
         return row_cells(row)

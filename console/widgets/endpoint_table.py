@@ -8,7 +8,7 @@ from rich.text import Text
 
 from console.client import AgentStatus
 from console.serving_rows import COLUMNS, ERROR_RATE_HOT, EndpointRow, loaded_model_cells
-from console.widgets.keyed_table import Cell, FilteredRowsTable, KeyedTable
+from console.widgets.keyed_table import Cell, FilteredRowsTable, KeyedTable, column_cell
 
 BREAKER_STYLE = {
     "closed": "green",
@@ -45,15 +45,14 @@ def row_cells(row: EndpointRow) -> tuple[Cell, ...]:
                 style = dim or ("yellow" if row.current and not row.loaded else "" if row.current else "dim")
             case "model" | "endpoint" | "host":
                 style = dim or ("" if row.current else "dim")
-        cells.append(Text(text, style=style, justify="right" if column.numeric else "left"))
+        cells.append(column_cell(text, column, style))
     return tuple(cells)
 
 
 class EndpointTable(FilteredRowsTable[EndpointRow]):
     """Shows `EndpointRow`s filtered by `row_filter`, in fleet order."""
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__([(c.key, c.label) for c in COLUMNS], **kwargs)
+    COLUMNS = COLUMNS
 
     def cells(self, row: EndpointRow) -> tuple[Cell, ...]:
         return row_cells(row)

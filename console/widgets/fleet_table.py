@@ -8,7 +8,7 @@ from textual.reactive import reactive
 
 from console.client import AgentState
 from console.rows import COLUMNS, FleetRow, sort_rows
-from console.widgets.keyed_table import Cell, FilteredRowsTable
+from console.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
 
 STATE_STYLE = {AgentState.UP: "green", AgentState.STALE: "bold yellow", AgentState.DOWN: "bold red"}
 # Percent thresholds at which a value is drawn as a warning / as critical.
@@ -42,7 +42,7 @@ def row_cells(row: FleetRow) -> tuple[Cell, ...]:
             style = STATE_STYLE[row.state] if row.state is not AgentState.UP else ""
         else:
             style = dim
-        cells.append(Text(text, style=style, justify="right" if column.numeric else "left"))
+        cells.append(column_cell(text, column, style))
     return tuple(cells)
 
 
@@ -55,8 +55,7 @@ class FleetTable(FilteredRowsTable[FleetRow]):
     sort_column: reactive[str | None] = reactive(None)
     sort_reverse: reactive[bool] = reactive(False)
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__([(c.key, c.label) for c in COLUMNS], **kwargs)
+    COLUMNS = COLUMNS
 
     def cells(self, row: FleetRow) -> tuple[Cell, ...]:
         return row_cells(row)

@@ -8,7 +8,7 @@ whose content changed, and reorders with `sort()` only when the order changed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from rich.text import Text
 from textual import events
@@ -17,6 +17,7 @@ from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowKey
 
 from console.filtering import RowFilter
+from console.rows import Column
 
 Cell = str | Text
 
@@ -31,6 +32,11 @@ class RowModel(Protocol):
 
 
 R = TypeVar("R", bound=RowModel)
+
+
+def column_cell(text: str, column: Column, style: str = "") -> Text:
+    """A cell of `column`, styled; numeric columns right-aligned."""
+    return Text(text, style=style, justify="right" if column.numeric else "left")
 
 
 class _KeyedText(Text):
@@ -145,8 +151,11 @@ class FilteredRowsTable(KeyedTable, Generic[R]):
     """
 
     row_filter: reactive[RowFilter] = reactive(RowFilter, always_update=True)
+    COLUMNS: ClassVar[Sequence[Column]] = ()  # the columns, unless the constructor is given others
 
-    def __init__(self, columns: Sequence[tuple[str, str | Text]], **kwargs: object) -> None:
+    def __init__(self, columns: Sequence[tuple[str, str | Text]] | None = None, **kwargs: object) -> None:
+        if columns is None:
+            columns = [(c.key, c.label) for c in self.COLUMNS]
         super().__init__(columns, cursor_type="row", zebra_stripes=True, **kwargs)
         self._rows: list[R] = []
 

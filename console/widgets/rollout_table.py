@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 
 from console.rollout_rows import COLUMNS, STATE_STYLE, RolloutRow
-from console.widgets.keyed_table import Cell, FilteredRowsTable
+from console.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
 
 MARK = "*"
 MARK_STYLE = "bold magenta"
@@ -26,7 +26,7 @@ def row_cells(row: RolloutRow, marked: bool = False) -> tuple[Cell, ...]:
                 style = muted or ("bold red" if row.breached else "green" if row.rollout.guards else "")
             case "weight":
                 style = muted or ("bold" if row.rollout.weight else "")
-        cells.append(Text(row.text(column.key), style=style, justify="right" if column.numeric else "left"))
+        cells.append(column_cell(row.text(column.key), column, style))
     return tuple(cells)
 
 
