@@ -195,8 +195,8 @@ class WatchkeeperApp(App[int]):
             self.post_message(ConsoleError(f"state {agent.name}", text, severity=severity))
 
     def watch_fleet_status(self, status: FleetStatus | None) -> None:
-        if status is None:
-            return
+        if status is None or not self.screen_stack:
+            return  # nothing polled yet, or a poll landing while the app shuts down
         self._set_subtitle()
         screen = self.screen
         if isinstance(screen, ModalScreen):
