@@ -73,6 +73,8 @@ class AuthConfig(_Strict):
 class RetentionConfig(_Strict):
     raw: Duration = 24 * 3600.0
     rollup: Duration = 30 * 86400.0
+    # The prediction log and the labels posted for it (drift windows are kept `monitoring.keep`).
+    predictions: Duration = 7 * 86400.0
 
 
 class SimulateConfig(_Strict):

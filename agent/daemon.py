@@ -94,7 +94,13 @@ def build(cfg: AgentConfig) -> AgentContext:
     writer = StoreWriter(
         opened.con,
         flush_interval=cfg.flush_interval,
-        maintenance=make_maintenance(cfg.retention.raw, cfg.retention.rollup, settle_s=cfg.flush_interval + 5),
+        maintenance=make_maintenance(
+            cfg.retention.raw,
+            cfg.retention.rollup,
+            settle_s=cfg.flush_interval + 5,
+            predictions_s=cfg.retention.predictions,
+            windows_s=cfg.monitoring.keep,
+        ),
     )
     writer.start()
     now = time.time()

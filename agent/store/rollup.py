@@ -59,8 +59,14 @@ def run_rollup(con: duckdb.DuckDBPyConnection, settle_s: float) -> int:
     return int(n)
 
 
-def run_retention(con: duckdb.DuckDBPyConnection, raw_s: float, rollup_s: float) -> None:
-    """Delete raw samples and rollups past their retention."""
+def run_retention(
+    con: duckdb.DuckDBPyConnection,
+    raw_s: float,
+    rollup_s: float,
+    predictions_s: float | None = None,
+    windows_s: float | None = None,
+) -> None:
+    """Delete raw samples, rollups, logged predictions (with their feedback) and drift windows past retention."""
     now = time.time()
     raw_cut, roll_cut = [now - raw_s], [now - rollup_s]
     for table in ("host_samples", "gpu_samples"):
@@ -68,13 +74,24 @@ def run_retention(con: duckdb.DuckDBPyConnection, raw_s: float, rollup_s: float)
     for table in ("host_rollup_1m", "gpu_rollup_1m"):
         con.execute(f"DELETE FROM {table} WHERE bucket < {ts_from_unix('?')}", roll_cut)
     con.execute(f"DELETE FROM agent_alerts WHERE ts < {ts_from_unix('?')}", roll_cut)
+    if predictions_s is not None:
+        cut = [now - predictions_s]
+        con.execute(f"DELETE FROM predictions WHERE ts < {ts_from_unix('?')}", cut)
+        # Labels join to predictions: one kept without its prediction would join nothing.
+        con.execute(f"DELETE FROM feedback WHERE ts < {ts_from_unix('?')}", cut)
+    if windows_s is not None:
+        cut = [now - windows_s]
+        con.execute("DELETE FROM drift_windows WHERE window_end < ?", cut)
+        con.execute("DELETE FROM drift_scores WHERE window_end < ?", cut)
 
 
-def make_maintenance(raw_s: float, rollup_s: float, settle_s: float):
+def make_maintenance(
+    raw_s: float, rollup_s: float, settle_s: float, predictions_s: float | None = None, windows_s: float | None = None
+):
     """The writer's periodic job: rollup first (so nothing is deleted before it is summarised)."""
 
     def maintenance(con: duckdb.DuckDBPyConnection) -> None:
         run_rollup(con, settle_s)
-        run_retention(con, raw_s, rollup_s)
+        run_retention(con, raw_s, rollup_s, predictions_s, windows_s)
 
     return maintenance

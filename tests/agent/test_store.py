@@ -13,6 +13,7 @@ import pytest
 from agent.store.db import open_store
 from agent.store.reader import StoreReader, UnknownMetric
 from agent.store.rollup import run_retention, run_rollup
+from agent.store.sqltime import ts_from_unix
 from agent.store.writer import StoreWriter
 from agent.telemetry.sampler import GPU_ROW, HOST_ROW
 
@@ -225,3 +226,31 @@ def test_large_batches_take_the_arrow_path_with_identical_results(tmp_path):
     assert got[0] == got[1] == (t0 + 3, [3.0, None], ["JFK", None])
     assert opened.con.execute("SELECT count(*) FROM predictions").fetchone()[0] == len(rows) + 5
     opened.con.close()
+
+
+def test_retention_prunes_old_predictions_their_feedback_and_drift_windows(store):
+    opened, w = store
+    now = time.time()
+
+    def seed(con) -> None:
+        for age, rid in ((10 * 86400, "old"), (3600, "new")):
+            con.execute(
+                f"INSERT INTO predictions (ts, request_id, endpoint, model, version, row_idx, latency_ms, status) "
+                f"VALUES ({ts_from_unix('?')}, ?, 'ep', 'm', 1, 0, 1.0, 'ok')",
+                [now - age, rid],
+            )
+            con.execute(
+                f"INSERT INTO feedback VALUES ({ts_from_unix('?')}, ?, 'ep', ?, 0, 'x', NULL, 'p')",
+                [now - age, now, rid],
+            )
+            con.execute(
+                "INSERT INTO drift_windows VALUES ('ep', 'm', 1, ?, ?, 1, '{}')", [now - age * 5 - 60, now - age * 5]
+            )
+
+    w.call(seed)
+    w.call(lambda con: run_retention(con, raw_s=300, rollup_s=30 * 86400, predictions_s=7 * 86400,
+                                     windows_s=30 * 86400))  # fmt: skip
+    cur = opened.con.cursor()
+    assert [r[0] for r in cur.execute("SELECT request_id FROM predictions").fetchall()] == ["new"]
+    assert [r[0] for r in cur.execute("SELECT request_id FROM feedback").fetchall()] == ["new"]
+    assert cur.execute("SELECT count(*) FROM drift_windows").fetchone()[0] == 1  # 50 days old went, 5 h stayed
