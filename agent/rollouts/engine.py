@@ -72,6 +72,7 @@ ALERT_HOLD_S = 3600.0
 AB_REFRESH_S = 2.0
 FEATURE_DRIFT_REFRESH_S = 10.0
 LOAD_RETRY_S = 2.0
+GUARD_EVAL_S = 1.0  # how often a live rollout's guards are judged
 IDLE_TICK_S = 5.0  # the ticker's period with no live rollout and nothing kept warm
 PROMOTE_PIN_S = 120.0  # the candidate stays pinned through the switch of the endpoint's config
 SNAPSHOT = (
@@ -124,6 +125,7 @@ class Rollout:
     ab_at: float = 0.0
     feature_drift: tuple[float | None, float | None] | None = None
     feature_drift_at: float = 0.0
+    guards_at: float = -1e18  # when the guards were last judged (GUARD_EVAL_S)
 
     def snapshot(self) -> dict:
         return {k: getattr(self, k) for k in SNAPSHOT}
@@ -773,17 +775,21 @@ class RolloutEngine:
         if route is None or route.rollout_id != r.id or route.weight != r.weight or route.shadow != r.shadow:
             self._apply_route(r)  # the endpoint was re-put (a new object) or the agent restarted
         g = r.spec.guards
-        try:
-            metrics = self.serving.route_metrics(r.endpoint, g.window_s)
-        except Exception:
-            metrics = None
-        fd = None
-        if g.max_feature_drift_share is not None:
-            if now - r.feature_drift_at >= FEATURE_DRIFT_REFRESH_S:
-                r.feature_drift_at = now
-                r.feature_drift = self._feature_drift(r)
-            fd = r.feature_drift
-        r.guards = r.tracker.update(judge(metrics, g, fd), now)
+        # Guards read every request's window (stats, scores): judged once a second, not at every tick, so a
+        # watched endpoint's own latency doesn't pay for the watching (bench/serving.py agent-canary).
+        if now - r.guards_at >= GUARD_EVAL_S or not r.guards:
+            r.guards_at = now
+            try:
+                metrics = self.serving.route_metrics(r.endpoint, g.window_s)
+            except Exception:
+                metrics = None
+            fd = None
+            if g.max_feature_drift_share is not None:
+                if now - r.feature_drift_at >= FEATURE_DRIFT_REFRESH_S:
+                    r.feature_drift_at = now
+                    r.feature_drift = self._feature_drift(r)
+                fd = r.feature_drift
+            r.guards = r.tracker.update(judge(metrics, g, fd), now)
         held = r.tracker.held(r.guards, now, g.window_s)
         if held is not None:
             why = (
