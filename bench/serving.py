@@ -578,15 +578,20 @@ def bench_fastapi(ctx: dict, procs: Procs) -> System:
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(f"{base}/healthz", p, log)
-        hdr = {"Content-Type": "application/json"}
-        with httpx.Client(base_url=base, timeout=30) as c:
-            s.answers = check_answers(lambda b: c.post("/predict", content=b, headers=hdr), ctx["bodies"], ctx["ref"])
-        script = tmp / "wrk.lua"
-        write_lua(script, ctx["bodies"], {})
-        measure_levels(s, ctx["wrk"], base + "/predict", script, p.pid, ctx["levels"], ctx["seconds"], ctx["warmup"])
+        check_and_measure(s, base, tmp, p.pid, ctx)
     finally:
         procs.stop(p)
     return s
+
+
+def check_and_measure(s: System, base: str, tmp: Path, pid: int, ctx: dict) -> None:
+    """A plain `/predict` server (bare FastAPI, BentoML): check its answers, then wrk at every level."""
+    hdr = {"Content-Type": "application/json"}
+    with httpx.Client(base_url=base, timeout=30) as c:
+        s.answers = check_answers(lambda b: c.post("/predict", content=b, headers=hdr), ctx["bodies"], ctx["ref"])
+    script = tmp / "wrk.lua"
+    write_lua(script, ctx["bodies"], {})
+    measure_levels(s, ctx["wrk"], base + "/predict", script, pid, ctx["levels"], ctx["seconds"], ctx["warmup"])
 
 
 def ensure_bentoml() -> tuple[Path | None, str]:
@@ -652,12 +657,7 @@ def bench_bentoml(ctx: dict, procs: Procs) -> System:
             s.failed = f"bentoml {version} did not start: {e}"[:300]
             return s
         s.extra.append(f"bentoml: version {version}")
-        hdr = {"Content-Type": "application/json"}
-        with httpx.Client(base_url=base, timeout=30) as c:
-            s.answers = check_answers(lambda b: c.post("/predict", content=b, headers=hdr), ctx["bodies"], ctx["ref"])
-        script = tmp / "wrk.lua"
-        write_lua(script, ctx["bodies"], {})
-        measure_levels(s, ctx["wrk"], base + "/predict", script, p.pid, ctx["levels"], ctx["seconds"], ctx["warmup"])
+        check_and_measure(s, base, tmp, p.pid, ctx)
     finally:
         procs.stop(p)
     return s
