@@ -1,6 +1,6 @@
 """The alerts view's rows as plain values, shared by the TUI and `watchkeeper alerts`. No Textual here.
 
-One row per (agent, alert fingerprint), plus one row the console makes itself for every agent
+One row per alert *instance* of each agent, plus one row the console makes itself for every agent
 that stopped answering (kind `agent_down`, critical, firing): an agent that cannot be asked for its
 alerts is an outage of its own, and its last known alerts stay listed, dimmed. Order: firing, then
 pending, then resolved; within a state the worst severity first, alerts nobody has in hand (not
@@ -40,9 +40,15 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 
-def alert_key(agent: str, fingerprint: str) -> str:
-    """The table key of one alert of one agent."""
-    return f"{agent}{KEY_SEP}{fingerprint}"
+def alert_key(agent: str, fingerprint: str, started_at: float | None = None) -> str:
+    """The table key of one alert instance of one agent.
+
+    A fingerprint (rule + labels) can fire, resolve and fire again: the agent then lists both
+    instances. The newest instance is keyed by the fingerprint alone (acks and silences address it);
+    an earlier one also by when it started, so it can never overwrite the one firing now.
+    """
+    key = f"{agent}{KEY_SEP}{fingerprint}"
+    return key if started_at is None else f"{key}@{started_at:.3f}"
 
 
 @dataclass(frozen=True)
@@ -180,8 +186,12 @@ def alert_rows(status: FleetStatus, states: Iterable[str] | None = None) -> list
         if feed is None:
             continue
         now = status.polled_at + agent.clock_offset_s
+        newest: dict[str, float] = {}
         for alert in feed.alerts:
-            key = alert_key(agent.name, alert.fingerprint)
+            newest[alert.fingerprint] = max(alert.started_at, newest.get(alert.fingerprint, alert.started_at))
+        for alert in feed.alerts:
+            earlier = alert.started_at < newest[alert.fingerprint]
+            key = alert_key(agent.name, alert.fingerprint, alert.started_at if earlier else None)
             rows.append(AlertRow(key, agent.name, order, agent.label, alert, now, stale=down))
     if wanted is not None:
         rows = [r for r in rows if r.state in wanted]

@@ -15,7 +15,7 @@ from textual.widgets import Input, OptionList, Static
 from console.alert_rows import alert_key, alert_rows, firing_count, outage_alert, render_alerts
 from console.app import WatchkeeperApp
 from console.cli import main
-from console.client import AgentError, AgentState, ErrorKind
+from console.client import AgentError, AgentState, ErrorKind, FleetStatus
 from console.config import AgentSpec
 from console.monitoring_client import ALERTS_LIST_PATH, FeedState, MonitoringClient, MonitoringPoller
 from console.screens.alerts import AckConfirm, AlertsScreen, SilenceConfirm
@@ -74,6 +74,41 @@ def test_rows_firing_first_then_severity_unhandled_newest_with_an_outage_row_per
     assert not any(r.agent == "cpu-04" for r in rows)
     assert firing_count(alerts_fleet()) == 3  # the agents' own firing alerts; outages are the fleet's to show
     assert [r.key for r in alert_rows(alerts_fleet(), ["pending"])] == [K_PENDING]
+
+
+def refired_fleet() -> FleetStatus:
+    """gpu-01's rollout guard fired, resolved and was acked an hour ago, and fires again now for a new rollout."""
+    old = make_alert(
+        "g7a1", "rollout_guard", severity="critical", state="resolved", age=3600, host="gpu-01",
+        summary="guard p99 aborted rollout r-old", acked_by="bob", acked_at=FROZEN_NOW - 3000,
+    )  # fmt: skip
+    new = make_alert(
+        "g7a1", "rollout_guard", severity="critical", age=20, host="gpu-01", summary="guard p99 aborted rollout r-new"
+    )
+    return fleet(alerting(up("gpu-01", 0), [new, old]), alerting(up("gpu-02", 1), [old.model_copy()]))
+
+
+def test_a_refired_alert_keeps_both_instances_the_firing_one_first_under_its_fingerprint() -> None:
+    rows = [r for r in alert_rows(refired_fleet()) if r.agent == "gpu-01"]
+    assert [(r.state, r.alert.summary) for r in rows] == [
+        ("firing", "guard p99 aborted rollout r-new"),
+        ("resolved", "guard p99 aborted rollout r-old"),
+    ]
+    assert rows[0].key == alert_key("gpu-01", "g7a1")  # the instance acks and silences address
+    assert len({r.key for r in alert_rows(refired_fleet())}) == 3
+    assert firing_count(refired_fleet()) == sum(r.state == "firing" for r in alert_rows(refired_fleet()))
+
+
+async def test_alerts_screen_lists_a_refired_alert_beside_its_resolved_instance() -> None:
+    app = WatchkeeperApp(FakeSource(refired_fleet()), refresh_s=60)
+    async with app.run_test(size=(140, 40)) as pilot:
+        table = await open_alerts(app, pilot)
+        await until(pilot, lambda: len(table.row_keys) == 3)
+        assert table.row_keys[0] == alert_key("gpu-01", "g7a1")
+        assert table.get_cell(alert_key("gpu-01", "g7a1"), "state").plain == "firing"
+        assert "r-new" in table.get_cell(alert_key("gpu-01", "g7a1"), "summary").plain
+        status = str(app.screen.query_one("#alerts-status", Static).render())
+        assert "1 firing" in status
 
 
 def test_silenced_rows_say_for_how_long_and_sink_below_unhandled_ones() -> None:
