@@ -166,12 +166,23 @@ def window_text(report: DriftReportOut, now: float) -> str:
 
 def drift_line(report: DriftReportOut) -> str:
     """Rows against the baseline's, the share of drifted features and the dataset verdict."""
-    features = [f for f in report.features if f.name not in SPECIAL_NAMES]
-    drifted = sum(1 for f in features if f.drifted)
     base = "reference" if report.baseline == "reference" else "previous window"
     verdict = "DATASET DRIFT" if report.dataset_drift else "no dataset drift"
-    share = f"drift share {report.drift_share * 100:.0f}% ({drifted}/{len(features)} features)"
-    return f"rows {report.n_cur:,} vs {base} {report.n_ref:,}  ·  {share}  ·  {verdict}"
+    return f"rows {report.n_cur:,} vs {base} {report.n_ref:,}  ·  {drift_share_text(report)}  ·  {verdict}"
+
+
+def drift_share_text(report: DriftReportOut) -> str:
+    """The drift share said once, over the features the agent judged (the ones with enough rows)."""
+    features = [f for f in report.features if f.name not in SPECIAL_NAMES]
+    judged, drifted = report.features_judged, report.features_drifted
+    if judged is None or drifted is None:  # an older agent: judged = had a score
+        scored = [f for f in features if f.score is not None]
+        judged, drifted = len(scored), sum(1 for f in scored if f.drifted)
+    if judged == 0:
+        return f"drift share not judged (0 of {len(features)} features had enough rows)"
+    rest = len(features) - judged
+    tail = f"; {rest} not judged" if rest > 0 else ""
+    return f"drift share {drifted / judged * 100:.0f}% ({drifted}/{judged} judged features{tail})"
 
 
 def data_quality_line(report: DriftReportOut) -> str:

@@ -619,7 +619,9 @@ class DriftReportOut(_Wire):
     window_end: float | None
     n_ref: int
     n_cur: int
-    drift_share: float
+    drift_share: float  # drifted / judged features; 0 when none was judged (then features_judged is 0)
+    features_judged: int | None = None  # features with enough rows on both sides (None: an older agent)
+    features_drifted: int | None = None  # ... of which drifted
     dataset_drift: bool
     features: list[FeatureDriftOut]
     computed_at: float

@@ -165,11 +165,15 @@ class DriftReport:
     n_ref: int  # rows
     n_cur: int
     thresholds: DriftThresholds = field(default_factory=DriftThresholds)
+    judged: int = 0  # feature columns with enough rows on both sides: the drift share's denominator
+    drifted: int = 0  # ... of which drifted: the share's numerator
 
     def to_json(self) -> dict[str, Any]:
         return {
             "features": [f.to_json() for f in self.features],
             "drift_share": self.drift_share,
+            "judged": self.judged,
+            "drifted": self.drifted,
             "dataset_drift": self.dataset_drift,
             "n_ref": self.n_ref,
             "n_cur": self.n_cur,
@@ -206,7 +210,8 @@ def compare(
             features.append(_categorical(name, col.role, r, c, t))
     features.sort(key=lambda f: (-f.severity, f.name))
     judged = [f for f in features if f.role == "feature" and _judged(f, t)]
-    share = sum(f.drifted for f in judged) / len(judged) if judged else None
+    drifted = sum(f.drifted for f in judged)
+    share = drifted / len(judged) if judged else None
     return DriftReport(
         features=features,
         drift_share=share,
@@ -214,6 +219,8 @@ def compare(
         n_ref=reference.rows,
         n_cur=current.rows,
         thresholds=t,
+        judged=len(judged),
+        drifted=drifted,
     )
 
 

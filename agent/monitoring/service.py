@@ -424,6 +424,7 @@ class MonitorService:
             endpoint=name, model=mv.name, version=mv.version, baseline=baseline,  # type: ignore[arg-type]
             window_start=start, window_end=end, n_ref=rep.n_ref, n_cur=rep.n_cur,
             drift_share=_finite(rep.drift_share) or 0.0, dataset_drift=bool(rep.dataset_drift),
+            features_judged=rep.judged, features_drifted=rep.drifted,
             features=self._with_rejections(name, start, end, feats), computed_at=time.time(),
         )  # fmt: skip
 

@@ -89,7 +89,11 @@ def test_history_is_in_window_order_without_windows_lacking_a_score() -> None:
 
 def test_header_lines() -> None:
     report = make_drift_report()
-    assert drift_line(report) == "rows 1,200 vs reference 50,000  ·  drift share 50% (2/4 features)  ·  DATASET DRIFT"
+    assert drift_line(report) == (
+        "rows 1,200 vs reference 50,000  ·  drift share 67% (2/3 judged features; 1 not judged)  ·  DATASET DRIFT"
+    )
+    nothing = report.model_copy(update={"drift_share": 0.0, "features_judged": 0, "features_drifted": 0})
+    assert "drift share not judged (0 of 4 features had enough rows)" in drift_line(nothing)
     assert window_text(report, FROZEN_NOW) == "window 2023-11-14 22:11:40 → 22:12:40 UTC (60s, closed 40s ago)"
     assert (
         data_quality_line(report)

@@ -96,6 +96,9 @@ def test_summer_traffic_drifts_and_quality_problems_are_flagged(monitored):
     assert feats["distance"]["rejected_requests"] == 0 and feats["__prediction__"]["rejected_requests"] is None
     assert rep["features"][0]["score"] is not None  # sorted by severity, most drifted first
     assert 0 < rep["drift_share"] <= 1
+    # One definition of the share, with its numerator and denominator on the wire.
+    assert 0 < rep["features_judged"] <= len(FEATURES) and rep["features_drifted"] >= 1
+    assert rep["drift_share"] == pytest.approx(rep["features_drifted"] / rep["features_judged"])
 
     # The latest window alone, against the reference and against the previous window.
     latest = c.get("/api/v1/endpoints/delays/drift").json()
