@@ -206,14 +206,25 @@ def resolve_fleet(
     *,
     env: Mapping[str, str] | None = None,
 ) -> list[AgentSpec]:
-    """Agents from `--agents` and/or `--fleet` (or `$WATCHKEEPER_FLEET`), names kept unique."""
+    """Agents from `--agents` and/or `--fleet` (or `$WATCHKEEPER_FLEET`), one per address.
+
+    Flags beat the environment, as in every CLI: `--agents` replaces the fleet named by
+    `$WATCHKEEPER_FLEET` (an address that file lists keeps the file's name and token). Given both as
+    flags, `--agents` adds to `--fleet`'s agents, an address listed in both counted once.
+    """
     env = os.environ if env is None else env
-    fleet = fleet or env.get(FLEET_ENV) or None
-    specs: list[AgentSpec] = []
-    if fleet:
-        specs.extend(load_fleet_file(fleet, env=env))
-    if agents:
-        specs.extend(parse_agent_urls(agents, env=env))
+    path = fleet or env.get(FLEET_ENV) or None
+    from_file = load_fleet_file(path, env=env) if path else []
+    if not agents:
+        specs = from_file
+    else:
+        by_url = {s.url: s for s in from_file}
+        given = [by_url.get(s.url, s) for s in parse_agent_urls(agents, env=env)]
+        if fleet:
+            seen = {s.url for s in from_file}
+            specs = [*from_file, *(s for s in given if s.url not in seen)]
+        else:
+            specs = given
     if not specs:
         raise FleetConfigError(f"no agents: pass --agents URL,... or --fleet FILE (or set {FLEET_ENV})")
     _check_unique(specs)

@@ -130,6 +130,9 @@ def pick_agent(args: argparse.Namespace, env: Mapping[str, str]) -> AgentSpec:
         for s in specs:
             if s.name == wanted:
                 return s
+        if "://" not in wanted:  # a name, not an address
+            known = ", ".join(s.name for s in specs) or f"none: no fleet file (--fleet or ${FLEET_ENV})"
+            raise ModelsUsageError(f"--agent: no agent named {wanted!r} in the fleet (agents: {known})")
         try:
             url = validate_url(wanted)
         except FleetConfigError as e:

@@ -56,6 +56,17 @@ def test_status_json_is_machine_readable(agent, capsys, monkeypatch, tmp_path: P
     assert (b["name"], b["state"], b["reason"]) == ("gone", "down", "connection refused")
 
 
+def test_agents_flag_replaces_the_fleet_file_from_the_environment(agent, capsys, monkeypatch, tmp_path) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(f'[[agent]]\nname="gpu-01"\nurl="{agent.url}"\ntoken="tok"\n')
+    monkeypatch.setenv("WATCHKEEPER_FLEET", str(fleet))
+    monkeypatch.delenv("WATCHKEEPER_TOKEN", raising=False)
+    # The address is the fleet file's gpu-01: listed once, with the file's token, and the fleet is healthy.
+    assert main(["status", "--json", "--agents", agent.url]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(a["name"], a["state"]) for a in doc["agents"]] == [("gpu-01", "up")]
+
+
 def test_options_before_the_subcommand_are_kept(agent, capsys, monkeypatch) -> None:
     monkeypatch.setenv("WATCHKEEPER_TOKEN", "tok")
     assert main(["--agents", agent.url, "status", "--json"]) == 0

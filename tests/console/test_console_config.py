@@ -97,11 +97,22 @@ def test_resolve_requires_agents_and_merges_sources(tmp_path: Path) -> None:
     with pytest.raises(FleetConfigError, match="no agents"):
         resolve_fleet(None, None, env={})
     path = write(tmp_path, '[[agent]]\nname="x"\nurl="http://h:1"')
-    specs = resolve_fleet("http://other:2", None, env={"WATCHKEEPER_FLEET": str(path)})
+    specs = resolve_fleet("http://other:2", str(path), env={})
     assert [s.name for s in specs] == ["x", "other:2"]
     path2 = write(tmp_path, '[[agent]]\nname="h:1"\nurl="http://h:9"')
     with pytest.raises(FleetConfigError, match="given twice"):
         resolve_fleet("http://h:1", str(path2), env={})
+
+
+def test_agents_flag_replaces_the_fleet_from_the_environment_and_dedupes_by_address(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[agent]]\nname="gpu-01"\nurl="http://h:1"\ntoken="t1"\n[[agent]]\nname="y"\nurl="http://h:2"')
+    env = {"WATCHKEEPER_FLEET": str(path)}
+    # A flag beats the environment: only the agent asked for, with the file's name and token for its address.
+    (only,) = resolve_fleet("http://h:1/", None, env=env)
+    assert (only.name, only.url, only.token) == ("gpu-01", "http://h:1", "t1")
+    assert [s.name for s in resolve_fleet("http://h:3", None, env=env)] == ["h:3"]
+    # Both as flags: one agent per address.
+    assert [s.name for s in resolve_fleet("http://h:2,http://h:3", str(path), env={})] == ["gpu-01", "y", "h:3"]
 
 
 def test_repr_never_shows_the_token() -> None:

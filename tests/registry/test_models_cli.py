@@ -167,6 +167,8 @@ def test_usage_errors_exit_2(files, capsys, monkeypatch, tmp_path):
         (["models", "list"], "no agent"),
         (["models", "list", "--fleet", str(fleet)], "2 agents configured (a, b)"),
         (["models", "list", "--agent", "ftp://x"], "--agent"),
+        (["models", "list", "--agent", "demo-nope", "--fleet", str(fleet)], "no agent named 'demo-nope' in the fleet"),
+        (["models", "list", "--agent", "demo-nope"], "no agent named 'demo-nope' in the fleet"),
         (["models", "register", "m", "--metadata", str(files["meta"]), "--agent", url], "--artifact"),
         (
             [
