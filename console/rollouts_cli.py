@@ -441,13 +441,27 @@ def _run_rollouts(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     if args.json:
         _emit_json(out, {"all": bool(args.all), "rollouts": [r.as_json() for r in rows], "agents": agents})
     else:
-        out.write((render_rollouts(rows) if rows else f"no {'' if args.all else 'active '}rollouts") + "\n")
+        out.write(_rollouts_text(rows, render_rollouts, "" if args.all else "active ", len(specs), unread) + "\n")
     if without:
         err.write(f"watchkeeper rollouts: no rollouts on {', '.join(without)} (older agent, or rollouts off)\n")
     if unread:
         err.write(f"watchkeeper rollouts: {len(unread)} of {len(specs)} agents not read: {', '.join(unread)}\n")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _rollouts_text(
+    rows: list[Any], render: Callable[[list[Any]], str], kind: str, total: int, unread: list[str]
+) -> str:
+    """The table, or what is known to be empty; an agent that could not be read is never an empty answer."""
+    missing = f"{len(unread)} of {total} agents not read: {', '.join(unread)}"
+    if rows:
+        return render(rows) + (f"\n({missing})" if unread else "")
+    if not unread:
+        return f"no {kind}rollouts"
+    if len(unread) == total:
+        return f"rollouts unknown: {missing}"
+    return f"no {kind}rollouts on {total - len(unread)} of {total} agents; {len(unread)} not read: {', '.join(unread)}"
 
 
 # --------------------------------------------------------------------------- actions

@@ -220,8 +220,18 @@ def test_rollouts_with_an_unreachable_agent_exits_1(tmp_path, capsys) -> None:
     fleet.write_text('[[agent]]\nname = "gone"\nurl = "http://127.0.0.1:9"\ntimeout = 0.5\n')
     assert main(["rollouts", "--fleet", str(fleet)]) == 1
     out = capsys.readouterr()
-    assert out.out.strip() == "no active rollouts"
+    # Never an empty answer for an agent that did not answer: stdout says the rollouts are unknown.
+    assert out.out.strip() == "rollouts unknown: 1 of 1 agents not read: gone (connection refused)"
     assert "1 of 1 agents not read: gone (connection refused)" in out.err
+
+
+def test_rollouts_with_one_of_two_agents_unreachable_says_what_was_read(tmp_path, capsys) -> None:
+    with Fleet(tmp_path, RolloutAgent("gpu-01", token="tok")) as fleet:
+        with open(fleet, "a") as f:
+            f.write('[[agent]]\nname = "gone"\nurl = "http://127.0.0.1:9"\ntimeout = 0.5\n')
+        assert main(["rollouts", "--fleet", fleet]) == 1
+    out = capsys.readouterr().out.strip()
+    assert out == "no active rollouts on 1 of 2 agents; 1 not read: gone (connection refused)"
 
 
 # --------------------------------------------------------------------------- actions
