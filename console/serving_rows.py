@@ -5,8 +5,10 @@ command) can read them, and the screen only decides colours. No Textual here.
 
 An endpoint has one row for the version it serves now and one for every other version the agent
 still has traffic statistics for (e.g. the previous version after an alias moved), so a rollout's
-before and after stand side by side. Breaker and fallback mode belong to the endpoint and are
-shown on its current row only.
+before and after stand side by side. A version a live rollout sends traffic to is listed before its
+first request. Each row says its version's role (`version_roles`): serving, stable, canary, preview,
+shadow, A/B arm, warm standby, retired. Breaker and fallback mode belong to the endpoint and are shown
+on its current row only.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 
 from agent.api.schemas import EndpointInfo, EndpointVersionStats, LoadedModel, ServingStatus
 from console.client import AgentState, AgentStatus, FleetStatus, ServingState
+from console.monitoring_client import FeedState
+from console.rollouts_client import rollout_feed
 from console.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_bytes
 
 # Error rate (fraction) at which the cell is drawn as a warning / as critical.
@@ -27,6 +31,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("host", "HOST"),
     Column("endpoint", "ENDPOINT"),
     Column("model", "MODEL:VER"),
+    Column("role", "ROLE"),
     Column("rps", "REQ/S", numeric=True),
     Column("p50", "P50 ms", numeric=True),
     Column("p99", "P99 ms", numeric=True),
@@ -56,6 +61,7 @@ class EndpointRow(AgentItemRow):
     stats: EndpointVersionStats | None
     loaded: bool
     stale: bool  # the agent is not answering now: these are its last known figures
+    role: str = ""  # see `version_roles`
 
     @property
     def model_version(self) -> str:
@@ -112,6 +118,8 @@ class EndpointRow(AgentItemRow):
                 return self.endpoint
             case "model":
                 return self.model_version
+            case "role":
+                return self.role or MISSING
             case "rps":
                 return MISSING if self.rps is None else f"{self.rps:.1f}"
             case "p50":
@@ -128,7 +136,7 @@ class EndpointRow(AgentItemRow):
                 return (self.breaker or MISSING).replace("_", "-")
             case "mode":
                 if not self.current:
-                    return "retired"
+                    return MISSING
                 return "FORCED" if self.forced else "auto"
             case "loaded":
                 return "yes" if self.loaded else "no"
@@ -136,7 +144,7 @@ class EndpointRow(AgentItemRow):
 
     def matches_text(self) -> str:
         """What the `/` filter searches."""
-        parts = [self.host, self.endpoint, self.model_version, self.text("breaker"), self.text("mode")]
+        parts = [self.host, self.endpoint, self.model_version, self.role, self.text("breaker"), self.text("mode")]
         if self.info.config.alias and self.current:
             parts.append(f"{self.model}@{self.info.config.alias}")
         return " ".join(parts)
@@ -153,6 +161,52 @@ def fmt_rate(value: float | None) -> str:
     return MISSING if value is None else f"{value * 100:.1f}%"
 
 
+Version = tuple[str, str, int]  # (endpoint, model, version)
+
+
+def version_roles(agent: AgentStatus) -> tuple[dict[Version, str], bool]:
+    """The role of every version a rollout involves, and whether the agent's rollouts are known.
+
+    In a live rollout stable keeps the traffic the candidate does not get; the candidate is a canary, a
+    blue/green preview, a shadow (mirrored, answers dropped) or A/B arm B. The version a recently
+    promoted rollout replaced is a warm standby while it stays loaded (an instant rollback). Without a
+    known rollout feed a version that is not the current one cannot be told apart from a live candidate.
+    """
+    feed = rollout_feed(agent)
+    if feed is None or feed.state not in (FeedState.OK, FeedState.NONE):
+        return {}, False
+    roles: dict[Version, str] = {}
+    loaded = {(m.model, m.version) for m in agent.serving.loaded_models} if agent.serving else set()
+    for r in feed.ended:
+        if r.state == "promoted" and (r.model, r.stable_version) in loaded:
+            roles[(r.endpoint, r.model, r.stable_version)] = "warm standby"
+    for r in feed.active:
+        w = r.weight
+        stable, cand = (r.endpoint, r.model, r.stable_version), (r.endpoint, r.model, r.candidate_version)
+        match r.strategy:
+            case "shadow":
+                roles[stable] = "stable"
+                roles[cand] = f"shadow {r.shadow * 100:g}% mirrored"
+            case "ab":
+                roles[stable] = f"A/B arm A {100 - w:g}%"
+                roles[cand] = f"A/B arm B {w:g}%"
+            case "bluegreen":
+                roles[stable] = f"stable {100 - w:g}%"
+                roles[cand] = f"preview {w:g}%"
+            case _:
+                roles[stable] = f"stable {100 - w:g}%"
+                roles[cand] = f"canary {w:g}%"
+    return roles, True
+
+
+def _role(roles: dict[Version, str], known: bool, key: Version, current: bool) -> str:
+    if key in roles:
+        return roles[key]
+    if current:
+        return "serving"
+    return "retired" if known else "not current (rollouts unknown)"
+
+
 def agent_rows(agent: AgentStatus, order: int) -> list[EndpointRow]:
     """The rows of one agent's endpoints (endpoint name order, current version first)."""
     serving = agent.serving
@@ -160,50 +214,43 @@ def agent_rows(agent: AgentStatus, order: int) -> list[EndpointRow]:
         return []
     stale = agent.state is not AgentState.UP or agent.serving_state is ServingState.ERROR
     loaded = {(m.model, m.version) for m in serving.loaded_models}
+    roles, known = version_roles(agent)
     stats: dict[str, list[EndpointVersionStats]] = {}
     for s in serving.stats:
         stats.setdefault(s.endpoint, []).append(s)
     rows: list[EndpointRow] = []
+
+    def row(info: EndpointInfo, model: str, version: int | None, current: bool, st: EndpointVersionStats | None):
+        is_loaded = (model, version) in loaded or (current and info.loaded)
+        role = _role(roles, known, (info.name, model, version or 0), current)
+        return EndpointRow(
+            key=row_key(agent.name, info.name, model, version),
+            agent=agent.name,
+            order=order,
+            host=agent.label,
+            agent_state=agent.state,
+            endpoint=info.name,
+            model=model,
+            version=version,
+            current=current,
+            info=info,
+            stats=st,
+            loaded=is_loaded,
+            stale=stale,
+            role=role,
+        )
+
     for info in sorted(serving.endpoints, key=lambda e: e.name):
         mine = stats.get(info.name, [])
         current = next((s for s in mine if s.model == info.model and s.version == info.version), None)
-        rows.append(
-            EndpointRow(
-                key=row_key(agent.name, info.name, info.model, info.version),
-                agent=agent.name,
-                order=order,
-                host=agent.label,
-                agent_state=agent.state,
-                endpoint=info.name,
-                model=info.model,
-                version=info.version,
-                current=True,
-                info=info,
-                stats=current,
-                loaded=info.loaded or (info.model, info.version) in loaded,
-                stale=stale,
-            )
-        )
+        rows.append(row(info, info.model, info.version, True, current))
         older = [s for s in mine if s is not current]
-        older.sort(key=lambda s: (s.model, -s.version))
-        for s in older:
-            rows.append(
-                EndpointRow(
-                    key=row_key(agent.name, info.name, s.model, s.version),
-                    agent=agent.name,
-                    order=order,
-                    host=agent.label,
-                    agent_state=agent.state,
-                    endpoint=info.name,
-                    model=s.model,
-                    version=s.version,
-                    current=False,
-                    info=info,
-                    stats=s,
-                    loaded=(s.model, s.version) in loaded,
-                    stale=stale,
-                )
-            )
+        listed = {(s.model, s.version) for s in older} | {(info.model, info.version)}
+        # A rollout's versions that have no traffic yet still get their row (and role).
+        waiting = [(m, v) for (e, m, v) in roles if e == info.name and (m, v) not in listed]
+        entries = [(s.model, s.version, s) for s in older] + [(m, v, None) for m, v in waiting]
+        entries.sort(key=lambda e: (e[0], -e[1]))
+        rows.extend(row(info, m, v, False, st) for m, v, st in entries)
     return rows
 
 
@@ -256,7 +303,7 @@ def detail_text(row: EndpointRow, agent: AgentStatus, now: float) -> str:
     lines = [f"{row.host} · {row.endpoint} → {row.model_version} ({picked})"]
     if not row.current:
         serving_now = f"{info.model}:{info.version if info.version is not None else '?'}"
-        lines.append(f"retired: the endpoint now serves {serving_now}")
+        lines.append(f"{row.role}: the endpoint's own version is {serving_now}")
     if info.resolve_error:
         lines.append(f"cannot resolve model: {info.resolve_error}")
     if row.current:

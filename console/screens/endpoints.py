@@ -168,7 +168,7 @@ def styled_detail(plain: str) -> Text:
             style = "bold"
         elif line.startswith(("FALLBACK FORCED", "LAST KNOWN", "cannot resolve")):
             style = "bold yellow"
-        elif line.startswith("retired"):
+        elif line.startswith(("retired", "warm standby")):
             style = "dim"
         text.append(("\n" if i else "") + line, style=style)
     return text

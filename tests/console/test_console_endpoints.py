@@ -58,7 +58,7 @@ async def test_e_opens_endpoints_one_row_per_agent_endpoint_version() -> None:
         ]
         assert cell(t, K_FRAUD, "errors").plain == "12.0%"
         assert cell(t, K_FRAUD, "fallback").plain == "40.0% (720)"  # rate and count in the window
-        assert cell(t, K_FLIGHTS_OLD, "mode").plain == "retired"
+        assert cell(t, K_FLIGHTS_OLD, "role").plain == "retired" and cell(t, K_FLIGHTS, "role").plain == "serving"
         assert cell(t, K_ETA, "model").plain == "eta:?" and cell(t, K_ETA, "loaded").plain == "no"
         assert cell(t, K_ETA, "rps").plain == "-"  # no traffic: no made-up zero
         status_line = str(app.screen.query_one("#endpoints-status", Static).render())

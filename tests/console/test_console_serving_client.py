@@ -8,6 +8,8 @@ import pytest
 
 from console.client import AgentClient, AgentError, ErrorKind, FleetPoller, ServingState
 from console.config import AgentSpec
+from console.monitoring_client import FeedState
+from console.rollouts_client import RolloutFeed, with_rollouts
 from console.serving_rows import detail_text, endpoint_rows, fmt_ms, fmt_rate, pool_line, predlog_line
 from tests.console.wk_fakes import (
     FROZEN_NOW,
@@ -15,11 +17,14 @@ from tests.console.wk_fakes import (
     FakeRequest,
     Reply,
     agent_routes,
+    fleet,
     make_endpoint,
     make_loaded,
+    make_rollout,
     make_serving,
     make_stats,
     serving_fleet,
+    serving_up,
 )
 
 
@@ -138,6 +143,36 @@ async def test_poller_fetches_serving_every_poll_only_while_wanted() -> None:
         await poller.aclose()
 
 
+def _roles(agent) -> dict[str, str]:
+    return {r.model_version: r.role for r in endpoint_rows(fleet(agent)) if r.endpoint == "flights"}
+
+
+def test_each_version_says_its_role_in_a_rollout_never_retired_while_it_takes_traffic() -> None:
+    stats = [make_stats("flights", "flights", 3, rps=90.0), make_stats("flights", "flights", 2, rps=10.0)]
+    serving = make_serving([make_endpoint("flights", "flights", 3)], stats, [make_loaded("flights", 3, 48.0)])
+    # The endpoint serves v3; a canary of v4 at 10 % has had no request yet: it is listed, as the canary.
+    canary = make_rollout("r-1", stable=3, candidate=4, weight=10.0)
+    assert _roles(serving_up("gpu-01", 0, serving, [canary])) == {
+        "flights:3": "stable 90%", "flights:4": "canary 10%", "flights:2": "retired",
+    }  # fmt: skip
+    shadow = make_rollout("r-2", stable=3, candidate=2, strategy="shadow", weight=0.0, shadow=0.2)
+    assert _roles(serving_up("gpu-01", 0, serving, [shadow])) == {
+        "flights:3": "stable",
+        "flights:2": "shadow 20% mirrored",
+    }
+    ab = make_rollout("r-3", stable=3, candidate=2, strategy="ab", weight=50.0)
+    assert _roles(serving_up("gpu-01", 0, serving, [ab]))["flights:2"] == "A/B arm B 50%"
+    blue = make_rollout("r-4", stable=3, candidate=2, strategy="bluegreen", weight=0.0)
+    assert _roles(serving_up("gpu-01", 0, serving, [blue]))["flights:2"] == "preview 0%"
+    # After a promotion the replaced version, still loaded, is the warm standby of an instant rollback.
+    warm = serving.model_copy(update={"loaded_models": [*serving.loaded_models, make_loaded("flights", 2, 47.0, ())]})
+    promoted = make_rollout("r-5", stable=2, candidate=3, state="promoted", ended_ago=30)
+    assert _roles(serving_up("gpu-01", 0, warm, ended=[promoted]))["flights:2"] == "warm standby"
+    # Rollouts not read: a version that is not current is not called retired.
+    unknown = with_rollouts(serving_up("gpu-01", 0, serving), RolloutFeed(state=FeedState.ERROR, error="timeout"))
+    assert _roles(unknown) == {"flights:3": "serving", "flights:2": "not current (rollouts unknown)"}
+
+
 def test_rows_and_panel_text_from_a_serving_status() -> None:
     rows = endpoint_rows(serving_fleet())
     assert [(r.host, r.endpoint, r.model_version, r.current) for r in rows] == [
@@ -162,4 +197,4 @@ def test_rows_and_panel_text_from_a_serving_status() -> None:
     assert "FALLBACK FORCED: INC-42 bad scores (alice, 10m ago)" in text
     assert "breaker half-open" in text
     retired = detail_text(rows[1], serving_fleet().agents[0], FROZEN_NOW)
-    assert "retired: the endpoint now serves flights:3" in retired
+    assert "retired: the endpoint's own version is flights:3" in retired

@@ -60,6 +60,7 @@ from agent.api.schemas import (
 from console.client import AgentError, AgentState, AgentStatus, ErrorKind, FleetStatus, ServingState
 from console.config import AgentSpec
 from console.monitoring_client import AlertFeed, FeedState
+from console.rollouts_client import RolloutFeed, with_rollouts
 
 FROZEN_NOW = 1_700_000_000.0
 GiB = 2**30
@@ -319,10 +320,16 @@ def make_serving(
     )
 
 
-def serving_up(name: str, order_hint: int, serving: ServingStatus | None, **snap: Any) -> AgentStatus:
-    """An up agent with serving status (None: an agent that serves nothing, e.g. an older one)."""
+def serving_up(
+    name: str, order_hint: int, serving: ServingStatus | None, rollouts: Sequence[RolloutOut] = (), **snap: Any
+) -> AgentStatus:
+    """An up agent with serving status (None: an agent that serves nothing, e.g. an older one) and its
+    rollouts feed (active ones, and ended ones in `ended=`)."""
     state = ServingState.OK if serving is not None else ServingState.NONE
-    return replace(up(name, order_hint, **snap), serving=serving, serving_state=state, serving_at=FROZEN_NOW)
+    ended = tuple(snap.pop("ended", ()))
+    agent = replace(up(name, order_hint, **snap), serving=serving, serving_state=state, serving_at=FROZEN_NOW)
+    feed = RolloutFeed(state=FeedState.OK, active=tuple(rollouts), ended=ended, fetched_at=FROZEN_NOW)
+    return with_rollouts(agent, feed)
 
 
 def serving_fleet() -> FleetStatus:
