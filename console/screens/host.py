@@ -55,6 +55,20 @@ def gpu_util_text(g: GpuSample) -> str:
     return "  ".join(parts)
 
 
+def stale_banner(a: AgentStatus, now: float) -> str:
+    """'LAST KNOWN figures, 4m ago: down (connection refused)' for an agent that is not up; '' when it is."""
+    if a.state is AgentState.UP:
+        return ""
+    why = f" ({a.reason})" if a.reason else ""
+    if a.snapshot is None:
+        return f"NO DATA: {a.state.value}{why}"
+    seen = a.last_seen if a.last_seen is not None else a.snapshot.ts - a.clock_offset_s
+    age = fmt_age(max(0.0, now - seen))
+    if a.state is AgentState.STALE and a.sample_age_s is not None:
+        age = fmt_age(a.sample_age_s)
+    return f"LAST KNOWN figures, {age} old: {a.state.value}{why}"
+
+
 class GpuPanel(Vertical):
     """Title line plus utilisation and memory history of one GPU."""
 
@@ -109,6 +123,7 @@ class HostScreen(ConsoleScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
+        yield Static("", id="host-stale", markup=False)
         with VerticalScroll(id="host-body"):
             yield Static("", id="host-summary", markup=False)
             yield Label("History (last 15 min)", classes="section")
@@ -147,6 +162,7 @@ class HostScreen(ConsoleScreen):
         self.status = agent
         self.sub_title = agent.label
         self.query_one("#host-summary", Static).update(self._summary(agent, status.polled_at))
+        self._mark_stale(agent, status.polled_at)
         snap = agent.snapshot
         if snap is None:
             return
@@ -163,6 +179,14 @@ class HostScreen(ConsoleScreen):
         self.query_one("#top-cpu", ProcessTable).show(snap.top_cpu)
         self.query_one("#top-rss", ProcessTable).show(snap.top_rss)
         self.query_one("#gpu-procs", GpuProcessTable).show(snap.gpus)
+
+    def _mark_stale(self, a: AgentStatus, now: float) -> None:
+        """Old figures must look old: a banner with their age, and everything below it dimmed."""
+        text = stale_banner(a, now)
+        banner = self.query_one("#host-stale", Static)
+        banner.update(text)
+        banner.display = bool(text)
+        self.query_one("#host-body").set_class(bool(text), "-stale")
 
     def _summary(self, a: AgentStatus, now: float) -> str:
         snap, host = a.snapshot, a.host

@@ -312,3 +312,33 @@ async def test_host_screen_of_a_down_agent_without_data() -> None:
         assert "down: connection refused (retry in 8s)" in summary
         assert app.screen.query_one("#cpu", MetricSpark).value_text == ""
         assert app.screen.query_one("#top-cpu", ProcessTable).row_count == 0
+
+
+async def test_host_screen_of_an_agent_that_went_down_marks_its_last_figures_stale_with_their_age() -> None:
+    from console.client import AgentState
+
+    source = four()
+    app = WatchkeeperApp(source, refresh_s=60)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(app, pilot)
+        app.open_host("gpu-01")
+        await until(pilot, lambda: isinstance(app.screen, HostScreen) and app.screen.status is not None)
+        host = app.screen
+        assert not host.query_one("#host-stale", Static).display
+        assert not host.query_one("#host-body").has_class("-stale")
+        # gpu-01 stops answering; its last sample is 4 minutes old.
+        gone = replace(
+            source.status.agents[0],
+            state=AgentState.DOWN,
+            reason="timeout after 2s",
+            last_seen=source.status.polled_at - 240,
+        )
+        source.status = replace(source.status, agents=(gone, *source.status.agents[1:]))
+        app.request_poll()
+        await until(pilot, lambda: host.query_one("#host-stale", Static).display)
+        banner = str(host.query_one("#host-stale", Static).render())
+        assert banner == "LAST KNOWN figures, 4m old: down (timeout after 2s)"
+        assert host.query_one("#host-body").has_class("-stale")
+        # The old figures stay readable, but dimmed.
+        assert host.query_one("#cpu", MetricSpark).value_text.startswith("91.0%")
+        assert host.query_one("#cpu", MetricSpark).styles.text_opacity < 1
