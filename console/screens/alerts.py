@@ -2,7 +2,7 @@
 
 Alerts arrive with each fleet poll (`MonitoringPoller`), so this screen draws from `show_fleet` like
 the fleet and endpoints screens; rows are keyed by (agent, fingerprint) and updated in place.
-`a` acknowledges and `s` silences (1 h / 4 h / 24 h) the selected alert on its agent, each after a
+`a` acknowledges and `z` silences (snoozes) (1 h / 4 h / 24 h) the selected alert on its agent, each after a
 confirmation naming host, endpoint and rule; the agent audits both. Read-only mode hides them.
 """
 
@@ -159,7 +159,7 @@ class AlertsScreen(FleetTableScreen):
         Binding("backspace", "app.pop_screen", "Back", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("a", "ack", "Acknowledge"),
-        Binding("s", "silence", "Silence"),
+        Binding("z", "silence", "Silence"),  # z for snooze: `s` sorts on the fleet screen
     ]
     VIEW = "alerts"
     STATUS_ID = "alerts-status"

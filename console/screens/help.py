@@ -59,7 +59,7 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         "Alerts",
         (
             ("a", "acknowledge the selected alert (asks; comment optional)"),
-            ("s", "silence the selected alert for 1h / 4h / 24h (asks)"),
+            ("z", "silence (snooze) the selected alert for 1h / 4h / 24h (asks)"),
             ("/", "filter (host, severity, state, rule, endpoint, subject, summary)"),
             ("Esc", "clear filter, else back"),
         ),
@@ -67,13 +67,13 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     (
         "Rollouts",
         (
-            ("m / M", "mark the selected rollout (actions apply to all marked) / unmark all"),
+            ("m / c", "mark the selected rollout (actions apply to all marked) / clear all marks"),
             ("a", "approve the awaiting step (asks; reason optional)"),
             ("x", "reject the awaiting step: back to stable (asks, reason required)"),
             ("p", "promote now, skipping the remaining steps (asks)"),
             ("space", "pause / resume (asks)"),
-            ("b", "abort: all traffic back to stable (asks, reason required)"),
-            ("r", "roll back, also a promoted rollout (asks, reason required)"),
+            ("X", "abort: all traffic back to stable (asks, reason required)"),
+            ("Ctrl+r", "roll back (revert), also a promoted rollout (asks, reason required)"),
             ("/", "filter (host, endpoint, model, strategy, state, id, author)"),
             ("Esc", "clear filter, else back"),
         ),
@@ -91,8 +91,8 @@ STATES = (
 MUTATING_KEYS = {
     ("Endpoints", "f"),
     ("Alerts", "a"),
-    ("Alerts", "s"),
-    *(("Rollouts", key) for key in ("a", "x", "p", "space", "b", "r")),
+    ("Alerts", "z"),
+    *(("Rollouts", key) for key in ("a", "x", "p", "space", "X", "Ctrl+r")),
 }
 
 

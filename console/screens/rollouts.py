@@ -7,8 +7,9 @@ candidate's lineage.
 
 Actions, each after a confirmation naming host, endpoint and versions (with a reason box; required
 for reject, abort and rollback): `a` approve (the awaiting step), `x` reject, `p` promote, space
-pause/resume, `b` abort, `r` rollback. They apply to the marked rows (`m`, as in k9s) or else to the
-selected one; with several rows each host's answer comes back as its own notification. Requests run in
+pause/resume, `X` abort, `Ctrl+r` rollback (destructive keys mean nothing harmless elsewhere). They
+apply to the marked rows (`m`, as in k9s; `c` clears the marks) or else to the selected one; with
+several rows each host's answer comes back as its own notification. Requests run in
 App-owned workers, so leaving the screen does not cancel one the agent may already have applied.
 Read-only mode hides and refuses them.
 """
@@ -156,13 +157,14 @@ class RolloutsScreen(FleetTableScreen):
         Binding("backspace", "app.pop_screen", "Back", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("m", "mark", "Mark"),
-        Binding("M", "clear_marks", "Unmark all", show=False),
+        Binding("c", "clear_marks", "Unmark all", show=False),
         Binding("a", "approve", "Approve"),
         Binding("x", "reject", "Reject"),
         Binding("p", "promote", "Promote"),
         Binding("space", "pause_resume", "Pause/resume"),
-        Binding("b", "abort", "Abort"),
-        Binding("r", "rollback", "Rollback"),
+        # Destructive actions on keys that mean nothing harmless on any other screen (see help.py).
+        Binding("X", "abort", "Abort"),
+        Binding("ctrl+r", "rollback", "Rollback"),
     ]
     VIEW = "rollouts"
     STATUS_ID = "rollouts-status"
@@ -224,7 +226,7 @@ class RolloutsScreen(FleetTableScreen):
         self._update_status_line()
 
     def action_clear_marks(self) -> None:
-        """`M`: unmark every rollout."""
+        """`c`: clear every mark."""
         self.table.clear_marks()
         self._update_status_line()
 
@@ -284,12 +286,12 @@ class RolloutsScreen(FleetTableScreen):
 
     @mutating
     def action_abort(self) -> None:
-        """`b`: abort (all traffic back to stable), after confirmation."""
+        """`X`: abort (all traffic back to stable), after confirmation."""
         self._confirm("abort")
 
     @mutating
     def action_rollback(self) -> None:
-        """`r`: roll back (also a promoted rollout), after confirmation."""
+        """`Ctrl+r`: roll back (also a promoted rollout), after confirmation."""
         self._confirm("rollback")
 
 

@@ -325,7 +325,7 @@ async def test_silence_offers_1h_4h_24h_and_posts_the_chosen_duration() -> None:
     async with app.run_test(size=(140, 40)) as pilot:
         table = await open_alerts(app, pilot)
         await select(pilot, table, K_PENDING)
-        await press_to(pilot, SilenceConfirm, "s")
+        await press_to(pilot, SilenceConfirm, "z")
         dialog = app.screen
         options = dialog.query_one(OptionList)
         assert [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)] == [
@@ -337,7 +337,7 @@ async def test_silence_offers_1h_4h_24h_and_posts_the_chosen_duration() -> None:
         assert source.alert_calls == [("gpu-01", "silence", "b2e1", 4 * 3600.0, "")]
         await until(pilot, lambda: any("silenced for 4h" in m for m, _ in seen))
         # Enter on a duration confirms too, with the comment typed after tabbing to it.
-        await press_to(pilot, SilenceConfirm, "s")
+        await press_to(pilot, SilenceConfirm, "z")
         await pilot.press("tab", *"deploy", "shift+tab", "down", "down", "enter")
         await until(pilot, lambda: len(source.alert_calls) == 2)
         assert source.alert_calls[1] == ("gpu-01", "silence", "b2e1", 86400.0, "deploy")
@@ -349,7 +349,7 @@ async def test_cancel_sends_nothing() -> None:
     async with app.run_test(size=(140, 40)) as pilot:
         table = await open_alerts(app, pilot)
         await select(pilot, table, K_DRIFT)
-        for key, keys in (("a", ("escape",)), ("a", ("tab", "n")), ("s", ("n",)), ("s", ("escape",))):
+        for key, keys in (("a", ("escape",)), ("a", ("tab", "n")), ("z", ("n",)), ("z", ("escape",))):
             await pilot.press(key)
             await until(pilot, lambda: isinstance(app.screen, AckConfirm | SilenceConfirm))
             await press_to(pilot, AlertsScreen, *keys)
@@ -365,7 +365,7 @@ async def test_outage_rows_and_alerts_of_a_down_agent_are_not_acted_on() -> None
         table = await open_alerts(app, pilot)
         for key in (K_OUTAGE, K_LAST_KNOWN):
             await select(pilot, table, key)
-            await pilot.press("a", "s")
+            await pilot.press("a", "z")
             await pilot.pause(0.1)
             assert isinstance(app.screen, AlertsScreen)
         assert source.alert_calls == []
@@ -381,7 +381,7 @@ async def test_action_errors_go_to_the_sink_per_host() -> None:
     async with app.run_test(size=(140, 40)) as pilot:
         table = await open_alerts(app, pilot)
         await select(pilot, table, K_ACKED)
-        await pilot.press("s", "y")
+        await pilot.press("z", "y")
         await until(pilot, lambda: bool(seen))
         assert seen == [
             ("error_rate on gpu-02 (fraud): not silenced for 60m: 403 forbidden: operator role required", "error")
@@ -400,7 +400,7 @@ async def test_readonly_hides_and_refuses_ack_and_silence() -> None:
         assert screen.check_action("filter", ()) is True
         text = screen_text(app)
         assert "Acknowledge" not in text and "Silence" not in text  # not in the footer
-        await pilot.press("a", "s")
+        await pilot.press("a", "z")
         await pilot.pause(0.1)
         assert app.screen is screen
         await screen.action_ack()  # called directly: @mutating refuses

@@ -60,7 +60,7 @@ def test_silence_dialog(snap_compare) -> None:
         await alerts_ready(pilot)
         table = pilot.app.screen.query_one(AlertTable)
         table.move_cursor(row=1)
-        await pilot.press("s")
+        await pilot.press("z")
         await wait_for(pilot, lambda: isinstance(pilot.app.screen, SilenceConfirm))
         await pilot.press("down")
         await pilot.pause()

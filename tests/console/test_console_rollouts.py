@@ -267,7 +267,7 @@ async def test_marked_rows_fan_out_with_one_notification_per_host() -> None:
             "error",
         ) in seen
         assert ("approve: 1/2 hosts approved", "warning") in seen
-        await pilot.press("M")
+        await pilot.press("c")
         await pilot.pause()
         assert table.marked == set()
 
@@ -289,7 +289,7 @@ async def test_reject_abort_rollback_need_a_reason_and_ended_rollouts_are_refuse
         assert source.rollout_calls == [("gpu-02", "r-b1", "reject", 1, "p99 too high")]
         # Ended: nothing to approve, abort or roll back (an aborted rollout is on stable already).
         await select(pilot, table, K_ETA_ABORTED)
-        await pilot.press("a", "b", "r")
+        await pilot.press("a", "X", "ctrl+r")
         await pilot.pause(0.1)
         assert isinstance(app.screen, RolloutsScreen) and len(source.rollout_calls) == 1
         assert any("cannot approve: eta on gpu-03: it has ended (aborted)" in m for m, _ in seen)
@@ -317,7 +317,7 @@ async def test_readonly_hides_and_refuses_every_rollout_action() -> None:
         assert screen.check_action("mark", ()) is True and screen.check_action("filter", ()) is True
         text = screen_text(app)
         assert "Approve" not in text and "Rollback" not in text  # not in the footer
-        await pilot.press("a", "x", "p", "space", "b", "r")
+        await pilot.press("a", "x", "p", "space", "X", "ctrl+r")
         await pilot.pause(0.1)
         assert app.screen is screen
         await screen.action_approve()  # called directly: @mutating refuses

@@ -1,0 +1,61 @@
+"""One meaning per key across the console's screens; destructive keys never harmless elsewhere."""
+
+from __future__ import annotations
+
+from textual.binding import Binding
+
+from console.app import WatchkeeperApp
+from console.readonly import is_mutating
+from console.screens.alerts import AlertsScreen
+from console.screens.drift import DriftScreen
+from console.screens.endpoints import EndpointsScreen
+from console.screens.fleet import FleetScreen
+from console.screens.help import MUTATING_KEYS, help_text
+from console.screens.host import HostScreen
+from console.screens.rollouts import RolloutsScreen
+
+SCREENS = (FleetScreen, HostScreen, EndpointsScreen, DriftScreen, AlertsScreen, RolloutsScreen)
+# Actions that are the same meaning under other names: go back / close, and refresh.
+SYNONYMS = {
+    "app.pop_screen": "back",
+    "clear_filter": "back",
+    "dismiss_filter": "back",
+    "reload": "refresh_now",
+    "app.alerts": "alerts",
+    # `a` affirms the selected item: acknowledge an alert, approve a rollout's awaiting step.
+    "ack": "affirm",
+    "approve": "affirm",
+}
+
+
+def bindings(cls: type) -> list[tuple[str, str, bool]]:
+    """(key, action, mutating) of every binding a class declares or inherits from our classes (not Textual's)."""
+    out = []
+    for klass in reversed(cls.__mro__):
+        if not klass.__module__.startswith("console."):
+            continue
+        for b in klass.__dict__.get("BINDINGS", []):
+            if isinstance(b, Binding):
+                for key in b.key.split(","):
+                    out.append((key.strip(), b.action, is_mutating(cls, b.action)))
+    return out
+
+
+def test_every_key_means_one_thing_on_every_screen() -> None:
+    meanings: dict[str, set[str]] = {}
+    for cls in (WatchkeeperApp, *SCREENS):
+        for key, action, _ in bindings(cls):
+            meanings.setdefault(key, set()).add(SYNONYMS.get(action, action))
+    clashes = {k: v for k, v in meanings.items() if len(v) > 1}
+    assert clashes == {}
+    assert meanings["r"] == {"refresh_now"}
+
+
+def test_destructive_keys_are_never_a_harmless_key_elsewhere() -> None:
+    harmless = {key for cls in (WatchkeeperApp, *SCREENS) for key, _, mut in bindings(cls) if not mut}
+    destructive = {key for cls in SCREENS for key, _, mut in bindings(cls) if mut}
+    assert destructive and destructive.isdisjoint(harmless)
+    # The help screen lists exactly the keys that are bound to mutating actions.
+    listed = {key.lower() for _, key in MUTATING_KEYS}
+    assert listed == {k.lower() for k in destructive}
+    assert "Ctrl+r" in help_text(readonly=False) and "X " in help_text(readonly=False)
