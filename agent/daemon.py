@@ -109,8 +109,8 @@ def build(cfg: AgentConfig) -> AgentContext:
     token_file = bootstrap_admin_token(tokens, cfg.data_dir)
     if token_file is not None:
         print(
-            f"watchkeeper-agent: no tokens configured; created an admin token in {token_file} (shown once, "
-            "only its digest is kept)",
+            f"watchkeeper-agent: no tokens configured; created an admin token: read it from {token_file} "
+            "(mode 0600; the agent itself keeps only its digest)",
             file=sys.stderr,
             flush=True,
         )

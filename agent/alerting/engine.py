@@ -381,7 +381,7 @@ class AlertEngine:
             a = self._by_fp.get(fp)
             if a is None:
                 return None
-            a.acked_by, a.acked_at, a.updated_at = principal, now, now
+            a.acked_by, a.acked_at, a.ack_comment, a.updated_at = principal, now, comment, now
             out = a.model_copy()
             self._writing.acquire()
         self._persist_and_release(
@@ -396,7 +396,7 @@ class AlertEngine:
             a = self._by_fp.get(fp)
             if a is None:
                 return None
-            a.silenced_until, a.silenced_by, a.updated_at = now + duration_s, principal, now
+            a.silenced_until, a.silenced_by, a.silence_comment, a.updated_at = now + duration_s, principal, comment, now
             detail = {"principal": principal, "comment": comment, "until": a.silenced_until}
             out = a.model_copy()
             self._writing.acquire()

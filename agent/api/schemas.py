@@ -733,8 +733,10 @@ class AlertOut(_Wire):
     updated_at: float
     acked_by: str | None = None
     acked_at: float | None = None
+    ack_comment: str = ""  # what the person who took it in hand said
     silenced_until: float | None = None
     silenced_by: str | None = None
+    silence_comment: str = ""
     host: str = ""  # the agent's name, filled by the agent
 
 

@@ -285,9 +285,11 @@ def detail_text(row: AlertRow) -> Text:
     handled: list[str] = []
     if a.acked_by:
         at = f" {fmt_age(max(0.0, row.now - a.acked_at))} ago" if a.acked_at is not None else ""
-        handled.append(f"acknowledged by {a.acked_by}{at}")
+        said = f': "{a.ack_comment}"' if a.ack_comment else ""
+        handled.append(f"acknowledged by {a.acked_by}{at}{said}")
     if row.silenced and a.silenced_until is not None:
-        handled.append(f"silenced by {a.silenced_by or MISSING} for {fmt_age(a.silenced_until - row.now)} more")
+        said = f': "{a.silence_comment}"' if a.silence_comment else ""
+        handled.append(f"silenced by {a.silenced_by or MISSING} for {fmt_age(a.silenced_until - row.now)} more{said}")
     if row.synthesized:
         handled.append("raised by the console: the agent did not answer its last poll")
     text.append("\n" + ("  ·  ".join(handled) or "nobody has acknowledged it"), style="" if handled else "yellow")

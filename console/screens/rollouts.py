@@ -62,6 +62,7 @@ class Verb:
     variant: str  # the Yes button's variant
     reason_required: bool
     explain: str
+    example: str  # the reason box's placeholder: a reason that fits this action (never another's)
 
 
 VERBS: dict[str, Verb] = {
@@ -69,28 +70,37 @@ VERBS: dict[str, Verb] = {
         "Approve", "approved", "success", False,
         "Approving lets the rollout go on to its next step. The agent records you as the approver; under "
         "the two-person rule the rollout's author may not approve it.",
+        "e.g. error rate and p99 flat at 10 % for 15 min",
     ),
     "reject": Verb(
         "Reject", "rejected", "error", True,
         "Rejecting ends the rollout: all traffic goes back to the stable version.",
+        "e.g. gate passed on stale data, retrain first",
     ),
     "promote": Verb(
         "Promote", "promoted", "warning", False,
         "Promoting skips the remaining steps and switches the endpoint to the candidate now.",
+        "e.g. hotfix for INC-1234, verified on the canary",
     ),
     "pause": Verb(
         "Pause", "paused", "warning", False,
         "Pausing holds the rollout at its step; the traffic split stays and the guards keep watching.",
+        "e.g. holding over the batch window",
     ),
-    "resume": Verb("Resume", "resumed", "primary", False, "Resuming goes on with the plan from where it paused."),
+    "resume": Verb(
+        "Resume", "resumed", "primary", False, "Resuming goes on with the plan from where it paused.",
+        "e.g. batch window over",
+    ),
     "abort": Verb(
         "Abort", "aborted", "error", True,
         "Aborting ends the rollout: all traffic goes back to the stable version at once.",
+        "e.g. p99 doubled on the canary, INC-1234",
     ),
     "rollback": Verb(
         "Roll back", "rolled back", "error", True,
         "Rolling back returns the endpoint to the stable version, also after a promotion "
         "(the old version is loaded first).",
+        "e.g. conversion down 3 % since the promotion, INC-1234",
     ),
 }  # fmt: skip
 
@@ -141,7 +151,7 @@ class RolloutConfirm(ConfirmScreen):
             yes_variant=verb.variant,
             box_class="-rollout",
             text_label=f"Reason ({'required' if verb.reason_required else 'optional'}; recorded in the audit log):",
-            text_placeholder="e.g. guards green for 10 minutes, INC-1234",
+            text_placeholder=verb.example,
             text_required=verb.reason_required,
         )
         self.action = action

@@ -185,7 +185,9 @@ def test_ack_is_recorded_and_persisted(store):
     a = e.ack(fp, "bob", "looking")
     assert a.acked_by == "bob" and a.acked_at == clock.t and a.state == "firing"
     assert rows(store)[fp]["acked_by"] == "bob"
-    assert events(store, fp)[-1] == "ack"
+    assert a.ack_comment == "looking" and rows(store)[fp]["ack_comment"] == "looking"  # the alert carries it
+    assert e.silence(fp, 600, "carol", "until the deploy").silence_comment == "until the deploy"
+    assert events(store, fp)[-2] == "ack"
     cur = store.reader.con.cursor()
     detail = json.loads(cur.execute("SELECT detail FROM alert_events WHERE event = 'ack'").fetchone()[0])
     cur.close()

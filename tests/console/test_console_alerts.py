@@ -264,6 +264,9 @@ async def test_bang_opens_alerts_sorted_with_outage_and_detail_and_status_line()
         detail = str(app.screen.query_one("#alert-detail", Static).render())
         assert "fingerprint a1f0" in detail and "value 0.31 (threshold 0.2)" in detail
         assert "nobody has acknowledged it" in detail
+        await select(pilot, table, K_ACKED)
+        detail = str(app.screen.query_one("#alert-detail", Static).render())
+        assert 'acknowledged by bob 2m ago: "bad deploy of fraud, rolling back"' in detail
         status = str(app.screen.query_one("#alerts-status", Static).render())
         assert "6/6 alerts" in status and "4 firing" in status and "alerts from 2/4 agents" in status
         assert "1 without alerting" in status

@@ -391,3 +391,10 @@ async def rollouts_ready(pilot) -> None:
 def test_rollouts_screen_snapshot(snap_compare) -> None:
     app = WatchkeeperApp(FakeSource(rollouts_fleet()), refresh_s=3600)
     assert snap_compare(app, terminal_size=(150, 44), run_before=rollouts_ready)
+
+
+def test_each_dialog_suggests_a_reason_that_fits_its_own_action() -> None:
+    from console.screens.rollouts import VERBS
+
+    assert len({v.example for v in VERBS.values()}) == len(VERBS)
+    assert "green" not in VERBS["rollback"].example and "green" not in VERBS["abort"].example

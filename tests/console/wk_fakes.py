@@ -696,6 +696,7 @@ def alerts_fleet() -> FleetStatus:
     acked = make_alert(
         "d4c3", "error_rate", endpoint="fraud", value=0.12, threshold=0.05, age=300, host="gpu-02",
         summary="error rate 12% (threshold 0.05)", acked_by="bob", acked_at=FROZEN_NOW - 120,
+        ack_comment="bad deploy of fraud, rolling back",
     )  # fmt: skip
     last_known = make_alert(
         "e5b4", "quality_drop", endpoint="eta", subject="accuracy", value=0.7, threshold=0.8, age=1800, host="gpu-03",
