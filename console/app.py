@@ -48,6 +48,10 @@ class WatchkeeperApp(App[int]):
 
     TITLE = "Watchkeeper"
     CSS_PATH = Path(__file__).parent / "styles" / "app.tcss"
+    # A small SSH terminal (80x24) gets layouts that keep what is wrong on screen first: side-by-side
+    # panels stack (`-narrow`) and the lower panels give their rows to the tables (`-short`).
+    HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS: ClassVar = [(0, "-short"), (34, "-tall")]
     BINDINGS: ClassVar = [
         Binding("q", "quit", "Quit"),
         # Textual's ctrl+c only hints at ctrl+q; operators expect Ctrl+C to leave.
@@ -219,7 +223,7 @@ class WatchkeeperApp(App[int]):
             if waiting:
                 parts.append(f"{waiting} rollout{'s' if waiting != 1 else ''} awaiting approval")
         if self.readonly:
-            parts.append("READ-ONLY")
+            parts.insert(0, "READ-ONLY")  # first: a narrow header cuts the end, never this
         self.sub_title = " · ".join(parts)
 
     # ------------------------------------------------------------------ navigation

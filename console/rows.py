@@ -35,6 +35,13 @@ COLUMNS: tuple[Column, ...] = (
     Column("why", "WHY"),
 )
 COLUMN_KEYS = tuple(c.key for c in COLUMNS)
+# The TUI's order: what is wrong (state, why) before the numbers, so a narrow terminal cuts numbers,
+# never the reason. `watchkeeper status` keeps COLUMNS' order (scripts read it).
+SCREEN_COLUMNS: tuple[Column, ...] = tuple(
+    next(c for c in COLUMNS if c.key == k)
+    for k in ("host", "state", "why", "cpu", "mem", "gpus", "gpu_util", "gpu_mem", "age")
+)
+WHY_WIDTH = 34  # the screen's WHY cell; the whole reason is on the host screen and in `status`
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Header
 
 from console.client import FleetStatus
-from console.rows import COLUMN_KEYS, COLUMNS, FleetRow, fleet_rows
+from console.rows import COLUMNS, SCREEN_COLUMNS, FleetRow, fleet_rows
 from console.screens.filtered import FleetTableScreen
 from console.widgets.fleet_table import FleetTable
 
@@ -80,9 +80,9 @@ class FleetScreen(FleetTableScreen):
         self._update_status_line()
 
     def action_cycle_sort(self) -> None:
-        """`s`: sort by the next column (fleet order after the last one)."""
+        """`s`: sort by the next column as shown (fleet order after the last one)."""
         table = self.table
-        keys = list(COLUMN_KEYS)
+        keys = [c.key for c in SCREEN_COLUMNS]
         if table.sort_column is None:
             nxt: str | None = keys[0]
         else:

@@ -7,7 +7,7 @@ from textual.binding import Binding
 from textual.reactive import reactive
 
 from console.client import AgentState
-from console.rows import COLUMNS, FleetRow, sort_rows
+from console.rows import SCREEN_COLUMNS, WHY_WIDTH, FleetRow, sort_rows
 from console.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
 
 STATE_STYLE = {AgentState.UP: "green", AgentState.STALE: "bold yellow", AgentState.DOWN: "bold red"}
@@ -29,8 +29,10 @@ def row_cells(row: FleetRow) -> tuple[Cell, ...]:
     """Display cells of one row, styled (colour by state and by how hot a value is)."""
     cells: list[Cell] = []
     dim = "dim" if row.state is not AgentState.UP else ""
-    for column in COLUMNS:
+    for column in SCREEN_COLUMNS:
         text = row.text(column.key)
+        if column.key == "why" and len(text) > WHY_WIDTH:
+            text = text[: WHY_WIDTH - 1] + "…"
         if column.key == "state":
             style = STATE_STYLE[row.state]
         elif column.key in ("cpu", "mem", "gpu_util"):
@@ -55,7 +57,7 @@ class FleetTable(FilteredRowsTable[FleetRow]):
     sort_column: reactive[str | None] = reactive(None)
     sort_reverse: reactive[bool] = reactive(False)
 
-    COLUMNS = COLUMNS
+    COLUMNS = SCREEN_COLUMNS
 
     def cells(self, row: FleetRow) -> tuple[Cell, ...]:
         return row_cells(row)
@@ -75,7 +77,7 @@ class FleetTable(FilteredRowsTable[FleetRow]):
         if not self.is_mounted:
             return
         arrow = "↓" if self.sort_reverse else "↑"
-        for column in COLUMNS:
+        for column in SCREEN_COLUMNS:
             col = self.columns.get(column.key)  # type: ignore[call-overload]
             if col is None:
                 continue

@@ -131,14 +131,14 @@ async def test_sort_keys_reverse_and_cycle() -> None:
         assert "CPU%↓" in [c.label.plain for c in t.ordered_columns]
         await pilot.press("S")
         assert t.row_keys == ["gpu-02", "cpu-04", "gpu-01", "gpu-03"]  # problems first
-        # `s` cycles: from STATE to the next column (CPU%), ascending.
+        # `s` cycles in the order shown: from STATE to the next column (WHY), ascending.
         await pilot.press("s")
-        assert t.sort_column == "cpu" and not t.sort_reverse
+        assert t.sort_column == "why" and not t.sort_reverse
         for _ in range(7):
             await pilot.press("s")
         assert t.sort_column is None  # after the last column: back to fleet order
         assert t.row_keys == ["gpu-01", "gpu-02", "gpu-03", "cpu-04"]
-        assert [c.label.plain for c in t.ordered_columns][2] == "CPU%"
+        assert [c.label.plain for c in t.ordered_columns][2] == "WHY"  # the reason before the numbers
 
 
 async def test_sort_keeps_cursor_on_the_same_agent() -> None:

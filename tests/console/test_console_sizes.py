@@ -1,0 +1,109 @@
+"""Every screen at a small SSH terminal (80x24) and a large one (200x50): what is wrong stays on screen.
+
+Snapshots of each screen at both sizes, and assertions on the facts that must stay visible at 80x24
+(a narrow terminal cuts numbers, never the reason; the drift screen keeps its feature table; the
+rollout guards are not wrapped into pairs; a read-only console says so).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from console.app import WatchkeeperApp
+from console.screens.host import HostScreen
+from tests.console.test_console_monitoring_snapshots import alerts_ready, drift_ready
+from tests.console.test_console_rollouts import rollouts_ready
+from tests.console.test_console_snapshots import endpoints_ready, make_app
+from tests.console.wk_fakes import FakeSource, alerts_fleet, rollouts_fleet, serving_fleet
+from tests.console.wk_pilot import fleet_ready, screen_text, wait_for
+
+SMALL, LARGE = (80, 24), (200, 50)
+
+
+async def host_ready(pilot) -> None:
+    await fleet_ready(pilot)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, HostScreen) and bool(pilot.app.screen.series))
+
+
+async def help_ready(pilot) -> None:
+    await fleet_ready(pilot)
+    await pilot.press("question_mark")
+    await pilot.pause()
+
+
+def _serving() -> WatchkeeperApp:
+    return WatchkeeperApp(FakeSource(serving_fleet()), refresh_s=3600)
+
+
+SCREENS = {
+    "fleet": (make_app, fleet_ready),
+    "host": (make_app, host_ready),
+    "help": (make_app, help_ready),
+    "endpoints": (_serving, endpoints_ready),
+    "drift": (_serving, drift_ready),
+    "alerts": (lambda: WatchkeeperApp(FakeSource(alerts_fleet()), refresh_s=3600), alerts_ready),
+    "rollouts": (lambda: WatchkeeperApp(FakeSource(rollouts_fleet()), refresh_s=3600), rollouts_ready),
+}
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "200x50"])
+@pytest.mark.parametrize("screen", list(SCREENS))
+def test_screen_at_size(snap_compare, screen: str, size: tuple[int, int]) -> None:
+    make, ready = SCREENS[screen]
+    assert snap_compare(make(), terminal_size=size, run_before=ready)
+
+
+async def _text_at_80x24(screen: str) -> str:
+    make, ready = SCREENS[screen]
+    app = make()
+    async with app.run_test(size=SMALL) as pilot:
+        await ready(pilot)
+        await pilot.pause(0.1)
+        return screen_text(app)
+
+
+async def test_fleet_at_80x24_shows_why_before_the_numbers() -> None:
+    lines = (await _text_at_80x24("fleet")).splitlines()
+    assert "WHY" in lines[1] and lines[1].index("WHY") < lines[1].index("CPU%")
+    assert any("gpu-05" in line and "401 bad token (retry in 30s)" in line for line in lines)
+    assert any("cpu-04" in line and "last sample 45s old" in line for line in lines)
+
+
+async def test_readonly_header_at_80x24_says_read_only_in_full() -> None:
+    # A busy fleet (alerts firing, rollouts awaiting approval) makes the longest header.
+    app = WatchkeeperApp(FakeSource(rollouts_fleet()), refresh_s=3600, readonly=True)
+    async with app.run_test(size=SMALL) as pilot:
+        await fleet_ready(pilot)
+        await pilot.pause(0.1)
+        assert "awaiting approval" in app.sub_title
+        assert "READ-ONLY" in screen_text(app).splitlines()[0]
+
+
+async def test_drift_at_80x24_keeps_the_feature_table() -> None:
+    text = await _text_at_80x24("drift")
+    for feature in ("distance", "carrier", "dep_hour", "temp"):
+        assert any(line.lstrip().startswith(feature) and ("psi" in line or "jensen" in line)
+                   for line in text.splitlines()), feature  # fmt: skip
+
+
+async def test_rollouts_at_80x24_guard_rows_are_not_wrapped_into_pairs() -> None:
+    make, ready = SCREENS["rollouts"]
+    app = make()
+    async with app.run_test(size=SMALL) as pilot:
+        await ready(pilot)
+        live = app.screen.query_one("#rollout-live")
+        assert live.region.width >= 70  # full width under the detail, not a third of the screen
+        text = str(live.render())
+        guard_lines = [line for line in text.splitlines() if line.startswith(("error_rate", "p99_vs_stable"))]
+        # Each guard on one line: name, stable, candidate, limit and its verdict together.
+        assert len(guard_lines) == 2, text
+        assert all(any(v in line for v in (" ok", "BREACHED", "n/a")) for line in guard_lines), text
+
+
+async def test_endpoints_at_80x24_detail_is_not_squeezed_beside_the_pool() -> None:
+    make, ready = SCREENS["endpoints"]
+    app = make()
+    async with app.run_test(size=SMALL) as pilot:
+        await ready(pilot)
+        assert app.screen.query_one("#endpoint-detail").region.width >= 70
