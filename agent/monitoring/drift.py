@@ -42,9 +42,8 @@ from agent.monitoring.stats import (
     ks_from_counts,
     normalise_wasserstein,
     psi,
-    wasserstein_from_grid,
 )
-from agent.monitoring.window import CategoricalCounts, NumericCounts, WindowHistogram
+from agent.monitoring.window import CategoricalCounts, NumericCounts, WindowHistogram, wasserstein
 
 Verdict = Literal["ok", "drift", "quality", "drift+quality", "no data"]
 
@@ -150,6 +149,10 @@ class FeatureDrift:
     verdict: Verdict
     role: Literal["feature", "prediction", "label"] = "feature"
     severity: float = 0.0
+    # The bounds out-of-range values were counted against (numeric; None: open): the signature's where it
+    # gives them, else the reference's observed min/max (see `WindowHistogram.empty`).
+    range_min: float | None = None
+    range_max: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -200,7 +203,7 @@ def compare(
         c = current.columns[name]
         if isinstance(col, NumericColumn):
             assert isinstance(r, NumericCounts) and isinstance(c, NumericCounts)
-            features.append(_numeric(name, col, r, c, t))
+            features.append(_numeric(name, col, r, c, t, current.ranges.get(name, (col.min, col.max))))
         else:
             assert isinstance(r, CategoricalCounts) and isinstance(c, CategoricalCounts)
             features.append(_categorical(name, col.role, r, c, t))
@@ -237,11 +240,19 @@ def _severity(method: str, score: float | None, threshold: float) -> float:
 
 
 def _missing_issue(r_missing: int, r_rows: int, c_missing: int, c_rows: int, t: DriftThresholds) -> bool:
+    """The missing rate moved, either way: a fall (99.9 % -> 21 %: a pipeline now fills the column) is as much a
+    change in the data as a rise. The rule is the same both ways: by more than `missing_rate_increase` absolute,
+    or by `missing_rate_ratio`x over `missing_rate_floor` with at least `missing_min_count` missing values on the
+    higher side (for a fall: expected in the window at the reference's rate, so a small window missing nothing
+    is not an issue)."""
     ref_rate = r_missing / r_rows if r_rows else 0.0
     cur_rate = c_missing / c_rows
-    if cur_rate - ref_rate > t.missing_rate_increase:
+    if abs(cur_rate - ref_rate) > t.missing_rate_increase:
         return True
-    return c_missing >= t.missing_min_count and cur_rate > t.missing_rate_ratio * max(ref_rate, t.missing_rate_floor)
+    if c_missing >= t.missing_min_count and cur_rate > t.missing_rate_ratio * max(ref_rate, t.missing_rate_floor):
+        return True
+    expected = ref_rate * c_rows
+    return expected >= t.missing_min_count and ref_rate > t.missing_rate_ratio * max(cur_rate, t.missing_rate_floor)
 
 
 def _verdict(judged: bool, drifted: bool, issues: list[str]) -> Verdict:
@@ -252,25 +263,29 @@ def _verdict(judged: bool, drifted: bool, issues: list[str]) -> Verdict:
     return "ok" if judged else "no data"
 
 
-def _numeric(name: str, col: NumericColumn, r: NumericCounts, c: NumericCounts, t: DriftThresholds) -> FeatureDrift:
+def _numeric(
+    name: str, col: NumericColumn, r: NumericCounts, c: NumericCounts, t: DriftThresholds, bounds: tuple
+) -> FeatureDrift:
     method = t.numeric_method
     if method == "auto":
         method = "wasserstein" if r.n > t.auto_reference_values else "ks"
-    p = ks = ks_p = w_norm = None
+    p = ks = ks_p = w_norm = js = None
     if r.n and c.n:
-        p = _num(psi(col.coarse(r.cells), col.coarse(c.cells), eps=t.psi_eps))
+        r_coarse, c_coarse = col.coarse(r.cells), col.coarse(c.cells)
+        p = _num(psi(r_coarse, c_coarse, eps=t.psi_eps))
+        # On the same frozen coarse bins as PSI (the fine cells would make it a measure of cell noise).
+        js = _num(js_distance(r_coarse, c_coarse, base=t.js_base))
         ks_method = {"auto": "auto" if method == "ks" else "asymp", "scipy": "auto"}.get(t.ks_method, t.ks_method)
         ks_res = ks_from_counts(col.fine.cell_ends(), r.cells, c.cells, method=ks_method)
         ks, ks_p = _num(ks_res.statistic), _num(ks_res.pvalue)
-        lo = min(v for v in (r.min, c.min) if v is not None)
-        hi = max(v for v in (r.max, c.max) if v is not None)
-        w = wasserstein_from_grid(col.fine.grid(lo, hi), r.cells, c.cells)
+        w = wasserstein(col, r, c)
         w_norm = _num(normalise_wasserstein(w, col.std if col.std is not None else math.nan))
     score, threshold = {"wasserstein": (w_norm, t.wasserstein), "ks": (ks_p, t.ks_pvalue), "psi": (p, t.psi)}[method]
     oor_share = c.out_of_range / c.n if c.n else None
     return _feature(
         name, "numeric", col.role, r, c, t, method, score, threshold, ("out_of_range", oor_share, t.out_of_range_share),
-        psi=p, ks_stat=ks, ks_pvalue=ks_p, wasserstein_norm=w_norm, out_of_range_share=oor_share,
+        psi=p, ks_stat=ks, ks_pvalue=ks_p, wasserstein_norm=w_norm, js=js, out_of_range_share=oor_share,
+        range_min=bounds[0], range_max=bounds[1],
     )  # fmt: skip
 
 
@@ -327,6 +342,10 @@ def _feature(
         issue, share, limit = extra_issue
         if share is not None and share > limit:
             issues.append(issue)
+    if r.n < t.min_rows and c.n >= t.min_rows:
+        # The window has the values; the reference is what can't be judged against. Saying "no data" would
+        # hide a column that is now populated (and possibly moved) behind a reference nobody can compare with.
+        issues.append("reference_too_small")
     return FeatureDrift(
         name=name,
         kind=kind,
@@ -344,4 +363,6 @@ def _feature(
         verdict=_verdict(judged, drifted, issues),
         role=role,
         severity=_severity(method, score, threshold) if judged else 0.0,
+        range_min=stats.get("range_min"),
+        range_max=stats.get("range_max"),
     )
