@@ -96,23 +96,21 @@ class OpenCell:
 
 
 def exact_sum(xs: np.ndarray) -> Fraction:
-    """The exact sum of finite float64 values, vectorised: each value is an integer mantissa times a power of two;
-    mantissas are summed per exponent in int64 halves (exact up to 2**36 values), then combined as integers."""
-    if xs.size == 0:
-        return Fraction(0)
-    m, e = np.frexp(xs)
-    mant = np.ldexp(m, 53).astype(np.int64)  # |mant| < 2**53, exact
-    order = np.argsort(e, kind="stable")
-    es = e[order]
-    mant = mant[order]
-    starts = np.flatnonzero(np.r_[True, es[1:] != es[:-1]])
-    hi = np.add.reduceat(mant >> 26, starts)
-    lo = np.add.reduceat(mant & ((1 << 26) - 1), starts)
+    """The exact sum of finite float64 values, vectorised: each value is an integer mantissa (< 2**53) times a
+    power of two. Mantissas are split into halves of < 2**27 and summed per exponent with bincount; its float64
+    partial sums stay below 2**53, so exact, for chunks of up to 2**25 values. Exponents are combined as ints."""
     total = Fraction(0)
-    for h, low, exp in zip(hi.tolist(), lo.tolist(), es[starts].tolist(), strict=True):
-        n = (h << 26) + low
-        shift = exp - 53
-        total += n * (1 << shift) if shift >= 0 else Fraction(n, 1 << -shift)
+    for k in range(0, xs.size, 1 << 25):
+        m, e = np.frexp(xs[k : k + (1 << 25)])
+        mant = np.ldexp(m, 53).astype(np.int64)  # exact
+        base = int(e.min())
+        idx = e - base
+        hi = np.bincount(idx, weights=(mant >> 26).astype(np.float64))
+        lo = np.bincount(idx, weights=(mant & ((1 << 26) - 1)).astype(np.float64))
+        for off in np.flatnonzero((hi != 0) | (lo != 0)).tolist():
+            n = (int(hi[off]) << 26) + int(lo[off])
+            shift = base + off - 53
+            total += n * (1 << shift) if shift >= 0 else Fraction(n, 1 << -shift)
     return total
 
 
