@@ -3,7 +3,8 @@
 Primary method per kind, as Evidently 0.7 chooses them (method "auto"):
 
 - numeric: Wasserstein distance / std(reference) >= 0.1 when the reference holds more than 1000 values, else
-  the two-sample KS test at p < 0.05. PSI (coarse bins, threshold 0.2) and the KS statistic and p-value
+  the two-sample KS test at p < 0.05 (Wasserstein's exactness: `window.wasserstein`). PSI and Jensen-Shannon
+  (base 2) on the coarse bins (PSI threshold 0.2) and the KS statistic and p-value
   (asymptotic there, see `DriftThresholds.ks_method`) are reported beside it: with a million rows a KS p-value
   flags shifts nobody cares about, the effect size says how big the shift is.
 - categorical: Jensen-Shannon distance (base 2) >= 0.1 over the reference's categories when the reference holds
@@ -14,12 +15,14 @@ Distributions are compared over values present: missing values, and unseen categ
 checked beside the scores, because a distance does not see them (measured: Evidently's defaults miss a missing
 rate going 0.5 % -> 5 % and a 2 % unseen category):
 
-- "missing_rate": the current missing rate exceeds the reference's by more than 0.02, or is more than 5x the
-  reference's (taken as at least 0.001, and with at least 10 missing values, so one missing value in a small
-  window is not an issue);
+- "missing_rate": the missing rate moved either way: by more than 0.02 absolute, or by more than 5x (the lower
+  rate taken as at least 0.001, with at least 10 missing values on the higher side, for a fall expected in the
+  window at the reference's rate, so one missing value in a small window is not an issue);
 - "unseen": more than 1 % of a categorical column's current values are categories the reference never had;
 - "out_of_range": more than 1 % of a numeric column's current values lie outside the reference's [min, max] (or
-  the signature's range, see `WindowHistogram.empty`).
+  the signature's range, see `WindowHistogram.empty`; `range_min`/`range_max` report the bounds used);
+- "reference_too_small": the reference has fewer than `min_rows` values of the column while the window has
+  them: drift can't be judged, and that is a finding, not "no data".
 
 A column with fewer than `min_rows` (100) current values is not judged for drift ("no data"), still for quality
 when the window has `min_rows` rows (a column that went entirely missing is a quality issue, not "no data").
