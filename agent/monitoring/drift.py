@@ -190,12 +190,18 @@ class DriftReport:
 
 
 def compare(
-    reference: WindowHistogram, current: WindowHistogram, thresholds: DriftThresholds | None = None
+    reference: WindowHistogram,
+    current: WindowHistogram,
+    thresholds: DriftThresholds | None = None,
+    *,
+    baseline: Literal["reference", "previous"] = "reference",
 ) -> DriftReport:
     """Compare `current` against `reference` (usually `WindowHistogram.from_profile(profile)`), column by column.
 
     Both must be counted against the same profile (ValueError otherwise). Wasserstein is normalised by the
-    profile's reference std, whatever `reference` is, so scores mean the same across windows.
+    profile's reference std, whatever `reference` is, so scores mean the same across windows. `baseline`
+    "previous" says `reference` is an earlier window: one with few values is then no finding of its own
+    (traffic was low), unlike a reference profile too small to judge against ("reference_too_small").
     """
     t = thresholds or DriftThresholds()
     if current.profile is not reference.profile and current.profile.fingerprint != reference.profile.fingerprint:
@@ -206,10 +212,10 @@ def compare(
         c = current.columns[name]
         if isinstance(col, NumericColumn):
             assert isinstance(r, NumericCounts) and isinstance(c, NumericCounts)
-            features.append(_numeric(name, col, r, c, t, current.ranges.get(name, (col.min, col.max))))
+            features.append(_numeric(name, col, r, c, t, current.ranges.get(name, (col.min, col.max)), baseline))
         else:
             assert isinstance(r, CategoricalCounts) and isinstance(c, CategoricalCounts)
-            features.append(_categorical(name, col.role, r, c, t))
+            features.append(_categorical(name, col.role, r, c, t, baseline))
     features.sort(key=lambda f: (-f.severity, f.name))
     judged = [f for f in features if f.role == "feature" and _judged(f, t)]
     share = sum(f.drifted for f in judged) / len(judged) if judged else None
@@ -267,7 +273,13 @@ def _verdict(judged: bool, drifted: bool, issues: list[str]) -> Verdict:
 
 
 def _numeric(
-    name: str, col: NumericColumn, r: NumericCounts, c: NumericCounts, t: DriftThresholds, bounds: tuple
+    name: str,
+    col: NumericColumn,
+    r: NumericCounts,
+    c: NumericCounts,
+    t: DriftThresholds,
+    bounds: tuple,
+    baseline: str,
 ) -> FeatureDrift:
     method = t.numeric_method
     if method == "auto":
@@ -288,11 +300,13 @@ def _numeric(
     return _feature(
         name, "numeric", col.role, r, c, t, method, score, threshold, ("out_of_range", oor_share, t.out_of_range_share),
         psi=p, ks_stat=ks, ks_pvalue=ks_p, wasserstein_norm=w_norm, js=js, out_of_range_share=oor_share,
-        range_min=bounds[0], range_max=bounds[1],
+        range_min=bounds[0], range_max=bounds[1], baseline=baseline,
     )  # fmt: skip
 
 
-def _categorical(name: str, role, r: CategoricalCounts, c: CategoricalCounts, t: DriftThresholds) -> FeatureDrift:
+def _categorical(
+    name: str, role, r: CategoricalCounts, c: CategoricalCounts, t: DriftThresholds, baseline: str
+) -> FeatureDrift:
     method = t.categorical_method
     if method == "auto":
         method = "jensenshannon" if r.n > t.auto_reference_values else "chi2"
@@ -311,7 +325,7 @@ def _categorical(name: str, role, r: CategoricalCounts, c: CategoricalCounts, t:
     return _feature(
         name, "categorical", role, r, c, t, method, score, threshold, ("unseen", unseen_share, t.unseen_share),
         psi=p, js=js, chi2_stat=chi, chi2_pvalue=chi_p, unseen_share=unseen_share,
-        unseen_top=[k for k, _ in sorted(c.unseen_top.items(), key=lambda kv: (-kv[1], kv[0]))],
+        unseen_top=[k for k, _ in sorted(c.unseen_top.items(), key=lambda kv: (-kv[1], kv[0]))], baseline=baseline,
     )  # fmt: skip
 
 
@@ -345,7 +359,7 @@ def _feature(
         issue, share, limit = extra_issue
         if share is not None and share > limit:
             issues.append(issue)
-    if r.n < t.min_rows and c.n >= t.min_rows:
+    if r.n < t.min_rows and c.n >= t.min_rows and stats.get("baseline") != "previous":
         # The window has the values; the reference is what can't be judged against. Saying "no data" would
         # hide a column that is now populated (and possibly moved) behind a reference nobody can compare with.
         issues.append("reference_too_small")

@@ -258,7 +258,7 @@ class MonitorService:
         reports = {"reference": compare(WindowHistogram.from_profile(prof), hist, thresholds)}
         prev = self._prev.get((name, mv.version)) or self._stored_previous(name, mv, prof, start)
         if prev is not None:
-            reports["previous"] = compare(prev, hist, thresholds)
+            reports["previous"] = compare(prev, hist, thresholds, baseline="previous")
         self._prev[(name, mv.version)] = hist
         body = _dumps(hist.to_json())
         rows = [
@@ -358,7 +358,9 @@ class MonitorService:
                                                  compare(WindowHistogram.from_profile(prof), hist, th))}  # fmt: skip
         if len(rows) > 1:
             prev = WindowHistogram.from_json(_loads(rows[1][2]), prof)
-            reports["previous"] = self._report_out(name, mv, "previous", start, end, compare(prev, hist, th))
+            reports["previous"] = self._report_out(
+                name, mv, "previous", start, end, compare(prev, hist, th, baseline="previous")
+            )
         latest = _Latest(mv, start, end, reports)
         with self._lock:
             self._latest.setdefault(name, latest)

@@ -266,3 +266,13 @@ def test_numeric_js_is_reported_and_matches_scipy(uniform_profile):
         assert f.js is not None and math.isclose(f.js, want, rel_tol=1e-9, abs_tol=1e-12)
     d = _report_out(compare(refh, h)).features[0].model_dump()
     assert d["js"] is not None and d["psi"] is not None and d["wasserstein_norm"] is not None
+
+
+def test_a_quiet_previous_window_is_not_a_too_small_reference():
+    rng = np.random.default_rng(23)
+    p = fit_profile({"x": rng.normal(0, 1, 5000)}, numeric=["x"], categorical=[])
+    quiet = WindowHistogram.empty(p).update({"x": rng.normal(0, 1, 40)})
+    busy = WindowHistogram.empty(p).update({"x": rng.normal(0, 1, 4000)})
+    f = compare(quiet, busy, baseline="previous").feature("x")
+    assert f.quality_issues == [] and f.verdict == "no data"
+    assert compare(quiet, busy).feature("x").quality_issues == ["reference_too_small"]
