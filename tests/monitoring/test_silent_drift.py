@@ -276,3 +276,15 @@ def test_a_quiet_previous_window_is_not_a_too_small_reference():
     f = compare(quiet, busy, baseline="previous").feature("x")
     assert f.quality_issues == [] and f.verdict == "no data"
     assert compare(quiet, busy).feature("x").quality_issues == ["reference_too_small"]
+
+
+def test_exact_mode_with_values_beyond_both_ends_is_exact():
+    # <= 1000 distinct reference values: exact on them, and now beyond them too (sentinels -1 and 999).
+    rng = np.random.default_rng(24)
+    ref = rng.poisson(5, 3000).astype(float)
+    p = fit_profile({"v": ref}, numeric=["v"], categorical=[])
+    assert p.columns["v"].fine.mode == "exact"
+    cur = rng.choice(np.unique(ref), 2000)
+    cur[:15], cur[15:40] = -1.0, 999.0
+    f = compare(WindowHistogram.from_profile(p), WindowHistogram.empty(p).update({"v": cur})).feature("v")
+    assert math.isclose(f.wasserstein_norm, _exact_norm(ref, cur), rel_tol=1e-9)
