@@ -106,3 +106,44 @@ def test_values_beyond_the_reference_range_are_out_of_range_without_signature_bo
         assert temp["range_source"] == "reference" and temp["range_max"] == ref_max
         dist = next(f for f in rep["features"] if f["name"] == "distance")
         assert dist["range_source"] == "signature" and dist["range_max"] == 4983.0
+
+
+def test_a_column_filled_since_training_raises_a_data_quality_alert(agent_factory, reference):
+    # The reference has pressure on 5 rows of 5000 (99.9 % missing); serving sends it on every row.
+    a = agent_factory("fill", config=CONFIG + "\n[alerting]\ninterval = 0.3\n")
+    with a.client() as c:
+        sparse = reference.with_columns(
+            pl.when(pl.int_range(pl.len()) < 5).then(pl.col("pressure")).otherwise(None).alias("pressure")
+        )
+        assert _register(c, _meta(), reference=_parquet(sparse)).status_code == 201
+        body = {"model": "flights", "version": 1, "fallback": FALLBACK, "missing_policy": "impute"}
+        assert c.put("/api/v1/endpoints/delays", json=body).status_code == 200
+        deadline = time.monotonic() + 30
+        while not c.get("/api/v1/endpoints/delays").json()["loaded"]:
+            assert time.monotonic() < deadline, "model never loaded"
+            time.sleep(0.05)
+        t0 = time.time()
+        recs = reference.head(300).select(FEATURES).to_dicts()
+        for i in range(0, len(recs), 100):
+            assert c.post("/api/v1/endpoints/delays/predict", json={"records": recs[i : i + 100]}).status_code == 200
+        deadline = time.monotonic() + 30
+        while (rep := c.get("/api/v1/endpoints/delays/drift", params={"since": t0 - 5}).json())["n_cur"] < len(recs):
+            assert time.monotonic() < deadline, rep
+            time.sleep(0.2)
+        pressure = next(f for f in rep["features"] if f["name"] == "pressure")
+        assert pressure["verdict"] == "quality", pressure  # was "no data"
+        assert set(pressure["quality_issues"]) == {"missing_rate", "reference_too_small"}
+        now_missing = reference.head(300)["pressure"].null_count() / 300  # the real data's own gaps (~7 %)
+        assert pressure["missing_rate_ref"] == pytest.approx(0.999)
+        assert pressure["missing_rate_cur"] == pytest.approx(now_missing)
+
+        def alert():
+            alerts = c.get("/api/v1/alerting").json()["alerts"]
+            return next((x for x in alerts if x["kind"] == "data_quality" and x["subject"] == "pressure"), None)
+
+        deadline = time.monotonic() + 30
+        while (found := alert()) is None:
+            assert time.monotonic() < deadline, "no data_quality alert for pressure"
+            time.sleep(0.2)
+        assert f"missing rate fell 99.9% -> {100 * now_missing:.1f}%" in found["summary"], found
+        assert "too few reference values: 5" in found["summary"]
