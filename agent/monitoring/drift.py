@@ -300,7 +300,7 @@ def _numeric(
     return _feature(
         name, "numeric", col.role, r, c, t, method, score, threshold, ("out_of_range", oor_share, t.out_of_range_share),
         psi=p, ks_stat=ks, ks_pvalue=ks_p, wasserstein_norm=w_norm, js=js, out_of_range_share=oor_share,
-        range_min=bounds[0], range_max=bounds[1], baseline=baseline,
+        baseline=baseline, range_min=bounds[0], range_max=bounds[1],
     )  # fmt: skip
 
 
@@ -344,6 +344,8 @@ def _feature(
     score: float | None,
     threshold: float,
     extra_issue: tuple[str, float | None, float],
+    *,
+    baseline: str,
     **stats: Any,
 ) -> FeatureDrift:
     """The verdict shared by both kinds: judged only with enough values, drift by the primary method (p-value
@@ -359,7 +361,7 @@ def _feature(
         issue, share, limit = extra_issue
         if share is not None and share > limit:
             issues.append(issue)
-    if r.n < t.min_rows and c.n >= t.min_rows and stats.get("baseline") != "previous":
+    if baseline == "reference" and r.n < t.min_rows and c.n >= t.min_rows:
         # The window has the values; the reference is what can't be judged against. Saying "no data" would
         # hide a column that is now populated (and possibly moved) behind a reference nobody can compare with.
         issues.append("reference_too_small")
