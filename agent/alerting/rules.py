@@ -29,7 +29,8 @@ Kinds and their thresholds (every comparison is "value > threshold"):
 - `prediction_drift`: the same, for the model's output (the monitor's `__prediction__` feature).
 - `label_drift`: the same, for the arrived labels (`__label__`).
 - `data_quality`: threshold optional. Without one, a feature breaches when the monitor lists
-  quality issues for it (missing-rate jump, out-of-range values, unseen categories). With one,
+  quality issues for it (missing rate rising or falling, out-of-range values, unseen categories, a
+  reference too small to judge drift against). With one,
   the worst of its current missing rate, out-of-range share and unseen share is compared with it.
 - `quality_drop`: threshold a relative drop 0..1 of the rule's `metric` (accuracy, auc, f1, mae,
   rmse; without one: auc for binary models, accuracy for multiclass, rmse for regression) in the

@@ -21,7 +21,13 @@ from agent.alerting.rules import (
     Signal,
     breaches,
 )
-from agent.api.schemas import DriftReportOut, EndpointVersionStats, QualityReport, ServingStatus
+from agent.api.schemas import (
+    DriftReportOut,
+    EndpointVersionStats,
+    FeatureDriftOut,
+    QualityReport,
+    ServingStatus,
+)
 from agent.config import AlertRuleConfig
 
 PREDICTION = "__prediction__"
@@ -135,20 +141,23 @@ def drift_signals(report: DriftReportOut, baseline_kind: str) -> list[Signal]:
         what = "predictions" if kind == "prediction_drift" else "labels" if kind == "label_drift" else f.name
         labels = {**base, "method": f.method}
         no_data = f.n_cur <= 0 or f.verdict == "no data"
-        score = None if no_data else f.score
+        unjudged = "reference_too_small" in f.quality_issues
+        score = None if no_data or unjudged else f.score
         if no_data:
             s = f"{what}: no data in the window"
+        elif unjudged:
+            s = f"{what}: drift not judged: too few reference values ({f.n_ref}) for {f.n_cur} in the window"
         elif f.drifted:
             s = f"{what} drifted: {f.method} {_fmt(f.score)} over {f.n_cur} rows vs {baseline_kind}"
         else:
             s = f"{what}: {f.method} {_fmt(f.score)} over {f.n_cur} rows vs {baseline_kind}"
-        drifted = bool(f.drifted) and not no_data
+        drifted = bool(f.drifted) and not no_data and not unjudged
         out.append(Signal(kind, report.endpoint, f.name, score, f.threshold, drifted, s, labels))
         shares = [x for x in (f.missing_rate_cur, f.out_of_range_share, f.unseen_share) if x is not None]
         worst = None if no_data or not shares else max(shares)
         issues = list(f.quality_issues)
         if issues:
-            s = f"{what}: " + "; ".join(issues)
+            s = f"{what}: " + "; ".join(_issue_text(i, f) for i in issues)
         elif no_data:
             s = f"{what}: no data in the window"
         else:
@@ -158,6 +167,21 @@ def drift_signals(report: DriftReportOut, baseline_kind: str) -> list[Signal]:
             q_labels["unseen_top"] = ",".join(f.unseen_top[:5])
         out.append(Signal("data_quality", report.endpoint, f.name, worst, None, bool(issues), s, q_labels))
     return out
+
+
+def _issue_text(issue: str, f: FeatureDriftOut) -> str:
+    """A data-quality issue kind as the on-call reads it: which way the missing rate moved, from what to what."""
+    if issue == "missing_rate" and f.missing_rate_cur is not None:
+        ref = f.missing_rate_ref or 0.0
+        way = "fell" if f.missing_rate_cur < ref else "rose"
+        return f"missing rate {way} {_pct(ref)} -> {_pct(f.missing_rate_cur)}"
+    if issue == "reference_too_small":
+        return f"too few reference values: {f.n_ref}"
+    if issue == "out_of_range" and f.out_of_range_share is not None:
+        lo, hi = _fmt(f.range_min), _fmt(f.range_max)
+        src = f" ({f.range_source})" if f.range_source else ""
+        return f"out of range {_pct(f.out_of_range_share)} outside [{lo}, {hi}]{src}"
+    return issue
 
 
 def default_metric(model_kind: str | None) -> str:

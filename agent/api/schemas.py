@@ -606,6 +606,11 @@ class FeatureDriftOut(_Wire):
     # Counted in the agent's memory: absent (None) for windows from before a restart.
     rejected_requests: int | None = None
     quality_issues: list[str] = Field(default_factory=list)
+    # Numeric: the bounds `out_of_range_share` was counted against (None: open) and where they came from:
+    # "signature" (its min/max), "reference" (the profile's observed min/max) or "signature+reference".
+    range_min: float | None = None
+    range_max: float | None = None
+    range_source: str | None = None
 
 
 class DriftReportOut(_Wire):

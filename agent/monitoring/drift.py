@@ -3,7 +3,8 @@
 Primary method per kind, as Evidently 0.7 chooses them (method "auto"):
 
 - numeric: Wasserstein distance / std(reference) >= 0.1 when the reference holds more than 1000 values, else
-  the two-sample KS test at p < 0.05. PSI (coarse bins, threshold 0.2) and the KS statistic and p-value
+  the two-sample KS test at p < 0.05 (Wasserstein's exactness: `window.wasserstein`). PSI and Jensen-Shannon
+  (base 2) on the coarse bins (PSI threshold 0.2) and the KS statistic and p-value
   (asymptotic there, see `DriftThresholds.ks_method`) are reported beside it: with a million rows a KS p-value
   flags shifts nobody cares about, the effect size says how big the shift is.
 - categorical: Jensen-Shannon distance (base 2) >= 0.1 over the reference's categories when the reference holds
@@ -14,12 +15,14 @@ Distributions are compared over values present: missing values, and unseen categ
 checked beside the scores, because a distance does not see them (measured: Evidently's defaults miss a missing
 rate going 0.5 % -> 5 % and a 2 % unseen category):
 
-- "missing_rate": the current missing rate exceeds the reference's by more than 0.02, or is more than 5x the
-  reference's (taken as at least 0.001, and with at least 10 missing values, so one missing value in a small
-  window is not an issue);
+- "missing_rate": the missing rate moved either way: by more than 0.02 absolute, or by more than 5x (the lower
+  rate taken as at least 0.001, with at least 10 missing values on the higher side, for a fall expected in the
+  window at the reference's rate, so one missing value in a small window is not an issue);
 - "unseen": more than 1 % of a categorical column's current values are categories the reference never had;
 - "out_of_range": more than 1 % of a numeric column's current values lie outside the reference's [min, max] (or
-  the signature's range, see `WindowHistogram.empty`).
+  the signature's range, see `WindowHistogram.empty`; `range_min`/`range_max` report the bounds used);
+- "reference_too_small": the reference has fewer than `min_rows` values of the column while the window has
+  them: drift can't be judged, and that is a finding, not "no data".
 
 A column with fewer than `min_rows` (100) current values is not judged for drift ("no data"), still for quality
 when the window has `min_rows` rows (a column that went entirely missing is a quality issue, not "no data").
@@ -42,9 +45,8 @@ from agent.monitoring.stats import (
     ks_from_counts,
     normalise_wasserstein,
     psi,
-    wasserstein_from_grid,
 )
-from agent.monitoring.window import CategoricalCounts, NumericCounts, WindowHistogram
+from agent.monitoring.window import CategoricalCounts, NumericCounts, WindowHistogram, wasserstein
 
 Verdict = Literal["ok", "drift", "quality", "drift+quality", "no data"]
 
@@ -150,6 +152,10 @@ class FeatureDrift:
     verdict: Verdict
     role: Literal["feature", "prediction", "label"] = "feature"
     severity: float = 0.0
+    # The bounds out-of-range values were counted against (numeric; None: open): the signature's where it
+    # gives them, else the reference's observed min/max (see `WindowHistogram.empty`).
+    range_min: float | None = None
+    range_max: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,12 +194,18 @@ class DriftReport:
 
 
 def compare(
-    reference: WindowHistogram, current: WindowHistogram, thresholds: DriftThresholds | None = None
+    reference: WindowHistogram,
+    current: WindowHistogram,
+    thresholds: DriftThresholds | None = None,
+    *,
+    baseline: Literal["reference", "previous"] = "reference",
 ) -> DriftReport:
     """Compare `current` against `reference` (usually `WindowHistogram.from_profile(profile)`), column by column.
 
     Both must be counted against the same profile (ValueError otherwise). Wasserstein is normalised by the
-    profile's reference std, whatever `reference` is, so scores mean the same across windows.
+    profile's reference std, whatever `reference` is, so scores mean the same across windows. `baseline`
+    "previous" says `reference` is an earlier window: one with few values is then no finding of its own
+    (traffic was low), unlike a reference profile too small to judge against ("reference_too_small").
     """
     t = thresholds or DriftThresholds()
     if current.profile is not reference.profile and current.profile.fingerprint != reference.profile.fingerprint:
@@ -204,10 +216,10 @@ def compare(
         c = current.columns[name]
         if isinstance(col, NumericColumn):
             assert isinstance(r, NumericCounts) and isinstance(c, NumericCounts)
-            features.append(_numeric(name, col, r, c, t))
+            features.append(_numeric(name, col, r, c, t, current.ranges.get(name, (col.min, col.max)), baseline))
         else:
             assert isinstance(r, CategoricalCounts) and isinstance(c, CategoricalCounts)
-            features.append(_categorical(name, col.role, r, c, t))
+            features.append(_categorical(name, col.role, r, c, t, baseline))
     features.sort(key=lambda f: (-f.severity, f.name))
     judged = [f for f in features if f.role == "feature" and _judged(f, t)]
     drifted = sum(f.drifted for f in judged)
@@ -244,11 +256,19 @@ def _severity(method: str, score: float | None, threshold: float) -> float:
 
 
 def _missing_issue(r_missing: int, r_rows: int, c_missing: int, c_rows: int, t: DriftThresholds) -> bool:
+    """The missing rate moved, either way: a fall (99.9 % -> 21 %: a pipeline now fills the column) is as much a
+    change in the data as a rise. The rule is the same both ways: by more than `missing_rate_increase` absolute,
+    or by `missing_rate_ratio`x over `missing_rate_floor` with at least `missing_min_count` missing values on the
+    higher side (for a fall: expected in the window at the reference's rate, so a small window missing nothing
+    is not an issue)."""
     ref_rate = r_missing / r_rows if r_rows else 0.0
     cur_rate = c_missing / c_rows
-    if cur_rate - ref_rate > t.missing_rate_increase:
+    if abs(cur_rate - ref_rate) > t.missing_rate_increase:
         return True
-    return c_missing >= t.missing_min_count and cur_rate > t.missing_rate_ratio * max(ref_rate, t.missing_rate_floor)
+    if c_missing >= t.missing_min_count and cur_rate > t.missing_rate_ratio * max(ref_rate, t.missing_rate_floor):
+        return True
+    expected = ref_rate * c_rows
+    return expected >= t.missing_min_count and ref_rate > t.missing_rate_ratio * max(cur_rate, t.missing_rate_floor)
 
 
 def _verdict(judged: bool, drifted: bool, issues: list[str]) -> Verdict:
@@ -259,29 +279,41 @@ def _verdict(judged: bool, drifted: bool, issues: list[str]) -> Verdict:
     return "ok" if judged else "no data"
 
 
-def _numeric(name: str, col: NumericColumn, r: NumericCounts, c: NumericCounts, t: DriftThresholds) -> FeatureDrift:
+def _numeric(
+    name: str,
+    col: NumericColumn,
+    r: NumericCounts,
+    c: NumericCounts,
+    t: DriftThresholds,
+    bounds: tuple,
+    baseline: str,
+) -> FeatureDrift:
     method = t.numeric_method
     if method == "auto":
         method = "wasserstein" if r.n > t.auto_reference_values else "ks"
-    p = ks = ks_p = w_norm = None
+    p = ks = ks_p = w_norm = js = None
     if r.n and c.n:
-        p = _num(psi(col.coarse(r.cells), col.coarse(c.cells), eps=t.psi_eps))
+        r_coarse, c_coarse = col.coarse(r.cells), col.coarse(c.cells)
+        p = _num(psi(r_coarse, c_coarse, eps=t.psi_eps))
+        # On the same frozen coarse bins as PSI (the fine cells would make it a measure of cell noise).
+        js = _num(js_distance(r_coarse, c_coarse, base=t.js_base))
         ks_method = {"auto": "auto" if method == "ks" else "asymp", "scipy": "auto"}.get(t.ks_method, t.ks_method)
         ks_res = ks_from_counts(col.fine.cell_ends(), r.cells, c.cells, method=ks_method)
         ks, ks_p = _num(ks_res.statistic), _num(ks_res.pvalue)
-        lo = min(v for v in (r.min, c.min) if v is not None)
-        hi = max(v for v in (r.max, c.max) if v is not None)
-        w = wasserstein_from_grid(col.fine.grid(lo, hi), r.cells, c.cells)
+        w = wasserstein(col, r, c)
         w_norm = _num(normalise_wasserstein(w, col.std if col.std is not None else math.nan))
     score, threshold = {"wasserstein": (w_norm, t.wasserstein), "ks": (ks_p, t.ks_pvalue), "psi": (p, t.psi)}[method]
     oor_share = c.out_of_range / c.n if c.n else None
     return _feature(
         name, "numeric", col.role, r, c, t, method, score, threshold, ("out_of_range", oor_share, t.out_of_range_share),
-        psi=p, ks_stat=ks, ks_pvalue=ks_p, wasserstein_norm=w_norm, out_of_range_share=oor_share,
+        psi=p, ks_stat=ks, ks_pvalue=ks_p, wasserstein_norm=w_norm, js=js, out_of_range_share=oor_share,
+        baseline=baseline, range_min=bounds[0], range_max=bounds[1],
     )  # fmt: skip
 
 
-def _categorical(name: str, role, r: CategoricalCounts, c: CategoricalCounts, t: DriftThresholds) -> FeatureDrift:
+def _categorical(
+    name: str, role, r: CategoricalCounts, c: CategoricalCounts, t: DriftThresholds, baseline: str
+) -> FeatureDrift:
     method = t.categorical_method
     if method == "auto":
         method = "jensenshannon" if r.n > t.auto_reference_values else "chi2"
@@ -300,7 +332,7 @@ def _categorical(name: str, role, r: CategoricalCounts, c: CategoricalCounts, t:
     return _feature(
         name, "categorical", role, r, c, t, method, score, threshold, ("unseen", unseen_share, t.unseen_share),
         psi=p, js=js, chi2_stat=chi, chi2_pvalue=chi_p, unseen_share=unseen_share,
-        unseen_top=[k for k, _ in sorted(c.unseen_top.items(), key=lambda kv: (-kv[1], kv[0]))],
+        unseen_top=[k for k, _ in sorted(c.unseen_top.items(), key=lambda kv: (-kv[1], kv[0]))], baseline=baseline,
     )  # fmt: skip
 
 
@@ -319,6 +351,8 @@ def _feature(
     score: float | None,
     threshold: float,
     extra_issue: tuple[str, float | None, float],
+    *,
+    baseline: str,
     **stats: Any,
 ) -> FeatureDrift:
     """The verdict shared by both kinds: judged only with enough values, drift by the primary method (p-value
@@ -334,6 +368,10 @@ def _feature(
         issue, share, limit = extra_issue
         if share is not None and share > limit:
             issues.append(issue)
+    if baseline == "reference" and r.n < t.min_rows and c.n >= t.min_rows:
+        # The window has the values; the reference is what can't be judged against. Saying "no data" would
+        # hide a column that is now populated (and possibly moved) behind a reference nobody can compare with.
+        issues.append("reference_too_small")
     return FeatureDrift(
         name=name,
         kind=kind,
@@ -351,4 +389,6 @@ def _feature(
         verdict=_verdict(judged, drifted, issues),
         role=role,
         severity=_severity(method, score, threshold) if judged else 0.0,
+        range_min=stats.get("range_min"),
+        range_max=stats.get("range_max"),
     )

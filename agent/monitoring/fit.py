@@ -34,17 +34,48 @@ def _read(path: Path, signature: Signature, field: str) -> Any:
         raise FitError(f"{field} data lacks the signature's columns {missing}", field)
     if df.height == 0:
         raise FitError(f"{field} data has no rows", field)
-    return reference_frame(df, signature)
+    try:
+        return reference_frame(df, signature)
+    except Exception:  # polars refuses a cast (a word in a numeric column, a nested type): say which column
+        raise _bad_column(df, signature, field) from None
+
+
+def _bad_column(df: Any, signature: Signature, field: str) -> FitError:
+    """The first column whose cast fails, named, with a value that can't be converted."""
+    import polars as pl
+
+    for name, expr in _expressions(df, signature):
+        try:
+            df.select(expr)
+            continue
+        except Exception as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        src = df.get_column(name)
+        if src.dtype == pl.String:
+            bad = src.filter(src.cast(pl.Float64, strict=False).is_null() & src.is_not_null())
+            if bad.len():
+                return FitError(
+                    f"{field} column {name!r} must hold numbers, but {bad.len()} of its values are not "
+                    f"(e.g. {bad[0]!r})",
+                    f"{field}.{name}",
+                )
+        return FitError(f"{field} column {name!r} ({src.dtype}) cannot be read: {reason}", f"{field}.{name}")
+    return FitError(f"{field} data could not be read as the signature's columns", field)
 
 
 def reference_frame(df: Any, signature: Signature) -> Any:
     """The feature columns, with `score`/`label` renamed to the profile's prediction/label names."""
+    return df.select([expr for _, expr in _expressions(df, signature)])
+
+
+def _expressions(df: Any, signature: Signature) -> list[tuple[str, Any]]:
+    """(source column, polars expression) for every column the profile is fitted on."""
     import polars as pl
 
-    cols = [pl.col(f.name).cast(pl.Utf8) if f.dtype == "category" else pl.col(f.name).cast(pl.Float64)
+    cols = [(f.name, pl.col(f.name).cast(pl.Utf8) if f.dtype == "category" else pl.col(f.name).cast(pl.Float64))
             for f in signature.features]  # fmt: skip
     if "score" in df.columns:
-        cols.append(pl.col("score").cast(pl.Float64).alias(PREDICTION))
+        cols.append(("score", pl.col("score").cast(pl.Float64).alias(PREDICTION)))
     if "label" in df.columns:
         lab = pl.col("label")
         out = signature.output
@@ -56,8 +87,8 @@ def reference_frame(df: Any, signature: Signature) -> Any:
             lab = lab.cast(pl.Float64)
         else:
             lab = lab.cast(pl.Utf8)
-        cols.append(lab.alias(LABEL))
-    return df.select(cols)
+        cols.append(("label", lab.alias(LABEL)))
+    return cols
 
 
 def fit_for_signature(frame: Any, signature: Signature) -> Any:
@@ -81,12 +112,18 @@ def profile_for_registration(signature: Signature, reference: Path, validation: 
     from agent.monitoring.window import WindowHistogram
 
     ref = _read(reference, signature, "reference")
-    prof = fit_for_signature(ref, signature)
+    try:
+        prof = fit_for_signature(ref, signature)
+    except ValueError as e:  # names the column
+        raise FitError(f"reference data: {e}", "reference") from None
     body = prof.to_json()
     if validation is not None:
         val = _read(validation, signature, "validation")
         hist = WindowHistogram.empty(prof)
-        hist.update(val)
+        try:
+            hist.update(val)
+        except ValueError as e:
+            raise FitError(f"validation data: {e}", "validation") from None
         rep = compare(WindowHistogram.from_profile(prof), hist, DriftThresholds())
         body["validation_skew"] = rep.to_json()
     return body

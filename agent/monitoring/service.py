@@ -158,8 +158,16 @@ class MonitorService:
             self._profiles[key] = prof
         return self._profiles[key]
 
-    def _ranges(self, mv: ModelVersion) -> dict[str, tuple[float | None, float | None]]:
-        return {f.name: (f.min, f.max) for f in mv.signature.features if f.dtype != "category"}
+    def _ranges(self, mv: ModelVersion, prof: ReferenceProfile) -> dict[str, tuple[float | None, float | None]]:
+        """The bounds a numeric feature's values are checked against: the signature's min/max, and where it
+        gives none, the reference profile's observed min/max (a bound stays open only where neither has one)."""
+        out: dict[str, tuple[float | None, float | None]] = {}
+        for f in mv.signature.features:
+            col = prof.columns.get(f.name)
+            if f.dtype == "category" or col is None or col.kind != "numeric":
+                continue
+            out[f.name] = (f.min if f.min is not None else col.min, f.max if f.max is not None else col.max)
+        return out
 
     # ------------------------------------------------------------------ windows
 
@@ -216,7 +224,7 @@ class MonitorService:
 
     def _histogram_of(self, name: str, mv: ModelVersion, prof: ReferenceProfile, start: float, end: float):
         """Stream a window's logged rows into a histogram over the profile's frozen bins."""
-        hist = WindowHistogram.empty(prof, self._ranges(mv))
+        hist = WindowHistogram.empty(prof, self._ranges(mv, prof))
         num_names = [f.name for f in mv.signature.features if f.dtype != "category"]
         cat_names = [f.name for f in mv.signature.features if f.dtype == "category"]
         cur = self._cursor()
@@ -250,7 +258,7 @@ class MonitorService:
         reports = {"reference": compare(WindowHistogram.from_profile(prof), hist, thresholds)}
         prev = self._prev.get((name, mv.version)) or self._stored_previous(name, mv, prof, start)
         if prev is not None:
-            reports["previous"] = compare(prev, hist, thresholds)
+            reports["previous"] = compare(prev, hist, thresholds, baseline="previous")
         self._prev[(name, mv.version)] = hist
         body = _dumps(hist.to_json())
         rows = [
@@ -350,7 +358,9 @@ class MonitorService:
                                                  compare(WindowHistogram.from_profile(prof), hist, th))}  # fmt: skip
         if len(rows) > 1:
             prev = WindowHistogram.from_json(_loads(rows[1][2]), prof)
-            reports["previous"] = self._report_out(name, mv, "previous", start, end, compare(prev, hist, th))
+            reports["previous"] = self._report_out(
+                name, mv, "previous", start, end, compare(prev, hist, th, baseline="previous")
+            )
         latest = _Latest(mv, start, end, reports)
         with self._lock:
             self._latest.setdefault(name, latest)
@@ -369,9 +379,16 @@ class MonitorService:
         if not rows:
             return None, None, None
         hist = WindowHistogram.from_json(_loads(rows[0][2]), prof)
-        for _, _, body in rows[1:]:
-            hist = hist.merge(WindowHistogram.from_json(_loads(body), prof))
-        return hist, rows[0][0], rows[-1][1]
+        first = rows[0][0]
+        for start, _, body in rows[1:]:
+            w = WindowHistogram.from_json(_loads(body), prof)
+            if w.ranges != hist.ranges:
+                # Windows stored by an older agent counted out-of-range against other bounds (it left bounds
+                # the signature lacks open): their counts can't be added to these, so the range starts here.
+                hist, first = w, start
+                continue
+            hist = hist.merge(w)
+        return hist, first, rows[-1][1]
 
     def history(self, name: str, baseline: str = "reference", since: float | None = None) -> DriftHistory:
         """Per feature, its score per window (newest last), for sparklines."""
@@ -419,7 +436,12 @@ class MonitorService:
         self, name: str, mv: ModelVersion, baseline: str, start: float | None, end: float | None, rep: DriftReport
     ) -> DriftReportOut:
         # Labels arrive late: the label column is judged by `label_drift`, not per window.
-        feats = [FeatureDriftOut(**_clean(f)) for f in rep.features if f.role != "label"]
+        sig = {f.name: f for f in mv.signature.features}
+        feats = [
+            FeatureDriftOut(**_clean(f), range_source=_range_source(sig.get(f.name), f))
+            for f in rep.features
+            if f.role != "label"
+        ]
         return DriftReportOut(
             endpoint=name, model=mv.name, version=mv.version, baseline=baseline,  # type: ignore[arg-type]
             window_start=start, window_end=end, n_ref=rep.n_ref, n_cur=rep.n_cur,
@@ -543,7 +565,7 @@ class MonitorService:
             ]
         finally:
             cur.close()
-        hist = WindowHistogram.empty(prof, self._ranges(mv))
+        hist = WindowHistogram.empty(prof, self._ranges(mv, prof))
         hist.update({prof.label: np.array(labels, dtype=object)})
         rep = compare(WindowHistogram.from_profile(prof), hist, self._thresholds(name))
         f = next((f for f in rep.features if f.name == prof.label), None)
@@ -593,6 +615,17 @@ class MonitorService:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _range_source(spec: Any, f: Any) -> str | None:
+    """Where a numeric feature's out-of-range bounds came from: the signature, the reference profile, or both
+    (one bound each). None for categorical columns, the prediction, and bounds open on both sides."""
+    if f.kind != "numeric" or (f.range_min is None and f.range_max is None):
+        return None
+    from_sig = [spec is not None and getattr(spec, k) is not None for k in ("min", "max")]
+    if all(from_sig):
+        return "signature"
+    return "signature+reference" if any(from_sig) else "reference"
 
 
 def _profile_names(prof: ReferenceProfile) -> set[str]:

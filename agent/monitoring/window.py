@@ -1,9 +1,13 @@
 """Mergeable histograms of serving data over a profile's frozen bins.
 
-A `WindowHistogram` holds, per monitored column, integer counts only: the fine cells of numeric columns (the
-coarse PSI bins are sums of them), counts per reference category, missing values, values outside the expected
-range, unseen categories. Merging adds counts, so drift over any time range is a merge of stored windows with no
-re-scan, and merging is exact and associative (the unseen-category names excepted, see `UNSEEN_TOP`).
+A `WindowHistogram` holds, per monitored column, counts: the fine cells of numeric columns (the coarse PSI bins
+are sums of them), counts per reference category, missing values, values outside the expected range, unseen
+categories. Merging adds counts, so drift over any time range is a merge of stored windows with no re-scan, and
+merging is exact and associative (the unseen-category names excepted, see `UNSEEN_TOP`).
+
+The two open outer cells of a numeric column (below the reference's smallest value, above its largest) also
+keep what Wasserstein needs to stay exact there (`OpenCell`): their distinct values with counts while there are
+at most `OPEN_VALUES`, and always the exact (rational) sum of their values. Both merge exactly.
 
 `WindowHistogram.from_profile(profile)` is the reference itself as a histogram: reference and windows go through
 the same comparison code.
@@ -12,10 +16,12 @@ the same comparison code.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -29,6 +35,7 @@ from agent.monitoring.profile import (
     sorted_finite,
     string_values,
 )
+from agent.monitoring.stats import wasserstein_from_grid
 
 SCHEMA = "watchkeeper.window-histogram/1"
 
@@ -41,7 +48,70 @@ UNSEEN_TOP = 20
 # 10k rows ~5 ms on one thread, the pool pays off between 20k and 40k rows; numpy's sort releases the GIL).
 PARALLEL_MIN_ROWS = 32_768
 
+# Distinct values kept per open outer cell (a sentinel such as 999 or -1 is one value). Beyond this only the
+# cell's count and exact sum are kept; see `wasserstein` for what that still makes exact.
+OPEN_VALUES = 64
+
 Range = tuple[float | None, float | None]
+
+
+@dataclass
+class OpenCell:
+    """Values in one open outer cell of a numeric column (outside the reference's range), beyond its count.
+
+    `values`: distinct value -> count while there are at most OPEN_VALUES of them, else None. `total`: the exact
+    sum of the values (a Fraction, so merges in any order give the same sum); None only in windows stored before
+    it was kept (then the cell's values are taken to lie halfway between its edge and the window's extreme).
+    """
+
+    values: dict[float, int] | None = field(default_factory=dict)
+    total: Fraction | None = field(default_factory=Fraction)
+
+    @classmethod
+    def of(cls, xs: np.ndarray) -> OpenCell:
+        """The cell holding the ascending finite values `xs`."""
+        if xs.size == 0:
+            return cls()
+        starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+        values = None
+        if starts.size <= OPEN_VALUES:
+            counts = np.diff(np.r_[starts, xs.size])
+            # + 0.0 folds -0.0 into 0.0, so the key doesn't depend on which of the two a window saw first
+            values = {float(v) + 0.0: int(n) for v, n in zip(xs[starts].tolist(), counts.tolist(), strict=True)}
+        return cls(values, exact_sum(xs))
+
+    def add(self, other: OpenCell) -> None:
+        if self.values is not None and other.values is not None:
+            merged = dict(self.values)
+            for v, n in other.values.items():
+                merged[v] = merged.get(v, 0) + n
+            self.values = merged if len(merged) <= OPEN_VALUES else None
+        else:
+            self.values = None
+        self.total = None if self.total is None or other.total is None else self.total + other.total
+
+    def to_json(self) -> dict[str, Any]:
+        values = None if self.values is None else [[v, n] for v, n in sorted(self.values.items())]
+        return {"values": values, "sum": None if self.total is None else str(self.total)}
+
+
+def exact_sum(xs: np.ndarray) -> Fraction:
+    """The exact sum of finite float64 values, vectorised: each value is an integer mantissa (< 2**53) times a
+    power of two. Mantissas are split into halves of < 2**27 and summed per exponent with bincount; its float64
+    partial sums stay below 2**53, so exact, for chunks of up to 2**25 values. Exponents are combined as ints."""
+    total = Fraction(0)
+    for k in range(0, xs.size, 1 << 25):
+        m, e = np.frexp(xs[k : k + (1 << 25)])
+        mant = np.ldexp(m, 53).astype(np.int64)  # exact
+        base = int(e.min())
+        idx = e - base
+        hi = np.bincount(idx, weights=(mant >> 26).astype(np.float64))
+        lo = np.bincount(idx, weights=(mant & ((1 << 26) - 1)).astype(np.float64))
+        for off in np.flatnonzero((hi != 0) | (lo != 0)).tolist():
+            n = (int(hi[off]) << 26) + int(lo[off])
+            shift = base + off - 53
+            total += n * (1 << shift) if shift >= 0 else Fraction(n, 1 << -shift)
+    return total
 
 
 @dataclass
@@ -51,8 +121,10 @@ class NumericCounts:
     cells: np.ndarray  # int64 counts per fine cell of the profile
     missing: int = 0  # null, NaN, +-inf, or the column absent from an update
     out_of_range: int = 0
-    min: float | None = None  # of the finite values counted (bounds the Wasserstein grid's outer cells)
+    min: float | None = None  # of the finite values counted
     max: float | None = None
+    below: OpenCell = field(default_factory=OpenCell)  # values in the open cell under the reference's range
+    above: OpenCell = field(default_factory=OpenCell)  # ... and over it
 
     @property
     def n(self) -> int:
@@ -111,7 +183,7 @@ class WindowHistogram:
         cols: dict[str, NumericCounts | CategoricalCounts] = {}
         for name, col in profile.columns.items():
             if isinstance(col, NumericColumn):
-                cols[name] = NumericCounts(col.cells.copy(), col.missing, 0, col.min, col.max)
+                cols[name] = NumericCounts(col.cells.copy(), col.missing, 0, col.min, col.max)  # open cells empty
             else:
                 cols[name] = CategoricalCounts(col.counts.copy(), col.missing)
         return cls(profile, None, _columns=cols, _rows=profile.rows)
@@ -170,12 +242,16 @@ class WindowHistogram:
                     oor += int(np.searchsorted(valid, lo, "left"))
                 if hi is not None:
                     oor += valid.size - int(np.searchsorted(valid, hi, "right"))
+            cells = col.fine.cells(valid)
             return NumericCounts(
-                col.fine.cells(valid),
+                cells,
                 missing=bad,
                 out_of_range=oor,
                 min=float(valid[0]) if valid.size else None,
                 max=float(valid[-1]) if valid.size else None,
+                # the open cells are the ends of the sorted values: slices, no extra pass
+                below=OpenCell.of(valid[: cells[0]]) if cells.size > 1 else OpenCell(),
+                above=OpenCell.of(valid[valid.size - cells[-1] :]) if cells.size > 1 else OpenCell(),
             )
         s = get(name, numeric=False)
         if s is None:
@@ -269,6 +345,11 @@ class WindowHistogram:
                     "max": c.max,
                     **_encode_counts("cells", c.cells),
                 }
+                # Only a cell holding values is written; a window without the key holds none there, or was
+                # stored before open cells were kept (then its count says which).
+                for key, cell, count in (("below", c.below, c.cells[0]), ("above", c.above, c.cells[-1])):
+                    if count and c.cells.size > 1:
+                        cols[name][key] = cell.to_json()
             else:
                 cols[name] = {
                     "kind": "categorical",
@@ -333,6 +414,8 @@ class WindowHistogram:
                     _nonneg(cd, "out_of_range", path),
                     None if lo is None else float(lo),
                     None if hi is None else float(hi),
+                    _open_cell(cd, "below", path, int(cells[0]), col, cells.size),
+                    _open_cell(cd, "above", path, int(cells[-1]), col, cells.size),
                 )
             else:
                 if cd.get("kind") != "categorical":
@@ -352,7 +435,112 @@ class WindowHistogram:
         return cls(profile, ranges, _columns=cols, _rows=rows)
 
 
+# ---- Wasserstein over the fine cells and the open cells ---------------------------------------------------------
+
+
+def wasserstein(col: NumericColumn, a: NumericCounts, b: NumericCounts) -> float:
+    """Wasserstein distance between two windows (or a window and the reference) of one numeric column.
+
+    Inside the reference's range it is `stats.wasserstein_from_grid` over the fine cells (exact on the reference's
+    own values in exact mode, each cell's mass spread across it otherwise: see `FineGrid`). In the two open outer
+    cells the values themselves are used:
+    - both sides' distinct values known (at most OPEN_VALUES each, merged): exact;
+    - one side holds nothing there (always so against the reference, which has no values outside its range):
+      exact from the other side's exact sum, because |F_a - F_b| keeps one sign across the cell, so its integral
+      is that side's share x (mean - edge), the same as a point mass at the mean;
+    - else (both hold values there, one has more than OPEN_VALUES distinct ones): each such side is taken as a
+      point mass at its mean; the cell's contribution is then off by at most 2 x min(A_a, A_b), A = share in the
+      cell x |mean - edge| (both the true and this value lie in [|A_a - A_b|, A_a + A_b]).
+    NaN when either side is empty.
+    """
+    na, nb = a.n, b.n
+    if na == 0 or nb == 0:
+        return math.nan
+    inner = col.fine._inner
+    if inner.size == 0:  # a reference without values: no cells to place anything in
+        return 0.0
+    lower = _open_points(a.below, b.below, int(a.cells[0]), int(b.cells[0]), inner[0], a.min, b.min)
+    upper = _open_points(a.above, b.above, int(a.cells[-1]), int(b.cells[-1]), inner[-1], a.max, b.max)
+    # Cell i spans [bounds[i], bounds[i + 1]]. A point mass is a zero-width cell; the gaps between points (and up
+    # to the range's edges) hold nothing, so the CDF difference is constant there and is integrated exactly.
+    bounds: list[float] = [lower[0][0] if lower else float(inner[0])]
+    ca: list[int] = []
+    cb: list[int] = []
+
+    def cell(right: float, x: int, y: int) -> None:
+        bounds.append(right)
+        ca.append(x)
+        cb.append(y)
+
+    for v, x, y in lower:
+        cell(v, 0, 0)  # the gap from the previous point (zero width before the first)
+        cell(v, x, y)
+    if lower:
+        cell(float(inner[0]), 0, 0)
+    bounds.extend(inner[1:].tolist())
+    ca.extend(a.cells[1:-1].tolist())
+    cb.extend(b.cells[1:-1].tolist())
+    for v, x, y in upper:
+        cell(v, 0, 0)
+        cell(v, x, y)
+    return wasserstein_from_grid(bounds, ca, cb)
+
+
+def _open_points(
+    a: OpenCell, b: OpenCell, na: int, nb: int, edge: float, a_ext: float | None, b_ext: float | None
+) -> list[tuple[float, int, int]]:
+    """(value, count a, count b) point masses standing for both sides' values in one open cell, ascending."""
+    pts: dict[float, list[int]] = {}
+    for side, (cell, n, ext) in enumerate(((a, na, a_ext), (b, nb, b_ext))):
+        if n == 0:
+            continue
+        if cell.values is not None:
+            items = list(cell.values.items())
+        elif cell.total is not None:
+            items = [(float(cell.total / n), n)]
+        else:  # stored before open cells were kept: halfway to the window's extreme, as the old uniform spread
+            items = [((edge + (edge if ext is None else ext)) / 2.0, n)]
+        for v, k in items:
+            pts.setdefault(v, [0, 0])[side] += k
+    return [(v, c[0], c[1]) for v, c in sorted(pts.items())]
+
+
 # ---- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _open_cell(cd: Mapping, key: str, path: str, count: int, col: NumericColumn, n_cells: int) -> OpenCell:
+    """An open cell from JSON; absent with a count means a window stored before open cells were kept."""
+    raw = cd.get(key)
+    if raw is None:
+        return OpenCell() if count == 0 or n_cells < 2 else OpenCell(None, None)
+    where = f"{path}.{key}"
+    if n_cells < 2 or not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: expected an object")
+    total: Fraction | None = None
+    if raw.get("sum") is not None:
+        try:
+            total = Fraction(str(raw["sum"]))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"{where}.sum: expected an exact fraction such as '1999/2'") from None
+    values = raw.get("values")
+    if values is None:
+        return OpenCell(None, total)
+    ok = isinstance(values, list) and len(values) <= OPEN_VALUES
+    ok = ok and all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], int | float) and not isinstance(p[0], bool)
+        and math.isfinite(p[0]) and isinstance(p[1], int) and not isinstance(p[1], bool) and p[1] > 0
+        for p in values
+    )  # fmt: skip
+    if not ok:
+        raise ValueError(f"{where}.values: expected at most {OPEN_VALUES} [value, count] pairs")
+    vals = {float(p[0]) + 0.0: p[1] for p in values}
+    edge = col.fine.points[0] if key == "below" else col.fine.points[-1]
+    inside = all(v < edge for v in vals) if key == "below" else all(v >= edge for v in vals)
+    if len(vals) != len(values) or sum(vals.values()) != count or not inside:
+        raise ValueError(f"{where}.values: must be distinct values of the cell whose counts sum to {count}")
+    if total != sum((Fraction(v) * n for v, n in vals.items()), Fraction(0)):
+        raise ValueError(f"{where}.sum: differs from the sum of the values")
+    return OpenCell(vals, total)
 
 
 def _check_ranges(profile: ReferenceProfile, ranges: dict[str, Range] | None) -> dict[str, Range]:
@@ -439,6 +627,8 @@ def _add(acc: NumericCounts | CategoricalCounts, part: NumericCounts | Categoric
         assert isinstance(part, NumericCounts)
         acc.cells += part.cells
         acc.out_of_range += part.out_of_range
+        acc.below.add(part.below)
+        acc.above.add(part.above)
         if part.min is not None:
             acc.min = part.min if acc.min is None else min(acc.min, part.min)
             acc.max = part.max if acc.max is None else max(acc.max, part.max)  # type: ignore[type-var]
