@@ -135,6 +135,13 @@ class AlertRuleConfig(_Strict):
     severity: Literal["info", "warning", "critical"] = "warning"
     endpoints: list[str] = Field(default_factory=list)  # empty: every endpoint
     metric: str | None = None  # quality_drop: accuracy | auc | f1 | mae | rmse
+    # One alert per endpoint listing its subjects (features), or one per subject. None: the kind's
+    # default (agent/alerting/rules.py GROUPED_KINDS: per endpoint for feature_drift and data_quality).
+    group_by: Literal["endpoint", "subject"] | None = None
+    # A firing alert resolves only after its condition has stayed clear this long (Prometheus'
+    # keep_firing_for), so a flapping one does not fire and resolve every window. None: the kind's
+    # default (rules.py KEEP_FIRING_S).
+    keep_firing_for: Hold | None = None
 
 
 class WebhookConfig(_Strict):

@@ -30,7 +30,15 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent.alerting.rules import THRESHOLD_KINDS, Signal, breaches, effective_rules, rule_out
+from agent.alerting.rules import (
+    THRESHOLD_KINDS,
+    Signal,
+    breaches,
+    effective_rules,
+    group_by,
+    keep_firing_for,
+    rule_out,
+)
 from agent.alerting.signals import default_metric
 from agent.api.schemas import AlertOut, AlertRuleOut, AlertsResponse
 from agent.config import AlertRuleConfig
@@ -90,6 +98,7 @@ class AlertEngine:
         self._history: deque[AlertOut] = deque()  # resolved instances, oldest first
         self._replaced: dict[str, AlertOut] = {}  # pending fp -> the resolved instance it replaced
         self._notified: set[str] = set()  # firing instances whose "firing" notification went out
+        self._clear_since: dict[str, float] = {}  # active fp whose condition is clear -> since when
         self._bad_signals = 0
         self.evaluations = 0
         self.last_evaluated_at: float | None = None
@@ -161,17 +170,13 @@ class AlertEngine:
                     fp = fingerprint(rule.name, sig.endpoint, sig.subject)
                     m = _Match(rule, sig, breached, threshold)
                     prev = out.get(fp)
-                    if (
-                        prev is None
-                        or (breached and not prev.breached)
-                        or (breached == prev.breached and (sig.value or 0.0) > (prev.signal.value or 0.0))
-                    ):
+                    if prev is None or _worse(m, prev):
                         out[fp] = m
                 except Exception:  # a malformed signal must not stop the others
                     self._bad_signals += 1
                     if self._bad_signals <= 3:
                         log.exception("skipping a bad alert signal: %r", sig)
-        return out
+        return _grouped(out)
 
     def evaluate(
         self, signals: Iterable[Signal], now: float | None = None, covered: Collection[str] | None = None
@@ -198,6 +203,7 @@ class AlertEngine:
                 a = self._by_fp.get(fp)
                 active = a is not None and a.state in ACTIVE
                 if m.breached:
+                    self._clear_since.pop(fp, None)
                     opened = not active
                     if opened:
                         a = self._open(fp, m, a, now, ops)
@@ -209,7 +215,12 @@ class AlertEngine:
                     if opened or fired:
                         changed.append(a)
                 elif active:
-                    changed.append(self._close(a, now, "cleared", ops, sends))
+                    hold = keep_firing_for(m.rule) if a.state == "firing" else 0.0
+                    clear_since = self._clear_since.setdefault(fp, now)
+                    if now - clear_since >= hold:
+                        changed.append(self._close(a, now, "cleared", ops, sends))
+                    else:
+                        self._refresh(a, m, keep_breach=True)
             for fp, a in list(self._by_fp.items()):
                 if a.state not in ACTIVE or fp in matches:
                     continue
@@ -259,11 +270,20 @@ class AlertEngine:
         ops.append(("event", now, fp, "pending", {"value": s.value, "threshold": m.threshold}))
         return a
 
-    def _refresh(self, a: AlertOut, m: _Match) -> None:
-        """The breach goes on: keep what is shown current (written with the next change)."""
+    def _refresh(self, a: AlertOut, m: _Match, keep_breach: bool = False) -> None:
+        """The breach goes on: keep what is shown current (written with the next change).
+
+        `keep_breach`: the condition is clear but the alert is held firing (keep_firing_for); what
+        it says about the breach stays, with a note that it is clearing."""
+        if keep_breach:
+            note = " (clear now; held firing against flapping)"
+            if not a.summary.endswith(note):
+                a.summary += note
+            return
         a.value = m.signal.value
         a.threshold = m.threshold
         a.summary = _summary(m.signal, m.threshold)
+        a.subject = m.signal.subject
         a.labels = dict(m.signal.labels)
         a.severity = m.rule.severity
 
@@ -281,6 +301,7 @@ class AlertEngine:
 
     def _close(self, a: AlertOut, now: float, why: str, ops: list, sends: list) -> AlertOut:
         fp = a.fingerprint
+        self._clear_since.pop(fp, None)
         if a.state == "pending":
             # Never fired: drop the instance; the one it replaced (if any) is the latest again.
             old = self._replaced.pop(fp, None)
@@ -434,6 +455,49 @@ class AlertEngine:
 
 def _silenced(a: AlertOut, now: float) -> bool:
     return a.silenced_until is not None and a.silenced_until > now
+
+
+def _worse(m: _Match, than: _Match) -> bool:
+    """Breached beats not breached; then the larger value."""
+    if m.breached != than.breached:
+        return m.breached
+    return (m.signal.value or 0.0) > (than.signal.value or 0.0)
+
+
+GROUP_LISTED = 5  # subjects named in a grouped alert's summary (all of them are in its labels)
+
+
+def _grouped(matches: dict[str, _Match]) -> dict[str, _Match]:
+    """Fold the per-subject matches of `group_by = "endpoint"` rules into one match per (rule, endpoint).
+
+    The group breaches while any subject does; its value is the worst subject's, its subject the
+    breached subjects (worst first), and its summary names them with their values.
+    """
+    out: dict[str, _Match] = {}
+    groups: dict[str, list[_Match]] = {}
+    for fp, m in matches.items():
+        if group_by(m.rule) == "endpoint" and m.signal.subject is not None:
+            groups.setdefault(fingerprint(m.rule.name, m.signal.endpoint, None), []).append(m)
+        else:
+            out[fp] = m
+    for fp, members in groups.items():
+        members.sort(key=lambda m: (not m.breached, -(m.signal.value or 0.0), m.signal.subject or ""))
+        worst = members[0]
+        hot = [m for m in members if m.breached]
+        names = [m.signal.subject or "" for m in hot]
+        shown = "; ".join(_summary(m.signal, m.threshold) for m in hot[:GROUP_LISTED])
+        more = f"; and {len(hot) - GROUP_LISTED} more" if len(hot) > GROUP_LISTED else ""
+        what = worst.rule.kind.replace("_", " ")
+        if hot:
+            summary = f"{what} on {len(hot)} of {len(members)} features: {shown}{more}"
+        else:
+            summary = f"{what}: none of {len(members)} features"
+        subject = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "") if names else None
+        labels = {**worst.signal.labels, "features": ",".join(names)}
+        sig = Signal(worst.signal.kind, worst.signal.endpoint, subject, worst.signal.value, worst.threshold,
+                     bool(hot), summary, labels)  # fmt: skip
+        out[fp] = _Match(worst.rule, sig, bool(hot), None)
+    return out
 
 
 def _summary(s: Signal, threshold: float | None) -> str:

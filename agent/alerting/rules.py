@@ -25,13 +25,16 @@ Kinds and their thresholds (every comparison is "value > threshold"):
 - `feature_drift`: threshold optional. Without one, a feature breaches when the drift monitor says
   it drifted (its own per-method threshold, per endpoint: `EndpointConfig.drift`). With one, the
   feature's drift score (the primary method's: PSI, Jensen-Shannon, ...) is compared with it.
-  One alert per feature. Default warning, for 0 (a drift window is already a minute of data).
+  One alert per endpoint listing the drifted features (`group_by = "subject"`: one per feature).
+  Default warning, for 0 (a drift window is already a minute of data), kept firing until 5 minutes
+  clear (`keep_firing_for`).
 - `prediction_drift`: the same, for the model's output (the monitor's `__prediction__` feature).
 - `label_drift`: the same, for the arrived labels (`__label__`).
 - `data_quality`: threshold optional. Without one, a feature breaches when the monitor lists
   quality issues for it (missing rate rising or falling, out-of-range values, unseen categories, a
   reference too small to judge drift against). With one,
   the worst of its current missing rate, out-of-range share and unseen share is compared with it.
+  Grouped per endpoint and held like `feature_drift`.
 - `quality_drop`: threshold a relative drop 0..1 of the rule's `metric` (accuracy, auc, f1, mae,
   rmse; without one: auc for binary models, accuracy for multiclass, rmse for regression) in the
   latest labelled window against the model version's reference
@@ -66,6 +69,12 @@ THRESHOLD_KINDS: frozenset[str] = frozenset(
     {"latency_p99", "error_rate", "fallback_rate", "quality_drop", *DRIFT_KINDS}
 )
 QUALITY_METRICS = ("accuracy", "auc", "f1", "mae", "rmse")
+# Per-feature kinds grouped by default into one alert per endpoint (Alertmanager's group_by): a
+# pipeline change drifts a dozen features at once, and that is one thing to look at, not a dozen.
+GROUPED_KINDS: frozenset[str] = frozenset({"feature_drift", "data_quality"})
+# Drift windows are a minute of data each: a feature that drifts in one window and not the next is
+# flapping, not resolved. A firing drift/quality alert resolves after 5 clear minutes.
+KEEP_FIRING_S: dict[str, float] = {kind: 300.0 for kind in DRIFT_KINDS}
 LOWER_IS_BETTER = frozenset({"mae", "rmse"})
 
 
@@ -128,4 +137,18 @@ def rule_out(rule: AlertRuleConfig) -> AlertRuleOut:
         threshold=rule.threshold,
         for_s=rule.for_s,
         endpoints=list(rule.endpoints),
+        group_by=group_by(rule),
+        keep_firing_for_s=keep_firing_for(rule),
     )
+
+
+def group_by(rule: AlertRuleConfig) -> str:
+    """'endpoint' (one alert listing the subjects) or 'subject' (one alert each)."""
+    if rule.group_by is not None:
+        return rule.group_by
+    return "endpoint" if rule.kind in GROUPED_KINDS else "subject"
+
+
+def keep_firing_for(rule: AlertRuleConfig) -> float:
+    """Seconds a firing alert's condition must stay clear before it resolves."""
+    return rule.keep_firing_for if rule.keep_firing_for is not None else KEEP_FIRING_S.get(rule.kind, 0.0)

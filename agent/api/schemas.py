@@ -763,6 +763,8 @@ class AlertRuleOut(_Wire):
     threshold: float | None
     for_s: float
     endpoints: list[str] = Field(default_factory=list)  # empty: all
+    group_by: Literal["endpoint", "subject"] = "subject"
+    keep_firing_for_s: float = 0.0
 
 
 class WebhookStatus(_Wire):

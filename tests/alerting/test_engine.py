@@ -240,3 +240,56 @@ def test_default_rules_and_rules_out(store):
     assert set(out) == {r.name for r in DEFAULT_RULES}
     assert out["error_rate"].threshold == 0.05 and out["error_rate"].severity == "critical"
     assert out["latency_p99"].for_s == 60 and out["feature_drift"].for_s == 0
+
+
+def drifted(feature: str, value: float, breached: bool = True, endpoint: str = "delays") -> Signal:
+    return Signal("feature_drift", endpoint, feature, value, 0.2, breached, f"{feature} drifted: psi {value}", {})
+
+
+def test_a_dozen_drifting_features_are_one_alert_per_endpoint_listing_them(store):
+    e, sent, clock = engine(store, [r for r in DEFAULT_RULES if r.kind == "feature_drift"])
+    names = [f"f{i:02d}" for i in range(13)]
+    sigs = [drifted(n, 0.3 + i / 100) for i, n in enumerate(names)] + [drifted("calm", 0.01, breached=False)]
+    changed = e.evaluate([*sigs, drifted("x", 0.5, endpoint="other")], clock.t)
+    assert sorted((a.endpoint, a.state) for a in changed) == [("delays", "firing"), ("other", "firing")]
+    [a] = [a for a in changed if a.endpoint == "delays"]
+    assert a.fingerprint == fingerprint("feature_drift", "delays", None) and len(sent.sent) == 2
+    assert a.labels["features"].split(",") == sorted(names, reverse=True)  # worst first
+    assert a.subject == "f12, f11, f10 +10" and a.value == 0.42
+    assert a.summary.startswith("feature drift on 13 of 14 features: f12 drifted: psi 0.42 (threshold 0.2)")
+    assert a.summary.endswith("; and 8 more")
+    # Features coming and going change the one alert in place: no new alert, no new notification.
+    e.evaluate(sigs[:2], clock.t + 60)
+    [a] = [x for x in e.list(state="firing") if x.endpoint == "delays"]
+    assert a.labels["features"] == "f01,f00" and len(sent.statuses_of("firing")) == 2
+
+
+def test_a_flapping_drift_alert_is_held_firing_until_clear_for_keep_firing_for(store):
+    e, sent, clock = engine(store, [r for r in DEFAULT_RULES if r.kind == "feature_drift"])
+    t = clock.t
+    e.evaluate([drifted("temp", 0.4)], t)
+    # Clear for one window, drifted again in the next: one firing instance, nothing re-sent.
+    assert e.evaluate([drifted("temp", 0.1, breached=False)], t + 60) == []
+    [held] = e.list(state="firing")
+    assert held.summary.endswith("(clear now; held firing against flapping)")
+    e.evaluate([drifted("temp", 0.5)], t + 120)
+    [again] = e.list(state="firing")
+    assert again.started_at == t and "held" not in again.summary and again.value == 0.5
+    # Clear from t+180: still firing at t+420, resolved once 300 s clear.
+    for dt in (180, 240, 300, 360, 420):
+        assert e.evaluate([drifted("temp", 0.1, breached=False)], t + dt) == []
+    [done] = e.evaluate([drifted("temp", 0.1, breached=False)], t + 480)
+    assert done.state == "resolved" and [s for _, s, _ in sent.sent] == ["firing", "resolved"]
+
+
+def test_group_by_subject_and_no_hold_can_be_configured(store):
+    per_feature = rule("drift", "feature_drift", None, 0, group_by="subject", keep_firing_for=0)
+    e, _, clock = engine(store, [per_feature])
+    changed = e.evaluate([drifted("temp", 0.4), drifted("distance", 0.3)], clock.t)
+    assert sorted(a.subject for a in changed) == ["distance", "temp"]
+    changed = e.evaluate([drifted("temp", 0.1, breached=False), drifted("distance", 0.3)], clock.t + 60)
+    assert [(a.subject, a.state) for a in changed] == [("temp", "resolved")]
+    # Error-rate alerts are neither grouped nor held by default.
+    assert {(r.name, r.group_by, r.keep_firing_for_s) for r in e.rules_out() if r.name == "drift"} == {
+        ("drift", "subject", 0.0)
+    }
