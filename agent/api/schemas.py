@@ -824,8 +824,10 @@ class RolloutGuards(_Wire):
     max_fallback_rate: float | None = Field(default=0.10, ge=0, le=1)
     p99_slo_ms: float | None = Field(default=None, gt=0)
     max_p99_ratio_vs_stable: float | None = Field(default=2.0, gt=0)
-    max_prediction_drift: float | None = Field(default=0.2, ge=0)  # Wasserstein / std of stable's scores
-    max_shadow_disagreement: float | None = Field(default=0.10, ge=0, le=1)  # share of rows with another label
+    # Wasserstein / std of stable's scores; not applied to A/B arms unless set (agent/rollouts/plans.py)
+    max_prediction_drift: float | None = Field(default=0.2, ge=0)
+    # Share of mirrored rows with another label: always measured, aborts only when a limit is set.
+    max_shadow_disagreement: float | None = Field(default=None, ge=0, le=1)
     max_feature_drift_share: float | None = Field(default=None, ge=0, le=1)
 
 

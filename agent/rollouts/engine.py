@@ -23,9 +23,9 @@ is aborted. Every action and every automatic change is in the hash-chained audit
 are by the principal "watchkeeper-agent".
 
 A thread ticks every `tick_s` (0.25 s) while a rollout is live (else every IDLE_TICK_S): timers of pause
-and analysis steps, guards (agent/rollouts/guards.py) with automatic abort when a breach holds for the
-guards' window (and an alert: `signals()`), the A/B result (agent/rollouts/abtest.py), and loading
-candidates again after a restart.
+and analysis steps; guards (agent/rollouts/guards.py), judged once a second (GUARD_EVAL_S: they read every
+request's window), with automatic abort when a breach holds for the guards' window (and an alert:
+`signals()`); the A/B result (agent/rollouts/abtest.py); and loading candidates again after a restart.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from agent.api.schemas import (
 from agent.rollouts import abtest
 from agent.rollouts.gate import GateError, check_thresholds, run_gate
 from agent.rollouts.guards import BreachTracker, feature_drift_share, judge
-from agent.rollouts.plans import PlanError, describe, validate_plan
+from agent.rollouts.plans import PlanError, describe, resolve_guards, validate_plan
 
 log = logging.getLogger("watchkeeper.rollouts")
 
@@ -536,9 +536,10 @@ class RolloutEngine:
         stable: ModelVersion, cand: ModelVersion, dataset: Any, client: str | None, audit: Callable | None,
     ) -> RolloutOut:  # fmt: skip
         now = self.clock()
+        resolved = body.model_copy(update={"steps": steps, "guards": resolve_guards(body.strategy, body.guards)})
         r = Rollout(
             id="r-" + uuid.uuid4().hex[:12], endpoint=endpoint, model=cand.name, stable_version=stable.version,
-            candidate_version=cand.version, spec=body.model_copy(update={"steps": steps}),
+            candidate_version=cand.version, spec=resolved,
             lineage=cand.lineage, started_by=principal.name, started_at=now, host=self.host,
             step_started_at=now, updated_at=now,
         )  # fmt: skip
