@@ -20,6 +20,11 @@ def _audit(c, action: str) -> list[dict]:
     return [e for e in c.get("/api/v1/audit", params={"limit": 1000}).json() if e["action"] == action]
 
 
+def _start(c, name: str, plan: list[dict], version: int = 2):
+    body = {"candidate_version": version, "strategy": "canary", "guards": LENIENT, "steps": plan}
+    return c.post(f"/api/v1/endpoints/{name}/rollouts", json=body)
+
+
 def _conflict(r, rid: str, field: str) -> None:
     assert r.status_code == 409, r.text
     body = r.json()
@@ -40,8 +45,7 @@ def test_the_author_cannot_bypass_the_two_person_rule_through_the_endpoint_or_it
         t = tokens(admin, olga="operator", alice="approver")
     plan = [{"set_weight": 10}, {"approval": True}, {"set_weight": 100}]
     with a.client(t["olga"]) as olga, a.client(t["alice"]) as alice:
-        r = olga.post("/api/v1/endpoints/delays/rollouts",
-                      json={"candidate_version": 2, "strategy": "canary", "guards": LENIENT, "steps": plan})  # fmt: skip
+        r = _start(olga, "delays", plan)
         assert r.status_code == 201, r.text
         rid = r.json()["id"]
         assert r.json()["state"] == "awaiting_approval"
@@ -59,8 +63,7 @@ def test_the_author_cannot_bypass_the_two_person_rule_through_the_endpoint_or_it
         assert get(olga, rid)["state"] == "awaiting_approval"
 
         # The same through an alias: a rollout on the endpoint that follows prod.
-        r = olga.post("/api/v1/endpoints/follows/rollouts",
-                      json={"candidate_version": 2, "strategy": "canary", "guards": LENIENT, "steps": plan})  # fmt: skip
+        r = _start(olga, "follows", plan)
         assert r.status_code == 201, r.text
         fid = r.json()["id"]
         _conflict(olga.put("/api/v1/models/flights/aliases/prod", json={"version": 2}), fid, "alias")
@@ -95,8 +98,7 @@ def test_automatic_transitions_are_on_behalf_of_the_human_who_caused_them(agent_
     with a.client(t["olga"]) as olga, a.client(t["alice"]) as alice:
         # The last approval is followed by a pause: the agent promotes when it is over, on alice's behalf.
         plan = [{"set_weight": 10}, {"approval": True}, {"pause_s": 1}, {"set_weight": 100}]
-        r = olga.post("/api/v1/endpoints/delays/rollouts",
-                      json={"candidate_version": 2, "strategy": "canary", "guards": LENIENT, "steps": plan})  # fmt: skip
+        r = _start(olga, "delays", plan)
         rid = r.json()["id"]
         assert act(alice, rid, "approve", step_index=1).json()["state"] == "progressing"
         wait_for(lambda: get(olga, rid)["state"] == "promoted", timeout=20)
@@ -104,9 +106,7 @@ def test_automatic_transitions_are_on_behalf_of_the_human_who_caused_them(agent_
         assert promote["principal"] == "watchkeeper-agent" and promote["detail"]["automatic"] is True
         assert promote["detail"]["on_behalf_of"] == "alice" and "approved" in promote["detail"]["cause"]
         # A plan without approvals, started by olga, promotes on olga's behalf.
-        r = olga.post("/api/v1/endpoints/delays/rollouts",
-                      json={"candidate_version": 1, "strategy": "canary", "guards": LENIENT,
-                            "steps": [{"set_weight": 10}, {"pause_s": 1}, {"set_weight": 100}]})  # fmt: skip
+        r = _start(olga, "delays", [{"set_weight": 10}, {"pause_s": 1}, {"set_weight": 100}], version=1)
         rid2 = r.json()["id"]
         wait_for(lambda: get(olga, rid2)["state"] == "promoted", timeout=20)
         second = [e for e in _audit(olga, "rollout.promote") if e["target"] == f"rollout:{rid2}"]
