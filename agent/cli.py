@@ -143,7 +143,9 @@ def _verify(args: argparse.Namespace) -> int:
 def describe_verify(v: AuditVerify) -> str:
     """`audit verify`'s lines: the verdict (naming the first altered entry), then any warnings."""
     keyed = f"keyed since entry {v.keyed_since}" if v.keyed and v.keyed_since else "unkeyed"
-    if v.ok:
+    if v.ok and not v.entries:
+        lines = ["audit chain OK: no entries yet"]
+    elif v.ok:
         lines = [f"audit chain OK: {v.entries} entries, head {v.head} (entry {v.head_seq}; {keyed})"]
     else:
         at = f" at entry {v.first_bad_seq}" if v.first_bad_seq is not None else ""
