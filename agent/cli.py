@@ -150,7 +150,7 @@ def describe_verify(v: AuditVerify) -> str:
     else:
         at = f" at entry {v.first_bad_seq}" if v.first_bad_seq is not None else ""
         what = f" ({v.first_bad_action} {v.first_bad_target})" if v.first_bad_action else ""
-        lines = [f"audit chain BROKEN ({v.status}){at}{what}: {v.problem}"]
+        lines = [f"audit chain BROKEN{at}{what}: {v.problem} [{v.status}]"]
     return "\n".join([*lines, *(f"warning: {w}" for w in v.warnings)])
 
 

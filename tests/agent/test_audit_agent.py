@@ -60,7 +60,8 @@ def test_a_keyed_agent_names_the_entry_rewritten_without_the_key(agent_factory, 
     capsys.readouterr()
     assert agent_cli(["audit", "verify", *_config_args(a), "--socket", "/nonexistent"]) == 1
     out = capsys.readouterr().out
-    assert "BROKEN (altered) at entry 2 (token.create token:bob)" in out and "without the key" in out, out
+    assert "BROKEN at entry 2 (token.create token:bob)" in out and "[altered]" in out, out
+    assert "without the key" in out
     a.start()
     with a.client() as c:
         check = c.get("/readyz").json()["checks"]["audit"]
@@ -87,4 +88,4 @@ def test_an_unkeyed_agent_says_so_and_a_missing_head_is_reported(agent_factory, 
     capsys.readouterr()
     assert agent_cli(["audit", "verify", "--data-dir", str(a.data_dir), "--socket", "/nonexistent"]) == 1
     out = capsys.readouterr().out
-    assert "BROKEN (head_missing)" in out and "warning: audit chain unkeyed" in out, out
+    assert "BROKEN: " in out and "[head_missing]" in out and "warning: audit chain unkeyed" in out, out
