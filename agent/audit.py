@@ -136,6 +136,7 @@ class AuditLog:
         self.key = key
         self.keyed_since: int | None = None  # the first keyed entry (set by start())
         self.head: tuple[int, str] | None = None  # (seq, hash) of the newest entry, in memory
+        self.refusing: str | None = None  # why every append fails closed (a keyed chain and no key)
 
     @property
     def head_file(self) -> Path:
@@ -161,6 +162,16 @@ class AuditLog:
         v = verify_chain(con, self._head_file, self.key)
         last = (v.head_seq or 0, v.head or GENESIS)
         self.head = last if v.head_seq else None
+        exported = read_head_record(self._head_file)
+        if self.key is None and exported is not None and exported.mac is not None:
+            # Plain links after keyed ones would break the chain for good: mutations fail closed (503)
+            # until the key is back; predictions and reads go on.
+            self.refusing = (
+                "the audit chain is keyed (audit.head) but no audit key is configured: restore [audit] key_file "
+                "or the audit-key credential; actions that need an audit entry are refused until then"
+            )
+            log.error(self.refusing)
+            return f"BROKEN: {self.refusing}"
         if self.key is None:
             log.warning(UNKEYED_WARNING)
             if v.status == "head_behind" and v.head_seq and (v.exported_head_seq or 0) == v.head_seq - 1:
@@ -208,6 +219,8 @@ class AuditLog:
         client: str | None = None,
     ) -> AuditEntry:
         """Commit one entry (on the writer thread) and return it; raises AuditUnavailable."""
+        if self.refusing is not None:
+            raise AuditUnavailable(self.refusing)
         with self._lock:
             try:
                 entry = self._writer.call(

@@ -18,6 +18,7 @@ from agent.audit import (
     GENESIS,
     AuditKeyError,
     AuditLog,
+    AuditUnavailable,
     canonical_json,
     entry_hash,
     load_key,
@@ -194,6 +195,17 @@ def test_a_head_a_crash_left_behind_is_a_warning_when_the_entries_are_keyed(stor
     assert read_head_record(head).seq == 4
     # Unkeyed, entries past the head can't be told from inserted rows.
     assert verify_chain(con, head, None).status == "key_needed"
+
+
+def test_a_keyed_chain_without_its_key_refuses_to_append(store):
+    con, w, head = store
+    _fill(_log(store), 2)
+    log = AuditLog(w, head, None)  # the credential went missing
+    assert log.start(con).startswith("BROKEN: the audit chain is keyed")
+    with pytest.raises(AuditUnavailable, match="no audit key"):
+        log.record(ALICE, "token.create", "token:x")
+    assert len(_rows(con)) == 2  # nothing plain appended to the keyed chain
+    assert verify_chain(con, head, KEY).ok
 
 
 def test_since_says_whether_the_chain_still_holds_a_head_seen_before(store):
