@@ -30,14 +30,19 @@ def verify_chain(
     since: tuple[int, str] | None = None,
     lock: AbstractContextManager | None = None,
 ) -> AuditVerify:
-    """Walk the whole chain from entry 1; report the first thing that does not check out (see the module).
+    """Walk the chain from entry 1; report the first thing that does not check out (see the module).
 
+    `since` (seq, hash), a head seen before (a console's): the walk starts there instead — that entry must
+    still be in the chain with that hash and its content, and every later one must link on from it — so a
+    poller's check costs the entries since its last one, not the whole log.
     `lock`: the audit log's, held while the rows and the head are read, so an append in between (committed,
     head not yet exported) isn't mistaken for a lagging or truncated chain."""
+    first_seq = since[0] if since is not None and since[0] >= 1 else 1
     with lock if lock is not None else nullcontext():
         cur = con.cursor()
         try:
-            rows = cur.execute("SELECT * FROM audit_log ORDER BY seq").fetchall()
+            rows = cur.execute("SELECT * FROM audit_log WHERE seq >= ? ORDER BY seq", [first_seq]).fetchall()
+            total = cur.execute("SELECT count(*) FROM audit_log").fetchall()[0][0]
         finally:
             cur.close()
         exported = read_head_record(head_file) if head_file is not None else None
@@ -53,7 +58,7 @@ def verify_chain(
             if head_mac_ok:
                 head_keyed_since = exported.keyed_since
 
-    base = {"entries": len(rows), "keyed": key is not None, "warnings": warnings,
+    base = {"entries": total, "keyed": key is not None, "warnings": warnings,
             "exported_head_seq": exported.seq if exported else None}  # fmt: skip
 
     def result(status: str, problem: str | None, bad: object = None, **kw) -> AuditVerify:
@@ -63,6 +68,19 @@ def verify_chain(
         return AuditVerify(ok=status == "ok", status=status, problem=problem, **fields)
 
     prev, expected_seq = GENESIS, 1
+    if first_seq > 1:  # from a head seen before: it must still be there, as it was
+        assert since is not None
+        start = audit_row(rows[0]) if rows else None
+        if start is None or start.seq != first_seq or start.hash != since[1]:
+            held = "ends before it" if start is None or start.seq != first_seq else f"holds another entry {first_seq}"
+            return result(
+                "not_extending",
+                f"the chain no longer extends the head seen before (entry {first_seq}, {since[1][:12]}…): it {held} "
+                "— it was rewritten or replaced", None, extends=False, first_bad_seq=first_seq,
+                head=rows[-1][-1] if rows else None, head_seq=rows[-1][0] if rows else None,
+            )  # fmt: skip
+        prev, expected_seq = start.prev_hash, first_seq
+        warnings.append(f"checked from entry {first_seq} (the head seen before) on")
     first_keyed: int | None = None
     marked: int | None = None  # keyed_since named by an `audit.keyed` entry (keying began on an old chain)
     by_seq: dict[int, str] = {}
@@ -125,11 +143,11 @@ def verify_chain(
             f"the chain ends at entry {last} but the exported head is entry {exported.seq}: "
             f"entries {last + 1}..{exported.seq} were removed", None, first_bad_seq=last + 1, **end,
         )  # fmt: skip
-    elif exported.seq > 0 and by_seq.get(exported.seq) != exported.hash:
-        bad = audit_row(rows[exported.seq - 1])
+    elif exported.seq >= first_seq and by_seq.get(exported.seq) != exported.hash:
+        bad = audit_row(rows[exported.seq - first_seq])
         return result("altered", f"entry {exported.seq} differs from the exported head", bad, **end)
     elif exported.seq < last:
-        after = rows[exported.seq :]
+        after = [r for r in rows if r[0] > exported.seq]
         if key is not None and first_keyed is not None and all(r[0] >= first_keyed for r in after):
             warnings.append(
                 f"the exported head is entry {exported.seq}, the chain goes on to {last} (keyed entries: a crash "

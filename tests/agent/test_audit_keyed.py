@@ -215,7 +215,13 @@ def test_since_says_whether_the_chain_still_holds_a_head_seen_before(store):
     seen = (3, log.current_head().hash)
     _fill(log, 2)
     v = verify_chain(con, head, KEY, since=seen)
-    assert v.ok and v.extends is True
+    assert v.ok and v.extends is True and v.entries == 5 and v.head_seq == 5
+    assert any("checked from entry 3" in x for x in v.warnings)  # the walk starts at the head seen before
+    con.execute("UPDATE audit_log SET target = 'token:zz' WHERE seq = 4")
+    v = verify_chain(con, head, KEY, since=seen)
+    assert v.status == "altered" and v.first_bad_seq == 4  # what came after it is still checked
+    con.execute("UPDATE audit_log SET target = 'token:t0' WHERE seq = 4")
+    assert verify_chain(con, head, KEY, since=seen).ok
     _forge_from(con, head, 1, {"principal": "mallory"})
     for key in (None, KEY):  # even where the rewrite would fool an unkeyed check
         v = verify_chain(con, head, key, since=seen)
