@@ -1029,7 +1029,8 @@ def _note_actor(r: Rollout, kind: str, principal: str, extra: dict | None) -> No
     elif kind in ("created", "step") and (extra or {}).get("note", "started") == "started":
         r.last_action = "started the rollout"
     else:
-        r.last_action = {"resumed": "resumed it", "paused": "paused it", "promoted": "promoted it"}.get(kind, kind)
+        actions = {"resumed": "resumed it", "paused": "paused it", "promoted": "promoted it", "step": "moved it on"}
+        r.last_action = actions.get(kind, kind)
 
 
 def serving_change(old: Any, new: Any) -> str | None:
