@@ -1,53 +1,214 @@
-"""Append-only, hash-chained audit log; fail closed.
+"""Append-only, hash-chained audit log, keyed with a secret kept outside the data dir; fail closed.
 
-Each entry's hash is `sha256(canonical_json(entry) || prev_hash)`, so editing, deleting or
-reordering any row breaks the chain from there on. The head hash is also written to
-`audit.head` in the data dir after every append, so truncating the newest rows (which leaves a
-valid but shorter chain) is detected too. A mutating request is acted on only after its entry is
-committed: if the audit write fails, the request fails (503) and nothing happens.
+Each entry's hash links it to the one before: `HMAC-SHA256(key, canonical_json(entry) || prev_hash)` with
+the audit key (`[audit] key_file`, or systemd's `$CREDENTIALS_DIRECTORY/audit-key`), or, with no key,
+`sha256(canonical_json(entry) || prev_hash)`. Editing, deleting or reordering a row breaks the chain from
+there on; without the key nobody can rewrite it so that it verifies again — whoever can write the data dir
+can recompute plain SHA-256 links, which is why an unkeyed chain is warned about at start and in /readyz.
+
+The head (`seq hash`, keyed: `seq hash keyed_since mac`) is exported to `audit.head` after every append,
+so truncating the newest rows (a valid but shorter chain) is caught; a keyed head carries an HMAC, so it
+can't be rewritten to match a truncated chain, and a missing head is reported. Entries written before a key
+was configured stay plain SHA-256 links; `keyed_since` (in the keyed head, and the first keyed entry) says
+where keying began, and verify refuses a plain link after it. What a whole-chain rewrite as plain links
+plus an unkeyed head can fake — "never keyed" — the console catches: it remembers each agent's head and
+says when a later chain no longer holds it (console/audit_heads.py).
+
+A mutating request is acted on only after its entry is committed: if the audit write fails, the request
+fails (503) and nothing happens. Verification: agent/audit_verify.py.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
-from agent.api.schemas import AuditEntry, AuditVerify, Principal
-from agent.store.reader import audit_row
+from agent.api.schemas import AuditEntry, AuditHead, Principal
+from agent.config import AgentConfig, ConfigError
 from agent.store.writer import StoreWriter
 
+log = logging.getLogger("watchkeeper.audit")
+
 GENESIS = "0" * 64
+KEY_CREDENTIAL = "audit-key"  # systemd LoadCredential= name
+MIN_KEY_BYTES = 16
+UNKEYED_WARNING = (
+    "audit chain unkeyed: no [audit] key_file and no $CREDENTIALS_DIRECTORY/audit-key, so anyone who can write "
+    "the data dir can rewrite the chain and audit.head undetected (docs/operations.md)"
+)
 
 
 class AuditUnavailable(Exception):
     """The audit entry could not be committed, so the action must not happen."""
 
 
+class AuditKeyError(Exception):
+    """The configured audit key can't be used (unreadable, too short, inside the data dir)."""
+
+
 def canonical_json(obj: object) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def entry_hash(fields: dict, prev_hash: str) -> str:
-    """The chain link: hash of the entry's fields (without `hash`) followed by the previous hash."""
+def entry_hash(fields: dict, prev_hash: str, key: bytes | None = None) -> str:
+    """The chain link: (keyed) hash of the entry's fields (without `hash`) followed by the previous hash."""
     body = {k: v for k, v in fields.items() if k != "hash"}
-    return hashlib.sha256((canonical_json(body) + prev_hash).encode()).hexdigest()
+    msg = (canonical_json(body) + prev_hash).encode()
+    if key is not None:
+        return hmac.new(key, msg, hashlib.sha256).hexdigest()
+    return hashlib.sha256(msg).hexdigest()
 
 
-def _fields(e: AuditEntry) -> dict:
-    return e.model_dump()
+def head_mac(key: bytes, seq: int, h: str, keyed_since: int) -> str:
+    return hmac.new(key, f"audit.head {seq} {h} {keyed_since}".encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Head:
+    """What `audit.head` says: the last entry, and for a keyed chain where keying began and the head's MAC."""
+
+    seq: int
+    hash: str
+    keyed_since: int | None = None
+    mac: str | None = None
+
+
+def read_head_record(head_file: Path) -> Head | None:
+    try:
+        parts = head_file.read_text().split()
+        if len(parts) == 2:
+            return Head(int(parts[0]), parts[1])
+        if len(parts) == 4:
+            return Head(int(parts[0]), parts[1], int(parts[2]), parts[3])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def read_head(head_file: Path) -> tuple[int, str] | None:
+    """(seq, hash) of the exported head, or None when missing or unreadable."""
+    h = read_head_record(head_file)
+    return None if h is None else (h.seq, h.hash)
+
+
+def load_key(key_file: Path | None, data_dir: Path) -> tuple[bytes | None, str]:
+    """The audit key and where it came from: `key_file`, else $CREDENTIALS_DIRECTORY/audit-key, else none.
+
+    Raises AuditKeyError for a configured key that can't be used: an agent told to key its chain must not
+    quietly run unkeyed."""
+    path = key_file
+    if path is None and (creds := os.environ.get("CREDENTIALS_DIRECTORY")):
+        candidate = Path(creds) / KEY_CREDENTIAL
+        path = candidate if candidate.exists() else None
+    if path is None:
+        return None, "none"
+    try:
+        resolved, home = Path(path).resolve(), data_dir.resolve()
+    except OSError as e:
+        raise AuditKeyError(f"audit key {path}: {e.strerror or e}") from None
+    if resolved == home or home in resolved.parents:
+        raise AuditKeyError(
+            f"audit key {path} is inside the data dir {data_dir}: whoever can rewrite the chain could read it"
+        )
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as e:
+        raise AuditKeyError(f"cannot read the audit key {path}: {e.strerror or e}") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise AuditKeyError(f"audit key {path} is {len(key)} bytes; use at least {MIN_KEY_BYTES} (32 random bytes)")
+    return key, str(path)
 
 
 class AuditLog:
-    def __init__(self, writer: StoreWriter, head_file: Path) -> None:
+    def __init__(self, writer: StoreWriter, head_file: Path, key: bytes | None = None) -> None:
         self._writer = writer
         self._head_file = head_file
         self._lock = threading.Lock()
+        self.key = key
+        self.keyed_since: int | None = None  # the first keyed entry (set by start())
+        self.head: tuple[int, str] | None = None  # (seq, hash) of the newest entry, in memory
+        self.refusing: str | None = None  # why every append fails closed (a keyed chain and no key)
+
+    @property
+    def head_file(self) -> Path:
+        return self._head_file
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held across an append and its head export (verify reads under it)."""
+        return self._lock
+
+    def current_head(self) -> AuditHead | None:
+        h = self.head
+        if h is None:
+            return None
+        return AuditHead(seq=h[0], hash=h[1], keyed=self.key is not None, keyed_since=self.keyed_since)
+
+    def start(self, con: duckdb.DuckDBPyConnection) -> str:
+        """At start-up: verify the chain, anchor keying, re-export a head a crash left behind, and put on
+        record (a keyed entry, which can't be removed unnoticed) anything found wrong. Returns the
+        /readyz check line."""
+        from agent.audit_verify import verify_chain
+
+        v = verify_chain(con, self._head_file, self.key)
+        last = (v.head_seq or 0, v.head or GENESIS)
+        self.head = last if v.head_seq else None
+        exported = read_head_record(self._head_file)
+        if self.key is None and exported is not None and exported.mac is not None:
+            # Plain links after keyed ones would break the chain for good: mutations fail closed (503)
+            # until the key is back; predictions and reads go on.
+            self.refusing = (
+                "the audit chain is keyed (audit.head) but no audit key is configured: restore [audit] key_file "
+                "or the audit-key credential; actions that need an audit entry are refused until then"
+            )
+            log.error(self.refusing)
+            return f"BROKEN: {self.refusing}"
+        if self.key is None:
+            log.warning(UNKEYED_WARNING)
+            if v.status == "head_behind" and v.head_seq and (v.exported_head_seq or 0) == v.head_seq - 1:
+                self._write_head(*last)  # the crash window between a commit and its export
+                return "unkeyed (no audit key configured)"
+            if not v.ok:
+                self._anomaly(v)
+                return f"unkeyed; BROKEN at start: {v.problem}"
+            return "unkeyed (no audit key configured)"
+        began = v.keyed_since is None  # keying begins now: the next entry is the first keyed one
+        self.keyed_since = v.keyed_since if v.keyed_since is not None else last[0] + 1
+        # A keyed head now: on first keying, or after a crash between a keyed commit and its export (keyed
+        # entries past the head are the agent's own: only it has the key).
+        self._write_head(*last)
+        if began:
+            log.info("audit chain keyed from entry %d", self.keyed_since)
+            if last[0]:
+                self.record(
+                    _AGENT, "audit.keyed", "audit",
+                    {"keyed_since": self.keyed_since, "unkeyed_entries": last[0],
+                     "note": "entries before keyed_since are plain SHA-256 links"},
+                )  # fmt: skip
+        if not v.ok and v.status != "unkeyed":  # "unkeyed": a key configured since the last start
+            self._anomaly(v)
+            return f"keyed since entry {self.keyed_since}; BROKEN at start: {v.problem}"
+        return f"keyed since entry {self.keyed_since}"
+
+    def _anomaly(self, v) -> None:
+        log.error("audit chain check at start: %s", v.problem)
+        detail = {
+            "status": v.status, "problem": v.problem, "first_bad_seq": v.first_bad_seq,
+            "exported_head_seq": v.exported_head_seq, "chain_head_seq": v.head_seq,
+        }  # fmt: skip
+        try:
+            self.record(_AGENT, "audit.anomaly", "audit", detail)
+        except AuditUnavailable as e:
+            log.error("could not record the audit anomaly: %s", e)
 
     def record(
         self,
@@ -58,6 +219,8 @@ class AuditLog:
         client: str | None = None,
     ) -> AuditEntry:
         """Commit one entry (on the writer thread) and return it; raises AuditUnavailable."""
+        if self.refusing is not None:
+            raise AuditUnavailable(self.refusing)
         with self._lock:
             try:
                 entry = self._writer.call(
@@ -65,7 +228,13 @@ class AuditLog:
                 )
             except Exception as e:
                 raise AuditUnavailable(f"audit log write failed: {e}") from e
-            self._write_head(entry.seq, entry.hash)
+            self.head = (entry.seq, entry.hash)
+            if self.key is not None and self.keyed_since is None:  # start() not run (tools, tests)
+                self.keyed_since = entry.seq
+            try:
+                self._write_head(entry.seq, entry.hash)
+            except OSError as e:  # committed: the entry stands; the next start re-exports the head
+                log.error("could not export the audit head: %s", e)
             return entry
 
     def _append(
@@ -93,7 +262,7 @@ class AuditLog:
             "client": client,
             "prev_hash": prev,
         }
-        fields["hash"] = entry_hash(fields, prev)
+        fields["hash"] = entry_hash(fields, prev, self.key)
         con.execute(
             "INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -113,51 +282,33 @@ class AuditLog:
         return AuditEntry(**fields)
 
     def _write_head(self, seq: int, h: str) -> None:
+        line = f"{seq} {h}"
+        if self.key is not None and self.keyed_since is not None:
+            line += f" {self.keyed_since} {head_mac(self.key, seq, h, self.keyed_since)}"
         tmp = self._head_file.with_suffix(".tmp")
-        tmp.write_text(f"{seq} {h}\n")
+        tmp.write_text(line + "\n")
         os.replace(tmp, self._head_file)
 
 
-def read_head(head_file: Path) -> tuple[int, str] | None:
+def open_audit(cfg: AgentConfig, writer: StoreWriter, con: duckdb.DuckDBPyConnection) -> tuple[AuditLog, str]:
+    """The agent's audit log, keyed when a key is configured, checked at start; and its /readyz line.
+    Raises ConfigError for a configured key that can't be used."""
     try:
-        seq, h = head_file.read_text().split()
-        return int(seq), h
-    except (OSError, ValueError):
-        return None
+        key, source = load_key(cfg.audit.key_file, cfg.data_dir)
+    except AuditKeyError as e:
+        raise ConfigError(str(e)) from None
+    audit = AuditLog(writer, cfg.data_dir / "audit.head", key)
+    check = audit.start(con)
+    if key is not None:
+        log.info("audit chain keyed with %s: %s", source, check)
+    return audit, check
 
 
-def verify_chain(con: duckdb.DuckDBPyConnection, head_file: Path | None) -> AuditVerify:
-    """Walk the whole chain; report the first entry whose link or content does not check out."""
-    cur = con.cursor()
-    try:
-        rows = cur.execute("SELECT * FROM audit_log ORDER BY seq").fetchall()
-    finally:
-        cur.close()
+_AGENT = Principal(name="watchkeeper-agent", role="operator", via="anonymous")
 
-    def broken(seq: int, head: str | None, problem: str) -> AuditVerify:
-        return AuditVerify(ok=False, entries=len(rows), head=head, first_bad_seq=seq, problem=problem)
 
-    prev, expected_seq = GENESIS, 1
-    for r in rows:
-        e = audit_row(r)
-        if e.seq != expected_seq:
-            return broken(expected_seq, prev, f"entry {expected_seq} is missing (next is {e.seq})")
-        if e.prev_hash != prev:
-            return broken(e.seq, prev, f"entry {e.seq} does not link to the entry before it")
-        if entry_hash(_fields(e), prev) != e.hash:
-            return broken(e.seq, prev, f"entry {e.seq} was modified after it was written")
-        prev, expected_seq = e.hash, e.seq + 1
-    head = prev if rows else None
-    exported = read_head(head_file) if head_file else None
-    if exported is not None:
-        seq, h = exported
-        # The head file is written just after the commit, so it may lag by an entry after a
-        # crash; it must never be ahead of the table or disagree with the row it names.
-        by_seq = {r[0]: r[-1] for r in rows}
-        if seq > len(rows) or by_seq.get(seq, GENESIS) != h:
-            return broken(
-                min(seq, len(rows) + 1),
-                head,
-                f"chain head does not match the exported head (entry {seq}): entries were removed",
-            )
-    return AuditVerify(ok=True, entries=len(rows), head=head)
+def verify_chain(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """agent.audit_verify.verify_chain, importable from here as before."""
+    from agent.audit_verify import verify_chain as verify
+
+    return verify(*args, **kwargs)

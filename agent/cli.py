@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from agent import __version__
+from agent.api.schemas import AuditVerify
 from agent.config import AgentConfig, ConfigError, bind_listeners, load_config, prepare_data_dir
 
 
@@ -97,8 +98,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from agent.api.schemas import AuditVerify
-
     cfg = _load(args)
     result: AuditVerify | None = None
     sock = str(args.socket) if args.socket else next((a.path for a in cfg.listen_addresses() if a.kind == "unix"), None)
@@ -116,25 +115,43 @@ def _verify(args: argparse.Namespace) -> int:
     if result is None:
         import duckdb
 
-        from agent.audit import verify_chain
+        from agent.audit import AuditKeyError, load_key
+        from agent.audit_verify import verify_chain
 
         if not cfg.db_path.exists():
             return _fail(f"no store at {cfg.db_path}", 1)
+        try:
+            key, _ = load_key(cfg.audit.key_file, cfg.data_dir)
+        except AuditKeyError as e:  # e.g. not root: keyed links are then reported as needing the key
+            print(f"watchkeeper-agent: {e}; verifying without the key", file=sys.stderr)
+            key = None
         try:
             con = duckdb.connect(str(cfg.db_path), read_only=True)
         except duckdb.Error as e:
             return _fail(f"cannot open {cfg.db_path} read-only (is the agent running?): {e}", 1)
         try:
-            result = verify_chain(con, cfg.data_dir / "audit.head")
+            result = verify_chain(con, cfg.data_dir / "audit.head", key)
         finally:
             con.close()
     if args.json:
         print(json.dumps(result.model_dump()))
-    elif result.ok:
-        print(f"audit chain OK: {result.entries} entries, head {result.head}")
     else:
-        print(f"audit chain BROKEN at entry {result.first_bad_seq}: {result.problem}")
+        print(describe_verify(result))
     return 0 if result.ok else 1
+
+
+def describe_verify(v: AuditVerify) -> str:
+    """`audit verify`'s lines: the verdict (naming the first altered entry), then any warnings."""
+    keyed = f"keyed since entry {v.keyed_since}" if v.keyed and v.keyed_since else "unkeyed"
+    if v.ok and not v.entries:
+        lines = ["audit chain OK: no entries yet"]
+    elif v.ok:
+        lines = [f"audit chain OK: {v.entries} entries, head {v.head} (entry {v.head_seq}; {keyed})"]
+    else:
+        at = f" at entry {v.first_bad_seq}" if v.first_bad_seq is not None else ""
+        what = f" ({v.first_bad_action} {v.first_bad_target})" if v.first_bad_action else ""
+        lines = [f"audit chain BROKEN{at}{what}: {v.problem} [{v.status}]"]
+    return "\n".join([*lines, *(f"warning: {w}" for w in v.warnings)])
 
 
 def _new_token(args: argparse.Namespace) -> int:
@@ -157,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"config OK: name={cfg.name} data_dir={cfg.data_dir} listen="
                 + ",".join(str(a) for a in cfg.listen_addresses())
             )
+            from agent.audit import UNKEYED_WARNING, AuditKeyError, load_key
+
+            try:
+                key, source = load_key(cfg.audit.key_file, cfg.data_dir)
+            except AuditKeyError as e:
+                return _fail(str(e))
+            print(f"audit key: {source}" if key is not None else f"warning: {UNKEYED_WARNING}")
             return 0
         if args.command == "audit":
             return _verify(args)

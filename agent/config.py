@@ -161,6 +161,12 @@ class AlertingConfig(_Strict):
     webhooks: list[WebhookConfig] = Field(default_factory=list)
 
 
+class AuditConfig(_Strict):
+    # HMAC key of the audit chain, kept outside the data dir (root-only file). None: systemd's
+    # $CREDENTIALS_DIRECTORY/audit-key when present, else an unkeyed chain (warned at start and in /readyz).
+    key_file: Path | None = None
+
+
 class AgentConfig(_Strict):
     name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
     data_dir: Path = Field(default_factory=lambda: default_data_dir())
@@ -176,6 +182,7 @@ class AgentConfig(_Strict):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     alerting: AlertingConfig = Field(default_factory=AlertingConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @field_validator("listen")
     @classmethod

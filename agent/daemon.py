@@ -23,7 +23,7 @@ from agent.api.app import create_app
 from agent.api.auth import TokenStore, bootstrap_admin_token
 from agent.api.peercred import PeerCredProtocol
 from agent.api.schemas import GpuStatus, Snapshot
-from agent.audit import AuditLog
+from agent.audit import open_audit
 from agent.config import AgentConfig
 from agent.context import AgentContext
 from agent.monitoring.service import MonitorService
@@ -135,13 +135,14 @@ def build(cfg: AgentConfig) -> AgentContext:
     checks = {"store": "ok"}
     if opened.startup_alerts:
         checks["store"] = "recovered: " + opened.startup_alerts[0][2][:120]
+    audit, checks["audit"] = open_audit(cfg, writer, opened.con)  # keyed chain, checked (agent/audit.py)
     ctx = AgentContext(
         cfg=cfg,
         writer=writer,
         reader=StoreReader(opened.con, cfg.retention.raw),
         sampler=sampler,
         tokens=tokens,
-        audit=AuditLog(writer, cfg.data_dir / "audit.head"),
+        audit=audit,
         enforcement=detect_enforcement(),
         schema_version=opened.schema_version,
         started_at=now,

@@ -130,7 +130,10 @@ def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) 
 
     theme = _theme(args)
     specs = specs if specs is not None else _specs(args)
-    app = WatchkeeperApp(RolloutsPoller(specs), refresh_s=args.refresh, readonly=args.readonly, theme=theme)
+    from console.audit_heads import HeadStore
+
+    poller = RolloutsPoller(specs, audit_heads=HeadStore())  # remembers each agent's audit head
+    app = WatchkeeperApp(poller, refresh_s=args.refresh, readonly=args.readonly, theme=theme)
     rc = app.run()
     return app.return_code if app.return_code is not None else (rc or EXIT_OK)
 

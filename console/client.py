@@ -30,6 +30,8 @@ from agent.api.schemas import (
     API_PREFIX,
     AgentAlert,
     AuditEntry,
+    AuditHead,
+    AuditVerify,
     EndpointInfo,
     ErrorBody,
     FallbackToggle,
@@ -45,6 +47,7 @@ from console import __version__
 from console.config import AgentSpec
 
 if TYPE_CHECKING:
+    from console.audit_heads import AuditAnchor, HeadStore
     from console.monitoring_client import AlertFeed
 
 T = TypeVar("T")
@@ -64,6 +67,8 @@ _HEALTH = TypeAdapter(Health)
 _PRINCIPAL = TypeAdapter(Principal)
 _ALERTS = TypeAdapter(list[AgentAlert])
 _AUDIT = TypeAdapter(list[AuditEntry])
+_AUDIT_HEAD = TypeAdapter(AuditHead)
+_AUDIT_VERIFY = TypeAdapter(AuditVerify)
 _ERROR = TypeAdapter(ErrorBody)
 _SERVING = TypeAdapter(ServingStatus)
 _ENDPOINT = TypeAdapter(EndpointInfo)
@@ -316,6 +321,15 @@ class AgentClient:
         """`GET /api/v1/audit?limit=`: newest audit entries."""
         return await self._get(f"{API_PREFIX}/audit", _AUDIT, {"limit": limit})
 
+    async def audit_head(self) -> AuditHead:
+        """`GET /api/v1/audit/head`: the newest audit entry (404 while the log is empty)."""
+        return await self._get(f"{API_PREFIX}/audit/head", _AUDIT_HEAD)
+
+    async def audit_verify(self, since: tuple[int, str] | None = None) -> AuditVerify:
+        """`GET /api/v1/audit/verify`, with `since` (seq, hash): whether the chain still holds that entry."""
+        params = {"since_seq": since[0], "since_hash": since[1]} if since else None
+        return await self._get(f"{API_PREFIX}/audit/verify", _AUDIT_VERIFY, params)
+
     async def serving(self) -> ServingStatus | None:
         """`GET /api/v1/serving`; None when the agent serves nothing (older agent: 404; serving off: 503)."""
         try:
@@ -394,6 +408,8 @@ class AgentStatus:
     serving_at: float | None = None  # console-clock time of the last good serving answer
     # The agent's model alerts (filled by `console.monitoring_client.MonitoringPoller`; None: not asked).
     alerts: AlertFeed | None = None
+    # Its audit chain against the head this console remembers (console/audit_heads.py; None: not checked).
+    audit: AuditAnchor | None = None
 
     @property
     def label(self) -> str:
@@ -465,6 +481,8 @@ class _Track:
     serving_error: str | None = None
     serving_at: float | None = None
     serving_attempt_at: float | None = None
+    audit: AuditAnchor | None = None
+    audit_at: float | None = None
 
 
 class FleetPoller:
@@ -490,8 +508,13 @@ class FleetPoller:
         backoff_cap_s: float = 30.0,
         serving_idle_s: float = 120.0,
         client_factory: Callable[[AgentSpec], AgentClient] = AgentClient,
+        audit_heads: HeadStore | None = None,
+        audit_every_s: float = 60.0,
     ) -> None:
         self._specs = tuple(specs)
+        # Each agent's audit chain checked against the head remembered in `audit_heads` every `audit_every_s`.
+        self.audit_heads = audit_heads
+        self.audit_every_s = audit_every_s
         self._clock = clock
         self.host_refresh_s = host_refresh_s
         self.serving_idle_s = serving_idle_s
@@ -593,6 +616,7 @@ class FleetPoller:
             track.failures = 0
             track.next_attempt_at = 0.0
             track.error = None
+            await self._check_audit(track, now)
             return
         error = as_agent_error(snap_result)
         track.error = error
@@ -604,6 +628,19 @@ class FleetPoller:
             return
         track.failures += 1
         track.next_attempt_at = self._clock() + self.backoff_s(track.failures)
+
+    async def _check_audit(self, track: _Track, now: float) -> None:
+        if self.audit_heads is None or (track.audit_at is not None and now - track.audit_at < self.audit_every_s):
+            return
+        from console.audit_heads import check_anchor
+
+        track.audit_at = now
+        try:
+            track.audit = await check_anchor(track.client, self.audit_heads, track.spec.url)
+        except OSError as e:  # the state file: say so on the row, keep polling
+            from console.audit_heads import AuditAnchor
+
+            track.audit = AuditAnchor("unknown", f"audit head not saved: {e}")
 
     def _serving_due(self, track: _Track, now: float) -> bool:
         if track.serving_attempt_at is None:
@@ -657,6 +694,7 @@ class FleetPoller:
             "serving_state": track.serving_state,
             "serving_error": track.serving_error,
             "serving_at": track.serving_at,
+            "audit": track.audit,
         }
         if track.error is not None:
             return AgentStatus(

@@ -153,6 +153,8 @@ def row_for(status: AgentStatus, order: int, polled_at: float) -> FleetRow:
     used = [g.memory_used_bytes for g in gpus if g.memory_used_bytes is not None]
     total = [g.memory_total_bytes for g in gpus if g.memory_total_bytes is not None]
     why = status.reason or ""
+    if status.audit is not None and status.audit.broken:  # louder than any other reason
+        why = f"{status.audit.message}; {why}" if why else status.audit.message
     if status.state is AgentState.DOWN and status.next_retry_at is not None:
         wait = status.next_retry_at - polled_at
         if wait >= 1:

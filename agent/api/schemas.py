@@ -255,12 +255,38 @@ class AuditEntry(_Wire):
     hash: str
 
 
+AuditStatus = Literal[
+    "ok", "altered", "head_missing", "head_behind", "chain_shorter", "head_altered", "unkeyed", "key_needed",
+    "not_extending",
+]  # fmt: skip
+
+
 class AuditVerify(_Wire):
+    """`GET /api/v1/audit/verify`: the chain walked from entry 1 (agent/audit.py, docs/operations.md)."""
+
     ok: bool
     entries: int
-    head: str | None
+    head: str | None  # the hash of the last entry
     first_bad_seq: int | None = None
     problem: str | None = None
+    status: AuditStatus = "ok"
+    head_seq: int | None = None  # the last entry's seq
+    first_bad_action: str | None = None  # the first altered entry's action and target, as stored
+    first_bad_target: str | None = None
+    exported_head_seq: int | None = None  # what audit.head names (None: missing)
+    keyed: bool = False  # verified with the audit key (HMAC-SHA256 links)
+    keyed_since: int | None = None  # the first keyed entry
+    extends: bool | None = None  # with since_seq/since_hash: the chain still holds that entry
+    warnings: list[str] = Field(default_factory=list)
+
+
+class AuditHead(_Wire):
+    """`GET /api/v1/audit/head`: the newest entry, for a console to remember and check later."""
+
+    seq: int
+    hash: str
+    keyed: bool
+    keyed_since: int | None = None
 
 
 class AgentAlert(_Wire):
@@ -835,8 +861,10 @@ class RolloutGuards(_Wire):
     max_fallback_rate: float | None = Field(default=0.10, ge=0, le=1)
     p99_slo_ms: float | None = Field(default=None, gt=0)
     max_p99_ratio_vs_stable: float | None = Field(default=2.0, gt=0)
-    max_prediction_drift: float | None = Field(default=0.2, ge=0)  # Wasserstein / std of stable's scores
-    max_shadow_disagreement: float | None = Field(default=0.10, ge=0, le=1)  # share of rows with another label
+    # Wasserstein / std of stable's scores; not applied to A/B arms unless set (agent/rollouts/plans.py)
+    max_prediction_drift: float | None = Field(default=0.2, ge=0)
+    # Share of mirrored rows with another label: always measured, aborts only when a limit is set.
+    max_shadow_disagreement: float | None = Field(default=None, ge=0, le=1)
     max_feature_drift_share: float | None = Field(default=None, ge=0, le=1)
 
 

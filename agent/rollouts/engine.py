@@ -20,12 +20,18 @@ what happened: an approval, the gate's result), committed through the store writ
 answers. `restore()` replays the events at start-up: the same weights and pending approvals come back,
 routes are set again (the candidate takes traffic once it has loaded), and a rollout caught validating
 is aborted. Every action and every automatic change is in the hash-chained audit log; automatic ones
-are by the principal "watchkeeper-agent".
+are by the principal "watchkeeper-agent", with `on_behalf_of` naming the human (or token) whose action
+caused them (the author, the approver of the step that put the traffic there, whoever resumed it, or
+whoever changed the endpoint) and `cause` saying what that action was.
+
+While a rollout is active on an endpoint, what the endpoint serves changes only through the rollout:
+the API's endpoint PUT/DELETE and the registry's alias moves hold `change_lock` and call `refuse_change` /
+`refuse_alias_move`, which answer 409 naming the rollout (the engine's own switches don't go there).
 
 A thread ticks every `tick_s` (0.25 s) while a rollout is live (else every IDLE_TICK_S): timers of pause
-and analysis steps, guards (agent/rollouts/guards.py) with automatic abort when a breach holds for the
-guards' window (and an alert: `signals()`), the A/B result (agent/rollouts/abtest.py), and loading
-candidates again after a restart.
+and analysis steps; guards (agent/rollouts/guards.py), judged once a second (GUARD_EVAL_S: they read every
+request's window), with automatic abort when a breach holds for the guards' window (and an alert:
+`signals()`); the A/B result (agent/rollouts/abtest.py); and loading candidates again after a restart.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +64,7 @@ from agent.api.schemas import (
 from agent.rollouts import abtest
 from agent.rollouts.gate import GateError, check_thresholds, run_gate
 from agent.rollouts.guards import BreachTracker, feature_drift_share, judge
-from agent.rollouts.plans import PlanError, describe, validate_plan
+from agent.rollouts.plans import PlanError, describe, resolve_guards, validate_plan
 
 log = logging.getLogger("watchkeeper.rollouts")
 
@@ -126,6 +133,9 @@ class Rollout:
     feature_drift: tuple[float | None, float | None] | None = None
     feature_drift_at: float = 0.0
     guards_at: float = -1e18  # when the guards were last judged (GUARD_EVAL_S)
+    # The last human (or token) who moved the rollout, and how: automatic changes are on their behalf.
+    last_actor: str = ""
+    last_action: str = ""
 
     def snapshot(self) -> dict:
         return {k: getattr(self, k) for k in SNAPSHOT}
@@ -217,11 +227,13 @@ class RolloutEngine:
         """Replay `rollout_events` (start-up); set routes of live rollouts again. Returns how many are active."""
         cur = self._con.cursor()
         try:
-            rows = cur.execute("SELECT seq, rollout_id, kind, body FROM rollout_events ORDER BY seq").fetchall()
+            rows = cur.execute(
+                "SELECT seq, rollout_id, kind, body, principal FROM rollout_events ORDER BY seq"
+            ).fetchall()
         finally:
             cur.close()
         with self._lock:
-            for seq, rid, kind, body in rows:
+            for seq, rid, kind, body, principal in rows:
                 self._seq = max(self._seq, seq)
                 try:
                     data = json.loads(body)
@@ -231,6 +243,7 @@ class RolloutEngine:
                     if r is None:
                         continue
                     r.apply(data.get("snapshot", {}))
+                    _note_actor(r, kind, principal, data)
                     if "approval" in data:
                         r.approvals.append(ApprovalOut.model_validate(data["approval"]))
                     if "gate" in data:
@@ -294,6 +307,44 @@ class RolloutEngine:
         except Exception:
             return False
 
+    def active_on(self, endpoint: str) -> RolloutOut | None:
+        """The rollout active on `endpoint` (validating, progressing, paused, awaiting approval), if any."""
+        with self._lock:
+            r = self._active_on(endpoint)
+            return self._out(r) if r is not None else None
+
+    @contextmanager
+    def change_lock(self) -> Iterator[None]:
+        """Hold while checking (`refuse_change`, `refuse_alias_move`) and making a change to what endpoints
+        serve: no rollout starts, steps or promotes in between."""
+        with self._lock:
+            yield
+
+    def refuse_change(self, endpoint: str, field: str | None) -> None:
+        """RolloutError(409) when a rollout is active (or starting) on `endpoint`: what it serves (its version,
+        the alias it follows, the endpoint itself) changes only through the rollout's verbs."""
+        with self._lock:
+            r = self._active_on(endpoint)
+            if r is not None:
+                raise RolloutError(
+                    409, "conflict",
+                    f"endpoint {endpoint} has rollout {r.id} in state {r.state}; use the rollout's verbs "
+                    "(promote/abort/rollback)",
+                    field,
+                )  # fmt: skip
+            if endpoint in self._starting:
+                raise RolloutError(
+                    409, "conflict", f"endpoint {endpoint} has a rollout being started; use the rollout's verbs "
+                    "(promote/abort/rollback)", field,
+                )  # fmt: skip
+
+    def refuse_alias_move(self, model: str, alias: str) -> None:
+        """RolloutError(409) when an endpoint that follows `model@alias` has an active rollout."""
+        with self._lock:
+            for name, ep in list(self.serving.endpoints.items()):
+                if ep.config.model == model and ep.config.alias == alias:
+                    self.refuse_change(name, "alias")
+
     def _active_on(self, endpoint: str) -> Rollout | None:
         return next((r for r in self._rollouts.values() if r.endpoint == endpoint and r.state in ACTIVE), None)
 
@@ -303,6 +354,7 @@ class RolloutEngine:
         """Append one event (durable on return). Raises RolloutError(503) when the store can't take it."""
         r.updated_at = self.clock()
         self._seq += 1
+        _note_actor(r, kind, principal, extra)
         body = json.dumps({"snapshot": r.snapshot(), **(extra or {})}, default=str)
         row = [self._seq, r.updated_at, r.id, r.endpoint, kind, body, principal]
         try:
@@ -311,10 +363,16 @@ class RolloutEngine:
             log.error("rollout %s: could not record %s: %s", r.id, kind, e)
             raise RolloutError(503, "store_unavailable", f"could not record the rollout event: {e}") from e
 
-    def _audit_auto(self, r: Rollout, action: str, detail: dict) -> None:
-        """An automatic change, on record as the agent's. A failing audit never stops a safety action."""
+    def _audit_auto(
+        self, r: Rollout, action: str, detail: dict, on_behalf_of: str | None = None, cause: str | None = None
+    ) -> None:
+        """An automatic change, on record as the agent's, on behalf of the principal whose action caused it
+        (by default the last one who moved the rollout). A failing audit never stops a safety action."""
+        who = on_behalf_of or r.last_actor or r.started_by
+        why = cause or (f"{r.last_actor} {r.last_action}" if r.last_actor else f"{r.started_by} started it")
+        detail = {**self._audit_detail(r), **detail, "automatic": True, "on_behalf_of": who, "cause": why}
         try:
-            self.audit.record(AGENT, action, f"rollout:{r.id}", {**self._audit_detail(r), **detail, "automatic": True})
+            self.audit.record(AGENT, action, f"rollout:{r.id}", detail)
         except Exception as e:
             log.error("rollout %s: audit of %s failed: %s", r.id, action, e)
 
@@ -433,7 +491,10 @@ class RolloutEngine:
         r.guard_abort = guard_abort
         self._commit(r, "ended", principal, {"note": reason, **(extra or {})})
 
-    def _promote(self, r: Rollout, principal: str, now: float, note: str, extra: dict | None = None) -> None:
+    def _promote(
+        self, r: Rollout, principal: str, now: float, note: str, extra: dict | None = None,
+        on_behalf_of: str | None = None, cause: str | None = None,
+    ) -> None:  # fmt: skip
         """Pin the candidate in the endpoint's config (an endpoint event: survives restarts), drop the route,
         and keep the old version loaded `keep_stable_warm_s` for an instant rollback."""
         ep = self.serving.endpoints.get(r.endpoint)
@@ -462,7 +523,7 @@ class RolloutEngine:
         r.end_reason = note
         self._commit(r, "promoted", principal, {"note": note, **(extra or {})})
         if principal == AGENT.name:  # the plan finished by itself (a pause or analysis was its last wait)
-            self._audit_auto(r, "rollout.promote", {"reason": note})
+            self._audit_auto(r, "rollout.promote", {"reason": note}, on_behalf_of, cause)
 
     # ------------------------------------------------------------------ start
 
@@ -536,9 +597,10 @@ class RolloutEngine:
         stable: ModelVersion, cand: ModelVersion, dataset: Any, client: str | None, audit: Callable | None,
     ) -> RolloutOut:  # fmt: skip
         now = self.clock()
+        resolved = body.model_copy(update={"steps": steps, "guards": resolve_guards(body.strategy, body.guards)})
         r = Rollout(
             id="r-" + uuid.uuid4().hex[:12], endpoint=endpoint, model=cand.name, stable_version=stable.version,
-            candidate_version=cand.version, spec=body.model_copy(update={"steps": steps}),
+            candidate_version=cand.version, spec=resolved,
             lineage=cand.lineage, started_by=principal.name, started_at=now, host=self.host,
             step_started_at=now, updated_at=now,
         )  # fmt: skip
@@ -580,6 +642,7 @@ class RolloutEngine:
             with self._lock:
                 if r.state == "validating":
                     self._end(r, "aborted", f"the candidate could not be loaded: {e}", AGENT.name)
+                    self._audit_auto(r, "rollout.abort", {"reason": r.end_reason})
             raise RolloutError(422, "candidate_unavailable", f"the candidate could not be loaded: {e}",
                                "candidate_version") from None  # fmt: skip
         with self._lock:
@@ -761,13 +824,17 @@ class RolloutEngine:
             self._end(r, "aborted", "the endpoint was deleted", AGENT.name)
             self._audit_auto(r, "rollout.abort", {"reason": r.end_reason})
             return False
+        # Changes outside the rollout are refused (refuse_change), so these are what a crash left half done
+        # (or a change at start-up): on record on behalf of whoever last changed the endpoint.
+        changed_by = getattr(ep, "updated_by", None) or None
+        cause = f"endpoint {r.endpoint} changed by {changed_by}" if changed_by else None
         if current == r.candidate_version:  # a promotion committed to the endpoint but not yet to the rollout
-            self._promote(r, AGENT.name, now, "the endpoint already serves the candidate")
+            self._promote(r, AGENT.name, now, "the endpoint already serves the candidate", None, changed_by, cause)
             return False
         if current != r.stable_version:
             self._end(r, "aborted", f"the endpoint now serves version {current} (changed outside the rollout)",
                       AGENT.name)  # fmt: skip
-            self._audit_auto(r, "rollout.abort", {"reason": r.end_reason})
+            self._audit_auto(r, "rollout.abort", {"reason": r.end_reason}, changed_by, cause)
             return False
         if not self._loaded(r.model, r.candidate_version):
             self._load_soon(self._candidate_mv(r), now)
@@ -949,3 +1016,28 @@ def _from_created(rid: str, data: dict) -> Rollout:
         lineage=Lineage.model_validate(data["lineage"]) if data.get("lineage") else None,
         started_by=data["started_by"], started_at=data["started_at"], host=data.get("host", ""),
     )  # fmt: skip
+
+
+def _note_actor(r: Rollout, kind: str, principal: str, extra: dict | None) -> None:
+    """Remember who last moved the rollout (not the agent itself) and how, for automatic changes' audit."""
+    if not principal or principal == AGENT.name:
+        return
+    r.last_actor = principal
+    approval = (extra or {}).get("approval") or {}
+    if kind == "approval" and "step_index" in approval:
+        r.last_action = f"approved step {approval['step_index']}"
+    elif kind in ("created", "step") and (extra or {}).get("note", "started") == "started":
+        r.last_action = "started the rollout"
+    else:
+        actions = {"resumed": "resumed it", "paused": "paused it", "promoted": "promoted it", "step": "moved it on"}
+        r.last_action = actions.get(kind, kind)
+
+
+def serving_change(old: Any, new: Any) -> str | None:
+    """The field of an endpoint config whose change would change what it serves (None: none does)."""
+    if old is None:
+        return None
+    for name in ("model", "version", "alias"):
+        if getattr(old, name) != getattr(new, name):
+            return name
+    return None

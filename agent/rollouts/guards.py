@@ -1,6 +1,6 @@
 """Rollout guards: live numbers of the candidate beside stable's, judged against the rollout's limits.
 
-Every tick the engine asks serving for the last `window_s` seconds of the endpoint (`RouteMetrics`;
+Once a second (`GUARD_EVAL_S`) the engine asks serving for the last `window_s` seconds of the endpoint (`RouteMetrics`;
 5 s slots, at most the last 60 s) and judges each configured guard:
 
 - `error_rate`: the candidate's failed calls (its model raised or timed out; the caller was answered by
@@ -13,8 +13,9 @@ Every tick the engine asks serving for the last `window_s` seconds of the endpoi
 - `prediction_drift`: Wasserstein distance between the candidate's and stable's output scores over the
   window, divided by the standard deviation of stable's (agent/monitoring/stats.py, the drift monitor's
   score); limit `max_prediction_drift`. Needs `min_requests` scores on both sides.
-- `shadow_disagreement`: share of mirrored rows whose label differs from stable's answer;
-  limit `max_shadow_disagreement`.
+- `shadow_disagreement`: share of mirrored rows whose label differs from stable's answer. Always measured
+  and reported (a shadow step is there to measure it; a retrained model near its threshold disagrees on a
+  good share of rows), judged only against a `max_shadow_disagreement` the plan sets (off by default).
 - `feature_drift_share`: share of features the drift monitor marks drifted in its latest window of the
   candidate's traffic (stable's beside); limit `max_feature_drift_share`.
 
@@ -98,9 +99,9 @@ def judge(
         if enough:
             drift = prediction_drift(st.scores, cand_scores)
         add("prediction_drift", None, drift, g.max_prediction_drift)
-    if g.max_shadow_disagreement is not None:
-        dis = sh.disagreement_rate if shadow_ok and sh.rows else None
-        add("shadow_disagreement", None, dis, g.max_shadow_disagreement)
+    # Reported with or without a limit; with none it is never breached.
+    dis = sh.disagreement_rate if shadow_ok and sh.rows else None
+    add("shadow_disagreement", None, dis, g.max_shadow_disagreement)
     if g.max_feature_drift_share is not None:
         st_share, cand_share = feature_drift or (None, None)
         add("feature_drift_share", st_share, cand_share, g.max_feature_drift_share)

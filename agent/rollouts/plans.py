@@ -19,11 +19,18 @@ Default plans:
              version then stays loaded `keep_stable_warm_s` so a rollback is instant
 - shadow:    shadow 1.0, analysis 300 s, approval (then promotion)
 - ab:        50 % with sticky assignment by the caller-key header, approval (the A/B result is shown)
+
+Default guards per strategy (`resolve_guards`): a shadow test is there to *measure* how differently the
+candidate answers (its disagreement and score shift are reported), so by default it stops only on errors
+and latency; an A/B test's arms score different callers' rows, so drift between them measures the callers,
+not the model, and an A/B test is judged on its outcome metric (agent/rollouts/abtest.py). For both,
+`max_prediction_drift` applies only when the request sets it (`max_shadow_disagreement` is off by default
+for every strategy).
 """
 
 from __future__ import annotations
 
-from agent.api.schemas import RolloutStep, RolloutStrategy
+from agent.api.schemas import RolloutGuards, RolloutStep, RolloutStrategy
 
 MAX_STEPS = 64
 STEP_FIELDS = ("set_weight", "shadow", "pause_s", "approval", "analysis_s")
@@ -55,6 +62,13 @@ class PlanError(ValueError):
 
 def default_plan(strategy: RolloutStrategy) -> list[RolloutStep]:
     return [s.model_copy() for s in DEFAULT_PLANS[strategy]]
+
+
+def resolve_guards(strategy: RolloutStrategy, guards: RolloutGuards) -> RolloutGuards:
+    """The guards a rollout runs with: the request's, with the strategy's defaults for what it left out."""
+    if strategy in ("ab", "shadow") and "max_prediction_drift" not in guards.model_fields_set:
+        return guards.model_copy(update={"max_prediction_drift": None})
+    return guards
 
 
 def step_kind(step: RolloutStep) -> str:

@@ -65,7 +65,11 @@ def test_shadow_numbers_stand_in_while_the_candidate_has_no_live_traffic():
     st = VersionWindow(1, requests=40, p99_ms=1.0, scores=[0.1, 0.2] * 20)
     m = by_name(judge(rm(st, VersionWindow(2), sh), g(p99_slo_ms=2)))
     assert m["prediction_drift"].candidate == pytest.approx(prediction_drift(st.scores, sh.scores))
-    assert m["shadow_disagreement"].candidate == 0.25 and m["shadow_disagreement"].breached
+    # Disagreement is measured and reported by default, judged only against a limit the plan sets (issue 9).
+    assert m["shadow_disagreement"].candidate == 0.25 and not m["shadow_disagreement"].breached
+    assert m["shadow_disagreement"].limit is None
+    limited = by_name(judge(rm(st, VersionWindow(2), sh), g(max_shadow_disagreement=0.10)))
+    assert limited["shadow_disagreement"].breached and limited["shadow_disagreement"].limit == 0.10
     assert m["error_rate"].candidate == 0.1 and m["error_rate"].breached
     assert m["p99_ms"].candidate == 3.0 and m["p99_ms"].breached
     assert m["fallback_rate"].candidate is None

@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from agent.api.deps import client_of, ctx, require_admin, require_read
 from agent.api.errors import ApiError
-from agent.api.schemas import AuditEntry, AuditVerify, Principal, TokenCreate, TokenCreated, TokenInfo
+from agent.api.schemas import AuditEntry, AuditHead, AuditVerify, Principal, TokenCreate, TokenCreated, TokenInfo
 from agent.audit import AuditUnavailable, verify_chain
 
 router = APIRouter(tags=["admin"])
@@ -77,6 +77,25 @@ async def audit(
 
 
 @router.get("/audit/verify", response_model=AuditVerify, dependencies=[Depends(require_read)])
-async def audit_verify(request: Request) -> AuditVerify:
+async def audit_verify(
+    request: Request,
+    since_seq: int | None = Query(None, ge=0, description="with since_hash: check the chain still holds this entry"),
+    since_hash: str | None = Query(None, pattern="^[0-9a-f]{64}$"),
+) -> AuditVerify:
+    """Walk the chain (with the audit key when configured); with since_seq/since_hash also say whether it
+    still holds an entry seen before (a console's remembered head): `extends`."""
+    if (since_seq is None) != (since_hash is None):
+        field = "since_hash" if since_hash is None else "since_seq"
+        raise ApiError(422, "invalid_request", "give both since_seq and since_hash, or neither", field=field)
     c = ctx(request)
-    return await run_in_threadpool(verify_chain, c.reader.con, c.cfg.data_dir / "audit.head")
+    since = (since_seq, since_hash) if since_seq is not None and since_hash is not None else None
+    return await run_in_threadpool(verify_chain, c.reader.con, c.audit.head_file, c.audit.key, since, c.audit.lock)
+
+
+@router.get("/audit/head", response_model=AuditHead, dependencies=[Depends(require_read)])
+async def audit_head(request: Request) -> AuditHead:
+    """The newest entry (seq, hash), from memory: cheap enough to poll."""
+    head = ctx(request).audit.current_head()
+    if head is None:
+        raise ApiError(404, "not_found", "the audit log is empty", field=None)
+    return head

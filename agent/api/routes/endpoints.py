@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -44,6 +46,26 @@ def _info(s: ServingService, name: str) -> EndpointInfo:
 
 def _raise(e: EndpointError) -> None:
     raise ApiError(e.status, e.error, e.detail, field=e.field) from None
+
+
+@contextmanager
+def rollout_checked(request: Request, name: str, new: EndpointConfig | None) -> Iterator[None]:
+    """Run a PUT (`new`) or DELETE (None) of endpoint `name` under the rollout engine's change lock: while a
+    rollout is active there, changing what it serves is a 409 naming the rollout (the rollout's own verbs
+    are the way; agent/rollouts/engine.py refuse_change)."""
+    from agent.rollouts.engine import RolloutError, serving_change
+
+    eng = getattr(ctx(request), "rollouts", None)
+    with eng.change_lock() if eng is not None else nullcontext():
+        if eng is not None:
+            old = serving(request).endpoints.get(name)
+            field = "name" if new is None else serving_change(old.config if old else None, new)
+            if field is not None:
+                try:
+                    eng.refuse_change(name, field)
+                except RolloutError as e:
+                    raise ApiError(e.status, e.error, e.detail, field=e.field) from None
+        yield
 
 
 @router.get("/serving", response_model=ServingStatus, dependencies=[Depends(require_read)])
@@ -103,9 +125,14 @@ async def put_endpoint(
             DriftThresholds.from_dict(body.drift)
         except ValueError as e:
             raise ApiError(422, "invalid_request", f"drift: {e}", field="drift") from None
-    await run_in_threadpool(audited, request, principal, "endpoint.put", f"endpoint:{name}", body.model_dump())
+
+    def put():
+        with rollout_checked(request, name, body):
+            audited(request, principal, "endpoint.put", f"endpoint:{name}", body.model_dump())
+            return s.put(name, body, principal.name)
+
     try:
-        ep = await run_in_threadpool(s.put, name, body, principal.name)
+        ep = await run_in_threadpool(put)
     except EndpointError as e:
         _raise(e)
     s.prewarm_soon(ep)
@@ -118,9 +145,14 @@ async def delete_endpoint(
 ) -> Response:
     s = serving(request)
     _info(s, name)
-    await run_in_threadpool(audited, request, principal, "endpoint.delete", f"endpoint:{name}", {})
+
+    def delete() -> None:
+        with rollout_checked(request, name, None):
+            audited(request, principal, "endpoint.delete", f"endpoint:{name}", {})
+            s.delete(name, principal.name)
+
     try:
-        await run_in_threadpool(s.delete, name, principal.name)
+        await run_in_threadpool(delete)
     except EndpointError as e:
         _raise(e)
     return Response(status_code=204)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -218,12 +219,26 @@ async def move_alias(
     """Point an alias at a version (an append-only event; moving it where it points changes nothing)."""
     _name(name)
     reg = _registry(request)
-    return await run_in_threadpool(
-        _call,
-        reg.move_alias,
-        name,
-        alias,
-        body,
-        principal.name,
-        audit=lambda detail: audited(request, principal, "model.alias", f"model:{name}", detail),
-    )
+    eng = getattr(ctx(request), "rollouts", None)
+
+    def move() -> AliasEvent:
+        # An endpoint that follows this alias under an active rollout: 409 naming the rollout (its verbs are
+        # the way), checked and moved under the engine's change lock so no rollout starts in between.
+        with eng.change_lock() if eng is not None else nullcontext():
+            if eng is not None:
+                from agent.rollouts.engine import RolloutError
+
+                try:
+                    eng.refuse_alias_move(name, alias)
+                except RolloutError as e:
+                    raise ApiError(e.status, e.error, e.detail, e.field) from None
+            return _call(
+                reg.move_alias,
+                name,
+                alias,
+                body,
+                principal.name,
+                audit=lambda detail: audited(request, principal, "model.alias", f"model:{name}", detail),
+            )
+
+    return await run_in_threadpool(move)
