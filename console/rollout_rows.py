@@ -144,6 +144,23 @@ class RolloutRow(AgentItemRow):
         return [g for g in self.rollout.guards if g.breached]
 
     @property
+    def unjudged(self) -> list[GuardMetric]:
+        """Guards with nothing measured yet (an older agent says so by a missing candidate value)."""
+        return [g for g in self.rollout.guards if not_judged(g)]
+
+    def guards_text(self) -> str:
+        """'1 breached', 'ok', 'ok; 1 not judged', or 'not judged (12 of 50 requests)' - never 'ok' on no evidence."""
+        guards = self.rollout.guards
+        if not guards:
+            return MISSING
+        if self.breached:
+            return f"{len(self.breached)} breached"
+        unjudged = self.unjudged
+        if len(unjudged) == len(guards):
+            return f"not judged{requests_text(unjudged)}"
+        return f"ok; {len(unjudged)} not judged" if unjudged else "ok"
+
+    @property
     def versions(self) -> str:
         r = self.rollout
         return f"{r.model} v{r.stable_version}→v{r.candidate_version}"
@@ -203,10 +220,7 @@ class RolloutRow(AgentItemRow):
                 elapsed = fmt_age(self.step_elapsed_s)
                 return f"{elapsed} of {fmt_age(limit)}" if limit else elapsed
             case "guards":
-                if not r.guards:
-                    return MISSING
-                n = len(self.breached)
-                return f"{n} breached" if n else "ok"
+                return self.guards_text()
             case "by":
                 return r.started_by
         raise KeyError(column)
@@ -339,6 +353,20 @@ def gate_lines(gate: GateResult | None) -> list[Line]:
     return lines
 
 
+def not_judged(g: GuardMetric) -> bool:
+    """Nothing measured for this guard yet (too few requests in the window)."""
+    return not g.breached and (not g.judged or g.candidate is None)
+
+
+def requests_text(guards: Sequence[GuardMetric]) -> str:
+    """' (12 of 50 requests)' from the guards' counts (the fewest), '' when the agent gave none."""
+    counted = [g for g in guards if g.requests is not None and g.min_requests is not None]
+    if not counted:
+        return ""
+    g = min(counted, key=lambda g: g.requests or 0)
+    return f" ({g.requests} of {g.min_requests} requests)"
+
+
 def guard_lines(r: RolloutOut, now: float) -> list[Line]:
     """The guards, stable beside candidate; breached ones red with how long."""
     if not r.guards:
@@ -353,12 +381,12 @@ def guard_lines(r: RolloutOut, now: float) -> list[Line]:
         if g.breached:
             since = f" for {fmt_age(max(0.0, now - g.breached_since))}" if g.breached_since is not None else ""
             lines.append([(text, "red"), (f"  BREACHED{since}", "bold red")])
-        elif g.candidate is None:
-            lines.append([(text, "dim"), ("  n/a", "dim")])
+        elif not_judged(g):
+            lines.append([(text, "dim"), (f"  not judged{requests_text([g])}", "yellow")])
         else:
             lines.append([(text, ""), ("  ok", "green")])
-    if any(g.candidate is None and not g.breached for g in r.guards):
-        lines.append([("n/a: too few requests in the window to judge", "dim")])
+    if any(not_judged(g) for g in r.guards):
+        lines.append([("not judged: too few requests in the window yet - no evidence either way", "yellow")])
     return lines
 
 

@@ -932,6 +932,11 @@ class GuardMetric(_Wire):
     limit: float | None
     breached: bool
     breached_since: float | None = None
+    # Not judged (candidate None) until the candidate has `min_requests` requests in the window: "ok"
+    # must never stand for "nothing measured". `requests`: what it has (live, or mirrored for a preview).
+    judged: bool = True
+    requests: int | None = None
+    min_requests: int | None = None
 
 
 class ABResult(_Wire):

@@ -78,8 +78,17 @@ def judge(
     st_fb = st.fallback_rate if st_ok else None
     st_p99 = st.p99_ms if st_ok else None
 
-    def add(name: str, stable: float | None, cand: float | None, limit: float | None) -> None:
-        out.append(GuardMetric(name=name, stable=stable, candidate=cand, limit=limit, breached=_over(cand, limit)))
+    # The candidate's requests a guard is judged on: its live ones, or its mirrored ones in a preview.
+    cand_n = live.requests if live is not None else 0
+    if not live_ok and sh is not None:
+        cand_n = max(cand_n, sh.requests)
+    both_n = min(cand_n, st.requests if st is not None else 0)  # guards comparing with stable need both
+
+    def add(name: str, stable: float | None, cand: float | None, limit: float | None, n: int | None = cand_n) -> None:
+        out.append(GuardMetric(
+            name=name, stable=stable, candidate=cand, limit=limit, breached=_over(cand, limit),
+            judged=cand is not None, requests=n, min_requests=g.min_requests if n is not None else None,
+        ))  # fmt: skip
 
     if g.max_error_rate is not None:
         add("error_rate", st_err, cand_err, g.max_error_rate)
@@ -91,20 +100,20 @@ def judge(
         limit = None
         if st_p99 is not None:
             limit = max(g.max_p99_ratio_vs_stable * st_p99, st_p99 + P99_MIN_EXCESS_MS)
-        add("p99_vs_stable", st_p99, cand_p99 if limit is not None else None, limit)
+        add("p99_vs_stable", st_p99, cand_p99 if limit is not None else None, limit, both_n)
     if g.max_prediction_drift is not None:
         drift = None
         cand_scores = live.scores if live_ok else sh.scores if shadow_ok else None
         enough = st_ok and cand_scores is not None and min(len(st.scores), len(cand_scores)) >= g.min_requests
         if enough:
             drift = prediction_drift(st.scores, cand_scores)
-        add("prediction_drift", None, drift, g.max_prediction_drift)
+        add("prediction_drift", None, drift, g.max_prediction_drift, both_n)
     # Reported with or without a limit; with none it is never breached.
     dis = sh.disagreement_rate if shadow_ok and sh.rows else None
-    add("shadow_disagreement", None, dis, g.max_shadow_disagreement)
+    add("shadow_disagreement", None, dis, g.max_shadow_disagreement, sh.requests if sh is not None else 0)
     if g.max_feature_drift_share is not None:
         st_share, cand_share = feature_drift or (None, None)
-        add("feature_drift_share", st_share, cand_share, g.max_feature_drift_share)
+        add("feature_drift_share", st_share, cand_share, g.max_feature_drift_share, None)
     return out
 
 

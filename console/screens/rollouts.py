@@ -117,18 +117,22 @@ class RolloutRequest:
     state: str
     step_index: int | None  # approve/reject: the awaiting step (the agent refuses a stale one)
     step_text: str
+    guards: str = ""  # what the guards say: "ok", "1 breached", "not judged (12 of 50 requests)"
 
     @classmethod
     def of(cls, row: RolloutRow, action: str) -> RolloutRequest:
         r = row.rollout
         step = r.awaiting_approval_for if action in ("approve", "reject") else None
-        return cls(row.agent, row.host, r.id, r.endpoint, row.versions, r.state, step, row.text("step"))
+        return cls(
+            row.agent, row.host, r.id, r.endpoint, row.versions, r.state, step, row.text("step"), row.guards_text()
+        )
 
     @property
     def line(self) -> str:
         """Host, endpoint and versions, then where it stands."""
         step = f"step {self.step_index + 1}" if self.step_index is not None else self.step_text
-        return f"{self.host}  ·  {self.endpoint}  ·  {self.versions}  ·  {state_label(self.state)}, {step}"
+        guards = f"  ·  guards {self.guards}" if self.guards and self.guards != "-" else ""
+        return f"{self.host}  ·  {self.endpoint}  ·  {self.versions}  ·  {state_label(self.state)}, {step}{guards}"
 
 
 class RolloutConfirm(ConfirmScreen):

@@ -23,7 +23,9 @@ def row_cells(row: RolloutRow, marked: bool = False) -> tuple[Cell, ...]:
             case "host" | "endpoint" | "step":
                 style = muted or ("bold" if row.awaiting else "")
             case "guards":
-                style = muted or ("bold red" if row.breached else "green" if row.rollout.guards else "")
+                guards = row.rollout.guards
+                judged = guards and not row.unjudged
+                style = muted or ("bold red" if row.breached else "green" if judged else "yellow" if guards else "")
             case "weight":
                 style = muted or ("bold" if row.rollout.weight else "")
         cells.append(column_cell(row.text(column.key), column, style))

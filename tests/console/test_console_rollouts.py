@@ -106,8 +106,8 @@ def test_detail_shows_plan_gate_guards_side_by_side_ab_approvals_and_lineage() -
     assert lines[1].split() == ["error_rate", "0.1%", "8.0%", "5.0%", "BREACHED", "for", "12s"]
     assert live[1][0][1] == "red" and live[1][1][1] == "bold red"
     assert lines[2].split() == ["p99_vs_stable", "9.5", "ms", "11.2", "ms", "19.0", "ms", "ok"]
-    assert lines[4].split()[:3] == ["fallback_rate", "0.0%", "-"] and lines[4].endswith("n/a")
-    assert lines[5] == "n/a: too few requests in the window to judge"
+    assert lines[4].split()[:3] == ["fallback_rate", "0.0%", "-"] and lines[4].endswith("not judged")
+    assert lines[5] == "not judged: too few requests in the window yet - no evidence either way"
     ab = plain(live_lines(rows[K_FRAUD_AB]))
     assert "A/B  positive rate (two-proportion z): not enough data yet" in ab
     assert "stable 0.112 (n 120)  candidate 0.13 (n 131)" in ab
@@ -398,3 +398,32 @@ def test_each_dialog_suggests_a_reason_that_fits_its_own_action() -> None:
 
     assert len({v.example for v in VERBS.values()}) == len(VERBS)
     assert "green" not in VERBS["rollback"].example and "green" not in VERBS["abort"].example
+
+
+def _unjudged_fleet():
+    from agent.api.schemas import GuardMetric
+    from tests.console.wk_fakes import fleet
+
+    guards = [
+        GuardMetric(name=name, stable=0.001, candidate=None, limit=0.05, breached=False, judged=False, requests=12,
+                    min_requests=50)
+        for name in ("error_rate", "p99_vs_stable", "fallback_rate")
+    ]  # fmt: skip
+    r = make_rollout("r-n1", state="awaiting_approval", step_index=1, guards=guards, now=time.time(), host="gpu-01")
+    return fleet(rollouts_feed(up("gpu-01", 0), [r]))
+
+
+async def test_guards_with_nothing_measured_say_not_judged_in_the_list_the_panel_and_the_approve_dialog() -> None:
+    (row,) = rollout_rows(_unjudged_fleet())
+    assert row.text("guards") == "not judged (12 of 50 requests)"  # never "ok" on no evidence
+    app = WatchkeeperApp(RolloutFakeSource(status=_unjudged_fleet()), refresh_s=60)
+    async with app.run_test(size=(150, 44)) as pilot:
+        table = await open_rollouts(app, pilot)
+        key = rollout_key("gpu-01", "r-n1")
+        await until(pilot, lambda: table.row_keys == [key])
+        assert table.get_cell(key, "guards").plain == "not judged (12 of 50 requests)"
+        assert table.get_cell(key, "guards").style == "yellow"
+        assert "error_rate" in panel(app, "live") and "not judged (12 of 50 requests)" in panel(app, "live")
+        await press_to(pilot, RolloutConfirm, "a")
+        dialog = " ".join(line.strip("█ ") for line in screen_text(app).splitlines())
+        assert "guards not judged (12 of 50 requests)" in " ".join(dialog.split())

@@ -107,3 +107,21 @@ def test_feature_drift_share_reads_the_latest_window():
     assert feature_drift_share(con, "delays", 1) is None
     m = by_name(judge(None, g(max_feature_drift_share=0.5), (0.0, 1.0)))
     assert m["feature_drift_share"].breached and m["feature_drift_share"].stable == 0.0
+
+
+def test_a_guard_without_enough_requests_says_not_judged_with_its_count():
+    from types import SimpleNamespace
+
+    def side(n, p99=5.0):
+        return SimpleNamespace(requests=n, error_rate=0.0, fallback_rate=0.0, p99_ms=p99, errors=0, scores=[0.5] * n,
+                               disagreement_rate=None, rows=0)  # fmt: skip
+
+    g = RolloutGuards(min_requests=50)
+    few = SimpleNamespace(stable=side(400), candidate=side(12), shadow=None)
+    by = {m.name: m for m in judge(few, g)}
+    err = by["error_rate"]
+    assert not err.judged and err.candidate is None and not err.breached
+    assert (err.requests, err.min_requests) == (12, 50)
+    assert by["p99_vs_stable"].requests == 12 and not by["p99_vs_stable"].judged
+    enough = SimpleNamespace(stable=side(400), candidate=side(80), shadow=None)
+    assert all(m.judged for m in judge(enough, g) if m.name in ("error_rate", "p99_vs_stable"))
