@@ -92,6 +92,12 @@ class PredictionLog:
     def journal(self) -> Journal | None:
         return self._journal
 
+    @property
+    def unjournaled(self) -> int:
+        """Requests logged but not journaled (write errors, or the journal past its bound)."""
+        j = self._journal
+        return 0 if j is None else j.errors + j.skipped
+
     def sampled(self, rate: float) -> bool:
         if rate >= 1.0:
             return True

@@ -36,6 +36,9 @@ SUFFIX = ".wkj"
 _HEADER = struct.Struct("<II")
 # A record larger than this is taken for a corrupt length field, not a real record.
 MAX_RECORD = 256 * 2**20
+# Uncommitted journal bytes past which records are no longer written (a wedged writer must not fill
+# the disk): ~1 GiB is minutes of the writer's full ingest rate; past it the log is not crash-safe, and says so.
+MAX_PENDING_BYTES = 2**30
 
 
 @dataclass
@@ -108,7 +111,7 @@ def pending_segments(con: duckdb.DuckDBPyConnection, directory: Path, key: str) 
 class Journal:
     """The writing side: append records, seal segments for a batch, delete them once committed."""
 
-    def __init__(self, directory: Path, key: str, first_seq: int) -> None:
+    def __init__(self, directory: Path, key: str, first_seq: int, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.dir = directory
         self.key = key
@@ -116,9 +119,13 @@ class Journal:
         self._fd: int | None = None
         self._dirty = False
         self._sealed: list[int] = []
+        self._sizes: dict[int, int] = {}  # bytes per segment not yet released
+        self.pending_bytes = 0
+        self.max_pending_bytes = max_pending_bytes
         self.records = 0
         self.bytes = 0
         self.errors = 0
+        self.skipped = 0
         self._last_error_log = 0.0
         self._open()
 
@@ -145,6 +152,9 @@ class Journal:
 
     def _error(self, e: OSError) -> None:
         self.errors += 1
+        self._complain(e)
+
+    def _complain(self, e: OSError | str) -> None:
         now = time.monotonic()
         if now - self._last_error_log >= 60:
             self._last_error_log = now
@@ -152,6 +162,10 @@ class Journal:
 
     def append(self, payload: bytes) -> None:
         """Write one record (into the page cache: it survives a crash of this process)."""
+        if self.pending_bytes >= self.max_pending_bytes:
+            self.skipped += 1
+            self._complain(f"{self.pending_bytes} bytes not yet committed to the store (is the writer stuck?)")
+            return
         if self._fd is None:
             self._open()
             if self._fd is None:
@@ -168,6 +182,8 @@ class Journal:
         self._dirty = True
         self.records += 1
         self.bytes += want
+        self.pending_bytes += want
+        self._sizes[self._seq] = self._sizes.get(self._seq, 0) + want
 
     def seal(self) -> int | None:
         """Start a new segment; return the highest sealed segment (it holds every record appended so far)."""
@@ -184,6 +200,7 @@ class Journal:
         keep = []
         for seq in self._sealed:
             if seq <= upto:
+                self.pending_bytes -= self._sizes.pop(seq, 0)
                 try:
                     self._path(seq).unlink(missing_ok=True)
                 except OSError as e:

@@ -89,6 +89,27 @@ def test_the_writer_commits_a_batch_with_its_journal_position_and_deletes_the_se
     store.con.close()
 
 
+def test_a_journal_past_its_bound_stops_writing_and_counts_until_the_writer_catches_up(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "wk.duckdb")
+    rep = replay_journal(store.con, tmp_path / "journal")
+    rep.journal.max_pending_bytes = 2000
+    w = StoreWriter(store.con, flush_interval=60)
+    plog = PredictionLog(w)
+    plog.attach_journal(rep.journal)
+    for i in range(40):
+        _log(plog, f"a{i}", 2)
+    assert plog.unjournaled > 0 and rep.journal.pending_bytes >= 2000
+    w.start()
+    w.flush()  # committed: the journal is released and writes again
+    assert rep.journal.pending_bytes == 0
+    skipped = plog.unjournaled
+    _log(plog, "b", 1)
+    assert plog.unjournaled == skipped and rep.journal.pending_bytes > 0
+    w.stop()
+    plog.close_journal()
+    store.con.close()
+
+
 # --------------------------------------------------------------------------- a real agent, kill -9 under load
 
 
