@@ -131,7 +131,7 @@ class PredictionLog:
         payload = orjson.dumps(item) if journal is not None else b""
         dropped = 0
         with self._lock:
-            if self._journal is not None:
+            if payload and self._journal is not None:
                 self._journal.append(payload)
             self._pending.append(item)
             self._pending_rows += n
