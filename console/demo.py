@@ -194,7 +194,7 @@ class DemoFleet:
 
     def _spawn(self, plan: DemoAgent) -> RunningAgent:
         data_dir = self.base_dir / plan.name
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # the agent keeps it private
         sock = self._socket_path(data_dir)
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()  # left over from a demo that was killed with -9
