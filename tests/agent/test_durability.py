@@ -155,14 +155,14 @@ def test_every_prediction_answered_before_kill9_is_in_the_log_exactly_once(agent
     ]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 30
-    while len(answered) < 400 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 20  # well inside the 30 s flush interval: all of it is unflushed
+    while len(answered) < 300 and time.monotonic() < deadline:
         time.sleep(0.05)
     a.kill()  # mid-load: requests in flight fail, every one answered before this must be kept
     stop.set()
     for t in threads:
         t.join(10)
-    assert len(answered) >= 400
+    assert len(answered) >= 300
     assert any(p.suffix == ".wkj" and p.stat().st_size for p in (a.data_dir / "journal").iterdir())
 
     a.start()  # replays the journal before it serves
