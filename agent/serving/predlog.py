@@ -38,8 +38,6 @@ from agent.store.writer import CHUNK_ROWS, StoreWriter, insert_arrow
 
 if TYPE_CHECKING:
     import duckdb
-
-if TYPE_CHECKING:
     import pyarrow as pa
 
 log = logging.getLogger("watchkeeper.serving")
