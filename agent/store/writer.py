@@ -6,6 +6,10 @@ Rows are buffered per table and written column-wise in one statement per table p
 rows/s for `executemany`). The buffer is bounded: when the disk falls behind, the oldest rows
 are dropped and counted rather than letting memory grow.
 
+A batch source's batch (the prediction log's) is written in one transaction together with the
+source's `mark` (its journal position), so its rows and "these journal records are in" commit
+together; a failing batch is rolled back whole and counted as dropped.
+
 Work that must be durable before the caller goes on (an audit entry, a token) uses `call`, which
 runs a function on the writer thread and waits for its commit.
 """
