@@ -110,6 +110,20 @@ def test_a_journal_past_its_bound_stops_writing_and_counts_until_the_writer_catc
     store.con.close()
 
 
+def test_records_that_cannot_be_replayed_are_moved_aside_and_reported(tmp_path: Path) -> None:
+    jdir = tmp_path / "journal"
+    store = open_store(tmp_path / "wk.duckdb")
+    rep = replay_journal(store.con, jdir)
+    rep.journal.append(b'["not", "a", "logged request"]')  # intact framing, unusable content
+    rep.journal.close()
+    rep = replay_journal(store.con, jdir)
+    assert rep.requests == 0 and rep.problem is not None and "replay failed" in rep.problem
+    assert [p.name for p in jdir.iterdir() if ".wkj.failed-" in p.name]
+    assert segments(jdir)[0].path.stat().st_size == 0  # a fresh segment: the agent starts
+    assert store.con.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
+    store.con.close()
+
+
 # --------------------------------------------------------------------------- a real agent, kill -9 under load
 
 
