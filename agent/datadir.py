@@ -85,7 +85,11 @@ def make_private(data_dir: Path) -> list[str]:
         if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid():
             return
         if stat.S_IMODE(st.st_mode) & 0o077:
-            os.chmod(p, stat.S_IMODE(st.st_mode) & ~0o077 & mode)
+            try:
+                os.chmod(p, stat.S_IMODE(st.st_mode) & ~0o077 & mode)
+            except OSError as e:  # a read-only mount, say: worth a line, not a refusal to start
+                log.warning("cannot make %s private: %s", p, e.strerror or e)
+                return
             fixed.append(f"{p.name} {stat.S_IMODE(st.st_mode):o}->{stat.S_IMODE(p.stat().st_mode):o}")
 
     tighten(data_dir, 0o700)
