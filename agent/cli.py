@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from agent import __version__
 from agent.api.schemas import AuditVerify
 from agent.config import AgentConfig, ConfigError, bind_listeners, load_config, prepare_data_dir
+from agent.datadir import DataDirInUse, lock_data_dir, make_private
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,8 +88,20 @@ def _fail(msg: str, code: int = 2) -> int:
 def _run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # First the data dir's lock: nothing in the dir (store, WAL, tokens, socket) is touched before it.
+    try:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = lock_data_dir(cfg.data_dir)
+    except DataDirInUse as e:
+        return _fail(str(e), 1)
+    except OSError as e:
+        raise ConfigError(f"data_dir {cfg.data_dir}: not writable: {e.strerror or e}") from None
+    make_private(cfg.data_dir)
     prepare_data_dir(cfg)
     sockets = bind_listeners(cfg)
+    # Everything the agent creates from here on is its own: the store, its WAL, the journal, audit.head.
+    # (After binding: a socket's parent directory keeps the caller's umask, for peers allowed to connect.)
+    os.umask(0o077)
     from agent.daemon import serve
     from agent.store.db import StoreOpenError
 
@@ -95,6 +109,8 @@ def _run(args: argparse.Namespace) -> int:
         return serve(cfg, sockets)
     except StoreOpenError as e:
         return _fail(str(e), 1)
+    finally:
+        lock.release()
 
 
 def _verify(args: argparse.Namespace) -> int:

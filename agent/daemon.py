@@ -1,7 +1,8 @@
 """Wires the agent's parts, owns their lifecycle, talks to systemd and handles signals.
 
-Start order: store (recover, migrate) -> writer -> tokens -> telemetry -> HTTP. Stop order is the
-reverse, ending with a flush and a CHECKPOINT so the next start replays no WAL.
+Start order: data-dir lock (agent/cli.py) -> store (recover, migrate, replay the prediction journal) ->
+writer -> tokens -> telemetry -> HTTP. Stop order is the reverse, ending with a flush and a CHECKPOINT
+so the next start replays no WAL.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from agent.context import AgentContext
 from agent.monitoring.service import MonitorService
 from agent.registry.store import Registry, reset_tmp_dir
 from agent.serving.asgi import PredictFastPath
+from agent.serving.predlog import replay_journal
 from agent.serving.service import ServingService
 from agent.store.db import open_store
 from agent.store.reader import StoreReader
@@ -91,6 +93,10 @@ class _GpuStatusWatch:
 def build(cfg: AgentConfig) -> AgentContext:
     """Open the store and start the writer and sampler. Raises on a store that cannot open."""
     opened = open_store(cfg.db_path)
+    # Answered requests a crash left only in the prediction journal go into the store before anything runs.
+    replayed = replay_journal(opened.con, cfg.data_dir / "journal")
+    if replayed.problem:
+        opened.startup_alerts.append(("critical", "store.journal_replay_failed", replayed.problem))
     writer = StoreWriter(
         opened.con,
         flush_interval=cfg.flush_interval,
@@ -129,6 +135,7 @@ def build(cfg: AgentConfig) -> AgentContext:
     reset_tmp_dir(cfg.data_dir / "tmp")
     registry = Registry(writer, opened.con, cfg.data_dir / "models", cfg.data_dir / "tmp")
     serving = ServingService(registry, writer, cfg.serving.pool_budget)
+    serving.predlog.attach_journal(replayed.journal)  # before the first request: every answer is journaled
     serving.restore(opened.con)
     # Endpoints that follow an alias switch to the new version (once it is loaded) when it moves.
     registry.subscribe(lambda event: serving.reresolve_alias(event.model))
@@ -195,6 +202,8 @@ def shutdown(ctx: AgentContext) -> None:
     ctx.sampler.stop()
     stop_alerting(ctx)
     ctx.writer.stop()
+    if ctx.serving is not None:
+        ctx.serving.predlog.close_journal()  # after the last flush: nothing uncommitted is left in it
     try:
         ctx.reader.con.close()
     except Exception:  # already closed

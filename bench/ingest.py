@@ -5,10 +5,13 @@ in the shape agent/serving/predlog.py writes (`PredictionLog.log`, the request p
 `--seconds` (default 10); then everything is flushed and `count(*)` of the table is what counts.
 Each variant runs in its own process (fresh store in a temp dir, clean peak RSS):
 
-    writer            agent.store.writer.StoreWriter as the agent runs it (small flush_interval), the
-                      producer at full speed: the rate it commits when saturated, rows dropped past its
-                      bounded buffer.
+    writer            agent.store.writer.StoreWriter as the agent runs it (small flush_interval, the
+                      prediction journal attached: each request os.write-n to it before `log` returns),
+                      the producer at full speed: the rate it commits when saturated, rows dropped past
+                      its bounded buffer.
     writer @ 100k/s   the same, offered exactly the target rate: does it keep up without dropping?
+    no journal @ 100k/s
+                      `writer @ 100k/s` without the journal (the design before it), for its cost.
     row tuples @ 100k/s
                       the design before this one, offered the target rate too: the request path builds one
                       tuple per row and `StoreWriter.append`s them; the writer converts tuples to Arrow.
@@ -25,7 +28,7 @@ variants it is the request's INSERT. Target: >= 100k rows/s sustained, i.e. `wri
 every row, drops none and has drained its backlog within 5 % of the run (the saturated run shows beside it
 what a producer that never yields the GIL leaves the writer: the convoy a busy event loop causes).
 
-Variants: writer, paced, rows, executemany, values, what-if (all by default; ~80 s).
+Variants: writer, paced, no-journal, rows, executemany, values, what-if (all by default; ~90 s).
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--flush-interval 0.2] [--variants writer,paced,...]
 """
@@ -37,6 +40,7 @@ import gc
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,12 +56,13 @@ TARGET_ROWS_S = 100_000
 VARIANTS = {
     "writer": "writer",
     "paced": f"writer @ {TARGET_ROWS_S // 1000}k/s",
+    "no-journal": f"no journal @ {TARGET_ROWS_S // 1000}k/s",
     "rows": f"row tuples @ {TARGET_ROWS_S // 1000}k/s",
     "executemany": "executemany",
     "values": "VALUES",
     "what-if": "what-if, @ 100k/s",
 }
-PACED = ("paced", "rows", "what-if")
+PACED = ("paced", "no-journal", "rows", "what-if")
 POOL_ROWS = 4096
 WHAT_IF_CHECKPOINT = "64MB"
 
@@ -128,7 +133,7 @@ def _rows(req: dict[str, Any]) -> list[tuple]:
 
 def child(variant: str, seconds: float, flush_interval: float, rate: float | None) -> dict[str, Any]:
     import agent.store.writer as writer_mod
-    from agent.serving.predlog import COLUMNS, PredictionLog
+    from agent.serving.predlog import COLUMNS, PredictionLog, replay_journal
     from agent.store.db import open_store
     from agent.store.sqltime import ts_from_unix
 
@@ -147,7 +152,7 @@ def child(variant: str, seconds: float, flush_interval: float, rate: float | Non
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)
         con.execute(f"SET checkpoint_threshold = '{WHAT_IF_CHECKPOINT}'")
-    if variant in ("writer", "paced", "rows", "what-if"):
+    if variant in ("writer", "paced", "no-journal", "rows", "what-if"):
         w = writer_mod.StoreWriter(con, flush_interval=flush_interval)
         # Time every flush (the writer itself keeps only the last one).
         inner = getattr(w, "_flush_buffers", None)
@@ -162,8 +167,10 @@ def child(variant: str, seconds: float, flush_interval: float, rate: float | Non
             w._flush_buffers = timed  # type: ignore[method-assign]
         else:
             note = "flush timings unavailable"
-        w.start()
         plog = PredictionLog(w)
+        if variant != "no-journal":
+            plog.attach_journal(replay_journal(con, tmp / "journal").journal)
+        w.start()
 
         def log(req: dict[str, Any]) -> None:
             plog.log(req["request_id"], "delays", "flights", 1, req["num_flat"], req["num_width"], req["cat_flat"],
@@ -226,11 +233,10 @@ def child(variant: str, seconds: float, flush_interval: float, rate: float | Non
     dropped = w.stats.rows_dropped if w is not None else 0
     if w is not None:
         w.stop()
+        plog.close_journal()
     con.close()
-    db_mib = sum(p.stat().st_size for p in tmp.iterdir()) / 2**20
-    for p in tmp.iterdir():
-        p.unlink()
-    tmp.rmdir()
+    db_mib = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file()) / 2**20
+    shutil.rmtree(tmp)
     durations = flushes or insert_ms
     return {
         "offered": offered,

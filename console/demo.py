@@ -6,12 +6,18 @@ to a file (a pipe nobody reads would block it), is told to die with us where Lin
 (PR_SET_PDEATHSIG, so even `kill -9` of the console takes them down), and `DemoFleet` stops them
 all on any exit: normal, exception, Ctrl+C, SIGTERM or SIGHUP (SIGTERM, then SIGKILL after a
 grace period).
+
+Only one demo runs in a directory: `start` takes an exclusive `flock` on `<dir>/demo.lock` (holding its
+pid) before it touches anything there, and refuses when it is held or when an agent it did not start
+holds one of the agent data dirs (the agent's own lock, `agent.lock`): a second demo used to unlink the
+first one's sockets and start agents that ruined the running agents' stores.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import shlex
 import signal
@@ -35,6 +41,9 @@ READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0
 # sockaddr_un.sun_path is 108 bytes on Linux; leave room for the NUL.
 MAX_SOCKET_PATH = 100
+DEMO_LOCK = "demo.lock"
+# The agent's data-dir lock (agent/datadir.py LOCK_NAME; the console imports nothing from agent/ but schemas).
+AGENT_LOCK = "agent.lock"
 
 
 class DemoError(RuntimeError):
@@ -147,6 +156,7 @@ class DemoFleet:
     stop_grace_s: float = STOP_GRACE_S
     agents: list[RunningAgent] = field(default_factory=list)
     _socket_dir: Path | None = None
+    _lock_fd: int | None = None
 
     def __enter__(self) -> DemoFleet:
         return self
@@ -161,6 +171,11 @@ class DemoFleet:
     def start(self) -> list[AgentSpec]:
         """Start every agent, wait until all are ready, and return their specs."""
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _take_lock(self.base_dir / DEMO_LOCK, f"a demo is already running in {self.base_dir}")
+        for plan in self.plan:
+            held = _lock_holder(self.base_dir / plan.name / AGENT_LOCK)
+            if held is not None:
+                raise DemoError(f"{self.base_dir / plan.name} is in use by an agent this demo did not start ({held})")
         for plan in self.plan:
             self.agents.append(self._spawn(plan))
         deadline = time.monotonic() + self.ready_timeout_s
@@ -179,7 +194,7 @@ class DemoFleet:
 
     def _spawn(self, plan: DemoAgent) -> RunningAgent:
         data_dir = self.base_dir / plan.name
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # the agent keeps it private
         sock = self._socket_path(data_dir)
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()  # left over from a demo that was killed with -9
@@ -285,6 +300,46 @@ class DemoFleet:
             with contextlib.suppress(OSError):
                 self._socket_dir.rmdir()
             self._socket_dir = None
+        if self._lock_fd is not None:  # last: the directory is free once its agents are gone
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return f"pid {text}" if text.isdigit() else "pid unknown"
+
+
+def _take_lock(path: Path, busy: str) -> int:
+    """Hold an exclusive flock on `path` (writing our pid into it), or raise DemoError: `busy (pid N)`."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_pid(fd)
+        os.close(fd)
+        raise DemoError(f"{busy} ({holder}); stop it first, or use another --data-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _lock_holder(path: Path) -> str | None:
+    """Who holds the flock on `path` ("pid N"), or None when nobody does (checked without keeping it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_pid(fd)
+    finally:
+        os.close(fd)
+    return None
 
 
 @contextlib.contextmanager

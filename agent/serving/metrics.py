@@ -81,3 +81,8 @@ def serving_metrics(s: ServingService) -> Iterator:
     yield CounterMetricFamily(
         "watchkeeper_predlog_dropped_rows", "Prediction rows dropped (store behind)", s.predlog.rows_dropped
     )
+    yield CounterMetricFamily(
+        "watchkeeper_predlog_unjournaled_requests",
+        "Logged requests not written to the crash journal (write errors, or the journal full): lost on a crash",
+        s.predlog.unjournaled,
+    )

@@ -10,28 +10,46 @@ and DuckDB reads those without converting Python objects.
 The queue is bounded by rows; past the bound the oldest requests are dropped and counted
 (`watchkeeper_store_rows_dropped_total{table="predictions"}`), so a slow disk costs log rows,
 never memory or latency.
+
+What we answered, we keep: with a journal attached (the agent always attaches one), `log` also
+writes the request as one record to `agent/store/journal.py`'s append-only file before it returns,
+i.e. before the caller's answer is sent. The writer commits a batch and the journal position it
+covers in one transaction, then deletes the journal's sealed segments; at start `replay_journal`
+puts whatever a crash left there into DuckDB, exactly once.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.store.writer import StoreWriter
+import orjson
+
+from agent.store.journal import Journal, pending_segments, segments, set_committed_seq
+from agent.store.writer import CHUNK_ROWS, StoreWriter, insert_arrow
 
 if TYPE_CHECKING:
+    import duckdb
     import pyarrow as pa
+
+log = logging.getLogger("watchkeeper.serving")
 
 TABLE = "predictions"
 COLUMNS = (
     "ts", "request_id", "endpoint", "model", "version", "row_idx", "num", "cat", "score", "label",
     "latency_ms", "status", "fallback_reason",
 )  # fmt: skip
+
+# meta key: the highest journal segment whose records are committed to `predictions`.
+JOURNAL_KEY = "predlog.journal_committed"
 
 # One logged request: (ts, request_id, endpoint, model, version, rows, num_flat, num_width,
 # cat_flat, cat_width, scores, labels, latency_ms, status, fallback_reason).
@@ -52,7 +70,31 @@ class PredictionLog:
         self._pending_rows = 0
         self.rows_logged = 0
         self.requests_skipped = 0
+        self._journal: Journal | None = None
+        self._taken_upto: int | None = None  # journal segments covered by the batch the writer took
         writer.add_source(self)
+
+    def attach_journal(self, journal: Journal) -> None:
+        """Journal every request from now on (before serving starts: see `replay_journal`)."""
+        with self._lock:
+            self._journal = journal
+
+    def close_journal(self) -> None:
+        """After the writer's last flush: stop journaling (uncommitted segments stay for the next start)."""
+        with self._lock:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
+
+    @property
+    def journal(self) -> Journal | None:
+        return self._journal
+
+    @property
+    def unjournaled(self) -> int:
+        """Requests logged but not journaled (write errors, or the journal past its bound)."""
+        j = self._journal
+        return 0 if j is None else j.errors + j.skipped
 
     def sampled(self, rate: float) -> bool:
         if rate >= 1.0:
@@ -82,8 +124,13 @@ class PredictionLog:
         n = len(scores)
         item = (time.time(), request_id, endpoint, model, version, n, num_flat, num_width, cat_flat, cat_width,
                 scores, labels, latency_ms, status, fallback_reason)  # fmt: skip
+        journal = self._journal
+        # Encoded outside the lock; written inside it, so a seal can't separate a record from its queue entry.
+        payload = orjson.dumps(item) if journal is not None else b""
         dropped = 0
         with self._lock:
+            if payload and self._journal is not None:
+                self._journal.append(payload)
             self._pending.append(item)
             self._pending_rows += n
             while self._pending_rows > self.max_pending_rows and len(self._pending) > 1:
@@ -108,7 +155,24 @@ class PredictionLog:
             items = list(self._pending)
             self._pending.clear()
             self._pending_rows = 0
+            self._taken_upto = self._journal.seal() if self._journal is not None else None
         return items
+
+    @staticmethod
+    def rows_in(items: list[_Item]) -> int:
+        return sum(it[5] for it in items)
+
+    def mark(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Inside the batch's transaction: the journal segments it covers are committed with it."""
+        if self._taken_upto is not None:
+            set_committed_seq(con, JOURNAL_KEY, self._taken_upto)
+
+    def committed(self) -> None:
+        """The batch is committed: its journal segments can go."""
+        upto, self._taken_upto = self._taken_upto, None
+        journal = self._journal
+        if upto is not None and journal is not None:
+            journal.release(upto)  # the writer thread alone seals and releases
 
     @staticmethod
     def chunks(items: list[_Item], max_rows: int) -> Iterator[tuple[int, pa.Table]]:
@@ -170,3 +234,59 @@ def to_arrow(items: list[_Item]) -> pa.Table:
         per_request(14, pa.string()),
     ]
     return pa.table({f"c{i}": c for i, c in enumerate(cols)})
+
+
+@dataclass
+class Replayed:
+    journal: Journal
+    requests: int = 0
+    rows: int = 0
+    problem: str | None = None  # set when pending records could not be put back (moved aside)
+
+
+def replay_journal(con: duckdb.DuckDBPyConnection, directory: Path) -> Replayed:
+    """Put the requests a crash left in the journal into `predictions`, then open the journal for writing.
+
+    Runs at start, before the writer thread and before serving. One transaction inserts every pending
+    segment's records and moves the committed mark past them, so a crash during replay replays again,
+    and a crash after it replays nothing twice. Records that can't be inserted are moved aside
+    (`<seq>.wkj.failed-<time>`) rather than stop the agent from starting.
+    """
+    items: list[_Item] = []
+    upto = None
+    torn = 0
+    for seg in pending_segments(con, directory, JOURNAL_KEY):
+        upto = seg.seq
+        torn += seg.torn_bytes
+        for rec in seg.records:
+            try:
+                items.append(tuple(orjson.loads(rec)))
+            except orjson.JSONDecodeError:
+                torn += len(rec)
+    if torn:
+        log.warning("prediction journal: %d bytes of torn or corrupt records at segment ends were skipped", torn)
+    rows = 0
+    problem = None
+    if upto is not None:
+        con.begin()
+        try:
+            for n, tbl in PredictionLog.chunks(items, CHUNK_ROWS):
+                insert_arrow(con, TABLE, COLUMNS, tbl)
+                rows += n
+            set_committed_seq(con, JOURNAL_KEY, upto)
+            con.commit()
+        except Exception as e:
+            con.rollback()
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            for seg in segments(directory):
+                seg.path.rename(seg.path.with_name(f"{seg.path.name}.failed-{stamp}"))
+            problem = (
+                f"prediction journal replay failed ({str(e).splitlines()[0][:200]}); {len(items)} answered requests "
+                f"are not in the prediction log (segments kept as *.failed-{stamp})"
+            )
+            log.critical(problem)
+            items, rows = [], 0
+    if items:
+        log.warning("prediction journal: %d answered requests (%d rows) a crash left unwritten are now logged",
+                    len(items), rows)  # fmt: skip
+    return Replayed(Journal.after_replay(con, directory, JOURNAL_KEY), len(items), rows, problem)

@@ -45,27 +45,40 @@ def _connect(path: Path) -> duckdb.DuckDBPyConnection:
     )
 
 
+def _lock_conflict(e: duckdb.Error) -> bool:
+    """DuckDB could not lock the file: another process has it open (nothing is wrong with the WAL)."""
+    return isinstance(e, duckdb.IOException) and "lock" in str(e).lower()
+
+
 def open_store(path: Path) -> OpenedStore:
-    """Open (creating if needed) and migrate the store, recovering from a WAL that won't replay."""
+    """Open (creating if needed) and migrate the store, recovering from a WAL that won't replay.
+
+    The WAL is moved aside only when it is the problem: never when another process holds the file
+    (that is a second agent, refused here rather than robbed of its WAL), and it is put back when the
+    file won't open without it either."""
     alerts: list[tuple[str, str, str]] = []
     wal = path.with_name(path.name + ".wal")
     try:
         con = _connect(path)
     except duckdb.Error as first:
+        reason = str(first).splitlines()[0][:200]
+        if _lock_conflict(first):
+            raise StoreOpenError(f"store {path} is open in another process: {reason}") from None
         if not wal.exists():
             raise StoreOpenError(f"cannot open store {path}: {first}") from None
         aside = wal.with_name(f"{wal.name}.failed-{time.strftime('%Y%m%dT%H%M%S')}")
         wal.rename(aside)
+        try:
+            con = _connect(path)
+        except duckdb.Error as second:
+            aside.rename(wal)  # the WAL was not what failed: leave it for a start that can replay it
+            raise StoreOpenError(f"cannot open store {path} (WAL kept): {first}; without its WAL: {second}") from None
         msg = (
-            f"WAL replay failed ({str(first).splitlines()[0][:200]}); moved it to {aside.name} and "
+            f"WAL replay failed ({reason}); moved it to {aside.name} and "
             "started from the last checkpoint: samples since then are lost"
         )
         log.critical(msg)
         alerts.append(("critical", "store.wal_replay_failed", msg))
-        try:
-            con = _connect(path)
-        except duckdb.Error as second:
-            raise StoreOpenError(f"cannot open store {path} even without its WAL: {second}") from None
     try:
         version = migrate(con)
     except Exception as e:

@@ -6,6 +6,10 @@ Rows are buffered per table and written column-wise in one statement per table p
 rows/s for `executemany`). The buffer is bounded: when the disk falls behind, the oldest rows
 are dropped and counted rather than letting memory grow.
 
+A batch source's batch (the prediction log's) is written in one transaction together with the
+source's `mark` (its journal position), so its rows and "these journal records are in" commit
+together; a failing batch is rolled back whole and counted as dropped.
+
 Work that must be durable before the caller goes on (an audit entry, a token) uses `call`, which
 runs a function on the writer thread and waits for its commit.
 """
@@ -66,6 +70,14 @@ class BatchSource(Protocol):
     def take(self) -> list: ...
 
     def chunks(self, items: list, max_rows: int) -> Iterable[tuple[int, pa.Table]]: ...
+
+    def rows_in(self, items: list) -> int: ...
+
+    def mark(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Called inside the batch's transaction, after its INSERTs (the journal position it covers)."""
+
+    def committed(self) -> None:
+        """Called once the batch is committed."""
 
 
 class StoreWriter:
@@ -228,6 +240,21 @@ class StoreWriter:
             insert = lambda t=table, c=columns, r=rows: insert_columns(self._con, t, c, r)  # noqa: E731
             written += self._guarded(table, len(rows), insert)
         for src, items in taken:
+            written += self._write_source(src, items)
+        self.stats.rows_written += written
+        self.stats.flushes += 1
+        self.stats.last_flush_duration_s = time.perf_counter() - t0
+        self.stats.last_flush_at = time.time()
+
+    def _write_source(self, src: BatchSource, items: list) -> int:
+        """One transaction per source batch: its rows and its `mark` (a journal position) commit together,
+        so a crash can't leave rows committed whose journal records would be replayed again."""
+        import pyarrow as pa
+
+        con = self._con
+        written = 0
+        try:
+            con.begin()
             # Conversion holds the GIL: done in chunks with a yield between them. The INSERT releases
             # it, and each statement costs ~1-4 ms however small, so the chunks go in together.
             tables: list[pa.Table] = []
@@ -237,20 +264,28 @@ class StoreWriter:
                 rows += n
                 time.sleep(0)
                 if rows >= INSERT_ROWS:
-                    written += self._insert_tables(src, tables, rows)
+                    insert_arrow(con, src.table, src.columns, pa.concat_tables(tables))
+                    written += rows
                     tables, rows = [], 0
             if tables:
-                written += self._insert_tables(src, tables, rows)
-        self.stats.rows_written += written
-        self.stats.flushes += 1
-        self.stats.last_flush_duration_s = time.perf_counter() - t0
-        self.stats.last_flush_at = time.time()
-
-    def _insert_tables(self, src: BatchSource, tables: list[pa.Table], rows: int) -> int:
-        import pyarrow as pa
-
-        batch = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-        return self._guarded(src.table, rows, lambda: insert_arrow(self._con, src.table, src.columns, batch))
+                insert_arrow(con, src.table, src.columns, tables[0] if len(tables) == 1 else pa.concat_tables(tables))
+                written += rows
+            src.mark(con)
+            con.commit()
+        except Exception as e:  # a failing batch is counted and reported, never wedges the writer
+            try:
+                con.rollback()
+            except duckdb.Error:
+                pass
+            lost = src.rows_in(items)
+            self.stats.flush_errors += 1
+            self.count_dropped(src.table, lost)
+            self.stats.last_error = f"{src.table}: {e}"
+            log.error("dropping %d rows for %s: %s", lost, src.table, e)
+            return 0
+        self.stats.written_by_table[src.table] = self.stats.written_by_table.get(src.table, 0) + written
+        src.committed()
+        return written
 
     def _guarded(self, table: str, rows: int, insert: Callable[[], None]) -> int:
         """Run one INSERT; a failing batch is counted and reported, never wedges the writer."""

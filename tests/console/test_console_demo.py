@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -137,3 +138,52 @@ def test_demo_cli_leaves_no_process_behind(tmp_path: Path, how: str) -> None:
             assert wait_gone(pids) == []
     finally:
         term.close()
+
+
+# --------------------------------------------------------------------------- one demo per directory
+
+
+def test_a_second_demo_in_the_same_directory_is_refused_and_touches_nothing(tmp_path: Path) -> None:
+    base = tmp_path / "demo"
+    with DemoFleet(base, agent_command=FAKE) as first:
+        specs = first.start()
+        sock = base / "demo-local" / "agent.sock"
+        assert sock.exists()
+        pids = group_pids(base)
+        second = DemoFleet(base, agent_command=FAKE)
+        with pytest.raises(DemoError, match=rf"a demo is already running in {base} \(pid {os.getpid()}\)"):
+            second.start()
+        second.stop()
+        assert second.agents == [] and sock.exists() and alive_pids(pids) == pids
+        assert asyncio.run(poll_once(specs)).all_up
+        # the command line says so too, and exits non-zero without starting anything
+        r = subprocess.run(
+            [sys.executable, "-m", "console.cli", "demo", "--data-dir", str(base), "--agent-command", shlex.join(FAKE)],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )  # fmt: skip
+        assert r.returncode != 0 and "a demo is already running in" in r.stderr, r.stderr
+        assert sock.exists() and group_pids(base) == pids and asyncio.run(poll_once(specs)).all_up
+    # once the first demo is gone, the directory is free again
+    with DemoFleet(base, agent_command=FAKE) as again:
+        again.start()
+
+
+def test_a_demo_refuses_an_agent_dir_held_by_an_agent_it_did_not_start(tmp_path: Path) -> None:
+    import fcntl
+
+    held = tmp_path / "demo" / "demo-sim-1gpu"
+    held.mkdir(parents=True)
+    (tmp_path / "demo" / "demo-local").mkdir()
+    stale_sock = tmp_path / "demo" / "demo-local" / "agent.sock"
+    stale_sock.write_text("")
+    fd = os.open(held / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"4242\n")
+        fleet = DemoFleet(tmp_path / "demo", agent_command=FAKE)
+        busy = r"demo-sim-1gpu is in use by an agent this demo did not start \(pid 4242\)"
+        with pytest.raises(DemoError, match=busy), fleet:
+            fleet.start()
+        assert fleet.agents == [] and stale_sock.exists()
+    finally:
+        os.close(fd)
