@@ -181,11 +181,17 @@ def _run_demo(args: argparse.Namespace) -> int:
     # exit_on_signals spans the whole run: the TUI swaps in its own handlers while it runs and
     # puts these back when it stops, so a SIGTERM during start-up or clean-up also cleans up.
     with exit_on_signals(), fleet:
-        print(f"watchkeeper demo: starting {len(fleet.plan)} agents in {fleet.base_dir} …", file=sys.stderr)
         try:
+            fleet.claim()  # refused before anything is said or started
+            print(f"watchkeeper demo: starting {len(fleet.plan)} agents in {fleet.base_dir} …", file=sys.stderr)
             specs = fleet.start()
         except DemoError as exc:
             raise UsageError(f"demo: {exc}") from None
+        print(
+            f"watchkeeper demo: attach another console or the CLI with: watchkeeper --fleet {fleet.fleet_file}"
+            f"  (e.g. watchkeeper status --fleet {fleet.fleet_file})",
+            file=sys.stderr,
+        )
         args.theme = theme
         args.ansi = False
         traffic = _demo_traffic(fleet)

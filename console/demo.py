@@ -11,6 +11,11 @@ Only one demo runs in a directory: `start` takes an exclusive `flock` on `<dir>/
 pid) before it touches anything there, and refuses when it is held or when an agent it did not start
 holds one of the agent data dirs (the agent's own lock, `agent.lock`): a second demo used to unlink the
 first one's sockets and start agents that ruined the running agents' stores.
+
+To attach a second console or the CLI, `start` writes `<dir>/fleet.toml` (0600: it holds the agents'
+tokens) and the CLI prints the one line that uses it. Agents run as `watchkeeper-agent` (the installed
+entry point) so `ps` says what they are, and a reaper thread waits on any agent that dies while the demo
+runs, so none lingers as `<defunct>`.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ STOP_GRACE_S = 5.0
 # sockaddr_un.sun_path is 108 bytes on Linux; leave room for the NUL.
 MAX_SOCKET_PATH = 100
 DEMO_LOCK = "demo.lock"
+FLEET_FILE = "fleet.toml"
+REAP_INTERVAL_S = 1.0
 # The agent's data-dir lock (agent/datadir.py LOCK_NAME; the console imports nothing from agent/ but schemas).
 AGENT_LOCK = "agent.lock"
 
@@ -101,8 +108,27 @@ interval = 3
 
 
 def default_agent_command() -> list[str]:
-    """Start agents with this interpreter, so the demo uses the same installation."""
+    """Start agents with this installation: its `watchkeeper-agent` script (what `ps` then shows),
+    else this interpreter running the agent's entry point."""
+    script = Path(sys.executable).with_name("watchkeeper-agent")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
     return [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())"]
+
+
+def fleet_toml(specs: Sequence[AgentSpec]) -> str:
+    """A fleet file naming `specs` with their tokens (see console/config.py)."""
+    lines = ["# Written by `watchkeeper demo`; valid while it runs. Holds the agents' tokens: keep it private.\n"]
+    for s in specs:
+        lines.append(f"[[agent]]\nname = {_toml_str(s.name)}\nurl = {_toml_str(s.url)}\n")
+        if s.token:
+            lines.append(f"token = {_toml_str(s.token)}\n")
+        lines.append("\n")
+    return "".join(lines)
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def free_port() -> int:
@@ -157,6 +183,8 @@ class DemoFleet:
     agents: list[RunningAgent] = field(default_factory=list)
     _socket_dir: Path | None = None
     _lock_fd: int | None = None
+    _reaper: threading.Thread | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> DemoFleet:
         return self
@@ -168,21 +196,44 @@ class DemoFleet:
     def pids(self) -> list[int]:
         return [a.proc.pid for a in self.agents]
 
-    def start(self) -> list[AgentSpec]:
-        """Start every agent, wait until all are ready, and return their specs."""
+    def claim(self) -> None:
+        """Take the demo directory (refused with DemoError when a demo or a foreign agent holds it)."""
+        if self._lock_fd is not None:
+            return
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _take_lock(self.base_dir / DEMO_LOCK, f"a demo is already running in {self.base_dir}")
         for plan in self.plan:
             held = _lock_holder(self.base_dir / plan.name / AGENT_LOCK)
             if held is not None:
                 raise DemoError(f"{self.base_dir / plan.name} is in use by an agent this demo did not start ({held})")
+
+    def start(self) -> list[AgentSpec]:
+        """Start every agent, wait until all are ready, and return their specs."""
+        self.claim()
         for plan in self.plan:
             self.agents.append(self._spawn(plan))
+        self._reaper = threading.Thread(target=self._reap, name="demo-reaper", daemon=True)
+        self._reaper.start()
         deadline = time.monotonic() + self.ready_timeout_s
         for agent in self.agents:
             self._wait_ready(agent, deadline)
             agent.token = self._read_token(agent)
-        return [a.spec() for a in self.agents]
+        specs = [a.spec() for a in self.agents]
+        fd = os.open(self.fleet_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(fleet_toml(specs))
+        return specs
+
+    @property
+    def fleet_file(self) -> Path:
+        """The fleet file a second console or the CLI can use while the demo runs."""
+        return self.base_dir.resolve() / FLEET_FILE
+
+    def _reap(self) -> None:
+        """Wait on agents that die while the demo runs (killed by hand, crashed): no `<defunct>` left."""
+        while not self._stopping.wait(REAP_INTERVAL_S):
+            for agent in list(self.agents):
+                agent.proc.poll()
 
     def _socket_path(self, data_dir: Path) -> Path:
         path = data_dir.resolve() / "agent.sock"
@@ -277,6 +328,7 @@ class DemoFleet:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _stop(self) -> None:
+        self._stopping.set()
         procs = [a.proc for a in self.agents]
         for proc in procs:
             if proc.poll() is None:
@@ -300,6 +352,8 @@ class DemoFleet:
             with contextlib.suppress(OSError):
                 self._socket_dir.rmdir()
             self._socket_dir = None
+        with contextlib.suppress(OSError):
+            self.fleet_file.unlink()  # its tokens and addresses die with the demo
         if self._lock_fd is not None:  # last: the directory is free once its agents are gone
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from console.client import AgentState
-from console.demo import DemoError, DemoFleet, alive_pids
+from console.config import load_fleet_file
+from console.demo import DemoError, DemoFleet, alive_pids, default_agent_command
 from console.status import poll_once
 from tests.console.wk_terminal import Terminal
 
@@ -65,8 +67,31 @@ def test_demo_fleet_starts_agents_the_console_can_poll_and_stops_all(tmp_path: P
         assert [len(a.snapshot.gpus) for a in status.agents] == [2, 4, 1]  # type: ignore[union-attr]
         # Every agent leads its own process group (so killpg reaches its children).
         assert all(os.getpgid(p) == p for p in fleet.pids)
+        # A second console or the CLI attaches through the fleet file (private: it holds the tokens).
+        assert fleet.fleet_file == (base / "fleet.toml").resolve()
+        assert stat.S_IMODE(fleet.fleet_file.stat().st_mode) == 0o600
+        attached = load_fleet_file(fleet.fleet_file, env={})
+        assert [(s.name, s.url, s.token) for s in attached] == [(s.name, s.url, s.token) for s in specs]
     # The fakes leave their `sleep` grandchildren behind on SIGTERM: the group sweep must get them.
     assert wait_gone(pids) == []
+    assert not (base / "fleet.toml").exists()  # its addresses and tokens end with the demo
+
+
+def test_an_agent_killed_while_the_demo_runs_is_reaped_not_left_defunct(tmp_path: Path) -> None:
+    with DemoFleet(tmp_path / "demo", agent_command=FAKE) as fleet:
+        fleet.start()
+        victim = fleet.agents[1].proc.pid
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{victim}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # a zombie keeps its /proc entry (state Z) until someone waits on it
+        assert not Path(f"/proc/{victim}").exists()
+
+
+def test_demo_agents_run_as_watchkeeper_agent() -> None:
+    # The installed entry point, so `ps` shows `watchkeeper-agent run ...`, not `python -c ...`.
+    command = default_agent_command()
+    assert Path(command[0]).name == "watchkeeper-agent" and len(command) == 1
 
 
 def test_exception_inside_the_demo_still_stops_everything(tmp_path: Path) -> None:
@@ -162,6 +187,7 @@ def test_a_second_demo_in_the_same_directory_is_refused_and_touches_nothing(tmp_
             capture_output=True, text=True, timeout=60, cwd=REPO,
         )  # fmt: skip
         assert r.returncode != 0 and "a demo is already running in" in r.stderr, r.stderr
+        assert "starting" not in r.stderr and len(r.stderr.strip().splitlines()) == 1  # one line, nothing started
         assert sock.exists() and group_pids(base) == pids and asyncio.run(poll_once(specs)).all_up
     # once the first demo is gone, the directory is free again
     with DemoFleet(base, agent_command=FAKE) as again:
