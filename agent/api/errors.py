@@ -39,10 +39,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}.get(
-            exc.status_code, "http_error"
-        )
-        return JSONResponse(_body(code, exc.detail), status_code=exc.status_code, headers=exc.headers)
+        code = {
+            400: "bad_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            401: "unauthorized",
+            403: "forbidden",
+        }.get(exc.status_code, "http_error")
+        # FastAPI's only 400 is a body it could not parse (e.g. JSON nested past the recursion limit).
+        field = "body" if exc.status_code == 400 else None
+        return JSONResponse(_body(code, exc.detail, field), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

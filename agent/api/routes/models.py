@@ -78,7 +78,8 @@ def _call(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
 # --------------------------------------------------------------------------- streaming upload
 
 
-def _parts() -> list[Part]:
+def upload_parts() -> list[Part]:
+    """The parts of a model registration (the gate caps the whole body at their sum)."""
     return [
         Part("metadata", MAX_METADATA_BYTES, required=True, text=True, what="JSON"),
         Part("artifact", max_artifact_bytes(), required=True, sha256=True, what="the model file"),
@@ -130,7 +131,7 @@ async def register_version(
     """Register a new version: multipart `metadata` (JSON `ModelVersionCreate`) and `artifact` (the file)."""
     _name(name)
     reg = _registry(request)
-    up = await receive(request, reg.tmp_dir, _parts(), blame="artifact")
+    up = await receive(request, reg.tmp_dir, upload_parts(), blame="artifact")
     try:
 
         def register() -> ModelVersion:
