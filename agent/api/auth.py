@@ -42,6 +42,10 @@ def new_token() -> tuple[str, str]:
     return f"wk_{accessor}_{secrets.token_urlsafe(32)}", accessor
 
 
+class LastAdminToken(Exception):
+    """Revoking this token would leave no active admin token."""
+
+
 @dataclass(frozen=True)
 class _Entry:
     accessor: str
@@ -59,6 +63,7 @@ class TokenStore:
     def __init__(self, writer: StoreWriter, con: duckdb.DuckDBPyConnection, cfg: AgentConfig) -> None:
         self._writer = writer
         self._lock = threading.Lock()
+        self._revoke_lock = threading.Lock()
         self._by_digest: dict[str, _Entry] = {}
         self._all: dict[str, _Entry] = {}
         now = time.time()
@@ -80,6 +85,11 @@ class TokenStore:
 
     def active_count(self) -> int:
         return len(self._by_digest)
+
+    def is_last_admin(self, accessor: str) -> bool:
+        """True when `accessor` is the only active admin token: revoking it would lock admins out over TCP."""
+        admins = [e.accessor for e in self._by_digest.values() if e.role == "admin"]
+        return admins == [accessor]
 
     def authenticate(self, token: str) -> Principal | None:
         d = digest(token)
@@ -103,14 +113,18 @@ class TokenStore:
             return None
         if e.source == "config":
             raise PermissionError("config tokens are revoked by removing them from the config file")
-        revoked = _Entry(*(_row(e)[:-1]), time.time())
-        self._writer.call(
-            lambda con: con.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE accessor = ?", [revoked.revoked_at, accessor]
+        # One revocation at a time, so two concurrent ones cannot each leave the other as "the last admin".
+        with self._revoke_lock:
+            if self.is_last_admin(accessor):
+                raise LastAdminToken(accessor)
+            revoked = _Entry(*(_row(e)[:-1]), time.time())
+            self._writer.call(
+                lambda con: con.execute(
+                    "UPDATE tokens SET revoked_at = ? WHERE accessor = ?", [revoked.revoked_at, accessor]
+                )
             )
-        )
-        with self._lock:
-            self._add(revoked)
+            with self._lock:
+                self._add(revoked)
         return _info(revoked)
 
     def list(self) -> list[TokenInfo]:

@@ -8,6 +8,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("watchkeeper.api")
 
@@ -32,13 +33,23 @@ def _body(error: str, detail: object = None, field: str | None = None) -> dict:
     return {"error": error, "detail": detail, "field": field}
 
 
+def _allowed(request: Request) -> str:
+    """Every method some route serves on this path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(_body(exc.error, exc.detail, exc.field), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {
             400: "bad_request",
             404: "not_found",
@@ -48,7 +59,10 @@ def install_error_handlers(app: FastAPI) -> None:
         }.get(exc.status_code, "http_error")
         # FastAPI's only 400 is a body it could not parse (e.g. JSON nested past the recursion limit).
         field = "body" if exc.status_code == 400 else None
-        return JSONResponse(_body(code, exc.detail, field), status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed(request)}
+        return JSONResponse(_body(code, exc.detail, field), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -22,6 +22,14 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+# What the agent accepts: no unknown keys, and no coercion - `{"enabled": 0}` is not a boolean, "5" not a
+# number - so a request is valid exactly when its OpenAPI schema says it is.
+_STRICT_INPUT = ConfigDict(extra="forbid", strict=True)
+
+# Unix seconds a request may name (year 2286): far past any real time, well inside DuckDB's timestamps.
+MAX_UNIX_S = 10_000_000_000
+
+
 # --------------------------------------------------------------------------- telemetry
 
 
@@ -223,7 +231,7 @@ class Principal(_Wire):
 
 
 class TokenCreate(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
     role: Role
 
@@ -302,7 +310,7 @@ class FeatureSpec(_Wire):
     "unseen": it encodes as all zeros and is counted (data quality), never an error.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     dtype: FeatureDtype
     min: float | None = None  # allowed range, inclusive; outside is counted, not rejected
@@ -313,14 +321,14 @@ class FeatureSpec(_Wire):
 
 
 class OutputSpec(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     kind: Literal["binary", "regression", "multiclass"]
     labels: list[str] | None = None  # binary: [negative, positive]; multiclass: one per class
     threshold: float = 0.5  # binary: score >= threshold -> labels[1]
 
 
 class Signature(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     features: list[FeatureSpec] = Field(min_length=1)
     output: OutputSpec
 
@@ -328,7 +336,7 @@ class Signature(_Wire):
 class Lineage(_Wire):
     """Where a model version came from; the first three are required on every build."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     build_id: str = Field(min_length=1, max_length=200)
     code_commit: str = Field(min_length=1, max_length=200)
     code_dirty: bool = False
@@ -341,7 +349,7 @@ class Lineage(_Wire):
 class ModelVersionCreate(_Wire):
     """Metadata sent with an artifact (multipart field `metadata`, JSON) to register a version."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     format: ModelFormat
     lineage: Lineage
     signature: Signature
@@ -378,7 +386,7 @@ class ModelSummary(_Wire):
 
 
 class AliasMove(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     version: int = Field(ge=1)
     reason: str = Field(default="", max_length=500)
 
@@ -399,7 +407,7 @@ class AliasEvent(_Wire):
 class BatchingConfig(_Wire):
     """Adaptive micro-batching across concurrent requests. Counts rows, not requests."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     enabled: bool = False
     max_rows: int = Field(default=64, ge=1, le=100_000)
     max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
@@ -408,7 +416,7 @@ class BatchingConfig(_Wire):
 class BreakerConfig(_Wire):
     """Circuit breaker: opens on error rate or slow calls over a rolling window, probes when half-open."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     enabled: bool = True
     window_s: float = Field(default=10.0, gt=0, le=3600)
     min_requests: int = Field(default=20, ge=1)
@@ -421,7 +429,7 @@ class BreakerConfig(_Wire):
 class FaultConfig(_Wire):
     """Fault injection for drills and tests (as Envoy's fault filter): errors and delays before the model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     error_rate: float = Field(default=0.0, ge=0, le=1)
     delay_ms: float = Field(default=0.0, ge=0, le=60_000)
     delay_rate: float = Field(default=1.0, ge=0, le=1)
@@ -432,7 +440,15 @@ class FaultConfig(_Wire):
 class EndpointConfig(_Wire):
     """What `PUT /api/v1/endpoints/{name}` takes. Exactly one of `version` and `alias` picks the model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        **_STRICT_INPUT,
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["version"], "properties": {"version": {"type": "integer"}, "alias": {"type": "null"}}},
+                {"required": ["alias"], "properties": {"alias": {"type": "string"}, "version": {"type": "null"}}},
+            ]
+        },
+    )
     model: str = Field(pattern=NAME_PATTERN)
     version: int | None = Field(default=None, ge=1)
     alias: str | None = Field(default=None, pattern=NAME_PATTERN)
@@ -471,7 +487,7 @@ class EndpointInfo(_Wire):
 
 
 class FallbackToggle(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     enabled: bool
     reason: str = Field(min_length=1, max_length=500)
 
@@ -659,18 +675,27 @@ class HistogramOut(_Wire):
 
 
 class FeedbackItem(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    # A label or a value (or both): an item with neither says nothing.
+    model_config = ConfigDict(
+        **_STRICT_INPUT,
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["label"], "properties": {"label": {"type": "string"}}},
+                {"required": ["value"], "properties": {"value": {"type": "number"}}},
+            ]
+        },
+    )
     request_id: str = Field(min_length=1, max_length=128)
-    row_idx: int = Field(default=0, ge=0)
+    row_idx: int = Field(default=0, ge=0, le=1_000_000)  # a row of one predict request (max_rows at most)
     label: str | None = Field(default=None, max_length=256)  # classification: the true class
     value: float | None = None  # regression target or a business outcome (e.g. revenue)
-    ts: float | None = None  # when the outcome happened; default: when received
+    ts: float | None = Field(default=None, ge=0, le=MAX_UNIX_S)  # when the outcome happened; default: received
 
 
 class FeedbackBatch(_Wire):
     """`POST /api/v1/endpoints/{name}/feedback`: labels arriving late and in any order."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     items: list[FeedbackItem] = Field(min_length=1, max_length=100_000)
 
 
@@ -737,12 +762,12 @@ class AlertOut(_Wire):
 
 
 class AlertAck(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     comment: str = Field(default="", max_length=500)
 
 
 class AlertSilence(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     duration_s: float = Field(gt=0, le=30 * 86400)
     comment: str = Field(default="", max_length=500)
 
@@ -794,7 +819,7 @@ class RolloutStep(_Wire):
     - analysis_s: hold for this long and pass only if every guard stayed green for the whole time.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     set_weight: float | None = Field(default=None, ge=0, le=100)
     shadow: float | None = Field(default=None, ge=0, le=1)
     pause_s: float | None = Field(default=None, gt=0, le=30 * 86400)
@@ -806,7 +831,7 @@ class MetricThreshold(_Wire):
     """MLflow MetricThreshold semantics: the candidate must reach `threshold` (absolute) and beat the stable
     version by at least `min_absolute_change` / `min_relative_change` (in the better direction)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     metric: Literal["accuracy", "auc", "f1", "log_loss", "mae", "rmse"]
     threshold: float | None = None
     min_absolute_change: float | None = None
@@ -817,7 +842,7 @@ class MetricThreshold(_Wire):
 class RolloutGuards(_Wire):
     """Checked continuously on live traffic of the candidate (and stable); a breach held for `window_s` aborts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     window_s: float = Field(default=30.0, gt=0, le=3600)
     min_requests: int = Field(default=20, ge=1)
     max_error_rate: float | None = Field(default=0.05, ge=0, le=1)
@@ -832,7 +857,7 @@ class RolloutGuards(_Wire):
 class RolloutCreate(_Wire):
     """`POST /api/v1/endpoints/{name}/rollouts`: start moving `endpoint` to `candidate_version` of its model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     candidate_version: int = Field(ge=1)
     strategy: RolloutStrategy
     steps: list[RolloutStep] | None = None  # None: the strategy's default plan (docs/rollouts.md)
@@ -849,7 +874,7 @@ class RolloutCreate(_Wire):
 class RolloutAction(_Wire):
     """Body of approve / reject / promote / pause / resume / abort / rollback."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     step_index: int | None = Field(default=None, ge=0)  # approve/reject: the step being approved (stale -> 409)
     reason: str = Field(default="", max_length=500)
 
