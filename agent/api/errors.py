@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 log = logging.getLogger("watchkeeper.api")
 
@@ -34,13 +34,22 @@ def _body(error: str, detail: object = None, field: str | None = None) -> dict:
 
 
 def _allowed(request: Request) -> str:
-    """Every method some route serves on this path (Starlette's 405 names only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return ", ".join(sorted(methods))
+    """Every method the API documents for this path (Starlette's 405 names only the first route's methods)."""
+    app = request.app
+    table = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = []
+        for path, ops in app.openapi().get("paths", {}).items():
+            methods = {m.upper() for m in ops}
+            if "GET" in methods:
+                methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
+            table.append((re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(path)) + "$"), methods))
+        app.state.allow_table = table
+    found: set[str] = set()
+    for pattern, methods in table:
+        if pattern.match(request.url.path):
+            found |= methods
+    return ", ".join(sorted(found))
 
 
 def install_error_handlers(app: FastAPI) -> None:

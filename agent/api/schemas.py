@@ -7,9 +7,9 @@ percent in 0..100. A value the host cannot provide is `None`, never a made-up ze
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 API_PREFIX = "/api/v1"
 
@@ -25,6 +25,17 @@ class _Wire(BaseModel):
 # What the agent accepts: no unknown keys, and no coercion - `{"enabled": 0}` is not a boolean, "5" not a
 # number - so a request is valid exactly when its OpenAPI schema says it is.
 _STRICT_INPUT = ConfigDict(extra="forbid", strict=True)
+
+
+def _whole(v: object) -> object:
+    # JSON has one kind of number: to JSON Schema (and so to our OpenAPI) 3.0 is an integer. Strict mode
+    # would refuse it; take it as 3. A bool or a string still fails the strict int check after this.
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+WholeInt = Annotated[int, BeforeValidator(_whole)]
 
 # Unix seconds a request may name (year 2286): far past any real time, well inside DuckDB's timestamps.
 MAX_UNIX_S = 10_000_000_000
@@ -342,7 +353,7 @@ class Lineage(_Wire):
     code_dirty: bool = False
     data_version: str = Field(min_length=1, max_length=200)  # a version name or a content digest
     params_hash: str | None = None
-    parent_version: int | None = None
+    parent_version: WholeInt | None = None
     job_id: str | None = None
 
 
@@ -387,7 +398,7 @@ class ModelSummary(_Wire):
 
 class AliasMove(_Wire):
     model_config = _STRICT_INPUT
-    version: int = Field(ge=1)
+    version: WholeInt = Field(ge=1)
     reason: str = Field(default="", max_length=500)
 
 
@@ -409,7 +420,7 @@ class BatchingConfig(_Wire):
 
     model_config = _STRICT_INPUT
     enabled: bool = False
-    max_rows: int = Field(default=64, ge=1, le=100_000)
+    max_rows: WholeInt = Field(default=64, ge=1, le=100_000)
     max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
 
 
@@ -419,11 +430,11 @@ class BreakerConfig(_Wire):
     model_config = _STRICT_INPUT
     enabled: bool = True
     window_s: float = Field(default=10.0, gt=0, le=3600)
-    min_requests: int = Field(default=20, ge=1)
+    min_requests: WholeInt = Field(default=20, ge=1)
     error_rate: float = Field(default=0.5, gt=0, le=1)
     slow_call_ms: float | None = Field(default=None, gt=0)  # a call slower than this counts as a failure
     open_s: float = Field(default=5.0, gt=0, le=3600)
-    half_open_probes: int = Field(default=3, ge=1, le=1000)
+    half_open_probes: WholeInt = Field(default=3, ge=1, le=1000)
 
 
 class FaultConfig(_Wire):
@@ -434,7 +445,7 @@ class FaultConfig(_Wire):
     delay_ms: float = Field(default=0.0, ge=0, le=60_000)
     delay_rate: float = Field(default=1.0, ge=0, le=1)
     # Only requests served by this model version misbehave (a rollout drill: a sick candidate); None: all.
-    version: int | None = Field(default=None, ge=1)
+    version: WholeInt | None = Field(default=None, ge=1)
 
 
 class EndpointConfig(_Wire):
@@ -450,12 +461,12 @@ class EndpointConfig(_Wire):
         },
     )
     model: str = Field(pattern=NAME_PATTERN)
-    version: int | None = Field(default=None, ge=1)
+    version: WholeInt | None = Field(default=None, ge=1)
     alias: str | None = Field(default=None, pattern=NAME_PATTERN)
-    max_concurrency: int = Field(default=64, ge=1, le=100_000)  # rows in flight beyond this are shed
+    max_concurrency: WholeInt = Field(default=64, ge=1, le=100_000)  # rows in flight beyond this are shed
     timeout_ms: float = Field(default=1000.0, gt=0, le=600_000)
-    max_payload_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
-    max_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    max_payload_bytes: WholeInt = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
+    max_rows: WholeInt = Field(default=10_000, ge=1, le=1_000_000)
     missing_policy: Literal["reject", "impute"] = "reject"
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
@@ -686,7 +697,7 @@ class FeedbackItem(_Wire):
         },
     )
     request_id: str = Field(min_length=1, max_length=128)
-    row_idx: int = Field(default=0, ge=0, le=1_000_000)  # a row of one predict request (max_rows at most)
+    row_idx: WholeInt = Field(default=0, ge=0, le=1_000_000)  # a row of one predict request (max_rows at most)
     label: str | None = Field(default=None, max_length=256)  # classification: the true class
     value: float | None = None  # regression target or a business outcome (e.g. revenue)
     ts: float | None = Field(default=None, ge=0, le=MAX_UNIX_S)  # when the outcome happened; default: received
@@ -844,7 +855,7 @@ class RolloutGuards(_Wire):
 
     model_config = _STRICT_INPUT
     window_s: float = Field(default=30.0, gt=0, le=3600)
-    min_requests: int = Field(default=20, ge=1)
+    min_requests: WholeInt = Field(default=20, ge=1)
     max_error_rate: float | None = Field(default=0.05, ge=0, le=1)
     max_fallback_rate: float | None = Field(default=0.10, ge=0, le=1)
     p99_slo_ms: float | None = Field(default=None, gt=0)
@@ -858,14 +869,14 @@ class RolloutCreate(_Wire):
     """`POST /api/v1/endpoints/{name}/rollouts`: start moving `endpoint` to `candidate_version` of its model."""
 
     model_config = _STRICT_INPUT
-    candidate_version: int = Field(ge=1)
+    candidate_version: WholeInt = Field(ge=1)
     strategy: RolloutStrategy
     steps: list[RolloutStep] | None = None  # None: the strategy's default plan (docs/rollouts.md)
     gate: list[MetricThreshold] = Field(default_factory=list)
     validation_dataset: str | None = Field(default=None, pattern=NAME_PATTERN)  # a registered dataset
     guards: RolloutGuards = Field(default_factory=RolloutGuards)
     ab_caller_header: str = Field(default="x-caller-key", min_length=1, max_length=64)
-    ab_min_samples: int = Field(default=200, ge=10)
+    ab_min_samples: WholeInt = Field(default=200, ge=10)
     keep_stable_warm_s: float = Field(default=600.0, ge=0, le=7 * 86400)  # blue/green: instant rollback
     two_person_rule: bool = True
     reason: str = Field(default="", max_length=500)
@@ -875,7 +886,7 @@ class RolloutAction(_Wire):
     """Body of approve / reject / promote / pause / resume / abort / rollback."""
 
     model_config = _STRICT_INPUT
-    step_index: int | None = Field(default=None, ge=0)  # approve/reject: the step being approved (stale -> 409)
+    step_index: WholeInt | None = Field(default=None, ge=0)  # approve/reject: the step being approved (stale -> 409)
     reason: str = Field(default="", max_length=500)
 
 
