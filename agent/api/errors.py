@@ -34,7 +34,11 @@ def _body(error: str, detail: object = None, field: str | None = None) -> dict:
 
 
 def _allowed(request: Request) -> str:
-    """Every method the API documents for this path (Starlette's 405 names only the first route's methods)."""
+    """The methods the API documents for this path (Starlette's 405 names only the first route's methods).
+
+    Where templates overlap (`/models/{name}/aliases/history` and `/models/{name}/aliases/{alias}`), the one
+    with the fewest parameters is the resource.
+    """
     app = request.app
     table = getattr(app.state, "allow_table", None)
     if table is None:
@@ -43,13 +47,12 @@ def _allowed(request: Request) -> str:
             methods = {m.upper() for m in ops}
             if "GET" in methods:
                 methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
-            table.append((re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(path)) + "$"), methods))
+            pattern = re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(path)) + "$")
+            table.append((pattern, path.count("{"), methods))
         app.state.allow_table = table
-    found: set[str] = set()
-    for pattern, methods in table:
-        if pattern.match(request.url.path):
-            found |= methods
-    return ", ".join(sorted(found))
+    matches = [(params, methods) for pattern, params, methods in table if pattern.match(request.url.path)]
+    fewest = min((params for params, _ in matches), default=0)
+    return ", ".join(sorted(set().union(*(m for params, m in matches if params == fewest))))
 
 
 def install_error_handlers(app: FastAPI) -> None:

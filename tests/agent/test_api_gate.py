@@ -74,9 +74,9 @@ def test_an_anonymous_flood_is_refused_from_headers_without_growing_the_agent(ag
     status, body, took = _flood(agent, "/api/v1/tokens", {}, chunked=chunked)
     assert status == 401 and b'"unauthorized"' in body
     # Reading 200 MiB took 4.4 s before the 401; now nothing is read. Generous for a loaded CI box.
-    assert took < 2.0, took
+    assert took < 3.0, took
     grown = (_rss(agent) - before) / 2**20
-    assert grown < 8, f"agent RSS grew {grown:.0f} MiB on an anonymous body"
+    assert grown < 12, f"agent RSS grew {grown:.0f} MiB on an anonymous body"
     with agent.client() as c:  # and it is still serving
         assert c.get("/api/v1/whoami").status_code == 200
 
@@ -85,7 +85,7 @@ def test_a_wrong_token_is_refused_before_the_body_too(agent):
     before = _rss(agent)
     status, body, _ = _flood(agent, "/api/v1/endpoints/x/feedback", {"Authorization": "Bearer wk_nope_nope"})
     assert status == 401 and b"unknown or revoked token" in body
-    assert (_rss(agent) - before) / 2**20 < 8
+    assert (_rss(agent) - before) / 2**20 < 12
 
 
 def test_a_nested_json_bomb_without_a_token_is_a_401(agent):
