@@ -7,7 +7,9 @@ from fastapi import FastAPI
 from agent import __version__
 from agent.alerting.metrics import AlertCollector
 from agent.api.errors import install_error_handlers
+from agent.api.gate import Gate
 from agent.api.metrics import AgentCollector, make_registry
+from agent.api.openapi import install_openapi
 from agent.api.routes import admin, endpoints, health, models, monitoring, telemetry
 from agent.api.routes import alerts as alert_routes
 from agent.api.routes import rollouts as rollout_routes
@@ -31,6 +33,8 @@ def create_app(ctx: AgentContext) -> FastAPI:
     app.state.registry.register(AlertCollector(lambda: ctx.alerts))
     app.state.registry.register(RolloutCollector(lambda: ctx.rollouts))
     install_error_handlers(app)
+    # Auth and body caps from headers, before FastAPI reads any body (agent/api/gate.py).
+    app.add_middleware(Gate, ctx=ctx)
     app.include_router(health.router)
     app.include_router(telemetry.router, prefix=API_PREFIX)
     app.include_router(admin.router, prefix=API_PREFIX)
@@ -39,6 +43,7 @@ def create_app(ctx: AgentContext) -> FastAPI:
     app.include_router(monitoring.router, prefix=API_PREFIX)
     app.include_router(alert_routes.router, prefix=API_PREFIX)
     app.include_router(rollout_routes.router, prefix=API_PREFIX)
+    install_openapi(app)
     return app
 
 

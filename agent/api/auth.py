@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 
+from agent.api.errors import ApiError
 from agent.api.schemas import Principal, Role, TokenInfo
 from agent.config import AgentConfig
 from agent.store.writer import StoreWriter
@@ -41,6 +42,10 @@ def new_token() -> tuple[str, str]:
     return f"wk_{accessor}_{secrets.token_urlsafe(32)}", accessor
 
 
+class LastAdminToken(Exception):
+    """Revoking this token would leave no active admin token."""
+
+
 @dataclass(frozen=True)
 class _Entry:
     accessor: str
@@ -58,6 +63,7 @@ class TokenStore:
     def __init__(self, writer: StoreWriter, con: duckdb.DuckDBPyConnection, cfg: AgentConfig) -> None:
         self._writer = writer
         self._lock = threading.Lock()
+        self._revoke_lock = threading.Lock()
         self._by_digest: dict[str, _Entry] = {}
         self._all: dict[str, _Entry] = {}
         now = time.time()
@@ -79,6 +85,11 @@ class TokenStore:
 
     def active_count(self) -> int:
         return len(self._by_digest)
+
+    def is_last_admin(self, accessor: str) -> bool:
+        """True when `accessor` is the only active admin token: revoking it would lock admins out over TCP."""
+        admins = [e.accessor for e in self._by_digest.values() if e.role == "admin"]
+        return admins == [accessor]
 
     def authenticate(self, token: str) -> Principal | None:
         d = digest(token)
@@ -102,14 +113,18 @@ class TokenStore:
             return None
         if e.source == "config":
             raise PermissionError("config tokens are revoked by removing them from the config file")
-        revoked = _Entry(*(_row(e)[:-1]), time.time())
-        self._writer.call(
-            lambda con: con.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE accessor = ?", [revoked.revoked_at, accessor]
+        # One revocation at a time, so two concurrent ones cannot each leave the other as "the last admin".
+        with self._revoke_lock:
+            if self.is_last_admin(accessor):
+                raise LastAdminToken(accessor)
+            revoked = _Entry(*(_row(e)[:-1]), time.time())
+            self._writer.call(
+                lambda con: con.execute(
+                    "UPDATE tokens SET revoked_at = ? WHERE accessor = ?", [revoked.revoked_at, accessor]
+                )
             )
-        )
-        with self._lock:
-            self._add(revoked)
+            with self._lock:
+                self._add(revoked)
         return _info(revoked)
 
     def list(self) -> list[TokenInfo]:
@@ -156,3 +171,29 @@ def peer_principal(uid: int, cfg: AgentConfig) -> Principal | None:
     except KeyError:
         name = str(uid)
     return Principal(name=f"uid:{name}", role=role, via="unix-peer")
+
+
+def principal_from(
+    authorization: str | None, peer: dict[str, int] | None, cfg: AgentConfig, tokens: TokenStore
+) -> Principal:
+    """Who is calling, from headers alone: bearer token first, else the Unix-socket peer's uid; else 401/403.
+
+    Raises ApiError. Used by the gate (agent/api/gate.py) before any body is read.
+    """
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "unauthorized", "expected 'Authorization: Bearer <token>'", headers=_BEARER)
+        p = tokens.authenticate(token.strip())
+        if p is None:
+            raise ApiError(401, "unauthorized", "unknown or revoked token", headers=_BEARER)
+        return p
+    if peer is not None:
+        p = peer_principal(peer["uid"], cfg)
+        if p is not None:
+            return p
+        raise ApiError(403, "forbidden", f"uid {peer['uid']} is not allowed on this socket")
+    raise ApiError(401, "unauthorized", "missing bearer token", headers=_BEARER)
+
+
+_BEARER = {"WWW-Authenticate": "Bearer"}

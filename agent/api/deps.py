@@ -6,12 +6,13 @@ from collections.abc import Callable
 
 from fastapi import Request
 
-from agent.api.auth import ADMIN, APPROVE, OPERATE, READ, peer_principal
+from agent.api.auth import ADMIN, APPROVE, OPERATE, READ, principal_from
 from agent.api.errors import ApiError
 from agent.api.schemas import Principal
 from agent.context import AgentContext
 
 PEER_EXTENSION = "watchkeeper.peer"
+PRINCIPAL_EXTENSION = "watchkeeper.principal"  # set by agent/api/gate.py
 
 
 def ctx(request: Request) -> AgentContext:
@@ -19,29 +20,17 @@ def ctx(request: Request) -> AgentContext:
 
 
 def authenticate(request: Request) -> Principal:
-    """Bearer token first; otherwise the Unix-socket peer's uid; otherwise 401."""
-    c: AgentContext = request.app.state.ctx
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(
-                401,
-                "unauthorized",
-                "expected 'Authorization: Bearer <token>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        p = c.tokens.authenticate(token.strip())
-        if p is None:
-            raise ApiError(401, "unauthorized", "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    """Bearer token first; otherwise the Unix-socket peer's uid; otherwise 401.
+
+    The gate (agent/api/gate.py) has already done this for `/api/...` requests, before the body was
+    read; its answer is reused.
+    """
+    ext = request.scope.get("extensions", {})
+    p = ext.get(PRINCIPAL_EXTENSION)
+    if p is not None:
         return p
-    peer = request.scope.get("extensions", {}).get(PEER_EXTENSION)
-    if peer is not None:
-        p = peer_principal(peer["uid"], c.cfg)
-        if p is not None:
-            return p
-        raise ApiError(403, "forbidden", f"uid {peer['uid']} is not allowed on this socket")
-    raise ApiError(401, "unauthorized", "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    c: AgentContext = request.app.state.ctx
+    return principal_from(request.headers.get("authorization"), ext.get(PEER_EXTENSION), c.cfg, c.tokens)
 
 
 def _require(allowed: frozenset[str], what: str) -> Callable[[Request], Principal]:

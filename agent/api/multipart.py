@@ -166,6 +166,11 @@ class Upload:
             path.unlink(missing_ok=True)
 
 
+def upload_cap(parts: list[Part]) -> int:
+    """The most bytes a whole multipart body with these parts may have."""
+    return sum(p.max_bytes for p in parts) + ENVELOPE_BYTES
+
+
 async def receive(request: Request, tmp_dir: Path, parts: list[Part], blame: str) -> Upload:
     """Stream the request's multipart body into an Upload; `blame` is the part a disconnect is charged to."""
     up_parts = ", ".join(f"'{p.name}'" for p in parts)
@@ -173,7 +178,7 @@ async def receive(request: Request, tmp_dir: Path, parts: list[Part], blame: str
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):
         msg = f"send multipart/form-data with fields {up_parts}"
         raise ApiError(415, "unsupported_media_type", msg, "content-type")
-    cap = sum(p.max_bytes for p in parts) + ENVELOPE_BYTES
+    cap = upload_cap(parts)
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > cap:
         big = max((p for p in parts if not p.text), key=lambda p: p.max_bytes, default=parts[0])

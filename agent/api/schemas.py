@@ -7,9 +7,9 @@ percent in 0..100. A value the host cannot provide is `None`, never a made-up ze
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 API_PREFIX = "/api/v1"
 
@@ -20,6 +20,25 @@ GpuSourceKind = Literal["nvml", "simulated", "none"]
 class _Wire(BaseModel):
     # Extra keys are ignored when reading so an older console can talk to a newer agent.
     model_config = ConfigDict(extra="ignore")
+
+
+# What the agent accepts: no unknown keys, and no coercion - `{"enabled": 0}` is not a boolean, "5" not a
+# number - so a request is valid exactly when its OpenAPI schema says it is.
+_STRICT_INPUT = ConfigDict(extra="forbid", strict=True)
+
+
+def _whole(v: object) -> object:
+    # JSON has one kind of number: to JSON Schema (and so to our OpenAPI) 3.0 is an integer. Strict mode
+    # would refuse it; take it as 3. A bool or a string still fails the strict int check after this.
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+WholeInt = Annotated[int, BeforeValidator(_whole)]
+
+# Unix seconds a request may name (year 2286): far past any real time, well inside DuckDB's timestamps.
+MAX_UNIX_S = 10_000_000_000
 
 
 # --------------------------------------------------------------------------- telemetry
@@ -223,7 +242,7 @@ class Principal(_Wire):
 
 
 class TokenCreate(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
     role: Role
 
@@ -328,7 +347,7 @@ class FeatureSpec(_Wire):
     "unseen": it encodes as all zeros and is counted (data quality), never an error.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     dtype: FeatureDtype
     min: float | None = None  # allowed range, inclusive; outside is counted, not rejected
@@ -339,14 +358,14 @@ class FeatureSpec(_Wire):
 
 
 class OutputSpec(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     kind: Literal["binary", "regression", "multiclass"]
     labels: list[str] | None = None  # binary: [negative, positive]; multiclass: one per class
     threshold: float = 0.5  # binary: score >= threshold -> labels[1]
 
 
 class Signature(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     features: list[FeatureSpec] = Field(min_length=1)
     output: OutputSpec
 
@@ -354,20 +373,20 @@ class Signature(_Wire):
 class Lineage(_Wire):
     """Where a model version came from; the first three are required on every build."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     build_id: str = Field(min_length=1, max_length=200)
     code_commit: str = Field(min_length=1, max_length=200)
     code_dirty: bool = False
     data_version: str = Field(min_length=1, max_length=200)  # a version name or a content digest
     params_hash: str | None = None
-    parent_version: int | None = None
+    parent_version: WholeInt | None = None
     job_id: str | None = None
 
 
 class ModelVersionCreate(_Wire):
     """Metadata sent with an artifact (multipart field `metadata`, JSON) to register a version."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     format: ModelFormat
     lineage: Lineage
     signature: Signature
@@ -404,8 +423,8 @@ class ModelSummary(_Wire):
 
 
 class AliasMove(_Wire):
-    model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=1)
+    model_config = _STRICT_INPUT
+    version: WholeInt = Field(ge=1)
     reason: str = Field(default="", max_length=500)
 
 
@@ -425,47 +444,55 @@ class AliasEvent(_Wire):
 class BatchingConfig(_Wire):
     """Adaptive micro-batching across concurrent requests. Counts rows, not requests."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     enabled: bool = False
-    max_rows: int = Field(default=64, ge=1, le=100_000)
+    max_rows: WholeInt = Field(default=64, ge=1, le=100_000)
     max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
 
 
 class BreakerConfig(_Wire):
     """Circuit breaker: opens on error rate or slow calls over a rolling window, probes when half-open."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     enabled: bool = True
     window_s: float = Field(default=10.0, gt=0, le=3600)
-    min_requests: int = Field(default=20, ge=1)
+    min_requests: WholeInt = Field(default=20, ge=1)
     error_rate: float = Field(default=0.5, gt=0, le=1)
     slow_call_ms: float | None = Field(default=None, gt=0)  # a call slower than this counts as a failure
     open_s: float = Field(default=5.0, gt=0, le=3600)
-    half_open_probes: int = Field(default=3, ge=1, le=1000)
+    half_open_probes: WholeInt = Field(default=3, ge=1, le=1000)
 
 
 class FaultConfig(_Wire):
     """Fault injection for drills and tests (as Envoy's fault filter): errors and delays before the model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     error_rate: float = Field(default=0.0, ge=0, le=1)
     delay_ms: float = Field(default=0.0, ge=0, le=60_000)
     delay_rate: float = Field(default=1.0, ge=0, le=1)
     # Only requests served by this model version misbehave (a rollout drill: a sick candidate); None: all.
-    version: int | None = Field(default=None, ge=1)
+    version: WholeInt | None = Field(default=None, ge=1)
 
 
 class EndpointConfig(_Wire):
     """What `PUT /api/v1/endpoints/{name}` takes. Exactly one of `version` and `alias` picks the model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        **_STRICT_INPUT,
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["version"], "properties": {"version": {"type": "integer"}, "alias": {"type": "null"}}},
+                {"required": ["alias"], "properties": {"alias": {"type": "string"}, "version": {"type": "null"}}},
+            ]
+        },
+    )
     model: str = Field(pattern=NAME_PATTERN)
-    version: int | None = Field(default=None, ge=1)
+    version: WholeInt | None = Field(default=None, ge=1)
     alias: str | None = Field(default=None, pattern=NAME_PATTERN)
-    max_concurrency: int = Field(default=64, ge=1, le=100_000)  # rows in flight beyond this are shed
+    max_concurrency: WholeInt = Field(default=64, ge=1, le=100_000)  # rows in flight beyond this are shed
     timeout_ms: float = Field(default=1000.0, gt=0, le=600_000)
-    max_payload_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
-    max_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    max_payload_bytes: WholeInt = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
+    max_rows: WholeInt = Field(default=10_000, ge=1, le=1_000_000)
     missing_policy: Literal["reject", "impute"] = "reject"
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
@@ -497,7 +524,7 @@ class EndpointInfo(_Wire):
 
 
 class FallbackToggle(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     enabled: bool
     reason: str = Field(min_length=1, max_length=500)
 
@@ -692,18 +719,27 @@ class HistogramOut(_Wire):
 
 
 class FeedbackItem(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    # A label or a value (or both): an item with neither says nothing.
+    model_config = ConfigDict(
+        **_STRICT_INPUT,
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["label"], "properties": {"label": {"type": "string"}}},
+                {"required": ["value"], "properties": {"value": {"type": "number"}}},
+            ]
+        },
+    )
     request_id: str = Field(min_length=1, max_length=128)
-    row_idx: int = Field(default=0, ge=0)
+    row_idx: WholeInt = Field(default=0, ge=0, le=1_000_000)  # a row of one predict request (max_rows at most)
     label: str | None = Field(default=None, max_length=256)  # classification: the true class
     value: float | None = None  # regression target or a business outcome (e.g. revenue)
-    ts: float | None = None  # when the outcome happened; default: when received
+    ts: float | None = Field(default=None, ge=0, le=MAX_UNIX_S)  # when the outcome happened; default: received
 
 
 class FeedbackBatch(_Wire):
     """`POST /api/v1/endpoints/{name}/feedback`: labels arriving late and in any order."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     items: list[FeedbackItem] = Field(min_length=1, max_length=100_000)
 
 
@@ -772,12 +808,12 @@ class AlertOut(_Wire):
 
 
 class AlertAck(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     comment: str = Field(default="", max_length=500)
 
 
 class AlertSilence(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     duration_s: float = Field(gt=0, le=30 * 86400)
     comment: str = Field(default="", max_length=500)
 
@@ -831,7 +867,7 @@ class RolloutStep(_Wire):
     - analysis_s: hold for this long and pass only if every guard stayed green for the whole time.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     set_weight: float | None = Field(default=None, ge=0, le=100)
     shadow: float | None = Field(default=None, ge=0, le=1)
     pause_s: float | None = Field(default=None, gt=0, le=30 * 86400)
@@ -843,7 +879,7 @@ class MetricThreshold(_Wire):
     """MLflow MetricThreshold semantics: the candidate must reach `threshold` (absolute) and beat the stable
     version by at least `min_absolute_change` / `min_relative_change` (in the better direction)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     metric: Literal["accuracy", "auc", "f1", "log_loss", "mae", "rmse"]
     threshold: float | None = None
     min_absolute_change: float | None = None
@@ -854,9 +890,9 @@ class MetricThreshold(_Wire):
 class RolloutGuards(_Wire):
     """Checked continuously on live traffic of the candidate (and stable); a breach held for `window_s` aborts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_INPUT
     window_s: float = Field(default=30.0, gt=0, le=3600)
-    min_requests: int = Field(default=20, ge=1)
+    min_requests: WholeInt = Field(default=20, ge=1)
     max_error_rate: float | None = Field(default=0.05, ge=0, le=1)
     max_fallback_rate: float | None = Field(default=0.10, ge=0, le=1)
     p99_slo_ms: float | None = Field(default=None, gt=0)
@@ -871,15 +907,15 @@ class RolloutGuards(_Wire):
 class RolloutCreate(_Wire):
     """`POST /api/v1/endpoints/{name}/rollouts`: start moving `endpoint` to `candidate_version` of its model."""
 
-    model_config = ConfigDict(extra="forbid")
-    candidate_version: int = Field(ge=1)
+    model_config = _STRICT_INPUT
+    candidate_version: WholeInt = Field(ge=1)
     strategy: RolloutStrategy
     steps: list[RolloutStep] | None = None  # None: the strategy's default plan (docs/rollouts.md)
     gate: list[MetricThreshold] = Field(default_factory=list)
     validation_dataset: str | None = Field(default=None, pattern=NAME_PATTERN)  # a registered dataset
     guards: RolloutGuards = Field(default_factory=RolloutGuards)
     ab_caller_header: str = Field(default="x-caller-key", min_length=1, max_length=64)
-    ab_min_samples: int = Field(default=200, ge=10)
+    ab_min_samples: WholeInt = Field(default=200, ge=10)
     keep_stable_warm_s: float = Field(default=600.0, ge=0, le=7 * 86400)  # blue/green: instant rollback
     two_person_rule: bool = True
     reason: str = Field(default="", max_length=500)
@@ -888,8 +924,8 @@ class RolloutCreate(_Wire):
 class RolloutAction(_Wire):
     """Body of approve / reject / promote / pause / resume / abort / rollback."""
 
-    model_config = ConfigDict(extra="forbid")
-    step_index: int | None = Field(default=None, ge=0)  # approve/reject: the step being approved (stale -> 409)
+    model_config = _STRICT_INPUT
+    step_index: WholeInt | None = Field(default=None, ge=0)  # approve/reject: the step being approved (stale -> 409)
     reason: str = Field(default="", max_length=500)
 
 

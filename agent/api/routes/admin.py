@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from agent.api.auth import LastAdminToken
 from agent.api.deps import client_of, ctx, require_admin, require_read
 from agent.api.errors import ApiError
+from agent.api.openapi import errors
 from agent.api.schemas import AuditEntry, AuditHead, AuditVerify, Principal, TokenCreate, TokenCreated, TokenInfo
 from agent.audit import AuditUnavailable, verify_chain
 
@@ -48,7 +50,7 @@ async def create_token(
     return TokenCreated(**info.model_dump(), token=token)
 
 
-@router.delete("/tokens/{accessor}", response_model=TokenInfo)
+@router.delete("/tokens/{accessor}", response_model=TokenInfo, responses=errors(404, 409))
 async def revoke_token(accessor: str, request: Request, principal: Principal = Depends(require_admin)) -> TokenInfo:
     tokens = ctx(request).tokens
     known = {t.accessor: t for t in tokens.list()}
@@ -62,16 +64,30 @@ async def revoke_token(accessor: str, request: Request, principal: Principal = D
             "config tokens are revoked by removing them from the config file",
             field="accessor",
         )
+    if t.role == "admin" and tokens.is_last_admin(accessor):
+        raise _last_admin(accessor)
     await run_in_threadpool(audited, request, principal, "token.revoke", f"token:{t.name}", {"accessor": accessor})
-    info = await run_in_threadpool(tokens.revoke, accessor)
+    try:
+        info = await run_in_threadpool(tokens.revoke, accessor)
+    except LastAdminToken:  # another admin token was revoked in between
+        raise _last_admin(accessor) from None
     if info is None:  # revoked concurrently
         raise ApiError(404, "not_found", f"no active token with accessor {accessor!r}", field="accessor")
     return info
 
 
+def _last_admin(accessor: str) -> ApiError:
+    return ApiError(
+        409,
+        "last_admin_token",
+        f"token {accessor!r} is the only active admin token: create another admin token before revoking it",
+        field="accessor",
+    )
+
+
 @router.get("/audit", response_model=list[AuditEntry], dependencies=[Depends(require_read)])
 async def audit(
-    request: Request, limit: int = Query(100, ge=1, le=10000), after_seq: int | None = Query(None, ge=0)
+    request: Request, limit: int = Query(100, ge=1, le=10000), after_seq: int | None = Query(None, ge=0, le=2**63 - 1)
 ) -> list[AuditEntry]:
     return await run_in_threadpool(ctx(request).reader.audit, limit, after_seq)
 

@@ -6,8 +6,6 @@ route). Ack and silence are operator actions, audited (fail closed) before they 
 
 from __future__ import annotations
 
-from typing import get_args
-
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
@@ -15,6 +13,7 @@ from agent.alerting import ALERTS_PATH
 from agent.alerting.engine import AlertEngine
 from agent.api.deps import ctx, require_operate, require_read
 from agent.api.errors import ApiError
+from agent.api.openapi import errors
 from agent.api.routes.admin import audited
 from agent.api.schemas import API_PREFIX, AlertAck, AlertOut, AlertSilence, AlertsResponse, AlertState, Principal
 
@@ -40,19 +39,17 @@ def _known(e: AlertEngine, fingerprint: str) -> AlertOut:
 @router.get(LIST_PATH, response_model=AlertsResponse, dependencies=[Depends(require_read)])
 async def list_alerts(
     request: Request,
-    state: str | None = Query(None, description="pending, firing or resolved"),
+    state: AlertState | None = Query(None, description="pending, firing or resolved"),
     fingerprint: str | None = Query(None, max_length=64),
 ) -> AlertsResponse:
     """Alerts, most recently changed first (resolved ones kept, bounded), the rules and the webhooks."""
-    if state is not None and state not in get_args(AlertState):
-        raise ApiError(422, "invalid_request", f"state must be one of {', '.join(get_args(AlertState))}", field="state")
     resp = await run_in_threadpool(engine(request).response, state)
     if fingerprint is not None:
         resp.alerts = [a for a in resp.alerts if a.fingerprint == fingerprint]
     return resp
 
 
-@router.post("/alerts/{fingerprint}/ack", response_model=AlertOut)
+@router.post("/alerts/{fingerprint}/ack", response_model=AlertOut, responses=errors(404))
 async def ack_alert(
     body: AlertAck, request: Request, fingerprint: str = Fingerprint, principal: Principal = Depends(require_operate)
 ) -> AlertOut:
@@ -67,7 +64,7 @@ async def ack_alert(
     return out if out is not None else _known(e, fingerprint)  # None: pruned in between (404)
 
 
-@router.post("/alerts/{fingerprint}/silence", response_model=AlertOut)
+@router.post("/alerts/{fingerprint}/silence", response_model=AlertOut, responses=errors(404))
 async def silence_alert(
     body: AlertSilence,
     request: Request,

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from agent.api.deps import ctx, require_operate, require_read
 from agent.api.errors import ApiError
+from agent.api.openapi import errors
 from agent.api.routes.admin import audited
 from agent.api.schemas import (
     NAME_PATTERN,
@@ -27,6 +28,24 @@ from agent.api.schemas import (
 from agent.serving.service import EndpointError, ServingService
 
 router = APIRouter(tags=["serving"])
+
+# What the predict path accepts (agent/serving/encode.py): exactly one of `records` (rows as objects) and
+# `columns` (one list per feature, equal lengths), neither empty. The rows' fields are the endpoint's
+# model signature (GET /api/v1/models/{model}/versions/{version}), which no static schema can name.
+PREDICT_BODY = {
+    "type": "object",
+    "properties": {
+        "records": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+        "columns": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": {"type": "array", "minItems": 1},
+        },
+    },
+    "additionalProperties": False,
+    "minProperties": 1,
+    "maxProperties": 1,
+}
 EndpointName = Path(pattern=NAME_PATTERN)
 
 
@@ -80,12 +99,19 @@ async def list_endpoints(request: Request) -> list[EndpointInfo]:
     return [ep.info(s.is_loaded(ep)) for ep in s.endpoints.values()]
 
 
-@router.get("/endpoints/{name}", response_model=EndpointInfo, dependencies=[Depends(require_read)])
+@router.get(
+    "/endpoints/{name}", response_model=EndpointInfo, dependencies=[Depends(require_read)], responses=errors(404)
+)
 async def get_endpoint(request: Request, name: str = EndpointName) -> EndpointInfo:
     return _info(serving(request), name)
 
 
-@router.get("/endpoints/{name}/stats", response_model=list[EndpointVersionStats], dependencies=[Depends(require_read)])
+@router.get(
+    "/endpoints/{name}/stats",
+    response_model=list[EndpointVersionStats],
+    dependencies=[Depends(require_read)],
+    responses=errors(404),
+)
 async def endpoint_stats(request: Request, name: str = EndpointName) -> list[EndpointVersionStats]:
     s = serving(request)
     _info(s, name)
@@ -93,7 +119,10 @@ async def endpoint_stats(request: Request, name: str = EndpointName) -> list[End
 
 
 @router.get(
-    "/endpoints/{name}/predictions", response_model=list[PredictionLogRow], dependencies=[Depends(require_read)]
+    "/endpoints/{name}/predictions",
+    response_model=list[PredictionLogRow],
+    dependencies=[Depends(require_read)],
+    responses=errors(404),
 )
 async def endpoint_predictions(
     request: Request,
@@ -110,7 +139,7 @@ async def endpoint_predictions(
     return await run_in_threadpool(s.recent_predictions, c.reader.con, name, limit, request_id)
 
 
-@router.put("/endpoints/{name}", response_model=EndpointInfo)
+@router.put("/endpoints/{name}", response_model=EndpointInfo, responses=errors(404, 409))
 async def put_endpoint(
     body: EndpointConfig, request: Request, name: str = EndpointName, principal: Principal = Depends(require_operate)
 ) -> EndpointInfo:
@@ -139,7 +168,7 @@ async def put_endpoint(
     return ep.info(s.is_loaded(ep))
 
 
-@router.delete("/endpoints/{name}", status_code=204)
+@router.delete("/endpoints/{name}", status_code=204, responses=errors(404, 409))
 async def delete_endpoint(
     request: Request, name: str = EndpointName, principal: Principal = Depends(require_operate)
 ) -> Response:
@@ -158,7 +187,7 @@ async def delete_endpoint(
     return Response(status_code=204)
 
 
-@router.post("/endpoints/{name}/fallback", response_model=EndpointInfo)
+@router.post("/endpoints/{name}/fallback", response_model=EndpointInfo, responses=errors(404, 409))
 async def toggle_fallback(
     body: FallbackToggle, request: Request, name: str = EndpointName, principal: Principal = Depends(require_operate)
 ) -> EndpointInfo:
@@ -187,18 +216,12 @@ async def toggle_fallback(
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "records": {"type": "array", "items": {"type": "object"}},
-                            "columns": {"type": "object", "additionalProperties": {"type": "array"}},
-                        },
-                    }
+                    "schema": PREDICT_BODY,
                 }
             },
         }
     },
-    responses={413: {}, 422: {}, 429: {}, 502: {}, 503: {}, 504: {}},
+    responses=errors(404, 413, 415, 422, 429, 502, 503, 504),
 )
 async def predict(request: Request, name: str = EndpointName, _body: bytes = Body(b"", include_in_schema=False)):
     """Predict rows. Normally answered by the fast path in front of FastAPI; this is the same service."""

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from agent import __version__
 from agent.api.deps import authenticate, ctx
+from agent.api.openapi import errors
 from agent.api.schemas import Health
 
 router = APIRouter()
@@ -19,7 +20,7 @@ def _maybe_auth(request: Request, public: bool) -> None:
         authenticate(request)
 
 
-@router.get("/healthz", response_model=Health, tags=["health"])
+@router.get("/healthz", response_model=Health, tags=["health"], responses=errors(401, 403))
 async def healthz(request: Request) -> Health:
     """The process is up and answering."""
     c = ctx(request)
@@ -27,7 +28,12 @@ async def healthz(request: Request) -> Health:
     return Health(status="ok", agent_name=c.cfg.name, version=__version__)
 
 
-@router.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+@router.get(
+    "/readyz",
+    response_model=Health,
+    tags=["health"],
+    responses={503: {"model": Health, "description": "Not ready: `checks` says why"}, **errors(401, 403)},
+)
 async def readyz(request: Request):
     """Ready when the store writer runs, a sample was taken recently and the agent is not stopping."""
     c = ctx(request)
@@ -51,7 +57,18 @@ async def readyz(request: Request):
     return JSONResponse(body.model_dump(), status_code=503)
 
 
-@router.get("/metrics", tags=["health"], response_class=Response)
+@router.get(
+    "/metrics",
+    tags=["health"],
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text format",
+            "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+        },
+        **errors(401, 403),
+    },
+)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition (node_exporter and DCGM-exporter names)."""
     c = ctx(request)

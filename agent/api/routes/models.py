@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from agent.api.deps import ctx, require_operate, require_read
 from agent.api.errors import ApiError
 from agent.api.multipart import Part, receive
+from agent.api.openapi import BINARY, errors, multipart_body
 from agent.api.routes.admin import audited
 from agent.api.schemas import (
     AliasEvent,
@@ -79,7 +80,8 @@ def _call(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
 # --------------------------------------------------------------------------- streaming upload
 
 
-def _parts() -> list[Part]:
+def upload_parts() -> list[Part]:
+    """The parts of a model registration (the gate caps the whole body at their sum)."""
     return [
         Part("metadata", MAX_METADATA_BYTES, required=True, text=True, what="JSON"),
         Part("artifact", max_artifact_bytes(), required=True, sha256=True, what="the model file"),
@@ -124,14 +126,29 @@ def _with_fitted_profile(meta: ModelVersionCreate, data: dict[str, Path]) -> Mod
 # --------------------------------------------------------------------------- routes
 
 
-@router.post("/models/{name}/versions", response_model=ModelVersion, status_code=201)
+@router.post(
+    "/models/{name}/versions",
+    response_model=ModelVersion,
+    status_code=201,
+    responses=errors(409, 415),
+    openapi_extra=multipart_body(
+        {
+            "metadata": {"$ref": "#/components/schemas/ModelVersionCreate"},
+            "artifact": BINARY,
+            "reference": {**BINARY, "description": "Parquet: the reference data (fits the drift profile)"},
+            "validation": {**BINARY, "description": "Parquet: checked for skew against the reference"},
+        },
+        ["metadata", "artifact"],
+        "`metadata` (JSON ModelVersionCreate) and `artifact` (the model file); optional Parquet data.",
+    ),
+)
 async def register_version(
     name: str, request: Request, response: Response, principal: Principal = Depends(require_operate)
 ) -> ModelVersion:
     """Register a new version: multipart `metadata` (JSON `ModelVersionCreate`) and `artifact` (the file)."""
     _name(name)
     reg = _registry(request)
-    up = await receive(request, reg.tmp_dir, _parts(), blame="artifact")
+    up = await receive(request, reg.tmp_dir, upload_parts(), blame="artifact")
     try:
 
         def register() -> ModelVersion:
@@ -161,22 +178,39 @@ async def list_models(request: Request) -> list[ModelSummary]:
     return _registry(request).list_models()
 
 
-@router.get("/models/{name}", response_model=list[ModelVersion], dependencies=[Depends(require_read)])
+@router.get(
+    "/models/{name}", response_model=list[ModelVersion], dependencies=[Depends(require_read)], responses=errors(404)
+)
 async def list_versions(name: str, request: Request) -> list[ModelVersion]:
     return _call(_registry(request).list_versions, name)
 
 
-@router.get("/models/{name}/versions", response_model=list[ModelVersion], dependencies=[Depends(require_read)])
+@router.get(
+    "/models/{name}/versions",
+    response_model=list[ModelVersion],
+    dependencies=[Depends(require_read)],
+    responses=errors(404),
+)
 async def list_versions_too(name: str, request: Request) -> list[ModelVersion]:
     return _call(_registry(request).list_versions, name)
 
 
-@router.get("/models/{name}/versions/{version}", response_model=ModelVersion, dependencies=[Depends(require_read)])
+@router.get(
+    "/models/{name}/versions/{version}",
+    response_model=ModelVersion,
+    dependencies=[Depends(require_read)],
+    responses=errors(404),
+)
 async def get_version(name: str, version: int, request: Request) -> ModelVersion:
     return _call(_registry(request).get, name, version)
 
 
-@router.get("/models/{name}/versions/{version}/profile", dependencies=[Depends(require_read)])
+@router.get(
+    "/models/{name}/versions/{version}/profile",
+    response_model=dict,
+    dependencies=[Depends(require_read)],
+    responses=errors(404),
+)
 async def get_profile(name: str, version: int, request: Request) -> dict:
     profile = await run_in_threadpool(_call, _registry(request).profile, name, version)
     if profile is None:
@@ -184,7 +218,19 @@ async def get_profile(name: str, version: int, request: Request) -> dict:
     return profile
 
 
-@router.get("/models/{name}/versions/{version}/artifact", dependencies=[Depends(require_read)])
+@router.get(
+    "/models/{name}/versions/{version}/artifact",
+    response_class=Response,
+    dependencies=[Depends(require_read)],
+    responses={
+        200: {
+            "description": f"The artifact's bytes; their sha256 in {DIGEST_HEADER}",
+            "content": {"application/octet-stream": {"schema": BINARY}},
+            "headers": {DIGEST_HEADER: {"schema": {"type": "string"}, "description": "sha256 of the bytes"}},
+        },
+        **errors(404, 410),
+    },
+)
 async def get_artifact(name: str, version: int, request: Request) -> FileResponse:
     reg = _registry(request)
     mv = _call(reg.get, name, version)
@@ -200,19 +246,26 @@ async def get_artifact(name: str, version: int, request: Request) -> FileRespons
     )
 
 
-@router.get("/models/{name}/aliases", response_model=dict[str, int], dependencies=[Depends(require_read)])
+@router.get(
+    "/models/{name}/aliases", response_model=dict[str, int], dependencies=[Depends(require_read)], responses=errors(404)
+)
 async def get_aliases(name: str, request: Request) -> dict[str, int]:
     return _call(_registry(request).aliases, name)
 
 
-@router.get("/models/{name}/aliases/history", response_model=list[AliasEvent], dependencies=[Depends(require_read)])
+@router.get(
+    "/models/{name}/aliases/history",
+    response_model=list[AliasEvent],
+    dependencies=[Depends(require_read)],
+    responses=errors(404),
+)
 async def alias_history(
     name: str, request: Request, alias: str | None = Query(None, description="only this alias")
 ) -> list[AliasEvent]:
     return await run_in_threadpool(_call, _registry(request).alias_history, name, alias)
 
 
-@router.put("/models/{name}/aliases/{alias}", response_model=AliasEvent)
+@router.put("/models/{name}/aliases/{alias}", response_model=AliasEvent, responses=errors(404, 409))
 async def move_alias(
     name: str, alias: str, body: AliasMove, request: Request, principal: Principal = Depends(require_operate)
 ) -> AliasEvent:

@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from agent.api.deps import ctx, require_operate, require_read
 from agent.api.errors import ApiError
 from agent.api.schemas import (
+    MAX_UNIX_S,
     NAME_PATTERN,
     DriftBaseline,
     DriftHistory,
@@ -49,8 +50,8 @@ async def drift(
     request: Request,
     name: str = EndpointName,
     baseline: DriftBaseline = Query("reference"),
-    since: float | None = Query(None, description="unix seconds: merge the windows from here"),
-    until: float | None = Query(None, description="unix seconds: merge the windows up to here"),
+    since: float | None = Query(None, ge=0, le=MAX_UNIX_S, description="unix seconds: merge the windows from here"),
+    until: float | None = Query(None, ge=0, le=MAX_UNIX_S, description="unix seconds: merge the windows up to here"),
 ) -> DriftReportOut:
     """The latest closed window against the reference (skew) or the previous window (drift), or a merged range."""
     if since is not None and until is not None and until <= since:
@@ -63,7 +64,7 @@ async def drift_history(
     request: Request,
     name: str = EndpointName,
     baseline: DriftBaseline = Query("reference"),
-    since: float | None = Query(None),
+    since: float | None = Query(None, ge=0, le=MAX_UNIX_S),
 ) -> DriftHistory:
     """Per feature, the drift score of each window (newest last)."""
     return await _run(monitor(request).history, name, baseline, since)
@@ -74,8 +75,8 @@ async def drift_histogram(
     request: Request,
     name: str = EndpointName,
     feature: str = Query(..., min_length=1, max_length=200),
-    since: float | None = Query(None),
-    until: float | None = Query(None),
+    since: float | None = Query(None, ge=0, le=MAX_UNIX_S),
+    until: float | None = Query(None, ge=0, le=MAX_UNIX_S),
 ) -> HistogramOut:
     """Reference vs current distribution of one feature over the profile's frozen bins."""
     return await _run(monitor(request).histogram, name, feature, since, until)
@@ -100,7 +101,7 @@ async def quality(
     request: Request,
     name: str = EndpointName,
     window: float | None = Query(None, gt=0, le=30 * 86400, description="window length in seconds"),
-    since: float | None = Query(None),
+    since: float | None = Query(None, ge=0, le=MAX_UNIX_S),
 ) -> QualityReport:
     """Model quality per version and window, over predictions whose labels have arrived."""
     return await _run(monitor(request).quality, name, window, since)

@@ -23,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from agent.api.deps import client_of, ctx, require_operate, require_read
 from agent.api.errors import ApiError
 from agent.api.multipart import Part, receive
+from agent.api.openapi import BINARY, errors, multipart_body
 from agent.api.routes.admin import audited
 from agent.api.routes.models import MAX_DATA_BYTES
 from agent.api.schemas import API_PREFIX, NAME_PATTERN, DatasetInfo, Principal, RolloutAction, RolloutCreate, RolloutOut
@@ -53,7 +54,7 @@ def _name(value: str) -> str:
 # --------------------------------------------------------------------------- rollouts
 
 
-@router.post("/endpoints/{name}/rollouts", response_model=RolloutOut, status_code=201)
+@router.post("/endpoints/{name}/rollouts", response_model=RolloutOut, status_code=201, responses=errors(404, 409))
 async def start_rollout(
     body: RolloutCreate,
     request: Request,
@@ -90,7 +91,9 @@ async def list_rollouts(
     return _engine(request).list(active, endpoint)
 
 
-@router.get("/rollouts/{rollout_id}", response_model=RolloutOut, dependencies=[Depends(require_read)])
+@router.get(
+    "/rollouts/{rollout_id}", response_model=RolloutOut, dependencies=[Depends(require_read)], responses=errors(404)
+)
 async def get_rollout(rollout_id: str, request: Request) -> RolloutOut:
     try:
         return _engine(request).get(rollout_id)
@@ -98,7 +101,7 @@ async def get_rollout(rollout_id: str, request: Request) -> RolloutOut:
         raise _api(e) from None
 
 
-@router.post("/rollouts/{rollout_id}/{action}", response_model=RolloutOut)
+@router.post("/rollouts/{rollout_id}/{action}", response_model=RolloutOut, responses=errors(404, 409))
 async def rollout_action(
     rollout_id: str,
     action: str,
@@ -135,7 +138,18 @@ def _datasets(request: Request) -> Any:
     return ds
 
 
-@router.post("/datasets/{name}/versions", response_model=DatasetInfo, status_code=201)
+def dataset_parts() -> list[Part]:
+    """The one part of a dataset registration (the gate caps the whole body at it)."""
+    return [Part("data", MAX_DATA_BYTES, required=True, what="a Parquet file")]
+
+
+@router.post(
+    "/datasets/{name}/versions",
+    response_model=DatasetInfo,
+    status_code=201,
+    responses=errors(409, 415),
+    openapi_extra=multipart_body({"data": BINARY}, ["data"], "`data`: a Parquet file"),
+)
 async def register_dataset(
     name: str, request: Request, response: Response, principal: Principal = Depends(require_operate)
 ) -> DatasetInfo:
@@ -144,7 +158,7 @@ async def register_dataset(
     ds = _datasets(request)
     reg = ctx(request).registry
     tmp = reg.tmp_dir if reg is not None else ds.root
-    up = await receive(request, tmp, [Part("data", MAX_DATA_BYTES, required=True, what="a Parquet file")], "data")
+    up = await receive(request, tmp, dataset_parts(), "data")
 
     def register() -> DatasetInfo:
         try:
@@ -168,7 +182,9 @@ async def list_datasets(request: Request) -> list[DatasetInfo]:
     return _datasets(request).list()
 
 
-@router.get("/datasets/{name}", response_model=list[DatasetInfo], dependencies=[Depends(require_read)])
+@router.get(
+    "/datasets/{name}", response_model=list[DatasetInfo], dependencies=[Depends(require_read)], responses=errors(404)
+)
 async def dataset_versions(name: str, request: Request) -> list[DatasetInfo]:
     ds = _datasets(request)
     out = [d for d in ds.list() if d.name == name]

@@ -6,6 +6,7 @@ import platform
 import socket
 import sys
 import time
+from typing import Literal
 
 import psutil
 from fastapi import APIRouter, Depends, Query, Request
@@ -14,9 +15,11 @@ from fastapi.concurrency import run_in_threadpool
 from agent import __version__
 from agent.api.deps import ctx, require_read
 from agent.api.errors import ApiError
-from agent.api.schemas import AgentAlert, HostInfo, SeriesResponse, Snapshot
+from agent.api.schemas import GPU_METRICS, HOST_METRICS, MAX_UNIX_S, AgentAlert, HostInfo, SeriesResponse, Snapshot
 from agent.context import AgentContext
 from agent.store.reader import UnknownMetric
+
+Metric = Literal[HOST_METRICS + GPU_METRICS]  # type: ignore[valid-type]
 
 router = APIRouter(dependencies=[Depends(require_read)], tags=["telemetry"])
 
@@ -59,9 +62,9 @@ async def snapshot(request: Request) -> Snapshot:
 @router.get("/series", response_model=SeriesResponse)
 async def series(
     request: Request,
-    metric: str = Query(description="e.g. cpu_percent, gpu_utilization_percent"),
-    start: float | None = Query(None, description="unix seconds; default end - 15 min"),
-    end: float | None = Query(None, description="unix seconds; default now"),
+    metric: Metric = Query(description="gpu_* metrics have one series per GPU"),
+    start: float | None = Query(None, ge=0, le=MAX_UNIX_S, description="unix seconds; default end - 15 min"),
+    end: float | None = Query(None, ge=0, le=MAX_UNIX_S, description="unix seconds; default now"),
     step: float | None = Query(None, gt=0, le=86400, description="bucket width in seconds; default auto"),
 ) -> SeriesResponse:
     """A metric over a time range, averaged per `step` bucket; raw samples or 1-minute rollups."""
@@ -75,8 +78,6 @@ async def series(
     try:
         return await run_in_threadpool(_series_now, c, metric, start, end, step)
     except UnknownMetric:
-        from agent.api.schemas import GPU_METRICS, HOST_METRICS
-
         raise ApiError(
             422,
             "invalid_request",
