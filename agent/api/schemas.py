@@ -7,9 +7,10 @@ percent in 0..100. A value the host cannot provide is `None`, never a made-up ze
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 API_PREFIX = "/api/v1"
 
@@ -399,7 +400,7 @@ class AliasEvent(_Wire):
 class BatchingConfig(_Wire):
     """Adaptive micro-batching across concurrent requests. Counts rows, not requests."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     enabled: bool = False
     max_rows: int = Field(default=64, ge=1, le=100_000)
     max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
@@ -408,7 +409,7 @@ class BatchingConfig(_Wire):
 class BreakerConfig(_Wire):
     """Circuit breaker: opens on error rate or slow calls over a rolling window, probes when half-open."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     enabled: bool = True
     window_s: float = Field(default=10.0, gt=0, le=3600)
     min_requests: int = Field(default=20, ge=1)
@@ -421,7 +422,7 @@ class BreakerConfig(_Wire):
 class FaultConfig(_Wire):
     """Fault injection for drills and tests (as Envoy's fault filter): errors and delays before the model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     error_rate: float = Field(default=0.0, ge=0, le=1)
     delay_ms: float = Field(default=0.0, ge=0, le=60_000)
     delay_rate: float = Field(default=1.0, ge=0, le=1)
@@ -429,10 +430,23 @@ class FaultConfig(_Wire):
     version: int | None = Field(default=None, ge=1)
 
 
+def _finite_json(v: Any) -> Any:
+    """A JSON value with no NaN/Infinity anywhere in it (they can't be answered as JSON, and a fallback
+    score of NaN would be served as `null` with a definite label)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    for x in v.values() if isinstance(v, dict) else v if isinstance(v, list) else ():
+        _finite_json(x)
+    return v
+
+
+FiniteJson = Annotated[Any, AfterValidator(_finite_json)]
+
+
 class EndpointConfig(_Wire):
     """What `PUT /api/v1/endpoints/{name}` takes. Exactly one of `version` and `alias` picks the model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     model: str = Field(pattern=NAME_PATTERN)
     version: int | None = Field(default=None, ge=1)
     alias: str | None = Field(default=None, pattern=NAME_PATTERN)
@@ -445,7 +459,7 @@ class EndpointConfig(_Wire):
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     # The default prediction returned (marked as fallback) when shedding, timing out, erroring,
     # breaker open or switched to fallback by an operator. None: those cases answer 429/503/504/502.
-    fallback: dict | None = None
+    fallback: dict[str, FiniteJson] | None = None
     log_sample_rate: float = Field(default=1.0, ge=0, le=1)
     prewarm: bool = True
     faults: FaultConfig | None = None
@@ -659,7 +673,7 @@ class HistogramOut(_Wire):
 
 
 class FeedbackItem(_Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN/Infinity: 422 naming the field
     request_id: str = Field(min_length=1, max_length=128)
     row_idx: int = Field(default=0, ge=0)
     label: str | None = Field(default=None, max_length=256)  # classification: the true class
