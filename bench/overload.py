@@ -296,13 +296,15 @@ def latency_buckets(c: httpx.Client) -> dict[float, float]:
     return out
 
 
-def agent_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
-    """The agent's own p99 over a level, as the upper bound of its histogram bucket (ms)."""
+def agent_view(before: dict[float, float], after: dict[float, float], timeout_s: float) -> tuple[float | None, int]:
+    """The agent's own p99 over a level (ms, the upper bound of its histogram bucket), and how many requests it
+    recorded as slower than the timeout."""
     diff = sorted((le, after.get(le, 0.0) - before.get(le, 0.0)) for le in after)
     total = diff[-1][1] if diff else 0
     if not total:
-        return None
-    return next(le * 1000 for le, n in diff if n >= 0.99 * total)
+        return None, 0
+    within = max((n for le, n in diff if le <= timeout_s), default=0.0)
+    return next(le * 1000 for le, n in diff if n >= 0.99 * total), int(total - within)
 
 
 def setup_agent(procs: Procs, tmp: Path, fallback: bool, timeout_ms: float) -> tuple[Any, int, str]:
@@ -391,7 +393,7 @@ def main() -> int:
                 res = run_client(tmp, {**common, **spec, "seconds": args.seconds})
                 n = res["counts"]
                 rows.append({"label": label, "spec": spec, **n, "lat": res["lat"], "wire": res["wire"],
-                             "rss": rss.peak_mib(), "agent_p99": agent_p99_ms(before, latency_buckets(c)),
+                             "rss": rss.peak_mib(), "agent": agent_view(before, latency_buckets(c), timeout_s),
                              "client_lag": res["client_lag_p99"]})  # fmt: skip
             final_rss = rss.peak_mib()
             rss.stop()
@@ -407,25 +409,25 @@ def main() -> int:
     )
     hdr = (
         f"{'level':<12} {'offered/s':>10} {'sent/s':>9} {'goodput/s':>10} {'p99 ms':>8} {'p99 wire':>9} "
-        f"{'max wire':>9} {'agent p99<=':>11} {'shed %':>7} {'late %':>7} {'other':>6} {'peak RSS MiB':>12} "
-        f"{'client lag':>10}"
+        f"{'max wire':>9} {'agent p99<=':>11} {'agent late':>10} {'shed %':>7} {'late %':>7} {'other':>6} "
+        f"{'peak RSS MiB':>12} {'client lag':>10}"
     )
     print(hdr)
     print("-" * len(hdr))
     verdict = True
     for r in rows:
         secs = args.seconds
-        offered = r["offered"]
+        offered = max(r["offered"], 1)
         late = r["ok_late"] + r["gave_up"]
         wire = r["wire"]
         p99w = pct(wire, 0.99) * 1000
-        ap99 = r["agent_p99"]
+        ap99, agent_late = r["agent"]
         lag = r["client_lag"]
         print(
-            f"{r['label']:<12} {offered / secs:>10,.0f} {r['sent'] / secs:>9,.0f} {r['good'] / secs:>10,.0f} "
+            f"{r['label']:<12} {r['offered'] / secs:>10,.0f} {r['sent'] / secs:>9,.0f} {r['good'] / secs:>10,.0f} "
             f"{pct(r['lat'], 0.99) * 1000:>8.0f} {p99w:>9.0f} {(wire[-1] if wire else float('nan')) * 1000:>9.0f} "
-            f"{ap99 if ap99 is not None else float('nan'):>11g} {100 * r['shed'] / max(offered, 1):>7.1f} "
-            f"{100 * late / max(offered, 1):>7.1f} {r['other'] + r['conn_errors']:>6} {r['rss']:>12.0f} "
+            f"{ap99 if ap99 is not None else float('nan'):>11g} {agent_late:>10} {100 * r['shed'] / offered:>7.1f} "
+            f"{100 * late / offered:>7.1f} {r['other'] + r['conn_errors']:>6} {r['rss']:>12.0f} "
             f"{'' if lag is None else format(lag * 1000, '.0f') + ' ms':>10}"
         )
         # What the agent answers, it answers within the caller's timeout once it has the request; memory bounded.
@@ -433,11 +435,12 @@ def main() -> int:
     print(
         "\ngoodput = 200s with a model prediction within timeout_ms of being due; p99 = of those 200s from when they "
         "were due (the caller's wait, late ones included);\np99/max wire = the same from when the request was written "
-        "to the socket; agent p99<= = the agent's own figure over the level (ms, its /metrics bucket);\nshed = 429 "
-        "or fallback; late = answered after timeout_ms of being due, or never; other = other statuses and connection "
-        "errors;\nclient lag = p99 of how late the open-loop client's own loop ran (large: the client is the limit). "
-        "Requests that find every\nconnection busy wait in the client (up to --max-conns connections): that wait is "
-        "in p99 and late %, not in p99 wire."
+        "to the socket; agent p99<= = the agent's own figure over the level (ms, its /metrics bucket);\nagent late = "
+        "requests the agent itself saw take longer than timeout_ms; shed = 429 or fallback; late = answered after "
+        "timeout_ms of being due, or never;\nother = other statuses and connection errors; client lag = p99 of how "
+        "late the open-loop client's own loop ran (large: the client is the limit).\nRequests that find every "
+        "connection busy wait in the client (up to --max-conns connections): that wait is in p99 and late %, not in "
+        "p99 wire."
     )
     print(f"agent peak RSS over the run: {final_rss:.0f} MiB (MemoryMax {MEMORY_MAX_MIB} MiB)")
     print(
