@@ -68,6 +68,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.busy: tuple[float, float] | None = None  # (due, sent) of the request in flight
+        self.fresh = True  # no answer yet on this connection: its first request also waited for the accept
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -91,6 +92,7 @@ class _Conn(asyncio.Protocol):
         due, sent = self.busy or (time.perf_counter(),) * 2
         self.busy = None
         self.client.answered(self, due, sent, status, b"x-watchkeeper-fallback" in head)
+        self.fresh = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -113,7 +115,8 @@ class _Client:
         self.waiting: deque[float] = deque()  # due times of requests with no connection yet (oldest first)
         self.lat: list[float] = []  # every 200 answer's latency (s) from when it was due, late ones included
         self.wire: list[float] = []  # the same from when it was written to the socket (what the agent could see)
-        self.counts = {"sent": 0, "good": 0, "ok_late": 0, "shed": 0, "other": 0, "gave_up": 0, "conn_errors": 0}
+        self.counts = {"sent": 0, "good": 0, "ok_late": 0, "shed": 0, "other": 0, "gave_up": 0, "conn_errors": 0,
+                       "slow_first": 0, "slow_reused": 0}  # fmt: skip
         self.closed_loop = False
 
     def send(self, conn: _Conn, due: float) -> None:
@@ -142,6 +145,8 @@ class _Client:
         if status == 200 and not fallback:
             self.lat.append(lat)
             self.wire.append(now - sent)
+            if now - sent > self.timeout_s:  # where the wait was: a new connection's first request, or not
+                self.counts["slow_first" if conn.fresh else "slow_reused"] += 1
             self.counts["good" if lat <= self.timeout_s else "ok_late"] += 1
         elif status == 429 or (status == 200 and fallback):
             self.counts["shed"] += 1
@@ -410,7 +415,7 @@ def main() -> int:
     hdr = (
         f"{'level':<12} {'offered/s':>10} {'sent/s':>9} {'goodput/s':>10} {'p99 ms':>8} {'p99 wire':>9} "
         f"{'max wire':>9} {'agent p99<=':>11} {'agent late':>10} {'shed %':>7} {'late %':>7} {'other':>6} "
-        f"{'peak RSS MiB':>12} {'client lag':>10}"
+        f"{'peak RSS MiB':>12} {'client lag':>10} {'wire>T new/reused':>17}"
     )
     print(hdr)
     print("-" * len(hdr))
@@ -428,7 +433,8 @@ def main() -> int:
             f"{pct(r['lat'], 0.99) * 1000:>8.0f} {p99w:>9.0f} {(wire[-1] if wire else float('nan')) * 1000:>9.0f} "
             f"{ap99 if ap99 is not None else float('nan'):>11g} {agent_late:>10} {100 * r['shed'] / offered:>7.1f} "
             f"{100 * late / offered:>7.1f} {r['other'] + r['conn_errors']:>6} {r['rss']:>12.0f} "
-            f"{'' if lag is None else format(lag * 1000, '.0f') + ' ms':>10}"
+            f"{'' if lag is None else format(lag * 1000, '.0f') + ' ms':>10} "
+            f"{str(r['slow_first']) + '/' + str(r['slow_reused']):>17}"
         )
         # What the agent answers, it answers within the caller's timeout once it has the request; memory bounded.
         verdict = verdict and (not wire or p99w <= args.timeout_ms) and r["rss"] < MEMORY_MAX_MIB
@@ -440,7 +446,8 @@ def main() -> int:
         "timeout_ms of being due, or never;\nother = other statuses and connection errors; client lag = p99 of how "
         "late the open-loop client's own loop ran (large: the client is the limit).\nRequests that find every "
         "connection busy wait in the client (up to --max-conns connections): that wait is in p99 and late %, not in "
-        "p99 wire."
+        "p99 wire.\nwire>T new/reused = answers slower than timeout_ms on the wire: first request of a new connection "
+        "(it also waited for the agent to accept it) / on a connection already in use."
     )
     print(f"agent peak RSS over the run: {final_rss:.0f} MiB (MemoryMax {MEMORY_MAX_MIB} MiB)")
     print(

@@ -38,7 +38,7 @@ MAX_BODY_BYTES_IN_FLIGHT = 16 * 2**20
 # Connections (and requests being handled) beyond this get uvicorn's plain 503: the last bound on memory
 # (each connection may buffer ~64 KiB of unread body before uvicorn stops reading it).
 MAX_CONNECTIONS = 2048
-BACKLOG = 1024
+BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
 
 class ArrivalProtocol(PeerCredProtocol):
