@@ -28,7 +28,7 @@ from agent.context import AgentContext
 from agent.monitoring.service import MonitorService
 from agent.registry.store import Registry, reset_tmp_dir
 from agent.serving.asgi import PredictFastPath
-from agent.serving.overload import BACKLOG, MAX_CONNECTIONS, ArrivalProtocol
+from agent.serving.overload import BACKLOG, MAX_CONNECTIONS, ArrivalProtocol, bound_malloc
 from agent.serving.service import ServingService
 from agent.store.db import open_store
 from agent.store.reader import StoreReader
@@ -238,6 +238,7 @@ def _run_loop(coro) -> None:
 
 def serve(cfg: AgentConfig, sockets: list[socket.socket]) -> int:
     """Run until SIGTERM/SIGINT. Returns the process exit code."""
+    bound_malloc()  # before build() starts threads
     ctx = build(cfg)
     app = PredictFastPath(create_app(ctx), ctx)
     config = uvicorn.Config(
