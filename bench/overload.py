@@ -312,7 +312,9 @@ def agent_view(before: dict[float, float], after: dict[float, float], timeout_s:
     return next(le * 1000 for le, n in diff if n >= 0.99 * total), int(total - within)
 
 
-def setup_agent(procs: Procs, tmp: Path, fallback: bool, timeout_ms: float) -> tuple[Any, int, str]:
+def setup_agent(
+    procs: Procs, tmp: Path, fallback: bool, timeout_ms: float, log_rate: float = 1.0
+) -> tuple[Any, int, str]:
     port = free_port()
     log = tmp / "agent.log"
     p = procs.start(
@@ -333,6 +335,7 @@ def setup_agent(procs: Procs, tmp: Path, fallback: bool, timeout_ms: float) -> t
         cfg: dict[str, Any] = {"model": "flights", "version": 1, "missing_policy": "impute", "timeout_ms": timeout_ms}
         if fallback:
             cfg["fallback"] = {"score": 0.2, "label": "on_time"}
+        cfg["log_sample_rate"] = log_rate
         r = c.put("/api/v1/endpoints/delays", json=cfg)
         if r.status_code != 200:
             raise RuntimeError(f"endpoint: {r.status_code} {r.text[:200]}")
@@ -351,6 +354,7 @@ def main() -> int:
     ap.add_argument("--conns", default="256", help="closed-loop levels: connections (comma-separated; '' for none)")
     ap.add_argument("--large", action="store_true", help="also 32 connections sending ~1 MiB bodies")
     ap.add_argument("--fallback", action="store_true", help="the endpoint has a fallback (sheds answer it)")
+    ap.add_argument("--log-sample-rate", type=float, default=1.0, help="the endpoint's prediction-log share")
     ap.add_argument("--timeout-ms", type=float, default=1000.0)
     ap.add_argument("--patience", type=float, default=5.0, help="callers give up after this x timeout")
     ap.add_argument("--capacity-conns", type=int, default=32)
@@ -372,7 +376,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="wk-overload-") as td:
         tmp = Path(td)
         try:
-            p, port, token = setup_agent(procs, tmp, args.fallback, args.timeout_ms)
+            p, port, token = setup_agent(procs, tmp, args.fallback, args.timeout_ms, args.log_sample_rate)
             rss = RssPeak(p.pid)
             fresh = rss.peak_mib()
             common = {"port": port, "token": token, "timeout_s": timeout_s, "patience_s": args.patience * timeout_s}
