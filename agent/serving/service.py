@@ -65,6 +65,9 @@ STATUS_WITHOUT_FALLBACK = {
 
 SHADOW_BATCH_S = 0.02  # mirrored requests wait at most this long to run batched on the candidate
 SHADOW_MAX_QUEUED_ROWS = 8192
+# Logged rows waiting for the writer (it flushes every 4,000): a bound on what a slow disk or a starved writer
+# thread costs in memory. The store writer's own default (200k) let 1 MiB bodies take the agent past 512 MiB.
+PREDLOG_MAX_PENDING_ROWS = 50_000
 
 
 class RegistryView(Protocol):
@@ -169,7 +172,7 @@ class ServingService:
         self.registry = registry
         self.writer = writer
         self.pool = ModelPool(pool_budget_bytes)
-        self.predlog = PredictionLog(writer)
+        self.predlog = PredictionLog(writer, max_pending_rows=PREDLOG_MAX_PENDING_ROWS)
         self.endpoints: dict[str, Endpoint] = {}
         self.stats: dict[tuple[str, int], VersionStats] = {}
         self._infer = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="infer")
