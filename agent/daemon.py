@@ -22,7 +22,6 @@ import uvicorn
 from agent.alerting.loop import alert_loop, start_alerting, stop_alerting
 from agent.api.app import create_app
 from agent.api.auth import TokenStore, bootstrap_admin_token
-from agent.api.peercred import PeerCredProtocol
 from agent.api.schemas import GpuStatus, Snapshot
 from agent.audit import open_audit
 from agent.config import AgentConfig
@@ -30,6 +29,7 @@ from agent.context import AgentContext
 from agent.monitoring.service import MonitorService
 from agent.registry.store import Registry, reset_tmp_dir
 from agent.serving.asgi import PredictFastPath
+from agent.serving.overload import BACKLOG, MAX_CONNECTIONS, ArrivalProtocol, bound_malloc
 from agent.serving.predlog import replay_journal
 from agent.serving.service import ServingService
 from agent.store.db import open_store
@@ -248,11 +248,14 @@ def _run_loop(coro) -> None:
 
 def serve(cfg: AgentConfig, sockets: list[socket.socket]) -> int:
     """Run until SIGTERM/SIGINT. Returns the process exit code."""
+    bound_malloc()  # before build() starts threads
     ctx = build(cfg)
     app = PredictFastPath(create_app(ctx), ctx)
     config = uvicorn.Config(
         app,
-        http=PeerCredProtocol,
+        http=ArrivalProtocol,  # PeerCredProtocol that also stamps each request's arrival
+        limit_concurrency=MAX_CONNECTIONS,  # memory stays bounded whatever the callers do
+        backlog=BACKLOG,
         lifespan="off",
         log_level="warning" if cfg.log_level == "info" else cfg.log_level,
         access_log=cfg.log_level == "debug",

@@ -7,9 +7,10 @@ percent in 0..100. A value the host cannot provide is `None`, never a made-up ze
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 API_PREFIX = "/api/v1"
 
@@ -24,7 +25,9 @@ class _Wire(BaseModel):
 
 # What the agent accepts: no unknown keys, and no coercion - `{"enabled": 0}` is not a boolean, "5" not a
 # number - so a request is valid exactly when its OpenAPI schema says it is.
-_STRICT_INPUT = ConfigDict(extra="forbid", strict=True)
+# Every request model: no unknown keys, no coercion, and no NaN/Infinity (a NaN fallback score would be
+# served as `null` with a definite label; a NaN feedback value poisons every quality metric).
+_STRICT_INPUT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 def _whole(v: object) -> object:
@@ -474,6 +477,19 @@ class FaultConfig(_Wire):
     version: WholeInt | None = Field(default=None, ge=1)
 
 
+def _finite_json(v: Any) -> Any:
+    """A JSON value with no NaN/Infinity anywhere in it (they can't be answered as JSON, and a fallback
+    score of NaN would be served as `null` with a definite label)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    for x in v.values() if isinstance(v, dict) else v if isinstance(v, list) else ():
+        _finite_json(x)
+    return v
+
+
+FiniteJson = Annotated[Any, AfterValidator(_finite_json)]
+
+
 class EndpointConfig(_Wire):
     """What `PUT /api/v1/endpoints/{name}` takes. Exactly one of `version` and `alias` picks the model."""
 
@@ -498,7 +514,7 @@ class EndpointConfig(_Wire):
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     # The default prediction returned (marked as fallback) when shedding, timing out, erroring,
     # breaker open or switched to fallback by an operator. None: those cases answer 429/503/504/502.
-    fallback: dict | None = None
+    fallback: dict[str, FiniteJson] | None = None
     log_sample_rate: float = Field(default=1.0, ge=0, le=1)
     prewarm: bool = True
     faults: FaultConfig | None = None

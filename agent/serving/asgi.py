@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ import orjson
 from agent.api.auth import peer_principal
 from agent.api.schemas import API_PREFIX
 from agent.context import AgentContext
+from agent.serving.overload import ARRIVAL, QUEUE_SHARE, BodyBudget
 
 PREFIX = f"{API_PREFIX}/endpoints/"
 SUFFIX = "/predict"
@@ -33,6 +35,7 @@ class PredictFastPath:
     def __init__(self, app: Callable, ctx: AgentContext) -> None:
         self.app = app
         self.ctx = ctx
+        self.budget = BodyBudget()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -45,6 +48,10 @@ class PredictFastPath:
         await self.app(scope, receive, send)
 
     async def _predict(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        ext = scope.get("extensions")
+        # Measured from the request's arrival (stamped by agent/serving/overload.py's protocol), not from here.
+        t0 = ext.get(ARRIVAL, start) if ext else start
         auth = length = request_id = ctype = None
         for k, v in scope["headers"]:
             if k == b"authorization":
@@ -64,30 +71,55 @@ class PredictFastPath:
         if ep is None:
             await _send(send, 404, _err("not_found", f"no endpoint {name!r}", "endpoint"))
             return
-        if ctype is not None and not ctype.startswith(b"application/json"):
+        if ctype is not None and not _is_json(ctype):
             await _send(send, 415, _err("unsupported_media_type", "send application/json", "content-type"))
             return
         limit = ep.config.max_payload_bytes
-        if length is not None and length.isdigit() and int(length) > limit:
+        size = int(length) if length is not None and length.isdigit() else 0
+        if size > limit:
             await _send(send, 413, _err("payload_too_large", f"body over {limit} bytes", "body"))
             return
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await _send(send, 413, _err("payload_too_large", f"body over {limit} bytes", "body"))
-                return
-            chunks.append(chunk)
-            more = msg.get("more_body", False)
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         rid = request_id.decode() if request_id and _REQUEST_ID.match(request_id) else os.urandom(8).hex()
-        ans = await serving.predict(name, body, rid, scope["headers"] if ep.route is not None else None)
+        waited_ms = (start - t0 + serving.lag.lag_s) * 1000
+        # Waited too long already: shed before parsing. With a fallback the body is still read (the answer
+        # has one prediction per row); without, it is refused unread.
+        overloaded = waited_ms > ep.config.timeout_ms * QUEUE_SHARE
+        if overloaded and ep.fallback_body is None:
+            await _send(send, *serving.overloaded(ep, rid, t0, f"waited {waited_ms:.0f} ms for the agent"))
+            return
+        budget = self.budget
+        if not budget.take(size):  # refused unread, fallback or not: reading it is what would cost the memory
+            await _send(send, *serving.overloaded(ep, rid, t0, "too many request bytes in flight"))
+            return
+        held = size
+        try:
+            chunks: list[bytes] = []
+            got = 0
+            more = True
+            while more:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return
+                chunk = msg.get("body", b"")
+                got += len(chunk)
+                if got > limit:
+                    await _send(send, 413, _err("payload_too_large", f"body over {limit} bytes", "body"))
+                    return
+                if got > held:  # no (or a short) Content-Length: account as it comes
+                    if not budget.take(got - held):
+                        await _send(send, *serving.overloaded(ep, rid, t0, "too many request bytes in flight"))
+                        return
+                    held = got
+                chunks.append(chunk)
+                more = msg.get("more_body", False)
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            del chunks
+            if overloaded:
+                ans = serving.overload_fallback(ep, rid, t0, body)
+            else:
+                ans = await serving.predict(name, body, rid, scope["headers"] if ep.route is not None else None, t0)
+        finally:
+            budget.give(held)
         await _send(send, ans.status, ans.body, [(b"x-request-id", rid.encode()), *ans.headers])
 
     def _authorized(self, auth: bytes | None, scope: Scope) -> tuple[int, bytes] | None:
@@ -103,6 +135,11 @@ class PredictFastPath:
                 return None
             return 403, _err("forbidden", f"uid {peer['uid']} is not allowed on this socket", None)
         return 401, _err("unauthorized", "missing bearer token", None)
+
+
+def _is_json(ctype: bytes) -> bool:
+    """`application/json` in any case, parameters (`; charset=utf-8`) allowed; not `application/jsonp`."""
+    return ctype.partition(b";")[0].strip().lower() == b"application/json"
 
 
 def _err(error: str, detail: object, field: str | None) -> bytes:

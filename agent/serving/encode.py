@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 VECTOR_MIN_ROWS = 32
+# The encoded matrix is float32 (every runtime takes it as is): a larger magnitude would become
+# Infinity in the cast and the model would answer NaN, served as `score: null` with a definite label.
+F32_MAX = 3.4028234663852886e38
 MAX_ERRORS = 50  # per request: enough to fix a payload, bounded so a huge bad one can't bloat the answer
 
 
@@ -154,7 +157,7 @@ class Encoder:
                 if not types <= allowed:
                     return None
                 raw = np.array(col, dtype=np.float64)  # None -> NaN
-                if np.isinf(raw).any():
+                if (np.abs(raw) > F32_MAX).any():  # infinite or beyond float32: the per-value path names it
                     return None
                 miss = np.isnan(raw)
                 used = raw
@@ -239,8 +242,9 @@ class Encoder:
                 elif spec.dtype == "int" and isinstance(v, float) and not v.is_integer():
                     errors.append({"row": r, "field": spec.name, "message": "expected an integer"})
                     return False
-                elif isinstance(v, float) and math.isinf(v):
-                    errors.append({"row": r, "field": spec.name, "message": "infinite value"})
+                elif not -F32_MAX <= v <= F32_MAX:
+                    msg = "infinite value" if math.isinf(v) else f"{v:g} is beyond the model input's range (float32)"
+                    errors.append({"row": r, "field": spec.name, "message": msg})
                     return False
                 num_row.append(float(v))
             else:

@@ -36,9 +36,14 @@ def serving_metrics(s: ServingService) -> Iterator:
     fb = CounterMetricFamily(
         "watchkeeper_fallback", "Requests answered with the fallback prediction", labels=["endpoint", "reason"]
     )
+    shed = CounterMetricFamily(
+        "watchkeeper_shed",
+        "Requests shed (429 or the fallback): overload = waited too long for the agent, shed = max_concurrency",
+        labels=["endpoint", "reason", "answer"],
+    )
     hist = HistogramMetricFamily(
         "bentoml_service_request_duration_seconds",
-        "Request latency inside the agent",
+        "Request latency from its arrival at the agent (queueing included)",
         labels=["endpoint", "model", "version"],
     )
     for (endpoint, version), st in s.stats.items():
@@ -50,6 +55,10 @@ def serving_metrics(s: ServingService) -> Iterator:
             codes.add_metric([endpoint, str(code)], n)
         for reason, n in st.fallbacks_by_reason.items():
             fb.add_metric([endpoint, reason], n)
+            if reason in ("overload", "shed"):
+                shed.add_metric([endpoint, reason, "fallback"], n)
+        for reason, n in st.shed.items():
+            shed.add_metric([endpoint, reason, "429"], n)
         buckets, acc, i = [], 0, 0
         for le in _EXPORT_LE_MS:
             while i < len(BOUNDS_MS) and BOUNDS_MS[i] <= le * 1.0001:
@@ -58,7 +67,12 @@ def serving_metrics(s: ServingService) -> Iterator:
             buckets.append((str(le / 1000), acc))
         buckets.append(("+Inf", sum(st.hist)))
         hist.add_metric([endpoint, st.model, str(version)], buckets, st.sum_ms / 1000)
-    yield from (ok, fail, rows, codes, fb, hist)
+    yield from (ok, fail, rows, codes, fb, shed, hist)
+    yield GaugeMetricFamily(
+        "watchkeeper_event_loop_lag_seconds",
+        "How late a 20 ms timer fired on the serving loop, worst of the last 5 s (requests wait this long unseen)",
+        s.lag.worst_recent(),
+    )
     execs = CounterMetricFamily("nv_inference_exec_count", "Model executions (batches)", labels=["endpoint"])
     pending = GaugeMetricFamily("nv_inference_pending_request_count", "Rows in flight", labels=["endpoint"])
     breaker = GaugeMetricFamily(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import time
@@ -36,6 +37,7 @@ from agent.api.schemas import (
 )
 from agent.serving.breaker import CircuitBreaker
 from agent.serving.errors import ValidationFailed
+from agent.serving.overload import LoopLag
 from agent.serving.pool import ModelLoadError, ModelPool
 from agent.serving.predlog import PredictionLog
 from agent.serving.stats import ShadowStats, ShadowWindow, VersionStats, VersionWindow, version_window
@@ -52,6 +54,7 @@ log = logging.getLogger("watchkeeper.serving")
 # What the caller gets when there is no fallback configured, per reason.
 STATUS_WITHOUT_FALLBACK = {
     "shed": 429,
+    "overload": 429,
     "breaker_open": 503,
     "model_unavailable": 503,
     "operator": 503,
@@ -62,6 +65,9 @@ STATUS_WITHOUT_FALLBACK = {
 
 SHADOW_BATCH_S = 0.02  # mirrored requests wait at most this long to run batched on the candidate
 SHADOW_MAX_QUEUED_ROWS = 8192
+# Logged rows waiting for the writer (it flushes every 4,000): a bound on what a slow disk or a starved writer
+# thread costs in memory. The store writer's own default (200k) let 1 MiB bodies take the agent past 512 MiB.
+PREDLOG_MAX_PENDING_ROWS = 50_000
 
 
 class RegistryView(Protocol):
@@ -166,12 +172,13 @@ class ServingService:
         self.registry = registry
         self.writer = writer
         self.pool = ModelPool(pool_budget_bytes)
-        self.predlog = PredictionLog(writer)
+        self.predlog = PredictionLog(writer, max_pending_rows=PREDLOG_MAX_PENDING_ROWS)
         self.endpoints: dict[str, Endpoint] = {}
         self.stats: dict[tuple[str, int], VersionStats] = {}
         self._infer = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="infer")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._seq = 0
+        self.lag = LoopLag()  # the serving loop's lag: part of a request's wait the handler can't see
 
     # ------------------------------------------------------------------ configuration
 
@@ -280,6 +287,7 @@ class ServingService:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to the serving loop and pre-warm endpoints that ask for it."""
         self._loop = loop
+        self.lag.start(loop)
         for ep in self.endpoints.values():
             if ep.config.prewarm and ep.version is not None:
                 loop.create_task(self._prewarm(ep))
@@ -360,7 +368,7 @@ class ServingService:
         labels: list[str | None] = []
         for i in range(0, len(records), 4096):
             out = loaded.runtime.run(enc.encode_records(records[i : i + 4096]).matrix)
-            sc, lab, _ = _decode(out, mv)
+            sc, lab, _ = _decode(out, mv, strict=False)
             scores += sc
             labels += lab
         return np.asarray(scores, dtype=np.float64), labels
@@ -395,14 +403,14 @@ class ServingService:
                 if (time.perf_counter() - t0) * 1000 > ep.config.timeout_ms:
                     raise TimeoutError
             else:
-                out = await asyncio.wait_for(self._run_candidate(ep, cand, x), ep.config.timeout_ms / 1000)
+                out = await asyncio.wait_for(self._run_candidate(ep, cand, x), _left_s(ep, t0))
+            scores, labels, preds = _decode(out, mv)
         except Exception as e:  # counted against the candidate (its guards decide); the caller gets stable
             if not isinstance(e, TimeoutError | InjectedFault):
                 log.warning("endpoint %s candidate %s:%s: %r", ep.name, mv.name, mv.version, e)
             vs.record((time.perf_counter() - t0) * 1000, n, 504 if isinstance(e, TimeoutError) else 502, None, True)
             return None
         latency_ms = (time.perf_counter() - t0) * 1000
-        scores, labels, preds = _decode(out, mv)
         vs.record(latency_ms, n, 200, None, False)
         vs.add_scores(scores)
         if self.predlog.sampled(ep.config.log_sample_rate):
@@ -555,12 +563,20 @@ class ServingService:
     # ------------------------------------------------------------------ predict
 
     async def predict(
-        self, name: str, body: bytes, request_id: str, headers: list[tuple[bytes, bytes]] | None = None
+        self,
+        name: str,
+        body: bytes,
+        request_id: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        t0: float | None = None,
     ) -> Answer:
         """Serve one request. Never raises: every outcome is an Answer with a documented status.
 
-        `headers` (the request's, lower-case names) matter only to an A/B rollout's sticky assignment."""
-        t0 = time.perf_counter()
+        `headers` (the request's, lower-case names) matter only to an A/B rollout's sticky assignment.
+        `t0` is when the request arrived (time.perf_counter()): its latency and its timeout count from there."""
+        start = time.perf_counter()
+        if t0 is None:
+            t0 = start
         ep = self.endpoints.get(name)
         if ep is None:
             return _error(404, "not_found", f"no endpoint {name!r}", "endpoint")
@@ -606,22 +622,28 @@ class ServingService:
                 if (time.perf_counter() - t0) * 1000 > ep.config.timeout_ms:
                     raise TimeoutError
             else:
-                out = await asyncio.wait_for(self._infer_rows(ep, enc.matrix), ep.config.timeout_ms / 1000)
+                out = await asyncio.wait_for(self._infer_rows(ep, enc.matrix), _left_s(ep, t0))
         except TimeoutError:
-            ep.breaker.record(False, (time.perf_counter() - t0) * 1000)
+            ep.breaker.record(False, (time.perf_counter() - start) * 1000)
             return self._fallback(ep, request_id, n, "timeout", t0, enc, mv)
         except ModelLoadError as e:
             log.warning("endpoint %s: %s", name, e)
             return self._fallback(ep, request_id, n, "model_unavailable", t0, enc, mv)
         except Exception as e:  # the model raised: breaker counts it, caller gets the fallback
             log.warning("endpoint %s: model error: %r", name, e)
-            ep.breaker.record(False, (time.perf_counter() - t0) * 1000)
+            ep.breaker.record(False, (time.perf_counter() - start) * 1000)
             return self._fallback(ep, request_id, n, "model_error", t0, enc, mv)
         finally:
             ep.in_flight_rows -= n
-        latency_ms = (time.perf_counter() - t0) * 1000
-        ep.breaker.record(True, latency_ms)
-        scores, labels, preds = _decode(out, mv)
+        now = time.perf_counter()
+        latency_ms = (now - t0) * 1000  # what the caller waited, queueing included
+        try:
+            scores, labels, preds = _decode(out, mv)
+        except NonFiniteOutput:  # NaN would be served as `score: null` beside a definite label
+            log.warning("endpoint %s: the model answered a non-finite score", name)
+            ep.breaker.record(False, (now - start) * 1000)
+            return self._fallback(ep, request_id, n, "model_error", t0, enc, mv)
+        ep.breaker.record(True, (now - start) * 1000)  # the model's health: not the queue's
         vs = self.version_stats(name, mv.name, mv.version)
         vs.record(latency_ms, n, 200, None, False)
         if route is not None:
@@ -680,10 +702,14 @@ class ServingService:
         model = mv.name if mv else ep.config.model
         if ep.fallback_body is None:
             status = STATUS_WITHOUT_FALLBACK[reason]
-            self.version_stats(ep.name, model, version).record(latency_ms, n, status, None, True)
+            vs = self.version_stats(ep.name, model, version)
+            vs.record(latency_ms, n, status, None, True)
+            if status == 429:
+                vs.shed[reason] = vs.shed.get(reason, 0) + 1
             headers = [(b"retry-after", b"1")] if status in (429, 503) else []
             detail = {
                 "shed": f"over max_concurrency ({ep.config.max_concurrency} rows in flight)",
+                "overload": "the agent is overloaded; retry later",
                 "breaker_open": f"circuit breaker open: {ep.breaker.last_reason}",
                 "model_unavailable": ep.resolve_error or "the model could not be loaded",
                 "operator": f"switched to fallback by an operator: {ep.fallback_reason}",
@@ -709,6 +735,25 @@ class ServingService:
         )  # fmt: skip
         return Answer(200, body, [(b"x-watchkeeper-fallback", reason.encode())])
 
+    def overloaded(self, ep: Endpoint, request_id: str, t0: float, why: str) -> tuple[int, bytes, list]:
+        """Refuse a request the agent can't start in time (agent/serving/overload.py): 429 + Retry-After,
+        counted like any answer (latency from its arrival). The body was not read: its rows are unknown."""
+        mv = ep.version
+        s = self.version_stats(ep.name, mv.name if mv else ep.config.model, mv.version if mv else 0)
+        s.record((time.perf_counter() - t0) * 1000, 0, 429, None, True)
+        s.shed["overload"] = s.shed.get("overload", 0) + 1
+        body = orjson.dumps({"error": "overload", "detail": f"the agent is overloaded ({why}); retry later",
+                             "field": None})  # fmt: skip
+        return 429, body, [(b"retry-after", b"1"), (b"x-request-id", request_id.encode())]
+
+    def overload_fallback(self, ep: Endpoint, request_id: str, t0: float, body: bytes) -> Answer:
+        """The endpoint's fallback for every row of a request shed for overload (parsed, not encoded)."""
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            return self._rejected(ep, 422, "invalid_json", f"body is not valid JSON: {e}", "body")
+        return self._fallback(ep, request_id, _rows_in(payload), "overload", t0, None)
+
     def _rejected(self, ep: Endpoint, status: int, error: str, detail: Any, field: str | None) -> Answer:
         mv = ep.version
         s = self.version_stats(ep.name, mv.name if mv else ep.config.model, mv.version if mv else 0)
@@ -727,6 +772,11 @@ class ServingService:
             if start <= ts < end:
                 out[fname] = out.get(fname, 0) + 1
         return out
+
+
+def _left_s(ep: Endpoint, t0: float) -> float:
+    """What is left of the endpoint's timeout for a request that arrived at t0 (seconds, >= 0)."""
+    return max(0.0, ep.config.timeout_ms / 1000 - (time.perf_counter() - t0))
 
 
 class InjectedFault(Exception):
@@ -771,20 +821,31 @@ def _encode(encoder: Encoder, payload: Any, max_rows: int) -> Encoded:
     raise ValidationFailed([{"row": None, "field": "records", "message": "give records or columns"}])
 
 
-def _decode(out: np.ndarray, mv: ModelVersion) -> tuple[list, list, list]:
+class NonFiniteOutput(Exception):
+    pass
+
+
+def _decode(out: np.ndarray, mv: ModelVersion, strict: bool = True) -> tuple[list, list, list]:
+    """Scores, labels and the answer's predictions. Raises NonFiniteOutput for a NaN/infinite score (strict)."""
     spec = mv.signature.output
     if spec.kind == "binary":
         col = out[:, -1] if out.shape[1] > 1 else out[:, 0]
         scores = col.tolist()
+        if strict and not all(map(math.isfinite, scores)):
+            raise NonFiniteOutput
         names = spec.labels or ["0", "1"]
         labels = [names[1] if s >= spec.threshold else names[0] for s in scores]
         return scores, labels, [{"score": s, "label": lab} for s, lab in zip(scores, labels, strict=True)]
     if spec.kind == "regression":
         scores = out[:, 0].tolist()
+        if strict and not all(map(math.isfinite, scores)):
+            raise NonFiniteOutput
         return scores, [None] * len(scores), [{"score": s} for s in scores]
     names = spec.labels or [str(i) for i in range(out.shape[1])]
     idx = out.argmax(axis=1).tolist()
     probs = out.tolist()
+    if strict and not all(math.isfinite(p) for row in probs for p in row):
+        raise NonFiniteOutput
     scores = [p[i] for p, i in zip(probs, idx, strict=True)]
     labels = [names[i] for i in idx]
     preds = [{"score": s, "label": lab, "scores": p} for s, lab, p in zip(scores, labels, probs, strict=True)]

@@ -41,6 +41,7 @@ class VersionStats:
         self.sum_ms = 0.0
         self.compute_ms = 0.0
         self.fallbacks_by_reason: dict[str, int] = {}
+        self.shed: dict[str, int] = {}  # requests refused with 429 (overload, shed); fallbacks are counted above
         self.status_codes: dict[int, int] = {}
         self._slots: deque[_Slot] = deque()
         # Output scores while a rollout watches this endpoint (its prediction-drift guard).

@@ -1,0 +1,195 @@
+"""Overload: a real agent under a burst it can't serve in time sheds (429 or the fallback) instead of
+answering late, and the latency it reports counts from each request's arrival (queueing included)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import select
+import socket
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.serving.overload import BodyBudget, LoopLag
+from tests.serving.test_serving_agent import FAST, endpoint, records, reference, register, wait_loaded
+
+BURST = 300
+
+
+def _request(token: str, body: bytes, path: str = "/api/v1/endpoints/delays/predict") -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def _read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        assert chunk, "connection closed before an answer"
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    n = int(headers.get("content-length", "0"))
+    while len(rest) < n:
+        chunk = s.recv(65536)
+        assert chunk
+        rest += chunk
+    return int(lines[0].split()[1]), headers, rest[:n]
+
+
+def burst(port: int, requests: list[bytes]) -> list[tuple[int, dict[str, str], dict]]:
+    """Every request on its own connection, all written before any answer is read: the agent gets them at once."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in requests]
+    try:
+        for s, req in zip(socks, requests, strict=True):
+            s.sendall(req)
+        out = []
+        for s in socks:
+            status, headers, body = _read_response(s)
+            out.append((status, headers, json.loads(body)))
+        return out
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture
+def agent(agent_factory):
+    a = agent_factory("ovl", config=FAST)
+    c = a.client()
+    register(c)
+    yield a, c
+    c.close()
+
+
+def _shed_metric(c, reason: str, answer: str) -> float:
+    fams = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
+    fam = fams.get("watchkeeper_shed")
+    return sum(
+        s.value
+        for s in (fam.samples if fam else [])
+        if s.labels == {"endpoint": "delays", "reason": reason, "answer": answer} and s.name.endswith("_total")
+    )
+
+
+def test_a_burst_beyond_the_timeout_is_shed_with_429_not_answered_late(agent):
+    a, c = agent
+    # 20 ms timeout: a request that waited 10 ms for the agent is shed. 300 requests at once take far longer
+    # than that to serve one after the other, so the tail of the burst must be refused, not answered late.
+    endpoint(c, fallback=None, timeout_ms=20, breaker={"enabled": False})
+    wait_loaded(c)
+    body = json.dumps({"records": records(reference(1))}).encode()
+    res = burst(a.port, [_request(a.token, body)] * BURST)
+    codes = [st for st, _, _ in res]
+    assert set(codes) <= {200, 429, 504}, codes
+    overload = [(h, b) for st, h, b in res if st == 429 and b["error"] == "overload"]
+    assert overload, f"nothing shed for overload: {sorted(set(codes))}"
+    assert all(h["retry-after"] == "1" for h, _ in overload)
+    # What was answered came within the timeout, counted from arrival (queueing included).
+    answered = [b["latency_ms"] for st, _, b in res if st == 200]
+    assert answered and max(answered) <= 20.0
+    stats = c.get("/api/v1/endpoints/delays/stats").json()[0]
+    assert stats["requests"] == BURST  # every request counted, the shed ones too
+    # The latency the agent reports saw the queue: the shed ones waited over half the timeout.
+    assert stats["latency"]["p99_ms"] >= 5.0, stats["latency"]
+    assert _shed_metric(c, "overload", "429") == len(overload)
+    # and the agent is fine afterwards
+    r = c.post("/api/v1/endpoints/delays/predict", json={"records": records(reference(1))})
+    assert r.status_code in (200, 429)
+
+
+def test_with_a_fallback_the_shed_requests_get_it_marked_overload(agent):
+    a, c = agent
+    endpoint(c, timeout_ms=20, breaker={"enabled": False})  # with the test module's fallback
+    wait_loaded(c)
+    body = json.dumps({"records": records(reference(2))}).encode()
+    res = burst(a.port, [_request(a.token, body)] * BURST)
+    assert {st for st, _, _ in res} == {200}
+    shed = [(h, b) for _, h, b in res if b["fallback_reason"] == "overload"]
+    assert shed, "nothing shed for overload"
+    for h, b in shed:
+        assert h["x-watchkeeper-fallback"] == "overload" and b["fallback"] is True
+        assert len(b["predictions"]) == 2  # one fallback prediction per row
+    assert _shed_metric(c, "overload", "fallback") == len(shed)
+
+
+def test_large_bodies_beyond_the_byte_budget_are_refused_unread(agent):
+    a, c = agent
+    endpoint(c, fallback=None, timeout_ms=60_000, breaker={"enabled": False})
+    wait_loaded(c)
+    rows = records(reference(200))
+    big = json.dumps({"records": rows * 20}).encode()  # ~1 MiB: 4000 rows
+    assert 600_000 < len(big) <= 1_048_576
+    # 40 slow uploads of ~1 MiB each against a 16 MiB budget: every header is in, no body is complete. Those
+    # past the budget are refused at once, before their bodies are read; the others are served once complete.
+    req = _request(a.token, big)
+    split = len(req) - len(big) + 65_536
+    socks = [socket.create_connection(("127.0.0.1", a.port), timeout=30) for _ in range(40)]
+    try:
+        for s in socks:
+            s.sendall(req[:split])
+        time.sleep(1.0)
+        refused, served = [], 0
+        for s in socks:
+            if select.select([s], [], [], 0)[0]:  # answered before the rest of its body was sent
+                status, _, body = _read_response(s)
+                assert status == 429, (status, body)
+                refused.append(json.loads(body))
+                continue
+            s.sendall(req[split:])
+            status, _, body = _read_response(s)
+            assert status == 200, (status, body)
+            served += 1
+    finally:
+        for s in socks:
+            s.close()
+    assert refused and all(b["error"] == "overload" and "bytes in flight" in b["detail"] for b in refused)
+    assert 10 <= served <= 20  # 16 MiB of ~1 MiB bodies were let in
+    assert c.post("/api/v1/endpoints/delays/predict", json={"records": rows[:1]}).status_code == 200
+
+
+def test_content_type_is_checked_exactly_and_case_insensitively(agent):
+    _, c = agent
+    endpoint(c)
+    wait_loaded(c)
+    body = json.dumps({"records": records(reference(1))})
+    for ctype, status in [
+        ("application/json", 200),
+        ("Application/JSON", 200),
+        ("application/json; charset=utf-8", 200),
+        ("APPLICATION/JSON ; charset=UTF-8", 200),
+        ("application/jsonp", 415),
+        ("application/json-seq", 415),
+        ("text/json", 415),
+    ]:
+        r = c.post("/api/v1/endpoints/delays/predict", content=body, headers={"content-type": ctype})
+        assert r.status_code == status, (ctype, r.status_code, r.text)
+        if status == 415:
+            assert r.json()["field"] == "content-type"
+
+
+def test_loop_lag_probe_sees_a_blocked_loop():
+    async def main() -> tuple[float, float]:
+        lag = LoopLag(interval=0.01)
+        lag.start(asyncio.get_running_loop())
+        await asyncio.sleep(0.05)
+        quiet = lag.worst_recent()
+        time.sleep(0.3)  # the loop can't run its timers meanwhile
+        await asyncio.sleep(0.03)
+        return quiet, lag.worst_recent()
+
+    quiet, blocked = asyncio.run(main())
+    assert blocked >= 0.25 and blocked > quiet
+
+
+def test_body_budget_lets_one_large_body_through_alone():
+    b = BodyBudget(limit=100)
+    assert b.take(60) and not b.take(60) and b.take(40)
+    b.give(100)
+    assert b.used == 0 and b.take(500)  # alone, a body over the budget still goes (its endpoint caps it)
