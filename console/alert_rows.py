@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.api.schemas import AlertOut
-from console.client import AgentStatus, FleetStatus
-from console.feeds import is_outage
-from console.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns
+from console.core.client import AgentStatus, FleetStatus
+from console.core.feeds import is_outage
+from console.core.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns
 from console.serving_rows import KEY_SEP
 
 if TYPE_CHECKING:

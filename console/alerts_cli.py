@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from console.alert_rows import STATES, alert_rows, render_alerts
-from console.client import FleetStatus
-from console.config import AgentSpec
-from console.feeds import is_outage
+from console.core.client import FleetStatus
+from console.core.config import AgentSpec
+from console.core.feeds import is_outage
 from console.monitoring_client import FeedState, MonitoringPoller
 
 EXIT_OK = 0

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from console import __version__, models_cli, rollouts_cli
-from console.config import AgentSpec, FleetConfigError, resolve_fleet
+from console.core.config import AgentSpec, FleetConfigError, resolve_fleet
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -125,12 +125,12 @@ def _theme(args: argparse.Namespace) -> str | None:
 
 def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) -> int:
     """Open the fleet console on the given (or configured) agents."""
-    from console.app import WatchkeeperApp
+    from console.core.app import WatchkeeperApp
     from console.rollouts_client import RolloutsPoller
 
     theme = _theme(args)
     specs = specs if specs is not None else _specs(args)
-    from console.audit_heads import HeadStore
+    from console.core.audit_heads import HeadStore
 
     poller = RolloutsPoller(specs, audit_heads=HeadStore())  # remembers each agent's audit head
     app = WatchkeeperApp(poller, refresh_s=args.refresh, readonly=args.readonly, theme=theme)

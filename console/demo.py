@@ -40,7 +40,7 @@ from types import FrameType
 
 import httpx
 
-from console.config import AgentSpec
+from console.core.config import AgentSpec
 
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from agent.api.schemas import DriftHistory, DriftReportOut, FeatureDriftOut, QualityReport, QualityWindow
-from console.rows import MISSING, Column, fmt_age
+from console.core.rows import MISSING, Column, fmt_age
 
 SPECIAL_NAMES = {"__prediction__": "(prediction)", "__label__": "(label)"}
 # A p-value below this is shown as "<1e-4": the digits after it are noise at these sample sizes.

@@ -44,8 +44,8 @@ from urllib.parse import quote
 import httpx
 
 from agent.api.schemas import API_PREFIX, EndpointInfo, FeatureSpec, ModelVersion
-from console.client import AgentClient, AgentError, classify_transport_error, http_client
-from console.config import TOKEN_ENV, AgentSpec, FleetConfigError, name_for_url, resolve_fleet, validate_url
+from console.core.client import AgentClient, AgentError, classify_transport_error, http_client
+from console.core.config import TOKEN_ENV, AgentSpec, FleetConfigError, name_for_url, resolve_fleet, validate_url
 
 EXIT_OK = 0
 EXIT_ERRORS = 1

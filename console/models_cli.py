@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from console.config import (
+from console.core.config import (
     FLEET_ENV,
     TOKEN_ENV,
     AgentSpec,

@@ -32,11 +32,11 @@ from agent.api.schemas import (
     QualityReport,
     WebhookStatus,
 )
-from console.client import AgentClient, AgentError, AgentStatus, FleetPoller, FleetSource, as_agent_error, capture
-from console.config import AgentSpec
+from console.core.client import AgentClient, AgentError, AgentStatus, FleetPoller, FleetSource, as_agent_error, capture
+from console.core.config import AgentSpec
 
 if TYPE_CHECKING:
-    from console.client import _Track
+    from console.core.client import _Track
 
 # The agent serves its model alerts here (`/api/v1/alerts` is its own conditions, an older route).
 ALERTS_LIST_PATH = f"{API_PREFIX}/alerting"

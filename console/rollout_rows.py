@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.api.schemas import ROLLOUT_TERMINAL, ABResult, GateResult, GuardMetric, RolloutOut, RolloutStep
-from console.client import FleetStatus
-from console.feeds import is_outage
+from console.core.client import FleetStatus
+from console.core.feeds import is_outage
+from console.core.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns
 from console.monitoring_client import FeedState
 from console.rollouts_client import RolloutFeed, rollout_feed
-from console.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns
 from console.serving_rows import KEY_SEP
 
 Seg = tuple[str, str]  # (text, rich style; "" for none)

@@ -120,7 +120,7 @@ def configure_action(p: argparse.ArgumentParser) -> None:
 
 
 def _specs(args: argparse.Namespace) -> list[Any]:
-    from console.config import FleetConfigError, resolve_fleet
+    from console.core.config import FleetConfigError, resolve_fleet
 
     try:
         return resolve_fleet(getattr(args, "agents", None), getattr(args, "fleet", None))
@@ -178,13 +178,13 @@ async def _with_clients(specs: Sequence[Any], body: Callable[[dict[str, Any]], A
 
 
 async def _capture(coro: Any) -> Any:
-    from console.client import capture
+    from console.core.client import capture
 
     return await capture(coro)
 
 
 def _why(exc: BaseException) -> str:
-    from console.client import why
+    from console.core.client import why
 
     return why(exc)
 
@@ -275,7 +275,7 @@ def build_create(args: argparse.Namespace) -> tuple[str, Any]:
 
 
 async def _start_on(client: Any, endpoint: str, model: str, create: Any) -> HostResult:
-    from console.client import AgentError
+    from console.core.client import AgentError
     from console.rollouts_client import RolloutRefused
 
     name = client.spec.name
@@ -470,7 +470,7 @@ def _rollouts_text(
 async def _find_targets(client: Any, target: str, action: str) -> tuple[Any | None, list[Any]]:
     """(the rollout with id `target` on this agent, or None; the rollouts of endpoint `target` to act on).
     Raises AgentError when the agent can't be read; an agent without rollouts has none."""
-    from console.client import AgentError
+    from console.core.client import AgentError
 
     async def by_id() -> Any | None:
         try:

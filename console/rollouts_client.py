@@ -35,8 +35,8 @@ from agent.api.schemas import (
     RolloutCreate,
     RolloutOut,
 )
-from console.client import AgentClient, AgentError, AgentStatus, classify_response
-from console.config import AgentSpec
+from console.core.client import AgentClient, AgentError, AgentStatus, classify_response
+from console.core.config import AgentSpec
 from console.monitoring_client import (
     FeedState,
     FeedTrack,
@@ -49,7 +49,7 @@ from console.monitoring_client import (
 )
 
 if TYPE_CHECKING:
-    from console.client import _Track
+    from console.core.client import _Track
 
 ROLLOUTS_PATH = f"{API_PREFIX}/rollouts"
 # An agent without rollouts (older agent: 404; rollouts not running: 503 "unavailable") is asked again this often.

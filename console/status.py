@@ -7,10 +7,10 @@ import json
 from collections.abc import Sequence
 from typing import IO, Any
 
-from console.audit_heads import HeadStore
-from console.client import AgentState, FleetPoller, FleetStatus
-from console.config import AgentSpec
-from console.rows import fleet_rows, render_table
+from console.core.audit_heads import HeadStore
+from console.core.client import AgentState, FleetPoller, FleetStatus
+from console.core.config import AgentSpec
+from console.core.rows import fleet_rows, render_table
 
 EXIT_ALL_UP = 0
 EXIT_NOT_ALL_UP = 1

@@ -22,19 +22,19 @@ from textual.widgets import Header, OptionList, Static
 
 from agent.api.schemas import AlertOut
 from console.alert_rows import STATES, AlertRow, alert_feed, alert_rows
-from console.client import FleetStatus
+from console.core.client import FleetStatus
+from console.core.feeds import feed_parts
+from console.core.readonly import mutating
+from console.core.rows import MISSING, fmt_age, fmt_number
+from console.core.screens.actions import HostCall, run_on_hosts
+from console.core.screens.confirm import ConfirmScreen
+from console.core.screens.filtered import FleetTableScreen
 from console.drift_rows import fmt_utc
-from console.feeds import feed_parts
 from console.monitoring_client import MonitoringSource
-from console.readonly import mutating
-from console.rows import MISSING, fmt_age, fmt_number
-from console.screens.actions import HostCall, run_on_hosts
-from console.screens.confirm import ConfirmScreen
-from console.screens.filtered import FleetTableScreen
 from console.widgets.alert_table import AlertTable
 
 if TYPE_CHECKING:
-    from console.app import WatchkeeperApp
+    from console.core.app import WatchkeeperApp
 
 STYLES = Path(__file__).resolve().parent.parent / "styles" / "monitoring.tcss"
 SILENCE_CHOICES: tuple[tuple[str, float], ...] = (("1 hour", 3600.0), ("4 hours", 4 * 3600.0), ("24 hours", 86400.0))

@@ -26,7 +26,10 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Header, Static
 
 from agent.api.schemas import DriftHistory, DriftReportOut, HistogramOut, QualityReport
-from console.client import AgentState, AgentStatus, FleetStatus, why
+from console.core.client import AgentState, AgentStatus, FleetStatus, why
+from console.core.messages import ConsoleError
+from console.core.rows import fmt_age
+from console.core.screens.filtered import FilteredTableScreen
 from console.drift_rows import (
     data_quality_line,
     drift_line,
@@ -37,10 +40,7 @@ from console.drift_rows import (
     model_quality_line,
     window_text,
 )
-from console.messages import ConsoleError
 from console.monitoring_client import MonitoringSource
-from console.rows import fmt_age
-from console.screens.filtered import FilteredTableScreen
 from console.widgets.drift_table import DriftTable
 from console.widgets.histogram import HistogramView
 

@@ -13,12 +13,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Header, Static
 
-from console.client import AgentState, FleetStatus, ServingState
-from console.messages import ConsoleError
-from console.readonly import mutating
+from console.core.client import AgentState, FleetStatus, ServingState
+from console.core.messages import ConsoleError
+from console.core.readonly import mutating
+from console.core.screens.filtered import FleetTableScreen
 from console.screens.drift import DriftScreen
 from console.screens.fallback import FallbackConfirm, FallbackRequest
-from console.screens.filtered import FleetTableScreen
 from console.serving_rows import EndpointRow, detail_text, endpoint_rows, pool_line, predlog_line
 from console.widgets.endpoint_table import EndpointTable, LoadedModelTable
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from console.screens.confirm import ConfirmScreen
+from console.core.screens.confirm import ConfirmScreen
 
 
 @dataclass(frozen=True)

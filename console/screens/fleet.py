@@ -7,9 +7,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Header
 
-from console.client import FleetStatus
-from console.rows import COLUMNS, SCREEN_COLUMNS, FleetRow, fleet_rows
-from console.screens.filtered import FleetTableScreen
+from console.core.client import FleetStatus
+from console.core.rows import COLUMNS, SCREEN_COLUMNS, FleetRow, fleet_rows
+from console.core.screens.filtered import FleetTableScreen
 from console.widgets.fleet_table import FleetTable
 
 # k9s-style shift-letter sorts: pressing the same one again flips the direction.

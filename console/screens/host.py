@@ -13,10 +13,10 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header, Label, Static
 
 from agent.api.schemas import GpuSample, SeriesResponse, Snapshot
-from console.client import AgentError, AgentState, AgentStatus, FleetStatus
-from console.messages import ConsoleError, SeriesLoaded
-from console.rows import fmt_age, fmt_bytes, fmt_bytes_pair, fmt_percent
-from console.screens.base import ConsoleScreen
+from console.core.client import AgentError, AgentState, AgentStatus, FleetStatus
+from console.core.messages import ConsoleError, SeriesLoaded
+from console.core.rows import fmt_age, fmt_bytes, fmt_bytes_pair, fmt_percent
+from console.core.screens.base import ConsoleScreen
 from console.widgets.metric import MetricSpark
 from console.widgets.process_table import GpuProcessTable, ProcessTable
 

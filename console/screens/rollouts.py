@@ -28,9 +28,12 @@ from textual.containers import Horizontal
 from textual.widgets import Header, Static
 
 from agent.api.schemas import ROLLOUT_TERMINAL, RolloutOut
-from console.client import FleetStatus
-from console.feeds import feed_parts
-from console.readonly import mutating
+from console.core.client import FleetStatus
+from console.core.feeds import feed_parts
+from console.core.readonly import mutating
+from console.core.screens.actions import HostCall, run_on_hosts
+from console.core.screens.confirm import ConfirmScreen
+from console.core.screens.filtered import FleetTableScreen
 from console.rollout_rows import (
     Line,
     RolloutRow,
@@ -42,13 +45,10 @@ from console.rollout_rows import (
     state_label,
 )
 from console.rollouts_client import RolloutSource, rollout_feed
-from console.screens.actions import HostCall, run_on_hosts
-from console.screens.confirm import ConfirmScreen
-from console.screens.filtered import FleetTableScreen
 from console.widgets.rollout_table import RolloutTable
 
 if TYPE_CHECKING:
-    from console.app import WatchkeeperApp
+    from console.core.app import WatchkeeperApp
 
 STYLES = Path(__file__).resolve().parent.parent / "styles" / "rollouts.tcss"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from console.alert_rows import COLUMNS, AlertRow
-from console.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
+from console.core.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
 
 SEVERITY_STYLE = {"critical": "bold reverse red", "warning": "bold yellow", "info": "cyan"}
 STATE_STYLE = {"firing": "bold red", "pending": "yellow", "resolved": "green"}

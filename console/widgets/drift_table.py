@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from console.core.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
+from console.core.widgets.spark import spark_text
 from console.drift_rows import COLUMNS, HISTORY_WIDTH, FeatureRow, history_ceiling
-from console.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
-from console.widgets.spark import spark_text
 
 VERDICT_STYLE = {
     "ok": "green",

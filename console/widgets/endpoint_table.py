@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from console.client import AgentStatus
+from console.core.client import AgentStatus
+from console.core.widgets.keyed_table import Cell, FilteredRowsTable, KeyedTable, column_cell
 from console.serving_rows import COLUMNS, ERROR_RATE_HOT, EndpointRow, loaded_model_cells
-from console.widgets.keyed_table import Cell, FilteredRowsTable, KeyedTable, column_cell
 
 BREAKER_STYLE = {
     "closed": "green",

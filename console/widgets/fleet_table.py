@@ -6,9 +6,9 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.reactive import reactive
 
-from console.client import AgentState
-from console.rows import SCREEN_COLUMNS, WHY_WIDTH, FleetRow, sort_rows
-from console.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
+from console.core.client import AgentState
+from console.core.rows import SCREEN_COLUMNS, WHY_WIDTH, FleetRow, sort_rows
+from console.core.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
 
 STATE_STYLE = {AgentState.UP: "green", AgentState.STALE: "bold yellow", AgentState.DOWN: "bold red"}
 # Percent thresholds at which a value is drawn as a warning / as critical.

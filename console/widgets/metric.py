@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Label
 
-from console.widgets.spark import Spark
+from console.core.widgets.spark import Spark
 
 
 class MetricSpark(Horizontal):

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from rich.text import Text
 
 from agent.api.schemas import GpuSample, ProcessSample
-from console.rows import MISSING, fmt_bytes
-from console.widgets.keyed_table import Cell, KeyedTable
+from console.core.rows import MISSING, fmt_bytes
+from console.core.widgets.keyed_table import Cell, KeyedTable
 
 _PROC_COLUMNS = (("pid", "PID"), ("name", "NAME"), ("user", "USER"), ("cpu", "CPU%"), ("rss", "RSS"))
 _GPU_COLUMNS = (("pid", "PID"), ("gpu", "GPU"), ("name", "NAME"), ("mem", "GPU MEM"))

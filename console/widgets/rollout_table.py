@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from console.core.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
 from console.rollout_rows import COLUMNS, STATE_STYLE, RolloutRow
-from console.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
 
 MARK = "*"
 MARK_STYLE = "bold magenta"

@@ -13,14 +13,14 @@ import pytest
 from textual.widgets import Input, OptionList, Static
 
 from console.alert_rows import alert_key, alert_rows, firing_count, outage_alert, render_alerts
-from console.app import WatchkeeperApp
 from console.cli import main
-from console.client import AgentError, AgentState, ErrorKind, FleetStatus
-from console.config import AgentSpec
+from console.core.app import WatchkeeperApp
+from console.core.client import AgentError, AgentState, ErrorKind, FleetStatus
+from console.core.config import AgentSpec
+from console.core.screens.help import HelpScreen
 from console.monitoring_client import ALERTS_LIST_PATH, FeedState, MonitoringClient, MonitoringPoller
 from console.screens.alerts import AckConfirm, AlertsScreen, SilenceConfirm
 from console.screens.fleet import FleetScreen
-from console.screens.help import HelpScreen
 from console.widgets.alert_table import SEVERITY_STYLE, AlertTable
 from tests.console.wk_fakes import (
     FROZEN_NOW,
@@ -240,7 +240,11 @@ async def test_an_action_answer_that_is_not_an_alert_still_counts_as_done() -> N
 
 def test_data_layer_modules_do_not_import_textual() -> None:
     assert not imports_textual(
-        "console.monitoring_client", "console.alert_rows", "console.drift_rows", "console.alerts_cli", "console.feeds"
+        "console.monitoring_client",
+        "console.alert_rows",
+        "console.drift_rows",
+        "console.alerts_cli",
+        "console.core.feeds",
     )
 
 

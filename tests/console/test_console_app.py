@@ -7,11 +7,11 @@ from dataclasses import replace
 from textual.binding import Binding
 from textual.widgets import Input, Static
 
-from console.app import WatchkeeperApp
-from console.client import AgentError, ErrorKind
-from console.readonly import mutating
+from console.core.app import WatchkeeperApp
+from console.core.client import AgentError, ErrorKind
+from console.core.readonly import mutating
+from console.core.screens.help import HelpScreen
 from console.screens.fleet import FleetScreen
-from console.screens.help import HelpScreen
 from console.screens.host import HostScreen
 from console.widgets.fleet_table import FleetTable
 from console.widgets.metric import MetricSpark
@@ -315,7 +315,7 @@ async def test_host_screen_of_a_down_agent_without_data() -> None:
 
 
 async def test_host_screen_of_an_agent_that_went_down_marks_its_last_figures_stale_with_their_age() -> None:
-    from console.client import AgentState
+    from console.core.client import AgentState
 
     source = four()
     app = WatchkeeperApp(source, refresh_s=60)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from console.client import AgentState
-from console.config import load_fleet_file
+from console.core.client import AgentState
+from console.core.config import load_fleet_file
 from console.demo import DemoError, DemoFleet, alive_pids, default_agent_command
 from console.status import poll_once
 from tests.console.wk_terminal import Terminal

@@ -6,12 +6,12 @@ from dataclasses import replace
 
 from textual.widgets import Input, Static
 
-from console.app import WatchkeeperApp
-from console.client import AgentError, ErrorKind, ServingState
+from console.core.app import WatchkeeperApp
+from console.core.client import AgentError, ErrorKind, ServingState
+from console.core.screens.help import HelpScreen
 from console.screens.endpoints import EndpointsScreen, fallback_request
 from console.screens.fallback import FallbackConfirm
 from console.screens.fleet import FleetScreen
-from console.screens.help import HelpScreen
 from console.serving_rows import endpoint_rows, row_key
 from console.widgets.endpoint_table import BREAKER_STYLE, FORCED_STYLE, EndpointTable, LoadedModelTable
 from tests.console.wk_fakes import (

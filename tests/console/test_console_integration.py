@@ -14,9 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from console.app import WatchkeeperApp
-from console.client import AgentState, ErrorKind, FleetPoller
-from console.config import AgentSpec
+from console.core.app import WatchkeeperApp
+from console.core.client import AgentState, ErrorKind, FleetPoller
+from console.core.config import AgentSpec
 from console.demo import alive_pids
 from console.screens.host import HostScreen
 from tests.console.wk_terminal import Terminal

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from textual.binding import Binding
 
-from console.app import WatchkeeperApp
-from console.readonly import is_mutating
+from console.core.app import WatchkeeperApp
+from console.core.readonly import is_mutating
+from console.core.screens.help import MUTATING_KEYS, help_text
 from console.screens.alerts import AlertsScreen
 from console.screens.drift import DriftScreen
 from console.screens.endpoints import EndpointsScreen
 from console.screens.fleet import FleetScreen
-from console.screens.help import MUTATING_KEYS, help_text
 from console.screens.host import HostScreen
 from console.screens.rollouts import RolloutsScreen
 

@@ -5,7 +5,7 @@ Update after an intended change with `just snapshots` (pytest --snapshot-update)
 
 from __future__ import annotations
 
-from console.app import WatchkeeperApp
+from console.core.app import WatchkeeperApp
 from console.screens.alerts import AlertsScreen, SilenceConfirm
 from console.screens.drift import DriftScreen
 from console.screens.endpoints import EndpointsScreen

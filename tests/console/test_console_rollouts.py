@@ -7,9 +7,10 @@ from dataclasses import replace
 
 from textual.widgets import Input, Static
 
-from console.app import WatchkeeperApp
-from console.client import AgentError, ErrorKind
-from console.config import AgentSpec
+from console.core.app import WatchkeeperApp
+from console.core.client import AgentError, ErrorKind
+from console.core.config import AgentSpec
+from console.core.screens.help import HelpScreen
 from console.monitoring_client import FeedState
 from console.rollout_rows import (
     STATE_STYLE,
@@ -23,7 +24,6 @@ from console.rollout_rows import (
 )
 from console.rollouts_client import RolloutAgentStatus, RolloutsClient, RolloutsPoller, rollout_feed
 from console.screens.fleet import FleetScreen
-from console.screens.help import HelpScreen
 from console.screens.rollouts import RolloutConfirm, RolloutsScreen
 from console.widgets.rollout_table import MARK, RolloutTable
 from tests.console.wk_fakes import (

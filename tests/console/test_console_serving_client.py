@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from console.client import AgentClient, AgentError, ErrorKind, FleetPoller, ServingState
-from console.config import AgentSpec
+from console.core.client import AgentClient, AgentError, ErrorKind, FleetPoller, ServingState
+from console.core.config import AgentSpec
 from console.monitoring_client import FeedState
 from console.rollouts_client import RolloutFeed, with_rollouts
 from console.serving_rows import detail_text, endpoint_rows, fmt_ms, fmt_rate, pool_line, predlog_line

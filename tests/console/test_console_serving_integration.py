@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from console.app import WatchkeeperApp
 from console.cli import main
-from console.client import FleetPoller, ServingState
-from console.config import AgentSpec
+from console.core.app import WatchkeeperApp
+from console.core.client import FleetPoller, ServingState
+from console.core.config import AgentSpec
 from console.screens.endpoints import EndpointsScreen
 from console.screens.fallback import FallbackConfirm
 from console.serving_rows import row_key

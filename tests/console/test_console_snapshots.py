@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from textual.widgets import Input
 
-from console.app import WatchkeeperApp
+from console.core.app import WatchkeeperApp
 from console.screens.endpoints import EndpointsScreen
 from console.screens.fallback import FallbackConfirm
 from console.screens.host import HostScreen

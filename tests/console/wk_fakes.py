@@ -57,8 +57,8 @@ from agent.api.schemas import (
     Signature,
     Snapshot,
 )
-from console.client import AgentError, AgentState, AgentStatus, ErrorKind, FleetStatus, ServingState
-from console.config import AgentSpec
+from console.core.client import AgentError, AgentState, AgentStatus, ErrorKind, FleetStatus, ServingState
+from console.core.config import AgentSpec
 from console.monitoring_client import AlertFeed, FeedState
 from console.rollouts_client import RolloutFeed, with_rollouts
 
@@ -197,7 +197,7 @@ def stale(name: str, order_hint: int = 0, age: float = 45.0) -> AgentStatus:
 
 
 def down(name: str, order_hint: int = 0, reason: str = "connection refused", retry_in: float = 8.0) -> AgentStatus:
-    from console.client import ErrorKind
+    from console.core.client import ErrorKind
 
     return AgentStatus(
         name=name,

@@ -17,7 +17,7 @@ from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Static
 
-from console.readonly import mutating
+from console.core.readonly import mutating
 
 TEXT_MAX = 500  # the agent's limit on reasons and comments
 

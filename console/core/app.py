@@ -25,15 +25,15 @@ from textual.screen import ModalScreen
 from textual.timer import Timer
 
 from console.alert_rows import firing_count
-from console.client import AgentState, FleetSource, FleetStatus, why
-from console.messages import ConsoleError, FallbackToggled, FleetPolled
-from console.readonly import allowed
+from console.core.client import AgentState, FleetSource, FleetStatus, why
+from console.core.messages import ConsoleError, FallbackToggled, FleetPolled
+from console.core.readonly import allowed
+from console.core.screens.base import ConsoleScreen
+from console.core.screens.help import HelpScreen
 from console.rollout_rows import awaiting_count
 from console.screens.alerts import AlertsScreen
-from console.screens.base import ConsoleScreen
 from console.screens.endpoints import EndpointsScreen
 from console.screens.fleet import FleetScreen
-from console.screens.help import HelpScreen
 from console.screens.host import HostScreen
 from console.screens.rollouts import RolloutsScreen
 
@@ -47,7 +47,7 @@ class WatchkeeperApp(App[int]):
     """The Watchkeeper fleet console."""
 
     TITLE = "Watchkeeper"
-    CSS_PATH = Path(__file__).parent / "styles" / "app.tcss"
+    CSS_PATH = Path(__file__).parent / "app.tcss"
     # A small SSH terminal (80x24) gets layouts that keep what is wrong on screen first: side-by-side
     # panels stack (`-narrow`) and the lower panels give their rows to the tables (`-short`).
     HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (110, "-wide")]

@@ -16,8 +16,8 @@ from textual.reactive import reactive
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowKey
 
-from console.filtering import RowFilter
-from console.rows import Column
+from console.core.filtering import RowFilter
+from console.core.rows import Column
 
 Cell = str | Text
 

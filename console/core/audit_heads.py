@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from console.client import AgentClient, AgentError
+from console.core.client import AgentClient, AgentError
 
 STATE_ENV = "WATCHKEEPER_STATE_DIR"
 FILE_NAME = "audit-heads.json"

@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from console.client import why
-from console.messages import ConsoleError
+from console.core.client import why
+from console.core.messages import ConsoleError
 
 if TYPE_CHECKING:
-    from console.app import WatchkeeperApp
+    from console.core.app import WatchkeeperApp
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Input, Static
 
-from console.client import FleetStatus
-from console.filtering import RowFilter
-from console.screens.base import ConsoleScreen
+from console.core.client import FleetStatus
+from console.core.filtering import RowFilter
+from console.core.screens.base import ConsoleScreen
 
 
 class FilterInput(Input):

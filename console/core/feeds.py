@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from console.client import AgentState, AgentStatus, FleetStatus
+from console.core.client import AgentState, AgentStatus, FleetStatus
 from console.monitoring_client import FeedState
 
 FeedOf = Callable[[AgentStatus], Any]  # an agent's AlertFeed or RolloutFeed, None when not asked

@@ -44,10 +44,10 @@ from agent.api.schemas import (
     Snapshot,
 )
 from console import __version__
-from console.config import AgentSpec
+from console.core.config import AgentSpec
 
 if TYPE_CHECKING:
-    from console.audit_heads import AuditAnchor, HeadStore
+    from console.core.audit_heads import AuditAnchor, HeadStore
     from console.monitoring_client import AlertFeed
 
 T = TypeVar("T")
@@ -632,13 +632,13 @@ class FleetPoller:
     async def _check_audit(self, track: _Track, now: float) -> None:
         if self.audit_heads is None or (track.audit_at is not None and now - track.audit_at < self.audit_every_s):
             return
-        from console.audit_heads import check_anchor
+        from console.core.audit_heads import check_anchor
 
         track.audit_at = now
         try:
             track.audit = await check_anchor(track.client, self.audit_heads, track.spec.url)
         except OSError as e:  # the state file: say so on the row, keep polling
-            from console.audit_heads import AuditAnchor
+            from console.core.audit_heads import AuditAnchor
 
             track.audit = AuditAnchor("unknown", f"audit head not saved: {e}")
 

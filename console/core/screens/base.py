@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 from textual.screen import ModalScreen, Screen
 
-from console.client import FleetStatus
-from console.readonly import allowed
+from console.core.client import FleetStatus
+from console.core.readonly import allowed
 
 if TYPE_CHECKING:
-    from console.app import WatchkeeperApp
+    from console.core.app import WatchkeeperApp
 
 
 class ConsoleScreen(Screen):
