@@ -24,18 +24,18 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.timer import Timer
 
-from console.alert_rows import firing_count
 from console.core.client import AgentState, FleetSource, FleetStatus, why
 from console.core.messages import ConsoleError, FallbackToggled, FleetPolled
 from console.core.readonly import allowed
 from console.core.screens.base import ConsoleScreen
 from console.core.screens.help import HelpScreen
-from console.rollout_rows import awaiting_count
-from console.screens.alerts import AlertsScreen
-from console.screens.endpoints import EndpointsScreen
-from console.screens.fleet import FleetScreen
-from console.screens.host import HostScreen
-from console.screens.rollouts import RolloutsScreen
+from console.fleet.fleet_screen import FleetScreen
+from console.fleet.host_screen import HostScreen
+from console.monitoring.alert_rows import firing_count
+from console.monitoring.alerts_screen import AlertsScreen
+from console.rollouts.rows import awaiting_count
+from console.rollouts.screen import RolloutsScreen
+from console.serving.endpoints_screen import EndpointsScreen
 
 DEFAULT_REFRESH_S = 2.0
 # The same error is reported at most once in this many seconds (a dead agent fails every poll).

@@ -48,7 +48,7 @@ from console.core.config import AgentSpec
 
 if TYPE_CHECKING:
     from console.core.audit_heads import AuditAnchor, HeadStore
-    from console.monitoring_client import AlertFeed
+    from console.monitoring.client import AlertFeed
 
 T = TypeVar("T")
 C = TypeVar("C", bound="AgentClient")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from console.core.client import AgentState, AgentStatus, FleetStatus
-from console.monitoring_client import FeedState
+from console.monitoring.client import FeedState
 
 FeedOf = Callable[[AgentStatus], Any]  # an agent's AlertFeed or RolloutFeed, None when not asked
 

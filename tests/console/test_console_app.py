@@ -11,11 +11,11 @@ from console.core.app import WatchkeeperApp
 from console.core.client import AgentError, ErrorKind
 from console.core.readonly import mutating
 from console.core.screens.help import HelpScreen
-from console.screens.fleet import FleetScreen
-from console.screens.host import HostScreen
-from console.widgets.fleet_table import FleetTable
-from console.widgets.metric import MetricSpark
-from console.widgets.process_table import GpuProcessTable, ProcessTable
+from console.fleet.fleet_screen import FleetScreen
+from console.fleet.fleet_table import FleetTable
+from console.fleet.host_screen import HostScreen
+from console.fleet.metric import MetricSpark
+from console.fleet.process_table import GpuProcessTable, ProcessTable
 from tests.console.wk_fakes import FakeSource, down, fleet, stale, up
 from tests.console.wk_pilot import press_to, until
 

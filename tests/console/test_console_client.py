@@ -287,7 +287,9 @@ async def test_down_agent_keeps_last_snapshot_and_last_seen() -> None:
 
 
 def test_client_module_does_not_import_textual() -> None:
-    assert not imports_textual("console.core.client", "console.core.config", "console.status", "console.core.rows")
+    assert not imports_textual(
+        "console.core.client", "console.core.config", "console.fleet.status_cli", "console.core.rows"
+    )
 
 
 def test_console_imports_only_the_wire_contract_from_agent() -> None:

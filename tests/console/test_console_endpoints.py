@@ -9,11 +9,11 @@ from textual.widgets import Input, Static
 from console.core.app import WatchkeeperApp
 from console.core.client import AgentError, ErrorKind, ServingState
 from console.core.screens.help import HelpScreen
-from console.screens.endpoints import EndpointsScreen, fallback_request
-from console.screens.fallback import FallbackConfirm
-from console.screens.fleet import FleetScreen
-from console.serving_rows import endpoint_rows, row_key
-from console.widgets.endpoint_table import BREAKER_STYLE, FORCED_STYLE, EndpointTable, LoadedModelTable
+from console.fleet.fleet_screen import FleetScreen
+from console.serving.endpoint_table import BREAKER_STYLE, FORCED_STYLE, EndpointTable, LoadedModelTable
+from console.serving.endpoints_screen import EndpointsScreen, fallback_request
+from console.serving.fallback import FallbackConfirm
+from console.serving.rows import endpoint_rows, row_key
 from tests.console.wk_fakes import (
     FakeSource,
     make_endpoint,

@@ -17,8 +17,8 @@ import pytest
 from console.core.app import WatchkeeperApp
 from console.core.client import AgentState, ErrorKind, FleetPoller
 from console.core.config import AgentSpec
-from console.demo import alive_pids
-from console.screens.host import HostScreen
+from console.demo.fleet import alive_pids
+from console.fleet.host_screen import HostScreen
 from tests.console.wk_terminal import Terminal
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from console.cli import main
-from console.loadtest import (
+from console.serving.loadtest import (
     Body,
     Report,
     build_bodies,
@@ -284,7 +284,7 @@ def test_missing_sniffio_is_not_searched_for_on_every_request() -> None:
     import importlib.util
     import sys
 
-    from console.loadtest import _skip_missing_sniffio
+    from console.serving.loadtest import _skip_missing_sniffio
 
     if sys.modules.get("sniffio", None) is None:
         sys.modules.pop("sniffio", None)  # an earlier loadtest run in this process may have set it

@@ -59,8 +59,8 @@ from agent.api.schemas import (
 )
 from console.core.client import AgentError, AgentState, AgentStatus, ErrorKind, FleetStatus, ServingState
 from console.core.config import AgentSpec
-from console.monitoring_client import AlertFeed, FeedState
-from console.rollouts_client import RolloutFeed, with_rollouts
+from console.monitoring.client import AlertFeed, FeedState
+from console.rollouts.client import RolloutFeed, with_rollouts
 
 FROZEN_NOW = 1_700_000_000.0
 GiB = 2**30
@@ -1247,7 +1247,7 @@ def make_gate(passed: bool = True) -> GateResult:
 
 def rollouts_feed(agent: AgentStatus, rollouts: Sequence[RolloutOut], state: FeedState = FeedState.OK):
     """`agent` with a rollout feed (active and ended split by state)."""
-    from console.rollouts_client import RolloutFeed, with_rollouts
+    from console.rollouts.client import RolloutFeed, with_rollouts
 
     active = tuple(r for r in rollouts if r.state not in ROLLOUT_TERMINAL)
     ended = tuple(r for r in rollouts if r.state in ROLLOUT_TERMINAL)
@@ -1337,7 +1337,7 @@ class RolloutFakeSource(FakeSource):
     async def rollout_action(
         self, name: str, rollout_id: str, action: str, step_index: int | None, reason: str
     ) -> RolloutOut:
-        from console.rollouts_client import rollout_feed
+        from console.rollouts.client import rollout_feed
 
         self.rollout_calls.append((name, rollout_id, action, step_index, reason))
         if name in self.rollout_errors:

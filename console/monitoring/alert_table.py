@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from console.alert_rows import COLUMNS, AlertRow
 from console.core.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
+from console.monitoring.alert_rows import COLUMNS, AlertRow
 
 SEVERITY_STYLE = {"critical": "bold reverse red", "warning": "bold yellow", "info": "cyan"}
 STATE_STYLE = {"firing": "bold red", "pending": "yellow", "resolved": "green"}

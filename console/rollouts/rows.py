@@ -18,9 +18,9 @@ from agent.api.schemas import ROLLOUT_TERMINAL, ABResult, GateResult, GuardMetri
 from console.core.client import FleetStatus
 from console.core.feeds import is_outage
 from console.core.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns
-from console.monitoring_client import FeedState
-from console.rollouts_client import RolloutFeed, rollout_feed
-from console.serving_rows import KEY_SEP
+from console.monitoring.client import FeedState
+from console.rollouts.client import RolloutFeed, rollout_feed
+from console.serving.rows import KEY_SEP
 
 Seg = tuple[str, str]  # (text, rich style; "" for none)
 Line = list[Seg]

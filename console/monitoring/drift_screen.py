@@ -30,7 +30,8 @@ from console.core.client import AgentState, AgentStatus, FleetStatus, why
 from console.core.messages import ConsoleError
 from console.core.rows import fmt_age
 from console.core.screens.filtered import FilteredTableScreen
-from console.drift_rows import (
+from console.monitoring.client import MonitoringSource
+from console.monitoring.drift_rows import (
     data_quality_line,
     drift_line,
     feature_detail,
@@ -40,11 +41,10 @@ from console.drift_rows import (
     model_quality_line,
     window_text,
 )
-from console.monitoring_client import MonitoringSource
-from console.widgets.drift_table import DriftTable
-from console.widgets.histogram import HistogramView
+from console.monitoring.drift_table import DriftTable
+from console.monitoring.histogram import HistogramView
 
-STYLES = Path(__file__).resolve().parent.parent / "styles" / "monitoring.tcss"
+STYLES = Path(__file__).resolve().parent / "monitoring.tcss"
 DRIFT_REFRESH_MIN_S = 10.0
 BASELINES = ("reference", "previous")
 BASELINE_TEXT = {"reference": "reference profile", "previous": "previous window"}

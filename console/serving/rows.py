@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from agent.api.schemas import EndpointInfo, EndpointVersionStats, LoadedModel, ServingStatus
 from console.core.client import AgentState, AgentStatus, FleetStatus, ServingState
 from console.core.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_bytes
-from console.monitoring_client import FeedState
-from console.rollouts_client import rollout_feed
+from console.monitoring.client import FeedState
+from console.rollouts.client import rollout_feed
 
 # Error rate (fraction) at which the cell is drawn as a warning / as critical.
 ERROR_RATE_HOT = (0.01, 0.05)

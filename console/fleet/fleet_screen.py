@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Header
 from console.core.client import FleetStatus
 from console.core.rows import COLUMNS, SCREEN_COLUMNS, FleetRow, fleet_rows
 from console.core.screens.filtered import FleetTableScreen
-from console.widgets.fleet_table import FleetTable
+from console.fleet.fleet_table import FleetTable
 
 # k9s-style shift-letter sorts: pressing the same one again flips the direction.
 SORT_KEYS: dict[str, str] = {

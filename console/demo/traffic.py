@@ -37,7 +37,7 @@ from pathlib import Path
 
 import httpx
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "flights"
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "flights"
 FALLBACK = {"score": 0.2, "label": "on_time"}
 FEEDBACK_DELAY_S = 5.0  # labels "arrive" this long after the predictions, in batches
 MODEL = "flights"

@@ -8,7 +8,7 @@ from rich.text import Text
 
 from console.core.client import AgentStatus
 from console.core.widgets.keyed_table import Cell, FilteredRowsTable, KeyedTable, column_cell
-from console.serving_rows import COLUMNS, ERROR_RATE_HOT, EndpointRow, loaded_model_cells
+from console.serving.rows import COLUMNS, ERROR_RATE_HOT, EndpointRow, loaded_model_cells
 
 BREAKER_STYLE = {
     "closed": "green",

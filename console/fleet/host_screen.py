@@ -17,8 +17,8 @@ from console.core.client import AgentError, AgentState, AgentStatus, FleetStatus
 from console.core.messages import ConsoleError, SeriesLoaded
 from console.core.rows import fmt_age, fmt_bytes, fmt_bytes_pair, fmt_percent
 from console.core.screens.base import ConsoleScreen
-from console.widgets.metric import MetricSpark
-from console.widgets.process_table import GpuProcessTable, ProcessTable
+from console.fleet.metric import MetricSpark
+from console.fleet.process_table import GpuProcessTable, ProcessTable
 
 HISTORY_WINDOW_S = 15 * 60.0
 # Enough points to fill a wide terminal without asking the agent for every raw sample.

@@ -34,7 +34,8 @@ from console.core.readonly import mutating
 from console.core.screens.actions import HostCall, run_on_hosts
 from console.core.screens.confirm import ConfirmScreen
 from console.core.screens.filtered import FleetTableScreen
-from console.rollout_rows import (
+from console.rollouts.client import RolloutSource, rollout_feed
+from console.rollouts.rows import (
     Line,
     RolloutRow,
     awaiting_count,
@@ -44,13 +45,12 @@ from console.rollout_rows import (
     rollout_rows,
     state_label,
 )
-from console.rollouts_client import RolloutSource, rollout_feed
-from console.widgets.rollout_table import RolloutTable
+from console.rollouts.table import RolloutTable
 
 if TYPE_CHECKING:
     from console.core.app import WatchkeeperApp
 
-STYLES = Path(__file__).resolve().parent.parent / "styles" / "rollouts.tcss"
+STYLES = Path(__file__).resolve().parent / "rollouts.tcss"
 
 
 @dataclass(frozen=True)

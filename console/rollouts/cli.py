@@ -168,7 +168,7 @@ class HostResult:
 
 
 async def _with_clients(specs: Sequence[Any], body: Callable[[dict[str, Any]], Any]) -> Any:
-    from console.rollouts_client import RolloutsClient
+    from console.rollouts.client import RolloutsClient
 
     clients = {s.name: RolloutsClient(s) for s in specs}
     try:
@@ -276,7 +276,7 @@ def build_create(args: argparse.Namespace) -> tuple[str, Any]:
 
 async def _start_on(client: Any, endpoint: str, model: str, create: Any) -> HostResult:
     from console.core.client import AgentError
-    from console.rollouts_client import RolloutRefused
+    from console.rollouts.client import RolloutRefused
 
     name = client.spec.name
     try:
@@ -301,7 +301,7 @@ async def _start_on(client: Any, endpoint: str, model: str, create: Any) -> Host
 
 
 def _say_start(result: HostResult, out: IO[str]) -> None:
-    from console.rollout_rows import gate_lines, plain, progress_line
+    from console.rollouts.rows import gate_lines, plain, progress_line
 
     if result.status == "started":
         r = result.rollout
@@ -321,7 +321,7 @@ async def _wait(
     clients: dict[str, Any], results: list[HostResult], poll_s: float, timeout_s: float | None, progress: IO[str]
 ) -> bool:
     """Poll the started rollouts until each ended or waits for a human; False when the time ran out."""
-    from console.rollout_rows import progress_line
+    from console.rollouts.rows import progress_line
 
     waiting = [r for r in results if r.status == "started"]
     seen = {r.agent: progress_line(r.agent, r.rollout) for r in waiting}
@@ -413,7 +413,7 @@ def _run_deploy(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def _run_rollouts(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from console.rollout_rows import RolloutRow, render_rollouts, rollout_key
+    from console.rollouts.rows import RolloutRow, render_rollouts, rollout_key
 
     specs = _specs(args)
 
@@ -492,7 +492,7 @@ async def _find_targets(client: Any, target: str, action: str) -> tuple[Any | No
 
 
 async def _act_on(client: Any, rollout: Any, action: str, reason: str) -> HostResult:
-    from console.rollout_rows import RolloutRow, rollout_key
+    from console.rollouts.rows import RolloutRow, rollout_key
 
     name = client.spec.name
     extra = {"rollout_id": rollout.id, "endpoint": rollout.endpoint}
@@ -510,7 +510,7 @@ async def _act_on(client: Any, rollout: Any, action: str, reason: str) -> HostRe
 
 def _action_runner(action: str) -> Callable[[argparse.Namespace, IO[str], IO[str]], int]:
     def run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-        from console.rollout_rows import where_now
+        from console.rollouts.rows import where_now
 
         specs = _specs(args)
         target = args.target

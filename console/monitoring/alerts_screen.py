@@ -21,7 +21,6 @@ from textual.widget import Widget
 from textual.widgets import Header, OptionList, Static
 
 from agent.api.schemas import AlertOut
-from console.alert_rows import STATES, AlertRow, alert_feed, alert_rows
 from console.core.client import FleetStatus
 from console.core.feeds import feed_parts
 from console.core.readonly import mutating
@@ -29,14 +28,15 @@ from console.core.rows import MISSING, fmt_age, fmt_number
 from console.core.screens.actions import HostCall, run_on_hosts
 from console.core.screens.confirm import ConfirmScreen
 from console.core.screens.filtered import FleetTableScreen
-from console.drift_rows import fmt_utc
-from console.monitoring_client import MonitoringSource
-from console.widgets.alert_table import AlertTable
+from console.monitoring.alert_rows import STATES, AlertRow, alert_feed, alert_rows
+from console.monitoring.alert_table import AlertTable
+from console.monitoring.client import MonitoringSource
+from console.monitoring.drift_rows import fmt_utc
 
 if TYPE_CHECKING:
     from console.core.app import WatchkeeperApp
 
-STYLES = Path(__file__).resolve().parent.parent / "styles" / "monitoring.tcss"
+STYLES = Path(__file__).resolve().parent / "monitoring.tcss"
 SILENCE_CHOICES: tuple[tuple[str, float], ...] = (("1 hour", 3600.0), ("4 hours", 4 * 3600.0), ("24 hours", 86400.0))
 
 

@@ -37,7 +37,7 @@ from agent.api.schemas import (
 )
 from console.core.client import AgentClient, AgentError, AgentStatus, classify_response
 from console.core.config import AgentSpec
-from console.monitoring_client import (
+from console.monitoring.client import (
     FeedState,
     FeedTrack,
     MonitoringClient,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from console.core.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
 from console.core.widgets.spark import spark_text
-from console.drift_rows import COLUMNS, HISTORY_WIDTH, FeatureRow, history_ceiling
+from console.monitoring.drift_rows import COLUMNS, HISTORY_WIDTH, FeatureRow, history_ceiling
 
 VERDICT_STYLE = {
     "ok": "green",

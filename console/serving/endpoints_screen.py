@@ -17,10 +17,10 @@ from console.core.client import AgentState, FleetStatus, ServingState
 from console.core.messages import ConsoleError
 from console.core.readonly import mutating
 from console.core.screens.filtered import FleetTableScreen
-from console.screens.drift import DriftScreen
-from console.screens.fallback import FallbackConfirm, FallbackRequest
-from console.serving_rows import EndpointRow, detail_text, endpoint_rows, pool_line, predlog_line
-from console.widgets.endpoint_table import EndpointTable, LoadedModelTable
+from console.monitoring.drift_screen import DriftScreen
+from console.serving.endpoint_table import EndpointTable, LoadedModelTable
+from console.serving.fallback import FallbackConfirm, FallbackRequest
+from console.serving.rows import EndpointRow, detail_text, endpoint_rows, pool_line, predlog_line
 
 
 class EndpointsScreen(FleetTableScreen):

@@ -17,10 +17,10 @@ from agent.api.schemas import AlertOut
 from console.core.client import AgentStatus, FleetStatus
 from console.core.feeds import is_outage
 from console.core.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns
-from console.serving_rows import KEY_SEP
+from console.serving.rows import KEY_SEP
 
 if TYPE_CHECKING:
-    from console.monitoring_client import AlertFeed
+    from console.monitoring.client import AlertFeed
 
 OUTAGE_KIND = "agent_down"
 STATES = ("firing", "pending", "resolved")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 
 from console.core.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
-from console.rollout_rows import COLUMNS, STATE_STYLE, RolloutRow
+from console.rollouts.rows import COLUMNS, STATE_STYLE, RolloutRow
 
 MARK = "*"
 MARK_STYLE = "bold magenta"
