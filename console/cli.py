@@ -225,13 +225,13 @@ def _demo_traffic(fleet):
 
 
 def _configure_loadtest(p: argparse.ArgumentParser) -> None:
-    from console.serving.loadtest import configure
+    from console.serving.loadtest.options import configure
 
     configure(p)
 
 
 def _run_loadtest(args: argparse.Namespace) -> int:
-    from console.serving.loadtest import main_from_args
+    from console.serving.loadtest.run import main_from_args
 
     return main_from_args(args)
 
