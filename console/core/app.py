@@ -24,8 +24,9 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.timer import Timer
 
-from console.core.client import AgentState, FleetSource, FleetStatus, why
+from console.core.errors import why
 from console.core.messages import ConsoleError, FallbackToggled, FleetPolled
+from console.core.poller import AgentState, FleetSource, FleetStatus
 from console.core.readonly import allowed
 from console.core.screens.base import ConsoleScreen
 from console.core.screens.help import HelpScreen

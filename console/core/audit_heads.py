@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from console.core.client import AgentClient, AgentError
+from console.core.client import AgentClient
+from console.core.errors import AgentError
 
 STATE_ENV = "WATCHKEEPER_STATE_DIR"
 FILE_NAME = "audit-heads.json"

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from textual.message import Message
 
 from agent.api.schemas import EndpointInfo, SeriesResponse
-from console.core.client import FleetStatus
+from console.core.poller import FleetStatus
 
 
 class FleetPolled(Message):

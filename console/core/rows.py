@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from console.core.client import AgentState, AgentStatus, FleetStatus
+from console.core.poller import AgentState, AgentStatus, FleetStatus
 
 MISSING = "-"
 

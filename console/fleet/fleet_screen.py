@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Header
 
-from console.core.client import FleetStatus
+from console.core.poller import FleetStatus
 from console.core.rows import COLUMNS, SCREEN_COLUMNS, FleetRow, fleet_rows
 from console.core.screens.filtered import FleetTableScreen
 from console.fleet.fleet_table import FleetTable

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.reactive import reactive
 
-from console.core.client import AgentState
+from console.core.poller import AgentState
 from console.core.rows import SCREEN_COLUMNS, WHY_WIDTH, FleetRow, sort_rows
 from console.core.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
 

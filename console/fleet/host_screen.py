@@ -13,8 +13,9 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header, Label, Static
 
 from agent.api.schemas import GpuSample, SeriesResponse, Snapshot
-from console.core.client import AgentError, AgentState, AgentStatus, FleetStatus
+from console.core.errors import AgentError
 from console.core.messages import ConsoleError, SeriesLoaded
+from console.core.poller import AgentState, AgentStatus, FleetStatus
 from console.core.rows import fmt_age, fmt_bytes, fmt_bytes_pair, fmt_percent
 from console.core.screens.base import ConsoleScreen
 from console.fleet.metric import MetricSpark

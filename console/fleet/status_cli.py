@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from console.core.audit_heads import HeadStore
-from console.core.client import AgentState, FleetPoller, FleetStatus
 from console.core.config import AgentSpec
+from console.core.poller import AgentState, FleetPoller, FleetStatus
 from console.core.rows import fleet_rows, render_table
 
 EXIT_ALL_UP = 0

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.api.schemas import AlertOut
-from console.core.client import AgentStatus, FleetStatus
 from console.core.feeds import is_outage
+from console.core.poller import AgentStatus, FleetStatus
 from console.core.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns
 from console.serving.rows import KEY_SEP
 

@@ -13,11 +13,11 @@ import json
 from collections.abc import Sequence
 from typing import IO, Any
 
-from console.core.client import FleetStatus
 from console.core.config import AgentSpec
-from console.core.feeds import is_outage
+from console.core.feeds import FeedState, is_outage
+from console.core.poller import FleetStatus
 from console.monitoring.alert_rows import STATES, alert_rows, render_alerts
-from console.monitoring.client import FeedState, MonitoringPoller
+from console.monitoring.client import MonitoringPoller
 
 EXIT_OK = 0
 EXIT_UNREAD = 1

@@ -21,8 +21,8 @@ from textual.widget import Widget
 from textual.widgets import Header, OptionList, Static
 
 from agent.api.schemas import AlertOut
-from console.core.client import FleetStatus
 from console.core.feeds import feed_parts
+from console.core.poller import FleetStatus
 from console.core.readonly import mutating
 from console.core.rows import MISSING, fmt_age, fmt_number
 from console.core.screens.actions import HostCall, run_on_hosts

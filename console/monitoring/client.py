@@ -10,10 +10,8 @@ Like `console.client` this imports no Textual and nothing from `agent/` but the 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 
@@ -32,11 +30,13 @@ from agent.api.schemas import (
     QualityReport,
     WebhookStatus,
 )
-from console.core.client import AgentClient, AgentError, AgentStatus, FleetPoller, FleetSource, as_agent_error, capture
+from console.core.client import AgentClient
 from console.core.config import AgentSpec
+from console.core.feeds import FeedState, FeedTrack, beside, route_unavailable, unless_unavailable
+from console.core.poller import AgentStatus, FleetPoller, FleetSource
 
 if TYPE_CHECKING:
-    from console.core.client import _Track
+    from console.core.poller import AgentTrack
 
 # The agent serves its model alerts here (`/api/v1/alerts` is its own conditions, an older route).
 ALERTS_LIST_PATH = f"{API_PREFIX}/alerting"
@@ -51,15 +51,6 @@ _ALERTS = TypeAdapter(AlertsResponse)
 _ALERT = TypeAdapter(AlertOut)
 
 T = TypeVar("T")
-
-
-class FeedState(StrEnum):
-    """Whether we know an agent's alerts."""
-
-    UNKNOWN = "unknown"  # not asked yet
-    OK = "ok"
-    NONE = "none"  # the agent has no alerting (older agent, or alerting not running)
-    ERROR = "error"  # the last fetch failed; `alerts` are the last good answer, if any
 
 
 @dataclass(frozen=True)
@@ -80,24 +71,6 @@ def _range(params: dict[str, Any], since: float | None, until: float | None = No
     if until is not None:
         params["until"] = f"{until:.3f}"
     return params
-
-
-def route_unavailable(exc: AgentError, code: str, status: int | None = None) -> bool:
-    """The route is missing (404: older agent) or its service is not running on this agent (error
-    `code`, with HTTP `status` where given)."""
-    if exc.status_code == 404 and exc.error_code in (None, "not_found"):
-        return True
-    return exc.error_code == code and status in (None, exc.status_code)
-
-
-async def unless_unavailable(request: Awaitable[T], unavailable: Callable[[AgentError], bool]) -> T | None:
-    """`request`'s answer, or None when it failed because the agent lacks the route (`unavailable`)."""
-    try:
-        return await request
-    except AgentError as exc:
-        if unavailable(exc):
-            return None
-        raise
 
 
 class MonitoringClient(AgentClient):
@@ -175,33 +148,6 @@ class MonitoringSource(FleetSource, Protocol):
     async def silence_alert(self, name: str, fingerprint: str, duration_s: float, comment: str) -> AlertOut | None: ...
 
 
-@dataclass
-class FeedTrack:
-    """One agent's optional feed (alerts, rollouts) between polls: the last one and when it was asked for.
-
-    An agent without the route (FeedState.NONE) is asked again only every `idle_s` (see `due`)."""
-
-    feed: Any  # AlertFeed, RolloutFeed: a frozen dataclass with `state` and `error`
-    attempt_at: float | None = None
-
-    def due(self, now: float, idle_s: float) -> bool:
-        """Whether to ask at `now` (then noted as the attempt)."""
-        if self.feed.state is FeedState.NONE and self.attempt_at is not None and now - self.attempt_at < idle_s:
-            return False
-        self.attempt_at = now
-        return True
-
-    def failed(self, result: object) -> None:
-        """The fetch failed: keep the last good answer, marked as an error."""
-        self.feed = replace(self.feed, state=FeedState.ERROR, error=as_agent_error(result).message)
-
-
-async def beside(poll: Awaitable[None], fetch: Awaitable[Any]) -> Any:
-    """Run an agent's poll and one more fetch concurrently (one round trip); the fetch's answer or exception."""
-    _, result = await asyncio.gather(poll, capture(fetch))
-    return result
-
-
 class MonitoringPoller(FleetPoller):
     """`FleetPoller` that also fetches every agent's alerts on each poll (see the module docstring).
 
@@ -226,7 +172,7 @@ class MonitoringPoller(FleetPoller):
     def _monitoring(self, name: str) -> MonitoringClient:
         return self.client_with(name, MonitoringClient, "monitoring")
 
-    async def _poll_one(self, track: _Track) -> None:
+    async def _poll_one(self, track: AgentTrack) -> None:
         alerts = self._alert_tracks[track.spec.name]
         if not alerts.due(self.now(), self.alerts_idle_s):
             await super()._poll_one(track)
@@ -245,10 +191,10 @@ class MonitoringPoller(FleetPoller):
         else:
             alerts.failed(result)
 
-    async def _fetch_alerts(self, track: _Track) -> AlertsResponse | None:
+    async def _fetch_alerts(self, track: AgentTrack) -> AlertsResponse | None:
         return await self._monitoring(track.spec.name).model_alerts(self.alerts_state)
 
-    def _status(self, track: _Track, now: float) -> AgentStatus:
+    def _status(self, track: AgentTrack, now: float) -> AgentStatus:
         return replace(super()._status(track, now), alerts=self._alert_tracks[track.spec.name].feed)
 
     # ------------------------------------------------------------------ on demand (MonitoringSource)

@@ -26,8 +26,9 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Header, Static
 
 from agent.api.schemas import DriftHistory, DriftReportOut, HistogramOut, QualityReport
-from console.core.client import AgentState, AgentStatus, FleetStatus, why
+from console.core.errors import why
 from console.core.messages import ConsoleError
+from console.core.poller import AgentState, AgentStatus, FleetStatus
 from console.core.rows import fmt_age
 from console.core.screens.filtered import FilteredTableScreen
 from console.monitoring.client import MonitoringSource

@@ -178,13 +178,13 @@ async def _with_clients(specs: Sequence[Any], body: Callable[[dict[str, Any]], A
 
 
 async def _capture(coro: Any) -> Any:
-    from console.core.client import capture
+    from console.core.errors import capture
 
     return await capture(coro)
 
 
 def _why(exc: BaseException) -> str:
-    from console.core.client import why
+    from console.core.errors import why
 
     return why(exc)
 
@@ -275,7 +275,7 @@ def build_create(args: argparse.Namespace) -> tuple[str, Any]:
 
 
 async def _start_on(client: Any, endpoint: str, model: str, create: Any) -> HostResult:
-    from console.core.client import AgentError
+    from console.core.errors import AgentError
     from console.rollouts.client import RolloutRefused
 
     name = client.spec.name
@@ -470,7 +470,7 @@ def _rollouts_text(
 async def _find_targets(client: Any, target: str, action: str) -> tuple[Any | None, list[Any]]:
     """(the rollout with id `target` on this agent, or None; the rollouts of endpoint `target` to act on).
     Raises AgentError when the agent can't be read; an agent without rollouts has none."""
-    from console.core.client import AgentError
+    from console.core.errors import AgentError
 
     async def by_id() -> Any | None:
         try:

@@ -35,21 +35,15 @@ from agent.api.schemas import (
     RolloutCreate,
     RolloutOut,
 )
-from console.core.client import AgentClient, AgentError, AgentStatus, classify_response
+from console.core.client import AgentClient
 from console.core.config import AgentSpec
-from console.monitoring.client import (
-    FeedState,
-    FeedTrack,
-    MonitoringClient,
-    MonitoringPoller,
-    MonitoringSource,
-    beside,
-    route_unavailable,
-    unless_unavailable,
-)
+from console.core.errors import AgentError, classify_response
+from console.core.feeds import FeedState, FeedTrack, beside, route_unavailable, unless_unavailable
+from console.core.poller import AgentStatus
+from console.monitoring.client import MonitoringClient, MonitoringPoller, MonitoringSource
 
 if TYPE_CHECKING:
-    from console.core.client import _Track
+    from console.core.poller import AgentTrack
 
 ROLLOUTS_PATH = f"{API_PREFIX}/rollouts"
 # An agent without rollouts (older agent: 404; rollouts not running: 503 "unavailable") is asked again this often.
@@ -260,7 +254,7 @@ class RolloutsPoller(MonitoringPoller):
     def _rollouts_client(self, name: str) -> RolloutsClient:
         return self.client_with(name, RolloutsClient, "rollout")
 
-    async def _poll_one(self, track: _Track) -> None:
+    async def _poll_one(self, track: AgentTrack) -> None:
         rt = self._rollout_tracks[track.spec.name]
         now = self.now()
         if not rt.due(now, self.rollouts_idle_s):
@@ -305,7 +299,7 @@ class RolloutsPoller(MonitoringPoller):
             rt.ended_due = True
         rt.feed = RolloutFeed(state=FeedState.OK, active=tuple(active), ended=kept, fetched_at=now)
 
-    def _status(self, track: _Track, now: float) -> AgentStatus:
+    def _status(self, track: AgentTrack, now: float) -> AgentStatus:
         return with_rollouts(super()._status(track, now), self._rollout_tracks[track.spec.name].feed)
 
     # ------------------------------------------------------------------ actions (RolloutSource)

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.api.schemas import ROLLOUT_TERMINAL, ABResult, GateResult, GuardMetric, RolloutOut, RolloutStep
-from console.core.client import FleetStatus
-from console.core.feeds import is_outage
+from console.core.feeds import FeedState, is_outage
+from console.core.poller import FleetStatus
 from console.core.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns
-from console.monitoring.client import FeedState
 from console.rollouts.client import RolloutFeed, rollout_feed
 from console.serving.rows import KEY_SEP
 

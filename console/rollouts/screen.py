@@ -28,8 +28,8 @@ from textual.containers import Horizontal
 from textual.widgets import Header, Static
 
 from agent.api.schemas import ROLLOUT_TERMINAL, RolloutOut
-from console.core.client import FleetStatus
 from console.core.feeds import feed_parts
+from console.core.poller import FleetStatus
 from console.core.readonly import mutating
 from console.core.screens.actions import HostCall, run_on_hosts
 from console.core.screens.confirm import ConfirmScreen

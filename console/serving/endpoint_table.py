@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from console.core.client import AgentStatus
+from console.core.poller import AgentStatus
 from console.core.widgets.keyed_table import Cell, FilteredRowsTable, KeyedTable, column_cell
 from console.serving.rows import COLUMNS, ERROR_RATE_HOT, EndpointRow, loaded_model_cells
 

@@ -13,8 +13,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Header, Static
 
-from console.core.client import AgentState, FleetStatus, ServingState
 from console.core.messages import ConsoleError
+from console.core.poller import AgentState, FleetStatus, ServingState
 from console.core.readonly import mutating
 from console.core.screens.filtered import FleetTableScreen
 from console.monitoring.drift_screen import DriftScreen

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.api.schemas import EndpointInfo, EndpointVersionStats, LoadedModel, ServingStatus
-from console.core.client import AgentState, AgentStatus, FleetStatus, ServingState
+from console.core.feeds import FeedState
+from console.core.poller import AgentState, AgentStatus, FleetStatus, ServingState
 from console.core.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_bytes
-from console.monitoring.client import FeedState
 from console.rollouts.client import rollout_feed
 
 # Error rate (fraction) at which the cell is drawn as a warning / as critical.

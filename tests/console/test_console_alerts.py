@@ -14,14 +14,16 @@ from textual.widgets import Input, OptionList, Static
 
 from console.cli import main
 from console.core.app import WatchkeeperApp
-from console.core.client import AgentError, AgentState, ErrorKind, FleetStatus
 from console.core.config import AgentSpec
+from console.core.errors import AgentError, ErrorKind
+from console.core.feeds import FeedState
+from console.core.poller import AgentState, FleetStatus
 from console.core.screens.help import HelpScreen
 from console.fleet.fleet_screen import FleetScreen
 from console.monitoring.alert_rows import alert_key, alert_rows, firing_count, outage_alert, render_alerts
 from console.monitoring.alert_table import SEVERITY_STYLE, AlertTable
 from console.monitoring.alerts_screen import AckConfirm, AlertsScreen, SilenceConfirm
-from console.monitoring.client import ALERTS_LIST_PATH, FeedState, MonitoringClient, MonitoringPoller
+from console.monitoring.client import ALERTS_LIST_PATH, MonitoringClient, MonitoringPoller
 from tests.console.wk_fakes import (
     FROZEN_NOW,
     FakeHttpAgent,

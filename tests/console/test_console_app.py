@@ -8,7 +8,7 @@ from textual.binding import Binding
 from textual.widgets import Input, Static
 
 from console.core.app import WatchkeeperApp
-from console.core.client import AgentError, ErrorKind
+from console.core.errors import AgentError, ErrorKind
 from console.core.readonly import mutating
 from console.core.screens.help import HelpScreen
 from console.fleet.fleet_screen import FleetScreen
@@ -315,7 +315,7 @@ async def test_host_screen_of_a_down_agent_without_data() -> None:
 
 
 async def test_host_screen_of_an_agent_that_went_down_marks_its_last_figures_stale_with_their_age() -> None:
-    from console.core.client import AgentState
+    from console.core.poller import AgentState
 
     source = four()
     app = WatchkeeperApp(source, refresh_s=60)

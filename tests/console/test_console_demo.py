@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from console.core.client import AgentState
 from console.core.config import load_fleet_file
+from console.core.poller import AgentState
 from console.demo.fleet import DemoError, DemoFleet, alive_pids, default_agent_command
 from console.fleet.status_cli import poll_once
 from tests.console.wk_terminal import Terminal

@@ -12,8 +12,8 @@ from textual.widgets import Static
 import console.monitoring.drift_screen as drift_screen
 from agent.api.schemas import DriftPoint
 from console.core.app import WatchkeeperApp
-from console.core.client import AgentError, ErrorKind
 from console.core.config import AgentSpec
+from console.core.errors import AgentError, ErrorKind
 from console.monitoring.client import MonitoringClient, MonitoringPoller
 from console.monitoring.drift_rows import data_quality_line, drift_line, feature_rows, model_quality_line, window_text
 from console.monitoring.drift_screen import DriftScreen
@@ -305,7 +305,7 @@ async def test_a_down_agent_is_said_in_the_header() -> None:
     app = WatchkeeperApp(source, refresh_s=60)
     async with app.run_test(size=(140, 44)) as pilot:
         await open_drift(app, pilot, K_FRAUD)
-        from console.core.client import AgentState
+        from console.core.poller import AgentState
 
         gpu01 = replace(status.agents[0], state=AgentState.DOWN, reason="connection refused")
         source.status = replace(status, agents=(gpu01, *status.agents[1:]))

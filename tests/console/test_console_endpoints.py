@@ -7,7 +7,8 @@ from dataclasses import replace
 from textual.widgets import Input, Static
 
 from console.core.app import WatchkeeperApp
-from console.core.client import AgentError, ErrorKind, ServingState
+from console.core.errors import AgentError, ErrorKind
+from console.core.poller import ServingState
 from console.core.screens.help import HelpScreen
 from console.fleet.fleet_screen import FleetScreen
 from console.serving.endpoint_table import BREAKER_STYLE, FORCED_STYLE, EndpointTable, LoadedModelTable

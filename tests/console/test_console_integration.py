@@ -15,8 +15,9 @@ import psutil
 import pytest
 
 from console.core.app import WatchkeeperApp
-from console.core.client import AgentState, ErrorKind, FleetPoller
 from console.core.config import AgentSpec
+from console.core.errors import ErrorKind
+from console.core.poller import AgentState, FleetPoller
 from console.demo.fleet import alive_pids
 from console.fleet.host_screen import HostScreen
 from tests.console.wk_terminal import Terminal

@@ -8,11 +8,11 @@ from dataclasses import replace
 from textual.widgets import Input, Static
 
 from console.core.app import WatchkeeperApp
-from console.core.client import AgentError, ErrorKind
 from console.core.config import AgentSpec
+from console.core.errors import AgentError, ErrorKind
+from console.core.feeds import FeedState
 from console.core.screens.help import HelpScreen
 from console.fleet.fleet_screen import FleetScreen
-from console.monitoring.client import FeedState
 from console.rollouts.client import RolloutAgentStatus, RolloutsClient, RolloutsPoller, rollout_feed
 from console.rollouts.rows import (
     STATE_STYLE,

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from console.core.client import AgentState, AgentStatus
 from console.core.filtering import RowFilter
+from console.core.poller import AgentState, AgentStatus
 from console.core.rows import fleet_rows, fmt_age, fmt_bytes, fmt_bytes_pair, render_table, sort_rows
 from tests.console.wk_fakes import FROZEN_NOW, down, fleet, stale, up
 

@@ -12,8 +12,8 @@ import pytest
 
 from console.cli import main
 from console.core.app import WatchkeeperApp
-from console.core.client import FleetPoller, ServingState
 from console.core.config import AgentSpec
+from console.core.poller import FleetPoller, ServingState
 from console.serving.endpoint_table import EndpointTable
 from console.serving.endpoints_screen import EndpointsScreen
 from console.serving.fallback import FallbackConfirm

@@ -57,9 +57,11 @@ from agent.api.schemas import (
     Signature,
     Snapshot,
 )
-from console.core.client import AgentError, AgentState, AgentStatus, ErrorKind, FleetStatus, ServingState
 from console.core.config import AgentSpec
-from console.monitoring.client import AlertFeed, FeedState
+from console.core.errors import AgentError, ErrorKind
+from console.core.feeds import FeedState
+from console.core.poller import AgentState, AgentStatus, FleetStatus, ServingState
+from console.monitoring.client import AlertFeed
 from console.rollouts.client import RolloutFeed, with_rollouts
 
 FROZEN_NOW = 1_700_000_000.0
@@ -197,7 +199,7 @@ def stale(name: str, order_hint: int = 0, age: float = 45.0) -> AgentStatus:
 
 
 def down(name: str, order_hint: int = 0, reason: str = "connection refused", retry_in: float = 8.0) -> AgentStatus:
-    from console.core.client import ErrorKind
+    from console.core.errors import ErrorKind
 
     return AgentStatus(
         name=name,

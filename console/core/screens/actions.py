@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from console.core.client import why
+from console.core.errors import why
 from console.core.messages import ConsoleError
 
 if TYPE_CHECKING:

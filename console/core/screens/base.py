@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from textual.screen import ModalScreen, Screen
 
-from console.core.client import FleetStatus
+from console.core.poller import FleetStatus
 from console.core.readonly import allowed
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Input, Static
 
-from console.core.client import FleetStatus
 from console.core.filtering import RowFilter
+from console.core.poller import FleetStatus
 from console.core.screens.base import ConsoleScreen
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from console.core.client import classify_transport_error
+from console.core.errors import classify_transport_error
 from console.serving.loadtest.payloads import Body
 
 # Give up early when this many requests in a row fail without any answer (agent gone).

@@ -16,7 +16,8 @@ from urllib.parse import quote
 import httpx
 
 from agent.api.schemas import API_PREFIX, EndpointInfo, FeatureSpec, ModelVersion
-from console.core.client import AgentClient, AgentError, http_client
+from console.core.client import AgentClient, http_client
+from console.core.errors import AgentError
 from console.serving.loadtest.drive import cpu_seconds, drive
 from console.serving.loadtest.options import (
     EXIT_ERRORS,
