@@ -8,9 +8,9 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Header
 
 from console.core.poller import FleetStatus
-from console.core.rows import COLUMNS, SCREEN_COLUMNS, FleetRow, fleet_rows
 from console.core.screens.filtered import FleetTableScreen
 from console.fleet.fleet_table import FleetTable
+from console.fleet.rows import COLUMNS, SCREEN_COLUMNS, FleetRow, fleet_rows
 
 # k9s-style shift-letter sorts: pressing the same one again flips the direction.
 SORT_KEYS: dict[str, str] = {

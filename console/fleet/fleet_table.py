@@ -7,8 +7,8 @@ from textual.binding import Binding
 from textual.reactive import reactive
 
 from console.core.poller import AgentState
-from console.core.rows import SCREEN_COLUMNS, WHY_WIDTH, FleetRow, sort_rows
 from console.core.widgets.keyed_table import Cell, FilteredRowsTable, column_cell
+from console.fleet.rows import SCREEN_COLUMNS, WHY_WIDTH, FleetRow, sort_rows
 
 STATE_STYLE = {AgentState.UP: "green", AgentState.STALE: "bold yellow", AgentState.DOWN: "bold red"}
 # Percent thresholds at which a value is drawn as a warning / as critical.

@@ -10,7 +10,7 @@ from typing import IO, Any
 from console.core.audit_heads import HeadStore
 from console.core.config import AgentSpec
 from console.core.poller import AgentState, FleetPoller, FleetStatus
-from console.core.rows import fleet_rows, render_table
+from console.fleet.rows import fleet_rows, render_table
 
 EXIT_ALL_UP = 0
 EXIT_NOT_ALL_UP = 1

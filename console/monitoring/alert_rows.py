@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 from agent.api.schemas import AlertOut
 from console.core.feeds import is_outage
 from console.core.poller import AgentStatus, FleetStatus
-from console.core.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns
-from console.serving.rows import KEY_SEP
+from console.core.rows import KEY_SEP, MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns
 
 if TYPE_CHECKING:
     from console.monitoring.client import AlertFeed

@@ -17,9 +17,8 @@ from typing import Any
 from agent.api.schemas import ROLLOUT_TERMINAL, ABResult, GateResult, GuardMetric, RolloutOut, RolloutStep
 from console.core.feeds import FeedState, is_outage
 from console.core.poller import FleetStatus
-from console.core.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns
+from console.core.rows import KEY_SEP, MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns
 from console.rollouts.client import RolloutFeed, rollout_feed
-from console.serving.rows import KEY_SEP
 
 Seg = tuple[str, str]  # (text, rich style; "" for none)
 Line = list[Seg]

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from agent.api.schemas import EndpointInfo, EndpointVersionStats, LoadedModel, ServingStatus
 from console.core.feeds import FeedState
 from console.core.poller import AgentState, AgentStatus, FleetStatus, ServingState
-from console.core.rows import MISSING, AgentItemRow, Column, fmt_age, fmt_bytes
+from console.core.rows import KEY_SEP, MISSING, AgentItemRow, Column, fmt_age, fmt_bytes
 from console.rollouts.client import rollout_feed
 
 # Error rate (fraction) at which the cell is drawn as a warning / as critical.
 ERROR_RATE_HOT = (0.01, 0.05)
-KEY_SEP = "\t"  # agent names may contain "/" and ":" (unix socket paths), never a tab
 
 
 COLUMNS: tuple[Column, ...] = (
