@@ -118,7 +118,7 @@ class AgentClient:
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def _request(
+    async def request(
         self,
         method: str,
         path: str,
@@ -152,14 +152,16 @@ class AgentClient:
         self._note_date(response)
         return response
 
-    async def _get(self, path: str, adapter: TypeAdapter[T], params: dict[str, Any] | None = None) -> T:
-        return self._parse(path, adapter, await self._request("GET", path, params))
+    async def fetch(self, path: str, adapter: TypeAdapter[T], params: dict[str, Any] | None = None) -> T:
+        """`GET path` parsed with `adapter` (feature clients build their routes on this)."""
+        return self.parse(path, adapter, await self.request("GET", path, params))
 
     async def _post(self, path: str, adapter: TypeAdapter[T], body: bytes) -> T:
-        return self._parse(path, adapter, await self._request("POST", path, body=body))
+        return self.parse(path, adapter, await self.request("POST", path, body=body))
 
     @staticmethod
-    def _parse(path: str, adapter: TypeAdapter[T], response: httpx.Response) -> T:
+    def parse(path: str, adapter: TypeAdapter[T], response: httpx.Response) -> T:
+        """`response`'s body as `adapter`'s type; an answer that does not fit is a PROTOCOL AgentError."""
         try:
             return adapter.validate_json(response.content)
         except ValidationError as exc:
@@ -181,50 +183,50 @@ class AgentClient:
 
     async def health(self) -> Health:
         """`GET /healthz`."""
-        return await self._get("/healthz", _HEALTH)
+        return await self.fetch("/healthz", _HEALTH)
 
     async def ready(self) -> Health:
         """`GET /readyz` (raises `AgentError` NOT_READY while the agent starts)."""
-        return await self._get("/readyz", _HEALTH)
+        return await self.fetch("/readyz", _HEALTH)
 
     async def snapshot(self) -> Snapshot:
         """`GET /api/v1/snapshot`: the newest telemetry sample."""
-        return await self._get(f"{API_PREFIX}/snapshot", _SNAPSHOT)
+        return await self.fetch(f"{API_PREFIX}/snapshot", _SNAPSHOT)
 
     async def host_info(self) -> HostInfo:
         """`GET /api/v1/host`: static-ish facts about the host and agent."""
-        return await self._get(f"{API_PREFIX}/host", _HOST)
+        return await self.fetch(f"{API_PREFIX}/host", _HOST)
 
     async def series(self, metric: str, start: float, end: float, step_s: float) -> SeriesResponse:
         """`GET /api/v1/series` for one metric over [start, end] (unix seconds)."""
         params = {"metric": metric, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s:g}"}
-        return await self._get(f"{API_PREFIX}/series", _SERIES, params)
+        return await self.fetch(f"{API_PREFIX}/series", _SERIES, params)
 
     async def alerts(self) -> list[AgentAlert]:
         """`GET /api/v1/alerts`: conditions of the agent itself."""
-        return await self._get(f"{API_PREFIX}/alerts", _ALERTS)
+        return await self.fetch(f"{API_PREFIX}/alerts", _ALERTS)
 
     async def whoami(self) -> Principal:
         """`GET /api/v1/whoami`: who the agent thinks we are."""
-        return await self._get(f"{API_PREFIX}/whoami", _PRINCIPAL)
+        return await self.fetch(f"{API_PREFIX}/whoami", _PRINCIPAL)
 
     async def audit(self, limit: int = 100) -> list[AuditEntry]:
         """`GET /api/v1/audit?limit=`: newest audit entries."""
-        return await self._get(f"{API_PREFIX}/audit", _AUDIT, {"limit": limit})
+        return await self.fetch(f"{API_PREFIX}/audit", _AUDIT, {"limit": limit})
 
     async def audit_head(self) -> AuditHead:
         """`GET /api/v1/audit/head`: the newest audit entry (404 while the log is empty)."""
-        return await self._get(f"{API_PREFIX}/audit/head", _AUDIT_HEAD)
+        return await self.fetch(f"{API_PREFIX}/audit/head", _AUDIT_HEAD)
 
     async def audit_verify(self, since: tuple[int, str] | None = None) -> AuditVerify:
         """`GET /api/v1/audit/verify`, with `since` (seq, hash): whether the chain still holds that entry."""
         params = {"since_seq": since[0], "since_hash": since[1]} if since else None
-        return await self._get(f"{API_PREFIX}/audit/verify", _AUDIT_VERIFY, params)
+        return await self.fetch(f"{API_PREFIX}/audit/verify", _AUDIT_VERIFY, params)
 
     async def serving(self) -> ServingStatus | None:
         """`GET /api/v1/serving`; None when the agent serves nothing (older agent: 404; serving off: 503)."""
         try:
-            return await self._get(f"{API_PREFIX}/serving", _SERVING)
+            return await self.fetch(f"{API_PREFIX}/serving", _SERVING)
         except AgentError as exc:
             if exc.status_code == 404 or (exc.status_code == 503 and exc.error_code == "serving_unavailable"):
                 return None
@@ -232,11 +234,11 @@ class AgentClient:
 
     async def endpoints(self) -> list[EndpointInfo]:
         """`GET /api/v1/endpoints`."""
-        return await self._get(f"{API_PREFIX}/endpoints", _ENDPOINTS)
+        return await self.fetch(f"{API_PREFIX}/endpoints", _ENDPOINTS)
 
     async def endpoint(self, name: str) -> EndpointInfo:
         """`GET /api/v1/endpoints/{name}`."""
-        return await self._get(f"{API_PREFIX}/endpoints/{quote(name, safe='')}", _ENDPOINT)
+        return await self.fetch(f"{API_PREFIX}/endpoints/{quote(name, safe='')}", _ENDPOINT)
 
     async def set_fallback(self, name: str, enabled: bool, reason: str) -> EndpointInfo:
         """`POST /api/v1/endpoints/{name}/fallback` (operator; the agent audits who, when, why)."""
@@ -245,8 +247,8 @@ class AgentClient:
 
     async def model_version(self, name: str, version: int) -> ModelVersion:
         """`GET /api/v1/models/{name}/versions/{version}` (its signature describes valid payloads)."""
-        return await self._get(f"{API_PREFIX}/models/{quote(name, safe='')}/versions/{int(version)}", _MODEL_VERSION)
+        return await self.fetch(f"{API_PREFIX}/models/{quote(name, safe='')}/versions/{int(version)}", _MODEL_VERSION)
 
     async def metrics_text(self) -> str:
         """`GET /metrics`: the Prometheus text exposition."""
-        return (await self._request("GET", "/metrics")).text
+        return (await self.request("GET", "/metrics")).text

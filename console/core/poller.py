@@ -5,7 +5,7 @@ phase of it), agents are polled concurrently, and an agent that keeps failing is
 exponential backoff, so a slow or dead agent never delays the others.
 
 Feature pollers (`console.monitoring.client.MonitoringPoller`, `console.rollouts.client.RolloutsPoller`)
-subclass `FleetPoller`: they extend `_poll_one` and `_status`, which take the per-agent `AgentTrack`.
+subclass `FleetPoller`: they extend `poll_agent` and `agent_status`, which take the per-agent `AgentTrack`.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class FleetSource(Protocol):
 
 @dataclass
 class AgentTrack:
-    """Mutable per-agent bookkeeping between polls."""
+    """Mutable per-agent bookkeeping between polls (public: feature pollers read it in `poll_agent`)."""
 
     spec: AgentSpec
     client: AgentClient
@@ -224,13 +224,13 @@ class FleetPoller:
         """Poll every agent whose backoff has expired; return the whole fleet's status."""
         started = self._clock()
         due = [t for t in self._tracks.values() if started >= t.next_attempt_at]
-        # _poll_one never raises (except cancellation), so one agent cannot abort the others.
-        await asyncio.gather(*(self._poll_one(t) for t in due))
+        # poll_agent never raises (except cancellation), so one agent cannot abort the others.
+        await asyncio.gather(*(self.poll_agent(t) for t in due))
         done = self._clock()
         return FleetStatus(
             polled_at=done,
             duration_s=max(0.0, done - started),
-            agents=tuple(self._status(t, done) for t in self._tracks.values()),
+            agents=tuple(self.agent_status(t, done) for t in self._tracks.values()),
         )
 
     async def series(self, name: str, metric: str, start: float, end: float, step_s: float) -> SeriesResponse:
@@ -255,7 +255,9 @@ class FleetPoller:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _poll_one(self, track: AgentTrack) -> None:
+    async def poll_agent(self, track: AgentTrack) -> None:
+        """One agent's part of a poll: its snapshot (and host info, serving status, audit check when due)
+        into `track`. Never raises; feature pollers extend it to fetch their feed in the same round trip."""
         now = self._clock()
         t0 = time.monotonic()
         need_host = track.host is None or (
@@ -336,7 +338,8 @@ class FleetPoller:
             track.serving_state = ServingState.ERROR
             track.serving_error = error.message
 
-    def _status(self, track: AgentTrack, now: float) -> AgentStatus:
+    def agent_status(self, track: AgentTrack, now: float) -> AgentStatus:
+        """What one poll says of one agent (feature pollers add their feed to it)."""
         spec = track.spec
         interval = track.host.sample_interval_s if track.host else DEFAULT_SAMPLE_INTERVAL_S
         offset = track.client.clock_offset_s

@@ -51,7 +51,7 @@ class FleetScreen(FleetTableScreen):
     def table(self) -> FleetTable:
         return self.query_one(FleetTable)
 
-    def _opened(self) -> None:
+    def opened(self) -> None:
         """The first screen: the App polls as it starts."""
 
     def rows_of(self, status: FleetStatus) -> list[FleetRow]:
@@ -77,7 +77,7 @@ class FleetScreen(FleetTableScreen):
         else:
             table.sort_column = column
             table.sort_reverse = False
-        self._update_status_line()
+        self.update_status_line()
 
     def action_cycle_sort(self) -> None:
         """`s`: sort by the next column as shown (fleet order after the last one)."""
@@ -90,7 +90,7 @@ class FleetScreen(FleetTableScreen):
             nxt = keys[i] if i < len(keys) else None
         table.sort_reverse = False
         table.sort_column = nxt
-        self._update_status_line()
+        self.update_status_line()
 
     @on(DataTable.HeaderSelected)
     def _header_clicked(self, event: DataTable.HeaderSelected) -> None:

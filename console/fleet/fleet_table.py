@@ -66,11 +66,11 @@ class FleetTable(FilteredRowsTable[FleetRow]):
         return sort_rows(rows, self.sort_column, self.sort_reverse)
 
     def watch_sort_column(self) -> None:
-        self._render_rows()
+        self.render_rows()
         self._label_sorted_column()
 
     def watch_sort_reverse(self) -> None:
-        self._render_rows()
+        self.render_rows()
         self._label_sorted_column()
 
     def _label_sorted_column(self) -> None:

@@ -179,7 +179,7 @@ class AlertsScreen(FleetTableScreen):
     def rows_of(self, status: FleetStatus) -> list[AlertRow]:
         return alert_rows(status)
 
-    def _show_detail(self) -> None:
+    def show_detail(self) -> None:
         row = self.table.cursor_row_data
         box = self.query_one("#alert-detail", Static)
         if row is None:

@@ -84,30 +84,30 @@ class MonitoringClient(AgentClient):
     ) -> DriftReportOut:
         """`GET /api/v1/endpoints/{name}/drift`: the latest closed window (or a merged range) vs a baseline."""
         params = _range({"baseline": baseline}, since, until)
-        return await self._get(self._endpoint_path(endpoint, "drift"), _DRIFT, params)
+        return await self.fetch(self._endpoint_path(endpoint, "drift"), _DRIFT, params)
 
     async def drift_history(
         self, endpoint: str, baseline: str = "reference", since: float | None = None
     ) -> DriftHistory:
         """`GET .../drift/history`: each feature's score per window, oldest first."""
         params = _range({"baseline": baseline}, since)
-        return await self._get(self._endpoint_path(endpoint, "drift/history"), _HISTORY, params)
+        return await self.fetch(self._endpoint_path(endpoint, "drift/history"), _HISTORY, params)
 
     async def drift_histogram(
         self, endpoint: str, feature: str, since: float | None = None, until: float | None = None
     ) -> HistogramOut:
         """`GET .../drift/histogram?feature=`: reference vs current shares over the profile's bins."""
         params = _range({"feature": feature}, since, until)
-        return await self._get(self._endpoint_path(endpoint, "drift/histogram"), _HISTOGRAM, params)
+        return await self.fetch(self._endpoint_path(endpoint, "drift/histogram"), _HISTOGRAM, params)
 
     async def quality(self, endpoint: str) -> QualityReport:
         """`GET .../quality`: model quality per version and window (labelled predictions)."""
-        return await self._get(self._endpoint_path(endpoint, "quality"), _QUALITY)
+        return await self.fetch(self._endpoint_path(endpoint, "quality"), _QUALITY)
 
     async def model_alerts(self, state: str | None = None) -> AlertsResponse | None:
         """`GET /api/v1/alerting[?state=]`; None when the agent has no alerting (404, or not running)."""
         return await unless_unavailable(
-            self._get(ALERTS_LIST_PATH, _ALERTS, {"state": state} if state else None),
+            self.fetch(ALERTS_LIST_PATH, _ALERTS, {"state": state} if state else None),
             lambda exc: route_unavailable(exc, "alerting_unavailable"),
         )
 
@@ -122,7 +122,7 @@ class MonitoringClient(AgentClient):
         return await self._post_alert(f"{API_PREFIX}/alerts/{quote(fingerprint, safe='')}/silence", body)
 
     async def _post_alert(self, path: str, body: bytes) -> AlertOut | None:
-        response = await self._request("POST", path, body=body)
+        response = await self.request("POST", path, body=body)
         try:
             return _ALERT.validate_json(response.content)
         except ValidationError:
@@ -172,12 +172,12 @@ class MonitoringPoller(FleetPoller):
     def _monitoring(self, name: str) -> MonitoringClient:
         return self.client_with(name, MonitoringClient, "monitoring")
 
-    async def _poll_one(self, track: AgentTrack) -> None:
+    async def poll_agent(self, track: AgentTrack) -> None:
         alerts = self._alert_tracks[track.spec.name]
         if not alerts.due(self.now(), self.alerts_idle_s):
-            await super()._poll_one(track)
+            await super().poll_agent(track)
             return
-        result = await beside(super()._poll_one(track), self._fetch_alerts(track))
+        result = await beside(super().poll_agent(track), self._fetch_alerts(track))
         if isinstance(result, AlertsResponse):
             alerts.feed = AlertFeed(
                 state=FeedState.OK,
@@ -194,8 +194,8 @@ class MonitoringPoller(FleetPoller):
     async def _fetch_alerts(self, track: AgentTrack) -> AlertsResponse | None:
         return await self._monitoring(track.spec.name).model_alerts(self.alerts_state)
 
-    def _status(self, track: AgentTrack, now: float) -> AgentStatus:
-        return replace(super()._status(track, now), alerts=self._alert_tracks[track.spec.name].feed)
+    def agent_status(self, track: AgentTrack, now: float) -> AgentStatus:
+        return replace(super().agent_status(track, now), alerts=self._alert_tracks[track.spec.name].feed)
 
     # ------------------------------------------------------------------ on demand (MonitoringSource)
 

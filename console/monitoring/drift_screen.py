@@ -164,7 +164,7 @@ class DriftScreen(FilteredTableScreen):
         self.table.focus()
         self._show_summary()
         self._show_panel()
-        self._update_status_line()
+        self.update_status_line()
         self._load_now()
 
     def on_unmount(self) -> None:
@@ -193,7 +193,7 @@ class DriftScreen(FilteredTableScreen):
             self._timer.stop()
             self._timer = None
         self.loading = True
-        self._update_status_line()
+        self.update_status_line()
         self.load_drift()
 
     @work(exclusive=True, group="drift")
@@ -249,7 +249,7 @@ class DriftScreen(FilteredTableScreen):
         self.table.show(feature_rows(self.report, self.history))
         self._show_summary()
         self._show_panel()
-        self._update_status_line()
+        self.update_status_line()
         self._request_histogram(refresh=True)
         error = message.errors.get("drift")
         if error and error != self._reported:
@@ -334,7 +334,7 @@ class DriftScreen(FilteredTableScreen):
             text += f"\nhistory: {len(row.history)} windows, max {fmt_score(max(row.history))}"
         detail.update(text)
 
-    def _update_status_line(self) -> None:
+    def update_status_line(self) -> None:
         table = self.table
         parts = [f"{len(table.rows_shown)}/{len(table.all_rows)} features", f"baseline {self.baseline}"]
         if self.loading:
@@ -352,8 +352,8 @@ class DriftScreen(FilteredTableScreen):
         self._show_panel()
         self._request_histogram()
 
-    def _filter_applied(self) -> None:
-        self._update_status_line()
+    def filter_applied(self) -> None:
+        self.update_status_line()
         self._show_panel()
         self._request_histogram()
 

@@ -98,9 +98,9 @@ class RolloutsClient(MonitoringClient):
     """`MonitoringClient` plus the rollout and dataset routes."""
 
     async def _exchange(self, method: str, path: str, **options: Any) -> httpx.Response:
-        """`_request` (same options: params, body, files, timeout_s) where a refusal raises `RolloutRefused`
+        """`request` (same options: params, body, files, timeout_s) where a refusal raises `RolloutRefused`
         with the agent's ErrorBody."""
-        return await self._request(method, path, refusal=self._refused, **options)
+        return await self.request(method, path, refusal=self._refused, **options)
 
     def _refused(self, response: httpx.Response) -> RolloutRefused:
         base = classify_response(response, has_token=bool(self.spec.token))
@@ -128,7 +128,7 @@ class RolloutsClient(MonitoringClient):
         )
         if response is None:
             return None
-        out: list[RolloutOut] = self._parse(ROLLOUTS_PATH, _ROLLOUTS, response)
+        out: list[RolloutOut] = self.parse(ROLLOUTS_PATH, _ROLLOUTS, response)
         # An agent that ignores the query (or a newer one with other rules) still gets filtered here.
         if active is not None:
             out = [r for r in out if (r.state not in ROLLOUT_TERMINAL) == active]
@@ -139,7 +139,7 @@ class RolloutsClient(MonitoringClient):
     async def rollout(self, rollout_id: str) -> RolloutOut:
         """`GET /api/v1/rollouts/{id}`."""
         path = f"{ROLLOUTS_PATH}/{quote(rollout_id, safe='')}"
-        return self._parse(path, _ROLLOUT, await self._exchange("GET", path))
+        return self.parse(path, _ROLLOUT, await self._exchange("GET", path))
 
     async def start_rollout(self, endpoint: str, create: RolloutCreate) -> RolloutOut:
         """`POST /api/v1/endpoints/{name}/rollouts` (operator). A failed gate raises `RolloutRefused` with `gate`.
@@ -149,7 +149,7 @@ class RolloutsClient(MonitoringClient):
         path = f"{API_PREFIX}/endpoints/{quote(endpoint, safe='')}/rollouts"
         body = create.model_dump_json(exclude_none=True).encode()
         response = await self._exchange("POST", path, body=body, timeout_s=max(self.spec.timeout_s, 120.0))
-        return self._parse(path, _ROLLOUT, response)
+        return self.parse(path, _ROLLOUT, response)
 
     async def rollout_action(
         self, rollout_id: str, action: str, *, step_index: int | None = None, reason: str = ""
@@ -161,12 +161,12 @@ class RolloutsClient(MonitoringClient):
         body = RolloutAction(step_index=step_index, reason=reason).model_dump_json(exclude_none=True).encode()
         # Rolling back a promoted rollout loads the old version first: allow it time.
         response = await self._exchange("POST", path, body=body, timeout_s=max(self.spec.timeout_s, 60.0))
-        return self._parse(path, _ROLLOUT, response)
+        return self.parse(path, _ROLLOUT, response)
 
     async def datasets(self) -> list[DatasetInfo]:
         """`GET /api/v1/datasets`."""
         path = f"{API_PREFIX}/datasets"
-        return self._parse(path, _DATASETS, await self._exchange("GET", path))
+        return self.parse(path, _DATASETS, await self._exchange("GET", path))
 
     async def upload_dataset(self, name: str, parquet: Path) -> DatasetInfo:
         """`POST /api/v1/datasets/{name}/versions` with the Parquet file as multipart part `data` (operator)."""
@@ -175,7 +175,7 @@ class RolloutsClient(MonitoringClient):
             response = await self._exchange(
                 "POST", path, files={"data": (parquet.name, fh, "application/octet-stream")}, timeout_s=600.0
             )
-        return self._parse(path, _DATASET, response)
+        return self.parse(path, _DATASET, response)
 
 
 # --------------------------------------------------------------------------- poll results
@@ -254,14 +254,14 @@ class RolloutsPoller(MonitoringPoller):
     def _rollouts_client(self, name: str) -> RolloutsClient:
         return self.client_with(name, RolloutsClient, "rollout")
 
-    async def _poll_one(self, track: AgentTrack) -> None:
+    async def poll_agent(self, track: AgentTrack) -> None:
         rt = self._rollout_tracks[track.spec.name]
         now = self.now()
         if not rt.due(now, self.rollouts_idle_s):
-            await super()._poll_one(track)
+            await super().poll_agent(track)
             return
         want_ended = rt.ended_due or rt.ended_at is None or now - rt.ended_at >= self.ended_refresh_s
-        result = await beside(super()._poll_one(track), self._fetch_rollouts(track.spec.name, want_ended))
+        result = await beside(super().poll_agent(track), self._fetch_rollouts(track.spec.name, want_ended))
         self._note_rollouts(rt, result, track.client.clock_offset_s)
 
     async def _fetch_rollouts(
@@ -299,8 +299,8 @@ class RolloutsPoller(MonitoringPoller):
             rt.ended_due = True
         rt.feed = RolloutFeed(state=FeedState.OK, active=tuple(active), ended=kept, fetched_at=now)
 
-    def _status(self, track: AgentTrack, now: float) -> AgentStatus:
-        return with_rollouts(super()._status(track, now), self._rollout_tracks[track.spec.name].feed)
+    def agent_status(self, track: AgentTrack, now: float) -> AgentStatus:
+        return with_rollouts(super().agent_status(track, now), self._rollout_tracks[track.spec.name].feed)
 
     # ------------------------------------------------------------------ actions (RolloutSource)
 

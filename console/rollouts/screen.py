@@ -200,7 +200,7 @@ class RolloutsScreen(FleetTableScreen):
     def rows_of(self, status: FleetStatus) -> list[RolloutRow]:
         return rollout_rows(status)
 
-    def _show_detail(self) -> None:
+    def show_detail(self) -> None:
         row = self.table.cursor_row_data
         detail = self.query_one("#rollout-detail", Static)
         live = self.query_one("#rollout-live", Static)
@@ -237,12 +237,12 @@ class RolloutsScreen(FleetTableScreen):
         table.toggle_mark(key)
         if table.cursor_row < table.row_count - 1:
             table.move_cursor(row=table.cursor_row + 1)
-        self._update_status_line()
+        self.update_status_line()
 
     def action_clear_marks(self) -> None:
         """`c`: clear every mark."""
         self.table.clear_marks()
-        self._update_status_line()
+        self.update_status_line()
 
     def _selected(self) -> list[RolloutRow]:
         """The marked rows, else the one under the cursor (if any)."""

@@ -53,12 +53,12 @@ class RolloutTable(FilteredRowsTable[RolloutRow]):
             self.marked.discard(key)
         else:
             self.marked.add(key)
-        self._render_rows()
+        self.render_rows()
         return key in self.marked
 
     def clear_marks(self) -> None:
         self.marked.clear()
-        self._render_rows()
+        self.render_rows()
 
     @property
     def marked_rows(self) -> list[RolloutRow]:

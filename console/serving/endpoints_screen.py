@@ -56,10 +56,10 @@ class EndpointsScreen(FleetTableScreen):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _opened(self) -> None:
+    def opened(self) -> None:
         # Serving status on every poll while we are open, and one now rather than in refresh_s.
         self.wk_app.source.want_serving(True)
-        super()._opened()
+        super().opened()
 
     def on_unmount(self) -> None:
         self.wk_app.source.want_serving(False)
@@ -86,7 +86,7 @@ class EndpointsScreen(FleetTableScreen):
                 )
             self._reported[agent.name] = error
 
-    def _show_detail(self) -> None:
+    def show_detail(self) -> None:
         row = self.table.cursor_row_data
         status = self._shown
         detail = self.query_one("#endpoint-detail", Static)

@@ -32,7 +32,7 @@ class FilterInput(Input):
 
 
 class FilteredTableScreen(ConsoleScreen):
-    """Owns the filter line of `self.table` (which has a `row_filter`); subclasses react in `_filter_applied`."""
+    """Owns the filter line of `self.table` (which has a `row_filter`); subclasses react in `filter_applied`."""
 
     table: Any  # a FilteredRowsTable subclass (with a `row_filter`)
     STATUS_ID: ClassVar[str] = "status"  # the id of the status line below the table
@@ -56,7 +56,7 @@ class FilteredTableScreen(ConsoleScreen):
             self.app.notify(f"no {noun} selected", severity="warning")
         return row
 
-    def _filter_applied(self) -> None:
+    def filter_applied(self) -> None:
         """Called after the filter changed (subclasses update their status line, panels)."""
 
     def action_filter(self) -> None:
@@ -73,7 +73,7 @@ class FilteredTableScreen(ConsoleScreen):
         box.remove_class("-invalid")
         self.table.row_filter = RowFilter()
         self.table.focus()
-        self._filter_applied()
+        self.filter_applied()
 
     def action_back(self) -> None:
         """Escape: clear the filter if one is set, else back."""
@@ -92,7 +92,7 @@ class FilteredTableScreen(ConsoleScreen):
             return
         event.input.remove_class("-invalid")
         self.table.row_filter = row_filter
-        self._filter_applied()
+        self.filter_applied()
 
     @on(Input.Submitted, "#filter")
     def _filter_submitted(self, event: Input.Submitted) -> None:
@@ -106,8 +106,8 @@ class FleetTableScreen(FilteredTableScreen):
     """A table of rows from the whole fleet, redrawn in place from each poll.
 
     Subclasses give `rows_of(status)` and `status_parts(status)`, and may show the row under the cursor
-    in `_show_detail`. They must not define `on_mount` or `on_screen_resume` (Textual would run both):
-    `_opened` is the hook for what opening the screen does besides asking for a poll now.
+    in `show_detail`. They must not define `on_mount` or `on_screen_resume` (Textual would run both):
+    `opened` is the hook for what opening the screen does besides asking for a poll now.
     """
 
     VIEW: ClassVar[str | None] = None  # the sub-title while this screen is open
@@ -128,11 +128,11 @@ class FleetTableScreen(FilteredTableScreen):
         """What the status line says about how the table is viewed (after the refresh interval)."""
         return []
 
-    def _opened(self) -> None:
+    def opened(self) -> None:
         """Opening the screen asks for fresh data now, not in refresh_s."""
         self.wk_app.request_poll()
 
-    def _show_detail(self) -> None:
+    def show_detail(self) -> None:
         """Show the row under the cursor (in subclasses with a detail panel)."""
 
     # ------------------------------------------------------------------ lifecycle
@@ -141,11 +141,11 @@ class FleetTableScreen(FilteredTableScreen):
         if self.VIEW is not None:
             self.sub_title = self.VIEW
         self.table.focus()
-        self._opened()
+        self.opened()
         if self.wk_app.fleet_status is not None:
             self.show_fleet(self.wk_app.fleet_status)
         else:
-            self._update_status_line()
+            self.update_status_line()
 
     def on_screen_resume(self) -> None:
         # Polls that arrived while a modal or another screen covered us were not drawn here.
@@ -159,10 +159,10 @@ class FleetTableScreen(FilteredTableScreen):
         """Update rows in place from a new poll."""
         self._shown = status
         self.table.show(self.rows_of(status))
-        self._show_detail()
-        self._update_status_line()
+        self.show_detail()
+        self.update_status_line()
 
-    def _update_status_line(self) -> None:
+    def update_status_line(self) -> None:
         status = self._shown
         parts = ["waiting for first poll…"] if status is None else self.status_parts(status)
         parts.append(f"every {self.wk_app.refresh_s:g}s")
@@ -172,8 +172,8 @@ class FleetTableScreen(FilteredTableScreen):
     @on(DataTable.RowHighlighted)
     def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table is self.table:
-            self._show_detail()
+            self.show_detail()
 
-    def _filter_applied(self) -> None:
-        self._update_status_line()
-        self._show_detail()
+    def filter_applied(self) -> None:
+        self.update_status_line()
+        self.show_detail()

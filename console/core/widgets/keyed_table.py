@@ -147,7 +147,7 @@ class FilteredRowsTable(KeyedTable, Generic[R]):
     """A KeyedTable showing row models that pass a reactive `row_filter`.
 
     Subclasses give `cells(row)` and may reorder in `order(rows)`; every change of data or view
-    state goes through one `_render_rows`, which updates cells in place by key.
+    state goes through one `render_rows`, which updates cells in place by key.
     """
 
     row_filter: reactive[RowFilter] = reactive(RowFilter, always_update=True)
@@ -185,12 +185,12 @@ class FilteredRowsTable(KeyedTable, Generic[R]):
     def show(self, rows: Sequence[R]) -> None:
         """Display a new poll's rows."""
         self._rows = list(rows)
-        self._render_rows()
+        self.render_rows()
 
-    def _render_rows(self) -> None:
+    def render_rows(self) -> None:
         if not self.is_mounted:
             return
         self.sync([(r.key, self.cells(r)) for r in self.rows_shown])
 
     def watch_row_filter(self) -> None:
-        self._render_rows()
+        self.render_rows()
