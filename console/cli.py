@@ -127,7 +127,7 @@ def _theme(args: argparse.Namespace) -> str | None:
 
 def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) -> int:
     """Open the fleet console on the given (or configured) agents."""
-    from console.core.app import WatchkeeperApp
+    from console.app import WatchkeeperApp
     from console.rollouts.client import RolloutsPoller
 
     theme = _theme(args)

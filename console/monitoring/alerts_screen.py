@@ -34,7 +34,7 @@ from console.monitoring.client import MonitoringSource
 from console.monitoring.drift_rows import fmt_utc
 
 if TYPE_CHECKING:
-    from console.core.app import WatchkeeperApp
+    from console.app import WatchkeeperApp
 
 STYLES = Path(__file__).resolve().parent / "monitoring.tcss"
 SILENCE_CHOICES: tuple[tuple[str, float], ...] = (("1 hour", 3600.0), ("4 hours", 4 * 3600.0), ("24 hours", 86400.0))

@@ -48,7 +48,7 @@ from console.rollouts.rows import (
 from console.rollouts.table import RolloutTable
 
 if TYPE_CHECKING:
-    from console.core.app import WatchkeeperApp
+    from console.app import WatchkeeperApp
 
 STYLES = Path(__file__).resolve().parent / "rollouts.tcss"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, OptionList, Static
 
+from console.app import WatchkeeperApp
 from console.cli import main
-from console.core.app import WatchkeeperApp
 from console.core.config import AgentSpec
 from console.core.errors import AgentError, ErrorKind
 from console.core.feeds import FeedState

@@ -7,7 +7,7 @@ from dataclasses import replace
 from textual.binding import Binding
 from textual.widgets import Input, Static
 
-from console.core.app import WatchkeeperApp
+from console.app import WatchkeeperApp
 from console.core.errors import AgentError, ErrorKind
 from console.core.readonly import mutating
 from console.core.screens.help import HelpScreen

@@ -11,7 +11,7 @@ from textual.widgets import Static
 
 import console.monitoring.drift_screen as drift_screen
 from agent.api.schemas import DriftPoint
-from console.core.app import WatchkeeperApp
+from console.app import WatchkeeperApp
 from console.core.config import AgentSpec
 from console.core.errors import AgentError, ErrorKind
 from console.monitoring.client import MonitoringClient, MonitoringPoller

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from textual.widgets import Input, Static
 
-from console.core.app import WatchkeeperApp
+from console.app import WatchkeeperApp
 from console.core.errors import AgentError, ErrorKind
 from console.core.poller import ServingState
 from console.core.screens.help import HelpScreen

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from console.core.app import WatchkeeperApp
+from console.app import WatchkeeperApp
 from console.core.config import AgentSpec
 from console.core.errors import ErrorKind
 from console.core.poller import AgentState, FleetPoller

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.binding import Binding
 
-from console.core.app import WatchkeeperApp
+from console.app import WatchkeeperApp
 from console.core.readonly import is_mutating
 from console.core.screens.help import MUTATING_KEYS, help_text
 from console.fleet.fleet_screen import FleetScreen

@@ -5,7 +5,7 @@ Update after an intended change with `just snapshots` (pytest --snapshot-update)
 
 from __future__ import annotations
 
-from console.core.app import WatchkeeperApp
+from console.app import WatchkeeperApp
 from console.monitoring.alert_table import AlertTable
 from console.monitoring.alerts_screen import AlertsScreen, SilenceConfirm
 from console.monitoring.drift_screen import DriftScreen

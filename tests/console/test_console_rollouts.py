@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from textual.widgets import Input, Static
 
-from console.core.app import WatchkeeperApp
+from console.app import WatchkeeperApp
 from console.core.config import AgentSpec
 from console.core.errors import AgentError, ErrorKind
 from console.core.feeds import FeedState

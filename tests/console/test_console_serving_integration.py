@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from console.app import WatchkeeperApp
 from console.cli import main
-from console.core.app import WatchkeeperApp
 from console.core.config import AgentSpec
 from console.core.poller import FleetPoller, ServingState
 from console.serving.endpoint_table import EndpointTable

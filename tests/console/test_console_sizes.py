@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from console.core.app import WatchkeeperApp
+from console.app import WatchkeeperApp
 from console.fleet.host_screen import HostScreen
 from tests.console.test_console_monitoring_snapshots import alerts_ready, drift_ready
 from tests.console.test_console_rollouts import rollouts_ready

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from textual.widgets import Input
 
-from console.core.app import WatchkeeperApp
+from console.app import WatchkeeperApp
 from console.fleet.host_screen import HostScreen
 from console.serving.endpoint_table import EndpointTable
 from console.serving.endpoints_screen import EndpointsScreen

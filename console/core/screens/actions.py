@@ -17,7 +17,7 @@ from console.core.errors import why
 from console.core.messages import ConsoleError
 
 if TYPE_CHECKING:
-    from console.core.app import WatchkeeperApp
+    from console.app import WatchkeeperApp
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from console.core.poller import FleetStatus
 from console.core.readonly import allowed
 
 if TYPE_CHECKING:
-    from console.core.app import WatchkeeperApp
+    from console.app import WatchkeeperApp
 
 
 class ConsoleScreen(Screen):
