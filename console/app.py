@@ -83,7 +83,7 @@ class WatchkeeperApp(App[int]):
         self.source = source
         self.refresh_s = refresh_s
         # Plain attribute, fixed for the app's life: later mutating actions consult it (through
-        # `console.readonly.mutating`), and nothing may switch it off at runtime.
+        # `console.core.readonly.mutating`), and nothing may switch it off at runtime.
         self.readonly = readonly
         if theme:
             self.theme = theme

@@ -78,9 +78,9 @@ class AgentStatus:
     serving_state: ServingState = ServingState.UNKNOWN
     serving_error: str | None = None
     serving_at: float | None = None  # console-clock time of the last good serving answer
-    # The agent's model alerts (filled by `console.monitoring_client.MonitoringPoller`; None: not asked).
+    # The agent's model alerts (filled by `console.monitoring.client.MonitoringPoller`; None: not asked).
     alerts: AlertFeed | None = None
-    # Its audit chain against the head this console remembers (console/audit_heads.py; None: not checked).
+    # Its audit chain against the head this console remembers (console/core/audit_heads.py; None: not checked).
     audit: AuditAnchor | None = None
 
     @property

@@ -117,7 +117,7 @@ def default_agent_command() -> list[str]:
 
 
 def fleet_toml(specs: Sequence[AgentSpec]) -> str:
-    """A fleet file naming `specs` with their tokens (see console/config.py)."""
+    """A fleet file naming `specs` with their tokens (see console/core/config.py)."""
     lines = ["# Written by `watchkeeper demo`; valid while it runs. Holds the agents' tokens: keep it private.\n"]
     for s in specs:
         lines.append(f"[[agent]]\nname = {_toml_str(s.name)}\nurl = {_toml_str(s.url)}\n")

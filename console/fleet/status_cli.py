@@ -37,7 +37,7 @@ def status_json(status: FleetStatus) -> dict[str, Any]:
 def run_status(specs: Sequence[AgentSpec], *, as_json: bool, out: IO[str], audit_heads: HeadStore | None = None) -> int:
     """Print the fleet's status; exit code 0 when every agent is up and no audit chain is broken, else 1.
 
-    Each agent's audit chain is checked against the head this console remembers (console/audit_heads.py);
+    Each agent's audit chain is checked against the head this console remembers (console/core/audit_heads.py);
     a chain that no longer extends it is a loud line under the table."""
     status = asyncio.run(poll_once(specs, audit_heads if audit_heads is not None else HeadStore()))
     broken = [a for a in status.agents if a.audit is not None and a.audit.broken]

@@ -203,7 +203,7 @@ def firing_count(status: FleetStatus) -> int:
 
 
 def alert_feed(agent: AgentStatus) -> AlertFeed | None:
-    """The alerts of `agent` (None: not asked), for `console.feeds`."""
+    """The alerts of `agent` (None: not asked), for `console.core.feeds`."""
     return agent.alerts
 
 

@@ -1,6 +1,6 @@
 """`watchkeeper alerts`: one poll of the fleet's alerts, printed as a table or JSON, no TUI.
 
-Rows are those of the TUI's alerts screen (`console.alert_rows`): firing first, and an agent that did
+Rows are those of the TUI's alerts screen (`console.monitoring.alert_rows`): firing first, and an agent that did
 not answer is listed as a critical `agent_down` alert of its own. Exit codes: 0 every agent's alerts
 were read; 1 some agent did not answer or its alerts could not be read (one line on stderr says
 which); 2 usage or configuration (from `console.cli`).

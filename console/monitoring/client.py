@@ -5,7 +5,7 @@ TUI runs. Alerts are fleet-wide state, so each poll also asks every due agent fo
 (concurrently with its snapshot: one round trip, same backoff); drift is fetched on demand, for the
 endpoint on screen, by the screen that shows it.
 
-Like `console.client` this imports no Textual and nothing from `agent/` but the wire contract.
+Like `console.core.client` this imports no Textual and nothing from `agent/` but the wire contract.
 """
 
 from __future__ import annotations

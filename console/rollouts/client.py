@@ -10,7 +10,7 @@ running there) counts as having none and is asked again every `rollouts_idle_s`.
 Fleet statuses carry the rollouts in `RolloutAgentStatus.rollouts` (a subclass of `AgentStatus`, so
 every screen that knows nothing of rollouts keeps working); read them with `rollout_feed(agent)`.
 
-Like `console.client` this imports no Textual and nothing from `agent/` but the wire contract.
+Like `console.core.client` this imports no Textual and nothing from `agent/` but the wire contract.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The endpoints view's rows as plain values: one per (agent, endpoint, model version).
 
-Like `console.rows`, numbers are kept apart from their text so tests (and a future headless
+Like `console.core.rows`, numbers are kept apart from their text so tests (and a future headless
 command) can read them, and the screen only decides colours. No Textual here.
 
 An endpoint has one row for the version it serves now and one for every other version the agent
