@@ -116,7 +116,13 @@ def test_detail_shows_plan_gate_guards_side_by_side_ab_approvals_and_lineage() -
 
 
 def test_data_layer_imports_no_textual() -> None:
-    assert not imports_textual("console.rollouts.client", "console.rollouts.rows", "console.rollouts.cli")
+    assert not imports_textual(
+        "console.rollouts.client",
+        "console.rollouts.rows",
+        "console.rollouts.cli",
+        "console.rollouts.deploy_cli",
+        "console.rollouts.cli_common",
+    )
 
 
 # --------------------------------------------------------------------------- the poll (fake agents over HTTP)
