@@ -24,18 +24,19 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.timer import Timer
 
-from console.alert_rows import firing_count
-from console.client import AgentState, FleetSource, FleetStatus, why
-from console.messages import ConsoleError, FallbackToggled, FleetPolled
-from console.readonly import allowed
-from console.rollout_rows import awaiting_count
-from console.screens.alerts import AlertsScreen
-from console.screens.base import ConsoleScreen
-from console.screens.endpoints import EndpointsScreen
-from console.screens.fleet import FleetScreen
-from console.screens.help import HelpScreen
-from console.screens.host import HostScreen
-from console.screens.rollouts import RolloutsScreen
+from console.core.errors import why
+from console.core.messages import ConsoleError, FallbackToggled, FleetPolled
+from console.core.poller import AgentState, FleetSource, FleetStatus
+from console.core.readonly import allowed
+from console.core.screens.base import ConsoleScreen
+from console.core.screens.help import HelpScreen
+from console.fleet.fleet_screen import FleetScreen
+from console.fleet.host_screen import HostScreen
+from console.monitoring.alert_rows import firing_count
+from console.monitoring.alerts_screen import AlertsScreen
+from console.rollouts.rows import awaiting_count
+from console.rollouts.screen import RolloutsScreen
+from console.serving.endpoints_screen import EndpointsScreen
 
 DEFAULT_REFRESH_S = 2.0
 # The same error is reported at most once in this many seconds (a dead agent fails every poll).
@@ -47,7 +48,7 @@ class WatchkeeperApp(App[int]):
     """The Watchkeeper fleet console."""
 
     TITLE = "Watchkeeper"
-    CSS_PATH = Path(__file__).parent / "styles" / "app.tcss"
+    CSS_PATH = Path(__file__).parent / "app.tcss"
     # A small SSH terminal (80x24) gets layouts that keep what is wrong on screen first: side-by-side
     # panels stack (`-narrow`) and the lower panels give their rows to the tables (`-short`).
     HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (110, "-wide")]
@@ -82,7 +83,7 @@ class WatchkeeperApp(App[int]):
         self.source = source
         self.refresh_s = refresh_s
         # Plain attribute, fixed for the app's life: later mutating actions consult it (through
-        # `console.readonly.mutating`), and nothing may switch it off at runtime.
+        # `console.core.readonly.mutating`), and nothing may switch it off at runtime.
         self.readonly = readonly
         if theme:
             self.theme = theme

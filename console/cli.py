@@ -18,8 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from console import __version__, models_cli, rollouts_cli
-from console.config import AgentSpec, FleetConfigError, resolve_fleet
+from console import __version__
+from console.core.config import AgentSpec, FleetConfigError, resolve_fleet
+from console.models import cli as models_cli
+from console.rollouts import cli as rollouts_cli
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -126,11 +128,11 @@ def _theme(args: argparse.Namespace) -> str | None:
 def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) -> int:
     """Open the fleet console on the given (or configured) agents."""
     from console.app import WatchkeeperApp
-    from console.rollouts_client import RolloutsPoller
+    from console.rollouts.client import RolloutsPoller
 
     theme = _theme(args)
     specs = specs if specs is not None else _specs(args)
-    from console.audit_heads import HeadStore
+    from console.core.audit_heads import HeadStore
 
     poller = RolloutsPoller(specs, audit_heads=HeadStore())  # remembers each agent's audit head
     app = WatchkeeperApp(poller, refresh_s=args.refresh, readonly=args.readonly, theme=theme)
@@ -144,13 +146,13 @@ def _configure_status(p: argparse.ArgumentParser) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from console.status import run_status
+    from console.fleet.status_cli import run_status
 
     return run_status(_specs(args), as_json=args.json, out=sys.stdout)
 
 
 def _configure_alerts(p: argparse.ArgumentParser) -> None:
-    from console.alert_rows import STATES
+    from console.monitoring.alert_rows import STATES
 
     _add_fleet_options(p, suppress=True)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -158,7 +160,7 @@ def _configure_alerts(p: argparse.ArgumentParser) -> None:
 
 
 def _run_alerts(args: argparse.Namespace) -> int:
-    from console.alerts_cli import run_alerts
+    from console.monitoring.alerts_cli import run_alerts
 
     return run_alerts(_specs(args), state=args.state, as_json=args.json, out=sys.stdout, err=sys.stderr)
 
@@ -174,7 +176,7 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from console.demo import DemoError, DemoFleet, demo_dir, exit_on_signals, parse_agent_command
+    from console.demo.fleet import DemoError, DemoFleet, demo_dir, exit_on_signals, parse_agent_command
 
     theme = _theme(args)  # validate before starting anything
     fleet = DemoFleet(demo_dir(args.data_dir), agent_command=parse_agent_command(args.agent_command))
@@ -204,7 +206,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _demo_traffic(fleet):
     """Serve the sample model on the first demo agent and replay flights at it (if the data is here)."""
-    from console.demo_traffic import DemoTraffic
+    from console.demo.traffic import DemoTraffic
 
     agent = fleet.agents[0]
     if agent.token is None:
@@ -223,13 +225,13 @@ def _demo_traffic(fleet):
 
 
 def _configure_loadtest(p: argparse.ArgumentParser) -> None:
-    from console.loadtest import configure
+    from console.serving.loadtest.options import configure
 
     configure(p)
 
 
 def _run_loadtest(args: argparse.Namespace) -> int:
-    from console.loadtest import main_from_args
+    from console.serving.loadtest.run import main_from_args
 
     return main_from_args(args)
 

@@ -127,6 +127,6 @@ def test_a_store_locked_by_another_process_is_refused_and_its_wal_left_alone(tmp
 
 def test_the_demo_checks_the_lock_file_the_agent_takes() -> None:
     from agent.datadir import LOCK_NAME
-    from console.demo import AGENT_LOCK
+    from console.demo.fleet import AGENT_LOCK
 
     assert AGENT_LOCK == LOCK_NAME  # the console may not import agent/ (tests/test_boundaries.py)

@@ -9,8 +9,8 @@ import json
 import duckdb
 
 from agent.audit import GENESIS, canonical_json, entry_hash
-from console.audit_heads import HeadStore, default_path
 from console.cli import main
+from console.core.audit_heads import HeadStore, default_path
 
 
 def _rewrite_everything(a) -> None:

@@ -12,16 +12,18 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, OptionList, Static
 
-from console.alert_rows import alert_key, alert_rows, firing_count, outage_alert, render_alerts
 from console.app import WatchkeeperApp
 from console.cli import main
-from console.client import AgentError, AgentState, ErrorKind, FleetStatus
-from console.config import AgentSpec
-from console.monitoring_client import ALERTS_LIST_PATH, FeedState, MonitoringClient, MonitoringPoller
-from console.screens.alerts import AckConfirm, AlertsScreen, SilenceConfirm
-from console.screens.fleet import FleetScreen
-from console.screens.help import HelpScreen
-from console.widgets.alert_table import SEVERITY_STYLE, AlertTable
+from console.core.config import AgentSpec
+from console.core.errors import AgentError, ErrorKind
+from console.core.feeds import FeedState
+from console.core.poller import AgentState, FleetStatus
+from console.core.screens.help import HelpScreen
+from console.fleet.fleet_screen import FleetScreen
+from console.monitoring.alert_rows import alert_key, alert_rows, firing_count, outage_alert, render_alerts
+from console.monitoring.alert_table import SEVERITY_STYLE, AlertTable
+from console.monitoring.alerts_screen import AckConfirm, AlertsScreen, SilenceConfirm
+from console.monitoring.client import ALERTS_LIST_PATH, MonitoringClient, MonitoringPoller
 from tests.console.wk_fakes import (
     FROZEN_NOW,
     FakeHttpAgent,
@@ -240,7 +242,11 @@ async def test_an_action_answer_that_is_not_an_alert_still_counts_as_done() -> N
 
 def test_data_layer_modules_do_not_import_textual() -> None:
     assert not imports_textual(
-        "console.monitoring_client", "console.alert_rows", "console.drift_rows", "console.alerts_cli", "console.feeds"
+        "console.monitoring.client",
+        "console.monitoring.alert_rows",
+        "console.monitoring.drift_rows",
+        "console.monitoring.alerts_cli",
+        "console.core.feeds",
     )
 
 
@@ -411,8 +417,8 @@ async def test_readonly_hides_and_refuses_ack_and_silence() -> None:
         assert app.screen is screen
         assert any("read-only mode: ack is disabled" in m for m, _ in seen)
         # Even an open dialog refuses to confirm.
-        from console.alert_rows import alert_rows as rows_of
-        from console.screens.alerts import AlertRequest
+        from console.monitoring.alert_rows import alert_rows as rows_of
+        from console.monitoring.alerts_screen import AlertRequest
 
         row = next(r for r in rows_of(source.status) if r.key == K_DRIFT)
         dialog = AckConfirm(AlertRequest.of(row))

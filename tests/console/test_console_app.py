@@ -8,14 +8,14 @@ from textual.binding import Binding
 from textual.widgets import Input, Static
 
 from console.app import WatchkeeperApp
-from console.client import AgentError, ErrorKind
-from console.readonly import mutating
-from console.screens.fleet import FleetScreen
-from console.screens.help import HelpScreen
-from console.screens.host import HostScreen
-from console.widgets.fleet_table import FleetTable
-from console.widgets.metric import MetricSpark
-from console.widgets.process_table import GpuProcessTable, ProcessTable
+from console.core.errors import AgentError, ErrorKind
+from console.core.readonly import mutating
+from console.core.screens.help import HelpScreen
+from console.fleet.fleet_screen import FleetScreen
+from console.fleet.fleet_table import FleetTable
+from console.fleet.host_screen import HostScreen
+from console.fleet.metric import MetricSpark
+from console.fleet.process_table import GpuProcessTable, ProcessTable
 from tests.console.wk_fakes import FakeSource, down, fleet, stale, up
 from tests.console.wk_pilot import press_to, until
 
@@ -315,7 +315,7 @@ async def test_host_screen_of_a_down_agent_without_data() -> None:
 
 
 async def test_host_screen_of_an_agent_that_went_down_marks_its_last_figures_stale_with_their_age() -> None:
-    from console.client import AgentState
+    from console.core.poller import AgentState
 
     source = four()
     app = WatchkeeperApp(source, refresh_s=60)

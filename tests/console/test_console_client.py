@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from console.client import AgentClient, AgentError, AgentState, ErrorKind, FleetPoller
-from console.config import AgentSpec
+from console.core.client import AgentClient
+from console.core.config import AgentSpec
+from console.core.errors import AgentError, ErrorKind
+from console.core.poller import AgentState, FleetPoller
 from tests.console.wk_fakes import FakeHttpAgent, Reply, agent_routes, make_host, make_snapshot
 from tests.console.wk_pilot import imports_textual
 
@@ -287,7 +289,14 @@ async def test_down_agent_keeps_last_snapshot_and_last_seen() -> None:
 
 
 def test_client_module_does_not_import_textual() -> None:
-    assert not imports_textual("console.client", "console.config", "console.status", "console.rows")
+    assert not imports_textual(
+        "console.core.errors",
+        "console.core.client",
+        "console.core.poller",
+        "console.core.config",
+        "console.fleet.status_cli",
+        "console.core.rows",
+    )
 
 
 def test_console_imports_only_the_wire_contract_from_agent() -> None:

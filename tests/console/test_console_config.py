@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from console.config import AgentSpec, FleetConfigError, load_fleet_file, parse_agent_urls, resolve_fleet
+from console.core.config import AgentSpec, FleetConfigError, load_fleet_file, parse_agent_urls, resolve_fleet
 
 
 def write(tmp_path: Path, text: str) -> Path:

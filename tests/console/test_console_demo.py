@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from console.client import AgentState
-from console.config import load_fleet_file
-from console.demo import DemoError, DemoFleet, alive_pids, default_agent_command
-from console.status import poll_once
+from console.core.config import load_fleet_file
+from console.core.poller import AgentState
+from console.demo.fleet import DemoError, DemoFleet, alive_pids, default_agent_command
+from console.fleet.status_cli import poll_once
 from tests.console.wk_terminal import Terminal
 
 REPO = Path(__file__).resolve().parents[2]

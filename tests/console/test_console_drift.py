@@ -9,19 +9,19 @@ import pytest
 from rich.text import Text
 from textual.widgets import Static
 
-import console.screens.drift as drift_screen
+import console.monitoring.drift_screen as drift_screen
 from agent.api.schemas import DriftPoint
 from console.app import WatchkeeperApp
-from console.client import AgentError, ErrorKind
-from console.config import AgentSpec
-from console.drift_rows import data_quality_line, drift_line, feature_rows, model_quality_line, window_text
-from console.monitoring_client import MonitoringClient, MonitoringPoller
-from console.screens.drift import DriftScreen
-from console.screens.endpoints import EndpointsScreen
-from console.serving_rows import row_key
-from console.widgets.drift_table import VERDICT_STYLE, DriftTable
-from console.widgets.endpoint_table import EndpointTable
-from console.widgets.histogram import HistogramView, bar, histogram_text
+from console.core.config import AgentSpec
+from console.core.errors import AgentError, ErrorKind
+from console.monitoring.client import MonitoringClient, MonitoringPoller
+from console.monitoring.drift_rows import data_quality_line, drift_line, feature_rows, model_quality_line, window_text
+from console.monitoring.drift_screen import DriftScreen
+from console.monitoring.drift_table import VERDICT_STYLE, DriftTable
+from console.monitoring.histogram import HistogramView, bar, histogram_text
+from console.serving.endpoint_table import EndpointTable
+from console.serving.endpoints_screen import EndpointsScreen
+from console.serving.rows import row_key
 from tests.console.wk_fakes import (
     FROZEN_NOW,
     FakeHttpAgent,
@@ -305,7 +305,7 @@ async def test_a_down_agent_is_said_in_the_header() -> None:
     app = WatchkeeperApp(source, refresh_s=60)
     async with app.run_test(size=(140, 44)) as pilot:
         await open_drift(app, pilot, K_FRAUD)
-        from console.client import AgentState
+        from console.core.poller import AgentState
 
         gpu01 = replace(status.agents[0], state=AgentState.DOWN, reason="connection refused")
         source.status = replace(status, agents=(gpu01, *status.agents[1:]))

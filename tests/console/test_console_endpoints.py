@@ -7,13 +7,14 @@ from dataclasses import replace
 from textual.widgets import Input, Static
 
 from console.app import WatchkeeperApp
-from console.client import AgentError, ErrorKind, ServingState
-from console.screens.endpoints import EndpointsScreen, fallback_request
-from console.screens.fallback import FallbackConfirm
-from console.screens.fleet import FleetScreen
-from console.screens.help import HelpScreen
-from console.serving_rows import endpoint_rows, row_key
-from console.widgets.endpoint_table import BREAKER_STYLE, FORCED_STYLE, EndpointTable, LoadedModelTable
+from console.core.errors import AgentError, ErrorKind
+from console.core.poller import ServingState
+from console.core.screens.help import HelpScreen
+from console.fleet.fleet_screen import FleetScreen
+from console.serving.endpoint_table import BREAKER_STYLE, FORCED_STYLE, EndpointTable, LoadedModelTable
+from console.serving.endpoints_screen import EndpointsScreen, fallback_request
+from console.serving.fallback import FallbackConfirm
+from console.serving.rows import endpoint_rows, row_key
 from tests.console.wk_fakes import (
     FakeSource,
     make_endpoint,

@@ -15,10 +15,11 @@ import psutil
 import pytest
 
 from console.app import WatchkeeperApp
-from console.client import AgentState, ErrorKind, FleetPoller
-from console.config import AgentSpec
-from console.demo import alive_pids
-from console.screens.host import HostScreen
+from console.core.config import AgentSpec
+from console.core.errors import ErrorKind
+from console.core.poller import AgentState, FleetPoller
+from console.demo.fleet import alive_pids
+from console.fleet.host_screen import HostScreen
 from tests.console.wk_terminal import Terminal
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,14 +5,14 @@ from __future__ import annotations
 from textual.binding import Binding
 
 from console.app import WatchkeeperApp
-from console.readonly import is_mutating
-from console.screens.alerts import AlertsScreen
-from console.screens.drift import DriftScreen
-from console.screens.endpoints import EndpointsScreen
-from console.screens.fleet import FleetScreen
-from console.screens.help import MUTATING_KEYS, help_text
-from console.screens.host import HostScreen
-from console.screens.rollouts import RolloutsScreen
+from console.core.readonly import is_mutating
+from console.core.screens.help import MUTATING_KEYS, help_text
+from console.fleet.fleet_screen import FleetScreen
+from console.fleet.host_screen import HostScreen
+from console.monitoring.alerts_screen import AlertsScreen
+from console.monitoring.drift_screen import DriftScreen
+from console.rollouts.screen import RolloutsScreen
+from console.serving.endpoints_screen import EndpointsScreen
 
 SCREENS = (FleetScreen, HostScreen, EndpointsScreen, DriftScreen, AlertsScreen, RolloutsScreen)
 # Actions that are the same meaning under other names: go back / close, and refresh.

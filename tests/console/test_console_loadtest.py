@@ -14,17 +14,10 @@ import polars as pl
 import pytest
 
 from console.cli import main
-from console.loadtest import (
-    Body,
-    Report,
-    build_bodies,
-    cpu_seconds,
-    drive,
-    generated_rows,
-    parse_rows,
-    percentile,
-    pool_size,
-)
+from console.serving.loadtest.drive import cpu_seconds, drive, percentile
+from console.serving.loadtest.options import parse_rows
+from console.serving.loadtest.payloads import Body, build_bodies, generated_rows, pool_size
+from console.serving.loadtest.report import Report
 from tests.console.wk_fakes import (
     FakeHttpAgent,
     FakePredictor,
@@ -284,7 +277,7 @@ def test_missing_sniffio_is_not_searched_for_on_every_request() -> None:
     import importlib.util
     import sys
 
-    from console.loadtest import _skip_missing_sniffio
+    from console.serving.loadtest.run import _skip_missing_sniffio
 
     if sys.modules.get("sniffio", None) is None:
         sys.modules.pop("sniffio", None)  # an earlier loadtest run in this process may have set it

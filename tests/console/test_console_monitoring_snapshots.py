@@ -6,12 +6,12 @@ Update after an intended change with `just snapshots` (pytest --snapshot-update)
 from __future__ import annotations
 
 from console.app import WatchkeeperApp
-from console.screens.alerts import AlertsScreen, SilenceConfirm
-from console.screens.drift import DriftScreen
-from console.screens.endpoints import EndpointsScreen
-from console.serving_rows import row_key
-from console.widgets.alert_table import AlertTable
-from console.widgets.endpoint_table import EndpointTable
+from console.monitoring.alert_table import AlertTable
+from console.monitoring.alerts_screen import AlertsScreen, SilenceConfirm
+from console.monitoring.drift_screen import DriftScreen
+from console.serving.endpoint_table import EndpointTable
+from console.serving.endpoints_screen import EndpointsScreen
+from console.serving.rows import row_key
 from tests.console.wk_fakes import FakeSource, alerts_fleet, serving_fleet
 from tests.console.wk_pilot import opened_ready, wait_for
 

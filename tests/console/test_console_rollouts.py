@@ -8,10 +8,13 @@ from dataclasses import replace
 from textual.widgets import Input, Static
 
 from console.app import WatchkeeperApp
-from console.client import AgentError, ErrorKind
-from console.config import AgentSpec
-from console.monitoring_client import FeedState
-from console.rollout_rows import (
+from console.core.config import AgentSpec
+from console.core.errors import AgentError, ErrorKind
+from console.core.feeds import FeedState
+from console.core.screens.help import HelpScreen
+from console.fleet.fleet_screen import FleetScreen
+from console.rollouts.client import RolloutAgentStatus, RolloutsClient, RolloutsPoller, rollout_feed
+from console.rollouts.rows import (
     STATE_STYLE,
     awaiting_count,
     detail_lines,
@@ -21,11 +24,8 @@ from console.rollout_rows import (
     rollout_key,
     rollout_rows,
 )
-from console.rollouts_client import RolloutAgentStatus, RolloutsClient, RolloutsPoller, rollout_feed
-from console.screens.fleet import FleetScreen
-from console.screens.help import HelpScreen
-from console.screens.rollouts import RolloutConfirm, RolloutsScreen
-from console.widgets.rollout_table import MARK, RolloutTable
+from console.rollouts.screen import RolloutConfirm, RolloutsScreen
+from console.rollouts.table import MARK, RolloutTable
 from tests.console.wk_fakes import (
     FakeHttpAgent,
     FakeSource,
@@ -116,7 +116,13 @@ def test_detail_shows_plan_gate_guards_side_by_side_ab_approvals_and_lineage() -
 
 
 def test_data_layer_imports_no_textual() -> None:
-    assert not imports_textual("console.rollouts_client", "console.rollout_rows", "console.rollouts_cli")
+    assert not imports_textual(
+        "console.rollouts.client",
+        "console.rollouts.rows",
+        "console.rollouts.cli",
+        "console.rollouts.deploy_cli",
+        "console.rollouts.cli_common",
+    )
 
 
 # --------------------------------------------------------------------------- the poll (fake agents over HTTP)
@@ -394,7 +400,7 @@ def test_rollouts_screen_snapshot(snap_compare) -> None:
 
 
 def test_each_dialog_suggests_a_reason_that_fits_its_own_action() -> None:
-    from console.screens.rollouts import VERBS
+    from console.rollouts.screen import VERBS
 
     assert len({v.example for v in VERBS.values()}) == len(VERBS)
     assert "green" not in VERBS["rollback"].example and "green" not in VERBS["abort"].example

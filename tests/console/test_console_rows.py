@@ -6,9 +6,10 @@ import re
 
 import pytest
 
-from console.client import AgentState, AgentStatus
-from console.filtering import RowFilter
-from console.rows import fleet_rows, fmt_age, fmt_bytes, fmt_bytes_pair, render_table, sort_rows
+from console.core.filtering import RowFilter
+from console.core.poller import AgentState, AgentStatus
+from console.core.rows import fmt_age, fmt_bytes, fmt_bytes_pair
+from console.fleet.rows import fleet_rows, render_table, sort_rows
 from tests.console.wk_fakes import FROZEN_NOW, down, fleet, stale, up
 
 
@@ -93,7 +94,7 @@ def test_invalid_filter_raises() -> None:
 
 
 def test_simulated_sources_are_labelled() -> None:
-    from console.rows import row_for
+    from console.fleet.rows import row_for
     from tests.console.wk_fakes import make_snapshot
 
     snap = make_snapshot("demo")

@@ -6,11 +6,13 @@ import json
 
 import pytest
 
-from console.client import AgentClient, AgentError, ErrorKind, FleetPoller, ServingState
-from console.config import AgentSpec
-from console.monitoring_client import FeedState
-from console.rollouts_client import RolloutFeed, with_rollouts
-from console.serving_rows import detail_text, endpoint_rows, fmt_ms, fmt_rate, pool_line, predlog_line
+from console.core.client import AgentClient
+from console.core.config import AgentSpec
+from console.core.errors import AgentError, ErrorKind
+from console.core.feeds import FeedState
+from console.core.poller import FleetPoller, ServingState
+from console.rollouts.client import RolloutFeed, with_rollouts
+from console.serving.rows import detail_text, endpoint_rows, fmt_ms, fmt_rate, pool_line, predlog_line
 from tests.console.wk_fakes import (
     FROZEN_NOW,
     FakeHttpAgent,

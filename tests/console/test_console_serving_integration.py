@@ -12,12 +12,12 @@ import pytest
 
 from console.app import WatchkeeperApp
 from console.cli import main
-from console.client import FleetPoller, ServingState
-from console.config import AgentSpec
-from console.screens.endpoints import EndpointsScreen
-from console.screens.fallback import FallbackConfirm
-from console.serving_rows import row_key
-from console.widgets.endpoint_table import EndpointTable
+from console.core.config import AgentSpec
+from console.core.poller import FleetPoller, ServingState
+from console.serving.endpoint_table import EndpointTable
+from console.serving.endpoints_screen import EndpointsScreen
+from console.serving.fallback import FallbackConfirm
+from console.serving.rows import row_key
 
 FLIGHTS = Path(__file__).resolve().parents[2] / "sample_data" / "flights"
 pytestmark = pytest.mark.skipif(not (FLIGHTS / "model.onnx").exists(), reason="sample model not built")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from console.app import WatchkeeperApp
-from console.screens.host import HostScreen
+from console.fleet.host_screen import HostScreen
 from tests.console.test_console_monitoring_snapshots import alerts_ready, drift_ready
 from tests.console.test_console_rollouts import rollouts_ready
 from tests.console.test_console_snapshots import endpoints_ready, make_app

@@ -8,11 +8,11 @@ from __future__ import annotations
 from textual.widgets import Input
 
 from console.app import WatchkeeperApp
-from console.screens.endpoints import EndpointsScreen
-from console.screens.fallback import FallbackConfirm
-from console.screens.host import HostScreen
-from console.serving_rows import row_key
-from console.widgets.endpoint_table import EndpointTable
+from console.fleet.host_screen import HostScreen
+from console.serving.endpoint_table import EndpointTable
+from console.serving.endpoints_screen import EndpointsScreen
+from console.serving.fallback import FallbackConfirm
+from console.serving.rows import row_key
 from tests.console.wk_fakes import FakeSource, down, fleet, serving_fleet, stale, up
 from tests.console.wk_pilot import fleet_ready, opened_ready, wait_for
 

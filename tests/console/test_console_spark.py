@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from console.widgets.spark import BARS, bucket, spark_text
+from console.core.widgets.spark import BARS, bucket, spark_text
 
 
 def test_fixed_scale_does_not_exaggerate_small_wobbles() -> None:

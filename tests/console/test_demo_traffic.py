@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from console.demo_traffic import DemoTraffic
+from console.demo.traffic import DemoTraffic
 
 
 def test_demo_traffic_serves_and_exercises_fallbacks(agent_factory) -> None:
@@ -36,7 +36,7 @@ def test_demo_traffic_serves_and_exercises_fallbacks(agent_factory) -> None:
 
 
 def test_demo_replay_drifts_raises_an_alert_and_feeds_labels_back(agent_factory) -> None:
-    from console.demo import DEMO_CONFIG
+    from console.demo.fleet import DEMO_CONFIG
 
     fast = DEMO_CONFIG.replace("window = 20", "window = 2").replace("interval = 2", "interval = 0.3")
     a = agent_factory("demo-drift", config="flush_interval = 0.2\n" + fast.replace("interval = 3", "interval = 0.5"))

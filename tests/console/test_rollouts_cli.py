@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from console.cli import main
-from console.rollouts_cli import parse_gate
+from console.rollouts.deploy_cli import parse_gate
 from tests.console.wk_fakes import RolloutAgent, ThreadedFakeAgent, agent_routes, make_rollout
 
 FLIGHTS = ["--model", "flights:3", "--strategy", "canary"]

@@ -57,10 +57,12 @@ from agent.api.schemas import (
     Signature,
     Snapshot,
 )
-from console.client import AgentError, AgentState, AgentStatus, ErrorKind, FleetStatus, ServingState
-from console.config import AgentSpec
-from console.monitoring_client import AlertFeed, FeedState
-from console.rollouts_client import RolloutFeed, with_rollouts
+from console.core.config import AgentSpec
+from console.core.errors import AgentError, ErrorKind
+from console.core.feeds import FeedState
+from console.core.poller import AgentState, AgentStatus, FleetStatus, ServingState
+from console.monitoring.client import AlertFeed
+from console.rollouts.client import RolloutFeed, with_rollouts
 
 FROZEN_NOW = 1_700_000_000.0
 GiB = 2**30
@@ -197,7 +199,7 @@ def stale(name: str, order_hint: int = 0, age: float = 45.0) -> AgentStatus:
 
 
 def down(name: str, order_hint: int = 0, reason: str = "connection refused", retry_in: float = 8.0) -> AgentStatus:
-    from console.client import ErrorKind
+    from console.core.errors import ErrorKind
 
     return AgentStatus(
         name=name,
@@ -1247,7 +1249,7 @@ def make_gate(passed: bool = True) -> GateResult:
 
 def rollouts_feed(agent: AgentStatus, rollouts: Sequence[RolloutOut], state: FeedState = FeedState.OK):
     """`agent` with a rollout feed (active and ended split by state)."""
-    from console.rollouts_client import RolloutFeed, with_rollouts
+    from console.rollouts.client import RolloutFeed, with_rollouts
 
     active = tuple(r for r in rollouts if r.state not in ROLLOUT_TERMINAL)
     ended = tuple(r for r in rollouts if r.state in ROLLOUT_TERMINAL)
@@ -1337,7 +1339,7 @@ class RolloutFakeSource(FakeSource):
     async def rollout_action(
         self, name: str, rollout_id: str, action: str, step_index: int | None, reason: str
     ) -> RolloutOut:
-        from console.rollouts_client import rollout_feed
+        from console.rollouts.client import rollout_feed
 
         self.rollout_calls.append((name, rollout_id, action, step_index, reason))
         if name in self.rollout_errors:

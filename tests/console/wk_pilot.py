@@ -13,8 +13,8 @@ from textual.app import App
 from textual.screen import Screen
 from textual.widgets import DataTable
 
-from console.screens.fleet import FleetScreen
-from console.widgets.fleet_table import FleetTable
+from console.fleet.fleet_screen import FleetScreen
+from console.fleet.fleet_table import FleetTable
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T", bound=DataTable)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from console.cli import main
-from console.models_cli import describe_error, parse_ref
+from console.models.cli import describe_error, parse_ref
 from tests.registry.helpers import FIXTURES, TINY, WIDE, meta, sha256, variant
 
 

@@ -1,0 +1,254 @@
+"""Talking to one agent: `AgentClient` and the `httpx` client it talks through.
+
+This module, `console.core.errors` and `console.core.poller` are the console's data layer. They must
+not import Textual (a test enforces it) so the headless `watchkeeper status` and any future tool can
+use them, and they import nothing from `agent/` except the wire contract in `agent.api.schemas`.
+Feature clients (`console.monitoring.client`, `console.rollouts.client`) subclass `AgentClient`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from agent.api.schemas import (
+    API_PREFIX,
+    AgentAlert,
+    AuditEntry,
+    AuditHead,
+    AuditVerify,
+    EndpointInfo,
+    FallbackToggle,
+    Health,
+    HostInfo,
+    ModelVersion,
+    Principal,
+    SeriesResponse,
+    ServingStatus,
+    Snapshot,
+)
+from console import __version__
+from console.core.config import AgentSpec
+from console.core.errors import AgentError, ErrorKind, classify_response, classify_transport_error
+
+T = TypeVar("T")
+# The HTTP Date header has 1 s resolution; only offsets clearly beyond that are clock skew.
+MIN_CLOCK_OFFSET_S = 2.0
+
+_SNAPSHOT = TypeAdapter(Snapshot)
+_HOST = TypeAdapter(HostInfo)
+_SERIES = TypeAdapter(SeriesResponse)
+_HEALTH = TypeAdapter(Health)
+_PRINCIPAL = TypeAdapter(Principal)
+_ALERTS = TypeAdapter(list[AgentAlert])
+_AUDIT = TypeAdapter(list[AuditEntry])
+_AUDIT_HEAD = TypeAdapter(AuditHead)
+_AUDIT_VERIFY = TypeAdapter(AuditVerify)
+_SERVING = TypeAdapter(ServingStatus)
+_ENDPOINT = TypeAdapter(EndpointInfo)
+_ENDPOINTS = TypeAdapter(list[EndpointInfo])
+_MODEL_VERSION = TypeAdapter(ModelVersion)
+_SSL_CONTEXTS: dict[bool | str, ssl.SSLContext] = {}
+
+
+def _shared_ssl_context(verify: bool | str) -> ssl.SSLContext:
+    # Building a context reads the CA bundle from disk (tens of ms); a fleet of 100 agents needs
+    # one per distinct `verify` setting, not one per agent.
+    _cache = _SSL_CONTEXTS
+    if verify not in _cache:
+        if verify is True:
+            _cache[verify] = ssl.create_default_context()
+        elif verify is False:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            _cache[verify] = ctx
+        else:
+            _cache[verify] = ssl.create_default_context(cafile=str(verify))
+    return _cache[verify]
+
+
+def http_client(
+    spec: AgentSpec,
+    *,
+    timeout_s: float | None = None,
+    limits: httpx.Limits | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """An `httpx.AsyncClient` for one agent: base URL (or Unix socket), token, TLS, no proxies."""
+    headers = {"User-Agent": f"watchkeeper-console/{__version__}", "Accept": "application/json"}
+    if spec.token:
+        headers["Authorization"] = f"Bearer {spec.token}"
+    base_url = spec.url
+    if spec.socket_path is not None:
+        transport = transport or httpx.AsyncHTTPTransport(uds=spec.socket_path, limits=limits or httpx.Limits())
+        base_url = "http://agent"
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers=headers,
+        timeout=httpx.Timeout(spec.timeout_s if timeout_s is None else timeout_s),
+        transport=transport,
+        limits=limits or httpx.Limits(),
+        verify=_shared_ssl_context(spec.verify) if spec.url.startswith("https://") else True,
+        follow_redirects=False,
+        # Agents live on internal networks: an HTTP(S)_PROXY meant for the internet must not
+        # swallow requests to 10.x or 127.0.0.1.
+        trust_env=False,
+    )
+
+
+class AgentClient:
+    """An async HTTP client for one agent (http, https or `unix://` socket)."""
+
+    def __init__(self, spec: AgentSpec, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.spec = spec
+        # Offset of the agent's clock from ours (agent - console), from the Date header.
+        self.clock_offset_s = 0.0
+        self._http = http_client(spec, transport=transport)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: bytes | None = None,
+        *,
+        files: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+        refusal: Callable[[httpx.Response], AgentError] | None = None,
+    ) -> httpx.Response:
+        """One request bounded as a whole (`timeout_s`, default the agent's); a non-2xx answer raises
+        `refusal(response)`, by default `classify_response`'s AgentError."""
+        timeout_s = self.spec.timeout_s if timeout_s is None else timeout_s
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        try:
+            # httpx's timeout is per phase (connect, each read...); an agent trickling bytes could
+            # exceed it many times over. This bounds the whole request.
+            async with asyncio.timeout(timeout_s):
+                response = await self._http.request(
+                    method, path, params=params, content=body, files=files, headers=headers
+                )
+        except TimeoutError:
+            raise AgentError(ErrorKind.TIMEOUT, f"timeout after {timeout_s:g}s") from None
+        except httpx.HTTPError as exc:
+            raise classify_transport_error(exc, timeout_s=timeout_s) from exc
+        if not response.is_success:
+            if refusal is not None:
+                raise refusal(response)
+            raise classify_response(response, has_token=bool(self.spec.token))
+        # Only from answers of the agent itself: an error may come from a proxy with its own clock.
+        self._note_date(response)
+        return response
+
+    async def fetch(self, path: str, adapter: TypeAdapter[T], params: dict[str, Any] | None = None) -> T:
+        """`GET path` parsed with `adapter` (feature clients build their routes on this)."""
+        return self.parse(path, adapter, await self.request("GET", path, params))
+
+    async def _post(self, path: str, adapter: TypeAdapter[T], body: bytes) -> T:
+        return self.parse(path, adapter, await self.request("POST", path, body=body))
+
+    @staticmethod
+    def parse(path: str, adapter: TypeAdapter[T], response: httpx.Response) -> T:
+        """`response`'s body as `adapter`'s type; an answer that does not fit is a PROTOCOL AgentError."""
+        try:
+            return adapter.validate_json(response.content)
+        except ValidationError as exc:
+            raise AgentError(
+                ErrorKind.PROTOCOL, f"unexpected response from {path} ({exc.error_count()} errors)"
+            ) from exc
+
+    def _note_date(self, response: httpx.Response) -> None:
+        date = response.headers.get("date")
+        if not date:
+            return
+        try:
+            server = parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            return
+        # The header is truncated to whole seconds, so add half a second to centre the estimate.
+        offset = server + 0.5 - time.time()
+        self.clock_offset_s = offset if abs(offset) >= MIN_CLOCK_OFFSET_S else 0.0
+
+    async def health(self) -> Health:
+        """`GET /healthz`."""
+        return await self.fetch("/healthz", _HEALTH)
+
+    async def ready(self) -> Health:
+        """`GET /readyz` (raises `AgentError` NOT_READY while the agent starts)."""
+        return await self.fetch("/readyz", _HEALTH)
+
+    async def snapshot(self) -> Snapshot:
+        """`GET /api/v1/snapshot`: the newest telemetry sample."""
+        return await self.fetch(f"{API_PREFIX}/snapshot", _SNAPSHOT)
+
+    async def host_info(self) -> HostInfo:
+        """`GET /api/v1/host`: static-ish facts about the host and agent."""
+        return await self.fetch(f"{API_PREFIX}/host", _HOST)
+
+    async def series(self, metric: str, start: float, end: float, step_s: float) -> SeriesResponse:
+        """`GET /api/v1/series` for one metric over [start, end] (unix seconds)."""
+        params = {"metric": metric, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s:g}"}
+        return await self.fetch(f"{API_PREFIX}/series", _SERIES, params)
+
+    async def alerts(self) -> list[AgentAlert]:
+        """`GET /api/v1/alerts`: conditions of the agent itself."""
+        return await self.fetch(f"{API_PREFIX}/alerts", _ALERTS)
+
+    async def whoami(self) -> Principal:
+        """`GET /api/v1/whoami`: who the agent thinks we are."""
+        return await self.fetch(f"{API_PREFIX}/whoami", _PRINCIPAL)
+
+    async def audit(self, limit: int = 100) -> list[AuditEntry]:
+        """`GET /api/v1/audit?limit=`: newest audit entries."""
+        return await self.fetch(f"{API_PREFIX}/audit", _AUDIT, {"limit": limit})
+
+    async def audit_head(self) -> AuditHead:
+        """`GET /api/v1/audit/head`: the newest audit entry (404 while the log is empty)."""
+        return await self.fetch(f"{API_PREFIX}/audit/head", _AUDIT_HEAD)
+
+    async def audit_verify(self, since: tuple[int, str] | None = None) -> AuditVerify:
+        """`GET /api/v1/audit/verify`, with `since` (seq, hash): whether the chain still holds that entry."""
+        params = {"since_seq": since[0], "since_hash": since[1]} if since else None
+        return await self.fetch(f"{API_PREFIX}/audit/verify", _AUDIT_VERIFY, params)
+
+    async def serving(self) -> ServingStatus | None:
+        """`GET /api/v1/serving`; None when the agent serves nothing (older agent: 404; serving off: 503)."""
+        try:
+            return await self.fetch(f"{API_PREFIX}/serving", _SERVING)
+        except AgentError as exc:
+            if exc.status_code == 404 or (exc.status_code == 503 and exc.error_code == "serving_unavailable"):
+                return None
+            raise
+
+    async def endpoints(self) -> list[EndpointInfo]:
+        """`GET /api/v1/endpoints`."""
+        return await self.fetch(f"{API_PREFIX}/endpoints", _ENDPOINTS)
+
+    async def endpoint(self, name: str) -> EndpointInfo:
+        """`GET /api/v1/endpoints/{name}`."""
+        return await self.fetch(f"{API_PREFIX}/endpoints/{quote(name, safe='')}", _ENDPOINT)
+
+    async def set_fallback(self, name: str, enabled: bool, reason: str) -> EndpointInfo:
+        """`POST /api/v1/endpoints/{name}/fallback` (operator; the agent audits who, when, why)."""
+        body = FallbackToggle(enabled=enabled, reason=reason).model_dump_json().encode()
+        return await self._post(f"{API_PREFIX}/endpoints/{quote(name, safe='')}/fallback", _ENDPOINT, body)
+
+    async def model_version(self, name: str, version: int) -> ModelVersion:
+        """`GET /api/v1/models/{name}/versions/{version}` (its signature describes valid payloads)."""
+        return await self.fetch(f"{API_PREFIX}/models/{quote(name, safe='')}/versions/{int(version)}", _MODEL_VERSION)
+
+    async def metrics_text(self) -> str:
+        """`GET /metrics`: the Prometheus text exposition."""
+        return (await self.request("GET", "/metrics")).text

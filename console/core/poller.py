@@ -1,0 +1,386 @@
+"""Polling the fleet: one `FleetPoller.poll()` is one refresh of every agent, as a `FleetStatus`.
+
+Failure model: every request is bounded by the agent's own timeout (the whole request, not each
+phase of it), agents are polled concurrently, and an agent that keeps failing is retried with
+exponential backoff, so a slow or dead agent never delays the others.
+
+Feature pollers (`console.monitoring.client.MonitoringPoller`, `console.rollouts.client.RolloutsPoller`)
+subclass `FleetPoller`: they extend `poll_agent` and `agent_status`, which take the per-agent `AgentTrack`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from agent.api.schemas import EndpointInfo, HostInfo, SeriesResponse, ServingStatus, Snapshot
+from console.core.client import AgentClient
+from console.core.config import AgentSpec
+from console.core.errors import AgentError, ErrorKind, as_agent_error, capture
+
+if TYPE_CHECKING:
+    from console.core.audit_heads import AuditAnchor, HeadStore
+    from console.monitoring.client import AlertFeed
+
+C = TypeVar("C", bound="AgentClient")
+
+# Used until the agent's HostInfo (which carries the real interval) has been fetched.
+DEFAULT_SAMPLE_INTERVAL_S = 5.0
+# "stale": the agent answers but its newest sample is older than this many sample intervals.
+STALE_INTERVALS = 3.0
+# --------------------------------------------------------------------------- poll results
+
+
+class AgentState(StrEnum):
+    UP = "up"
+    STALE = "stale"
+    DOWN = "down"
+
+
+class ServingState(StrEnum):
+    """Whether we know what an agent serves (`GET /api/v1/serving`)."""
+
+    UNKNOWN = "unknown"  # not fetched yet
+    OK = "ok"
+    NONE = "none"  # the agent serves nothing (older agent, or serving switched off)
+    ERROR = "error"  # the last fetch failed; `serving` is the last good answer, if any
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """What the console knows about one agent after a poll. Times are console-clock unix seconds.
+
+    `snapshot` is the newest sample ever received, so a down agent still shows when it was last
+    seen; `state` says whether to trust it.
+    """
+
+    name: str
+    url: str
+    state: AgentState
+    reason: str | None = None
+    error_kind: ErrorKind | None = None
+    display_name: str = ""
+    snapshot: Snapshot | None = None
+    host: HostInfo | None = None
+    last_seen: float | None = None
+    sample_age_s: float | None = None
+    sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S
+    failures: int = 0
+    next_retry_at: float | None = None
+    latency_s: float | None = None
+    clock_offset_s: float = 0.0
+    serving: ServingStatus | None = None
+    serving_state: ServingState = ServingState.UNKNOWN
+    serving_error: str | None = None
+    serving_at: float | None = None  # console-clock time of the last good serving answer
+    # The agent's model alerts (filled by `console.monitoring.client.MonitoringPoller`; None: not asked).
+    alerts: AlertFeed | None = None
+    # Its audit chain against the head this console remembers (console/core/audit_heads.py; None: not checked).
+    audit: AuditAnchor | None = None
+
+    @property
+    def label(self) -> str:
+        """The name to show: the configured one, or the agent's own for bare `--agents` URLs."""
+        return self.display_name or self.name
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    """The result of one poll of the whole fleet, in fleet order."""
+
+    polled_at: float
+    duration_s: float
+    agents: tuple[AgentStatus, ...]
+
+    def get(self, name: str) -> AgentStatus | None:
+        """The status of agent `name`, or None."""
+        return next((a for a in self.agents if a.name == name), None)
+
+    def count(self, state: AgentState) -> int:
+        """How many agents are in `state`."""
+        return sum(1 for a in self.agents if a.state is state)
+
+    @property
+    def all_up(self) -> bool:
+        return all(a.state is AgentState.UP for a in self.agents)
+
+
+class FleetSource(Protocol):
+    """What the UI needs from the data layer (FleetPoller, or a fake in tests)."""
+
+    @property
+    def specs(self) -> Sequence[AgentSpec]: ...
+
+    def now(self) -> float: ...
+
+    async def poll(self) -> FleetStatus: ...
+
+    async def series(self, name: str, metric: str, start: float, end: float, step_s: float) -> SeriesResponse: ...
+
+    def want_serving(self, wanted: bool) -> None:
+        """Fetch serving status on every poll (True: the endpoints view is open) or only rarely."""
+
+    async def set_fallback(self, name: str, endpoint: str, enabled: bool, reason: str) -> EndpointInfo: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- the poller
+
+
+@dataclass
+class AgentTrack:
+    """Mutable per-agent bookkeeping between polls (public: feature pollers read it in `poll_agent`)."""
+
+    spec: AgentSpec
+    client: AgentClient
+    failures: int = 0
+    next_attempt_at: float = 0.0
+    error: AgentError | None = None
+    snapshot: Snapshot | None = None
+    host: HostInfo | None = None
+    host_fetched_at: float | None = None
+    last_seen: float | None = None
+    latency_s: float | None = None
+    latencies: list[float] = field(default_factory=list)
+    serving: ServingStatus | None = None
+    serving_state: ServingState = ServingState.UNKNOWN
+    serving_error: str | None = None
+    serving_at: float | None = None
+    serving_attempt_at: float | None = None
+    audit: AuditAnchor | None = None
+    audit_at: float | None = None
+
+
+class FleetPoller:
+    """Polls every agent concurrently; one call to `poll()` is one refresh of the fleet.
+
+    A poll takes about as long as the slowest *responsive* agent, bounded by the largest agent
+    timeout: each agent's requests run concurrently with everyone else's under its own deadline.
+    An agent that fails is skipped until its backoff expires (base * 2^(failures-1), capped), and
+    keeps its last snapshot so the UI can say when it was last seen.
+
+    Serving status (`/api/v1/serving`, bigger than a snapshot) is fetched alongside the snapshot
+    on every poll while someone `want_serving(True)` (the endpoints view), otherwise only every
+    `serving_idle_s`; an agent that serves nothing (404) is asked again only at that idle pace.
+    """
+
+    def __init__(
+        self,
+        specs: Iterable[AgentSpec],
+        *,
+        clock: Callable[[], float] = time.time,
+        host_refresh_s: float = 300.0,
+        backoff_base_s: float = 1.0,
+        backoff_cap_s: float = 30.0,
+        serving_idle_s: float = 120.0,
+        client_factory: Callable[[AgentSpec], AgentClient] = AgentClient,
+        audit_heads: HeadStore | None = None,
+        audit_every_s: float = 60.0,
+    ) -> None:
+        self._specs = tuple(specs)
+        # Each agent's audit chain checked against the head remembered in `audit_heads` every `audit_every_s`.
+        self.audit_heads = audit_heads
+        self.audit_every_s = audit_every_s
+        self._clock = clock
+        self.host_refresh_s = host_refresh_s
+        self.serving_idle_s = serving_idle_s
+        self.serving_wanted = False
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self._tracks = {s.name: AgentTrack(spec=s, client=client_factory(s)) for s in self._specs}
+
+    @property
+    def specs(self) -> Sequence[AgentSpec]:
+        return self._specs
+
+    def now(self) -> float:
+        """The poller's clock (injectable for tests)."""
+        return self._clock()
+
+    def client(self, name: str) -> AgentClient:
+        """The client for agent `name` (KeyError if unknown)."""
+        return self._tracks[name].client
+
+    def client_with(self, name: str, kind: type[C], routes: str) -> C:
+        """The client for agent `name` as a `kind`; an AgentError if it lacks those (`routes`) routes."""
+        client = self.client(name)
+        if not isinstance(client, kind):
+            raise AgentError(ErrorKind.PROTOCOL, f"console error: this agent's client has no {routes} routes")
+        return client
+
+    def backoff_s(self, failures: int) -> float:
+        """Delay before the next attempt after `failures` consecutive failures."""
+        if failures <= 0:
+            return 0.0
+        return min(self.backoff_cap_s, self.backoff_base_s * 2 ** (failures - 1))
+
+    async def poll(self) -> FleetStatus:
+        """Poll every agent whose backoff has expired; return the whole fleet's status."""
+        started = self._clock()
+        due = [t for t in self._tracks.values() if started >= t.next_attempt_at]
+        # poll_agent never raises (except cancellation), so one agent cannot abort the others.
+        await asyncio.gather(*(self.poll_agent(t) for t in due))
+        done = self._clock()
+        return FleetStatus(
+            polled_at=done,
+            duration_s=max(0.0, done - started),
+            agents=tuple(self.agent_status(t, done) for t in self._tracks.values()),
+        )
+
+    async def series(self, name: str, metric: str, start: float, end: float, step_s: float) -> SeriesResponse:
+        """Fetch one metric's series from agent `name`."""
+        return await self._tracks[name].client.series(metric, start, end, step_s)
+
+    def want_serving(self, wanted: bool) -> None:
+        """Fetch serving status on every poll while `wanted`, else every `serving_idle_s`."""
+        self.serving_wanted = wanted
+
+    async def set_fallback(self, name: str, endpoint: str, enabled: bool, reason: str) -> EndpointInfo:
+        """Switch `endpoint` on agent `name` to (or back from) its fallback prediction."""
+        return await self._tracks[name].client.set_fallback(endpoint, enabled, reason)
+
+    async def aclose(self) -> None:
+        """Close every agent's connection pool."""
+        await asyncio.gather(*(t.client.aclose() for t in self._tracks.values()), return_exceptions=True)
+
+    async def __aenter__(self) -> FleetPoller:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def poll_agent(self, track: AgentTrack) -> None:
+        """One agent's part of a poll: its snapshot (and host info, serving status, audit check when due)
+        into `track`. Never raises; feature pollers extend it to fetch their feed in the same round trip."""
+        now = self._clock()
+        t0 = time.monotonic()
+        need_host = track.host is None or (
+            track.host_fetched_at is not None and now - track.host_fetched_at >= self.host_refresh_s
+        )
+        need_serving = self._serving_due(track, now)
+        calls: list[Any] = [track.client.snapshot()]
+        if need_host:
+            calls.append(track.client.host_info())
+        if need_serving:
+            track.serving_attempt_at = now
+            calls.append(track.client.serving())
+        results = await asyncio.gather(*(capture(c) for c in calls))
+        snap_result = results[0]
+        host_result: Any = results[1] if need_host else None
+        if need_serving:
+            self._note_serving(track, results[-1])
+        if isinstance(host_result, HostInfo):
+            track.host = host_result
+            track.host_fetched_at = now
+        if isinstance(snap_result, Snapshot):
+            track.snapshot = snap_result
+            track.latencies = ([*track.latencies, time.monotonic() - t0])[-5:]
+            track.latency_s = statistics.median(track.latencies)
+            track.last_seen = self._clock()
+            if track.failures:
+                # It was down: it may have restarted with other GPUs, settings or a newer version.
+                track.host_fetched_at = None if track.host is None else now - self.host_refresh_s
+                track.serving_attempt_at = None
+            track.failures = 0
+            track.next_attempt_at = 0.0
+            track.error = None
+            await self._check_audit(track, now)
+            return
+        error = as_agent_error(snap_result)
+        track.error = error
+        if error.kind is ErrorKind.NOT_READY:
+            # Alive but starting (no sample yet): keep the normal cadence, no backoff.
+            track.failures = 0
+            track.next_attempt_at = 0.0
+            track.last_seen = self._clock()
+            return
+        track.failures += 1
+        track.next_attempt_at = self._clock() + self.backoff_s(track.failures)
+
+    async def _check_audit(self, track: AgentTrack, now: float) -> None:
+        if self.audit_heads is None or (track.audit_at is not None and now - track.audit_at < self.audit_every_s):
+            return
+        from console.core.audit_heads import check_anchor
+
+        track.audit_at = now
+        try:
+            track.audit = await check_anchor(track.client, self.audit_heads, track.spec.url)
+        except OSError as e:  # the state file: say so on the row, keep polling
+            from console.core.audit_heads import AuditAnchor
+
+            track.audit = AuditAnchor("unknown", f"audit head not saved: {e}")
+
+    def _serving_due(self, track: AgentTrack, now: float) -> bool:
+        if track.serving_attempt_at is None:
+            return True
+        if self.serving_wanted and track.serving_state is not ServingState.NONE:
+            return True
+        return now - track.serving_attempt_at >= self.serving_idle_s
+
+    def _note_serving(self, track: AgentTrack, result: Any) -> None:
+        if isinstance(result, ServingStatus):
+            track.serving = result
+            track.serving_state = ServingState.OK
+            track.serving_error = None
+            track.serving_at = self._clock()
+        elif result is None:
+            track.serving = None
+            track.serving_state = ServingState.NONE
+            track.serving_error = None
+        else:
+            error = as_agent_error(result)
+            track.serving_state = ServingState.ERROR
+            track.serving_error = error.message
+
+    def agent_status(self, track: AgentTrack, now: float) -> AgentStatus:
+        """What one poll says of one agent (feature pollers add their feed to it)."""
+        spec = track.spec
+        interval = track.host.sample_interval_s if track.host else DEFAULT_SAMPLE_INTERVAL_S
+        offset = track.client.clock_offset_s
+        age = None
+        if track.snapshot is not None:
+            # Compare on the agent's clock so a skewed console does not call a healthy agent stale.
+            age = max(0.0, now + offset - track.snapshot.ts)
+        display = ""
+        if spec.name_from_url:
+            if track.host is not None:
+                display = track.host.agent_name
+            elif track.snapshot is not None:
+                display = track.snapshot.agent_name
+        common: dict[str, Any] = {
+            "name": spec.name,
+            "url": spec.url,
+            "display_name": display,
+            "snapshot": track.snapshot,
+            "host": track.host,
+            "last_seen": track.last_seen,
+            "sample_age_s": age,
+            "sample_interval_s": interval,
+            "failures": track.failures,
+            "latency_s": track.latency_s,
+            "clock_offset_s": offset,
+            "serving": track.serving,
+            "serving_state": track.serving_state,
+            "serving_error": track.serving_error,
+            "serving_at": track.serving_at,
+            "audit": track.audit,
+        }
+        if track.error is not None:
+            return AgentStatus(
+                state=AgentState.DOWN,
+                reason=track.error.message,
+                error_kind=track.error.kind,
+                next_retry_at=track.next_attempt_at if track.failures else None,
+                **common,
+            )
+        if track.snapshot is None:  # never polled yet
+            return AgentStatus(state=AgentState.DOWN, reason="not polled yet", **common)
+        if age is not None and age > STALE_INTERVALS * interval:
+            return AgentStatus(state=AgentState.STALE, reason=f"last sample {age:.0f}s old", **common)
+        return AgentStatus(state=AgentState.UP, **common)

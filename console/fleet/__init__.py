@@ -1,0 +1,1 @@
+"""Fleet and host: the fleet table, the host screen (metrics, processes, GPUs) and `watchkeeper status`."""

@@ -1,0 +1,1 @@
+"""The model registry: `watchkeeper models register|list|show|alias`."""

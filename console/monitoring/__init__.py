@@ -1,0 +1,1 @@
+"""Monitoring: drift and alerts (client, rows, `watchkeeper alerts`, screens, tables, histogram)."""

@@ -1,0 +1,1 @@
+"""Rollouts: client and poller, rows, `watchkeeper deploy|rollouts|approve|...`, the rollouts screen."""

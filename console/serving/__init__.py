@@ -1,0 +1,1 @@
+"""Serving: the endpoints screen and its fallback switch, endpoint rows, and `watchkeeper loadtest`."""
