@@ -260,13 +260,25 @@ def test_state_is_reloaded_and_orphans_swept_on_start(reg, store, tmp_path):
             "signature",
             "appears twice",
         ),
-        (TINY, {"metrics": {"auc": float("nan")}}, "metrics.auc", "finite"),
     ],
 )
 def test_bad_artifacts_and_metadata_are_refused(reg, data, changes, field, needle):
     with pytest.raises(RegistryError) as exc:
         reg.register("fraud", meta_model(**changes), upload(reg, data), "alice")
     assert exc.value.status == 422 and exc.value.field == field and needle in exc.value.detail
+    assert reg.list_models() == []
+
+
+def test_non_finite_metrics_are_refused_by_the_wire_model_and_by_the_registry(reg):
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError) as wire:  # every request model refuses NaN/Infinity
+        meta_model(metrics={"auc": float("nan")})
+    assert wire.value.errors()[0]["loc"] == ("metrics", "auc")
+    built = meta_model().model_copy(update={"metrics": {"auc": float("nan")}})  # past the wire model
+    with pytest.raises(RegistryError) as exc:
+        reg.register("fraud", built, upload(reg, TINY), "alice")
+    assert exc.value.status == 422 and exc.value.field == "metrics.auc" and "finite" in exc.value.detail
     assert reg.list_models() == []
 
 
