@@ -40,8 +40,8 @@ from agent.alerting.rules import (
     rule_out,
 )
 from agent.alerting.signals import default_metric
-from agent.api.schemas import AlertOut, AlertRuleOut, AlertsResponse
 from agent.config import AlertRuleConfig
+from agent.schemas import AlertOut, AlertRuleOut, AlertsResponse
 
 if TYPE_CHECKING:
     from agent.alerting.webhooks import Notifier

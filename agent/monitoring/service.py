@@ -26,7 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent.api.schemas import (
+from agent.config import MonitoringConfig
+from agent.schemas import (
     DriftHistory,
     DriftPoint,
     DriftReportOut,
@@ -38,7 +39,6 @@ from agent.api.schemas import (
     QualityReport,
     QualityWindow,
 )
-from agent.config import MonitoringConfig
 from agent.store.writer import StoreWriter
 
 if TYPE_CHECKING:

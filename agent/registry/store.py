@@ -34,7 +34,8 @@ from typing import Any
 
 import duckdb
 
-from agent.api.schemas import (
+from agent.registry.signature import encoded_width, signature_problems
+from agent.schemas import (
     NAME_PATTERN,
     AliasEvent,
     AliasMove,
@@ -45,7 +46,6 @@ from agent.api.schemas import (
     ModelVersionCreate,
     Signature,
 )
-from agent.serving.signature import encoded_width, signature_problems
 from agent.store.writer import StoreWriter
 
 log = logging.getLogger("watchkeeper.registry")

@@ -1,7 +1,7 @@
 """The rollout state machine: start, step through the plan, guard, approve, promote, abort, roll back.
 
 A rollout moves one endpoint from its stable model version to a candidate version of the same model. Its
-states (agent.api.schemas.RolloutState):
+states (agent.schemas.RolloutState):
 
     validating -> (gate failed) rejected
                -> progressing | awaiting_approval            (candidate loaded, step 0 entered)
@@ -46,8 +46,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.api.auth import APPROVE, OPERATE
-from agent.api.schemas import (
+from agent.auth.roles import APPROVE, OPERATE
+from agent.rollouts import abtest
+from agent.rollouts.gate import GateError, check_thresholds, run_gate
+from agent.rollouts.guards import BreachTracker, feature_drift_share, judge
+from agent.rollouts.plans import PlanError, describe, resolve_guards, validate_plan
+from agent.schemas import (
     ROLLOUT_TERMINAL,
     ABResult,
     ApprovalOut,
@@ -61,10 +65,6 @@ from agent.api.schemas import (
     RolloutOut,
     RolloutStep,
 )
-from agent.rollouts import abtest
-from agent.rollouts.gate import GateError, check_thresholds, run_gate
-from agent.rollouts.guards import BreachTracker, feature_drift_share, judge
-from agent.rollouts.plans import PlanError, describe, resolve_guards, validate_plan
 
 log = logging.getLogger("watchkeeper.rollouts")
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from agent.api.schemas import (
+from agent.schemas import (
     EndpointConfig,
     EndpointInfo,
     EndpointVersionStats,
@@ -341,7 +341,7 @@ class ServingService:
 
     def ensure_loaded_blocking(self, mv: ModelVersion, timeout: float = 60.0) -> None:
         """Load a version into the pool, from a thread other than the serving loop's. Raises ModelLoadError."""
-        from agent.serving.signature import encoded_width
+        from agent.registry.signature import encoded_width
 
         if self.pool.peek((mv.name, mv.version)) is not None:
             return

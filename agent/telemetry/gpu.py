@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.api.schemas import GpuProcess, GpuSample, GpuStatus, MigDevice
+from agent.schemas import GpuProcess, GpuSample, GpuStatus, MigDevice
 
 log = logging.getLogger("watchkeeper.telemetry.gpu")
 
