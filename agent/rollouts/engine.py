@@ -32,6 +32,10 @@ A thread ticks every `tick_s` (0.25 s) while a rollout is live (else every IDLE_
 and analysis steps; guards (agent/rollouts/guards.py), judged once a second (GUARD_EVAL_S: they read every
 request's window), with automatic abort when a breach holds for the guards' window (and an alert:
 `signals()`); the A/B result (agent/rollouts/abtest.py); and loading candidates again after a restart.
+
+Its parts: the record and its states (agent/rollouts/state.py); the transitions, reads and the creation
+of a rollout (here); what people do to it (actions.py); its events and their replay (journal.py); the
+tick loop and the alert it raises (ticker.py). RolloutEngine is those mixed into one object with one lock.
 """
 
 from __future__ import annotations
