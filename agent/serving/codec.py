@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from agent.schemas import (
-    ModelVersion,
-)
+from agent.schemas import ModelVersion
+from agent.serving.endpoints import Answer, Endpoint
 from agent.serving.errors import ValidationFailed
 
 if TYPE_CHECKING:
@@ -21,23 +20,21 @@ if TYPE_CHECKING:
     from agent.serving.encode import Encoded, Encoder
 
 
-from agent.serving.endpoints import Answer, Endpoint
-
-
-def _left_s(ep: Endpoint, t0: float) -> float:
+def left_s(ep: Endpoint, t0: float) -> float:
     """What is left of the endpoint's timeout for a request that arrived at t0 (seconds, >= 0)."""
     return max(0.0, ep.config.timeout_ms / 1000 - (time.perf_counter() - t0))
 
 
 class InjectedFault(Exception):
-    pass
+    """A failure the endpoint's `fault` config asked for (chaos testing), counted like a model error."""
 
 
-class _TooManyRows(Exception):
-    pass
+class TooManyRows(Exception):
+    """The request has more rows than the endpoint's `max_rows` (413)."""
 
 
-def _rows_in(payload: Any) -> int:
+def rows_in(payload: Any) -> int:
+    """How many rows a request body holds (records or columns); 1 when it cannot tell."""
     if isinstance(payload, dict):
         if isinstance(payload.get("records"), list):
             return len(payload["records"])
@@ -48,7 +45,8 @@ def _rows_in(payload: Any) -> int:
     return 1
 
 
-def _encode(encoder: Encoder, payload: Any, max_rows: int) -> Encoded:
+def encode_payload(encoder: Encoder, payload: Any, max_rows: int) -> Encoded:
+    """A parsed body as the model's input matrix. Raises ValidationFailed (422) or TooManyRows (413)."""
     if not isinstance(payload, dict):
         raise ValidationFailed([{"row": None, "field": "body", "message": "expected a JSON object"}])
     extra = set(payload) - {"records", "columns"}
@@ -61,21 +59,21 @@ def _encode(encoder: Encoder, payload: Any, max_rows: int) -> Encoded:
         if not isinstance(recs, list) or not recs:
             raise ValidationFailed([{"row": None, "field": "records", "message": "expected a non-empty list"}])
         if len(recs) > max_rows:
-            raise _TooManyRows(f"{len(recs)} rows; this endpoint takes at most {max_rows}")
+            raise TooManyRows(f"{len(recs)} rows; this endpoint takes at most {max_rows}")
         return encoder.encode_records(recs)
     if "columns" in payload:
-        n = _rows_in(payload)
+        n = rows_in(payload)
         if n > max_rows:
-            raise _TooManyRows(f"{n} rows; this endpoint takes at most {max_rows}")
+            raise TooManyRows(f"{n} rows; this endpoint takes at most {max_rows}")
         return encoder.encode_columns(payload["columns"])
     raise ValidationFailed([{"row": None, "field": "records", "message": "give records or columns"}])
 
 
 class NonFiniteOutput(Exception):
-    pass
+    """The model answered a NaN or infinite score."""
 
 
-def _decode(out: np.ndarray, mv: ModelVersion, strict: bool = True) -> tuple[list, list, list]:
+def decode_output(out: np.ndarray, mv: ModelVersion, strict: bool = True) -> tuple[list, list, list]:
     """Scores, labels and the answer's predictions. Raises NonFiniteOutput for a NaN/infinite score (strict)."""
     spec = mv.signature.output
     if spec.kind == "binary":
@@ -102,9 +100,11 @@ def _decode(out: np.ndarray, mv: ModelVersion, strict: bool = True) -> tuple[lis
     return scores, labels, preds
 
 
-def _first_field(errors: list[dict]) -> str | None:
+def first_field(errors: list[dict]) -> str | None:
+    """The first field named in a list of validation errors (the error body's `field`)."""
     return next((e.get("field") for e in errors if e.get("field")), None)
 
 
-def _error(status: int, error: str, detail: Any, field: str | None) -> Answer:
+def error_answer(status: int, error: str, detail: Any, field: str | None) -> Answer:
+    """An error answer in the agent's error body shape."""
     return Answer(status, orjson.dumps({"error": error, "detail": detail, "field": field}))

@@ -14,11 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from agent.schemas import (
-    EndpointConfig,
-    EndpointInfo,
-    ModelVersion,
-)
+from agent.schemas import EndpointConfig, EndpointInfo, ModelVersion
 from agent.serving.breaker import CircuitBreaker
 from agent.serving.pool import ModelLoadError
 from agent.serving.stats import ShadowStats, ShadowWindow, VersionWindow

@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from agent.schemas import (
-    ModelVersion,
-)
+from agent.schemas import ModelVersion
 from agent.serving.errors import ValidationFailed
 from agent.serving.pool import ModelLoadError
 
@@ -30,13 +28,13 @@ if TYPE_CHECKING:
 from agent.serving.codec import (
     InjectedFault,
     NonFiniteOutput,
-    _decode,
-    _encode,
-    _error,
-    _first_field,
-    _left_s,
-    _rows_in,
-    _TooManyRows,
+    TooManyRows,
+    decode_output,
+    encode_payload,
+    error_answer,
+    first_field,
+    left_s,
+    rows_in,
 )
 from agent.serving.endpoints import Answer, Endpoint
 from agent.serving.routing import _to_candidate
@@ -76,18 +74,18 @@ class PredictPath:
             t0 = start
         ep = self.endpoints.get(name)
         if ep is None:
-            return _error(404, "not_found", f"no endpoint {name!r}", "endpoint")
+            return error_answer(404, "not_found", f"no endpoint {name!r}", "endpoint")
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as e:
             return self._rejected(ep, 422, "invalid_json", f"body is not valid JSON: {e}", "body")
         if ep.encoder is None or ep.version is None:
-            return self._fallback(ep, request_id, _rows_in(payload), "model_unavailable", t0, None)
+            return self._fallback(ep, request_id, rows_in(payload), "model_unavailable", t0, None)
         try:
-            enc = _encode(ep.encoder, payload, ep.config.max_rows)
+            enc = encode_payload(ep.encoder, payload, ep.config.max_rows)
         except ValidationFailed as e:
-            return self._rejected(ep, 422, "invalid_request", e.errors, _first_field(e.errors))
-        except _TooManyRows as e:
+            return self._rejected(ep, 422, "invalid_request", e.errors, first_field(e.errors))
+        except TooManyRows as e:
             return self._rejected(ep, 413, "too_many_rows", str(e), "records")
         n = len(enc.matrix)
         if ep.fallback_mode:
@@ -119,7 +117,7 @@ class PredictPath:
                 if (time.perf_counter() - t0) * 1000 > ep.config.timeout_ms:
                     raise TimeoutError
             else:
-                out = await asyncio.wait_for(self._infer_rows(ep, enc.matrix), _left_s(ep, t0))
+                out = await asyncio.wait_for(self._infer_rows(ep, enc.matrix), left_s(ep, t0))
         except TimeoutError:
             ep.breaker.record(False, (time.perf_counter() - start) * 1000)
             return self._fallback(ep, request_id, n, "timeout", t0, enc, mv)
@@ -135,7 +133,7 @@ class PredictPath:
         now = time.perf_counter()
         latency_ms = (now - t0) * 1000  # what the caller waited, queueing included
         try:
-            scores, labels, preds = _decode(out, mv)
+            scores, labels, preds = decode_output(out, mv)
         except NonFiniteOutput:  # NaN would be served as `score: null` beside a definite label
             log.warning("endpoint %s: the model answered a non-finite score", name)
             ep.breaker.record(False, (now - start) * 1000)
@@ -213,7 +211,7 @@ class PredictPath:
                 "timeout": f"no answer within {ep.config.timeout_ms:g} ms",
                 "model_error": "the model failed on this input",
             }[reason]
-            ans = _error(status, reason, detail, None)
+            ans = error_answer(status, reason, detail, None)
             ans.headers.extend(headers)
             return ans
         self.version_stats(ep.name, model, version).record(latency_ms, n, 200, reason, False)
@@ -249,7 +247,7 @@ class PredictPath:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as e:
             return self._rejected(ep, 422, "invalid_json", f"body is not valid JSON: {e}", "body")
-        return self._fallback(ep, request_id, _rows_in(payload), "overload", t0, None)
+        return self._fallback(ep, request_id, rows_in(payload), "overload", t0, None)
 
     def _rejected(self, ep: Endpoint, status: int, error: str, detail: Any, field: str | None) -> Answer:
         mv = ep.version
@@ -259,7 +257,7 @@ class PredictPath:
             now = time.time()
             for fname in {e.get("field") for e in detail if isinstance(e, dict) and e.get("field")}:
                 ep.rejections.append((now, fname))
-        return _error(status, error, detail, field)
+        return error_answer(status, error, detail, field)
 
     def rejections(self, endpoint: str, start: float, end: float) -> dict[str, int]:
         """Requests refused for a bad value, per feature, in [start, end) (kept in memory, the last 10k)."""

@@ -12,9 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from agent.schemas import (
-    ModelVersion,
-)
+from agent.schemas import ModelVersion
 from agent.serving.errors import ValidationFailed
 from agent.serving.pool import ModelLoadError
 from agent.serving.stats import version_window
@@ -25,7 +23,7 @@ if TYPE_CHECKING:
     from agent.serving.encode import Encoded, Encoder
 
 
-from agent.serving.codec import InjectedFault, _decode, _left_s
+from agent.serving.codec import InjectedFault, decode_output, left_s
 from agent.serving.endpoints import Answer, Endpoint, EndpointError, Route, RouteMetrics
 
 log = logging.getLogger("watchkeeper.serving")
@@ -90,7 +88,7 @@ class CandidateRouting:
         labels: list[str | None] = []
         for i in range(0, len(records), 4096):
             out = loaded.runtime.run(enc.encode_records(records[i : i + 4096]).matrix)
-            sc, lab, _ = _decode(out, mv, strict=False)
+            sc, lab, _ = decode_output(out, mv, strict=False)
             scores += sc
             labels += lab
         return np.asarray(scores, dtype=np.float64), labels
@@ -125,8 +123,8 @@ class CandidateRouting:
                 if (time.perf_counter() - t0) * 1000 > ep.config.timeout_ms:
                     raise TimeoutError
             else:
-                out = await asyncio.wait_for(self._run_candidate(ep, cand, x), _left_s(ep, t0))
-            scores, labels, preds = _decode(out, mv)
+                out = await asyncio.wait_for(self._run_candidate(ep, cand, x), left_s(ep, t0))
+            scores, labels, preds = decode_output(out, mv)
         except Exception as e:  # counted against the candidate (its guards decide); the caller gets stable
             if not isinstance(e, TimeoutError | InjectedFault):
                 log.warning("endpoint %s candidate %s:%s: %r", ep.name, mv.name, mv.version, e)
@@ -185,7 +183,7 @@ class CandidateRouting:
         try:
             xs = [e.matrix if route.encoder is None else _encode_again(route.encoder, ep.encoder, e) for e, *_ in batch]
             out = await asyncio.wait_for(self._run_candidate(ep, cand, np.concatenate(xs)), ep.config.timeout_ms / 1000)
-            c_scores, c_labels, _ = _decode(out, mv)
+            c_scores, c_labels, _ = decode_output(out, mv)
         except Exception:
             for _ in batch:
                 ep.shadow_stats.record(0, 0, 0.0, (time.perf_counter() - t0) * 1000, True)

@@ -14,11 +14,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from agent.schemas import (
-    EndpointVersionStats,
-    PredictionLogRow,
-    ServingStatus,
-)
+from agent.schemas import EndpointVersionStats, PredictionLogRow, ServingStatus
 from agent.serving.overload import LoopLag
 from agent.serving.pool import ModelLoadError, ModelPool
 from agent.serving.predlog import PredictionLog
