@@ -29,14 +29,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from agent.alerting.matching import _grouped, _Match, _summary, _worse, fingerprint
-from agent.alerting.rules import (
-    THRESHOLD_KINDS,
-    Signal,
-    breaches,
-    effective_rules,
-    keep_firing_for,
-    rule_out,
-)
+from agent.alerting.rules import THRESHOLD_KINDS, Signal, breaches, effective_rules, keep_firing_for, rule_out
 from agent.alerting.signals import default_metric
 from agent.config import AlertRuleConfig
 from agent.schemas import AlertOut, AlertRuleOut, AlertsResponse

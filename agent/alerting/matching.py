@@ -8,10 +8,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent.alerting.rules import (
-    Signal,
-    group_by,
-)
+from agent.alerting.rules import Signal, group_by
 from agent.config import AlertRuleConfig
 
 if TYPE_CHECKING:

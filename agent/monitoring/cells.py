@@ -15,12 +15,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from agent.monitoring.profile import (
-    CategoricalColumn,
-    NumericColumn,
-    float_values,
-    string_values,
-)
+from agent.monitoring.profile import CategoricalColumn, NumericColumn, float_values, string_values
 from agent.monitoring.stats import wasserstein_from_grid
 
 # Unseen categories are counted in full; their names are kept for the 20 most frequent. With more than 20

@@ -9,12 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent.schemas import (
-    DriftReportOut,
-    FeatureDriftOut,
-    ModelVersion,
-    QualityWindow,
-)
+from agent.schemas import DriftReportOut, FeatureDriftOut, ModelVersion, QualityWindow
 
 if TYPE_CHECKING:
     import numpy as np

@@ -8,12 +8,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from agent.schemas import (
-    FeatureDriftOut,
-    FeedbackAccepted,
-    FeedbackItem,
-    QualityReport,
-)
+from agent.schemas import FeatureDriftOut, FeedbackAccepted, FeedbackItem, QualityReport
 
 if TYPE_CHECKING:
     import duckdb

@@ -7,14 +7,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from agent.schemas import (
-    DriftHistory,
-    DriftPoint,
-    DriftReportOut,
-    FeatureDriftOut,
-    HistogramOut,
-    ModelVersion,
-)
+from agent.schemas import DriftHistory, DriftPoint, DriftReportOut, FeatureDriftOut, HistogramOut, ModelVersion
 
 if TYPE_CHECKING:
     from agent.monitoring.drift import DriftReport, compare

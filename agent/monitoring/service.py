@@ -40,11 +40,7 @@ from agent.monitoring.common import (
 )
 from agent.monitoring.labels import LabelsAndSignals
 from agent.monitoring.reports import DriftReports
-from agent.schemas import (
-    FeatureDriftOut,
-    ModelVersion,
-    QualityReport,
-)
+from agent.schemas import FeatureDriftOut, ModelVersion, QualityReport
 from agent.store.writer import StoreWriter
 
 if TYPE_CHECKING:

@@ -39,11 +39,7 @@ from agent.monitoring.cells import (
     exact_sum,
     wasserstein,
 )
-from agent.monitoring.profile import (
-    NumericColumn,
-    ReferenceProfile,
-    sorted_finite,
-)
+from agent.monitoring.profile import NumericColumn, ReferenceProfile, sorted_finite
 
 __all__ = ["SCHEMA", "UNSEEN_TOP", "OpenCell", "Range", "WindowHistogram", "exact_sum", "wasserstein"]
 

@@ -17,11 +17,7 @@ from typing import Any
 
 from agent.registry.errors import Invalid, InvalidModel
 from agent.registry.signature import encoded_width
-from agent.schemas import (
-    ModelFormat,
-    ModelVersionCreate,
-    Signature,
-)
+from agent.schemas import ModelFormat, ModelVersionCreate, Signature
 
 log = logging.getLogger("watchkeeper.registry")
 

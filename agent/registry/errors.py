@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import re
 
-from agent.schemas import (
-    NAME_PATTERN,
-)
+from agent.schemas import NAME_PATTERN
 
 _NAME_RE = re.compile(NAME_PATTERN)
 

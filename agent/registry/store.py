@@ -43,25 +43,9 @@ from agent.registry.artifacts import (
     reset_tmp_dir,
     validate_artifact,
 )
-from agent.registry.errors import (
-    Conflict,
-    Invalid,
-    InvalidModel,
-    NotFound,
-    RegistryError,
-    StoreUnavailable,
-    check_name,
-)
+from agent.registry.errors import Conflict, Invalid, InvalidModel, NotFound, RegistryError, StoreUnavailable, check_name
 from agent.registry.signature import signature_problems
-from agent.schemas import (
-    AliasEvent,
-    AliasMove,
-    Lineage,
-    ModelSummary,
-    ModelVersion,
-    ModelVersionCreate,
-    Signature,
-)
+from agent.schemas import AliasEvent, AliasMove, Lineage, ModelSummary, ModelVersion, ModelVersionCreate, Signature
 from agent.store.writer import StoreWriter
 
 log = logging.getLogger("watchkeeper.registry")

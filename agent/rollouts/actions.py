@@ -7,12 +7,7 @@ from collections.abc import Callable
 
 from agent.auth.roles import APPROVE, OPERATE
 from agent.rollouts.state import ACTIONS, ACTIVE, APPROVER_ACTIONS, Rollout, RolloutError, _ended
-from agent.schemas import (
-    ApprovalOut,
-    Principal,
-    RolloutAction,
-    RolloutOut,
-)
+from agent.schemas import ApprovalOut, Principal, RolloutAction, RolloutOut
 
 log = logging.getLogger("watchkeeper.rollouts")
 

@@ -65,14 +65,7 @@ from agent.rollouts.state import (
     serving_change,
 )
 from agent.rollouts.ticker import RolloutTicker
-from agent.schemas import (
-    GateResult,
-    ModelVersion,
-    Principal,
-    RolloutCreate,
-    RolloutOut,
-    RolloutStep,
-)
+from agent.schemas import GateResult, ModelVersion, Principal, RolloutCreate, RolloutOut, RolloutStep
 
 __all__ = ["ACTIONS", "Rollout", "RolloutEngine", "RolloutError", "serving_change"]
 

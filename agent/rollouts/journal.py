@@ -8,12 +8,7 @@ import json
 import logging
 
 from agent.rollouts.state import AGENT, LIVE, Rollout, RolloutError
-from agent.schemas import (
-    ApprovalOut,
-    GateResult,
-    Lineage,
-    RolloutCreate,
-)
+from agent.schemas import ApprovalOut, GateResult, Lineage, RolloutCreate
 
 log = logging.getLogger("watchkeeper.rollouts")
 

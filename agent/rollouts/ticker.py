@@ -21,10 +21,7 @@ from agent.rollouts.state import (
     _ended,
     _fmt,
 )
-from agent.schemas import (
-    ABResult,
-    GuardMetric,
-)
+from agent.schemas import ABResult, GuardMetric
 
 log = logging.getLogger("watchkeeper.rollouts")
 
