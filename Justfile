@@ -10,6 +10,7 @@ test: lint
 lint:
     {{venv}}/ruff check .
     {{venv}}/ruff format --check agent console bench
+    {{venv}}/lint-imports
 
 # Three local agents (one real host, two simulated) and the console on them.
 demo:

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import duckdb
 
-from agent.api.schemas import AuditEntry, AuditHead, Principal
 from agent.config import AgentConfig, ConfigError
+from agent.schemas import AuditEntry, AuditHead, Principal
 from agent.store.writer import StoreWriter
 
 log = logging.getLogger("watchkeeper.audit")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import duckdb
 
-from agent.api.schemas import AuditVerify
 from agent.audit import GENESIS, UNKEYED_WARNING, entry_hash, head_mac, read_head_record
+from agent.schemas import AuditVerify
 from agent.store.reader import audit_row
 
 

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from agent import __version__
-from agent.api.schemas import AuditVerify
 from agent.config import AgentConfig, ConfigError, bind_listeners, load_config, prepare_data_dir
 from agent.datadir import DataDirInUse, lock_data_dir, make_private
+from agent.schemas import AuditVerify
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -171,7 +171,7 @@ def describe_verify(v: AuditVerify) -> str:
 
 
 def _new_token(args: argparse.Namespace) -> int:
-    from agent.api.auth import digest, new_token
+    from agent.auth.tokens import digest, new_token
 
     token, _ = new_token()
     print(f"# token for {args.name} (give it to the client; it is not stored anywhere):\n# {token}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from agent.api.auth import TokenStore
-from agent.api.schemas import EnforcementInfo
 from agent.audit import AuditLog
+from agent.auth.tokens import TokenStore
 from agent.config import AgentConfig
+from agent.schemas import EnforcementInfo
 from agent.store.reader import StoreReader
 from agent.store.writer import StoreWriter
 from agent.telemetry.sampler import Sampler

@@ -21,14 +21,14 @@ import uvicorn
 
 from agent.alerting.loop import alert_loop, start_alerting, stop_alerting
 from agent.api.app import create_app
-from agent.api.auth import TokenStore, bootstrap_admin_token
-from agent.api.schemas import GpuStatus, Snapshot
+from agent.api.fastpath import PredictFastPath
 from agent.audit import open_audit
+from agent.auth.tokens import TokenStore, bootstrap_admin_token
 from agent.config import AgentConfig
 from agent.context import AgentContext
 from agent.monitoring.service import MonitorService
 from agent.registry.store import Registry, reset_tmp_dir
-from agent.serving.asgi import PredictFastPath
+from agent.schemas import GpuStatus, Snapshot
 from agent.serving.overload import BACKLOG, MAX_CONNECTIONS, ArrivalProtocol, bound_malloc
 from agent.serving.predlog import replay_journal
 from agent.serving.service import ServingService

@@ -283,7 +283,7 @@ def _issue(f: Any, issue: str) -> str:
 
 
 def _is_drift(verdict: Any) -> bool:
-    """Verdicts are "ok", "drift", "quality", "drift+quality" or "no data" (agent.api.schemas.DriftVerdict)."""
+    """Verdicts are "ok", "drift", "quality", "drift+quality" or "no data" (agent.schemas.DriftVerdict)."""
     return "drift" in str(verdict).split("+")
 
 

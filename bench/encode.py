@@ -27,7 +27,7 @@ def main() -> int:
     import orjson
     import polars as pl
 
-    from agent.api.schemas import Signature
+    from agent.schemas import Signature
     from agent.serving.encode import VECTOR_MIN_ROWS, Encoder
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

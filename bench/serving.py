@@ -665,7 +665,7 @@ def bench_bentoml(ctx: dict, procs: Procs) -> System:
 
 def bench_inprocess(ctx: dict, seconds: float) -> System:
     """Single thread, single row, no HTTP: the ceiling for one core."""
-    from agent.api.schemas import Signature
+    from agent.schemas import Signature
     from agent.serving.encode import Encoder
     from agent.serving.runtimes import load_onnx
 

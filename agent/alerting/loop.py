@@ -17,8 +17,8 @@ from agent.alerting.engine import AlertEngine
 from agent.alerting.rules import MONITOR_KINDS, ROLLOUT_KINDS, SERVING_KINDS, Signal
 from agent.alerting.signals import serving_signals
 from agent.alerting.webhooks import Notifier
-from agent.api.schemas import ServingStatus
 from agent.config import AgentConfig
+from agent.schemas import ServingStatus
 
 if TYPE_CHECKING:
     from agent.context import AgentContext

@@ -51,8 +51,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from agent.api.schemas import AlertRuleOut
 from agent.config import AlertKind, AlertRuleConfig
+from agent.schemas import AlertRuleOut
 
 # Rate and latency rules need this many requests in the window: one failed request out of two is
 # not a 50 % error rate worth waking someone for (a dead endpoint is the `outage` rule's job).

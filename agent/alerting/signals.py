@@ -21,14 +21,14 @@ from agent.alerting.rules import (
     Signal,
     breaches,
 )
-from agent.api.schemas import (
+from agent.config import AlertRuleConfig
+from agent.schemas import (
     DriftReportOut,
     EndpointVersionStats,
     FeatureDriftOut,
     QualityReport,
     ServingStatus,
 )
-from agent.config import AlertRuleConfig
 
 PREDICTION = "__prediction__"
 LABEL = "__label__"

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from agent.alerting import ALERTS_PATH
-from agent.api.schemas import AlertOut, WebhookStatus
 from agent.config import WebhookConfig
+from agent.schemas import AlertOut, WebhookStatus
 
 if TYPE_CHECKING:
     import httpx

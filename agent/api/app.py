@@ -13,9 +13,9 @@ from agent.api.openapi import install_openapi
 from agent.api.routes import admin, endpoints, health, models, monitoring, telemetry
 from agent.api.routes import alerts as alert_routes
 from agent.api.routes import rollouts as rollout_routes
-from agent.api.schemas import API_PREFIX
 from agent.context import AgentContext
 from agent.rollouts.metrics import RolloutCollector
+from agent.schemas import API_PREFIX
 
 
 def create_app(ctx: AgentContext) -> FastAPI:

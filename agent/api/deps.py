@@ -6,10 +6,11 @@ from collections.abc import Callable
 
 from fastapi import Request
 
-from agent.api.auth import ADMIN, APPROVE, OPERATE, READ, principal_from
+from agent.api.auth import principal_from
 from agent.api.errors import ApiError
-from agent.api.schemas import Principal
+from agent.auth.roles import ADMIN, APPROVE, OPERATE, READ
 from agent.context import AgentContext
+from agent.schemas import Principal
 
 PEER_EXTENSION = "watchkeeper.peer"
 PRINCIPAL_EXTENSION = "watchkeeper.principal"  # set by agent/api/gate.py

@@ -10,7 +10,7 @@ dependency (our auth) runs: an anonymous 200 MiB body was read, parsed and held,
    front; a chunked body is counted as it streams and refused (413) when it passes the cap.
 
 Refusals of a request whose body was not read close the connection, so the client cannot keep
-streaming into it. The predict fast path (agent/serving/asgi.py) sits in front of this layer, has its
+streaming into it. The predict fast path (agent/api/fastpath.py) sits in front of this layer, has its
 own auth and per-endpoint cap, and pays nothing for it.
 """
 
@@ -26,8 +26,8 @@ from agent.api.auth import principal_from
 from agent.api.deps import PEER_EXTENSION, PRINCIPAL_EXTENSION
 from agent.api.errors import ApiError
 from agent.api.multipart import upload_cap
-from agent.api.schemas import API_PREFIX
 from agent.context import AgentContext
+from agent.schemas import API_PREFIX
 
 # JSON bodies of every route without its own cap: token, endpoint config, rollout plan, alias, ack.
 DEFAULT_BODY_BYTES = 1024 * 1024

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from agent import __version__
-from agent.api.schemas import Snapshot
+from agent.schemas import Snapshot
 from agent.store.writer import WriterStats
 
 MIB = 1024 * 1024

@@ -17,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from agent.api.schemas import API_PREFIX, ErrorBody, ModelVersionCreate
+from agent.schemas import API_PREFIX, ErrorBody, ModelVersionCreate
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 

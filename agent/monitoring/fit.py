@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.api.schemas import Signature
+from agent.schemas import Signature
 
 PREDICTION = "__prediction__"
 LABEL = "__label__"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,6 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
+
+from agent.monitoring.jsonread import count_array, float_array, opt_float, opt_str, read_int
 
 SCHEMA = "watchkeeper.reference-profile/2"
 
@@ -250,11 +251,11 @@ class ReferenceProfile:
             raise ValueError("profile: expected a JSON object")
         if d.get("schema") != SCHEMA:
             raise ValueError(f"schema: expected {SCHEMA!r}, got {d.get('schema')!r}")
-        rows = _int(d, "rows", "")
-        bins = _int(d, "bins", "", minimum=1)
-        fine_bins = _int(d, "fine_bins", "", minimum=1)
-        prediction = _opt_str(d, "prediction", "")
-        label = _opt_str(d, "label", "")
+        rows = read_int(d, "rows", "")
+        bins = read_int(d, "bins", "", minimum=1)
+        fine_bins = read_int(d, "fine_bins", "", minimum=1)
+        prediction = opt_str(d, "prediction", "")
+        label = opt_str(d, "label", "")
         raw = d.get("columns")
         if not isinstance(raw, list):
             raise ValueError("columns: expected a list")
@@ -403,51 +404,6 @@ def _fit_categorical(name: str, role: Role, s: pl.Series) -> CategoricalColumn:
     )
 
 
-# ---- JSON validation -------------------------------------------------------------------------------------------
-
-
-def _int(d: Mapping, key: str, path: str, minimum: int = 0) -> int:
-    v = d.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-        raise ValueError(f"{path}{'.' if path else ''}{key}: expected an integer >= {minimum}, got {v!r}")
-    return v
-
-
-def _opt_str(d: Mapping, key: str, path: str) -> str | None:
-    v = d.get(key)
-    if v is not None and not isinstance(v, str):
-        raise ValueError(f"{path}{'.' if path else ''}{key}: expected a string or null, got {v!r}")
-    return v
-
-
-def _opt_float(d: Mapping, key: str, path: str) -> float | None:
-    v = d.get(key)
-    if v is None:
-        return None
-    if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
-        raise ValueError(f"{path}.{key}: expected a finite number or null, got {v!r}")
-    return float(v)
-
-
-def _float_array(d: Mapping, key: str, path: str) -> np.ndarray:
-    v = d.get(key)
-    if not isinstance(v, list) or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in v):
-        raise ValueError(f"{path}.{key}: expected a list of numbers")
-    arr = np.array(v, dtype=np.float64)
-    if arr.size and (not np.all(np.isfinite(arr)) or np.any(np.diff(arr) <= 0)):
-        raise ValueError(f"{path}.{key}: values must be finite and strictly ascending")
-    return arr
-
-
-def _count_array(d: Mapping, key: str, path: str, length: int) -> np.ndarray:
-    v = d.get(key)
-    if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v):
-        raise ValueError(f"{path}.{key}: expected a list of non-negative integers")
-    if len(v) != length:
-        raise ValueError(f"{path}.{key}: expected {length} counts, got {len(v)}")
-    return np.array(v, dtype=np.int64)
-
-
 def _column_from_json(cd: Mapping, path: str) -> Column:
     name = cd.get("name")
     if not isinstance(name, str) or not name:
@@ -455,24 +411,24 @@ def _column_from_json(cd: Mapping, path: str) -> Column:
     role = cd.get("role")
     if role not in ("feature", "prediction", "label"):
         raise ValueError(f"{path}.role: expected 'feature', 'prediction' or 'label', got {role!r}")
-    count = _int(cd, "count", path)
-    missing = _int(cd, "missing", path)
+    count = read_int(cd, "count", path)
+    missing = read_int(cd, "missing", path)
     kind = cd.get("kind")
     if kind == "categorical":
         cats = cd.get("categories")
         if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats) or len(set(cats)) != len(cats):
             raise ValueError(f"{path}.categories: expected a list of distinct strings")
-        counts = _count_array(cd, "counts", path, len(cats))
+        counts = count_array(cd, "counts", path, len(cats))
         if int(counts.sum()) != count:
             raise ValueError(f"{path}.counts: sum {int(counts.sum())} differs from count {count}")
         return CategoricalColumn(name, role, count, missing, tuple(cats), counts)
     if kind != "numeric":
         raise ValueError(f"{path}.kind: expected 'numeric' or 'categorical', got {kind!r}")
-    lo = _opt_float(cd, "min", path)
-    hi = _opt_float(cd, "max", path)
-    mean = _opt_float(cd, "mean", path)
-    std = _opt_float(cd, "std", path)
-    edges = _float_array(cd, "edges", path)
+    lo = opt_float(cd, "min", path)
+    hi = opt_float(cd, "max", path)
+    mean = opt_float(cd, "mean", path)
+    std = opt_float(cd, "std", path)
+    edges = float_array(cd, "edges", path)
     fd = cd.get("fine")
     fpath = f"{path}.fine"
     if not isinstance(fd, Mapping):
@@ -486,16 +442,16 @@ def _column_from_json(cd: Mapping, path: str) -> Column:
         raise ValueError(f"{path}.min: min <= max, mean and std >= 0 are required when count > 0")
     mode = fd.get("mode")
     if mode == "exact":
-        values = _float_array(fd, "values", fpath)
-        per_value = _count_array(fd, "counts", fpath, values.size)
+        values = float_array(fd, "values", fpath)
+        per_value = count_array(fd, "counts", fpath, values.size)
         if values.size == 0 or values[0] != lo or values[-1] != hi:
             raise ValueError(f"{fpath}.values: must run from min to max")
         fine = FineGrid("exact", values)
         cells = np.zeros(fine.n_cells, dtype=np.int64)
         cells[1::2] = per_value
     elif mode == "binned":
-        inner = _float_array(fd, "edges", fpath)
-        in_range = _count_array(fd, "counts", fpath, inner.size + 1)
+        inner = float_array(fd, "edges", fpath)
+        in_range = count_array(fd, "counts", fpath, inner.size + 1)
         if inner.size and (inner[0] <= lo or inner[-1] > hi):
             raise ValueError(f"{fpath}.edges: must lie in (min, max]")
         fine = FineGrid("binned", np.concatenate(([lo], inner, [np.nextafter(hi, np.inf)])))

@@ -12,7 +12,8 @@ Runs on its own thread, every `monitoring.interval` seconds:
 3. Labels (`feedback`) join to predictions on (request_id, row_idx) whenever quality is asked for or
    alert signals are gathered: model quality per version and window, and label drift.
 
-Everything the API returns is built from wire types in agent/api/schemas.py. numpy and the statistics
+The API's answers are in agent/monitoring/reports.py (drift) and labels.py (labels, quality, alert
+signals). Everything they return is built from wire types in agent/schemas/. numpy and the statistics
 modules load on the first window, so an agent that serves nothing stays small.
 """
 
@@ -22,68 +23,45 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from agent.api.schemas import (
-    DriftHistory,
-    DriftPoint,
-    DriftReportOut,
-    FeatureDriftOut,
-    FeedbackAccepted,
-    FeedbackItem,
-    HistogramOut,
-    ModelVersion,
-    QualityReport,
-    QualityWindow,
-)
 from agent.config import MonitoringConfig
+from agent.monitoring.common import (
+    MonitorError,
+    _clean,
+    _dumps,
+    _finite,
+    _frame,
+    _Latest,
+    _load_statistics,
+    _loads,
+    _range_source,
+    lazy_statistics,
+)
+from agent.monitoring.labels import LabelsAndSignals
+from agent.monitoring.reports import DriftReports
+from agent.schemas import FeatureDriftOut, ModelVersion, QualityReport
 from agent.store.writer import StoreWriter
 
 if TYPE_CHECKING:
     import duckdb
-    import numpy as np
 
-    from agent.monitoring import quality as q
-    from agent.monitoring.drift import DriftReport, DriftThresholds, compare
+    from agent.monitoring.drift import DriftThresholds, compare
     from agent.monitoring.profile import ReferenceProfile
     from agent.monitoring.window import WindowHistogram
     from agent.registry.store import Registry
     from agent.serving.service import ServingService
 
+
 log = logging.getLogger("watchkeeper.monitor")
+
+__all__ = ["MonitorError", "MonitorService", "_clean", "_load_statistics", "_range_source"]
 
 BATCH_ROWS = 65_536
 MAX_WINDOWS_PER_TICK = 240  # catching up after a restart is spread over ticks, never one long stall
 
 
-def _load_statistics() -> None:
-    """Import numpy and the statistics modules on first use (an agent serving nothing never does)."""
-    global np, q, DriftThresholds, compare, ReferenceProfile, WindowHistogram
-    import numpy as np
-
-    from agent.monitoring import quality as q
-    from agent.monitoring.drift import DriftThresholds, compare
-    from agent.monitoring.profile import ReferenceProfile
-    from agent.monitoring.window import WindowHistogram
-
-
-class MonitorError(Exception):
-    def __init__(self, status: int, detail: str, field: str | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.detail, self.field = status, detail, field
-
-
-@dataclass
-class _Latest:
-    version: ModelVersion
-    start: float
-    end: float
-    reports: dict[str, DriftReportOut]  # baseline -> report
-
-
-class MonitorService:
+class MonitorService(DriftReports, LabelsAndSignals):
     def __init__(
         self,
         cfg: MonitoringConfig,
@@ -301,442 +279,5 @@ class MonitorService:
             return DriftThresholds()
         return DriftThresholds.from_dict(ep.config.drift)
 
-    # ------------------------------------------------------------------ API
 
-    def _endpoint_version(self, name: str) -> ModelVersion:
-        _load_statistics()  # every API entry point passes here first
-        ep = self._serving.endpoints.get(name)
-        if ep is None:
-            raise MonitorError(404, f"no endpoint {name!r}", "name")
-        if ep.version is None:
-            raise MonitorError(409, f"endpoint {name!r} has no resolvable model: {ep.resolve_error}", "name")
-        return ep.version
-
-    def report(
-        self, name: str, baseline: str = "reference", since: float | None = None, until: float | None = None
-    ) -> DriftReportOut:
-        """The latest window against `baseline`, or (with since/until) the merged range against the reference."""
-        mv = self._endpoint_version(name)
-        prof = self.profile(mv)
-        if prof is None:
-            return self._empty(name, mv, baseline, "no reference profile for this version (register one)")
-        if since is None and until is None:
-            with self._lock:
-                latest = self._latest.get(name)
-            if latest is None or latest.version.version != mv.version:
-                latest = self._latest_from_store(name, mv, prof)
-            if latest is None:
-                return self._empty(name, mv, baseline, "no closed window with traffic yet")
-            rep = latest.reports.get(baseline)
-            if rep is None:
-                return self._empty(name, mv, baseline, "no previous window to compare with yet")
-            return rep
-        if baseline != "reference":
-            raise MonitorError(422, "a time range is compared with the reference only", "baseline")
-        hist, start, end = self._merged(name, mv, prof, since, until)
-        if hist is None:
-            return self._empty(name, mv, baseline, "no windows in that range")
-        rep = compare(WindowHistogram.from_profile(prof), hist, self._thresholds(name))
-        return self._report_out(name, mv, baseline, start, end, rep)
-
-    def _latest_from_store(self, name: str, mv: ModelVersion, prof: ReferenceProfile) -> _Latest | None:
-        cur = self._cursor()
-        try:
-            rows = cur.execute(
-                """SELECT window_start, window_end, histogram FROM drift_windows WHERE endpoint = ? AND version = ?
-                   ORDER BY window_start DESC LIMIT 2""",
-                [name, mv.version],
-            ).fetchall()
-        finally:
-            cur.close()
-        if not rows:
-            return None
-        start, end, body = rows[0]
-        hist = WindowHistogram.from_json(_loads(body), prof)
-        th = self._thresholds(name)
-        reports = {"reference": self._report_out(name, mv, "reference", start, end,
-                                                 compare(WindowHistogram.from_profile(prof), hist, th))}  # fmt: skip
-        if len(rows) > 1:
-            prev = WindowHistogram.from_json(_loads(rows[1][2]), prof)
-            reports["previous"] = self._report_out(
-                name, mv, "previous", start, end, compare(prev, hist, th, baseline="previous")
-            )
-        latest = _Latest(mv, start, end, reports)
-        with self._lock:
-            self._latest.setdefault(name, latest)
-        return latest
-
-    def _merged(self, name: str, mv: ModelVersion, prof: ReferenceProfile, since: float | None, until: float | None):
-        cur = self._cursor()
-        try:
-            rows = cur.execute(
-                """SELECT window_start, window_end, histogram FROM drift_windows
-                   WHERE endpoint = ? AND version = ? AND window_end > ? AND window_start < ? ORDER BY window_start""",
-                [name, mv.version, since if since is not None else -1.0, until if until is not None else 1e18],
-            ).fetchall()
-        finally:
-            cur.close()
-        if not rows:
-            return None, None, None
-        hist = WindowHistogram.from_json(_loads(rows[0][2]), prof)
-        first = rows[0][0]
-        for start, _, body in rows[1:]:
-            w = WindowHistogram.from_json(_loads(body), prof)
-            if w.ranges != hist.ranges:
-                # Windows stored by an older agent counted out-of-range against other bounds (it left bounds
-                # the signature lacks open): their counts can't be added to these, so the range starts here.
-                hist, first = w, start
-                continue
-            hist = hist.merge(w)
-        return hist, first, rows[-1][1]
-
-    def history(self, name: str, baseline: str = "reference", since: float | None = None) -> DriftHistory:
-        """Per feature, its score per window (newest last), for sparklines."""
-        mv = self._endpoint_version(name)
-        since = since if since is not None else time.time() - 6 * 3600
-        cur = self._cursor()
-        try:
-            rows = cur.execute(
-                """SELECT feature, window_end, score, drifted, verdict FROM drift_scores
-                   WHERE endpoint = ? AND version = ? AND baseline = ? AND window_end > ? ORDER BY window_end""",
-                [name, mv.version, baseline, since],
-            ).fetchall()
-        finally:
-            cur.close()
-        feats: dict[str, list[DriftPoint]] = {}
-        for feature, end, score, drifted, verdict in rows:
-            feats.setdefault(feature, []).append(DriftPoint(window_end=end, score=score, drifted=drifted,
-                                                            verdict=verdict))  # fmt: skip
-        return DriftHistory(endpoint=name, baseline=baseline, features=feats)  # type: ignore[arg-type]
-
-    def histogram(
-        self, name: str, feature: str, since: float | None = None, until: float | None = None
-    ) -> HistogramOut:
-        """Reference vs current shares over the frozen coarse bins of one feature (latest window by default)."""
-        mv = self._endpoint_version(name)
-        prof = self.profile(mv)
-        if prof is None:
-            raise MonitorError(409, "no reference profile for this version", "name")
-        if feature not in _profile_names(prof):
-            raise MonitorError(404, f"no feature {feature!r} in the reference profile", "feature")
-        if since is None and until is None:
-            with self._lock:
-                latest = self._latest.get(name)
-            if latest is not None and latest.version.version == mv.version:
-                since, until = latest.start, latest.end
-        hist, start, end = self._merged(name, mv, prof, since, until)
-        ref = WindowHistogram.from_profile(prof)
-        bins, r = ref.shares(feature)
-        cur = hist.shares(feature)[1] if hist is not None else [0.0] * len(bins)
-        kind = "categorical" if feature in prof.categorical or _is_categorical(prof, feature) else "numeric"
-        return HistogramOut(endpoint=name, feature=feature, kind=kind, bins=bins, reference=r, current=cur,
-                            window_start=start, window_end=end)  # fmt: skip
-
-    def _report_out(
-        self, name: str, mv: ModelVersion, baseline: str, start: float | None, end: float | None, rep: DriftReport
-    ) -> DriftReportOut:
-        # Labels arrive late: the label column is judged by `label_drift`, not per window.
-        sig = {f.name: f for f in mv.signature.features}
-        feats = [
-            FeatureDriftOut(**_clean(f), range_source=_range_source(sig.get(f.name), f))
-            for f in rep.features
-            if f.role != "label"
-        ]
-        return DriftReportOut(
-            endpoint=name, model=mv.name, version=mv.version, baseline=baseline,  # type: ignore[arg-type]
-            window_start=start, window_end=end, n_ref=rep.n_ref, n_cur=rep.n_cur,
-            drift_share=_finite(rep.drift_share) or 0.0, dataset_drift=bool(rep.dataset_drift),
-            features_judged=rep.judged, features_drifted=rep.drifted,
-            features=self._with_rejections(name, start, end, feats), computed_at=time.time(),
-        )  # fmt: skip
-
-    def _with_rejections(
-        self, name: str, start: float | None, end: float | None, feats: list[FeatureDriftOut]
-    ) -> list[FeatureDriftOut]:
-        """Add the window's refused requests per feature (type mismatches, corrupt values) as a quality issue.
-
-        Only features of the signature can be refused; the prediction column keeps None."""
-        if start is None or end is None:
-            return feats
-        counts = self._serving.rejections(name, start, end)
-        out = []
-        for f in feats:
-            if f.name.startswith("__"):
-                out.append(f)
-                continue
-            n = counts.get(f.name, 0)
-            update: dict[str, Any] = {"rejected_requests": n}
-            if n:
-                update["quality_issues"] = [*f.quality_issues, "rejected_values"]
-                update["verdict"] = "drift+quality" if f.drifted else "quality"
-            out.append(f.model_copy(update=update))
-        return out
-
-    def _empty(self, name: str, mv: ModelVersion, baseline: str, note: str) -> DriftReportOut:
-        return DriftReportOut(
-            endpoint=name, model=mv.name, version=mv.version, baseline=baseline,  # type: ignore[arg-type]
-            window_start=None, window_end=None, n_ref=0, n_cur=0, drift_share=0.0, dataset_drift=False,
-            features=[], computed_at=time.time(), note=note,
-        )  # fmt: skip
-
-    # ------------------------------------------------------------------ labels
-
-    def feedback(self, name: str, items: list[FeedbackItem], principal: str) -> FeedbackAccepted:
-        """Store labels durably (the call returns after commit); count ids not (yet) in the log."""
-        self._endpoint_version(name)
-        now = time.time()
-        ids = sorted({it.request_id for it in items})
-        rows = [
-            (it.ts if it.ts is not None else now, now, name, it.request_id, it.row_idx, it.label, it.value, principal)
-            for it in items
-        ]
-
-        def write(con: duckdb.DuckDBPyConnection) -> int:
-            import pyarrow as pa
-
-            cols = list(zip(*rows, strict=True))
-            tbl = pa.table({f"c{i}": pa.array(c) for i, c in enumerate(cols)})
-            con.register("_wk_fb", tbl)
-            try:
-                con.execute(
-                    "INSERT INTO feedback SELECT make_timestamp(CAST(round(c0 * 1e6) AS BIGINT)), c1, c2, c3, c4, "
-                    "c5, c6, c7 FROM _wk_fb"
-                )
-            finally:
-                con.unregister("_wk_fb")
-            # fetchall, not fetchone: this is the writer's connection, and a result left unfinished
-            # would make its next INSERT fail ("connection has an unfinished result").
-            found = con.execute(
-                "SELECT count(DISTINCT request_id) FROM predictions WHERE endpoint = ? AND request_id IN "
-                "(SELECT unnest(?))",
-                [name, ids],
-            ).fetchall()
-            return int(found[0][0]) if found else 0
-
-        known = self._writer.call(write, timeout=30.0)
-        return FeedbackAccepted(accepted=len(items), unknown_request_ids=len(ids) - known)
-
-    def quality(self, name: str, window_s: float | None = None, since: float | None = None) -> QualityReport:
-        """Quality per version and window over predictions whose labels have arrived."""
-        mv = self._endpoint_version(name)
-        w = window_s or max(self.cfg.window, 3600.0)
-        since = since if since is not None else time.time() - 7 * 86400
-        cur = self._cursor()
-        try:
-            tbl = cur.sql(
-                f"""WITH fb AS (
-                        SELECT request_id, row_idx, arg_max(label, received_at) AS label,
-                               arg_max(value, received_at) AS value
-                        FROM feedback WHERE endpoint = ? GROUP BY 1, 2)
-                    SELECT p.model, p.version, floor(epoch(p.ts) / {w}) * {w} AS ws, p.score, p.label AS predicted,
-                           fb.label AS truth, fb.value AS truth_value
-                    FROM predictions p LEFT JOIN fb USING (request_id, row_idx)
-                    WHERE p.endpoint = ? AND p.status = 'ok' AND p.version IS NOT NULL
-                      AND p.ts >= make_timestamp(CAST(? * 1e6 AS BIGINT))""",
-                params=[name, name, since],
-            ).to_arrow_table()
-        finally:
-            cur.close()
-        kind = mv.signature.output.kind
-        windows = _quality_windows(tbl, w, kind, _positive_label(mv))
-        ref_metrics = {k.removeprefix("val_"): float(v) for k, v in mv.metrics.items()
-                       if k.removeprefix("val_") in ("accuracy", "auc", "f1", "mae", "rmse")}  # fmt: skip
-        return QualityReport(endpoint=name, kind=kind, windows=windows, reference_metrics=ref_metrics)
-
-    def label_drift(self, name: str, since: float | None = None) -> FeatureDriftOut | None:
-        """The arrived labels' distribution against the reference's, over predictions since `since`."""
-        mv = self._endpoint_version(name)
-        prof = self.profile(mv)
-        if prof is None or prof.label is None:
-            return None
-        since = since if since is not None else time.time() - 86400
-        cur = self._cursor()
-        try:
-            labels = [
-                r[0]
-                for r in cur.execute(
-                    """SELECT arg_max(f.label, f.received_at)
-                       FROM feedback f JOIN predictions p USING (request_id, row_idx)
-                       WHERE p.endpoint = ? AND p.version = ? AND f.endpoint = ?
-                         AND p.ts >= make_timestamp(CAST(? * 1e6 AS BIGINT))
-                       GROUP BY f.request_id, f.row_idx""",
-                    [name, mv.version, name, since],
-                ).fetchall()
-            ]
-        finally:
-            cur.close()
-        hist = WindowHistogram.empty(prof, self._ranges(mv, prof))
-        hist.update({prof.label: np.array(labels, dtype=object)})
-        rep = compare(WindowHistogram.from_profile(prof), hist, self._thresholds(name))
-        f = next((f for f in rep.features if f.name == prof.label), None)
-        return None if f is None else FeatureDriftOut(**_clean(f))
-
-    # ------------------------------------------------------------------ alert signals
-
-    def signals(self) -> list[Any]:
-        """Alert signals from the latest windows (drift, data quality), label drift and model quality.
-
-        Label drift and quality join the prediction log with feedback: they are recomputed at most once a
-        window (`monitoring.window`), not at every rule evaluation.
-        """
-        from agent.alerting.signals import drift_signals, quality_signals
-
-        out: list[Any] = []
-        with self._lock:
-            latest = dict(self._latest)
-        for name, lt in latest.items():
-            if name not in self._serving.endpoints:
-                continue
-            rep = lt.reports.get("reference")
-            lab, quality = self._labels_cached(name)
-            if rep is not None:
-                if lab is not None:
-                    rep = rep.model_copy(update={"features": [*rep.features, lab]})
-                out.extend(drift_signals(rep, "reference"))
-            if quality is not None:
-                out.extend(quality_signals(quality))
-        return out
-
-    def _labels_cached(self, name: str) -> tuple[FeatureDriftOut | None, QualityReport | None]:
-        now = time.monotonic()
-        hit = self._label_cache.get(name)
-        if hit is not None and now - hit[0] < max(self.cfg.window, 30.0):
-            return hit[1], hit[2]
-        lab = quality = None
-        try:
-            lab = self.label_drift(name)
-            quality = self.quality(name)
-        except MonitorError:
-            pass
-        except Exception:  # a failing query must not stop the other endpoints' signals
-            log.exception("labels of %s", name)
-        self._label_cache[name] = (now, lab, quality)
-        return lab, quality
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _range_source(spec: Any, f: Any) -> str | None:
-    """Where a numeric feature's out-of-range bounds came from: the signature, the reference profile, or both
-    (one bound each). None for categorical columns, the prediction, and bounds open on both sides."""
-    if f.kind != "numeric" or (f.range_min is None and f.range_max is None):
-        return None
-    from_sig = [spec is not None and getattr(spec, k) is not None for k in ("min", "max")]
-    if all(from_sig):
-        return "signature"
-    return "signature+reference" if any(from_sig) else "reference"
-
-
-def _profile_names(prof: ReferenceProfile) -> set[str]:
-    return set(prof.numeric) | set(prof.categorical)
-
-
-def _is_categorical(prof: ReferenceProfile, name: str) -> bool:
-    return name in prof.categorical
-
-
-def _frame(batch: Any, num_names: list[str], cat_names: list[str], prediction: str | None) -> dict[str, np.ndarray]:
-    """Columns of a record batch of (num DOUBLE[], cat VARCHAR[], score) as one array per feature."""
-    import pyarrow.compute as pc
-
-    n = batch.num_rows
-    frame: dict[str, np.ndarray] = {}
-    if num_names:
-        col = batch.column(0)
-        vals = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
-        if vals.size == n * len(num_names):
-            mat = vals.reshape(n, len(num_names))
-            for i, f in enumerate(num_names):
-                frame[f] = mat[:, i]
-    if cat_names:
-        col = batch.column(1)
-        vals = np.asarray(pc.list_flatten(col).to_pylist(), dtype=object)
-        if vals.size == n * len(cat_names):
-            mat = vals.reshape(n, len(cat_names))
-            for i, f in enumerate(cat_names):
-                frame[f] = mat[:, i]
-    if prediction is not None:
-        frame[prediction] = batch.column(2).to_numpy(zero_copy_only=False).astype(np.float64)
-    return frame
-
-
-def _quality_windows(tbl: Any, w: float, kind: str, positive: str | None) -> list[QualityWindow]:
-    if tbl.num_rows == 0:
-        return []
-    d = {c: tbl.column(c).to_numpy(zero_copy_only=False) for c in tbl.column_names}
-    keys = sorted({(m, int(v), float(ws)) for m, v, ws in zip(d["model"], d["version"], d["ws"], strict=True)})
-    out = []
-    for model, version, ws in keys:
-        sel = (d["model"] == model) & (d["version"] == version) & (d["ws"] == ws)
-        truth = d["truth"][sel]
-        tv = d["truth_value"][sel].astype(np.float64)
-        labelled = (truth != None) | ~np.isnan(tv)  # noqa: E711 (elementwise over an object array)
-        qw = QualityWindow(model=model, version=version, window_start=ws, window_end=ws + w,
-                           labelled=int(labelled.sum()), predictions=int(sel.sum()))  # fmt: skip
-        if labelled.any():
-            if kind == "regression":
-                t = np.where(np.isnan(tv), np.array([_to_float(x) for x in truth]), tv)
-                m = q.regression(d["score"][sel].astype(np.float64)[labelled], t[labelled])
-            else:
-                m = q.classification(
-                    d["score"][sel].astype(np.float64)[labelled] if kind == "binary" else None,
-                    d["predicted"][sel][labelled], truth[labelled], positive,
-                )  # fmt: skip
-            qw = qw.model_copy(update={k: v for k, v in m.items() if v is not None})
-        out.append(qw)
-    return out
-
-
-def _positive_label(mv: ModelVersion) -> str | None:
-    spec = mv.signature.output
-    if spec.kind != "binary":
-        return None
-    return (spec.labels or ["0", "1"])[1]
-
-
-def _to_float(x: Any) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _finite(x: Any) -> float | None:
-    if x is None:
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def _clean(f: Any) -> dict[str, Any]:
-    """A FeatureDrift as wire fields: NaN/inf become None (JSON has no NaN)."""
-    d = f.__dict__ if hasattr(f, "__dict__") else dict(f)
-    out = {}
-    for k in FeatureDriftOut.model_fields:
-        if k not in d:
-            continue
-        v = d[k]
-        if isinstance(v, float | np.floating):
-            v = _finite(v)
-        elif isinstance(v, np.integer | np.bool_):
-            v = v.item()
-        elif isinstance(v, Iterable) and not isinstance(v, str):
-            v = list(v)
-        out[k] = v
-    return out
-
-
-def _dumps(obj: Any) -> str:
-    import orjson
-
-    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-
-
-def _loads(s: str) -> Any:
-    import orjson
-
-    return orjson.loads(s)
+lazy_statistics(globals())

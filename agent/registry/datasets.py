@@ -23,7 +23,6 @@ from typing import Any
 
 import duckdb
 
-from agent.api.schemas import DatasetInfo
 from agent.registry.store import (
     Conflict,
     Invalid,
@@ -33,6 +32,7 @@ from agent.registry.store import (
     check_name,
     file_sha256,
 )
+from agent.schemas import DatasetInfo
 from agent.store.writer import StoreWriter
 
 log = logging.getLogger("watchkeeper.datasets")

@@ -13,18 +13,15 @@ Every read the API serves from here comes from an in-memory cache loaded at star
 each committed write; only the rare, unbounded reads (a version's profile, alias history) take a
 DuckDB cursor. Writes go through `StoreWriter.call`, on the writer thread.
 
-Artifact checks import onnxruntime/torch lazily, so an agent that never registers stays small.
+Artifacts on disk and their checks are agent/registry/artifacts.py; what it refuses, agent/registry/errors.py.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
-import math
 import os
-import re
 import shutil
 import threading
 import time
@@ -34,256 +31,40 @@ from typing import Any
 
 import duckdb
 
-from agent.api.schemas import (
-    NAME_PATTERN,
-    AliasEvent,
-    AliasMove,
-    Lineage,
-    ModelFormat,
-    ModelSummary,
-    ModelVersion,
-    ModelVersionCreate,
-    Signature,
+from agent.registry.artifacts import (
+    PROFILE_SCHEMA,
+    _check_profile,
+    _fsync_path,
+    _non_finite,
+    _remove_tree,
+    _why,
+    file_sha256,
+    max_artifact_bytes,
+    reset_tmp_dir,
+    validate_artifact,
 )
-from agent.serving.signature import encoded_width, signature_problems
+from agent.registry.errors import Conflict, Invalid, InvalidModel, NotFound, RegistryError, StoreUnavailable, check_name
+from agent.registry.signature import signature_problems
+from agent.schemas import AliasEvent, AliasMove, Lineage, ModelSummary, ModelVersion, ModelVersionCreate, Signature
 from agent.store.writer import StoreWriter
 
 log = logging.getLogger("watchkeeper.registry")
 
-DEFAULT_MAX_ARTIFACT_BYTES = 2 * 1024**3
-MAX_ARTIFACT_ENV = "WATCHKEEPER_MAX_ARTIFACT_BYTES"
+__all__ = [
+    "ARTIFACT_FILES", "PROFILE_SCHEMA", "Conflict", "Invalid", "InvalidModel", "NotFound", "Registry", "RegistryError",
+    "StoreUnavailable", "_fsync_path", "check_name", "file_sha256", "max_artifact_bytes", "reset_tmp_dir",
+    "validate_artifact",
+]  # fmt: skip
+
 # torch.export archives are `.pt2` (torch.export.load warns about any other name).
 ARTIFACT_FILES: dict[str, str] = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2"}
 # `GET /models/{name}/aliases/history` is a route, so no alias may be called that.
 RESERVED_ALIASES = frozenset({"history"})
 
-_NAME_RE = re.compile(NAME_PATTERN)
-_CHUNK = 1024 * 1024
 
 AuditHook = Callable[[dict], None]
 AliasSubscriber = Callable[[AliasEvent], None]
 
-
-def max_artifact_bytes() -> int:
-    """The artifact size cap: 2 GiB, or `$WATCHKEEPER_MAX_ARTIFACT_BYTES` (tests lower it)."""
-    raw = os.environ.get(MAX_ARTIFACT_ENV, "").strip()
-    if raw:
-        try:
-            value = int(raw)
-        except ValueError:
-            log.warning("ignoring %s=%r: not an integer", MAX_ARTIFACT_ENV, raw)
-        else:
-            if value > 0:
-                return value
-    return DEFAULT_MAX_ARTIFACT_BYTES
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class RegistryError(Exception):
-    """A request the registry refuses; the API turns it into an `ErrorBody` with the same fields."""
-
-    status = 400
-    error = "bad_request"
-
-    def __init__(self, detail: str, field: str | None = None, *, error: str | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.field = field
-        if error is not None:
-            self.error = error
-
-
-class NotFound(RegistryError):
-    status = 404
-    error = "not_found"
-
-
-class Conflict(RegistryError):
-    status = 409
-    error = "conflict"
-
-
-class Invalid(RegistryError):
-    status = 422
-    error = "invalid_request"
-
-
-class InvalidModel(Invalid):
-    """The artifact or its metadata can't be served as described."""
-
-    error = "invalid_model"
-
-
-class StoreUnavailable(RegistryError):
-    status = 503
-    error = "store_unavailable"
-
-
-def check_name(value: str, field: str = "name") -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise Invalid(
-            f"{field} {value!r} must be 1-64 characters of [A-Za-z0-9_.-], starting with a letter or digit",
-            field,
-        )
-    return value
-
-
-# --------------------------------------------------------------------------- files
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove a directory holding read-only files (unlinking needs only the directory writable)."""
-    for p in sorted(path.rglob("*"), reverse=True):
-        if p.is_dir() and not p.is_symlink():
-            p.chmod(0o700)
-            p.rmdir()
-        else:
-            p.unlink()
-    path.rmdir()
-
-
-def reset_tmp_dir(path: Path) -> None:
-    """Empty (or create, 0700) the directory uploads are streamed into; leftovers are from a crash."""
-    if path.exists():
-        for p in path.iterdir():
-            try:
-                if p.is_dir() and not p.is_symlink():
-                    _remove_tree(p)
-                else:
-                    p.unlink()
-            except OSError as e:
-                log.warning("cannot remove leftover upload %s: %s", p, e)
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-
-# --------------------------------------------------------------------------- artifact checks
-
-
-def _why(e: BaseException, limit: int = 300) -> str:
-    text = str(e).strip().splitlines()
-    line = text[0] if text else type(e).__name__
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def validate_artifact(path: Path, fmt: ModelFormat, sig: Signature) -> None:
-    """Load the artifact as `fmt` and check it takes the signature's encoded width; raise `InvalidModel`.
-
-    Runs in the caller's (worker) thread; onnxruntime/torch are imported here, not at agent start.
-    """
-    width = encoded_width(sig)
-    if fmt == "onnx":
-        _check_onnx(path, width)
-    elif fmt == "torchscript":
-        _check_torch(path, width, export=False)
-    elif fmt == "torch_export":
-        _check_torch(path, width, export=True)
-    else:  # pragma: no cover - the schema's Literal admits nothing else
-        raise InvalidModel(f"unknown format {fmt!r}", "format")
-
-
-def _check_onnx(path: Path, width: int) -> None:
-    try:
-        import onnxruntime as ort
-    except ImportError:  # pragma: no cover - a runtime dependency
-        raise InvalidModel("this agent has no onnxruntime", "format") from None
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 4  # fatal only: a rejected upload is answered, not logged by ORT
-    try:
-        sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise InvalidModel(f"not a loadable ONNX model: {_why(e)}", "artifact") from None
-    inputs = sess.get_inputs()
-    if len(inputs) != 1:
-        names = ", ".join(repr(i.name) for i in inputs)
-        raise InvalidModel(
-            f"an ONNX model must have exactly one input (the encoded feature vector); this one has "
-            f"{len(inputs)}: {names}",
-            "artifact",
-        )
-    inp = inputs[0]
-    if inp.type != "tensor(float)":
-        raise InvalidModel(f"input {inp.name!r} is {inp.type}; expected tensor(float)", "artifact")
-    shape = list(inp.shape or [])
-    if not shape:
-        raise InvalidModel(f"input {inp.name!r} is a scalar; expected [batch, {width}]", "artifact")
-    last = shape[-1]
-    if isinstance(last, int) and last != width:
-        raise InvalidModel(
-            f"input {inp.name!r} takes {last} values per row; the signature encodes to {width} "
-            "(one per numeric feature, one per category)",
-            "artifact",
-        )
-    if len(shape) == 2 and (not isinstance(shape[0], int) or shape[0] == 1):
-        import numpy as np
-
-        try:
-            sess.run(None, {inp.name: np.zeros((1, width), dtype=np.float32)})
-        except Exception as e:
-            raise InvalidModel(f"the model fails on a row of zeros of width {width}: {_why(e)}", "artifact") from None
-
-
-def _check_torch(path: Path, width: int, export: bool) -> None:
-    try:
-        import torch
-    except ImportError:
-        raise InvalidModel(
-            "this agent has no torch: register an ONNX export, or install the agent's torch extra", "format"
-        ) from None
-    torch.set_num_threads(1)  # as the serving runtimes do: a check must not take every core
-    kind = "torch.export" if export else "TorchScript"
-    try:
-        model = torch.export.load(str(path)).module() if export else torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:
-        raise InvalidModel(f"not a loadable {kind} model: {_why(e)}", "artifact") from None
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, width, dtype=torch.float32))
-    except Exception as e:
-        hint = " (export it with a dynamic batch dimension)" if export else ""
-        raise InvalidModel(
-            f"the model does not take a [1, {width}] float input (the signature's encoded width){hint}: {_why(e)}",
-            "artifact",
-        ) from None
-
-
-def _non_finite(obj: Any, path: str) -> str | None:
-    """The path of the first NaN/Infinity in a JSON-like value (they can't be answered as JSON)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return path
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            found = _non_finite(v, f"{path}.{k}" if path else str(k))
-            if found:
-                return found
-    elif isinstance(obj, list | tuple):
-        for i, v in enumerate(obj):
-            found = _non_finite(v, f"{path}.{i}" if path else str(i))
-            if found:
-                return found
-    return None
-
-
-# --------------------------------------------------------------------------- the registry
 
 _VERSION_COLUMNS = (
     "name, version, digest, size_bytes, format, created_at, created_by, description, lineage, signature, tags, metrics"
@@ -697,30 +478,3 @@ def _version_from_row(r: tuple) -> ModelVersion:
         metrics=json.loads(metrics),
         has_profile=bool(prof),
     )
-
-
-PROFILE_SCHEMA = "watchkeeper.reference-profile/2"
-
-
-def _check_profile(meta: ModelVersionCreate) -> None:
-    """A profile in our schema must parse and describe the signature's features; others are kept as given.
-
-    (Profiles of another schema are stored for the record; monitoring only uses ours.)
-    """
-    prof = meta.profile
-    if prof is None or prof.get("schema") != PROFILE_SCHEMA:
-        return
-    from agent.monitoring.profile import ReferenceProfile  # numpy: only when a profile is registered
-
-    try:
-        parsed = ReferenceProfile.from_json(prof)
-    except ValueError as e:
-        raise Invalid(f"profile: {e}", "profile") from None
-    sig = {f.name: f.dtype for f in meta.signature.features}
-    for name in parsed.features:
-        if name not in sig:
-            raise Invalid(f"profile: feature {name!r} is not in the signature", "profile")
-        kind = parsed.columns[name].kind
-        if (kind == "categorical") != (sig[name] == "category"):
-            msg = f"profile: feature {name!r} is {kind} in the profile, {sig[name]} in the signature"
-            raise Invalid(msg, "profile")

@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from agent.api.schemas import ABResult
+from agent.schemas import ABResult
 from agent.store.sqltime import ts_from_unix
 
 ALPHA = 0.05

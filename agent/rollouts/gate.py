@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent.api.schemas import DatasetInfo, GateMetricOut, GateResult, MetricThreshold, ModelVersion
+from agent.schemas import DatasetInfo, GateMetricOut, GateResult, MetricThreshold, ModelVersion
 
 if TYPE_CHECKING:
     import numpy as np

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from agent.api.schemas import GuardMetric, RolloutGuards
+from agent.schemas import GuardMetric, RolloutGuards
 
 P99_MIN_EXCESS_MS = 2.0
 

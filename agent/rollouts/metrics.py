@@ -19,7 +19,7 @@ from typing import get_args
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from agent.api.schemas import ROLLOUT_TERMINAL, RolloutOut, RolloutState
+from agent.schemas import ROLLOUT_TERMINAL, RolloutOut, RolloutState
 
 STATES: tuple[str, ...] = get_args(RolloutState)
 LABELS = ["rollout", "endpoint", "model", "strategy"]

@@ -1,6 +1,6 @@
 """Rollout plans: the default plan of each strategy and the checks every plan passes before it runs.
 
-A plan is a list of steps (Argo Rollouts' model; `agent.api.schemas.RolloutStep`), each with exactly one of:
+A plan is a list of steps (Argo Rollouts' model; `agent.schemas.RolloutStep`), each with exactly one of:
 
 - `set_weight` (percent): the candidate's share of live traffic from now on; the next step follows at once;
 - `shadow` (0..1): the share of stable's requests also sent to the candidate, whose answers are only compared;
@@ -30,7 +30,7 @@ for every strategy).
 
 from __future__ import annotations
 
-from agent.api.schemas import RolloutGuards, RolloutStep, RolloutStrategy
+from agent.schemas import RolloutGuards, RolloutStep, RolloutStrategy
 
 MAX_STEPS = 64
 STEP_FIELDS = ("set_weight", "shadow", "pause_s", "approval", "analysis_s")

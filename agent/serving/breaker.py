@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from agent.api.schemas import BreakerConfig
+from agent.schemas import BreakerConfig
 
 
 class CircuitBreaker:

@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.api.schemas import FeatureSpec, Signature
+from agent.registry.signature import encoded_width
+from agent.schemas import FeatureSpec, Signature
 from agent.serving.errors import ValidationFailed
-from agent.serving.signature import encoded_width
 
 if TYPE_CHECKING:
     import numpy as np

@@ -26,7 +26,7 @@ import ctypes
 import ctypes.util
 import time
 
-from agent.api.peercred import PeerCredProtocol
+from agent.auth.peercred import PeerCredProtocol
 
 ARRIVAL = "watchkeeper.arrival"
 # Shed a request that already waited this share of its endpoint's timeout: the rest is left for the model

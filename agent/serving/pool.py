@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from agent.api.schemas import LoadedModel
+from agent.schemas import LoadedModel
 from agent.serving.runtimes import Runtime, load_runtime
 
 log = logging.getLogger("watchkeeper.serving")

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from agent.api.schemas import EndpointVersionStats, LatencySummary
+from agent.schemas import EndpointVersionStats, LatencySummary
 
 BOUNDS_MS: list[float] = [0.01 * 10 ** (i / 25) for i in range(25 * 7 + 1)]  # 0.01 ms .. 100 s
 WINDOW_S = 60.0

@@ -11,7 +11,7 @@ import time
 
 import duckdb
 
-from agent.api.schemas import (
+from agent.schemas import (
     GPU_METRICS,
     HOST_METRICS,
     AgentAlert,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from agent.api.schemas import EnforcementInfo
+from agent.schemas import EnforcementInfo
 
 CGROUP_MOUNT = "sys/fs/cgroup"
 _REQUIRED = ("cpu", "memory")

@@ -19,66 +19,36 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.api.schemas import GpuProcess, GpuSample, GpuStatus, MigDevice
+from agent.schemas import GpuProcess, GpuSample, GpuStatus, MigDevice
+from agent.telemetry.nvml import (
+    _FUNCTION_NOT_FOUND,
+    _GONE_REASONS,
+    _INIT_REASONS,
+    _LIBRARY_NOT_FOUND,
+    _METRIC_FIELDS,
+    _NOT_SUPPORTED,
+    _NVML_CLOCK_SM,
+    _NVML_DEVICE_MIG_ENABLE,
+    _NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+    _NVML_TEMPERATURE_GPU,
+    _NVML_VOLATILE_ECC,
+    _PROCESS_FUNCTIONS,
+    _VALUE_NOT_AVAILABLE,
+    _code,
+    _describe,
+    _Gpu,
+    _GpuGone,
+    _text,
+)
+from agent.telemetry.xid import MAX_XID_EVENTS_PER_SAMPLE, XidEvents
+
+__all__ = ["INIT_RETRY_S", "MAX_XID_EVENTS_PER_SAMPLE", "GpuSource", "NvmlGpuSource"]
 
 log = logging.getLogger("watchkeeper.telemetry.gpu")
 
 INIT_RETRY_S = 60.0
-MAX_XID_EVENTS_PER_SAMPLE = 64
-
-# NVML return codes from nvml.h. They are stable across drivers, so classifying by code also works
-# with old bindings that lack some of pynvml's NVMLError_* subclasses.
-_NOT_SUPPORTED = 3
-_NO_PERMISSION = 4
-_NOT_FOUND = 6
-_DRIVER_NOT_LOADED = 9
-_TIMEOUT = 10
-_LIBRARY_NOT_FOUND = 12
-_FUNCTION_NOT_FOUND = 13
-_GPU_IS_LOST = 15
-_RESET_REQUIRED = 16
-_LIB_RM_VERSION_MISMATCH = 18
-
-_NVML_TEMPERATURE_GPU = 0
-_NVML_CLOCK_SM = 1
-_NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
-_NVML_VOLATILE_ECC = 0
-_NVML_DEVICE_MIG_ENABLE = 1
-_XID_CRITICAL_EVENT = 0x8  # nvmlEventTypeXidCriticalError
-_VALUE_NOT_AVAILABLE = 2**64 - 1  # NVML_VALUE_NOT_AVAILABLE_ulonglong
-
-_INIT_REASONS = {
-    _LIBRARY_NOT_FOUND: "NVIDIA driver library not found (no GPU driver on this host)",
-    _DRIVER_NOT_LOADED: "NVIDIA driver is not loaded (kernel module not running)",
-    _NO_PERMISSION: "no permission to use the NVIDIA driver (check access to /dev/nvidia*)",
-    _LIB_RM_VERSION_MISMATCH: (
-        "NVIDIA driver and library versions differ (reload the driver or reboot after an upgrade)"
-    ),
-}
-_GONE_REASONS = {_GPU_IS_LOST: "GPU is lost", _RESET_REQUIRED: "GPU requires a reset"}
-
-# Newest first: an old plain binding reads the v1 struct and returns garbage on newer drivers.
-_PROCESS_FUNCTIONS = (
-    "nvmlDeviceGetComputeRunningProcesses_v3",
-    "nvmlDeviceGetComputeRunningProcesses_v2",
-    "nvmlDeviceGetComputeRunningProcesses",
-)
-_METRIC_FIELDS = (
-    "utilization_percent",
-    "memory_used_bytes",
-    "memory_total_bytes",
-    "power_watts",
-    "power_limit_watts",
-    "temperature_c",
-    "sm_clock_mhz",
-    "ecc_uncorrected_errors",
-    "xid_errors",
-    "mig_enabled",
-    "processes",
-)
 
 
 class GpuSource(Protocol):
@@ -91,45 +61,7 @@ class GpuSource(Protocol):
     def close(self) -> None: ...
 
 
-class _GpuGone(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(slots=True)
-class _Gpu:
-    index: int
-    handle: Any = None
-    name: str | None = None
-    uuid: str | None = None
-    pci_bus_id: str | None = None
-    event_set: Any = None
-    xid_reason: str | None = None  # why XIDs aren't counted, when they aren't
-    opened: bool = False  # static facts read and XID watch set up
-
-
-def _text(value: Any) -> str:
-    # Bindings before 11.5xx return bytes; pci busId is a c_char array, bytes in every version.
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    return str(value).rstrip("\x00").strip()
-
-
-def _code(exc: BaseException) -> int | None:
-    value = getattr(exc, "value", None)
-    return value if isinstance(value, int) else None
-
-
-def _describe(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except Exception:  # real pynvml's __str__ calls back into the library
-        text = ""
-    return text or f"NVML error {_code(exc)}"
-
-
-class NvmlGpuSource:
+class NvmlGpuSource(XidEvents):
     """NVIDIA GPUs through NVML (`nvidia-ml-py`); pass `nvml` to use another module (tests)."""
 
     def __init__(self, nvml: Any = None, *, retry_init_s: float = INIT_RETRY_S) -> None:
@@ -431,91 +363,6 @@ class NvmlGpuSource:
                 name = os.path.basename(_text(raw)) or None
             self._process_names[pid] = name
         return self._process_names[pid]
-
-    # ------------------------------------------------------------------ XID events
-
-    def _watch_xid(self, gpu: _Gpu) -> None:
-        # NVML has no XID counter; XIDs arrive as events, counted here from when we start watching.
-        nvml = self._nvml
-        create = getattr(nvml, "nvmlEventSetCreate", None)
-        register = getattr(nvml, "nvmlDeviceRegisterEvents", None)
-        if create is None or register is None or self._wait_function() is None:
-            gpu.xid_reason = "not available in these NVML bindings"
-            return
-        event_set = None
-        try:
-            event_set = create()
-            register(gpu.handle, _XID_CRITICAL_EVENT, event_set)
-        except Exception as exc:
-            code = _code(exc)
-            if code in _GONE_REASONS:
-                gpu.xid_reason = _GONE_REASONS[code]
-            elif code == _NOT_SUPPORTED:
-                gpu.xid_reason = "not supported"
-            else:
-                gpu.xid_reason = f"cannot watch XID events: {_describe(exc)}"
-                self._log_once(("xid-watch", code), logging.INFO, "GPU %d: %s", gpu.index, gpu.xid_reason)
-            if event_set is not None:
-                self._free_event_set(event_set)
-            return
-        gpu.event_set = event_set
-        gpu.xid_reason = None
-        self._xid_counts.setdefault(gpu.uuid or str(gpu.index), 0)
-
-    def _wait_function(self) -> Any:
-        for name in ("nvmlEventSetWait_v2", "nvmlEventSetWait"):
-            fn = getattr(self._nvml, name, None)
-            if fn is not None:
-                return fn
-        return None
-
-    def _drain_xid(self, gpu: _Gpu, un: dict[str, str]) -> int | None:
-        if gpu.event_set is None:
-            un["xid_errors"] = gpu.xid_reason or "not watched"
-            return None
-        key = gpu.uuid or str(gpu.index)
-        wait = self._wait_function()
-        for _ in range(MAX_XID_EVENTS_PER_SAMPLE):
-            try:
-                event = wait(gpu.event_set, 0)
-            except Exception as exc:
-                code = _code(exc)
-                if code == _TIMEOUT:
-                    break  # no more events: the normal way out
-                if code in _GONE_REASONS:
-                    raise _GpuGone(_GONE_REASONS[code]) from exc
-                self._log_once(
-                    ("xid-wait", code),
-                    logging.WARNING,
-                    "GPU %d: reading XID events failed, no longer watching: %s",
-                    gpu.index,
-                    _describe(exc),
-                )
-                self._free_event_set(gpu.event_set)
-                gpu.event_set = None
-                gpu.xid_reason = f"reading XID events failed: {_describe(exc)}"
-                un["xid_errors"] = gpu.xid_reason
-                return None
-            if int(event.eventType) & _XID_CRITICAL_EVENT:
-                self._xid_counts[key] = self._xid_counts.get(key, 0) + 1
-                xid = int(event.eventData)
-                # First time per GPU and XID code as a warning; a storm of the same one is debug.
-                level = logging.DEBUG if (key, xid) in self._xid_seen else logging.WARNING
-                self._xid_seen.add((key, xid))
-                log.log(level, "GPU %d (%s): XID %d", gpu.index, key, xid)
-        return self._xid_counts.get(key, 0)
-
-    def _free_event_set(self, event_set: Any) -> None:
-        try:
-            self._nvml.nvmlEventSetFree(event_set)
-        except Exception as exc:
-            log.debug("nvmlEventSetFree failed: %r", exc)
-
-    def _free_event_sets(self) -> None:
-        for gpu in self._gpus:
-            if gpu.event_set is not None:
-                self._free_event_set(gpu.event_set)
-                gpu.event_set = None
 
     # ------------------------------------------------------------------ calling NVML
 

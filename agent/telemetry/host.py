@@ -19,7 +19,7 @@ from typing import Protocol
 
 import psutil
 
-from agent.api.schemas import (
+from agent.schemas import (
     CpuSample,
     DiskUsage,
     IoRates,

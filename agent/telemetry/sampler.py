@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from agent.api.schemas import GpuSample, GpuStatus, Snapshot
+from agent.schemas import GpuSample, GpuStatus, Snapshot
 from agent.store.migrations import GPU_COLUMNS, HOST_COLUMNS
 from agent.store.writer import StoreWriter
 

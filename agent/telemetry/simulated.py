@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from agent.api.schemas import (
+from agent.schemas import (
     CpuSample,
     DiskUsage,
     GpuProcess,

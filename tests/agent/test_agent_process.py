@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.api.schemas import HostInfo, SeriesResponse, Snapshot
+from agent.schemas import HostInfo, SeriesResponse, Snapshot
 
 FAST = "flush_interval = 0.2\n"
 
@@ -293,7 +293,7 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path):
 
 @pytest.mark.parametrize("role", ["viewer", "operator"])
 def test_config_tokens_by_digest(agent_factory, role):
-    from agent.api.auth import digest, new_token
+    from agent.auth.tokens import digest, new_token
 
     token, _ = new_token()
     a = agent_factory(

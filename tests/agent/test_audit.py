@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.api.schemas import Principal
 from agent.audit import AuditLog, AuditUnavailable, read_head, verify_chain
+from agent.schemas import Principal
 from agent.store.db import open_store
 from agent.store.writer import StoreWriter
 

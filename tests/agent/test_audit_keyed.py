@@ -13,7 +13,6 @@ import os
 
 import pytest
 
-from agent.api.schemas import Principal
 from agent.audit import (
     GENESIS,
     AuditKeyError,
@@ -25,6 +24,7 @@ from agent.audit import (
     read_head_record,
 )
 from agent.audit_verify import verify_chain
+from agent.schemas import Principal
 from agent.store.db import open_store
 from agent.store.writer import StoreWriter
 

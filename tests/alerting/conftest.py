@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.api.schemas import AlertOut
+from agent.schemas import AlertOut
 from agent.store.db import open_store
 from agent.store.reader import StoreReader
 from agent.store.writer import StoreWriter

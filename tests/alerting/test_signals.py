@@ -6,7 +6,7 @@ import pytest
 
 from agent.alerting.rules import DEFAULT_RULES, MIN_LABELLED, MIN_WINDOW_REQUESTS
 from agent.alerting.signals import drift_signals, quality_signals, relative_drop, serving_signals
-from agent.api.schemas import (
+from agent.schemas import (
     DriftReportOut,
     EndpointConfig,
     EndpointInfo,

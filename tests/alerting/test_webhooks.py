@@ -8,8 +8,8 @@ import time
 import pytest
 
 from agent.alerting.webhooks import Notifier, alertmanager_payload, redact_url, rfc3339, slack_payload
-from agent.api.schemas import AlertOut
 from agent.config import WebhookConfig
+from agent.schemas import AlertOut
 from tests.alerting.receiver import Receiver
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

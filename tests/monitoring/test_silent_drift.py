@@ -17,10 +17,10 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from agent.alerting.signals import drift_signals
-from agent.api.schemas import DriftReportOut, FeatureDriftOut
 from agent.monitoring.drift import compare
 from agent.monitoring.profile import fit_profile
 from agent.monitoring.window import WindowHistogram
+from agent.schemas import DriftReportOut, FeatureDriftOut
 
 
 def _report_out(rep) -> DriftReportOut:

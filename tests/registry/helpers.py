@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from agent.api.schemas import ModelVersionCreate
+from agent.schemas import ModelVersionCreate
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = (FIXTURES / "tiny.onnx").read_bytes()

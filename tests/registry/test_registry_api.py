@@ -8,7 +8,7 @@ import stat
 import httpx
 import pytest
 
-from agent.api.schemas import AliasEvent, ModelSummary, ModelVersion
+from agent.schemas import AliasEvent, ModelSummary, ModelVersion
 from tests.registry.helpers import TINY, TWO_INPUTS, WIDE, meta, sha256, variant
 
 MODELS = "/api/v1/models"

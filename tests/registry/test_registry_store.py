@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.api.schemas import AliasEvent, AliasMove
 from agent.registry.store import (
     Conflict,
     Invalid,
@@ -19,6 +18,7 @@ from agent.registry.store import (
     RegistryError,
     reset_tmp_dir,
 )
+from agent.schemas import AliasEvent, AliasMove
 from agent.store.db import open_store
 from agent.store.writer import StoreWriter
 from tests.registry.helpers import TINY, TWO_INPUTS, WIDE, meta_model, sha256, variant, write

@@ -11,9 +11,9 @@ from typing import Any
 
 import duckdb
 
-from agent.api.schemas import EndpointConfig, ModelVersion, ModelVersionCreate, Principal
 from agent.registry.store import NotFound
 from agent.rollouts.engine import RolloutEngine
+from agent.schemas import EndpointConfig, ModelVersion, ModelVersionCreate, Principal
 from agent.serving.pool import ModelLoadError
 from agent.store.migrations import migrate
 from agent.store.writer import StoreWriter

@@ -14,8 +14,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from agent.api.schemas import ModelVersionCreate, RolloutAction, RolloutCreate
 from agent.rollouts.guards import prediction_drift
+from agent.schemas import ModelVersionCreate, RolloutAction, RolloutCreate
 from agent.serving.encode import Encoder
 from agent.serving.service import RouteMetrics
 from agent.serving.stats import ShadowWindow, VersionWindow

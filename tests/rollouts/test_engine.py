@@ -10,8 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from agent.api.schemas import DatasetInfo, RolloutAction, RolloutCreate
 from agent.rollouts.engine import RolloutEngine, RolloutError
+from agent.schemas import DatasetInfo, RolloutAction, RolloutCreate
 from agent.serving.service import RouteMetrics
 from agent.serving.stats import ShadowWindow, VersionWindow
 from tests.rollouts.fakes import ADMIN, ALICE, BOB, FLIGHTS, OLGA, VERA, World, world

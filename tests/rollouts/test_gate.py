@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from agent.api.schemas import DatasetInfo, MetricThreshold, OutputSpec
 from agent.rollouts.gate import GateError, check_thresholds, judge, log_loss, run_gate
+from agent.schemas import DatasetInfo, MetricThreshold, OutputSpec
 from tests.rollouts.fakes import FLIGHTS, version
 
 

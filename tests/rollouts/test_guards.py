@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from agent.api.schemas import RolloutGuards
 from agent.rollouts.guards import P99_MIN_EXCESS_MS, BreachTracker, feature_drift_share, judge, prediction_drift
+from agent.schemas import RolloutGuards
 from agent.serving.service import RouteMetrics
 from agent.serving.stats import ShadowWindow, VersionWindow
 from agent.store.migrations import migrate

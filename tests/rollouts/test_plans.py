@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.api.schemas import RolloutStep
 from agent.rollouts.plans import DEFAULT_PLANS, PlanError, describe, validate_plan
+from agent.schemas import RolloutStep
 
 
 def plan(*steps: dict) -> list[RolloutStep]:

@@ -13,8 +13,8 @@ import onnxruntime as ort
 import polars as pl
 import pytest
 
-from agent.api.schemas import ModelVersionCreate
-from agent.serving.signature import encoded_width, signature_problems
+from agent.registry.signature import encoded_width, signature_problems
+from agent.schemas import ModelVersionCreate
 from tests.sample_data.test_flights import auc, encode
 
 DIR = Path(__file__).resolve().parents[2] / "sample_data" / "flights"

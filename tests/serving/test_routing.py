@@ -11,8 +11,8 @@ import orjson
 import polars as pl
 import pytest
 
-from agent.api.schemas import EndpointConfig, FaultConfig, ModelVersionCreate
 from agent.registry.store import Registry
+from agent.schemas import EndpointConfig, FaultConfig, ModelVersionCreate
 from agent.serving.service import Route, ServingService
 from agent.store.db import open_store
 from agent.store.writer import StoreWriter

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from agent.api.schemas import BreakerConfig, FeatureSpec, OutputSpec, Signature
+from agent.schemas import BreakerConfig, FeatureSpec, OutputSpec, Signature
 from agent.serving.batcher import MicroBatcher
 from agent.serving.breaker import CircuitBreaker
 from agent.serving.encode import VECTOR_MIN_ROWS, Encoder

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from agent.api.auth import LastAdminToken
 from agent.api.deps import client_of, ctx, require_admin, require_read
 from agent.api.errors import ApiError
 from agent.api.openapi import errors
-from agent.api.schemas import AuditEntry, AuditHead, AuditVerify, Principal, TokenCreate, TokenCreated, TokenInfo
 from agent.audit import AuditUnavailable, verify_chain
+from agent.auth.tokens import LastAdminToken
+from agent.schemas import AuditEntry, AuditHead, AuditVerify, Principal, TokenCreate, TokenCreated, TokenInfo
 
 router = APIRouter(tags=["admin"])
 

@@ -15,7 +15,7 @@ from agent.api.deps import ctx, require_operate, require_read
 from agent.api.errors import ApiError
 from agent.api.openapi import errors
 from agent.api.routes.admin import audited
-from agent.api.schemas import API_PREFIX, AlertAck, AlertOut, AlertSilence, AlertsResponse, AlertState, Principal
+from agent.schemas import API_PREFIX, AlertAck, AlertOut, AlertSilence, AlertsResponse, AlertState, Principal
 
 router = APIRouter(tags=["alerts"])
 Fingerprint = Path(pattern=r"^[0-9a-f]{1,64}$")

@@ -1,4 +1,4 @@
-"""Endpoints: configure, inspect, switch to fallback, predict (slow path; the fast path is agent/serving/asgi.py)."""
+"""Endpoints: configure, inspect, switch to fallback, predict (slow path; the fast path is agent/api/fastpath.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from agent.api.deps import ctx, require_operate, require_read
 from agent.api.errors import ApiError
 from agent.api.openapi import errors
 from agent.api.routes.admin import audited
-from agent.api.schemas import (
+from agent.schemas import (
     NAME_PATTERN,
     EndpointConfig,
     EndpointInfo,

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from agent import __version__
 from agent.api.deps import authenticate, ctx
 from agent.api.openapi import errors
-from agent.api.schemas import Health
+from agent.schemas import Health
 
 router = APIRouter()
 

@@ -25,20 +25,20 @@ from agent.api.errors import ApiError
 from agent.api.multipart import Part, receive
 from agent.api.openapi import BINARY, errors, multipart_body
 from agent.api.routes.admin import audited
-from agent.api.schemas import (
-    AliasEvent,
-    AliasMove,
-    ModelSummary,
-    ModelVersion,
-    ModelVersionCreate,
-    Principal,
-)
 from agent.registry.store import (
     ARTIFACT_FILES,
     Registry,
     RegistryError,
     check_name,
     max_artifact_bytes,
+)
+from agent.schemas import (
+    AliasEvent,
+    AliasMove,
+    ModelSummary,
+    ModelVersion,
+    ModelVersionCreate,
+    Principal,
 )
 
 router = APIRouter(tags=["models"])

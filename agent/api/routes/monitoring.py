@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from agent.api.deps import ctx, require_operate, require_read
 from agent.api.errors import ApiError
-from agent.api.schemas import (
+from agent.schemas import (
     MAX_UNIX_S,
     NAME_PATTERN,
     DriftBaseline,

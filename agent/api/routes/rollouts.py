@@ -26,9 +26,9 @@ from agent.api.multipart import Part, receive
 from agent.api.openapi import BINARY, errors, multipart_body
 from agent.api.routes.admin import audited
 from agent.api.routes.models import MAX_DATA_BYTES
-from agent.api.schemas import API_PREFIX, NAME_PATTERN, DatasetInfo, Principal, RolloutAction, RolloutCreate, RolloutOut
 from agent.registry.store import RegistryError, check_name
 from agent.rollouts.engine import ACTIONS, RolloutEngine, RolloutError
+from agent.schemas import API_PREFIX, NAME_PATTERN, DatasetInfo, Principal, RolloutAction, RolloutCreate, RolloutOut
 
 router = APIRouter(tags=["rollouts"])
 

@@ -15,8 +15,8 @@ from fastapi.concurrency import run_in_threadpool
 from agent import __version__
 from agent.api.deps import ctx, require_read
 from agent.api.errors import ApiError
-from agent.api.schemas import GPU_METRICS, HOST_METRICS, MAX_UNIX_S, AgentAlert, HostInfo, SeriesResponse, Snapshot
 from agent.context import AgentContext
+from agent.schemas import GPU_METRICS, HOST_METRICS, MAX_UNIX_S, AgentAlert, HostInfo, SeriesResponse, Snapshot
 from agent.store.reader import UnknownMetric
 
 Metric = Literal[HOST_METRICS + GPU_METRICS]  # type: ignore[valid-type]

@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from agent.api.auth import peer_principal
-from agent.api.schemas import API_PREFIX
+from agent.auth.roles import peer_principal
 from agent.context import AgentContext
+from agent.schemas import API_PREFIX
 from agent.serving.overload import ARRIVAL, QUEUE_SHARE, BodyBudget
 
 PREFIX = f"{API_PREFIX}/endpoints/"

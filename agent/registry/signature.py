@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.api.schemas import Signature
+from agent.schemas import Signature
 
 
 def encoded_width(sig: Signature) -> int:
