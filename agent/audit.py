@@ -12,7 +12,7 @@ can't be rewritten to match a truncated chain, and a missing head is reported. E
 was configured stay plain SHA-256 links; `keyed_since` (in the keyed head, and the first keyed entry) says
 where keying began, and verify refuses a plain link after it. What a whole-chain rewrite as plain links
 plus an unkeyed head can fake — "never keyed" — the console catches: it remembers each agent's head and
-says when a later chain no longer holds it (console/audit_heads.py).
+says when a later chain no longer holds it (console/core/audit_heads.py).
 
 A mutating request is acted on only after its entry is committed: if the audit write fails, the request
 fails (503) and nothing happens. Verification: agent/audit_verify.py.

@@ -31,5 +31,5 @@ def agent_factory(tmp_path: Path) -> Iterator:
 
 @pytest.fixture(autouse=True)
 def _console_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The console's remembered audit heads (console/audit_heads.py) go to the test's tmp dir, never ~."""
+    """The console's remembered audit heads (console/core/audit_heads.py) go to the test's tmp dir, never ~."""
     monkeypatch.setenv("WATCHKEEPER_STATE_DIR", str(tmp_path / "console-state"))

@@ -2,7 +2,7 @@
 
 This module, `console.core.errors` and `console.core.poller` are the console's data layer. They must
 not import Textual (a test enforces it) so the headless `watchkeeper status` and any future tool can
-use them, and they import nothing from `agent/` except the wire contract in `agent.api.schemas`.
+use them, and they import nothing from `agent/` except the wire contract in `agent.schemas`.
 Feature clients (`console.monitoring.client`, `console.rollouts.client`) subclass `AgentClient`.
 """
 
@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from agent.api.schemas import (
+from agent.schemas import (
     API_PREFIX,
     AgentAlert,
     AuditEntry,

@@ -15,7 +15,7 @@ from typing import TypeVar
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from agent.api.schemas import ErrorBody
+from agent.schemas import ErrorBody
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from textual.message import Message
 
-from agent.api.schemas import EndpointInfo, SeriesResponse
+from agent.schemas import EndpointInfo, SeriesResponse
 from console.core.poller import FleetStatus
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from agent.api.schemas import EndpointInfo, HostInfo, SeriesResponse, ServingStatus, Snapshot
+from agent.schemas import EndpointInfo, HostInfo, SeriesResponse, ServingStatus, Snapshot
 from console.core.client import AgentClient
 from console.core.config import AgentSpec
 from console.core.errors import AgentError, ErrorKind, as_agent_error, capture

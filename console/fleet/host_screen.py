@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Label, Static
 
-from agent.api.schemas import GpuSample, SeriesResponse, Snapshot
+from agent.schemas import GpuSample, SeriesResponse, Snapshot
 from console.core.errors import AgentError
 from console.core.messages import ConsoleError, SeriesLoaded
 from console.core.poller import AgentState, AgentStatus, FleetStatus

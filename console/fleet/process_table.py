@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from agent.api.schemas import GpuSample, ProcessSample
+from agent.schemas import GpuSample, ProcessSample
 from console.core.rows import MISSING, fmt_bytes
 from console.core.widgets.keyed_table import Cell, KeyedTable
 

@@ -158,7 +158,7 @@ class _Agent:
     def __init__(self, spec: AgentSpec, timeout: float | None) -> None:
         import httpx
 
-        from agent.api.schemas import API_PREFIX
+        from agent.schemas import API_PREFIX
 
         self.spec = spec
         self._httpx = httpx
@@ -217,7 +217,7 @@ def describe_error(status: int, body: bytes) -> str:
     """One line from an agent's `ErrorBody`: `HTTP 422 invalid_model (artifact): why`."""
     from pydantic import ValidationError
 
-    from agent.api.schemas import ErrorBody
+    from agent.schemas import ErrorBody
 
     try:
         err = ErrorBody.model_validate_json(body)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent.api.schemas import AlertOut
+from agent.schemas import AlertOut
 from console.core.feeds import is_outage
 from console.core.poller import AgentStatus, FleetStatus
 from console.core.rows import KEY_SEP, MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns

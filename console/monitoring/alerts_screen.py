@@ -20,7 +20,7 @@ from textual.binding import Binding
 from textual.widget import Widget
 from textual.widgets import Header, OptionList, Static
 
-from agent.api.schemas import AlertOut
+from agent.schemas import AlertOut
 from console.core.feeds import feed_parts
 from console.core.poller import FleetStatus
 from console.core.readonly import mutating

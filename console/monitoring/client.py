@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from pydantic import TypeAdapter, ValidationError
 
-from agent.api.schemas import (
+from agent.schemas import (
     API_PREFIX,
     AlertAck,
     AlertOut,

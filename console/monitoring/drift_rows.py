@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from agent.api.schemas import DriftHistory, DriftReportOut, FeatureDriftOut, QualityReport, QualityWindow
+from agent.schemas import DriftHistory, DriftReportOut, FeatureDriftOut, QualityReport, QualityWindow
 from console.core.rows import MISSING, Column, fmt_age
 
 SPECIAL_NAMES = {"__prediction__": "(prediction)", "__label__": "(label)"}

@@ -25,7 +25,7 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import DataTable, Header, Static
 
-from agent.api.schemas import DriftHistory, DriftReportOut, HistogramOut, QualityReport
+from agent.schemas import DriftHistory, DriftReportOut, HistogramOut, QualityReport
 from console.core.errors import why
 from console.core.messages import ConsoleError
 from console.core.poller import AgentState, AgentStatus, FleetStatus

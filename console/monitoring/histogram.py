@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from agent.api.schemas import HistogramOut
+from agent.schemas import HistogramOut
 
 EIGHTHS = " ▏▎▍▌▋▊▉"
 FULL = "█"

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from agent.api.schemas import (
+from agent.schemas import (
     API_PREFIX,
     ROLLOUT_TERMINAL,
     DatasetInfo,

@@ -118,7 +118,7 @@ def build_create(args: argparse.Namespace) -> tuple[str, Any]:
     """(model name, RolloutCreate) from the options and the plan file; usage errors name the field."""
     from pydantic import ValidationError
 
-    from agent.api.schemas import RolloutCreate
+    from agent.schemas import RolloutCreate
 
     model, version = parse_model(args.model)
     doc = load_plan(args.plan) if args.plan else {}

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.api.schemas import ROLLOUT_TERMINAL, ABResult, GateResult, GuardMetric, RolloutOut, RolloutStep
+from agent.schemas import ROLLOUT_TERMINAL, ABResult, GateResult, GuardMetric, RolloutOut, RolloutStep
 from console.core.feeds import FeedState, is_outage
 from console.core.poller import FleetStatus
 from console.core.rows import KEY_SEP, MISSING, AgentItemRow, Column, fmt_age, fmt_number, render_columns

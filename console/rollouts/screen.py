@@ -27,7 +27,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Header, Static
 
-from agent.api.schemas import ROLLOUT_TERMINAL, RolloutOut
+from agent.schemas import ROLLOUT_TERMINAL, RolloutOut
 from console.core.feeds import feed_parts
 from console.core.poller import FleetStatus
 from console.core.readonly import mutating

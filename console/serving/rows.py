@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.api.schemas import EndpointInfo, EndpointVersionStats, LoadedModel, ServingStatus
+from agent.schemas import EndpointInfo, EndpointVersionStats, LoadedModel, ServingStatus
 from console.core.feeds import FeedState
 from console.core.poller import AgentState, AgentStatus, FleetStatus, ServingState
 from console.core.rows import KEY_SEP, MISSING, AgentItemRow, Column, fmt_age, fmt_bytes

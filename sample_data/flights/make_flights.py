@@ -42,8 +42,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.api.schemas import ModelVersionCreate  # noqa: E402
-from agent.serving.signature import encoded_width, signature_problems  # noqa: E402
+from agent.registry.signature import encoded_width, signature_problems  # noqa: E402
+from agent.schemas import ModelVersionCreate  # noqa: E402
 
 SEED = 20130101
 TRAIN_MONTHS = (1, 2, 3, 4)

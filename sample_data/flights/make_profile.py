@@ -19,8 +19,8 @@ import polars as pl
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from agent.api.schemas import Signature  # noqa: E402
 from agent.monitoring.fit import fit_for_signature, reference_frame  # noqa: E402
+from agent.schemas import Signature  # noqa: E402
 
 LABEL = "delayed"
 METADATA = ("metadata.json", "metadata.torchscript.json")

@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 import make_flights as mf  # noqa: E402
 import make_profile  # noqa: E402
 
-from agent.api.schemas import Signature  # noqa: E402
+from agent.schemas import Signature  # noqa: E402
 
 TRAIN_MONTHS = (1, 2, 3, 4, 5, 6)
 OUT = HERE / "retrained"

@@ -10,7 +10,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 import console.monitoring.drift_screen as drift_screen
-from agent.api.schemas import DriftPoint
+from agent.schemas import DriftPoint
 from console.app import WatchkeeperApp
 from console.core.config import AgentSpec
 from console.core.errors import AgentError, ErrorKind

@@ -407,7 +407,7 @@ def test_each_dialog_suggests_a_reason_that_fits_its_own_action() -> None:
 
 
 def _unjudged_fleet():
-    from agent.api.schemas import GuardMetric
+    from agent.schemas import GuardMetric
     from tests.console.wk_fakes import fleet
 
     guards = [

@@ -12,7 +12,7 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from agent.api.schemas import (
+from agent.schemas import (
     ROLLOUT_TERMINAL,
     ABResult,
     AlertOut,

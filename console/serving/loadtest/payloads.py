@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.api.schemas import FeatureSpec
+from agent.schemas import FeatureSpec
 from console.serving.loadtest.options import LoadtestError
 
 # Distinct request bodies built before the run (cycled through), and the most rows they may hold.

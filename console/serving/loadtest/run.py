@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from agent.api.schemas import API_PREFIX, EndpointInfo, FeatureSpec, ModelVersion
+from agent.schemas import API_PREFIX, EndpointInfo, FeatureSpec, ModelVersion
 from console.core.client import AgentClient, http_client
 from console.core.errors import AgentError
 from console.serving.loadtest.drive import cpu_seconds, drive
