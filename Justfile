@@ -39,3 +39,7 @@ bench-drift *args:
 # Update Textual snapshot baselines after an intended UI change.
 snapshots:
     {{venv}}/python -m pytest -q tests/console --snapshot-update
+
+# Predict path at 1x/4x/10x of capacity and at many connections: goodput, p99, shed, peak RSS.
+bench-overload *args:
+    {{venv}}/python bench/overload.py {{args}}
