@@ -43,6 +43,7 @@ def verify_chain(
         try:
             rows = cur.execute("SELECT * FROM audit_log WHERE seq >= ? ORDER BY seq", [first_seq]).fetchall()
             total = cur.execute("SELECT count(*) FROM audit_log").fetchall()[0][0]
+            first = cur.execute("SELECT hash FROM audit_log WHERE seq = 1").fetchall()
         finally:
             cur.close()
         exported = read_head_record(head_file) if head_file is not None else None
@@ -59,7 +60,8 @@ def verify_chain(
                 head_keyed_since = exported.keyed_since
 
     base = {"entries": total, "keyed": key is not None, "warnings": warnings,
-            "exported_head_seq": exported.seq if exported else None}  # fmt: skip
+            "exported_head_seq": exported.seq if exported else None,
+            "genesis": first[0][0] if first else None}  # fmt: skip
 
     def result(status: str, problem: str | None, bad: object = None, **kw) -> AuditVerify:
         fields = dict(base, **kw)

@@ -13,6 +13,7 @@ function adding its options, and a function running it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -176,10 +177,14 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from console.core.audit_heads import STATE_ENV
     from console.demo.fleet import DemoError, DemoFleet, demo_dir, exit_on_signals, parse_agent_command
 
     theme = _theme(args)  # validate before starting anything
     fleet = DemoFleet(demo_dir(args.data_dir), agent_command=parse_agent_command(args.agent_command))
+    # The demo's agents are new each time their dir is: their audit heads are remembered beside them, not
+    # in the user's state, where a re-created demo would read as a log that started over.
+    os.environ.setdefault(STATE_ENV, str(fleet.base_dir.resolve() / "console-state"))
     # exit_on_signals spans the whole run: the TUI swaps in its own handlers while it runs and
     # puts these back when it stops, so a SIGTERM during start-up or clean-up also cleans up.
     with exit_on_signals(), fleet:

@@ -72,6 +72,7 @@ class AuditVerify(_Wire):
     keyed: bool = False  # verified with the audit key (HMAC-SHA256 links)
     keyed_since: int | None = None  # the first keyed entry
     extends: bool | None = None  # with since_seq/since_hash: the chain still holds that entry
+    genesis: str | None = None  # entry 1's hash: a console tells a log that started over from one rewritten
     warnings: list[str] = Field(default_factory=list)
 
 

@@ -27,7 +27,7 @@ from console.core.errors import AgentError
 STATE_ENV = "WATCHKEEPER_STATE_DIR"
 FILE_NAME = "audit-heads.json"
 
-AnchorState = Literal["ok", "new", "broken", "unknown"]
+AnchorState = Literal["ok", "new", "broken", "restarted", "unknown"]
 
 
 def default_path() -> Path:
@@ -49,7 +49,8 @@ class AuditAnchor:
 
     @property
     def broken(self) -> bool:
-        return self.state == "broken"
+        """Needs a person's look: the chain no longer holds what this console saw (rewritten or started over)."""
+        return self.state in ("broken", "restarted")
 
 
 class HeadStore:
@@ -71,8 +72,13 @@ class HeadStore:
             return None
         return h["seq"], h["hash"], float(h.get("seen_at", 0.0))
 
-    def remember(self, key: str, seq: int, h: str) -> None:
-        self._heads[key] = {"seq": seq, "hash": h, "seen_at": time.time()}
+    def genesis(self, key: str) -> str | None:
+        """Entry 1's hash of the chain remembered for `key` (None: not known)."""
+        g = self._heads.get(key, {}).get("genesis")
+        return g if isinstance(g, str) else None
+
+    def remember(self, key: str, seq: int, h: str, genesis: str | None = None) -> None:
+        self._heads[key] = {"seq": seq, "hash": h, "seen_at": time.time(), "genesis": genesis}
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._heads, indent=1, sort_keys=True))
@@ -89,6 +95,16 @@ async def check_anchor(client: AgentClient, store: HeadStore, key: str) -> Audit
         return AuditAnchor("unknown", f"audit chain not checked: {e.message}")
     if seen is not None and (v.extends is False or v.status == "not_extending"):
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(seen[2])) if seen[2] else "earlier"
+        known = store.genesis(key)
+        if known is not None and v.genesis is not None and v.genesis != known:
+            # Not the same log any more, from its first entry on: a re-created data dir looks exactly like
+            # this, and so does a log replaced whole. Say what is known, not more.
+            return AuditAnchor(
+                "restarted",
+                f"AUDIT LOG STARTED OVER: its entry 1 is not the one this console saw {when} (data dir re-created, "
+                f"or the whole log replaced; {store.path} remembers the old one)",
+                seen[0], seen[1],
+            )  # fmt: skip
         return AuditAnchor(
             "broken",
             f"AUDIT CHAIN REWRITTEN: it no longer holds entry {seen[0]} ({seen[1][:12]}…) this console saw {when}"
@@ -102,7 +118,7 @@ async def check_anchor(client: AgentClient, store: HeadStore, key: str) -> Audit
         return AuditAnchor("broken", message, seen[0] if seen else None, seen[1] if seen else None)
     if v.head_seq is None or v.head is None:
         return AuditAnchor("unknown", "audit chain empty")
-    store.remember(key, v.head_seq, v.head)
+    store.remember(key, v.head_seq, v.head, v.genesis)
     state: AnchorState = "new" if seen is None else "ok"
     keyed = "keyed" if v.keyed else "UNKEYED"
     return AuditAnchor(state, f"audit chain ok to entry {v.head_seq} ({keyed})", v.head_seq, v.head)

@@ -63,3 +63,28 @@ def test_the_console_catches_a_rewritten_chain_the_agent_itself_cannot(agent_fac
     doc = json.loads(capsys.readouterr().out)
     assert doc["audit_ok"] is False and doc["agents"][0]["audit"]["state"] == "broken"
     assert HeadStore(default_path()).get(a.url)[0] == 3
+
+
+def test_a_log_that_started_over_is_said_as_such_not_as_a_rewrite(agent_factory, monkeypatch, capsys):
+    import shutil
+
+    a = agent_factory("wiped")
+    monkeypatch.setenv("WATCHKEEPER_TOKEN", a.token)
+    with a.client() as c:
+        assert c.post("/api/v1/tokens", json={"name": "ci", "role": "viewer"}).status_code == 201
+    assert main(["status", "--agents", a.url]) == 0
+    capsys.readouterr()
+    # The data dir re-created (a reinstall, a new demo): same address, a new log from entry 1.
+    a.stop()
+    shutil.rmtree(a.data_dir)
+    a.data_dir.mkdir()
+    a.start()
+    monkeypatch.setenv("WATCHKEEPER_TOKEN", a.token)
+    with a.client() as c:
+        for name in ("x", "y", "z"):  # longer than before, so only entry 1 tells the logs apart
+            assert c.post("/api/v1/tokens", json={"name": name, "role": "viewer"}).status_code == 201
+    assert main(["status", "--json", "--agents", a.url]) == 1  # still worth a look: exit 1
+    doc = json.loads(capsys.readouterr().out)
+    audit = doc["agents"][0]["audit"]
+    assert audit["state"] == "restarted" and "AUDIT LOG STARTED OVER" in audit["message"], audit
+    assert "REWRITTEN" not in audit["message"]
