@@ -256,9 +256,16 @@ class MonitorService(DriftReports, LabelsAndSignals):
 
         self._writer.call(write)
         outs = {b: self._report_out(name, mv, b, start, end, r) for b, r in reports.items()}
+        ep = self._serving.endpoints.get(name)
+        serving = ep.version.version if ep is not None and ep.version is not None else None
         with self._lock:
             latest = self._latest.get(name)
-            if latest is None or end >= latest.end:
+            # The endpoint's latest window is its serving version's: during a canary the candidate's window
+            # (a few rows, "no data") closing at the same time must not stand in for it, or the endpoint's
+            # drift alerts go quiet for the whole rollout.
+            ours = serving is None or mv.version == serving
+            theirs = latest is not None and serving is not None and latest.version.version != serving
+            if latest is None or theirs or (ours and end >= latest.end):
                 self._latest[name] = _Latest(mv, start, end, outs)
 
     def _stored_previous(self, name: str, mv: ModelVersion, prof: ReferenceProfile, start: float):

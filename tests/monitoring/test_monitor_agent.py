@@ -215,3 +215,30 @@ def test_registration_fits_the_profile_and_checks_validation_data_for_skew(agent
     assert [v["version"] for v in c.get("/api/v1/models/fitted").json()] == [1]
     assert not [p for p in (a.data_dir / "tmp").iterdir() if p.is_file()]
     c.close()
+
+
+def test_drift_alerts_stay_on_during_a_canary(agent_factory):
+    # The candidate's windows (5 % of the rows: "no data") close at the same moments as stable's; they must
+    # not stand in for the endpoint's latest window, or its drift alerts go quiet for the whole rollout.
+    from tests.rollouts.test_rollouts_agent import LENIENT, start
+
+    a = agent_factory("canary-drift", config=CONFIG + "\n[alerting]\ninterval = 0.3\n")
+    with a.client() as c:
+        register(c)
+        register(c, tags={"build": "second"}, doc=b"rebuild 2")
+        endpoint(c)
+        wait_loaded(c)
+        ro = start(c, strategy="canary", guards=LENIENT, steps=[{"set_weight": 5}, {"approval": True}])
+        assert ro["state"] == "awaiting_approval" and ro["weight"] == 5
+
+        # One burst of 100 requests of 10 rows: the candidate gets ~5 of them (~50 rows, "no data"), stable the
+        # rest; both windows close together and the candidate's is processed last.
+        _send(c, _summer(1000), batch=10)
+
+        def drift_alert():
+            alerts = c.get("/api/v1/alerting").json()["alerts"]
+            return next((x for x in alerts if x["kind"] == "feature_drift" and x["state"] == "firing"), None)
+
+        found = _wait(drift_alert, timeout=30, what="a feature_drift alert during the canary")
+        assert "temp" in found["labels"]["features"].split(",")
+        assert found["labels"]["version"] == "1"  # judged on stable's traffic, the endpoint's own version
