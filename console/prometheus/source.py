@@ -1,0 +1,162 @@
+"""`PrometheusSource`: the fleet source behind `watchkeeper --prometheus URL`.
+
+The fleet table comes from Prometheus: one poll is one PromQL query per column for the whole fleet
+plus the active-target list (`console/prometheus/fleet.py` joins them), so a poll costs the same for
+ten agents or ten thousand and never opens a connection to an agent. The host screen's history comes
+from `query_range`. Drill-down and actions (drift, alerts, rollouts, the fallback switch) go to the
+one agent concerned, through an agent poller built by `agents` over the fleet's addresses and tokens;
+anything the app asks that is not about the table is handed to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from agent.schemas import EndpointInfo, Series, SeriesPoint, SeriesResponse
+from console.core.config import TOKEN_ENV, AgentSpec
+from console.core.errors import AgentError, ErrorKind
+from console.core.poller import AgentStatus, FleetPoller, FleetStatus
+from console.prometheus.client import PrometheusClient, PrometheusError, Sample
+from console.prometheus.fleet import QUERIES, Answers, Memory, agent_statuses, members, series_query, unreachable
+
+
+def _agent_poller(specs: Sequence[AgentSpec]) -> Any:
+    return FleetPoller(specs)
+
+
+class PrometheusSource:
+    """A `FleetSource` whose polls are PromQL queries; drill-down and actions reach the agent itself.
+
+    `specs` (the fleet file's agents, may be empty) name agents and carry their tokens; agents that
+    Prometheus scrapes and the file does not list join with the token from `$WATCHKEEPER_TOKEN`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        specs: Sequence[AgentSpec] = (),
+        *,
+        agents: Callable[[Sequence[AgentSpec]], Any] = _agent_poller,
+        clock: Callable[[], float] = time.time,
+        timeout_s: float = 5.0,
+        token: str | None = None,
+        client: PrometheusClient | None = None,
+    ) -> None:
+        self.prometheus = client or PrometheusClient(url, timeout_s=timeout_s)
+        self._configured = tuple(specs)
+        self._specs: tuple[AgentSpec, ...] = self._configured
+        self._token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        self._agents_factory = agents
+        self._agents: Any = None
+        self._agents_specs: tuple[AgentSpec, ...] | None = None
+        self._clock = clock
+        self._memory = Memory()
+        self._instances: dict[str, str] = {}
+        self._previous: tuple[AgentStatus, ...] = ()
+        self._serving_wanted = False
+
+    @property
+    def url(self) -> str:
+        return self.prometheus.url
+
+    @property
+    def specs(self) -> Sequence[AgentSpec]:
+        """The agents known so far: the fleet file's, then those found in Prometheus's targets."""
+        return self._specs
+
+    def now(self) -> float:
+        return self._clock()
+
+    async def poll(self) -> FleetStatus:
+        """Ask Prometheus for every column at once; never raises (an unreachable Prometheus: all stale)."""
+        started = self._clock()
+        try:
+            answers = await self._ask()
+        except PrometheusError as exc:
+            agents = unreachable(self._previous, self._configured, str(exc))
+        else:
+            fleet = members(answers, self._configured)
+            self._instances = {m.name: m.instance for m in fleet if m.instance}
+            self._specs = tuple(
+                m.spec or AgentSpec(name=m.name, url=m.url, token=self._token, name_from_url=True) for m in fleet
+            )
+            agents = agent_statuses(answers, self._configured, self._memory, self._clock())
+        self._previous = agents
+        done = self._clock()
+        return FleetStatus(polled_at=done, duration_s=max(0.0, done - started), agents=agents)
+
+    async def _ask(self) -> Answers:
+        now = self._clock()
+        keys = list(QUERIES)
+        results = await asyncio.gather(self.prometheus.targets(now), *(self.prometheus.query(QUERIES[k]) for k in keys))
+        columns: dict[str, Sequence[Sample]] = dict(zip(keys, results[1:], strict=True))
+        prom_now = columns["now"][0].value if columns["now"] else now
+        return Answers(now=prom_now, targets=results[0], columns=columns)
+
+    async def series(self, name: str, metric: str, start: float, end: float, step_s: float) -> SeriesResponse:
+        """One agent's `metric` history from Prometheus (`query_range`), shaped as the agent's answer."""
+        instance = self._instances.get(name)
+        if instance is None:
+            raise AgentError(ErrorKind.PROTOCOL, f"{name} is not a Prometheus target")
+        try:
+            promql = series_query(metric, instance)
+        except KeyError:
+            raise AgentError(ErrorKind.PROTOCOL, f"no PromQL for {metric}") from None
+        try:
+            found = await self.prometheus.query_range(promql, start, end, step_s)
+        except PrometheusError as exc:
+            raise AgentError(ErrorKind.UNREACHABLE, str(exc)) from None
+        series = [
+            Series(
+                metric=metric,
+                labels={"gpu": s.labels["gpu"]} if "gpu" in s.labels else {},
+                points=[SeriesPoint(ts=ts, value=None if v != v else v) for ts, v in s.points],
+            )
+            for s in found
+        ]
+        return SeriesResponse(start=start, end=end, step_s=step_s, source="raw", series=series)
+
+    # ------------------------------------------------------------------ the agents themselves
+
+    def agents(self) -> Any:
+        """The poller that reaches individual agents (rebuilt when the fleet's membership changes)."""
+        if self._agents is None or self._agents_specs != self._specs:
+            old = self._agents
+            self._agents = self._agents_factory(self._specs)
+            self._agents_specs = self._specs
+            if self._serving_wanted:
+                self._agents.want_serving(True)
+            if old is not None:
+                asyncio.get_event_loop().create_task(old.aclose())
+        return self._agents
+
+    def want_serving(self, wanted: bool) -> None:
+        self._serving_wanted = wanted
+        if self._agents is not None:
+            self._agents.want_serving(wanted)
+
+    async def set_fallback(self, name: str, endpoint: str, enabled: bool, reason: str) -> EndpointInfo:
+        """Switch an endpoint's fallback on the agent itself."""
+        return await self.agents().set_fallback(name, endpoint, enabled, reason)
+
+    def __getattr__(self, attr: str) -> Any:
+        # Drill-down and actions (drift, quality, ack_alert, rollout_action, client...) are the agent poller's.
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return getattr(self.agents(), attr)
+
+    async def aclose(self) -> None:
+        """Close Prometheus's and the agents' connection pools."""
+        await self.prometheus.aclose()
+        if self._agents is not None:
+            await self._agents.aclose()
+
+    async def __aenter__(self) -> PrometheusSource:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
