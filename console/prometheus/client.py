@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from console.core.errors import classify_transport_error
+
 DEFAULT_TIMEOUT_S = 5.0
 # A Prometheus answer for a whole fleet is a few hundred KiB; refuse anything absurd.
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -166,15 +168,15 @@ class PrometheusClient:
 
     def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, transport: Any = None) -> None:
         self.url = validate_prometheus_url(url)
+        self.timeout_s = timeout_s
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout_s, transport=transport)
 
     async def _get(self, path: str, params: dict[str, Any]) -> Any:
         try:
             response = await self._http.get(path, params=params)
-        except httpx.TimeoutException:
-            raise PrometheusError(f"prometheus at {self.url}: timed out") from None
         except httpx.HTTPError as exc:
-            raise PrometheusError(f"prometheus at {self.url}: {_reason(exc)}") from None
+            reason = classify_transport_error(exc, timeout_s=self.timeout_s).message
+            raise PrometheusError(f"prometheus at {self.url}: {reason}") from None
         if len(response.content) > MAX_BODY_BYTES:
             raise PrometheusError(f"prometheus at {self.url}: answer larger than {MAX_BODY_BYTES} bytes")
         try:
@@ -204,10 +206,3 @@ class PrometheusClient:
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._http.aclose()
-
-
-def _reason(exc: httpx.HTTPError) -> str:
-    text = str(exc) or type(exc).__name__
-    if "Connection refused" in text or "connect" in type(exc).__name__.lower():
-        return "connection refused" if "refused" in text.lower() else text
-    return text

@@ -19,7 +19,7 @@ from typing import Any
 from agent.schemas import EndpointInfo, Series, SeriesPoint, SeriesResponse
 from console.core.config import TOKEN_ENV, AgentSpec
 from console.core.errors import AgentError, ErrorKind
-from console.core.poller import AgentStatus, FleetPoller, FleetStatus
+from console.core.poller import AgentState, AgentStatus, FleetPoller, FleetStatus
 from console.prometheus.client import PrometheusClient, PrometheusError, Sample
 from console.prometheus.fleet import QUERIES, Answers, Memory, agent_statuses, members, series_query, unreachable
 
@@ -58,6 +58,8 @@ class PrometheusSource:
         self._instances: dict[str, str] = {}
         self._previous: tuple[AgentStatus, ...] = ()
         self._serving_wanted = False
+        # Why the last poll could not ask Prometheus (None: it answered); `status` exits 2 on it.
+        self.last_error: str | None = None
 
     @property
     def url(self) -> str:
@@ -77,8 +79,12 @@ class PrometheusSource:
         try:
             answers = await self._ask()
         except PrometheusError as exc:
+            self.last_error = str(exc)
             agents = unreachable(self._previous, self._configured, str(exc))
+            if not agents:  # nothing known yet: one row says why the table is empty
+                agents = (AgentStatus(name=self.url, url=self.url, state=AgentState.DOWN, reason=str(exc)),)
         else:
+            self.last_error = None
             fleet = members(answers, self._configured)
             self._instances = {m.name: m.instance for m in fleet if m.instance}
             self._specs = tuple(
