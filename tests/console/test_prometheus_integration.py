@@ -132,3 +132,32 @@ async def test_status_command_reads_prometheus(agent_factory, prometheus) -> Non
     assert by_name[f"127.0.0.1:{a.port}"]["state"] == "up"
     assert by_name["127.0.0.1:1"]["state"] == "down"
     assert "refused" in by_name["127.0.0.1:1"]["reason"]
+
+
+async def test_tui_on_prometheus_drills_into_the_agent(agent_factory, prometheus) -> None:
+    from console.app import WatchkeeperApp
+    from console.fleet.host_screen import HostScreen
+    from console.rollouts.client import RolloutsPoller
+
+    a = agent_factory(name="prom-tui", simulate_gpus=1)
+    prom = prometheus([f"127.0.0.1:{a.port}"])
+    name = f"127.0.0.1:{a.port}"
+    source = PrometheusSource(prom.url, agents=RolloutsPoller, token=a.token)
+    app = WatchkeeperApp(source, refresh_s=0.5)
+    async with app.run_test(size=(120, 40)) as pilot:
+        deadline = time.monotonic() + DEADLINE_S
+        while not (app.fleet_status and app.fleet_status.all_up and app.fleet_status.agents):
+            assert time.monotonic() < deadline, app.fleet_status
+            await pilot.pause(0.1)
+        app.open_host(name)
+        while not (isinstance(app.screen, HostScreen) and app.screen.series.get("cpu_percent")):
+            assert time.monotonic() < deadline, getattr(app.screen, "series_errors", None)
+            await pilot.pause(0.1)
+        host = app.screen
+        assert isinstance(host, HostScreen) and "cpu_percent" not in host.series_errors
+        await pilot.pause(0.3)
+        assert len(host.query("GpuPanel")) == 1
+        assert len(host.query_one("#cpu").history) >= 1  # type: ignore[attr-defined]
+        # Drill-down reaches the agent itself: its host info, through the agent poller.
+        info = await source.client(name).host_info()
+        assert info.agent_name == "prom-tui"
