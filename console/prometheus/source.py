@@ -58,6 +58,7 @@ class PrometheusSource:
         self._instances: dict[str, str] = {}
         self._previous: tuple[AgentStatus, ...] = ()
         self._serving_wanted = False
+        self._closing: set[asyncio.Task[Any]] = set()
         # Why the last poll could not ask Prometheus (None: it answered); `status` exits 2 on it.
         self.last_error: str | None = None
 
@@ -137,8 +138,17 @@ class PrometheusSource:
             if self._serving_wanted:
                 self._agents.want_serving(True)
             if old is not None:
-                asyncio.get_event_loop().create_task(old.aclose())
+                self._close_later(old)
         return self._agents
+
+    def _close_later(self, old: Any) -> None:
+        # Called from sync code inside the app's loop; the old poller's pools close in the background.
+        try:
+            task = asyncio.get_running_loop().create_task(old.aclose())
+        except RuntimeError:  # no loop (a sync caller): nothing is in flight on it either
+            return
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def want_serving(self, wanted: bool) -> None:
         self._serving_wanted = wanted

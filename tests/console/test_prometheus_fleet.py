@@ -177,3 +177,14 @@ def test_cli_bad_prometheus_is_one_line_exit_2(argv: list[str], message: str) ->
     )
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+
+
+def test_prometheus_data_layer_does_not_import_textual() -> None:
+    from tests.console.wk_pilot import imports_textual
+
+    assert not imports_textual(
+        "console.prometheus.client",
+        "console.prometheus.fleet",
+        "console.prometheus.source",
+        "console.prometheus.status_cli",
+    )
