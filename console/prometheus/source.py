@@ -2,10 +2,12 @@
 
 The fleet table comes from Prometheus: one poll is one PromQL query per column for the whole fleet
 plus the active-target list (`console/prometheus/fleet.py` joins them), so a poll costs the same for
-ten agents or ten thousand and never opens a connection to an agent. The host screen's history comes
-from `query_range`. Drill-down and actions (drift, alerts, rollouts, the fallback switch) go to the
-one agent concerned, through an agent poller built by `agents` over the fleet's addresses and tokens;
-anything the app asks that is not about the table is handed to it.
+ten agents or ten thousand and opens no connection to an agent nobody is looking at. The host
+screen's history comes from `query_range`; while the host screen shows an agent (it asks for that
+agent's history), the agent's own snapshot replaces Prometheus's figures on its row (processes,
+disks). Drill-down and actions (drift, alerts, rollouts, the fallback switch) go to the one agent
+concerned, through an agent poller built by `agents` over the fleet's addresses and tokens; anything
+the app asks that is not about the table is handed to it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from agent.schemas import EndpointInfo, Series, SeriesPoint, SeriesResponse
+from agent.schemas import EndpointInfo, Series, SeriesPoint, SeriesResponse, Snapshot
 from console.core.config import TOKEN_ENV, AgentSpec
 from console.core.errors import AgentError, ErrorKind
 from console.core.poller import AgentState, AgentStatus, FleetPoller, FleetStatus
@@ -26,6 +29,11 @@ from console.prometheus.fleet import QUERIES, Answers, Memory, agent_statuses, m
 
 def _agent_poller(specs: Sequence[AgentSpec]) -> Any:
     return FleetPoller(specs)
+
+
+# An agent whose history the host screen asked for this recently is being looked at: its row's
+# figures then come from the agent itself (processes, disks, per-core), the drill-down the issue allows.
+WATCH_S = 15.0
 
 
 class PrometheusSource:
@@ -59,6 +67,7 @@ class PrometheusSource:
         self._previous: tuple[AgentStatus, ...] = ()
         self._serving_wanted = False
         self._closing: set[asyncio.Task[Any]] = set()
+        self._watched: dict[str, float] = {}
         # Why the last poll could not ask Prometheus (None: it answered); `status` exits 2 on it.
         self.last_error: str | None = None
 
@@ -92,9 +101,23 @@ class PrometheusSource:
                 m.spec or AgentSpec(name=m.name, url=m.url, token=self._token, name_from_url=True) for m in fleet
             )
             agents = agent_statuses(answers, self._configured, self._memory, self._clock())
+            agents = await self._drill_down(agents)
         self._previous = agents
         done = self._clock()
         return FleetStatus(polled_at=done, duration_s=max(0.0, done - started), agents=agents)
+
+    async def _drill_down(self, agents: tuple[AgentStatus, ...]) -> tuple[AgentStatus, ...]:
+        """The agents on screen get the agent's own snapshot (Prometheus has no processes or disks)."""
+        now = self._clock()
+        self._watched = {n: t for n, t in self._watched.items() if now - t < WATCH_S}
+        looked_at = [a for a in agents if a.name in self._watched and a.state is AgentState.UP]
+        if not looked_at:
+            return agents
+        pool = self.agents()
+        got = await asyncio.gather(*(pool.client(a.name).snapshot() for a in looked_at), return_exceptions=True)
+        # Prometheus decides up/down/stale; a failed direct fetch just leaves Prometheus's figures.
+        richer = {a.name: s for a, s in zip(looked_at, got, strict=True) if isinstance(s, Snapshot)}
+        return tuple(replace(a, snapshot=richer[a.name]) if a.name in richer else a for a in agents)
 
     async def _ask(self) -> Answers:
         now = self._clock()
@@ -106,6 +129,7 @@ class PrometheusSource:
 
     async def series(self, name: str, metric: str, start: float, end: float, step_s: float) -> SeriesResponse:
         """One agent's `metric` history from Prometheus (`query_range`), shaped as the agent's answer."""
+        self._watched[name] = self._clock()
         instance = self._instances.get(name)
         if instance is None:
             raise AgentError(ErrorKind.PROTOCOL, f"{name} is not a Prometheus target")

@@ -157,6 +157,11 @@ async def test_tui_on_prometheus_drills_into_the_agent(agent_factory, prometheus
         assert isinstance(host, HostScreen) and "cpu_percent" not in host.series_errors
         await pilot.pause(0.3)
         assert len(host.query("GpuPanel")) == 1
+        # While the host screen shows it, the row's figures come from the agent itself (per-core, disks).
+        while not (app.fleet_status.get(name).snapshot.cpu.per_core and app.fleet_status.get(name).snapshot.disks):
+            assert time.monotonic() < deadline, app.fleet_status.get(name).snapshot
+            await pilot.pause(0.1)
+        assert app.fleet_status.get(name).state is AgentState.UP
         assert len(host.query_one("#cpu").history) >= 1  # type: ignore[attr-defined]
         # Drill-down reaches the agent itself: its host info, through the agent poller.
         info = await source.client(name).host_info()
