@@ -3,9 +3,10 @@
 The fleet table comes from Prometheus: one poll is one PromQL query per column for the whole fleet
 plus the active-target list (`console/prometheus/fleet.py` joins them), so a poll costs the same for
 ten agents or ten thousand and opens no connection to an agent nobody is looking at. The host
-screen's history comes from `query_range`; while the host screen shows an agent (it asks for that
-agent's history), the agent's own snapshot replaces Prometheus's figures on its row (processes,
-disks). Drill-down and actions (drift, alerts, rollouts, the fallback switch) go to the one agent
+screen's history comes from `query_range`. Agents are asked directly only for what a screen in use
+needs: the host screen's agent (it asks for that agent's history) gives its own snapshot (processes,
+disks) for its row; while the endpoints view is open, the agents that are up say what they serve.
+Actions and the other drill-downs (drift, alerts, rollouts, the fallback switch) go to the one agent
 concerned, through an agent poller built by `agents` over the fleet's addresses and tokens; anything
 the app asks that is not about the table is handed to it.
 """
@@ -19,10 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from agent.schemas import EndpointInfo, Series, SeriesPoint, SeriesResponse, Snapshot
+from agent.schemas import EndpointInfo, Series, SeriesPoint, SeriesResponse, ServingStatus, Snapshot
 from console.core.config import TOKEN_ENV, AgentSpec
 from console.core.errors import AgentError, ErrorKind
-from console.core.poller import AgentState, AgentStatus, FleetPoller, FleetStatus
+from console.core.poller import AgentState, AgentStatus, FleetPoller, FleetStatus, ServingState
 from console.prometheus.client import PrometheusClient, PrometheusError, Sample
 from console.prometheus.fleet import QUERIES, Answers, Memory, agent_statuses, members, series_query, unreachable
 
@@ -68,6 +69,7 @@ class PrometheusSource:
         self._serving_wanted = False
         self._closing: set[asyncio.Task[Any]] = set()
         self._watched: dict[str, float] = {}
+        self._serving: dict[str, dict[str, Any]] = {}
         # Why the last poll could not ask Prometheus (None: it answered); `status` exits 2 on it.
         self.last_error: str | None = None
 
@@ -107,17 +109,39 @@ class PrometheusSource:
         return FleetStatus(polled_at=done, duration_s=max(0.0, done - started), agents=agents)
 
     async def _drill_down(self, agents: tuple[AgentStatus, ...]) -> tuple[AgentStatus, ...]:
-        """The agents on screen get the agent's own snapshot (Prometheus has no processes or disks)."""
+        """Per-agent extras Prometheus does not have, asked of the agents only while a screen needs them:
+        the host screen's agent gets its own snapshot (processes, disks); while the endpoints view is
+        open (`want_serving`), every agent that is up is asked what it serves, as the agent poller does."""
         now = self._clock()
         self._watched = {n: t for n, t in self._watched.items() if now - t < WATCH_S}
         looked_at = [a for a in agents if a.name in self._watched and a.state is AgentState.UP]
-        if not looked_at:
-            return agents
+        serving = [a for a in agents if self._serving_wanted and a.state is AgentState.UP]
+        if not looked_at and not serving:
+            return tuple(self._with_serving(a) for a in agents)
         pool = self.agents()
-        got = await asyncio.gather(*(pool.client(a.name).snapshot() for a in looked_at), return_exceptions=True)
+        snaps, served = await asyncio.gather(
+            asyncio.gather(*(pool.client(a.name).snapshot() for a in looked_at), return_exceptions=True),
+            asyncio.gather(*(pool.client(a.name).serving() for a in serving), return_exceptions=True),
+        )
+        for a, result in zip(serving, served, strict=True):
+            self._note_serving(a.name, result)
         # Prometheus decides up/down/stale; a failed direct fetch just leaves Prometheus's figures.
-        richer = {a.name: s for a, s in zip(looked_at, got, strict=True) if isinstance(s, Snapshot)}
-        return tuple(replace(a, snapshot=richer[a.name]) if a.name in richer else a for a in agents)
+        richer = {a.name: s for a, s in zip(looked_at, snaps, strict=True) if isinstance(s, Snapshot)}
+        return tuple(self._with_serving(replace(a, snapshot=richer[a.name]) if a.name in richer else a) for a in agents)
+
+    def _note_serving(self, name: str, result: object) -> None:
+        last = self._serving.get(name, {})
+        if isinstance(result, ServingStatus):
+            self._serving[name] = {"serving": result, "serving_state": ServingState.OK, "serving_at": self._clock()}
+        elif result is None:
+            self._serving[name] = {"serving": None, "serving_state": ServingState.NONE}
+        elif isinstance(result, Exception):
+            # The last good answer stays, marked as failed (the endpoints view says so).
+            self._serving[name] = {**last, "serving_state": ServingState.ERROR, "serving_error": str(result)}
+
+    def _with_serving(self, agent: AgentStatus) -> AgentStatus:
+        known = self._serving.get(agent.name)
+        return replace(agent, **known) if known else agent
 
     async def _ask(self) -> Answers:
         now = self._clock()

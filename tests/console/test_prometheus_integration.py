@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from console.core.config import AgentSpec
-from console.core.poller import AgentState, FleetStatus
+from console.core.poller import AgentState, FleetStatus, ServingState
 from console.prometheus.source import PrometheusSource
 from tests.promproc import PromProc, prometheus_available
 
@@ -84,6 +84,16 @@ async def test_fleet_table_from_prometheus_then_a_killed_agent_shows_down(agent_
         assert sorted(s.labels["gpu"] for s in gpu.series) == ["0", "1"]
         cpu = await source.series(beta.name, "cpu_percent", now - 60, source.now(), 1.0)
         assert any(p.value is not None for p in cpu.series[0].points)
+
+        # The endpoints view open: what each agent serves comes from the agent, with the fleet file's
+        # token (beta, found in Prometheus only, has none: its error says so).
+        assert status.get("alpha").serving_state is ServingState.UNKNOWN
+        source.want_serving(True)
+        status = await source.poll()
+        assert status.get("alpha").serving_state is ServingState.OK and status.get("alpha").serving is not None
+        assert status.get(beta.name).serving_state is ServingState.ERROR
+        assert status.get(beta.name).serving_error == "401 no token"
+        source.want_serving(False)
 
         # Drill-down reaches the agent itself, with the fleet file's token.
         snap = await source.client("alpha").snapshot()
