@@ -41,6 +41,8 @@ QUERIES: dict[str, str] = {
     "gpu_util": "DCGM_FI_DEV_GPU_UTIL",
     "gpu_used": "DCGM_FI_DEV_FB_USED",
     "gpu_free": "DCGM_FI_DEV_FB_FREE",
+    # Alerts firing or pending per agent: which agents' alert lists are worth asking for.
+    "alerts": 'sum by (instance) ({__name__=~"watchkeeper_alerts_(firing|pending)"})',
     "now": "time()",
 }
 
@@ -271,6 +273,11 @@ def _short(error: str) -> str:
         if phrase in error:
             return "timed out" if phrase == "context deadline exceeded" else phrase
     return error
+
+
+def alert_counts(answers: Answers) -> dict[str, float]:
+    """Alerts firing or pending per `instance` (absent: the agent exports no alerting)."""
+    return {s.labels.get("instance", ""): s.value for s in answers.columns.get("alerts", ()) if not math.isnan(s.value)}
 
 
 def unreachable(previous: Sequence[AgentStatus], specs: Sequence[AgentSpec], reason: str) -> tuple[AgentStatus, ...]:

@@ -25,7 +25,16 @@ from console.core.config import TOKEN_ENV, AgentSpec
 from console.core.errors import AgentError, ErrorKind
 from console.core.poller import AgentState, AgentStatus, FleetPoller, FleetStatus, ServingState
 from console.prometheus.client import PrometheusClient, PrometheusError, Sample
-from console.prometheus.fleet import QUERIES, Answers, Memory, agent_statuses, members, series_query, unreachable
+from console.prometheus.fleet import (
+    QUERIES,
+    Answers,
+    Memory,
+    agent_statuses,
+    alert_counts,
+    members,
+    series_query,
+    unreachable,
+)
 
 
 def _agent_poller(specs: Sequence[AgentSpec]) -> Any:
@@ -70,6 +79,7 @@ class PrometheusSource:
         self._closing: set[asyncio.Task[Any]] = set()
         self._watched: dict[str, float] = {}
         self._serving: dict[str, dict[str, Any]] = {}
+        self._alerts: dict[str, Any] = {}  # name → AlertFeed (console.monitoring.client)
         # Why the last poll could not ask Prometheus (None: it answered); `status` exits 2 on it.
         self.last_error: str | None = None
 
@@ -104,6 +114,7 @@ class PrometheusSource:
             )
             agents = agent_statuses(answers, self._configured, self._memory, self._clock())
             agents = await self._drill_down(agents)
+            agents = await self._alert_feeds(agents, alert_counts(answers))
         self._previous = agents
         done = self._clock()
         return FleetStatus(polled_at=done, duration_s=max(0.0, done - started), agents=agents)
@@ -128,6 +139,47 @@ class PrometheusSource:
         # Prometheus decides up/down/stale; a failed direct fetch just leaves Prometheus's figures.
         richer = {a.name: s for a, s in zip(looked_at, snaps, strict=True) if isinstance(s, Snapshot)}
         return tuple(self._with_serving(replace(a, snapshot=richer[a.name]) if a.name in richer else a) for a in agents)
+
+    async def _alert_feeds(self, agents: tuple[AgentStatus, ...], counts: dict[str, float]) -> tuple[AgentStatus, ...]:
+        """Each agent's alerts: asked of the agent only when Prometheus counts some firing or pending.
+
+        No count: the agent runs no alerting (NONE); zero: nothing firing or pending (resolved history is
+        not fetched); a down agent keeps its last list. So the alerts view and the sub-title's "N firing"
+        cost one request per agent that has alerts, not one per agent."""
+        from console.core.feeds import FeedState
+        from console.monitoring.client import AlertFeed
+
+        now = self._clock()
+        ask: list[AgentStatus] = []
+        for a in agents:
+            inst = self._instances.get(a.name)
+            if a.state is not AgentState.UP or inst is None:
+                continue
+            count = counts.get(inst)
+            if count is None:
+                self._alerts[a.name] = AlertFeed(state=FeedState.NONE, fetched_at=now)
+            elif count <= 0:
+                self._alerts[a.name] = AlertFeed(state=FeedState.OK, fetched_at=now)
+            else:
+                ask.append(a)
+        if ask:
+            pool = self.agents()
+            got = await asyncio.gather(*(pool.client(a.name).model_alerts() for a in ask), return_exceptions=True)
+            for a, result in zip(ask, got, strict=True):
+                last = self._alerts.get(a.name) or AlertFeed()
+                if isinstance(result, Exception):
+                    self._alerts[a.name] = replace(last, state=FeedState.ERROR, error=str(result))
+                elif result is None:
+                    self._alerts[a.name] = AlertFeed(state=FeedState.NONE, fetched_at=now)
+                else:
+                    self._alerts[a.name] = AlertFeed(
+                        state=FeedState.OK,
+                        alerts=tuple(result.alerts),
+                        rules=tuple(result.rules),
+                        webhooks=tuple(result.webhooks),
+                        fetched_at=now,
+                    )
+        return tuple(replace(a, alerts=self._alerts[a.name]) if a.name in self._alerts else a for a in agents)
 
     def _note_serving(self, name: str, result: object) -> None:
         last = self._serving.get(name, {})

@@ -19,7 +19,15 @@ from console.core.config import AgentSpec, FleetConfigError, resolve_prometheus
 from console.core.poller import AgentState
 from console.fleet.rows import fleet_rows
 from console.prometheus.client import PrometheusError, _duration, parse_matrix, parse_targets, parse_vector
-from console.prometheus.fleet import QUERIES, Answers, Memory, agent_statuses, series_query, unreachable
+from console.prometheus.fleet import (
+    QUERIES,
+    Answers,
+    Memory,
+    agent_statuses,
+    alert_counts,
+    series_query,
+    unreachable,
+)
 from console.prometheus.source import PrometheusSource
 
 DATA = Path(__file__).parent / "data" / "prometheus"
@@ -48,7 +56,8 @@ def test_every_scraped_agent_becomes_a_row_with_its_figures() -> None:
     assert [g.index for g in a.snapshot.gpus] == [0, 1] and a.snapshot.gpu_status.simulated
     g0 = a.snapshot.gpus[0]
     # DCGM reports MiB; total is used + free.
-    assert g0.memory_used_bytes == int(57482.86509227753 * 1024 * 1024)
+    recorded = json.loads((DATA / "fleet_up.json").read_text())["gpu_used"]["data"]["result"][0]["value"][1]
+    assert g0.memory_used_bytes == int(float(recorded) * 1024 * 1024)
     assert g0.memory_total_bytes is not None and g0.memory_total_bytes > g0.memory_used_bytes
     assert g0.name.startswith("Simulated") and g0.uuid.startswith("GPU-sim-")
     assert not a.snapshot.host_simulated and b.snapshot.host_simulated  # per-CPU counters only on real hosts
@@ -66,6 +75,11 @@ def _fleet(got):
     from console.core.poller import FleetStatus
 
     return FleetStatus(polled_at=1000.0, duration_s=0.0, agents=tuple(got.values()))
+
+
+def test_alert_counts_say_whose_alerts_to_ask_for() -> None:
+    assert alert_counts(answers("fleet_up")) == {A: 0.0, B: 0.0}  # alerting runs, nothing firing or pending
+    assert A not in alert_counts(answers("agent_killed"))  # a killed agent exports nothing
 
 
 def test_a_killed_agent_is_down_with_its_last_known_figures() -> None:

@@ -77,6 +77,8 @@ async def test_fleet_table_from_prometheus_then_a_killed_agent_shows_down(agent_
         assert 0 < alpha.snapshot.memory.percent < 100
         assert beta.snapshot is not None and beta.snapshot.host_simulated and beta.snapshot.gpus == []
         assert [s.name for s in source.specs] == ["alpha", beta.name]
+        # Prometheus counts no alerts firing or pending: the alert list is known empty without asking.
+        assert alpha.alerts is not None and alpha.alerts.state == "ok" and alpha.alerts.alerts == ()
 
         # The host screen's history comes from query_range.
         now = source.now()
@@ -176,3 +178,46 @@ async def test_tui_on_prometheus_drills_into_the_agent(agent_factory, prometheus
         # Drill-down reaches the agent itself: its host info, through the agent poller.
         info = await source.client(name).host_info()
         assert info.agent_name == "prom-tui"
+
+
+ALERTING = """
+flush_interval = 0.2
+
+[alerting]
+interval = 0.5
+
+[[alerting.rules]]
+name = "errors"
+kind = "error_rate"
+threshold = 0.5
+for = 0
+severity = "critical"
+"""
+
+
+async def test_a_firing_alert_counted_by_prometheus_is_fetched_from_its_agent(agent_factory, prometheus) -> None:
+    from console.rollouts.client import RolloutsPoller
+    from tests.serving.test_serving_agent import endpoint, records, reference, register, wait_loaded
+
+    a = agent_factory(name="prom-alerts", config=ALERTING)
+    quiet = agent_factory(name="prom-quiet")
+    with a.client() as c:
+        register(c)
+        endpoint(c, fallback=None, faults={"error_rate": 1.0}, breaker={"enabled": False})
+        wait_loaded(c)
+        rec = records(reference(1))
+        codes = {c.post("/api/v1/endpoints/delays/predict", json={"records": rec}).status_code for _ in range(15)}
+        assert codes == {502}
+    prom = prometheus([f"127.0.0.1:{a.port}", f"127.0.0.1:{quiet.port}"])
+    specs = [AgentSpec("alerting", a.url, token=a.token), AgentSpec("quiet", quiet.url, token=quiet.token)]
+    async with PrometheusSource(prom.url, specs, agents=RolloutsPoller) as source:
+
+        def firing(s: FleetStatus) -> bool:
+            feed = s.get("alerting").alerts if s.get("alerting") else None
+            return feed is not None and any(x.state == "firing" for x in feed.alerts)
+
+        status = await poll_until(source, firing, "the firing alert")
+        [alert] = [x for x in status.get("alerting").alerts.alerts if x.state == "firing"]
+        assert alert.rule == "errors"
+        quiet_feed = status.get("quiet").alerts
+        assert quiet_feed is not None and quiet_feed.alerts == () and quiet_feed.state == "ok"
