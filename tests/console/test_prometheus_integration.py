@@ -144,6 +144,18 @@ async def test_status_command_reads_prometheus(agent_factory, prometheus) -> Non
     assert by_name[f"127.0.0.1:{a.port}"]["state"] == "up"
     assert by_name["127.0.0.1:1"]["state"] == "down"
     assert "refused" in by_name["127.0.0.1:1"]["reason"]
+    assert doc["prometheus"] == prom.url
+    text = subprocess.run(
+        [sys.executable, "-m", "console.cli", "--prometheus", prom.url, "status"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
+    lines = text.stdout.splitlines()
+    assert text.returncode == 1 and lines[0].split()[:2] == ["HOST", "STATE"], text.stdout + text.stderr
+    assert any(line.startswith("prom-s ") and " up " in line for line in lines), text.stdout
 
 
 async def test_tui_on_prometheus_drills_into_the_agent(agent_factory, prometheus) -> None:
@@ -214,9 +226,15 @@ async def test_a_firing_alert_counted_by_prometheus_is_fetched_from_its_agent(ag
 
         def firing(s: FleetStatus) -> bool:
             feed = s.get("alerting").alerts if s.get("alerting") else None
-            return feed is not None and any(x.state == "firing" for x in feed.alerts)
+            quiet = s.get("quiet")
+            return (
+                feed is not None
+                and any(x.state == "firing" for x in feed.alerts)
+                and quiet is not None
+                and quiet.state is AgentState.UP  # scraped at least once (targets are scraped apart)
+            )
 
-        status = await poll_until(source, firing, "the firing alert")
+        status = await poll_until(source, firing, "the firing alert, the quiet agent up")
         [alert] = [x for x in status.get("alerting").alerts.alerts if x.state == "firing"]
         assert alert.rule == "errors"
         quiet_feed = status.get("quiet").alerts
