@@ -1,6 +1,7 @@
 """`watchkeeper`: the console's command line.
 
     watchkeeper [--agents URL,...] [--fleet FILE] [--readonly] [--refresh S]   the TUI
+    watchkeeper --prometheus URL [--fleet FILE]                                the TUI, table from PromQL
     watchkeeper status [--json] [--agents ...] [--fleet ...]                    headless table
     watchkeeper alerts [--json] [--state firing|pending|resolved]               alerts across the fleet
     watchkeeper demo                                                            3 local agents + TUI
@@ -17,10 +18,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from console import __version__
-from console.core.config import AgentSpec, FleetConfigError, resolve_fleet
+from console.core.config import AgentSpec, FleetConfigError, resolve_fleet, resolve_prometheus
 from console.models import cli as models_cli
 from console.rollouts import cli as rollouts_cli
 
@@ -79,6 +80,27 @@ def _add_fleet_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
     )
 
 
+def _add_prometheus_option(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    parser.add_argument(
+        "--prometheus",
+        metavar="URL",
+        default=argparse.SUPPRESS if suppress else None,
+        help="read the fleet table from this Prometheus (PromQL); agents are asked only on drill-down and"
+        " actions (fleet-file key: prometheus)",
+    )
+
+
+def _prometheus(args: argparse.Namespace) -> tuple[str | None, list[AgentSpec]]:
+    """The Prometheus address (flag or fleet file) and the fleet file's agents; (None, []) without one."""
+    try:
+        url, specs = resolve_prometheus(getattr(args, "prometheus", None), getattr(args, "fleet", None))
+    except FleetConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if url is not None and getattr(args, "agents", None):
+        raise UsageError("--agents and --prometheus: give one (with --prometheus, name agents in --fleet)")
+    return url, specs
+
+
 def _add_tui_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     parser.add_argument(
         "--readonly",
@@ -129,24 +151,42 @@ def _theme(args: argparse.Namespace) -> str | None:
 def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) -> int:
     """Open the fleet console on the given (or configured) agents."""
     from console.app import WatchkeeperApp
+    from console.core.audit_heads import HeadStore
     from console.rollouts.client import RolloutsPoller
 
     theme = _theme(args)
-    specs = specs if specs is not None else _specs(args)
-    from console.core.audit_heads import HeadStore
+    source: Any  # a FleetSource: the agents' poller or Prometheus
+    prometheus, file_specs = _prometheus(args) if specs is None else (None, [])
+    if prometheus is not None:
+        from console.prometheus.source import PrometheusSource
 
-    poller = RolloutsPoller(specs, audit_heads=HeadStore())  # remembers each agent's audit head
-    app = WatchkeeperApp(poller, refresh_s=args.refresh, readonly=args.readonly, theme=theme)
+        # The table from PromQL; drill-down and actions through a RolloutsPoller over the agents found.
+        heads = HeadStore()
+        source = PrometheusSource(prometheus, file_specs, agents=lambda s: RolloutsPoller(s, audit_heads=heads))
+    else:
+        specs = specs if specs is not None else _specs(args)
+        source = RolloutsPoller(specs, audit_heads=HeadStore())  # remembers each agent's audit head
+    app = WatchkeeperApp(source, refresh_s=args.refresh, readonly=args.readonly, theme=theme)
     rc = app.run()
     return app.return_code if app.return_code is not None else (rc or EXIT_OK)
 
 
 def _configure_status(p: argparse.ArgumentParser) -> None:
     _add_fleet_options(p, suppress=True)
+    _add_prometheus_option(p, suppress=True)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _run_status(args: argparse.Namespace) -> int:
+    prometheus, file_specs = _prometheus(args)
+    if prometheus is not None:
+        from console.prometheus.client import PrometheusError
+        from console.prometheus.status_cli import run_status as run_prometheus_status
+
+        try:
+            return run_prometheus_status(prometheus, file_specs, as_json=args.json, out=sys.stdout)
+        except PrometheusError as exc:
+            raise UsageError(str(exc)) from None
     from console.fleet.status_cli import run_status
 
     return run_status(_specs(args), as_json=args.json, out=sys.stdout)
@@ -271,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="watchkeeper", description="Watchkeeper fleet console for ML hosts.")
     parser.add_argument("--version", action="version", version=f"watchkeeper {__version__}")
     _add_fleet_options(parser, suppress=False)
+    _add_prometheus_option(parser, suppress=False)
     _add_tui_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:

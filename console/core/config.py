@@ -21,7 +21,7 @@ FLEET_ENV = "WATCHKEEPER_FLEET"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:@/-]{1,128}$")
 _AGENT_KEYS = frozenset({"name", "url", "token", "token_env", "timeout", "verify"})
-_TOP_KEYS = frozenset({"agent", "timeout"})
+_TOP_KEYS = frozenset({"agent", "timeout", "prometheus"})
 
 
 class FleetConfigError(ValueError):
@@ -118,6 +118,8 @@ def parse_fleet(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None
         raise FleetConfigError(f"unknown top-level key(s): {', '.join(sorted(unknown))}")
     default_timeout = _timeout(data["timeout"], "fleet") if "timeout" in data else DEFAULT_TIMEOUT_S
     entries = data.get("agent")
+    if entries is None and "prometheus" in data:
+        return []  # the fleet is whatever Prometheus scrapes (resolve_prometheus)
     if not isinstance(entries, list) or not entries:
         raise FleetConfigError("no [[agent]] entries")
     specs: list[AgentSpec] = []
@@ -186,6 +188,14 @@ def _verify(value: Any, where: str) -> bool | str:
 def load_fleet_file(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> list[AgentSpec]:
     """Read and validate a TOML fleet file."""
     p = Path(path)
+    data = _read_toml(p)
+    try:
+        return parse_fleet(data, env=env)
+    except FleetConfigError as exc:
+        raise FleetConfigError(f"{p}: {exc}") from None
+
+
+def _read_toml(p: Path) -> dict[str, Any]:
     try:
         raw = p.read_bytes()
     except OSError as exc:
@@ -194,10 +204,7 @@ def load_fleet_file(path: str | os.PathLike[str], *, env: Mapping[str, str] | No
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise FleetConfigError(f"{p}: not valid TOML: {exc}") from None
-    try:
-        return parse_fleet(data, env=env)
-    except FleetConfigError as exc:
-        raise FleetConfigError(f"{p}: {exc}") from None
+    return data
 
 
 def resolve_fleet(
@@ -229,6 +236,42 @@ def resolve_fleet(
         raise FleetConfigError(f"no agents: pass --agents URL,... or --fleet FILE (or set {FLEET_ENV})")
     _check_unique(specs)
     return specs
+
+
+def resolve_prometheus(
+    prometheus: str | None,
+    fleet: str | None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> tuple[str | None, list[AgentSpec]]:
+    """The Prometheus address from `--prometheus` or the fleet file's `prometheus` key, and the file's agents.
+
+    (None, []) when neither names one: the console then polls its agents directly. The agents the file
+    lists keep their names and tokens; Prometheus's other targets join the fleet as it finds them.
+    """
+    env = os.environ if env is None else env
+    path = fleet or env.get(FLEET_ENV) or None
+    data = _read_toml(Path(path)) if path else {}
+    url = prometheus or data.get("prometheus")
+    if url is None:
+        return None, []
+    where = "--prometheus" if prometheus else f"{path}: prometheus"
+    if not isinstance(url, str):
+        raise FleetConfigError(f"{where} must be an http(s):// address")
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise FleetConfigError(f"{where} must be http(s)://host[:port][/prefix]: {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise FleetConfigError(f"{where} has a bad port: {url!r}") from None
+    specs: list[AgentSpec] = []
+    if data:
+        try:
+            specs = parse_fleet(data, env=env)
+        except FleetConfigError as exc:
+            raise FleetConfigError(f"{path}: {exc}") from None
+    return url.strip().rstrip("/"), specs
 
 
 def _check_unique(specs: Sequence[AgentSpec]) -> None:
