@@ -108,9 +108,17 @@ def _add_tui_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None
 
 def _specs(args: argparse.Namespace) -> list[AgentSpec]:
     try:
-        return resolve_fleet(getattr(args, "agents", None), getattr(args, "fleet", None))
+        specs = resolve_fleet(getattr(args, "agents", None), getattr(args, "fleet", None))
     except FleetConfigError as exc:
         raise UsageError(str(exc)) from None
+    from console.core.limits import fit_open_files
+
+    # Raised to the hard limit before the first connection; a fleet that still can't fit is refused
+    # here, in one line, rather than dying mid-poll with "Too many open files".
+    refusal = fit_open_files(len(specs))
+    if refusal is not None:
+        raise UsageError(refusal)
+    return specs
 
 
 def _theme(args: argparse.Namespace) -> str | None:

@@ -11,6 +11,7 @@ subclass `FleetPoller`: they extend `poll_agent` and `agent_status`, which take 
 from __future__ import annotations
 
 import asyncio
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,8 +32,14 @@ C = TypeVar("C", bound="AgentClient")
 
 # Used until the agent's HostInfo (which carries the real interval) has been fetched.
 DEFAULT_SAMPLE_INTERVAL_S = 5.0
-# "stale": the agent answers but its newest sample is older than this many sample intervals.
+# "stale": the agent answers but its newest sample was already older than this many sample intervals
+# when we asked for it (judged at the ask, so a slow poll never makes a healthy agent stale).
 STALE_INTERVALS = 3.0
+# Requests in flight across the whole fleet: beyond this they wait their turn, and their timeout only
+# starts once sent (3,000+ requests started at once time each other out in the console's own backlog).
+MAX_IN_FLIGHT = 64
+# A retry lands at (1 - jitter * U[0,1)) x the backoff, so agents that failed together drift apart.
+BACKOFF_JITTER = 0.25
 # --------------------------------------------------------------------------- poll results
 
 
@@ -146,6 +153,7 @@ class AgentTrack:
     host: HostInfo | None = None
     host_fetched_at: float | None = None
     last_seen: float | None = None
+    asked_at: float | None = None  # console clock when the newest good snapshot was asked for
     latency_s: float | None = None
     latencies: list[float] = field(default_factory=list)
     serving: ServingStatus | None = None
@@ -182,6 +190,9 @@ class FleetPoller:
         client_factory: Callable[[AgentSpec], AgentClient] = AgentClient,
         audit_heads: HeadStore | None = None,
         audit_every_s: float = 60.0,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        backoff_jitter: float = BACKOFF_JITTER,
+        rng: random.Random | None = None,
     ) -> None:
         self._specs = tuple(specs)
         # Each agent's audit chain checked against the head remembered in `audit_heads` every `audit_every_s`.
@@ -193,7 +204,13 @@ class FleetPoller:
         self.serving_wanted = False
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
+        self.backoff_jitter = backoff_jitter
+        self._rng = rng or random.Random()
+        self.max_in_flight = max_in_flight
+        limiter = asyncio.Semaphore(max_in_flight)
         self._tracks = {s.name: AgentTrack(spec=s, client=client_factory(s)) for s in self._specs}
+        for track in self._tracks.values():
+            track.client.limiter = limiter
 
     @property
     def specs(self) -> Sequence[AgentSpec]:
@@ -219,6 +236,11 @@ class FleetPoller:
         if failures <= 0:
             return 0.0
         return min(self.backoff_cap_s, self.backoff_base_s * 2 ** (failures - 1))
+
+    def retry_delay_s(self, failures: int) -> float:
+        """`backoff_s` shortened by up to `backoff_jitter` of itself, at random: agents that failed in
+        the same poll (a network blip) come back spread out instead of in lock-step."""
+        return self.backoff_s(failures) * (1.0 - self.backoff_jitter * self._rng.random())
 
     async def poll(self) -> FleetStatus:
         """Poll every agent whose backoff has expired; return the whole fleet's status."""
@@ -280,6 +302,7 @@ class FleetPoller:
             track.host_fetched_at = now
         if isinstance(snap_result, Snapshot):
             track.snapshot = snap_result
+            track.asked_at = now
             track.latencies = ([*track.latencies, time.monotonic() - t0])[-5:]
             track.latency_s = statistics.median(track.latencies)
             track.last_seen = self._clock()
@@ -301,7 +324,7 @@ class FleetPoller:
             track.last_seen = self._clock()
             return
         track.failures += 1
-        track.next_attempt_at = self._clock() + self.backoff_s(track.failures)
+        track.next_attempt_at = self._clock() + self.retry_delay_s(track.failures)
 
     async def _check_audit(self, track: AgentTrack, now: float) -> None:
         if self.audit_heads is None or (track.audit_at is not None and now - track.audit_at < self.audit_every_s):
@@ -381,6 +404,10 @@ class FleetPoller:
             )
         if track.snapshot is None:  # never polled yet
             return AgentStatus(state=AgentState.DOWN, reason="not polled yet", **common)
-        if age is not None and age > STALE_INTERVALS * interval:
-            return AgentStatus(state=AgentState.STALE, reason=f"last sample {age:.0f}s old", **common)
+        # Judged at the ask: the agent hands out its newest sample, so one already too old when we
+        # asked means its sampler is behind, however long the poll (or the refresh interval) took.
+        asked = track.asked_at if track.asked_at is not None else now
+        asked_age = max(0.0, asked + offset - track.snapshot.ts)
+        if asked_age > STALE_INTERVALS * interval:
+            return AgentStatus(state=AgentState.STALE, reason=f"last sample {asked_age:.0f}s old", **common)
         return AgentStatus(state=AgentState.UP, **common)

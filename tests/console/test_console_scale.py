@@ -1,0 +1,141 @@
+"""The poller at fleet scale (issue 12): no TLS set-up for plain HTTP, a bounded number of requests in
+flight with timeouts that start at the send, jittered backoff, staleness judged at the ask, and the
+open files limit. Real HTTP on loopback (tests/console/wk_fakes.FakeHttpAgent)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import resource
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from console.core import client as client_mod
+from console.core.client import AgentClient
+from console.core.config import AgentSpec
+from console.core.limits import fds_needed, fit_open_files
+from console.core.poller import AgentState, FleetPoller
+from tests.console.wk_fakes import FakeHttpAgent, Reply, agent_routes, closed_url, make_snapshot
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class FakeClock:
+    def __init__(self, t: float = 1_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_plain_http_and_unix_clients_build_no_tls_context_and_https_ones_share_one(monkeypatch) -> None:
+    made: list[object] = []
+    real = ssl.create_default_context
+
+    def counting(*args, **kwargs):
+        made.append(args)
+        return real(*args, **kwargs)
+
+    client_mod.ssl_context_for(AgentSpec(name="warm", url="https://warm:1"))  # the shared one, built once
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    clients = [AgentClient(AgentSpec(name=f"h{i}", url=f"http://10.0.0.{i}:9200")) for i in range(20)]
+    clients += [AgentClient(AgentSpec(name=f"s{i}", url=f"https://10.0.1.{i}:9200")) for i in range(20)]
+    clients += [AgentClient(AgentSpec(name=f"u{i}", url=f"unix:///tmp/wk-none-{i}.sock")) for i in range(5)]
+    for c in clients:
+        await c.aclose()
+    assert made == []  # today httpx builds one per client (~34 ms and ~0.9 MiB each)
+
+
+def _counting_routes(name: str, gauge: dict[str, int], delay_s: float) -> dict:
+    routes = agent_routes(name)
+
+    def slow(handler):
+        async def wrapped(path, query, headers):
+            gauge["now"] += 1
+            gauge["max"] = max(gauge["max"], gauge["now"])
+            try:
+                await asyncio.sleep(delay_s)
+                return handler(path, query, headers) if callable(handler) else handler
+            finally:
+                gauge["now"] -= 1
+
+        return wrapped
+
+    return {path: slow(h) for path, h in routes.items()}
+
+
+async def test_requests_in_flight_are_bounded_and_a_timeout_starts_at_the_send() -> None:
+    gauge = {"now": 0, "max": 0}
+    servers = [FakeHttpAgent(_counting_routes(f"a{i}", gauge, 0.1)) for i in range(8)]
+    for s in servers:
+        await s.start()
+    try:
+        # 8 agents x 3 requests of 0.1 s, 2 at a time: the last waits ~1.1 s for its turn, far past its
+        # 0.6 s timeout, and must still count as answered (the agent took 0.1 s).
+        specs = [AgentSpec(name=f"a{i}", url=s.url, timeout_s=0.6) for i, s in enumerate(servers)]
+        async with FleetPoller(specs, max_in_flight=2) as poller:
+            status = await poller.poll()
+    finally:
+        for s in servers:
+            await s.stop()
+    assert gauge["max"] <= 2
+    assert [a.state for a in status.agents] == [AgentState.UP] * 8, [a.reason for a in status.agents]
+
+
+async def test_agents_failing_together_retry_spread_out_never_later_than_their_backoff() -> None:
+    clock = FakeClock()
+    specs = [AgentSpec(name=f"d{i}", url=closed_url(), timeout_s=2.0) for i in range(30)]
+    async with FleetPoller(specs, clock=clock, backoff_base_s=4.0, rng=random.Random(7)) as poller:
+        status = await poller.poll()
+    retries = [a.next_retry_at for a in status.agents]
+    assert all(a.state is AgentState.DOWN for a in status.agents)
+    assert all(1000.0 + 4.0 * 0.75 <= r <= 1000.0 + 4.0 for r in retries)  # type: ignore[operator]
+    assert len({round(r, 3) for r in retries}) > 20  # type: ignore[arg-type]
+
+
+async def test_a_slow_poll_does_not_make_a_fresh_sample_stale() -> None:
+    """The agent samples every 2 s and hands out a fresh sample, but the poll takes 10 s (a big fleet)."""
+    clock = FakeClock(5_000.0)
+    routes = agent_routes("slowpoll", interval=2.0)
+
+    def snapshot(path, query, headers):
+        reply = Reply(200, make_snapshot("slowpoll", ts=clock.t))
+        clock.t += 10.0  # the rest of the poll: the answer lands 10 s after the sample was taken
+        return reply
+
+    routes["/api/v1/snapshot"] = snapshot
+    async with FakeHttpAgent(routes) as server:
+        poller = FleetPoller([AgentSpec(name="slowpoll", url=server.url)], clock=clock)
+        a = (await poller.poll()).agents[0]
+        await poller.aclose()
+    assert a.state is AgentState.UP, a.reason
+    assert a.sample_age_s == pytest.approx(10.0)  # the age shown still counts from the sample
+
+
+def test_open_files_limit_is_raised_to_the_hard_limit_and_a_fleet_beyond_it_is_refused() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        if hard != resource.RLIM_INFINITY:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+            assert fit_open_files(10) is None
+            assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard
+            refusal = fit_open_files(hard)
+            assert refusal is not None and f"need about {fds_needed(hard)} open files" in refusal
+            assert "ulimit -n" in refusal
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_status_refuses_a_fleet_that_cannot_fit_the_hard_limit_in_one_line(tmp_path: Path) -> None:
+    urls = ",".join(f"http://127.0.0.1:{20000 + i}" for i in range(300))
+    script = f"ulimit -n 200 && exec {sys.executable} -m console.cli status --agents {urls}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "300 agents need about" in lines[0] and "ulimit -n" in lines[0]
