@@ -143,6 +143,7 @@ class WatchkeeperApp(App[int]):
         self.polls_started += 1
         cancelled = False
         try:
+            self._tell_feeds_wanted()
             status = await self.source.poll()
             self.post_message(FleetPolled(status))
         except asyncio.CancelledError:
@@ -156,10 +157,37 @@ class WatchkeeperApp(App[int]):
             if not cancelled:
                 self._arm_poll()
 
+    def _feeds_shown(self) -> tuple[str, ...]:
+        screen = self.screen if self.screen_stack else None
+        if isinstance(screen, AlertsScreen):
+            return ("alerts",)
+        if isinstance(screen, RolloutsScreen):
+            return ("rollouts",)
+        return ()
+
+    def _tell_feeds_wanted(self) -> bool:
+        """Tell the poller which feed the screen in front shows (fetched every poll; the others only when
+        an agent's summary says they changed); True when that changed."""
+        want = getattr(self.source, "want_feeds", None)
+        if want is None:
+            return False
+        shown = frozenset(self._feeds_shown())
+        if shown == getattr(self.source, "feeds_wanted", frozenset()):
+            return False
+        want(*shown)
+        return True
+
+    def _screen_feeds_changed(self) -> None:
+        # A screen showing a feed opened: fetch it now rather than show what was fetched up to
+        # FEED_REFRESH_S ago.
+        if self._tell_feeds_wanted():
+            self.request_poll()
+
     def _arm_poll(self) -> None:
         if self._poll_timer is not None:
             self._poll_timer.stop()
-        delay = 0.0 if self._poll_again else self.refresh_s
+        # Not 0: Textual's timer divides by its interval when it runs late (ZeroDivisionError).
+        delay = 0.001 if self._poll_again else self.refresh_s
         self._poll_again = False
         self._poll_timer = self.set_timer(delay, self.poll_fleet, name="fleet-poll")
 
@@ -242,6 +270,7 @@ class WatchkeeperApp(App[int]):
         """Open the alerts of the whole fleet."""
         if not isinstance(self.screen, AlertsScreen):
             self.push_screen(AlertsScreen())
+            self._screen_feeds_changed()
 
     def action_alerts(self) -> None:
         """`!`: the alerts of the whole fleet."""
@@ -251,6 +280,7 @@ class WatchkeeperApp(App[int]):
         """Open the rollouts of the whole fleet."""
         if not isinstance(self.screen, RolloutsScreen):
             self.push_screen(RolloutsScreen())
+            self._screen_feeds_changed()
 
     def action_rollouts(self) -> None:
         """`R`: the rollouts of the whole fleet."""

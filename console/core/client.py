@@ -23,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from agent.schemas import (
     API_PREFIX,
     AgentAlert,
+    AgentSummary,
     AuditEntry,
     AuditHead,
     AuditVerify,
@@ -45,6 +46,7 @@ T = TypeVar("T")
 MIN_CLOCK_OFFSET_S = 2.0
 
 _SNAPSHOT = TypeAdapter(Snapshot)
+_SUMMARY = TypeAdapter(AgentSummary)
 _HOST = TypeAdapter(HostInfo)
 _SERIES = TypeAdapter(SeriesResponse)
 _HEALTH = TypeAdapter(Health)
@@ -146,11 +148,15 @@ class AgentClient:
         files: dict[str, Any] | None = None,
         timeout_s: float | None = None,
         refusal: Callable[[httpx.Response], AgentError] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """One request bounded as a whole (`timeout_s`, default the agent's); a non-2xx answer raises
-        `refusal(response)`, by default `classify_response`'s AgentError."""
+        `refusal(response)`, by default `classify_response`'s AgentError (a 304 answering an
+        If-None-Match in `headers` is returned, not raised)."""
         timeout_s = self.spec.timeout_s if timeout_s is None else timeout_s
-        headers = {"Content-Type": "application/json"} if body is not None else None
+        conditional = bool(headers and "If-None-Match" in headers)
+        if body is not None:
+            headers = {**(headers or {}), "Content-Type": "application/json"}
         try:
             async with self.limiter or contextlib.nullcontext():
                 # httpx's timeout is per phase (connect, each read...); an agent trickling bytes could
@@ -163,7 +169,7 @@ class AgentClient:
             raise AgentError(ErrorKind.TIMEOUT, f"timeout after {timeout_s:g}s") from None
         except httpx.HTTPError as exc:
             raise classify_transport_error(exc, timeout_s=timeout_s) from exc
-        if not response.is_success:
+        if not response.is_success and not (conditional and response.status_code == 304):
             if refusal is not None:
                 raise refusal(response)
             raise classify_response(response, has_token=bool(self.spec.token))
@@ -211,6 +217,16 @@ class AgentClient:
     async def snapshot(self) -> Snapshot:
         """`GET /api/v1/snapshot`: the newest telemetry sample."""
         return await self.fetch(f"{API_PREFIX}/snapshot", _SNAPSHOT)
+
+    async def summary(self, etag: str | None = None) -> tuple[AgentSummary | None, str | None]:
+        """`GET /api/v1/summary` (the fleet screen's one request): (summary, its ETag); with `etag`, the
+        answer is (None, etag) when nothing changed since (304)."""
+        headers = {"If-None-Match": etag} if etag else None
+        response = await self.request("GET", f"{API_PREFIX}/summary", headers=headers)
+        tag = response.headers.get("etag")
+        if response.status_code == 304:
+            return None, tag or etag
+        return self.parse(f"{API_PREFIX}/summary", _SUMMARY, response), tag
 
     async def host_info(self) -> HostInfo:
         """`GET /api/v1/host`: static-ish facts about the host and agent."""

@@ -15,9 +15,12 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from console.core.errors import AgentError, as_agent_error, capture
-from console.core.poller import AgentState, AgentStatus, FleetStatus
+from console.core.poller import AgentState, AgentStatus, AgentTrack, FleetStatus
 
 T = TypeVar("T")
+# A feed nobody is looking at, on an agent whose summary says nothing changed, is still fetched this often.
+FEED_REFRESH_S = 30.0
+_UNSET = object()
 
 
 class FeedState(StrEnum):
@@ -55,6 +58,8 @@ class FeedTrack:
 
     feed: Any  # AlertFeed, RolloutFeed: a frozen dataclass with `state` and `error`
     attempt_at: float | None = None
+    # The agent's summary counts for this feed when it was last fetched (see `may_wait`).
+    basis: Any = _UNSET
 
     def due(self, now: float, idle_s: float) -> bool:
         """Whether to ask at `now` (then noted as the attempt)."""
@@ -62,6 +67,19 @@ class FeedTrack:
             return False
         self.attempt_at = now
         return True
+
+    def may_wait(self, track: AgentTrack, now: float, wanted: bool, refresh_s: float = FEED_REFRESH_S) -> bool:
+        """Whether this poll may skip the feed, pending the agent's summary: the agent has one, no screen
+        shows the feed (`wanted`), the last fetch worked and is recent. The caller then fetches only if
+        the summary's counts moved away from `basis`."""
+        return (
+            track.summary_route is True
+            and not wanted
+            and self.basis is not _UNSET
+            and self.feed.state in (FeedState.OK, FeedState.NONE)
+            and self.attempt_at is not None
+            and now - self.attempt_at < refresh_s
+        )
 
     def failed(self, result: object) -> None:
         """The fetch failed: keep the last good answer, marked as an error."""

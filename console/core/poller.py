@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from agent.schemas import EndpointInfo, HostInfo, SeriesResponse, ServingStatus, Snapshot
+from agent.schemas import AgentSummary, EndpointInfo, HostInfo, SeriesResponse, ServingStatus, Snapshot
 from console.core.client import AgentClient
 from console.core.config import AgentSpec
 from console.core.errors import AgentError, ErrorKind, as_agent_error, capture
@@ -89,6 +89,8 @@ class AgentStatus:
     alerts: AlertFeed | None = None
     # Its audit chain against the head this console remembers (console/core/audit_heads.py; None: not checked).
     audit: AuditAnchor | None = None
+    # Its newest `GET /api/v1/summary` (None: an older agent without the route, or not answered yet).
+    summary: AgentSummary | None = None
 
     @property
     def label(self) -> str:
@@ -163,6 +165,11 @@ class AgentTrack:
     serving_attempt_at: float | None = None
     audit: AuditAnchor | None = None
     audit_at: float | None = None
+    summary: AgentSummary | None = None
+    summary_etag: str | None = None
+    # Whether the agent has `/api/v1/summary` (None: not known yet; False: an older agent, asked for
+    # `/snapshot` instead until it comes back from an outage, maybe upgraded).
+    summary_route: bool | None = None
 
 
 class FleetPoller:
@@ -202,6 +209,9 @@ class FleetPoller:
         self.host_refresh_s = host_refresh_s
         self.serving_idle_s = serving_idle_s
         self.serving_wanted = False
+        # Feeds a screen shows now ("alerts", "rollouts"): fetched every poll; the others only when an
+        # agent's summary says they changed (or every FEED_REFRESH_S).
+        self.feeds_wanted: frozenset[str] = frozenset()
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.backoff_jitter = backoff_jitter
@@ -263,6 +273,10 @@ class FleetPoller:
         """Fetch serving status on every poll while `wanted`, else every `serving_idle_s`."""
         self.serving_wanted = wanted
 
+    def want_feeds(self, *feeds: str) -> None:
+        """The feeds ("alerts", "rollouts") the screen in front shows: fetched on every poll."""
+        self.feeds_wanted = frozenset(feeds)
+
     async def set_fallback(self, name: str, endpoint: str, enabled: bool, reason: str) -> EndpointInfo:
         """Switch `endpoint` on agent `name` to (or back from) its fallback prediction."""
         return await self._tracks[name].client.set_fallback(endpoint, enabled, reason)
@@ -286,7 +300,7 @@ class FleetPoller:
             track.host_fetched_at is not None and now - track.host_fetched_at >= self.host_refresh_s
         )
         need_serving = self._serving_due(track, now)
-        calls: list[Any] = [track.client.snapshot()]
+        calls: list[Any] = [self.latest_sample(track)]
         if need_host:
             calls.append(track.client.host_info())
         if need_serving:
@@ -310,6 +324,8 @@ class FleetPoller:
                 # It was down: it may have restarted with other GPUs, settings or a newer version.
                 track.host_fetched_at = None if track.host is None else now - self.host_refresh_s
                 track.serving_attempt_at = None
+                if track.summary_route is False:
+                    track.summary_route = None
             track.failures = 0
             track.next_attempt_at = 0.0
             track.error = None
@@ -325,6 +341,27 @@ class FleetPoller:
             return
         track.failures += 1
         track.next_attempt_at = self._clock() + self.retry_delay_s(track.failures)
+
+    async def latest_sample(self, track: AgentTrack) -> Snapshot:
+        """The agent's newest sample: from its summary (one small request, 304 when nothing changed,
+        the alert and rollout counts with it) or, from an agent without that route, `/snapshot`."""
+        if track.summary_route is not False:
+            try:
+                summary, etag = await track.client.summary(track.summary_etag)
+            except AgentError as exc:
+                if not (exc.status_code == 404 and exc.error_code in (None, "not_found")):
+                    raise
+                track.summary_route = False
+            else:
+                track.summary_route = True
+                track.summary_etag = etag
+                if summary is not None:
+                    track.summary = summary
+                if track.summary is None or track.summary.snapshot is None:
+                    track.summary_etag = None
+                    raise AgentError(ErrorKind.NOT_READY, "503 no sample yet", status_code=503)
+                return track.summary.snapshot
+        return await track.client.snapshot()
 
     async def _check_audit(self, track: AgentTrack, now: float) -> None:
         if self.audit_heads is None or (track.audit_at is not None and now - track.audit_at < self.audit_every_s):
@@ -393,6 +430,7 @@ class FleetPoller:
             "serving_error": track.serving_error,
             "serving_at": track.serving_at,
             "audit": track.audit,
+            "summary": track.summary,
         }
         if track.error is not None:
             return AgentStatus(

@@ -20,7 +20,15 @@ from console.core.client import AgentClient
 from console.core.config import AgentSpec
 from console.core.limits import fds_needed, fit_open_files
 from console.core.poller import AgentState, FleetPoller
-from tests.console.wk_fakes import FakeHttpAgent, Reply, agent_routes, closed_url, make_snapshot
+from tests.console.wk_fakes import (
+    FakeHttpAgent,
+    Reply,
+    agent_routes,
+    closed_url,
+    make_alert,
+    make_rollout,
+    make_snapshot,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,3 +147,141 @@ def test_status_refuses_a_fleet_that_cannot_fit_the_hard_limit_in_one_line(tmp_p
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "300 agents need about" in lines[0] and "ulimit -n" in lines[0]
+
+
+# --------------------------------------------------------------------------- one request per agent per poll
+
+
+class SummaryAgent:
+    """A fake agent with `/api/v1/summary` (ETag / 304), its alerts and its rollouts."""
+
+    def __init__(self, name: str) -> None:
+        from agent.schemas import AlertsResponse
+
+        self.name = name
+        self.ts = 1_000.0
+        self.alerts = [make_alert("f1", host=name)]
+        self.rollouts = [make_rollout("r-1")]
+        self.routes = agent_routes(name)
+        self.routes["/api/v1/summary"] = self._summary
+        self.routes["/api/v1/alerting"] = lambda p, q, h: Reply(
+            200, AlertsResponse(alerts=self.alerts, rules=[], webhooks=[])
+        )
+        self.routes["/api/v1/rollouts"] = lambda p, q, h: Reply(
+            200, [r.model_dump(mode="json") for r in self.rollouts if q.get("active") == ["true"]]
+        )
+
+    def _summary(self, path, query, headers) -> Reply:
+        from agent.schemas import AgentSummary
+
+        firing: dict[str, int] = {}
+        for a in self.alerts:
+            if a.state == "firing":
+                firing[a.severity] = firing.get(a.severity, 0) + 1
+        body = (
+            AgentSummary(
+                agent_name=self.name,
+                sample_interval_s=2.0,
+                snapshot=make_snapshot(self.name, ts=self.ts),
+                alerts_firing=firing,
+                alerts_pending=0,
+                rollouts_active=len(self.rollouts),
+                rollouts_awaiting_approval=sum(1 for r in self.rollouts if r.state == "awaiting_approval"),
+                endpoints=[],
+            )
+            .model_dump_json()
+            .encode()
+        )
+        etag = f'"{hash(body) & 0xFFFFFFFF:x}"'
+        if headers.get("if-none-match") == etag:
+            return Reply(304, b"", headers={"etag": etag})
+        return Reply(200, body, headers={"etag": etag})
+
+
+async def test_the_poller_asks_an_agent_with_a_summary_one_request_and_sends_its_etag() -> None:
+    agent = SummaryAgent("sum-1")
+    agent.ts = __import__("time").time()
+    async with FakeHttpAgent(agent.routes) as server:
+        poller = FleetPoller([AgentSpec(name="sum-1", url=server.url)])
+        first = (await poller.poll()).agents[0]
+        second = (await poller.poll()).agents[0]
+        await poller.aclose()
+    assert server.count("/api/v1/snapshot") == 0 and server.count("/api/v1/summary") == 2
+    summaries = [h for p, h in server.requests if p == "/api/v1/summary"]
+    assert "if-none-match" not in summaries[0] and summaries[1]["if-none-match"].startswith('"')
+    # The second answer was a 304: the sample (and its counts) carried over.
+    assert first.state is second.state is AgentState.UP
+    assert second.snapshot == first.snapshot and second.summary is not None and second.summary.rollouts_active == 1
+
+
+async def test_feeds_nobody_looks_at_are_fetched_only_when_the_summary_says_they_changed() -> None:
+    from console.rollouts.client import RolloutsPoller, rollout_feed
+
+    clock = FakeClock()
+    agent = SummaryAgent("sum-2")
+    async with FakeHttpAgent(agent.routes) as server:
+        poller = RolloutsPoller([AgentSpec(name="sum-2", url=server.url)], clock=clock)
+
+        def fetched() -> tuple[int, int]:
+            return server.count("/api/v1/alerting"), server.count("/api/v1/rollouts")
+
+        await poller.poll()  # the first poll asks for everything
+        alerts0, rollouts0 = fetched()
+        assert alerts0 == 1 and rollouts0 >= 1
+        for _ in range(3):
+            clock.t += 2.0
+            await poller.poll()
+        assert fetched() == (alerts0, rollouts0)  # counts unchanged: nothing but the summary
+
+        agent.alerts = [*agent.alerts, make_alert("f2", severity="critical", host="sum-2")]
+        clock.t += 2.0
+        status = await poller.poll()
+        assert fetched() == (alerts0 + 1, rollouts0)
+        assert status.agents[0].alerts is not None and len(status.agents[0].alerts.alerts) == 2
+
+        agent.rollouts = [make_rollout("r-1", state="awaiting_approval")]
+        clock.t += 2.0
+        status = await poller.poll()
+        feed = rollout_feed(status.agents[0])
+        assert feed is not None and [r.state for r in feed.active] == ["awaiting_approval"]
+
+        # The alerts screen is open: its feed is fetched on every poll, counts or not.
+        poller.want_feeds("alerts")
+        before = fetched()[0]
+        for _ in range(2):
+            clock.t += 2.0
+            await poller.poll()
+        assert fetched()[0] == before + 2
+
+        # Nobody looks, nothing changes, but FEED_REFRESH_S passes: fetched again anyway.
+        poller.want_feeds()
+        before = fetched()[0]
+        clock.t += 31.0
+        await poller.poll()
+        assert fetched()[0] == before + 1
+        await poller.aclose()
+
+
+async def test_the_app_tells_the_poller_which_feed_the_screen_in_front_shows_and_fetches_it_at_once() -> None:
+    from console.app import WatchkeeperApp
+    from console.monitoring.alerts_screen import AlertsScreen
+    from console.rollouts.client import RolloutsPoller
+    from console.rollouts.screen import RolloutsScreen
+    from tests.console.wk_pilot import until
+
+    agent = SummaryAgent("sum-3")
+    agent.ts = __import__("time").time()
+    async with FakeHttpAgent(agent.routes) as server:
+        poller = RolloutsPoller([AgentSpec(name="sum-3", url=server.url)])
+        app = WatchkeeperApp(poller, refresh_s=60)
+        async with app.run_test(size=(120, 30)) as pilot:
+            await until(pilot, lambda: app.polls_finished >= 1)
+            assert poller.feeds_wanted == frozenset()
+            alerting = server.count("/api/v1/alerting")
+            await pilot.press("exclamation_mark")
+            await until(pilot, lambda: isinstance(app.screen, AlertsScreen))
+            assert poller.feeds_wanted == {"alerts"}
+            await until(pilot, lambda: server.count("/api/v1/alerting") > alerting, timeout=10)
+            await pilot.press("R")
+            await until(pilot, lambda: isinstance(app.screen, RolloutsScreen))
+            assert poller.feeds_wanted == {"rollouts"}
