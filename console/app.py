@@ -234,7 +234,9 @@ class WatchkeeperApp(App[int]):
         screen = self.screen
         if isinstance(screen, ModalScreen):
             return  # skip redraw under a modal; the screen catches up on resume
-        if isinstance(screen, ConsoleScreen):
+        if isinstance(screen, ConsoleScreen) and screen.is_mounted:
+            # Not mounted yet (a big fleet's first poll can land before the first screen is composed):
+            # its on_mount shows the newest status.
             screen.show_fleet(status)
 
     def _set_subtitle(self) -> None:
