@@ -188,6 +188,7 @@ async def measure_tui(urls: list[str], seconds: float, refresh_s: float) -> dict
     from console.core.audit_heads import HeadStore
     from console.core.config import AgentSpec
     from console.core.limits import fit_open_files
+    from console.core.poll_thread import ThreadedSource
     from console.core.poller import AgentState
     from console.fleet.fleet_table import FleetTable
     from console.rollouts.client import RolloutsPoller
@@ -197,7 +198,7 @@ async def measure_tui(urls: list[str], seconds: float, refresh_s: float) -> dict
     refusal = fit_open_files(len(specs))
     if refusal:
         return {"error": refusal}
-    poller = RolloutsPoller(specs, audit_heads=HeadStore())
+    poller = ThreadedSource(RolloutsPoller(specs, audit_heads=HeadStore()))  # as `watchkeeper` runs it
     app = WatchkeeperApp(poller, refresh_s=refresh_s)
     worst = {"lag": 0.0}
     peak = {"rss": 0, "fds": 0}

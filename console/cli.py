@@ -141,9 +141,11 @@ def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) 
     theme = _theme(args)
     specs = specs if specs is not None else _specs(args)
     from console.core.audit_heads import HeadStore
+    from console.core.poll_thread import ThreadedSource
 
     poller = RolloutsPoller(specs, audit_heads=HeadStore())  # remembers each agent's audit head
-    app = WatchkeeperApp(poller, refresh_s=args.refresh, readonly=args.readonly, theme=theme)
+    # Polling on its own thread and loop: a big fleet's poll never freezes the screen.
+    app = WatchkeeperApp(ThreadedSource(poller), refresh_s=args.refresh, readonly=args.readonly, theme=theme)
     rc = app.run()
     return app.return_code if app.return_code is not None else (rc or EXIT_OK)
 

@@ -349,7 +349,7 @@ class FleetPoller:
             try:
                 summary, etag = await track.client.summary(track.summary_etag)
             except AgentError as exc:
-                if not (exc.status_code == 404 and exc.error_code in (None, "not_found")):
+                if exc.status_code != 404:  # the route never answers 404 itself: an older agent
                     raise
                 track.summary_route = False
             else:

@@ -27,6 +27,7 @@ from tests.console.wk_fakes import (
     closed_url,
     make_alert,
     make_rollout,
+    make_series,
     make_snapshot,
 )
 
@@ -285,3 +286,48 @@ async def test_the_app_tells_the_poller_which_feed_the_screen_in_front_shows_and
             await pilot.press("R")
             await until(pilot, lambda: isinstance(app.screen, RolloutsScreen))
             assert poller.feeds_wanted == {"rollouts"}
+
+
+# --------------------------------------------------------------------------- polling off the UI's loop
+
+
+async def test_a_threaded_source_polls_on_its_own_thread_and_the_ui_loop_keeps_running() -> None:
+    import threading
+    import time as _time
+
+    from console.core.poll_thread import ThreadedSource
+    from console.core.poller import AgentTrack
+
+    threads: set[int] = set()
+
+    class BusyPoller(FleetPoller):
+        async def poll_agent(self, track: AgentTrack) -> None:
+            threads.add(threading.get_ident())
+            _time.sleep(0.4)  # a big fleet's CPU burst: blocks whichever loop runs it
+            await super().poll_agent(track)
+
+    agent_ts = _time.time()
+    routes = agent_routes("busy")
+    routes["/api/v1/snapshot"] = lambda p, q, h: Reply(200, make_snapshot("busy", ts=agent_ts))
+    routes["/api/v1/series"] = lambda p, q, h: Reply(200, make_series("cpu_percent", agent_ts - 60, agent_ts, 10.0))
+    async with FakeHttpAgent(routes) as server:
+        source = ThreadedSource(BusyPoller([AgentSpec(name="busy", url=server.url)]))
+        worst = 0.0
+
+        async def ticker() -> None:
+            nonlocal worst
+            while True:
+                t = _time.perf_counter()
+                await asyncio.sleep(0.01)
+                worst = max(worst, _time.perf_counter() - t - 0.01)
+
+        tick = asyncio.create_task(ticker())
+        status = await source.poll()
+        series = await source.series("busy", "cpu_percent", agent_ts - 60, agent_ts, 10.0)  # on demand, proxied
+        tick.cancel()
+        assert source.specs[0].name == "busy" and source.want_serving(True) is None
+        await source.aclose()
+    assert status.agents[0].state is AgentState.UP and len(series.series) >= 1
+    assert threads == {source.thread.ident} and threading.get_ident() not in threads
+    assert worst < 0.3  # the 0.4 s burst did not stall this loop
+    assert not source.thread.is_alive()
