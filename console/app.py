@@ -26,7 +26,7 @@ from textual.timer import Timer
 
 from console.core.errors import why
 from console.core.messages import ConsoleError, FallbackToggled, FleetPolled
-from console.core.poller import AgentState, FleetSource, FleetStatus
+from console.core.poller import AgentState, AgentStatus, FleetSource, FleetStatus
 from console.core.readonly import allowed
 from console.core.screens.base import ConsoleScreen
 from console.core.screens.help import HelpScreen
@@ -42,6 +42,26 @@ DEFAULT_REFRESH_S = 2.0
 # The same error is reported at most once in this many seconds (a dead agent fails every poll).
 ERROR_REPEAT_S = 60.0
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+NAMES_IN_A_TOAST = 5
+
+
+def state_change_text(state: AgentState, agents: list[AgentStatus]) -> str:
+    """One toast for the agents that went to `state` in one poll: "gpu-01 is down: why" for one,
+    "12 agents down (why): a, b, c, d, e … +7 more" for many (the reason when they share one)."""
+    if len(agents) == 1:
+        agent = agents[0]
+        if state is AgentState.UP:
+            return f"{agent.label} is up again"
+        return f"{agent.label} is {state.value}" + (f": {agent.reason}" if agent.reason else "")
+    names = ", ".join(a.label for a in agents[:NAMES_IN_A_TOAST])
+    more = f" … +{len(agents) - NAMES_IN_A_TOAST} more" if len(agents) > NAMES_IN_A_TOAST else ""
+    if state is AgentState.UP:
+        return f"{len(agents)} agents up again: {names}{more}"
+    reasons = {a.reason for a in agents}
+    why = f" ({reasons.pop()})" if len(reasons) == 1 and None not in reasons else ""
+    return f"{len(agents)} agents {state.value}{why}: {names}{more}"
 
 
 class WatchkeeperApp(App[int]):
@@ -172,7 +192,7 @@ class WatchkeeperApp(App[int]):
         if want is None:
             return False
         shown = frozenset(self._feeds_shown())
-        if shown == getattr(self.source, "feeds_wanted", frozenset()):
+        if shown == getattr(self.source, "feeds_wanted", None):
             return False
         want(*shown)
         return True
@@ -215,17 +235,17 @@ class WatchkeeperApp(App[int]):
 
     def _announce_changes(self, before: FleetStatus, after: FleetStatus) -> None:
         # The table shows the state; a toast tells the operator who is looking elsewhere that it
-        # changed (first poll excluded: nothing changed, we just started looking).
+        # changed (first poll excluded: nothing changed, we just started looking). Agents that changed
+        # to the same state in one poll share one toast ("12 agents down: …"), not one each.
+        changed: dict[AgentState, list[AgentStatus]] = {}
+        previous = {a.name: a for a in before.agents}
         for agent in after.agents:
-            old = before.get(agent.name)
-            if old is None or old.state is agent.state:
-                continue
-            if agent.state is AgentState.UP:
-                text, severity = f"{agent.label} is up again", "information"
-            else:
-                text = f"{agent.label} is {agent.state.value}" + (f": {agent.reason}" if agent.reason else "")
-                severity = "warning" if agent.state is AgentState.STALE else "error"
-            self.post_message(ConsoleError(f"state {agent.name}", text, severity=severity))
+            old = previous.get(agent.name)
+            if old is not None and old.state is not agent.state:
+                changed.setdefault(agent.state, []).append(agent)
+        for state, agents in changed.items():
+            severity = "information" if state is AgentState.UP else "warning" if state is AgentState.STALE else "error"
+            self.post_message(ConsoleError(f"state {state.value}", state_change_text(state, agents), severity=severity))
 
     def watch_fleet_status(self, status: FleetStatus | None) -> None:
         if status is None or not self.screen_stack:

@@ -211,7 +211,8 @@ class FleetPoller:
         self.serving_wanted = False
         # Feeds a screen shows now ("alerts", "rollouts"): fetched every poll; the others only when an
         # agent's summary says they changed (or every FEED_REFRESH_S).
-        self.feeds_wanted: frozenset[str] = frozenset()
+        # None (the CLI's one-shot polls): every feed, every poll.
+        self.feeds_wanted: frozenset[str] | None = None
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.backoff_jitter = backoff_jitter
@@ -276,6 +277,10 @@ class FleetPoller:
     def want_feeds(self, *feeds: str) -> None:
         """The feeds ("alerts", "rollouts") the screen in front shows: fetched on every poll."""
         self.feeds_wanted = frozenset(feeds)
+
+    def feed_wanted(self, feed: str) -> bool:
+        """Whether `feed` is fetched on every poll (see `want_feeds`; by default every feed is)."""
+        return self.feeds_wanted is None or feed in self.feeds_wanted
 
     async def set_fallback(self, name: str, endpoint: str, enabled: bool, reason: str) -> EndpointInfo:
         """Switch `endpoint` on agent `name` to (or back from) its fallback prediction."""

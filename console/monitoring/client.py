@@ -158,6 +158,14 @@ def alert_counts(track: AgentTrack) -> object:
     return firing, summary.alerts_pending
 
 
+def alerts_quiet(counts: object) -> bool:
+    """The summary counts no alert firing or pending (or the agent runs no alerting)."""
+    if not isinstance(counts, tuple):
+        return False
+    firing, pending = counts
+    return not firing and not pending
+
+
 class MonitoringPoller(FleetPoller):
     """`FleetPoller` that also fetches every agent's alerts on each poll (see the module docstring).
 
@@ -185,10 +193,11 @@ class MonitoringPoller(FleetPoller):
     async def poll_agent(self, track: AgentTrack) -> None:
         alerts = self._alert_tracks[track.spec.name]
         now = self.now()
-        if alerts.may_wait(track, now, wanted="alerts" in self.feeds_wanted):
+        if alerts.may_wait(track, now, wanted=self.feed_wanted("alerts")):
             # Nobody looks at the alerts: the summary (this poll's one request) says whether they changed.
             await super().poll_agent(track)
-            if alerts.basis == alert_counts(track):
+            counts = alert_counts(track)
+            if alerts.settled(counts, quiet=alerts_quiet(counts)):
                 return
             alerts.attempt_at = now
             result = await capture(self._fetch_alerts(track))
@@ -197,7 +206,8 @@ class MonitoringPoller(FleetPoller):
             return
         else:
             result = await beside(super().poll_agent(track), self._fetch_alerts(track))
-        alerts.basis = alert_counts(track)
+        counts = alert_counts(track)
+        alerts.based_on(counts, alerts_quiet(counts))
         if isinstance(result, AlertsResponse):
             alerts.feed = AlertFeed(
                 state=FeedState.OK,

@@ -238,6 +238,11 @@ def rollout_counts(track: AgentTrack) -> object:
     return None if summary is None else (summary.rollouts_active, summary.rollouts_awaiting_approval)
 
 
+def rollouts_quiet(counts: object) -> bool:
+    """The summary counts no active rollout (or the agent runs no rollouts)."""
+    return isinstance(counts, tuple) and not counts[0]
+
+
 class RolloutsPoller(MonitoringPoller):
     """`MonitoringPoller` that also fetches every agent's rollouts on each poll (see the module docstring)."""
 
@@ -263,11 +268,12 @@ class RolloutsPoller(MonitoringPoller):
     async def poll_agent(self, track: AgentTrack) -> None:
         rt = self._rollout_tracks[track.spec.name]
         now = self.now()
-        wanted = "rollouts" in self.feeds_wanted or self.serving_wanted  # the endpoints view shows them too
-        if not rt.ended_due and rt.may_wait(track, now, wanted=wanted):
+        wanted = self.feed_wanted("rollouts") or self.serving_wanted  # the endpoints view shows them too
+        if rt.may_wait(track, now, wanted=wanted):
             # Nobody looks at the rollouts: the summary (this poll's one request) says whether they changed.
             await super().poll_agent(track)
-            if rt.basis == rollout_counts(track):
+            counts = rollout_counts(track)
+            if rt.settled(counts, quiet=rollouts_quiet(counts)):
                 return
             rt.attempt_at = now
             want_ended = True  # a count moved: one may have ended
@@ -278,7 +284,8 @@ class RolloutsPoller(MonitoringPoller):
         else:
             want_ended = rt.ended_due or rt.ended_at is None or now - rt.ended_at >= self.ended_refresh_s
             result = await beside(super().poll_agent(track), self._fetch_rollouts(track.spec.name, want_ended))
-        rt.basis = rollout_counts(track)
+        counts = rollout_counts(track)
+        rt.based_on(counts, rollouts_quiet(counts))
         self._note_rollouts(rt, result, track.client.clock_offset_s)
 
     async def _fetch_rollouts(

@@ -222,6 +222,7 @@ async def test_feeds_nobody_looks_at_are_fetched_only_when_the_summary_says_they
     agent = SummaryAgent("sum-2")
     async with FakeHttpAgent(agent.routes) as server:
         poller = RolloutsPoller([AgentSpec(name="sum-2", url=server.url)], clock=clock)
+        poller.want_feeds()  # as the app tells it: the fleet screen shows neither feed
 
         def fetched() -> tuple[int, int]:
             return server.count("/api/v1/alerting"), server.count("/api/v1/rollouts")
@@ -277,7 +278,7 @@ async def test_the_app_tells_the_poller_which_feed_the_screen_in_front_shows_and
         app = WatchkeeperApp(poller, refresh_s=60)
         async with app.run_test(size=(120, 30)) as pilot:
             await until(pilot, lambda: app.polls_finished >= 1)
-            assert poller.feeds_wanted == frozenset()
+            assert poller.feeds_wanted == frozenset()  # the CLI's pollers: None (every feed)
             alerting = server.count("/api/v1/alerting")
             await pilot.press("exclamation_mark")
             await until(pilot, lambda: isinstance(app.screen, AlertsScreen))
@@ -331,3 +332,62 @@ async def test_a_threaded_source_polls_on_its_own_thread_and_the_ui_loop_keeps_r
     assert threads == {source.thread.ident} and threading.get_ident() not in threads
     assert worst < 0.3  # the 0.4 s burst did not stall this loop
     assert not source.thread.is_alive()
+
+
+# --------------------------------------------------------------------------- grouped state changes
+
+
+async def test_many_agents_changing_state_in_one_poll_share_one_toast() -> None:
+    from console.app import WatchkeeperApp
+    from console.fleet.fleet_table import FleetTable
+    from tests.console.wk_fakes import FakeSource, down, fleet, up
+    from tests.console.wk_pilot import until
+
+    source = FakeSource(fleet(*(up(f"gpu-{i:02d}", i) for i in range(12)), down("cpu-99", 12)))
+    app = WatchkeeperApp(source, refresh_s=60)
+    seen: list[tuple[str, str]] = []
+    app.notify = lambda message, severity="information", **kw: seen.append((message, severity))  # type: ignore[method-assign]
+    async with app.run_test(size=(120, 30)) as pilot:
+        await until(pilot, lambda: app.polls_finished >= 1 and app.screen.query(FleetTable))
+        t = app.screen.query_one(FleetTable)
+        source.status = fleet(
+            *(down(f"gpu-{i:02d}", i, reason="timeout after 2s") for i in range(10)),
+            up("gpu-10", 10),
+            up("gpu-11", 11),
+            up("cpu-99", 12),
+        )
+        syncs = t.sync_count
+        app.action_refresh_now()
+        await until(pilot, lambda: t.sync_count > syncs)
+        await pilot.pause()
+    assert sorted(seen) == [
+        ("10 agents down (timeout after 2s): gpu-00, gpu-01, gpu-02, gpu-03, gpu-04 … +5 more", "error"),
+        ("cpu-99 is up again", "information"),
+    ]
+
+
+async def test_a_quiet_fleet_costs_one_request_per_agent_from_the_first_poll_but_the_cli_asks_everything() -> None:
+    from console.rollouts.client import RolloutsPoller
+
+    clock = FakeClock()
+    agent = SummaryAgent("quiet")
+    agent.alerts, agent.rollouts = [], []
+    async with FakeHttpAgent(agent.routes) as server:
+        spec = AgentSpec(name="quiet", url=server.url)
+        tui = RolloutsPoller([spec], clock=clock)
+        tui.want_feeds()  # the app: the fleet screen is in front
+        for _ in range(3):
+            clock.t += 40.0  # past FEED_REFRESH_S each time: a quiet agent is still not asked
+            await tui.poll()
+        assert server.count("/api/v1/alerting") == 0 and server.count("/api/v1/rollouts") == 0
+        agent.alerts = [make_alert("f9", host="quiet")]
+        clock.t += 2.0
+        status = await tui.poll()
+        assert server.count("/api/v1/alerting") == 1 and status.agents[0].alerts is not None
+        assert [a.fingerprint for a in status.agents[0].alerts.alerts] == ["f9"]
+        await tui.aclose()
+
+        cli = RolloutsPoller([spec])  # `watchkeeper alerts` / `rollouts`: one poll, every feed
+        await cli.poll()
+        await cli.aclose()
+    assert server.count("/api/v1/alerting") == 2 and server.count("/api/v1/rollouts") >= 1
