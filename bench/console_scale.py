@@ -198,7 +198,8 @@ async def measure_tui(urls: list[str], seconds: float, refresh_s: float) -> dict
     refusal = fit_open_files(len(specs))
     if refusal:
         return {"error": refusal}
-    poller = ThreadedSource(RolloutsPoller(specs, audit_heads=HeadStore()))  # as `watchkeeper` runs it
+    # As `watchkeeper` (console/cli.py: run_tui) runs it.
+    poller = ThreadedSource(RolloutsPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0))
     app = WatchkeeperApp(poller, refresh_s=refresh_s)
     worst = {"lag": 0.0}
     peak = {"rss": 0, "fds": 0}

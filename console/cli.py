@@ -143,7 +143,8 @@ def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) 
     from console.core.audit_heads import HeadStore
     from console.core.poll_thread import ThreadedSource
 
-    poller = RolloutsPoller(specs, audit_heads=HeadStore())  # remembers each agent's audit head
+    # Remembers each agent's audit head; serving status and audit checks spread over the first 30 s.
+    poller = RolloutsPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0)
     # Polling on its own thread and loop: a big fleet's poll never freezes the screen.
     app = WatchkeeperApp(ThreadedSource(poller), refresh_s=args.refresh, readonly=args.readonly, theme=theme)
     rc = app.run()

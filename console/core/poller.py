@@ -199,6 +199,8 @@ class FleetPoller:
         audit_every_s: float = 60.0,
         max_in_flight: int = MAX_IN_FLIGHT,
         backoff_jitter: float = BACKOFF_JITTER,
+        ask_serving: bool = True,
+        first_spread_s: float = 0.0,
         rng: random.Random | None = None,
     ) -> None:
         self._specs = tuple(specs)
@@ -209,6 +211,8 @@ class FleetPoller:
         self.host_refresh_s = host_refresh_s
         self.serving_idle_s = serving_idle_s
         self.serving_wanted = False
+        # False: never ask `/serving` (`watchkeeper status` shows nothing of it: one request less per agent).
+        self.ask_serving = ask_serving
         # Feeds a screen shows now ("alerts", "rollouts"): fetched every poll; the others only when an
         # agent's summary says they changed (or every FEED_REFRESH_S).
         # None (the CLI's one-shot polls): every feed, every poll.
@@ -222,6 +226,13 @@ class FleetPoller:
         self._tracks = {s.name: AgentTrack(spec=s, client=client_factory(s)) for s in self._specs}
         for track in self._tracks.values():
             track.client.limiter = limiter
+        if first_spread_s > 0:
+            # Each agent's serving status and audit check on its own phase within the first
+            # `first_spread_s`, so the first poll (the first full table) asks only for what it shows.
+            start = self._clock()
+            for track in self._tracks.values():
+                track.serving_attempt_at = start + self._rng.uniform(0, first_spread_s) - serving_idle_s
+                track.audit_at = start + self._rng.uniform(0, first_spread_s) - audit_every_s
 
     @property
     def specs(self) -> Sequence[AgentSpec]:
@@ -382,6 +393,8 @@ class FleetPoller:
             track.audit = AuditAnchor("unknown", f"audit head not saved: {e}")
 
     def _serving_due(self, track: AgentTrack, now: float) -> bool:
+        if not self.ask_serving:
+            return False
         if track.serving_attempt_at is None:
             return True
         if self.serving_wanted and track.serving_state is not ServingState.NONE:
@@ -406,7 +419,11 @@ class FleetPoller:
     def agent_status(self, track: AgentTrack, now: float) -> AgentStatus:
         """What one poll says of one agent (feature pollers add their feed to it)."""
         spec = track.spec
-        interval = track.host.sample_interval_s if track.host else DEFAULT_SAMPLE_INTERVAL_S
+        interval = DEFAULT_SAMPLE_INTERVAL_S
+        if track.host is not None:
+            interval = track.host.sample_interval_s
+        elif track.summary is not None:
+            interval = track.summary.sample_interval_s
         offset = track.client.clock_offset_s
         age = None
         if track.snapshot is not None:

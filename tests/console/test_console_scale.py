@@ -391,3 +391,37 @@ async def test_a_quiet_fleet_costs_one_request_per_agent_from_the_first_poll_but
         await cli.poll()
         await cli.aclose()
     assert server.count("/api/v1/alerting") == 2 and server.count("/api/v1/rollouts") >= 1
+
+
+def test_status_asks_no_serving_status_it_does_not_show() -> None:
+    from console.fleet.status_cli import poll_once
+
+    agent = SummaryAgent("st")
+    agent.ts = __import__("time").time()
+
+    async def go():
+        async with FakeHttpAgent(agent.routes) as server:
+            status = await poll_once([AgentSpec(name="st", url=server.url)])
+        return server, status
+
+    server, status = asyncio.run(go())
+    assert status.agents[0].state is AgentState.UP
+    assert server.count("/api/v1/serving") == 0 and server.count("/api/v1/summary") == 1
+
+
+async def test_the_first_poll_asks_only_for_what_the_table_shows_the_rest_spread_over_first_spread_s() -> None:
+    clock = FakeClock()
+    agent = SummaryAgent("sp")
+    async with FakeHttpAgent(agent.routes) as server:
+        specs = [AgentSpec(name=f"sp-{i}", url=server.url) for i in range(20)]
+        poller = FleetPoller(specs, clock=clock, first_spread_s=30.0, rng=random.Random(3))
+        await poller.poll()
+        first = server.count("/api/v1/serving")
+        clock.t += 15.0
+        await poller.poll()
+        middle = server.count("/api/v1/serving")
+        clock.t += 16.0
+        await poller.poll()
+        await poller.aclose()
+    assert first == 0 and 0 < middle < 20 and server.count("/api/v1/serving") == 20
+    assert server.count("/api/v1/summary") == 60
