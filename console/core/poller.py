@@ -200,6 +200,7 @@ class FleetPoller:
         max_in_flight: int = MAX_IN_FLIGHT,
         backoff_jitter: float = BACKOFF_JITTER,
         ask_serving: bool = True,
+        ask_host: bool = True,
         first_spread_s: float = 0.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -213,6 +214,8 @@ class FleetPoller:
         self.serving_wanted = False
         # False: never ask `/serving` (`watchkeeper status` shows nothing of it: one request less per agent).
         self.ask_serving = ask_serving
+        # False: host info only from agents without a summary (whose sample interval it carries).
+        self.ask_host = ask_host
         # Feeds a screen shows now ("alerts", "rollouts"): fetched every poll; the others only when an
         # agent's summary says they changed (or every FEED_REFRESH_S).
         # None (the CLI's one-shot polls): every feed, every poll.
@@ -312,8 +315,9 @@ class FleetPoller:
         into `track`. Never raises; feature pollers extend it to fetch their feed in the same round trip."""
         now = self._clock()
         t0 = time.monotonic()
-        need_host = track.host is None or (
-            track.host_fetched_at is not None and now - track.host_fetched_at >= self.host_refresh_s
+        need_host = (self.ask_host or track.summary_route is False) and (
+            track.host is None
+            or (track.host_fetched_at is not None and now - track.host_fetched_at >= self.host_refresh_s)
         )
         need_serving = self._serving_due(track, now)
         calls: list[Any] = [self.latest_sample(track)]
@@ -327,6 +331,9 @@ class FleetPoller:
         host_result: Any = results[1] if need_host else None
         if need_serving:
             self._note_serving(track, results[-1])
+        if not need_host and track.host is None and track.summary_route is False:
+            # An older agent found without host info asked: its sample interval is there (stale judgement).
+            host_result = await capture(track.client.host_info())
         if isinstance(host_result, HostInfo):
             track.host = host_result
             track.host_fetched_at = now

@@ -407,6 +407,22 @@ def test_status_asks_no_serving_status_it_does_not_show() -> None:
     server, status = asyncio.run(go())
     assert status.agents[0].state is AgentState.UP
     assert server.count("/api/v1/serving") == 0 and server.count("/api/v1/summary") == 1
+    assert server.count("/api/v1/host") == 0 and status.agents[0].sample_interval_s == 2.0  # the summary's
+
+
+def test_status_of_an_older_agent_still_judges_staleness_by_its_own_interval() -> None:
+    from console.fleet.status_cli import poll_once
+
+    routes = agent_routes("old", interval=2.0)  # no /summary
+    now = __import__("time").time()
+    routes["/api/v1/snapshot"] = lambda p, q, h: Reply(200, make_snapshot("old", ts=now - 8.0))
+
+    async def go():
+        async with FakeHttpAgent(routes) as server:
+            return await poll_once([AgentSpec(name="old", url=server.url)])
+
+    a = asyncio.run(go()).agents[0]
+    assert a.sample_interval_s == 2.0 and a.state is AgentState.STALE  # 8 s > 3 x 2 s (not 3 x the default 5 s)
 
 
 async def test_the_first_poll_asks_only_for_what_the_table_shows_the_rest_spread_over_first_spread_s() -> None:
