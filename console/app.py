@@ -26,7 +26,7 @@ from textual.timer import Timer
 
 from console.core.errors import why
 from console.core.messages import ConsoleError, FallbackToggled, FleetPolled
-from console.core.poller import AgentState, FleetSource, FleetStatus
+from console.core.poller import AgentState, AgentStatus, FleetSource, FleetStatus
 from console.core.readonly import allowed
 from console.core.screens.base import ConsoleScreen
 from console.core.screens.help import HelpScreen
@@ -42,6 +42,26 @@ DEFAULT_REFRESH_S = 2.0
 # The same error is reported at most once in this many seconds (a dead agent fails every poll).
 ERROR_REPEAT_S = 60.0
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+NAMES_IN_A_TOAST = 5
+
+
+def state_change_text(state: AgentState, agents: list[AgentStatus]) -> str:
+    """One toast for the agents that went to `state` in one poll: "gpu-01 is down: why" for one,
+    "12 agents down (why): a, b, c, d, e … +7 more" for many (the reason when they share one)."""
+    if len(agents) == 1:
+        agent = agents[0]
+        if state is AgentState.UP:
+            return f"{agent.label} is up again"
+        return f"{agent.label} is {state.value}" + (f": {agent.reason}" if agent.reason else "")
+    names = ", ".join(a.label for a in agents[:NAMES_IN_A_TOAST])
+    more = f" … +{len(agents) - NAMES_IN_A_TOAST} more" if len(agents) > NAMES_IN_A_TOAST else ""
+    if state is AgentState.UP:
+        return f"{len(agents)} agents up again: {names}{more}"
+    reasons = {a.reason for a in agents}
+    why = f" ({reasons.pop()})" if len(reasons) == 1 and None not in reasons else ""
+    return f"{len(agents)} agents {state.value}{why}: {names}{more}"
 
 
 class WatchkeeperApp(App[int]):
@@ -143,6 +163,7 @@ class WatchkeeperApp(App[int]):
         self.polls_started += 1
         cancelled = False
         try:
+            self._tell_feeds_wanted()
             status = await self.source.poll()
             self.post_message(FleetPolled(status))
         except asyncio.CancelledError:
@@ -156,10 +177,37 @@ class WatchkeeperApp(App[int]):
             if not cancelled:
                 self._arm_poll()
 
+    def _feeds_shown(self) -> tuple[str, ...]:
+        screen = self.screen if self.screen_stack else None
+        if isinstance(screen, AlertsScreen):
+            return ("alerts",)
+        if isinstance(screen, RolloutsScreen):
+            return ("rollouts",)
+        return ()
+
+    def _tell_feeds_wanted(self) -> bool:
+        """Tell the poller which feed the screen in front shows (fetched every poll; the others only when
+        an agent's summary says they changed); True when that changed."""
+        want = getattr(self.source, "want_feeds", None)
+        if want is None:
+            return False
+        shown = frozenset(self._feeds_shown())
+        if shown == getattr(self.source, "feeds_wanted", None):
+            return False
+        want(*shown)
+        return True
+
+    def _screen_feeds_changed(self) -> None:
+        # A screen showing a feed opened: fetch it now rather than show what was fetched up to
+        # FEED_REFRESH_S ago.
+        if self._tell_feeds_wanted():
+            self.request_poll()
+
     def _arm_poll(self) -> None:
         if self._poll_timer is not None:
             self._poll_timer.stop()
-        delay = 0.0 if self._poll_again else self.refresh_s
+        # Not 0: Textual's timer divides by its interval when it runs late (ZeroDivisionError).
+        delay = 0.001 if self._poll_again else self.refresh_s
         self._poll_again = False
         self._poll_timer = self.set_timer(delay, self.poll_fleet, name="fleet-poll")
 
@@ -187,17 +235,17 @@ class WatchkeeperApp(App[int]):
 
     def _announce_changes(self, before: FleetStatus, after: FleetStatus) -> None:
         # The table shows the state; a toast tells the operator who is looking elsewhere that it
-        # changed (first poll excluded: nothing changed, we just started looking).
+        # changed (first poll excluded: nothing changed, we just started looking). Agents that changed
+        # to the same state in one poll share one toast ("12 agents down: …"), not one each.
+        changed: dict[AgentState, list[AgentStatus]] = {}
+        previous = {a.name: a for a in before.agents}
         for agent in after.agents:
-            old = before.get(agent.name)
-            if old is None or old.state is agent.state:
-                continue
-            if agent.state is AgentState.UP:
-                text, severity = f"{agent.label} is up again", "information"
-            else:
-                text = f"{agent.label} is {agent.state.value}" + (f": {agent.reason}" if agent.reason else "")
-                severity = "warning" if agent.state is AgentState.STALE else "error"
-            self.post_message(ConsoleError(f"state {agent.name}", text, severity=severity))
+            old = previous.get(agent.name)
+            if old is not None and old.state is not agent.state:
+                changed.setdefault(agent.state, []).append(agent)
+        for state, agents in changed.items():
+            severity = "information" if state is AgentState.UP else "warning" if state is AgentState.STALE else "error"
+            self.post_message(ConsoleError(f"state {state.value}", state_change_text(state, agents), severity=severity))
 
     def watch_fleet_status(self, status: FleetStatus | None) -> None:
         if status is None or not self.screen_stack:
@@ -206,7 +254,9 @@ class WatchkeeperApp(App[int]):
         screen = self.screen
         if isinstance(screen, ModalScreen):
             return  # skip redraw under a modal; the screen catches up on resume
-        if isinstance(screen, ConsoleScreen):
+        if isinstance(screen, ConsoleScreen) and screen.is_mounted:
+            # Not mounted yet (a big fleet's first poll can land before the first screen is composed):
+            # its on_mount shows the newest status.
             screen.show_fleet(status)
 
     def _set_subtitle(self) -> None:
@@ -242,6 +292,7 @@ class WatchkeeperApp(App[int]):
         """Open the alerts of the whole fleet."""
         if not isinstance(self.screen, AlertsScreen):
             self.push_screen(AlertsScreen())
+            self._screen_feeds_changed()
 
     def action_alerts(self) -> None:
         """`!`: the alerts of the whole fleet."""
@@ -251,6 +302,7 @@ class WatchkeeperApp(App[int]):
         """Open the rollouts of the whole fleet."""
         if not isinstance(self.screen, RolloutsScreen):
             self.push_screen(RolloutsScreen())
+            self._screen_feeds_changed()
 
     def action_rollouts(self) -> None:
         """`R`: the rollouts of the whole fleet."""

@@ -131,9 +131,17 @@ def _add_tui_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None
 
 def _specs(args: argparse.Namespace) -> list[AgentSpec]:
     try:
-        return resolve_fleet(getattr(args, "agents", None), getattr(args, "fleet", None))
+        specs = resolve_fleet(getattr(args, "agents", None), getattr(args, "fleet", None))
     except FleetConfigError as exc:
         raise UsageError(str(exc)) from None
+    from console.core.limits import fit_open_files
+
+    # Raised to the hard limit before the first connection; a fleet that still can't fit is refused
+    # here, in one line, rather than dying mid-poll with "Too many open files".
+    refusal = fit_open_files(len(specs))
+    if refusal is not None:
+        raise UsageError(refusal)
+    return specs
 
 
 def _theme(args: argparse.Namespace) -> str | None:
@@ -155,7 +163,7 @@ def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) 
     from console.rollouts.client import RolloutsPoller
 
     theme = _theme(args)
-    source: Any  # a FleetSource: the agents' poller or Prometheus
+    source: Any  # a FleetSource: the agents' poller (on its own thread) or Prometheus
     prometheus, file_specs = _prometheus(args) if specs is None else (None, [])
     if prometheus is not None:
         from console.prometheus.source import PrometheusSource
@@ -164,8 +172,13 @@ def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) 
         heads = HeadStore()
         source = PrometheusSource(prometheus, file_specs, agents=lambda s: RolloutsPoller(s, audit_heads=heads))
     else:
+        from console.core.poll_thread import ThreadedSource
+
         specs = specs if specs is not None else _specs(args)
-        source = RolloutsPoller(specs, audit_heads=HeadStore())  # remembers each agent's audit head
+        # Remembers each agent's audit head; serving status and audit checks spread over the first 30 s;
+        # polling on its own thread and loop, so a big fleet's poll never freezes the screen.
+        poller = RolloutsPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0)
+        source = ThreadedSource(poller)
     app = WatchkeeperApp(source, refresh_s=args.refresh, readonly=args.readonly, theme=theme)
     rc = app.run()
     return app.return_code if app.return_code is not None else (rc or EXIT_OK)

@@ -10,7 +10,7 @@ from agent.api.errors import install_error_handlers
 from agent.api.gate import Gate
 from agent.api.metrics import AgentCollector, make_registry
 from agent.api.openapi import install_openapi
-from agent.api.routes import admin, endpoints, health, models, monitoring, telemetry
+from agent.api.routes import admin, endpoints, health, models, monitoring, summary, telemetry
 from agent.api.routes import alerts as alert_routes
 from agent.api.routes import rollouts as rollout_routes
 from agent.context import AgentContext
@@ -37,6 +37,7 @@ def create_app(ctx: AgentContext) -> FastAPI:
     app.add_middleware(Gate, ctx=ctx)
     app.include_router(health.router)
     app.include_router(telemetry.router, prefix=API_PREFIX)
+    app.include_router(summary.router, prefix=API_PREFIX)
     app.include_router(admin.router, prefix=API_PREFIX)
     app.include_router(models.router, prefix=API_PREFIX)
     app.include_router(endpoints.router, prefix=API_PREFIX)

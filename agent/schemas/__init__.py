@@ -89,6 +89,7 @@ from agent.schemas.serving import (
     PredictResponse,
     ServingStatus,
 )
+from agent.schemas.summary import AgentSummary, EndpointHealth
 from agent.schemas.telemetry import (
     GPU_METRICS,
     HOST_METRICS,
@@ -122,6 +123,7 @@ __all__ = [
     "STRICT_INPUT",
     "ABResult",
     "AgentAlert",
+    "AgentSummary",
     "AlertAck",
     "AlertOut",
     "AlertRuleOut",
@@ -147,6 +149,7 @@ __all__ = [
     "DriftReportOut",
     "DriftVerdict",
     "EndpointConfig",
+    "EndpointHealth",
     "EndpointInfo",
     "EndpointVersionStats",
     "EnforcementInfo",

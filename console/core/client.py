@@ -9,6 +9,7 @@ Feature clients (`console.monitoring.client`, `console.rollouts.client`) subclas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from agent.schemas import (
     API_PREFIX,
     AgentAlert,
+    AgentSummary,
     AuditEntry,
     AuditHead,
     AuditVerify,
@@ -44,6 +46,7 @@ T = TypeVar("T")
 MIN_CLOCK_OFFSET_S = 2.0
 
 _SNAPSHOT = TypeAdapter(Snapshot)
+_SUMMARY = TypeAdapter(AgentSummary)
 _HOST = TypeAdapter(HostInfo)
 _SERIES = TypeAdapter(SeriesResponse)
 _HEALTH = TypeAdapter(Health)
@@ -57,6 +60,9 @@ _ENDPOINT = TypeAdapter(EndpointInfo)
 _ENDPOINTS = TypeAdapter(list[EndpointInfo])
 _MODEL_VERSION = TypeAdapter(ModelVersion)
 _SSL_CONTEXTS: dict[bool | str, ssl.SSLContext] = {}
+# One keep-alive connection per agent at rest (a fleet of 1,000 agents must fit `ulimit -n 1024`-ish
+# limits); a few more only while a poll asks several routes of the same agent at once.
+AGENT_LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=1, keepalive_expiry=30.0)
 
 
 def _shared_ssl_context(verify: bool | str) -> ssl.SSLContext:
@@ -76,6 +82,15 @@ def _shared_ssl_context(verify: bool | str) -> ssl.SSLContext:
     return _cache[verify]
 
 
+def ssl_context_for(spec: AgentSpec) -> ssl.SSLContext:
+    """The TLS context to hand httpx for `spec`: shared by every agent with the same `verify`.
+
+    httpx builds a fresh context (CA bundle read, ~34 ms and ~0.9 MiB) for every client given
+    `verify=True`, even one that only ever speaks `http://` or `unix://`; a plain-HTTP agent gets the
+    one shared default context instead, which it never uses."""
+    return _shared_ssl_context(spec.verify if spec.url.startswith("https://") else True)
+
+
 def http_client(
     spec: AgentSpec,
     *,
@@ -89,15 +104,17 @@ def http_client(
         headers["Authorization"] = f"Bearer {spec.token}"
     base_url = spec.url
     if spec.socket_path is not None:
-        transport = transport or httpx.AsyncHTTPTransport(uds=spec.socket_path, limits=limits or httpx.Limits())
+        transport = transport or httpx.AsyncHTTPTransport(
+            uds=spec.socket_path, limits=limits or AGENT_LIMITS, verify=ssl_context_for(spec)
+        )
         base_url = "http://agent"
     return httpx.AsyncClient(
         base_url=base_url,
         headers=headers,
         timeout=httpx.Timeout(spec.timeout_s if timeout_s is None else timeout_s),
         transport=transport,
-        limits=limits or httpx.Limits(),
-        verify=_shared_ssl_context(spec.verify) if spec.url.startswith("https://") else True,
+        limits=limits or AGENT_LIMITS,
+        verify=ssl_context_for(spec),
         follow_redirects=False,
         # Agents live on internal networks: an HTTP(S)_PROXY meant for the internet must not
         # swallow requests to 10.x or 127.0.0.1.
@@ -112,6 +129,9 @@ class AgentClient:
         self.spec = spec
         # Offset of the agent's clock from ours (agent - console), from the Date header.
         self.clock_offset_s = 0.0
+        # Shared by a poller's clients: bounds the requests in flight across the fleet. A request's
+        # timeout starts once it holds a slot, so it measures the agent, not the console's backlog.
+        self.limiter: asyncio.Semaphore | None = None
         self._http = http_client(spec, transport=transport)
 
     async def aclose(self) -> None:
@@ -128,23 +148,28 @@ class AgentClient:
         files: dict[str, Any] | None = None,
         timeout_s: float | None = None,
         refusal: Callable[[httpx.Response], AgentError] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """One request bounded as a whole (`timeout_s`, default the agent's); a non-2xx answer raises
-        `refusal(response)`, by default `classify_response`'s AgentError."""
+        `refusal(response)`, by default `classify_response`'s AgentError (a 304 answering an
+        If-None-Match in `headers` is returned, not raised)."""
         timeout_s = self.spec.timeout_s if timeout_s is None else timeout_s
-        headers = {"Content-Type": "application/json"} if body is not None else None
+        conditional = bool(headers and "If-None-Match" in headers)
+        if body is not None:
+            headers = {**(headers or {}), "Content-Type": "application/json"}
         try:
-            # httpx's timeout is per phase (connect, each read...); an agent trickling bytes could
-            # exceed it many times over. This bounds the whole request.
-            async with asyncio.timeout(timeout_s):
-                response = await self._http.request(
-                    method, path, params=params, content=body, files=files, headers=headers
-                )
+            async with self.limiter or contextlib.nullcontext():
+                # httpx's timeout is per phase (connect, each read...); an agent trickling bytes could
+                # exceed it many times over. This bounds the whole request, from its send.
+                async with asyncio.timeout(timeout_s):
+                    response = await self._http.request(
+                        method, path, params=params, content=body, files=files, headers=headers
+                    )
         except TimeoutError:
             raise AgentError(ErrorKind.TIMEOUT, f"timeout after {timeout_s:g}s") from None
         except httpx.HTTPError as exc:
             raise classify_transport_error(exc, timeout_s=timeout_s) from exc
-        if not response.is_success:
+        if not response.is_success and not (conditional and response.status_code == 304):
             if refusal is not None:
                 raise refusal(response)
             raise classify_response(response, has_token=bool(self.spec.token))
@@ -192,6 +217,16 @@ class AgentClient:
     async def snapshot(self) -> Snapshot:
         """`GET /api/v1/snapshot`: the newest telemetry sample."""
         return await self.fetch(f"{API_PREFIX}/snapshot", _SNAPSHOT)
+
+    async def summary(self, etag: str | None = None) -> tuple[AgentSummary | None, str | None]:
+        """`GET /api/v1/summary` (the fleet screen's one request): (summary, its ETag); with `etag`, the
+        answer is (None, etag) when nothing changed since (304)."""
+        headers = {"If-None-Match": etag} if etag else None
+        response = await self.request("GET", f"{API_PREFIX}/summary", headers=headers)
+        tag = response.headers.get("etag")
+        if response.status_code == 304:
+            return None, tag or etag
+        return self.parse(f"{API_PREFIX}/summary", _SUMMARY, response), tag
 
     async def host_info(self) -> HostInfo:
         """`GET /api/v1/host`: static-ish facts about the host and agent."""

@@ -15,9 +15,12 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from console.core.errors import AgentError, as_agent_error, capture
-from console.core.poller import AgentState, AgentStatus, FleetStatus
+from console.core.poller import AgentState, AgentStatus, AgentTrack, FleetStatus
 
 T = TypeVar("T")
+# A feed nobody is looking at, on an agent whose summary says nothing changed, is still fetched this often.
+FEED_REFRESH_S = 30.0
+_UNSET = object()
 
 
 class FeedState(StrEnum):
@@ -55,6 +58,9 @@ class FeedTrack:
 
     feed: Any  # AlertFeed, RolloutFeed: a frozen dataclass with `state` and `error`
     attempt_at: float | None = None
+    # The agent's summary counts for this feed when it was last fetched (see `may_wait`).
+    basis: Any = _UNSET
+    quiet: bool = False  # `basis` counted nothing at all
 
     def due(self, now: float, idle_s: float) -> bool:
         """Whether to ask at `now` (then noted as the attempt)."""
@@ -62,6 +68,35 @@ class FeedTrack:
             return False
         self.attempt_at = now
         return True
+
+    def may_wait(self, track: AgentTrack, now: float, wanted: bool, refresh_s: float = FEED_REFRESH_S) -> bool:
+        """Whether this poll may skip the feed, pending the agent's summary (then `settled` decides): no
+        screen shows it (`wanted`), the agent has (or may have) a summary, and the last fetch worked and
+        is recent, or the agent's counts for it were all zero (nothing to show but what the screen
+        fetches when it opens)."""
+        if wanted or track.summary_route is False:
+            return False
+        if self.basis is _UNSET:
+            return True  # the first poll: the summary decides
+        if self.feed.state is FeedState.ERROR:
+            return False
+        if self.quiet:
+            return True
+        return self.attempt_at is not None and now - self.attempt_at < refresh_s
+
+    def settled(self, counts: object, quiet: bool) -> bool:
+        """After the summary: True when the feed can still be skipped (the counts are those of the last
+        fetch, or on a first poll all zero); a skipped first poll remembers them."""
+        if self.basis is _UNSET:
+            if quiet:
+                self.basis, self.quiet = counts, True
+                return True
+            return False
+        return self.basis == counts
+
+    def based_on(self, counts: object, quiet: bool) -> None:
+        """The feed was fetched when the summary's counts were `counts`."""
+        self.basis, self.quiet = counts, quiet
 
     def failed(self, result: object) -> None:
         """The fetch failed: keep the last good answer, marked as an error."""

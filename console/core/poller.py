@@ -11,6 +11,7 @@ subclass `FleetPoller`: they extend `poll_agent` and `agent_status`, which take 
 from __future__ import annotations
 
 import asyncio
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from agent.schemas import EndpointInfo, HostInfo, SeriesResponse, ServingStatus, Snapshot
+from agent.schemas import AgentSummary, EndpointInfo, HostInfo, SeriesResponse, ServingStatus, Snapshot
 from console.core.client import AgentClient
 from console.core.config import AgentSpec
 from console.core.errors import AgentError, ErrorKind, as_agent_error, capture
@@ -31,8 +32,14 @@ C = TypeVar("C", bound="AgentClient")
 
 # Used until the agent's HostInfo (which carries the real interval) has been fetched.
 DEFAULT_SAMPLE_INTERVAL_S = 5.0
-# "stale": the agent answers but its newest sample is older than this many sample intervals.
+# "stale": the agent answers but its newest sample was already older than this many sample intervals
+# when we asked for it (judged at the ask, so a slow poll never makes a healthy agent stale).
 STALE_INTERVALS = 3.0
+# Requests in flight across the whole fleet: beyond this they wait their turn, and their timeout only
+# starts once sent (3,000+ requests started at once time each other out in the console's own backlog).
+MAX_IN_FLIGHT = 64
+# A retry lands at (1 - jitter * U[0,1)) x the backoff, so agents that failed together drift apart.
+BACKOFF_JITTER = 0.25
 # --------------------------------------------------------------------------- poll results
 
 
@@ -82,6 +89,8 @@ class AgentStatus:
     alerts: AlertFeed | None = None
     # Its audit chain against the head this console remembers (console/core/audit_heads.py; None: not checked).
     audit: AuditAnchor | None = None
+    # Its newest `GET /api/v1/summary` (None: an older agent without the route, or not answered yet).
+    summary: AgentSummary | None = None
 
     @property
     def label(self) -> str:
@@ -146,6 +155,7 @@ class AgentTrack:
     host: HostInfo | None = None
     host_fetched_at: float | None = None
     last_seen: float | None = None
+    asked_at: float | None = None  # console clock when the newest good snapshot was asked for
     latency_s: float | None = None
     latencies: list[float] = field(default_factory=list)
     serving: ServingStatus | None = None
@@ -155,6 +165,11 @@ class AgentTrack:
     serving_attempt_at: float | None = None
     audit: AuditAnchor | None = None
     audit_at: float | None = None
+    summary: AgentSummary | None = None
+    summary_etag: str | None = None
+    # Whether the agent has `/api/v1/summary` (None: not known yet; False: an older agent, asked for
+    # `/snapshot` instead until it comes back from an outage, maybe upgraded).
+    summary_route: bool | None = None
 
 
 class FleetPoller:
@@ -182,6 +197,12 @@ class FleetPoller:
         client_factory: Callable[[AgentSpec], AgentClient] = AgentClient,
         audit_heads: HeadStore | None = None,
         audit_every_s: float = 60.0,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        backoff_jitter: float = BACKOFF_JITTER,
+        ask_serving: bool = True,
+        ask_host: bool = True,
+        first_spread_s: float = 0.0,
+        rng: random.Random | None = None,
     ) -> None:
         self._specs = tuple(specs)
         # Each agent's audit chain checked against the head remembered in `audit_heads` every `audit_every_s`.
@@ -191,9 +212,30 @@ class FleetPoller:
         self.host_refresh_s = host_refresh_s
         self.serving_idle_s = serving_idle_s
         self.serving_wanted = False
+        # False: never ask `/serving` (`watchkeeper status` shows nothing of it: one request less per agent).
+        self.ask_serving = ask_serving
+        # False: host info only from agents without a summary (whose sample interval it carries).
+        self.ask_host = ask_host
+        # Feeds a screen shows now ("alerts", "rollouts"): fetched every poll; the others only when an
+        # agent's summary says they changed (or every FEED_REFRESH_S).
+        # None (the CLI's one-shot polls): every feed, every poll.
+        self.feeds_wanted: frozenset[str] | None = None
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
+        self.backoff_jitter = backoff_jitter
+        self._rng = rng or random.Random()
+        self.max_in_flight = max_in_flight
+        limiter = asyncio.Semaphore(max_in_flight)
         self._tracks = {s.name: AgentTrack(spec=s, client=client_factory(s)) for s in self._specs}
+        for track in self._tracks.values():
+            track.client.limiter = limiter
+        if first_spread_s > 0:
+            # Each agent's serving status and audit check on its own phase within the first
+            # `first_spread_s`, so the first poll (the first full table) asks only for what it shows.
+            start = self._clock()
+            for track in self._tracks.values():
+                track.serving_attempt_at = start + self._rng.uniform(0, first_spread_s) - serving_idle_s
+                track.audit_at = start + self._rng.uniform(0, first_spread_s) - audit_every_s
 
     @property
     def specs(self) -> Sequence[AgentSpec]:
@@ -220,6 +262,11 @@ class FleetPoller:
             return 0.0
         return min(self.backoff_cap_s, self.backoff_base_s * 2 ** (failures - 1))
 
+    def retry_delay_s(self, failures: int) -> float:
+        """`backoff_s` shortened by up to `backoff_jitter` of itself, at random: agents that failed in
+        the same poll (a network blip) come back spread out instead of in lock-step."""
+        return self.backoff_s(failures) * (1.0 - self.backoff_jitter * self._rng.random())
+
     async def poll(self) -> FleetStatus:
         """Poll every agent whose backoff has expired; return the whole fleet's status."""
         started = self._clock()
@@ -241,6 +288,14 @@ class FleetPoller:
         """Fetch serving status on every poll while `wanted`, else every `serving_idle_s`."""
         self.serving_wanted = wanted
 
+    def want_feeds(self, *feeds: str) -> None:
+        """The feeds ("alerts", "rollouts") the screen in front shows: fetched on every poll."""
+        self.feeds_wanted = frozenset(feeds)
+
+    def feed_wanted(self, feed: str) -> bool:
+        """Whether `feed` is fetched on every poll (see `want_feeds`; by default every feed is)."""
+        return self.feeds_wanted is None or feed in self.feeds_wanted
+
     async def set_fallback(self, name: str, endpoint: str, enabled: bool, reason: str) -> EndpointInfo:
         """Switch `endpoint` on agent `name` to (or back from) its fallback prediction."""
         return await self._tracks[name].client.set_fallback(endpoint, enabled, reason)
@@ -260,11 +315,12 @@ class FleetPoller:
         into `track`. Never raises; feature pollers extend it to fetch their feed in the same round trip."""
         now = self._clock()
         t0 = time.monotonic()
-        need_host = track.host is None or (
-            track.host_fetched_at is not None and now - track.host_fetched_at >= self.host_refresh_s
+        need_host = (self.ask_host or track.summary_route is False) and (
+            track.host is None
+            or (track.host_fetched_at is not None and now - track.host_fetched_at >= self.host_refresh_s)
         )
         need_serving = self._serving_due(track, now)
-        calls: list[Any] = [track.client.snapshot()]
+        calls: list[Any] = [self.latest_sample(track)]
         if need_host:
             calls.append(track.client.host_info())
         if need_serving:
@@ -275,11 +331,15 @@ class FleetPoller:
         host_result: Any = results[1] if need_host else None
         if need_serving:
             self._note_serving(track, results[-1])
+        if not need_host and track.host is None and track.summary_route is False:
+            # An older agent found without host info asked: its sample interval is there (stale judgement).
+            host_result = await capture(track.client.host_info())
         if isinstance(host_result, HostInfo):
             track.host = host_result
             track.host_fetched_at = now
         if isinstance(snap_result, Snapshot):
             track.snapshot = snap_result
+            track.asked_at = now
             track.latencies = ([*track.latencies, time.monotonic() - t0])[-5:]
             track.latency_s = statistics.median(track.latencies)
             track.last_seen = self._clock()
@@ -287,6 +347,8 @@ class FleetPoller:
                 # It was down: it may have restarted with other GPUs, settings or a newer version.
                 track.host_fetched_at = None if track.host is None else now - self.host_refresh_s
                 track.serving_attempt_at = None
+                if track.summary_route is False:
+                    track.summary_route = None
             track.failures = 0
             track.next_attempt_at = 0.0
             track.error = None
@@ -301,7 +363,28 @@ class FleetPoller:
             track.last_seen = self._clock()
             return
         track.failures += 1
-        track.next_attempt_at = self._clock() + self.backoff_s(track.failures)
+        track.next_attempt_at = self._clock() + self.retry_delay_s(track.failures)
+
+    async def latest_sample(self, track: AgentTrack) -> Snapshot:
+        """The agent's newest sample: from its summary (one small request, 304 when nothing changed,
+        the alert and rollout counts with it) or, from an agent without that route, `/snapshot`."""
+        if track.summary_route is not False:
+            try:
+                summary, etag = await track.client.summary(track.summary_etag)
+            except AgentError as exc:
+                if exc.status_code != 404:  # the route never answers 404 itself: an older agent
+                    raise
+                track.summary_route = False
+            else:
+                track.summary_route = True
+                track.summary_etag = etag
+                if summary is not None:
+                    track.summary = summary
+                if track.summary is None or track.summary.snapshot is None:
+                    track.summary_etag = None
+                    raise AgentError(ErrorKind.NOT_READY, "503 no sample yet", status_code=503)
+                return track.summary.snapshot
+        return await track.client.snapshot()
 
     async def _check_audit(self, track: AgentTrack, now: float) -> None:
         if self.audit_heads is None or (track.audit_at is not None and now - track.audit_at < self.audit_every_s):
@@ -317,6 +400,8 @@ class FleetPoller:
             track.audit = AuditAnchor("unknown", f"audit head not saved: {e}")
 
     def _serving_due(self, track: AgentTrack, now: float) -> bool:
+        if not self.ask_serving:
+            return False
         if track.serving_attempt_at is None:
             return True
         if self.serving_wanted and track.serving_state is not ServingState.NONE:
@@ -341,7 +426,11 @@ class FleetPoller:
     def agent_status(self, track: AgentTrack, now: float) -> AgentStatus:
         """What one poll says of one agent (feature pollers add their feed to it)."""
         spec = track.spec
-        interval = track.host.sample_interval_s if track.host else DEFAULT_SAMPLE_INTERVAL_S
+        interval = DEFAULT_SAMPLE_INTERVAL_S
+        if track.host is not None:
+            interval = track.host.sample_interval_s
+        elif track.summary is not None:
+            interval = track.summary.sample_interval_s
         offset = track.client.clock_offset_s
         age = None
         if track.snapshot is not None:
@@ -370,6 +459,7 @@ class FleetPoller:
             "serving_error": track.serving_error,
             "serving_at": track.serving_at,
             "audit": track.audit,
+            "summary": track.summary,
         }
         if track.error is not None:
             return AgentStatus(
@@ -381,6 +471,10 @@ class FleetPoller:
             )
         if track.snapshot is None:  # never polled yet
             return AgentStatus(state=AgentState.DOWN, reason="not polled yet", **common)
-        if age is not None and age > STALE_INTERVALS * interval:
-            return AgentStatus(state=AgentState.STALE, reason=f"last sample {age:.0f}s old", **common)
+        # Judged at the ask: the agent hands out its newest sample, so one already too old when we
+        # asked means its sampler is behind, however long the poll (or the refresh interval) took.
+        asked = track.asked_at if track.asked_at is not None else now
+        asked_age = max(0.0, asked + offset - track.snapshot.ts)
+        if asked_age > STALE_INTERVALS * interval:
+            return AgentStatus(state=AgentState.STALE, reason=f"last sample {asked_age:.0f}s old", **common)
         return AgentStatus(state=AgentState.UP, **common)

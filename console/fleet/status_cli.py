@@ -18,7 +18,9 @@ EXIT_NOT_ALL_UP = 1
 
 async def poll_once(specs: Sequence[AgentSpec], audit_heads: HeadStore | None = None) -> FleetStatus:
     """Poll every agent once (and check its audit chain against `audit_heads`) and close the connections."""
-    async with FleetPoller(specs, audit_heads=audit_heads) as poller:
+    # No `/serving` and, from an agent with a summary, no `/host`: the table and the JSON show
+    # nothing of them that the summary lacks (two requests less per agent).
+    async with FleetPoller(specs, audit_heads=audit_heads, ask_serving=False, ask_host=False) as poller:
         return await poller.poll()
 
 

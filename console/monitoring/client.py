@@ -32,6 +32,7 @@ from agent.schemas import (
 )
 from console.core.client import AgentClient
 from console.core.config import AgentSpec
+from console.core.errors import capture
 from console.core.feeds import FeedState, FeedTrack, beside, route_unavailable, unless_unavailable
 from console.core.poller import AgentStatus, FleetPoller, FleetSource
 
@@ -148,6 +149,23 @@ class MonitoringSource(FleetSource, Protocol):
     async def silence_alert(self, name: str, fingerprint: str, duration_s: float, comment: str) -> AlertOut | None: ...
 
 
+def alert_counts(track: AgentTrack) -> object:
+    """What the agent's summary says of its alerts (firing by severity, pending); None without one."""
+    summary = track.summary
+    if summary is None:
+        return None
+    firing = None if summary.alerts_firing is None else tuple(sorted(summary.alerts_firing.items()))
+    return firing, summary.alerts_pending
+
+
+def alerts_quiet(counts: object) -> bool:
+    """The summary counts no alert firing or pending (or the agent runs no alerting)."""
+    if not isinstance(counts, tuple):
+        return False
+    firing, pending = counts
+    return not firing and not pending
+
+
 class MonitoringPoller(FleetPoller):
     """`FleetPoller` that also fetches every agent's alerts on each poll (see the module docstring).
 
@@ -174,10 +192,22 @@ class MonitoringPoller(FleetPoller):
 
     async def poll_agent(self, track: AgentTrack) -> None:
         alerts = self._alert_tracks[track.spec.name]
-        if not alerts.due(self.now(), self.alerts_idle_s):
+        now = self.now()
+        if alerts.may_wait(track, now, wanted=self.feed_wanted("alerts")):
+            # Nobody looks at the alerts: the summary (this poll's one request) says whether they changed.
+            await super().poll_agent(track)
+            counts = alert_counts(track)
+            if alerts.settled(counts, quiet=alerts_quiet(counts)):
+                return
+            alerts.attempt_at = now
+            result = await capture(self._fetch_alerts(track))
+        elif not alerts.due(now, self.alerts_idle_s):
             await super().poll_agent(track)
             return
-        result = await beside(super().poll_agent(track), self._fetch_alerts(track))
+        else:
+            result = await beside(super().poll_agent(track), self._fetch_alerts(track))
+        counts = alert_counts(track)
+        alerts.based_on(counts, alerts_quiet(counts))
         if isinstance(result, AlertsResponse):
             alerts.feed = AlertFeed(
                 state=FeedState.OK,

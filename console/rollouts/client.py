@@ -37,7 +37,7 @@ from agent.schemas import (
 )
 from console.core.client import AgentClient
 from console.core.config import AgentSpec
-from console.core.errors import AgentError, classify_response
+from console.core.errors import AgentError, capture, classify_response
 from console.core.feeds import FeedState, FeedTrack, beside, route_unavailable, unless_unavailable
 from console.core.poller import AgentStatus
 from console.monitoring.client import MonitoringClient, MonitoringPoller, MonitoringSource
@@ -232,6 +232,17 @@ class _RolloutTrack(FeedTrack):
     ended_due: bool = True
 
 
+def rollout_counts(track: AgentTrack) -> object:
+    """What the agent's summary says of its rollouts (active, awaiting approval); None without one."""
+    summary = track.summary
+    return None if summary is None else (summary.rollouts_active, summary.rollouts_awaiting_approval)
+
+
+def rollouts_quiet(counts: object) -> bool:
+    """The summary counts no active rollout (or the agent runs no rollouts)."""
+    return isinstance(counts, tuple) and not counts[0]
+
+
 class RolloutsPoller(MonitoringPoller):
     """`MonitoringPoller` that also fetches every agent's rollouts on each poll (see the module docstring)."""
 
@@ -257,11 +268,24 @@ class RolloutsPoller(MonitoringPoller):
     async def poll_agent(self, track: AgentTrack) -> None:
         rt = self._rollout_tracks[track.spec.name]
         now = self.now()
-        if not rt.due(now, self.rollouts_idle_s):
+        wanted = self.feed_wanted("rollouts") or self.serving_wanted  # the endpoints view shows them too
+        if rt.may_wait(track, now, wanted=wanted):
+            # Nobody looks at the rollouts: the summary (this poll's one request) says whether they changed.
+            await super().poll_agent(track)
+            counts = rollout_counts(track)
+            if rt.settled(counts, quiet=rollouts_quiet(counts)):
+                return
+            rt.attempt_at = now
+            want_ended = True  # a count moved: one may have ended
+            result = await capture(self._fetch_rollouts(track.spec.name, want_ended))
+        elif not rt.due(now, self.rollouts_idle_s):
             await super().poll_agent(track)
             return
-        want_ended = rt.ended_due or rt.ended_at is None or now - rt.ended_at >= self.ended_refresh_s
-        result = await beside(super().poll_agent(track), self._fetch_rollouts(track.spec.name, want_ended))
+        else:
+            want_ended = rt.ended_due or rt.ended_at is None or now - rt.ended_at >= self.ended_refresh_s
+            result = await beside(super().poll_agent(track), self._fetch_rollouts(track.spec.name, want_ended))
+        counts = rollout_counts(track)
+        rt.based_on(counts, rollouts_quiet(counts))
         self._note_rollouts(rt, result, track.client.clock_offset_s)
 
     async def _fetch_rollouts(

@@ -165,7 +165,9 @@ async def test_backoff_skips_failing_agent_until_due_and_resets_on_success() -> 
 
     routes["/api/v1/snapshot"] = snapshot
     async with FakeHttpAgent(routes) as server:
-        poller = FleetPoller([spec("flaky", server.url)], clock=clock, backoff_base_s=1.0, backoff_cap_s=30.0)
+        poller = FleetPoller(
+            [spec("flaky", server.url)], clock=clock, backoff_base_s=1.0, backoff_cap_s=30.0, backoff_jitter=0.0
+        )
         attempts = []
         for t in [0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0]:
             clock.t = 1000.0 + t
