@@ -52,7 +52,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.serving import METADATA, MODEL, Procs, free_port, sample_records, wait_ready  # noqa: E402
+from bench.serving import Procs, free_port, sample_records, serve_flights, wait_ready  # noqa: E402
 
 PATH = "/api/v1/endpoints/delays/predict"
 MEMORY_MAX_MIB = 512
@@ -327,24 +327,10 @@ def setup_agent(
     wait_ready(f"{base}/readyz", p, log)
     token = (tmp / "data" / "admin.token").read_text().strip()
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
-        r = c.post(
-            "/api/v1/models/flights/versions",
-            files={"artifact": ("model.onnx", MODEL.read_bytes()), "metadata": (None, METADATA.read_text())},
-        )
-        if r.status_code != 201:
-            raise RuntimeError(f"register: {r.status_code} {r.text[:200]}")
-        cfg: dict[str, Any] = {"model": "flights", "version": 1, "missing_policy": "impute", "timeout_ms": timeout_ms}
+        cfg: dict[str, Any] = {"timeout_ms": timeout_ms, "log_sample_rate": log_rate}
         if fallback:
             cfg["fallback"] = {"score": 0.2, "label": "on_time"}
-        cfg["log_sample_rate"] = log_rate
-        r = c.put("/api/v1/endpoints/delays", json=cfg)
-        if r.status_code != 200:
-            raise RuntimeError(f"endpoint: {r.status_code} {r.text[:200]}")
-        deadline = time.monotonic() + 30
-        while not c.get("/api/v1/endpoints/delays").json()["loaded"]:
-            if time.monotonic() > deadline:
-                raise RuntimeError("model never loaded")
-            time.sleep(0.05)
+        serve_flights(c, cfg)
     return p, port, token
 
 

@@ -472,28 +472,10 @@ def bench_agent(
         token = (tmp / "admin.token").read_text().strip()
         auth = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=base, headers=auth, timeout=30) as c:
-            r = c.post(
-                "/api/v1/models/flights/versions",
-                files={"artifact": ("model.onnx", MODEL.read_bytes()), "metadata": (None, METADATA.read_text())},
-            )
-            if r.status_code != 201:
-                raise RuntimeError(f"register: {r.status_code} {r.text[:200]}")
-            cfg: dict[str, Any] = {
-                "model": "flights",
-                "version": 1,
-                "missing_policy": "impute",
-                "fallback": {"score": 0.2, "label": "on_time"},
-            }
+            cfg: dict[str, Any] = {"fallback": {"score": 0.2, "label": "on_time"}}
             if batching:
                 cfg["batching"] = {"enabled": True, "max_rows": 64, "max_wait_ms": 2}
-            r = c.put("/api/v1/endpoints/delays", json=cfg)
-            if r.status_code != 200:
-                raise RuntimeError(f"endpoint: {r.status_code} {r.text[:200]}")
-            deadline = time.monotonic() + 30
-            while not c.get("/api/v1/endpoints/delays").json()["loaded"]:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("model never loaded")
-                time.sleep(0.05)
+            serve_flights(c, cfg)
             rollout = ROLLOUTS.get(name)
             if rollout is not None:
                 rollout_id = start_rollout(c, rollout)
@@ -532,6 +514,24 @@ def bench_agent(
     finally:
         procs.stop(p)
     return s
+
+
+def serve_flights(c: httpx.Client, cfg: dict[str, Any]) -> None:
+    """Register the sample model and serve it as `delays` (v1, impute, plus `cfg`), waiting until loaded."""
+    r = c.post(
+        "/api/v1/models/flights/versions",
+        files={"artifact": ("model.onnx", MODEL.read_bytes()), "metadata": (None, METADATA.read_text())},
+    )
+    if r.status_code != 201:
+        raise RuntimeError(f"register: {r.status_code} {r.text[:200]}")
+    r = c.put("/api/v1/endpoints/delays", json={"model": "flights", "version": 1, "missing_policy": "impute", **cfg})
+    if r.status_code != 200:
+        raise RuntimeError(f"endpoint: {r.status_code} {r.text[:200]}")
+    deadline = time.monotonic() + 30
+    while not c.get("/api/v1/endpoints/delays").json()["loaded"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError("model never loaded")
+        time.sleep(0.05)
 
 
 def start_rollout(c: httpx.Client, rollout: dict) -> str:
