@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 from agent.schemas.common import _Wire
+from agent.schemas.jobs import JobsSummary
 from agent.schemas.telemetry import Snapshot
 
 
@@ -35,3 +36,4 @@ class AgentSummary(_Wire):
     rollouts_active: int | None  # None: rollouts not running on this agent
     rollouts_awaiting_approval: int | None
     endpoints: list[EndpointHealth] | None  # None: serving not running on this agent
+    jobs: JobsSummary | None = None  # None: jobs not running on this agent (or an older agent)

@@ -1,0 +1,165 @@
+"""The contract between the job queue and an enforcement tier.
+
+A tier launches a job's wrapper (`agent/jobs/wrapper.py`) under the job's limits and answers four
+questions about it for as long as it lives — is it over (and how), what does it use, stop it, is this
+still the process we started — including after the agent itself was restarted (`adopt`). Everything a
+restarted agent needs to find the job again is in `JobHandle`, which the queue persists in the store.
+
+Tiers are blocking and thread-safe per handle; the queue calls them from its own thread, never from
+the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+WRAPPER = str(Path(__file__).resolve().parents[1] / "wrapper.py")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the tier enforces on one job. None: not limited by this tier (admission still counts it)."""
+
+    cpu: float | None = None  # cores (CFS quota)
+    mem: int | None = None  # bytes
+    pids: int | None = None  # processes + threads
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    job_id: str
+    pipeline: str
+    argv: list[str]
+    env: dict[str, str]  # the whole environment the command gets
+    workdir: str
+    stdout_path: Path
+    stderr_path: Path
+    rc_path: Path
+    limits: Limits
+    cpu_weight: int = 100  # relative share under contention (from the pipeline's priority)
+
+
+@dataclass
+class JobHandle:
+    """What proves a running job is the one we started: the wrapper's pid + create time + boot id,
+    and the tier's own name for it (cgroup paths per controller, or a systemd unit)."""
+
+    job_id: str
+    tier: str
+    pid: int
+    create_time: float  # psutil's create_time of the wrapper
+    boot_id: str
+    rc_path: str
+    cgroups: dict[str, str] = field(default_factory=dict)  # controller ("" for v2) -> absolute dir
+    unit: str | None = None
+    started_at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobHandle:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_seconds: float | None = None
+    rss_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    pids: tuple[int, ...] = ()  # every live process of the job (wrapper included) - for NVML matching
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended. `oom`: the tier's OOM counter moved (not guessed from exit 137).
+    `lost`: we can't say how it ended (the wrapper vanished without an rc file); why."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    oom: bool = False
+    lost: str | None = None
+    ended_at: float | None = None
+
+
+class Tier(Protocol):
+    name: str  # "systemd" | "cgroup-v2" | "cgroup-v1" | "psutil"
+    detail: str  # said once in the API: where jobs live, what is and isn't enforced
+
+    def launch(self, spec: LaunchSpec) -> JobHandle:
+        """Start the job under its limits; raises OSError with a clear message when it can't."""
+
+    def poll(self, h: JobHandle) -> Outcome | None:
+        """None while the job runs; its outcome once the wrapper is gone."""
+
+    def usage(self, h: JobHandle) -> Usage:
+        """What the job uses now (never raises: unknown figures are None)."""
+
+    def terminate(self, h: JobHandle, grace_s: float = 5.0) -> None:
+        """SIGTERM the job's processes (not the wrapper, which must write the rc file); SIGKILL any
+        still alive after `grace_s`. Returns at once; `poll` tells when it is over."""
+
+    def adopt(self, h: JobHandle) -> str | None:
+        """After an agent restart: None if `h` still names our job (alive or ended with an rc
+        file), else why not (the reason a job is marked LOST)."""
+
+    def release(self, h: JobHandle) -> None:
+        """Free what the tier holds for an ended job (remove its cgroup). Idempotent."""
+
+
+# ----------------------------------------------------------------------------- shared by the tiers
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def spawn_wrapper(spec: LaunchSpec, procs_files: list[str] = ()) -> subprocess.Popen:
+    """Start the wrapper in a new session with the job's output files; it joins `procs_files`
+    (cgroup.procs / tasks files) itself before the command starts."""
+    spec.stdout_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-I", "-S", WRAPPER, "--rc", str(spec.rc_path)]
+    for f in procs_files:
+        argv += ["--procs", f]
+    argv += ["--", *spec.argv]
+    out = os.open(spec.stdout_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    err = os.open(spec.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=spec.workdir,
+            env=spec.env,
+            start_new_session=True,  # a signal to the agent's group never reaches jobs
+            close_fds=True,
+        )
+    finally:
+        os.close(out)
+        os.close(err)
+
+
+def read_rc(path: str) -> Outcome | None:
+    """The wrapper's rc file, or None if it isn't there (yet)."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return Outcome(exit_code=d.get("exit_code"), signal=d.get("signal"), ended_at=d.get("ended_at"))
+
+
+def now() -> float:
+    return time.time()

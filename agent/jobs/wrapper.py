@@ -1,0 +1,160 @@
+"""The job wrapper: the first process of every job, between the agent and the job's command.
+
+Run as a plain script (`python -I -S wrapper.py ...`: stdlib only, no site-packages, ~10 ms to start),
+never imported by the agent. It exists so that a job outlives the agent that started it and still
+leaves its exit status behind:
+
+1. joins the job's cgroups (the files named by `--procs`) before the command starts, so nothing of the
+   job ever runs outside its limits;
+2. becomes a child subreaper, so a double-forked grandchild is re-parented to it (not to init) and
+   stays findable as a descendant — the psutil tier's whole notion of "the job's processes";
+3. runs the command in its own process group (the agent signals that group; the wrapper survives to
+   write the status), forwards SIGTERM/SIGINT/SIGHUP to it, reaps every orphan it inherits;
+4. when the command ends, kills what the job left behind (as Slurm does at the end of a batch job) and
+   writes the rc file atomically: `{"exit_code": N | null, "signal": S | null, "ended_at": t}`.
+
+Output goes to files opened by the agent (the wrapper's stdout/stderr), never pipes: a job writing to
+a pipe whose reader (the agent) died would get SIGPIPE.
+"""
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+
+PR_SET_CHILD_SUBREAPER = 36
+_GRACE_S = 2.0
+
+
+def _join_cgroups(files: list[str]) -> None:
+    me = str(os.getpid()).encode()
+    for f in files:
+        fd = os.open(f, os.O_WRONLY)
+        try:
+            os.write(fd, me)
+        finally:
+            os.close(fd)
+
+
+def _subreaper() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the psutil tier then finds only processes that stay in the tree
+
+
+def _children() -> list[int]:
+    """Our direct children (re-parented orphans included), from /proc."""
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _write_rc(path: str, exit_code: int | None, sig: int | None) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"exit_code": exit_code, "signal": sig, "ended_at": time.time()}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _reap_leftovers() -> None:
+    """Kill and reap whatever the command left running (daemonised grandchildren)."""
+    deadline = time.monotonic() + _GRACE_S
+    sent_kill = False
+    while True:
+        kids = _children()
+        if not kids:
+            return
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGKILL if sent_kill else signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                break
+        if time.monotonic() > deadline:
+            sent_kill = True
+        time.sleep(0.05)
+
+
+def main(argv: list[str]) -> int:
+    args = argv[1:]
+    procs: list[str] = []
+    rc_path = ""
+    while args and args[0] != "--":
+        opt = args.pop(0)
+        if opt == "--procs":
+            procs.append(args.pop(0))
+        elif opt == "--rc":
+            rc_path = args.pop(0)
+        else:
+            print(f"watchkeeper job wrapper: unknown option {opt}", file=sys.stderr)
+            return 2
+    cmd = args[1:]
+    if not rc_path or not cmd:
+        print("usage: wrapper.py --rc FILE [--procs FILE]... -- COMMAND...", file=sys.stderr)
+        return 2
+    try:
+        _join_cgroups(procs)
+    except OSError as exc:
+        print(f"watchkeeper: could not join the job's cgroup: {exc}", file=sys.stderr)
+        _write_rc(rc_path, None, None)
+        return 1
+    _subreaper()
+
+    child = os.fork()
+    if child == 0:
+        os.setpgid(0, 0)
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, signal.SIG_DFL)
+        try:
+            os.execvp(cmd[0], cmd)
+        except OSError as exc:
+            os.write(2, f"watchkeeper: cannot run {cmd[0]!r}: {exc.strerror}\n".encode())
+            os._exit(127)
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.killpg(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, forward)
+    try:
+        os.setpgid(child, child)  # both sides set it: whichever runs first wins the race
+    except OSError:
+        pass
+
+    status = None
+    while status is None:
+        try:
+            pid, st = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid == child:
+            status = st
+    exit_code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else None
+    sig = os.WTERMSIG(status) if status is not None and os.WIFSIGNALED(status) else None
+    _reap_leftovers()
+    _write_rc(rc_path, exit_code, sig)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
