@@ -62,6 +62,7 @@ class JobHandle:
     unit: str | None = None
     started_at: float = 0.0
     pipeline: str = ""  # the psutil tier sums a pipeline's jobs against its memory cap
+    mem_limit: int | None = None  # what the psutil tier watches (the kernel holds it in the other tiers)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -177,6 +178,29 @@ def read_rc(path: str) -> Outcome | None:
     except (OSError, ValueError):
         return None
     return Outcome(exit_code=d.get("exit_code"), signal=d.get("signal"), ended_at=d.get("ended_at"))
+
+
+def wait_forked(pid: int, timeout_s: float = 1.0) -> bool:
+    """Wait (briefly) until the wrapper has started the command: a SIGTERM before that would reach no
+    command, and the wrapper itself must be spared. False if it hasn't after `timeout_s` or is gone."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        kids = _read(f"/proc/{pid}/task/{pid}/children")
+        if kids is None:
+            return False
+        if kids.strip():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def now() -> float:

@@ -34,6 +34,7 @@ from agent.jobs.tiers.base import (
     boot_id,
     read_rc,
     spawn_wrapper,
+    wait_forked,
 )
 
 CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
@@ -346,21 +347,6 @@ class CgroupV1Tier:
         self._kill_all(h)
         for d in self._unique(h.cgroups):
             fs.rmdir_tree(d)
-
-
-def wait_forked(pid: int, timeout_s: float = 1.0) -> bool:
-    """Wait (briefly) until the wrapper has started the command: a SIGTERM before that would reach no
-    command, and the wrapper itself must be spared. False if it hasn't after `timeout_s` or is gone."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        kids = fs.read(f"/proc/{pid}/task/{pid}/children")
-        if kids is None:
-            return False
-        if kids.strip():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
 
 
 def _set_memory(memdir: str, limit: int) -> None:
