@@ -61,7 +61,7 @@ def read_keyed(path: str) -> dict[str, int]:
 def write(path: str, value: str | int) -> None:
     """Write one value; an OSError says which file and value (the kernel's errno alone says little)."""
     try:
-        fd = os.open(path, os.O_WRONLY)
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # as `echo v > file` does; cgroupfs ignores the trunc
     except OSError as exc:
         raise OSError(exc.errno, f"can't open {path}: {exc.strerror}") from exc
     try:
