@@ -89,10 +89,16 @@ class CgroupV1Tier:
             top = os.path.join(mp, jobs_root)
             try:
                 os.makedirs(top, exist_ok=True)
-            except OSError:
+            except OSError as exc:
                 # The hierarchy root is not ours to write (a container): nest under our own cgroup.
-                top = os.path.join(mp, own.get(c, "/").lstrip("/"), jobs_root)
-                os.makedirs(top, exist_ok=True)
+                nested = os.path.join(mp, own.get(c, "/").lstrip("/"), jobs_root)
+                try:
+                    if nested == top:
+                        raise exc
+                    os.makedirs(nested, exist_ok=True)
+                except OSError as exc2:
+                    raise OSError(f"cgroup v1 tier: can't create a jobs root in the {c} hierarchy: {exc2}") from exc2
+                top = nested
                 fallback.append(c)
             self._base[c] = top
         self.jobs_root = jobs_root
@@ -287,6 +293,8 @@ class CgroupV1Tier:
         """SIGKILL every task of the job (but `spare`, the wrapper that must write the rc file).
         Frozen first where the freezer is mounted, so a forking job can't add tasks while we read the list."""
         mem = h.cgroups.get("memory", "")
+        if not [p for p in fs.procs(mem) if p != spare]:
+            return
         frz = h.cgroups.get("freezer") if self._freezer else None
         frozen = False
         if frz and os.path.isdir(frz):

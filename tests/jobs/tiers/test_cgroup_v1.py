@@ -11,7 +11,7 @@ import pytest
 
 from agent.jobs.tiers import cgroupfs
 from agent.jobs.tiers.base import JobHandle, Limits
-from agent.jobs.tiers.cgroup_v1 import CgroupV1Tier, v1_mounts
+from agent.jobs.tiers.cgroup_v1 import CgroupV1Tier, own_cgroups, v1_mounts
 from tests.jobs.tiers.conftest import HOG, PY, needs_v1, pid_alive, wait_for, wait_outcome
 
 pytestmark = needs_v1
@@ -257,3 +257,87 @@ def test_a_job_id_is_never_launched_twice(v1: CgroupV1Tier, spec) -> None:
         v1.terminate(h, grace_s=0.2)
         wait_outcome(v1, h)
         v1.release(h)
+
+
+def test_wrapper_killed_leaves_nothing_behind_and_is_lost(v1: CgroupV1Tier, spec) -> None:
+    s = spec(["sh", "-c", "touch ready; sleep 300"])
+    h = v1.launch(s)
+    wait_for((Path(s.workdir) / "ready").exists)
+    job_pids = [p for p in cgroupfs.procs(h.cgroups["memory"]) if p != h.pid]
+    assert job_pids
+    os.kill(h.pid, 9)  # the wrapper dies (as if OOM-killed): its orphans go to init, still in the cgroup
+    out = wait_outcome(v1, h)
+    assert out.lost and "without writing its exit status" in out.lost
+    wait_for(lambda: not any(pid_alive(p) for p in job_pids), timeout=10)
+    v1.release(h)
+
+
+def _has_cap_sys_resource() -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> 24 & 1)
+    return False
+
+
+@pytest.mark.skipif(not _has_cap_sys_resource(), reason="lowering oom_score_adj needs CAP_SYS_RESOURCE (absent here)")
+def test_the_wrapper_is_the_oom_killers_last_choice(v1: CgroupV1Tier, spec) -> None:
+    s = spec(["sh", "-c", "touch ready; sleep 300"])
+    h = v1.launch(s)
+    try:
+        wait_for((Path(s.workdir) / "ready").exists)
+        assert v1.poll(h) is None  # the first poll after the fork protects the wrapper
+        assert Path(f"/proc/{h.pid}/oom_score_adj").read_text().strip() == "-1000"
+        for p in cgroupfs.procs(h.cgroups["memory"]):
+            if p != h.pid:
+                assert Path(f"/proc/{p}/oom_score_adj").read_text().strip() == "0"  # the command is not
+    finally:
+        v1.terminate(h, grace_s=0.2)
+        wait_outcome(v1, h)
+        v1.release(h)
+
+
+def test_ten_running_jobs_are_all_adopted_with_their_exit_codes(v1: CgroupV1Tier, spec, jobs_root: str) -> None:
+    specs = [spec(["sh", "-c", f"while [ ! -e go ]; do sleep 0.05; done; exit {i}"]) for i in range(10)]
+    first = [v1.launch(s) for s in specs]
+    saved = [h.to_json() for h in first]
+    fresh = CgroupV1Tier(jobs_root=jobs_root)
+    handles = [JobHandle.from_json(t) for t in saved]
+    assert [fresh.adopt(h) for h in handles] == [None] * 10
+    for s in specs:
+        (Path(s.workdir) / "go").touch()
+    assert [wait_outcome(fresh, h).exit_code for h in handles] == list(range(10))
+    for h, f in zip(handles, first, strict=True):
+        fresh.release(h)
+        v1.poll(f)
+
+
+def test_falls_back_under_its_own_cgroup_when_the_root_is_not_writable(monkeypatch, jobs_root: str) -> None:
+    real = os.makedirs
+    memroot = v1_mounts()["memory"]
+    own = own_cgroups()["memory"]
+    if own == "/":
+        pytest.skip("this process is in the memory hierarchy's root: nothing to fall back to")
+
+    def makedirs(path, *a, **kw):
+        if os.path.dirname(path) == memroot:  # the memory hierarchy's root refuses us (read-only in a container)
+            raise PermissionError(13, "Permission denied", path)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(os, "makedirs", makedirs)
+    tier = CgroupV1Tier(jobs_root=jobs_root)
+    nested = os.path.join(memroot, own.lstrip("/"), jobs_root)
+    try:
+        assert tier._base["memory"] == nested
+        assert tier._base["cpu"] == os.path.join(v1_mounts()["cpu"], jobs_root)
+        assert "not writable for memory" in tier.detail and "count against its limits" in tier.detail
+    finally:
+        cgroupfs.rmdir_tree(nested)
+
+
+def test_no_writable_place_at_all_is_a_clear_error(monkeypatch, jobs_root: str) -> None:
+    def makedirs(path, *a, **kw):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "makedirs", makedirs)
+    with pytest.raises(OSError, match=r"can.t create a jobs root in the .* hierarchy"):
+        CgroupV1Tier(jobs_root=jobs_root)

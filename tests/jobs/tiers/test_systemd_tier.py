@@ -131,7 +131,7 @@ def test_launch_poll_adopt_with_a_recorded_systemd(spec, tmp_path: Path) -> None
     restarted = SystemdTier(run=fake)
     saved = JobHandle.from_json(h.to_json())
     assert restarted.adopt(saved) is None
-    assert "main pid is 1" in restarted.adopt(dataclasses.replace(saved, pid=1))
+    assert "not the job's wrapper 1" in restarted.adopt(dataclasses.replace(saved, pid=1))
 
     fake.show = SHOW_GONE
     Path(s.rc_path).write_text('{"exit_code": null, "signal": 9, "ended_at": 1.0}')
