@@ -8,6 +8,8 @@ operator asked for it, so its failure is an error that names the reason.
 
 from __future__ import annotations
 
+import os
+
 from agent.jobs.tiers.base import Tier
 from agent.schemas import EnforcementInfo
 
@@ -19,11 +21,13 @@ class TierUnavailable(ValueError):
     """A forced tier this host can't offer (or an unknown tier name)."""
 
 
-def offered(info: EnforcementInfo) -> list[str]:
-    """The tiers this host can run, best first (psutil always)."""
+def offered(info: EnforcementInfo, euid: int | None = None) -> list[str]:
+    """The tiers this host can run, best first (psutil always). systemd needs the agent to be root:
+    creating a system unit is running anything as anyone, so no narrower grant exists (docs/jobs.md)."""
     has = all(c in info.controllers for c in _REQUIRED)
+    root = (os.geteuid() if euid is None else euid) == 0
     out = []
-    if info.systemd_pid1:
+    if info.systemd_pid1 and root:
         out.append("systemd")
     if info.cgroup_version == 2 and info.writable and has:
         out.append("cgroup-v2")
@@ -63,8 +67,11 @@ def select_tier(info: EnforcementInfo, jobs_root: str = "watchkeeper.jobs", forc
         if force not in TIERS:
             raise TierUnavailable(f"unknown jobs tier {force!r}: one of {', '.join(TIERS)}")
         if force not in can:
+            why = info.detail
+            if force == "systemd" and info.systemd_pid1:
+                why = "the systemd tier needs the agent to run as root (see docs/jobs.md, Enforcement tiers)"
             raise TierUnavailable(
-                f"jobs tier {force!r} is not available on this host (it offers {', '.join(can)}): {info.detail}"
+                f"jobs tier {force!r} is not available on this host (it offers {', '.join(can)}): {why}"
             )
         try:
             return build(force, jobs_root)

@@ -34,9 +34,11 @@ def jobs_root() -> Iterator[str]:
     name = f"watchkeeper.test-{os.getpid()}-{next(_counter)}"
     yield name
     for mp in set(v1_mounts().values()):
-        for path in (os.path.join(mp, name),):
-            if os.path.isdir(path):
-                assert cgroupfs.rmdir_tree(path, timeout_s=3.0), f"could not remove {path}"
+        path = os.path.join(mp, name)
+        if os.path.isdir(path):
+            for d, _, _ in os.walk(path):  # a failed test may have left a job running
+                cgroupfs.signal_all(d, 9)
+            assert cgroupfs.rmdir_tree(path, timeout_s=3.0), f"could not remove {path}"
 
 
 @pytest.fixture

@@ -44,7 +44,8 @@ def test_order_of_preference() -> None:
     full = EnforcementInfo(
         tier="systemd", systemd_pid1=True, cgroup_version=2, writable=True, controllers=["cpu", "memory", "pids"]
     )
-    assert offered(full) == ["systemd", "cgroup-v2", "psutil"]
+    assert offered(full, euid=0) == ["systemd", "cgroup-v2", "psutil"]
+    assert offered(full, euid=1000) == ["cgroup-v2", "psutil"]  # no transient units for an unprivileged agent
     ro = EnforcementInfo(tier="psutil", cgroup_version=1, writable=False, controllers=["cpu", "memory"])
     assert offered(ro) == ["psutil"]
     no_mem = EnforcementInfo(tier="psutil", cgroup_version=2, writable=True, controllers=["cpu", "pids"])
