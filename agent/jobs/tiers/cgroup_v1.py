@@ -67,6 +67,21 @@ def own_cgroups(root: str = "/") -> dict[str, str]:
     return out
 
 
+def _make_root(mount: str, own: str, jobs_root: str) -> tuple[str, bool]:
+    """The jobs root in one hierarchy: at its root, or — where that isn't writable (a container) — under
+    our own cgroup. (path, True if it had to nest under our own cgroup)."""
+    top = os.path.join(mount, jobs_root)
+    try:
+        os.makedirs(top, exist_ok=True)
+        return top, False
+    except OSError:
+        nested = os.path.join(mount, own.lstrip("/"), jobs_root)
+        if nested == top:
+            raise
+        os.makedirs(nested, exist_ok=True)
+        return nested, True
+
+
 def shares_from_weight(weight: int) -> int:
     """cpu.shares for a v2-style weight (1..10000, 100 = default = 1024 shares)."""
     return max(2, min(262144, round(1024 * weight / 100)))
@@ -86,21 +101,15 @@ class CgroupV1Tier:
         notes: list[str] = []
         fallback = []
         for c, mp in mounts.items():
-            top = os.path.join(mp, jobs_root)
             try:
-                os.makedirs(top, exist_ok=True)
+                self._base[c], nested = _make_root(mp, own.get(c, "/"), jobs_root)
             except OSError as exc:
-                # The hierarchy root is not ours to write (a container): nest under our own cgroup.
-                nested = os.path.join(mp, own.get(c, "/").lstrip("/"), jobs_root)
-                try:
-                    if nested == top:
-                        raise exc
-                    os.makedirs(nested, exist_ok=True)
-                except OSError as exc2:
-                    raise OSError(f"cgroup v1 tier: can't create a jobs root in the {c} hierarchy: {exc2}") from exc2
-                top = nested
+                if c in REQUIRED:
+                    raise OSError(f"cgroup v1 tier: can't create a jobs root in the {c} hierarchy: {exc}") from exc
+                notes.append(f"{c} not used (no jobs root can be created: {exc.strerror or exc})")
+                continue
+            if nested:
                 fallback.append(c)
-            self._base[c] = top
         self.jobs_root = jobs_root
         if fallback:
             notes.append(
@@ -111,9 +120,10 @@ class CgroupV1Tier:
             notes.append("memory.use_hierarchy is 0 and can't be set: pipeline and jobs memory caps not enforced")
         self._freezer = "freezer" in self._base
         where = self._base["memory"].removeprefix(mounts["memory"]) or "/"
+        swap = os.path.exists(os.path.join(self._base["memory"], "memory.memsw.limit_in_bytes"))
         self.detail = (
             f"cgroup v1 ({', '.join(sorted(self._base))}): jobs in <controller>{where}/<pipeline>/<job>; "
-            "memory+swap, CFS quota, pids enforced by the kernel"
+            f"{'memory+swap' if swap else 'memory'}, CFS quota, pids enforced by the kernel"
             + ("" if "pids" in self._base else "; no pids hierarchy: process count not capped")
             + ("" if self._freezer else "; no freezer: kills are not race-free")
             + ("; " + "; ".join(notes) if notes else "")

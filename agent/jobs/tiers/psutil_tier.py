@@ -55,6 +55,7 @@ class PsutilTier:
         self._popen: dict[str, subprocess.Popen] = {}
         self._handles: dict[str, JobHandle] = {}
         self._peak: dict[str, int] = {}
+        self._rss: dict[str, int] = {}  # each job's RSS at its last usage() (this tick's, for the group sums)
         self._oom: set[str] = set()
         self._breach: dict[str, str] = {}  # job -> why it was killed by a pipeline/jobs cap, said once
         self._caps: dict[str, int] = {}  # pipeline (or _ALL) -> memory cap in bytes
@@ -141,6 +142,7 @@ class PsutilTier:
     def usage(self, h: JobHandle) -> Usage:
         w, kids = self._tree(h)
         if w is None:
+            self._rss[h.job_id] = 0  # ended: no longer counts against its pipeline
             return Usage(peak_rss_bytes=self._peak.get(h.job_id))
         cpu = 0.0
         rss = 0
@@ -158,6 +160,7 @@ class PsutilTier:
                 continue
         peak = max(self._peak.get(h.job_id, 0), rss)
         self._peak[h.job_id] = peak
+        self._rss[h.job_id] = rss
         return Usage(cpu_seconds=cpu, rss_bytes=rss, peak_rss_bytes=peak, pids=tuple(pids))
 
     def check_limits(self, h: JobHandle) -> str | None:
@@ -179,7 +182,8 @@ class PsutilTier:
                 continue
             with self._lock:
                 group = [x for x in self._handles.values() if key == _ALL or x.pipeline == key]
-            sizes = {x.job_id: (self.usage(x).rss_bytes or 0) for x in group if x.job_id not in self._oom}
+            # Other jobs' figures from their own check this tick (one tree walk per job per tick, not n^2).
+            sizes = {x.job_id: self._last_rss(x) for x in group if x.job_id not in self._oom}
             total = sum(sizes.values())
             if total <= cap:
                 continue
@@ -193,6 +197,11 @@ class PsutilTier:
             if victim.job_id == h.job_id:
                 return self._breach.pop(h.job_id)
         return None
+
+    def _last_rss(self, h: JobHandle) -> int:
+        if h.job_id in self._rss:
+            return self._rss[h.job_id]
+        return self.usage(h).rss_bytes or 0
 
     def _kill_oom(self, h: JobHandle) -> None:
         _, kids = self._tree(h)
@@ -241,6 +250,7 @@ class PsutilTier:
             self._popen.pop(h.job_id, None)
             self._handles.pop(h.job_id, None)
             self._peak.pop(h.job_id, None)
+            self._rss.pop(h.job_id, None)
             self._breach.pop(h.job_id, None)
             self._oom.discard(h.job_id)
 
