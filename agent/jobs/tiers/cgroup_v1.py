@@ -67,6 +67,15 @@ def own_cgroups(root: str = "/") -> dict[str, str]:
     return out
 
 
+def oom_from(oom_control: dict[str, int], failcnt: int, sig: int | None) -> bool:
+    """Did the kernel OOM-kill in this cgroup? The `oom_kill` counter (kernel 4.13+) says so exactly.
+    Older kernels have none: the cgroup is still `under_oom`, or it hit its limit (`failcnt`, which
+    also counts reclaim that succeeded) and the command died of SIGKILL — the closest reading left."""
+    if "oom_kill" in oom_control:
+        return oom_control["oom_kill"] > 0
+    return bool(oom_control.get("under_oom")) or (failcnt > 0 and sig == signal.SIGKILL)
+
+
 def _make_root(mount: str, own: str, jobs_root: str) -> tuple[str, bool]:
     """The jobs root in one hierarchy: at its root, or — where that isn't writable (a container) — under
     our own cgroup. (path, True if it had to nest under our own cgroup)."""
@@ -231,31 +240,24 @@ class CgroupV1Tier:
         except psutil.Error:
             return False
 
-    def _oom_kills(self, h: JobHandle) -> int:
-        mem = h.cgroups.get("memory", "")
-        ctl = fs.read_keyed(os.path.join(mem, "memory.oom_control"))
-        if "oom_kill" in ctl:
-            return ctl["oom_kill"]
-        # Kernels before 4.13 have no counter: the cgroup sat at its limit and was (or is) under OOM.
-        if ctl.get("under_oom"):
-            return 1
-        return 0
-
     def poll(self, h: JobHandle) -> Outcome | None:
         if self._alive(h):
             self._protect_wrapper(h)
             return None
         with self._lock:
             self._popen.pop(h.job_id, None)
-        oom = self._oom_kills(h) > 0
+        mem = h.cgroups.get("memory", "")
+        ctl = fs.read_keyed(os.path.join(mem, "memory.oom_control"))
+        failcnt = fs.read_int(os.path.join(mem, "memory.failcnt")) or 0
         # The wrapper kills what the job left behind; if the wrapper itself was killed, its orphans
         # are still in the cgroup: nothing of a job outlives it.
         self._kill_all(h)
         out = read_rc(h.rc_path)
         if out is None:
-            if oom:
+            if oom_from(ctl, failcnt, signal.SIGKILL):
                 return Outcome(signal=signal.SIGKILL, oom=True, ended_at=time.time())
             return Outcome(lost="the job's wrapper ended without writing its exit status", ended_at=time.time())
+        oom = oom_from(ctl, failcnt, out.signal)
         return Outcome(exit_code=out.exit_code, signal=out.signal, oom=oom, ended_at=out.ended_at)
 
     def _protect_wrapper(self, h: JobHandle) -> None:

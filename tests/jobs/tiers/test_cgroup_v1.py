@@ -11,7 +11,7 @@ import pytest
 
 from agent.jobs.tiers import cgroupfs
 from agent.jobs.tiers.base import JobHandle, Limits
-from agent.jobs.tiers.cgroup_v1 import CgroupV1Tier, own_cgroups, v1_mounts
+from agent.jobs.tiers.cgroup_v1 import CgroupV1Tier, oom_from, own_cgroups, v1_mounts
 from tests.jobs.tiers.conftest import HOG, PY, needs_v1, pid_alive, wait_for, wait_outcome
 
 pytestmark = needs_v1
@@ -341,3 +341,12 @@ def test_no_writable_place_at_all_is_a_clear_error(monkeypatch, jobs_root: str) 
     monkeypatch.setattr(os, "makedirs", makedirs)
     with pytest.raises(OSError, match=r"can.t create a jobs root in the .* hierarchy"):
         CgroupV1Tier(jobs_root=jobs_root)
+
+
+def test_oom_reading_on_kernels_with_and_without_the_counter() -> None:
+    assert oom_from({"oom_kill_disable": 0, "under_oom": 0, "oom_kill": 1}, 0, None) is True
+    assert oom_from({"under_oom": 0, "oom_kill": 0}, 5, 9) is False  # the counter is exact: hit, not killed
+    assert oom_from({"under_oom": 1}, 0, None) is True  # pre-4.13: still under OOM
+    assert oom_from({"under_oom": 0}, 3, 9) is True  # pre-4.13: hit the limit and was SIGKILLed
+    assert oom_from({"under_oom": 0}, 3, 15) is False
+    assert oom_from({"under_oom": 0}, 0, 9) is False
