@@ -99,8 +99,15 @@ class Tier(Protocol):
     name: str  # "systemd" | "cgroup-v2" | "cgroup-v1" | "psutil"
     detail: str  # said once in the API: where jobs live, what is and isn't enforced
 
+    def prepare(self) -> None:
+        """One-time set-up before the first launch (cgroup v2 moves the agent into a leaf). Idempotent."""
+
     def launch(self, spec: LaunchSpec) -> JobHandle:
         """Start the job under its limits; raises OSError with a clear message when it can't."""
+
+    def check_limits(self, h: JobHandle) -> str | None:
+        """Called each tick per running job. Tiers whose kernel enforces answer None; the psutil tier
+        enforces here and says why it killed the job (once)."""
 
     def poll(self, h: JobHandle) -> Outcome | None:
         """None while the job runs; its outcome once the wrapper is gone."""

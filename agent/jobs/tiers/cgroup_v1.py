@@ -194,6 +194,13 @@ class CgroupV1Tier:
 
     # -- lifecycle
 
+    def prepare(self) -> None:
+        """Nothing to set up beyond the constructor (kept for the Tier contract)."""
+
+    def check_limits(self, h: JobHandle) -> str | None:
+        """The kernel enforces: nothing to watch (kept for the Tier contract)."""
+        return None
+
     def launch(self, spec: LaunchSpec) -> JobHandle:
         pipe = fs.check_name(spec.pipeline, "pipeline")
         job = fs.check_name(spec.job_id, "job id")

@@ -137,6 +137,10 @@ class CgroupV2Tier:
 
     # -- lifecycle
 
+    def check_limits(self, h: JobHandle) -> str | None:
+        """The kernel enforces: nothing to watch (kept for the Tier contract)."""
+        return None
+
     def launch(self, spec: LaunchSpec) -> JobHandle:
         d = os.path.join(self._pipeline_dir(spec.pipeline), "job-" + fs.check_name(spec.job_id, "job id"))
         self._mkcg(d)  # raises if it exists: a job is never started twice

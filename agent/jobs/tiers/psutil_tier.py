@@ -82,6 +82,9 @@ class PsutilTier:
 
     # -- lifecycle
 
+    def prepare(self) -> None:
+        """Nothing to set up beyond the constructor (kept for the Tier contract)."""
+
     def launch(self, spec: LaunchSpec) -> JobHandle:
         n = nice_from_weight(spec.cpu_weight)
         prefix = [self._nice, "-n", str(n)] if n and self._nice else []

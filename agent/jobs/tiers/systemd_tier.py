@@ -160,6 +160,13 @@ class SystemdTier:
 
     # -- lifecycle
 
+    def prepare(self) -> None:
+        """Nothing to set up beyond the constructor (kept for the Tier contract)."""
+
+    def check_limits(self, h: JobHandle) -> str | None:
+        """The kernel enforces: nothing to watch (kept for the Tier contract)."""
+        return None
+
     def launch(self, spec: LaunchSpec) -> JobHandle:
         spec.stdout_path.parent.mkdir(parents=True, exist_ok=True)
         for p in (spec.stdout_path, spec.stderr_path):

@@ -63,3 +63,24 @@ def test_a_detected_tier_that_fails_to_set_up_falls_back_and_says_why(monkeypatc
     assert "not cgroup-v2" in tier.detail and "not delegated" in tier.detail
     with pytest.raises(TierUnavailable, match="could not be set up"):
         select_tier(info, force="cgroup-v2")
+
+
+def test_every_tier_keeps_the_whole_contract() -> None:
+    from agent.jobs.tiers.cgroup_v2 import CgroupV2Tier
+    from agent.jobs.tiers.systemd_tier import SystemdTier
+
+    methods = (
+        "prepare",
+        "launch",
+        "check_limits",
+        "poll",
+        "usage",
+        "terminate",
+        "adopt",
+        "release",
+        "set_pipeline_limits",
+        "set_jobs_limits",
+    )
+    for cls in (CgroupV1Tier, CgroupV2Tier, SystemdTier, PsutilTier):
+        missing = [m for m in methods if not callable(getattr(cls, m, None))]
+        assert not missing, (cls.__name__, missing)
