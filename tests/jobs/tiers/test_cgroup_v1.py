@@ -350,3 +350,13 @@ def test_oom_reading_on_kernels_with_and_without_the_counter() -> None:
     assert oom_from({"under_oom": 0}, 3, 9) is True  # pre-4.13: hit the limit and was SIGKILLed
     assert oom_from({"under_oom": 0}, 3, 15) is False
     assert oom_from({"under_oom": 0}, 0, 9) is False
+
+
+def test_terminate_right_after_launch_still_ends_the_job(v1: CgroupV1Tier, spec) -> None:
+    # Before the wrapper has joined its cgroup or forked the command, there is nothing to signal yet:
+    # terminate must not return having done nothing (it waits for the fork; the grace kill is always armed).
+    h = v1.launch(spec(["sleep", "300"]))
+    v1.terminate(h, grace_s=0.2)
+    out = wait_outcome(v1, h, timeout=15)
+    assert out.signal in (15, 9)
+    v1.release(h)

@@ -130,3 +130,9 @@ def test_weight_becomes_nice(tier: PsutilTier, spec) -> None:
     finally:
         tier.terminate(h, grace_s=0.2)
         wait_outcome(tier, h)
+
+
+def test_terminate_right_after_launch_still_ends_the_job(tier: PsutilTier, spec) -> None:
+    h = tier.launch(spec(["sleep", "300"]))
+    tier.terminate(h, grace_s=0.2)
+    assert wait_outcome(tier, h, timeout=15).signal in (15, 9)
