@@ -16,7 +16,8 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -60,13 +61,18 @@ class JobHandle:
     cgroups: dict[str, str] = field(default_factory=dict)  # controller ("" for v2) -> absolute dir
     unit: str | None = None
     started_at: float = 0.0
+    pipeline: str = ""  # the psutil tier sums a pipeline's jobs against its memory cap
+    mem_limit: int | None = None  # what the psutil tier watches (the kernel holds it in the other tiers)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> JobHandle:
-        return cls(**json.loads(text))
+        """A persisted handle; keys a newer agent added are ignored, so a downgrade can still adopt."""
+        d = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -93,8 +99,15 @@ class Tier(Protocol):
     name: str  # "systemd" | "cgroup-v2" | "cgroup-v1" | "psutil"
     detail: str  # said once in the API: where jobs live, what is and isn't enforced
 
+    def prepare(self) -> None:
+        """One-time set-up before the first launch (cgroup v2 moves the agent into a leaf). Idempotent."""
+
     def launch(self, spec: LaunchSpec) -> JobHandle:
         """Start the job under its limits; raises OSError with a clear message when it can't."""
+
+    def check_limits(self, h: JobHandle) -> str | None:
+        """Called each tick per running job. Tiers whose kernel enforces answer None; the psutil tier
+        enforces here and says why it killed the job (once)."""
 
     def poll(self, h: JobHandle) -> Outcome | None:
         """None while the job runs; its outcome once the wrapper is gone."""
@@ -113,6 +126,13 @@ class Tier(Protocol):
     def release(self, h: JobHandle) -> None:
         """Free what the tier holds for an ended job (remove its cgroup). Idempotent."""
 
+    def set_pipeline_limits(self, pipeline: str, limits: Limits, weight: int = 100) -> None:
+        """The pipeline's quota on a parent of all its jobs, so the pipeline can never exceed it even if
+        admission were wrong; `weight` (1..10000, 100 default) its CPU share under contention."""
+
+    def set_jobs_limits(self, limits: Limits) -> None:
+        """The limits of all jobs together: host capacity less the serving reservation."""
+
 
 # ----------------------------------------------------------------------------- shared by the tiers
 
@@ -125,14 +145,20 @@ def boot_id() -> str:
         return ""
 
 
-def spawn_wrapper(spec: LaunchSpec, procs_files: list[str] = ()) -> subprocess.Popen:
-    """Start the wrapper in a new session with the job's output files; it joins `procs_files`
-    (cgroup.procs / tasks files) itself before the command starts."""
-    spec.stdout_path.parent.mkdir(parents=True, exist_ok=True)
+def wrapper_argv(spec: LaunchSpec, procs_files: Sequence[str] = ()) -> list[str]:
+    """The wrapper's command line for `spec` (it joins `procs_files` before the command starts)."""
     argv = [sys.executable, "-I", "-S", WRAPPER, "--rc", str(spec.rc_path)]
     for f in procs_files:
         argv += ["--procs", f]
-    argv += ["--", *spec.argv]
+    return [*argv, "--", *spec.argv]
+
+
+def spawn_wrapper(spec: LaunchSpec, procs_files: Sequence[str] = (), prefix: Sequence[str] = ()) -> subprocess.Popen:
+    """Start the wrapper in a new session with the job's output files; it joins `procs_files`
+    (cgroup.procs / tasks files) itself before the command starts. `prefix` runs before it
+    (`nice -n 5`), so what it sets is inherited by the command from its first instruction."""
+    spec.stdout_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = [*prefix, *wrapper_argv(spec, procs_files)]
     out = os.open(spec.stdout_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     err = os.open(spec.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
@@ -159,6 +185,29 @@ def read_rc(path: str) -> Outcome | None:
     except (OSError, ValueError):
         return None
     return Outcome(exit_code=d.get("exit_code"), signal=d.get("signal"), ended_at=d.get("ended_at"))
+
+
+def wait_forked(pid: int, timeout_s: float = 1.0) -> bool:
+    """Wait (briefly) until the wrapper has started the command: a SIGTERM before that would reach no
+    command, and the wrapper itself must be spared. False if it hasn't after `timeout_s` or is gone."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        kids = _read(f"/proc/{pid}/task/{pid}/children")
+        if kids is None:
+            return False
+        if kids.strip():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def now() -> float:
