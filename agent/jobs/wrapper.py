@@ -46,6 +46,19 @@ def _subreaper() -> None:
         pass  # not Linux: the psutil tier then finds only processes that stay in the tree
 
 
+def _prefer_for_oom() -> None:
+    """In the command's process, before exec: make the job, not its wrapper (which must live to write the
+    rc file) nor the agent serving beside it, the OOM killer's first choice. Raising one's own
+    oom_score_adj needs no privilege (lowering the wrapper's, as the cgroup tier also tries, does)."""
+    try:
+        with open("/proc/self/oom_score_adj", "r+") as f:
+            cur = int(f.read().strip() or 0)
+            f.seek(0)
+            f.write(str(min(1000, max(cur, 0) + 500)))
+    except (OSError, ValueError):
+        pass
+
+
 def _children() -> list[int]:
     """Our direct children (re-parented orphans included), from /proc."""
     me = os.getpid()
@@ -118,6 +131,7 @@ def main(argv: list[str]) -> int:
     child = os.fork()
     if child == 0:
         os.setpgid(0, 0)
+        _prefer_for_oom()
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(s, signal.SIG_DFL)
         try:
