@@ -85,6 +85,8 @@ class SlurmCluster:
     node: str = "wk-node"
     partition: str = "debug"
     min_job_age: int = 300  # Slurm's default: finished jobs stay in squeue this long
+    # Extra `PartitionName=` options, e.g. "OverSubscribe=FORCE:64" to run more jobs than cores.
+    partition_options: str = ""
     ctld_port: int = field(default_factory=free_port)
     slurmd_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -193,7 +195,8 @@ class SlurmCluster:
         node = " ".join(f"{k}={hw[k]}" for k in hw_keys if k in hw)
         text = "".join(f"{k}={v}\n" for k, v in lines.items())
         text += f"NodeName={self.node} NodeAddr=127.0.0.1 NodeHostname=localhost {node} State=UNKNOWN\n"
-        text += f"PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP\n"
+        text += f"PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP"
+        text += f" {self.partition_options}\n" if self.partition_options else "\n"
         self.conf.write_text(text)
         (b / "etc" / "plugstack.conf").write_text("")
 
@@ -251,10 +254,16 @@ class SlurmCluster:
         raise TimeoutError(f"node {self.node} not idle in {timeout}s (last state {state!r}):\n{self.logs()}")
 
     def stop(self) -> None:
-        """Cancel the cluster's jobs, stop the daemons we started and what is left in their sessions."""
+        """Cancel the cluster's jobs, stop the daemons we started, then kill whatever of this cluster is left."""
         if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
             with contextlib.suppress(Exception):
                 self.run(["scancel", "--full", f"--partition={self.partition}"], check=False, timeout=10)
+                # scancel only asks: the signals travel slurmctld -> slurmd -> slurmstepd, so give them time.
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and any(
+                    s in ("RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED") for s in self.job_states().values()
+                ):
+                    time.sleep(0.1)
         sessions = [p.pid for p in self.procs.values()]
         for name in ("slurmd", "slurmctld", "munged"):
             p = self.procs.get(name)
@@ -266,13 +275,18 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
-        # slurmstepd and the jobs under it are in slurmd's session; nothing else is.
-        for pid in _pids_in_sessions(sessions):
+        # Each slurmstepd makes its own session, so sessions alone miss them: they and the jobs under them
+        # inherit SLURM_CONF naming this cluster's conf (a path under our own temp dir), and nothing else does.
+        for pid in _pids_in_sessions(sessions) + _pids_with_env("SLURM_CONF", str(self.conf)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.procs.clear()
         if self._owns_base:
             shutil.rmtree(self.base, ignore_errors=True)
+
+    def leftovers(self) -> list[int]:
+        """Processes still carrying this cluster's SLURM_CONF (none after stop)."""
+        return _pids_with_env("SLURM_CONF", str(self.conf))
 
     # ------------------------------------------------------------------ client helpers
 
@@ -344,5 +358,20 @@ def _pids_in_sessions(sids: list[int]) -> list[int]:
             if os.getsid(int(entry.name)) in sids:
                 found.append(int(entry.name))
         except (ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+def _pids_with_env(name: str, value: str) -> list[int]:
+    want = f"{name}={value}".encode()
+    found = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            if want in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
             continue
     return found

@@ -57,10 +57,8 @@ def test_jobcomp_lines_keep_values_with_spaces():
     assert rec == {"JobId": "7", "Name": "my job", "JobState": "TIMEOUT", "WorkDir": "/a b/c", "ExitCode": "0:15"}
 
 
-def test_stop_leaves_no_daemon_or_job_behind():
-    cluster = SlurmCluster().start()
-    base = cluster.base
-    pidfile = base / "jobs" / "sleeper.pid"
+def _start_sleeper(cluster: SlurmCluster) -> int:
+    pidfile = cluster.base / "jobs" / f"sleeper-{time.monotonic_ns()}.pid"
     job = cluster.sbatch(["sh", "-c", f"echo $$ > {pidfile}; exec sleep 300"])
     cluster.wait_state(job, "RUNNING", timeout=60)
     deadline = time.monotonic() + 20
@@ -68,11 +66,33 @@ def test_stop_leaves_no_daemon_or_job_behind():
         time.sleep(0.05)
     sleeper = int(pidfile.read_text())
     assert _cmdline(sleeper) == ["sleep", "300"]
+    return sleeper
+
+
+def test_stop_leaves_no_daemon_or_job_behind():
+    cluster = SlurmCluster().start()
+    base = cluster.base
+    sleeper = _start_sleeper(cluster)
     pids = [p.pid for p in cluster.procs.values()]
     cluster.stop()
     for pid in [*pids, sleeper]:
         assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), pid
+    assert cluster.leftovers() == []
     assert not base.exists()
+
+
+def test_stop_kills_the_jobs_even_when_slurmctld_died_first():
+    # Jobs outlive slurmd and slurmctld by design (slurmstepd is its own session): without the
+    # controller scancel can't reach them, and stop() must still leave nothing behind.
+    cluster = SlurmCluster().start()
+    try:
+        sleeper = _start_sleeper(cluster)
+        cluster.procs["slurmctld"].kill()
+        cluster.procs["slurmctld"].wait(10)
+    finally:
+        cluster.stop()
+    assert not os.path.exists(f"/proc/{sleeper}") or _zombie(sleeper)
+    assert cluster.leftovers() == []
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -1,0 +1,426 @@
+"""Jobs: submit -> RUNNING latency, submits/s and CPU with running jobs, the agent's executor beside Slurm.
+
+Both run on this machine in the same run:
+
+- **agent**: a real agent (`agent.cli run`, own data dir, 1 s samples) and its executor over HTTP
+  (`POST /api/v1/jobs`, admin token, one keep-alive client); the pipeline's quota raised first
+  (`PUT /api/v1/quotas/bench`) so admission never holds a job back.
+- **slurm**: a single-node Slurm 22.05 from Debian's packages (tests/slurmproc.py: munged, slurmctld,
+  slurmd in a temp dir, no systemd), `sbatch --parsable` per job, state from `squeue --json` (one call
+  a poll for all jobs, as issue 16 asks). The partition is `OverSubscribe=FORCE:64` and jobs ask
+  `--mem` small, so 50 jobs can run at once on a 2-core box, as they can under the agent.
+
+Measured per system:
+1. submit -> RUNNING: `--latency-jobs` jobs of `sleep 30`, one at a time (each seen running before
+   the next is submitted, so no queueing), from just before the submit to the first poll that sees it
+   started; p50 and p95. Polls: the agent `GET /api/v1/jobs/{id}` every 5 ms; Slurm `squeue --json`
+   back to back.
+2. submits/s: `--burst` jobs of `true` submitted back to back by one client; then the time until all
+   of them have ended (info).
+3. CPU: the agent process's user+system time (psutil) over a `--window` s window idle, then with
+   `--running` jobs of `sleep 60` all RUNNING, in % of one core; for Slurm the same of its daemons
+   (slurmctld, slurmd, the slurmstepds, munged), for comparison. Nothing polls during a window.
+
+Prints one table with issue 13's targets (p50 submit -> RUNNING <= 50 ms, >= 200 submits/s, agent
+CPU with 50 running <= 2 % of a core above idle) and PASS/MISS for the agent. A system that cannot
+be measured (an agent without the jobs API, Slurm not installed) says why in its column.
+
+    .venv/bin/python bench/jobs.py [--latency-jobs 20] [--burst 200] [--running 50] [--window 10] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.agentproc import AgentProc, make_agent  # noqa: E402
+from tests.slurmproc import SlurmCluster, unavailable_reason  # noqa: E402
+
+PIPELINE = "bench"
+TARGET_P50_MS = 50.0
+TARGET_SUBMITS = 200.0
+TARGET_CPU_ABOVE_IDLE = 2.0
+SLURM_STARTED = {"RUNNING", "COMPLETING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY"}
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "LOST", "BOOT_FAIL"}
+
+
+class NotMeasured(Exception):
+    """This system can't be measured here; the message says why, in its column."""
+
+
+@dataclass
+class Result:
+    name: str
+    latencies_ms: list[float] = field(default_factory=list)
+    submits_per_s: float | None = None
+    burst_drained_s: float | None = None
+    burst_note: str = ""
+    cpu_idle: float | None = None
+    cpu_running: float | None = None
+    running_seen: int = 0
+    failed: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def pct(self, q: float) -> float | None:
+        if not self.latencies_ms:
+            return None
+        xs = sorted(self.latencies_ms)
+        return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def cpu_window(procs: Callable[[], list[psutil.Process]], seconds: float) -> float:
+    """% of one core the processes used over `seconds` (processes looked up at both ends; a pid that
+    appears or vanishes in between counts only for what it used while both ends saw it)."""
+    before = {p.pid: cpu_seconds([p]) for p in procs()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    after = {p.pid: cpu_seconds([p]) for p in procs()}
+    wall = time.monotonic() - t0
+    used = sum(after[pid] - before[pid] for pid in after if pid in before)
+    return 100.0 * used / wall
+
+
+# --------------------------------------------------------------------------- the agent's executor
+
+
+class AgentJobs:
+    def __init__(self, agent: AgentProc) -> None:
+        self.agent = agent
+        self.c = agent.client()
+        self.c.timeout = 30
+        self.ids: list[str] = []
+        self.pids: set[int] = set()
+
+    def submit(self, command: list[str], cpu: float, mem: str) -> str:
+        body = {"pipeline": PIPELINE, "command": command, "cpu": cpu, "mem": mem, "reason": "bench/jobs.py"}
+        r = self.c.post("/api/v1/jobs", json=body)
+        if r.status_code in (404, 405):
+            raise NotMeasured(f"agent has no jobs API ({r.status_code})")
+        if r.status_code != 201:
+            raise NotMeasured(f"POST /api/v1/jobs answered {r.status_code}: {r.text[:200]}")
+        job = r.json()
+        self.ids.append(job["id"])
+        return job["id"]
+
+    def job(self, jid: str) -> dict:
+        r = self.c.get(f"/api/v1/jobs/{jid}")
+        r.raise_for_status()
+        j = r.json()
+        if j.get("pid"):
+            self.pids.add(int(j["pid"]))
+        return j
+
+    def cancel(self, ids: list[str]) -> None:
+        for jid in ids:
+            with contextlib.suppress(httpx.HTTPError):
+                self.c.post(f"/api/v1/jobs/{jid}/cancel", json={"reason": "bench over"})
+
+    def kill_leftovers(self) -> None:
+        # Jobs outlive an agent stop by design; whatever the bench started must not outlive the bench.
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def bench_agent(args: argparse.Namespace, tmp: Path) -> Result:
+    res = Result("agent")
+    agent = make_agent(tmp, name="bench-agent", sample_interval=1.0)
+    try:
+        agent.start(timeout=60)
+    except (RuntimeError, TimeoutError, OSError) as e:
+        agent.kill()
+        res.failed = f"agent did not start: {str(e).splitlines()[0]}"
+        return res
+    jobs = AgentJobs(agent)
+    try:
+        q = {"cpu": float(os.cpu_count() or 1), "mem": psutil.virtual_memory().total // 2, "max_running_jobs": 10_000}
+        quota = jobs.c.put(f"/api/v1/quotas/{PIPELINE}", json=q)
+
+        def started(jid: str) -> bool:
+            return jobs.job(jid)["state"] != "PENDING"
+
+        # 1. latency, one job at a time
+        sleepers: list[str] = []
+        for _ in range(args.latency_jobs):
+            t0 = time.perf_counter()
+            jid = jobs.submit(["sleep", "30"], args.job_cpu, args.job_mem)
+            if not sleepers and quota.status_code >= 300:  # only worth saying where jobs can be submitted
+                said = f"{quota.status_code}: {quota.text[:120]}"
+                res.notes.append(f"agent: PUT /api/v1/quotas/{PIPELINE} answered {said}")
+            sleepers.append(jid)
+            res.latencies_ms.append(1000 * wait_until(lambda jid=jid: started(jid), t0, 30, 0.005))
+        jobs.cancel(sleepers)
+
+        # 2. submits/s, then the drain
+        t0 = time.perf_counter()
+        burst = [jobs.submit(["true"], args.job_cpu, args.job_mem) for _ in range(args.burst)]
+        res.submits_per_s = args.burst / (time.perf_counter() - t0)
+        left = set(burst)
+
+        def drained() -> bool:
+            for jid in list(left):
+                if jobs.job(jid)["state"] in FINAL:
+                    left.discard(jid)
+            return not left
+
+        try:
+            res.burst_drained_s = wait_until(drained, t0, args.drain_timeout, 0.2)
+        except TimeoutError:
+            res.burst_note = f"{args.burst - len(left)}/{args.burst} ended in {args.drain_timeout:g} s"
+        wait_until(lambda: all(jobs.job(j)["state"] in FINAL for j in sleepers), time.perf_counter(), 30, 0.2)
+
+        # 3. CPU idle, then with N running
+        proc = [psutil.Process(agent.proc.pid)]
+        res.cpu_idle = cpu_window(lambda: proc, args.window)
+        running = [jobs.submit(["sleep", "60"], args.job_cpu, args.job_mem) for _ in range(args.running)]
+        t0 = time.perf_counter()
+        wait_until(lambda: all(jobs.job(j)["state"] == "RUNNING" for j in running), t0, 60, 0.2)
+        res.running_seen = sum(jobs.job(j)["state"] == "RUNNING" for j in running)
+        res.cpu_running = cpu_window(lambda: proc, args.window)
+        jobs.cancel(running)
+    except TimeoutError as e:
+        res.failed = f"timed out: {e}"
+    except httpx.HTTPError as e:
+        res.failed = f"HTTP error: {e}"
+    except NotMeasured as e:
+        res.failed = str(e)
+    finally:
+        jobs.cancel(list(jobs.ids))
+        try:
+            agent.stop(timeout=20)
+        except Exception:
+            agent.kill()
+        jobs.kill_leftovers()
+        agent.socket_path.unlink(missing_ok=True)
+    return res
+
+
+# --------------------------------------------------------------------------- single-node Slurm
+
+
+def bench_slurm(args: argparse.Namespace) -> Result:
+    res = Result("slurm")
+    reason = unavailable_reason()
+    if reason:
+        res.failed = reason
+        return res
+    mem_mib = max(1, parse_mib(args.job_mem))
+    opts = ["--cpus-per-task=1", f"--mem={mem_mib}M"]
+    try:
+        cluster = SlurmCluster(partition_options="OverSubscribe=FORCE:64").start()
+    except (RuntimeError, TimeoutError, OSError) as e:
+        res.failed = f"could not start Slurm: {str(e).splitlines()[0]}"
+        return res
+    try:
+
+        def states() -> dict[int, str]:
+            return cluster.job_states()  # one squeue --json for all jobs
+
+        # 1. latency, one job at a time
+        for _ in range(args.latency_jobs):
+            t0 = time.perf_counter()
+            jid = cluster.sbatch(["sleep", "30"], *opts)
+            res.latencies_ms.append(1000 * wait_until(lambda jid=jid: states().get(jid) in SLURM_STARTED, t0, 60, 0))
+        cluster.run(["scancel", "--partition", cluster.partition], check=False)
+
+        # 2. submits/s, then the drain
+        t0 = time.perf_counter()
+        burst = [cluster.sbatch(["true"], *opts) for _ in range(args.burst)]
+        res.submits_per_s = args.burst / (time.perf_counter() - t0)
+
+        def drained() -> bool:
+            s = states()
+            return all(s.get(j, "COMPLETED") in FINAL for j in burst)
+
+        try:
+            res.burst_drained_s = wait_until(drained, t0, args.drain_timeout, 0.2)
+        except TimeoutError:
+            s = states()
+            done = sum(s.get(j, "COMPLETED") in FINAL for j in burst)
+            res.burst_note = f"{done}/{args.burst} ended in {args.drain_timeout:g} s"
+
+        # 3. CPU of the daemons idle, then with N running
+        def daemons() -> list[psutil.Process]:
+            sessions = {p.pid for p in cluster.procs.values()}
+            out = []
+            for p in psutil.process_iter(["name"]):
+                with contextlib.suppress(psutil.Error):
+                    if os.getsid(p.pid) in sessions and p.info["name"].startswith(("slurm", "munged")):
+                        out.append(p)
+            return out
+
+        wait_until(lambda: not any(v in ("RUNNING", "COMPLETING") for v in states().values()), t0, 30, 0.2)
+        res.cpu_idle = cpu_window(daemons, args.window)
+        running = [cluster.sbatch(["sleep", "60"], *opts) for _ in range(args.running)]
+        t0 = time.perf_counter()
+        try:
+            wait_until(lambda: all(states().get(j) == "RUNNING" for j in running), t0, 90, 0.2)
+        finally:
+            res.running_seen = sum(states().get(j) == "RUNNING" for j in running)
+        res.cpu_running = cpu_window(daemons, args.window)
+    except TimeoutError as e:
+        res.failed = f"timed out: {e}"
+    except (RuntimeError, subprocess.SubprocessError, json.JSONDecodeError) as e:
+        res.failed = f"Slurm error: {str(e)[:200]}"
+    finally:
+        cluster.stop()
+    return res
+
+
+def parse_mib(size: str) -> int:
+    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+    s = size.strip().upper().removesuffix("IB").removesuffix("B")
+    if s and s[-1] in units:
+        return int(float(s[:-1]) * units[s[-1]])
+    return int(float(s) / 2**20)
+
+
+def wait_until(cond: Callable[[], bool], t0: float, timeout: float, interval: float) -> float:
+    """Poll `cond` until true; seconds since `t0` (a perf_counter) at the poll that saw it."""
+    while True:
+        if cond():
+            return time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"not reached in {timeout:g} s")
+        if interval:
+            time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt(v: float | None, spec: str, unit: str = "") -> str:
+    return "-" if v is None else format(v, spec) + unit
+
+
+def report(results: list[Result], args: argparse.Namespace) -> None:
+    cores = os.cpu_count()
+    print(
+        f"\nJobs on one host ({cores} cores): the agent's executor beside a single-node Slurm on the same machine; "
+        f"latency over {args.latency_jobs} x `sleep 30` one at a time, {args.burst} x `true` back to back, "
+        f"CPU over {args.window:g} s windows\n"
+    )
+    by = {r.name: r for r in results}
+    names = [r.name for r in results]
+    w = 22
+    hdr = f"{'measure':<40}" + "".join(f"{n:>{w}}" for n in names) + f"{'target (agent)':>18}"
+    print(hdr)
+    print("-" * len(hdr))
+
+    def above(r: Result) -> float | None:
+        return None if r.cpu_idle is None or r.cpu_running is None else r.cpu_running - r.cpu_idle
+
+    rows: list[tuple[str, Callable[[Result], str], str]] = [
+        ("submit -> RUNNING p50", lambda r: fmt(r.pct(0.5), ",.1f", " ms"), f"<= {TARGET_P50_MS:g} ms"),
+        ("submit -> RUNNING p95", lambda r: fmt(r.pct(0.95), ",.1f", " ms"), ""),
+        ("submit -> RUNNING max", lambda r: fmt(max(r.latencies_ms, default=None), ",.1f", " ms"), ""),
+        ("submits/s (one client)", lambda r: fmt(r.submits_per_s, ",.0f", "/s"), f">= {TARGET_SUBMITS:g}/s"),
+        (
+            f"burst of {args.burst}: all ended after",
+            lambda r: r.burst_note or fmt(r.burst_drained_s, ",.1f", " s"),
+            "",
+        ),
+        ("CPU idle (% of a core)", lambda r: fmt(r.cpu_idle, ".2f", " %"), ""),
+        (
+            f"CPU with {args.running} running",
+            lambda r: (
+                fmt(r.cpu_running, ".2f", " %") + (f" ({r.running_seen} up)" if r.cpu_running is not None else "")
+            ),
+            "",
+        ),
+        ("CPU above idle", lambda r: fmt(above(r), "+.2f", " %"), f"<= {TARGET_CPU_ABOVE_IDLE:g} %"),
+    ]
+    for label, cell, target in rows:
+        print(f"{label:<40}" + "".join(f"{cell(by[n]):>{w}}" for n in names) + f"{target:>18}")
+    for r in results:
+        if r.failed:
+            print(f"{r.name}: not measured: {r.failed}")
+        for note in r.notes:
+            print(note)
+    print("(CPU: agent = the agent process; slurm = slurmctld + slurmd + slurmstepds + munged)")
+
+    # Targets are for the agent's executor; a figure not measured is a MISS of the claim.
+    a = by.get("agent")
+    why = f" ({a.failed})" if a and a.failed else ""
+    p50 = a.pct(0.5) if a else None
+    checks = [
+        (f"p50 submit -> RUNNING <= {TARGET_P50_MS:g} ms", p50, p50 is not None and p50 <= TARGET_P50_MS),
+        (
+            f">= {TARGET_SUBMITS:g} submits/s",
+            a.submits_per_s if a else None,
+            bool(a and a.submits_per_s and a.submits_per_s >= TARGET_SUBMITS),
+        ),
+        (
+            f"agent CPU with {args.running} running <= {TARGET_CPU_ABOVE_IDLE:g} % of a core above idle",
+            above(a) if a else None,
+            bool(a and above(a) is not None and above(a) <= TARGET_CPU_ABOVE_IDLE and a.running_seen == args.running),
+        ),
+    ]
+    for text, value, ok in checks:
+        shown = "not measured" + why if value is None else f"{value:,.2f}"
+        print(f"target: {text}: {shown} -> {'PASS' if ok else 'MISS'}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--systems", default="agent,slurm")
+    ap.add_argument("--latency-jobs", type=int, default=20, help="jobs timed submit -> RUNNING, one at a time")
+    ap.add_argument("--burst", type=int, default=200, help="jobs submitted back to back for submits/s")
+    ap.add_argument("--running", type=int, default=50, help="jobs running during the CPU window")
+    ap.add_argument("--window", type=float, default=10.0, help="seconds per CPU window")
+    ap.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for the burst to end")
+    ap.add_argument("--job-cpu", type=float, default=0.02, help="cores each agent job asks (slurm: 1, shared)")
+    ap.add_argument("--job-mem", default="16M", help="memory each job asks")
+    ap.add_argument("--quick", action="store_true", help="3 latency jobs, 20 burst, 5 running, 2 s windows")
+    args = ap.parse_args()
+    if args.quick:
+        args.latency_jobs, args.burst, args.running, args.window, args.drain_timeout = 3, 20, 5, 2.0, 60.0
+    wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if set(wanted) - {"agent", "slurm"}:
+        ap.error("--systems: agent and/or slurm")
+
+    def _interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="wk-jobs-bench-") as td:
+        try:
+            for name in wanted:
+                print(f"measuring {name} ...", file=sys.stderr)
+                results.append(bench_agent(args, Path(td)) if name == "agent" else bench_slurm(args))
+        except KeyboardInterrupt:
+            print("\ninterrupted: stopped what it started", file=sys.stderr)
+            return 130
+    report(results, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
