@@ -15,9 +15,12 @@ Measured per system:
    the next is submitted, so no queueing), from just before the submit to the first poll that sees it
    started; p50 and p95. Polls: the agent `GET /api/v1/jobs/{id}` every 5 ms; Slurm `squeue --json`
    back to back.
-2. submits/s: `--burst` jobs of `true` submitted back to back by one client; then the time until all
-   of them have ended (info).
-3. CPU: the agent process's user+system time (psutil) over a `--window` s window idle, then with
+2. submits/s: `--burst` jobs of `true` submitted back to back by `--clients` clients (default one);
+   then the time until all of them have ended (info).
+3. one poll of a long queue: `--queued` jobs submitted held (so they stay PENDING), then the wall time
+   of one call listing them all (agent: `GET /api/v1/jobs?state=PENDING`; Slurm: `squeue --json`, and
+   slurmctld's CPU for it: what the Slurm backend of issue 16 pays per poll interval), median of 5.
+4. CPU: the agent process's user+system time (psutil) over a `--window` s window idle, then with
    `--running` jobs of `sleep 60` all RUNNING, in % of one core; for Slurm the same of its daemons
    (slurmctld, slurmd, the slurmstepds, munged), for comparison. Nothing polls during a window.
 
@@ -25,7 +28,8 @@ Prints one table with issue 13's targets (p50 submit -> RUNNING <= 50 ms, >= 200
 CPU with 50 running <= 2 % of a core above idle) and PASS/MISS for the agent. A system that cannot
 be measured (an agent without the jobs API, Slurm not installed) says why in its column.
 
-    .venv/bin/python bench/jobs.py [--latency-jobs 20] [--burst 200] [--running 50] [--window 10] [--quick]
+    .venv/bin/python bench/jobs.py [--latency-jobs 20] [--burst 200] [--clients 1] [--queued 500] [--running 50]
+                                   [--window 10] [--systems agent,slurm] [--quick]
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +76,9 @@ class Result:
     submits_per_s: float | None = None
     burst_drained_s: float | None = None
     burst_note: str = ""
+    poll_ms: float | None = None
+    poll_server_cpu_ms: float | None = None
+    poll_bytes: int | None = None
     cpu_idle: float | None = None
     cpu_running: float | None = None
     running_seen: int = 0
@@ -116,8 +124,10 @@ class AgentJobs:
         self.ids: list[str] = []
         self.pids: set[int] = set()
 
-    def submit(self, command: list[str], cpu: float, mem: str) -> str:
+    def submit(self, command: list[str], cpu: float, mem: str, hold: bool = False) -> str:
         body = {"pipeline": PIPELINE, "command": command, "cpu": cpu, "mem": mem, "reason": "bench/jobs.py"}
+        if hold:
+            body["hold"] = True
         r = self.c.post("/api/v1/jobs", json=body)
         if r.status_code in (404, 405):
             raise NotMeasured(f"agent has no jobs API ({r.status_code})")
@@ -178,7 +188,7 @@ def bench_agent(args: argparse.Namespace, tmp: Path) -> Result:
 
         # 2. submits/s, then the drain
         t0 = time.perf_counter()
-        burst = [jobs.submit(["true"], args.job_cpu, args.job_mem) for _ in range(args.burst)]
+        burst = submit_burst(lambda: jobs.submit(["true"], args.job_cpu, args.job_mem), args.burst, args.clients)
         res.submits_per_s = args.burst / (time.perf_counter() - t0)
         left = set(burst)
 
@@ -194,7 +204,22 @@ def bench_agent(args: argparse.Namespace, tmp: Path) -> Result:
             res.burst_note = f"{args.burst - len(left)}/{args.burst} ended in {args.drain_timeout:g} s"
         wait_until(lambda: all(jobs.job(j)["state"] in FINAL for j in sleepers), time.perf_counter(), 30, 0.2)
 
-        # 3. CPU idle, then with N running
+        # 3. one call listing a long queue
+        held = submit_burst(lambda: jobs.submit(["true"], args.job_cpu, args.job_mem, hold=True), args.queued, 4)
+        walls, size = [], 0
+        for _ in range(5):
+            t0 = time.perf_counter()
+            r = jobs.c.get("/api/v1/jobs", params={"state": "PENDING", "limit": args.queued})
+            walls.append(time.perf_counter() - t0)
+            r.raise_for_status()
+            size = len(r.content)
+            seen = len(r.json()["jobs"])
+        res.poll_ms, res.poll_bytes = 1000 * sorted(walls)[2], size
+        if seen != args.queued:
+            res.notes.append(f"agent: the PENDING list held {seen} of {args.queued} held jobs")
+        jobs.cancel(held)
+
+        # 4. CPU idle, then with N running
         proc = [psutil.Process(agent.proc.pid)]
         res.cpu_idle = cpu_window(lambda: proc, args.window)
         running = [jobs.submit(["sleep", "60"], args.job_cpu, args.job_mem) for _ in range(args.running)]
@@ -250,7 +275,7 @@ def bench_slurm(args: argparse.Namespace) -> Result:
 
         # 2. submits/s, then the drain
         t0 = time.perf_counter()
-        burst = [cluster.sbatch(["true"], *opts) for _ in range(args.burst)]
+        burst = submit_burst(lambda: cluster.sbatch(["true"], *opts), args.burst, args.clients)
         res.submits_per_s = args.burst / (time.perf_counter() - t0)
 
         def drained() -> bool:
@@ -264,7 +289,23 @@ def bench_slurm(args: argparse.Namespace) -> Result:
             done = sum(s.get(j, "COMPLETED") in FINAL for j in burst)
             res.burst_note = f"{done}/{args.burst} ended in {args.drain_timeout:g} s"
 
-        # 3. CPU of the daemons idle, then with N running
+        # 3. one squeue --json with a long queue
+        held = submit_burst(lambda: cluster.sbatch(["true"], "--hold", *opts), args.queued, 4)
+        ctld = psutil.Process(cluster.procs["slurmctld"].pid)
+        walls, cpus, size, heldset = [], [], 0, set(held)
+        for _ in range(5):
+            c0, t0 = cpu_seconds([ctld]), time.perf_counter()
+            out = cluster.run(["squeue", "--json"]).stdout
+            walls.append(time.perf_counter() - t0)
+            cpus.append(cpu_seconds([ctld]) - c0)
+            size = len(out)
+            seen = sum(j["job_id"] in heldset for j in json.loads(out)["jobs"])
+        res.poll_ms, res.poll_server_cpu_ms, res.poll_bytes = 1000 * sorted(walls)[2], 1000 * sorted(cpus)[2], size
+        if seen != args.queued:
+            res.notes.append(f"slurm: squeue --json listed {seen} of {args.queued} held jobs")
+        cluster.run(["scancel", *map(str, held)], check=False)
+
+        # 4. CPU of the daemons idle, then with N running
         def daemons() -> list[psutil.Process]:
             sessions = {p.pid for p in cluster.procs.values()}
             out = []
@@ -290,6 +331,14 @@ def bench_slurm(args: argparse.Namespace) -> Result:
     finally:
         cluster.stop()
     return res
+
+
+def submit_burst(submit: Callable[[], object], n: int, clients: int) -> list:
+    """`n` submissions by `clients` concurrent callers (1: back to back on this thread)."""
+    if clients <= 1:
+        return [submit() for _ in range(n)]
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(lambda _: submit(), range(n)))
 
 
 def parse_mib(size: str) -> int:
@@ -322,7 +371,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     cores = os.cpu_count()
     print(
         f"\nJobs on one host ({cores} cores): the agent's executor beside a single-node Slurm on the same machine; "
-        f"latency over {args.latency_jobs} x `sleep 30` one at a time, {args.burst} x `true` back to back, "
+        f"latency over {args.latency_jobs} x `sleep 30` one at a time, {args.burst} x `true` back to back "
+        f"by {args.clients} client(s), "
         f"CPU over {args.window:g} s windows\n"
     )
     by = {r.name: r for r in results}
@@ -339,12 +389,19 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         ("submit -> RUNNING p50", lambda r: fmt(r.pct(0.5), ",.1f", " ms"), f"<= {TARGET_P50_MS:g} ms"),
         ("submit -> RUNNING p95", lambda r: fmt(r.pct(0.95), ",.1f", " ms"), ""),
         ("submit -> RUNNING max", lambda r: fmt(max(r.latencies_ms, default=None), ",.1f", " ms"), ""),
-        ("submits/s (one client)", lambda r: fmt(r.submits_per_s, ",.0f", "/s"), f">= {TARGET_SUBMITS:g}/s"),
+        (
+            f"submits/s ({args.clients} client{'s' if args.clients > 1 else ''})",
+            lambda r: fmt(r.submits_per_s, ",.0f", "/s"),
+            f">= {TARGET_SUBMITS:g}/s",
+        ),
         (
             f"burst of {args.burst}: all ended after",
             lambda r: r.burst_note or fmt(r.burst_drained_s, ",.1f", " s"),
             "",
         ),
+        (f"list the queue ({args.queued} held), one call", lambda r: fmt(r.poll_ms, ",.1f", " ms"), ""),
+        ("  answer size", lambda r: fmt(r.poll_bytes and r.poll_bytes / 1024, ",.0f", " KiB"), ""),
+        ("  slurmctld CPU per call", lambda r: fmt(r.poll_server_cpu_ms, ",.0f", " ms"), ""),
         ("CPU idle (% of a core)", lambda r: fmt(r.cpu_idle, ".2f", " %"), ""),
         (
             f"CPU with {args.running} running",
@@ -391,15 +448,18 @@ def main() -> int:
     ap.add_argument("--systems", default="agent,slurm")
     ap.add_argument("--latency-jobs", type=int, default=20, help="jobs timed submit -> RUNNING, one at a time")
     ap.add_argument("--burst", type=int, default=200, help="jobs submitted back to back for submits/s")
+    ap.add_argument("--clients", type=int, default=1, help="concurrent submitters for submits/s")
+    ap.add_argument("--queued", type=int, default=500, help="held jobs in the queue for the one-call listing")
     ap.add_argument("--running", type=int, default=50, help="jobs running during the CPU window")
     ap.add_argument("--window", type=float, default=10.0, help="seconds per CPU window")
     ap.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for the burst to end")
     ap.add_argument("--job-cpu", type=float, default=0.02, help="cores each agent job asks (slurm: 1, shared)")
     ap.add_argument("--job-mem", default="16M", help="memory each job asks")
-    ap.add_argument("--quick", action="store_true", help="3 latency jobs, 20 burst, 5 running, 2 s windows")
+    ap.add_argument("--quick", action="store_true", help="3 latency jobs, 20 burst, 20 queued, 5 running, 2 s windows")
     args = ap.parse_args()
     if args.quick:
-        args.latency_jobs, args.burst, args.running, args.window, args.drain_timeout = 3, 20, 5, 2.0, 60.0
+        args.latency_jobs, args.burst, args.queued, args.running, args.window = 3, 20, 20, 5, 2.0
+        args.drain_timeout = 60.0
     wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
     if set(wanted) - {"agent", "slurm"}:
         ap.error("--systems: agent and/or slurm")
