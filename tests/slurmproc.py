@@ -87,6 +87,8 @@ class SlurmCluster:
     min_job_age: int = 300  # Slurm's default: finished jobs stay in squeue this long
     # Extra `PartitionName=` options, e.g. "OverSubscribe=FORCE:64" to run more jobs than cores.
     partition_options: str = ""
+    # slurm.conf keys to add or override, e.g. {"JobAcctGatherType": "jobacct_gather/linux"}.
+    extra_conf: dict[str, str] = field(default_factory=dict)
     ctld_port: int = field(default_factory=free_port)
     slurmd_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -190,6 +192,7 @@ class SlurmCluster:
             "MinJobAge": self.min_job_age,
             "SlurmctldDebug": "info",
             "SlurmdDebug": "info",
+            **self.extra_conf,
         }
         hw_keys = ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore", "RealMemory")
         node = " ".join(f"{k}={hw[k]}" for k in hw_keys if k in hw)
