@@ -29,7 +29,7 @@ CPU with 50 running <= 2 % of a core above idle) and PASS/MISS for the agent. A 
 be measured (an agent without the jobs API, Slurm not installed) says why in its column.
 
     .venv/bin/python bench/jobs.py [--latency-jobs 20] [--burst 200] [--clients 1] [--queued 500] [--running 50]
-                                   [--window 10] [--systems agent,slurm] [--quick]
+                                   [--window 10] [--systems agent,slurm] [--slurm-conf KEY=VALUE]... [--quick]
 """
 
 from __future__ import annotations
@@ -257,7 +257,8 @@ def bench_slurm(args: argparse.Namespace) -> Result:
     mem_mib = max(1, parse_mib(args.job_mem))
     opts = ["--cpus-per-task=1", f"--mem={mem_mib}M"]
     try:
-        cluster = SlurmCluster(partition_options="OverSubscribe=FORCE:64").start()
+        extra = dict(kv.split("=", 1) for kv in args.slurm_conf)
+        cluster = SlurmCluster(partition_options="OverSubscribe=FORCE:64", extra_conf=extra).start()
     except (RuntimeError, TimeoutError, OSError) as e:
         res.failed = f"could not start Slurm: {str(e).splitlines()[0]}"
         return res
@@ -420,6 +421,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         for note in r.notes:
             print(note)
     print("(CPU: agent = the agent process; slurm = slurmctld + slurmd + slurmstepds + munged)")
+    if args.slurm_conf:
+        print(f"(slurm.conf for this run: {', '.join(args.slurm_conf)})")
 
     # Targets are for the agent's executor; a figure not measured is a MISS of the claim.
     a = by.get("agent")
@@ -455,6 +458,13 @@ def main() -> int:
     ap.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for the burst to end")
     ap.add_argument("--job-cpu", type=float, default=0.02, help="cores each agent job asks (slurm: 1, shared)")
     ap.add_argument("--job-mem", default="16M", help="memory each job asks")
+    ap.add_argument(
+        "--slurm-conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a slurm.conf setting for the Slurm run, e.g. SchedulerParameters=batch_sched_delay=0",
+    )
     ap.add_argument("--quick", action="store_true", help="3 latency jobs, 20 burst, 20 queued, 5 running, 2 s windows")
     args = ap.parse_args()
     if args.quick:
@@ -463,6 +473,8 @@ def main() -> int:
     wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
     if set(wanted) - {"agent", "slurm"}:
         ap.error("--systems: agent and/or slurm")
+    if any("=" not in kv for kv in args.slurm_conf):
+        ap.error("--slurm-conf: KEY=VALUE")
 
     def _interrupt(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
