@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.jobs.slurm.squeue import parse_kv_record, split_state
 from tests.agentproc import free_port
 
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scancel", "scontrol")
@@ -62,19 +63,6 @@ def node_config() -> dict[str, str]:
     out = subprocess.run([_which("slurmd") or "slurmd", "-C"], capture_output=True, text=True, check=True).stdout
     first = out.splitlines()[0]
     return dict(kv.split("=", 1) for kv in first.split() if "=" in kv)
-
-
-def parse_jobcomp_line(line: str) -> dict[str, str]:
-    """One `jobcomp/filetxt` record (`JobId=2 UserId=root(0) ... JobState=COMPLETED ...`) as a dict."""
-    rec: dict[str, str] = {}
-    key = None
-    for tok in line.split(" "):
-        if "=" in tok and tok.split("=", 1)[0].isidentifier():
-            key, value = tok.split("=", 1)
-            rec[key] = value
-        elif key is not None:  # a value with a space in it (a WorkDir, a job name)
-            rec[key] += " " + tok
-    return rec
 
 
 @dataclass
@@ -322,7 +310,7 @@ class SlurmCluster:
             lines = self.jobcomp_path.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return {}
-        recs = (parse_jobcomp_line(line) for line in lines if line.strip())
+        recs = (parse_kv_record(line) for line in lines if line.strip())
         return {int(r["JobId"]): r for r in recs if r.get("JobId", "").isdigit()}
 
     def wait_state(self, job: int, *states: str, timeout: float = 60.0) -> str:
@@ -345,11 +333,8 @@ class SlurmCluster:
 
 
 def _state(job: dict[str, Any]) -> str:
-    # 22.05 gives a string; later releases a list of flags. Enough for tests; agent/jobs/slurm parses fully.
-    s = job.get("job_state")
-    if isinstance(s, list):
-        return s[0] if s else "?"
-    return str(s)
+    base, flags = split_state(job.get("job_state"))
+    return base or (flags[0] if flags else "?")
 
 
 def _pids_in_sessions(sids: list[int]) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from tests.slurmproc import SlurmCluster, parse_jobcomp_line
+from tests.slurmproc import SlurmCluster
 
 
 def test_a_job_is_seen_running_then_completed_in_squeue_json_and_the_jobcomp_file(slurm: SlurmCluster):
@@ -50,11 +50,6 @@ def test_a_failed_dependency_cancels_the_dependent_with_kill_on_invalid_dep(slur
     a = slurm.sbatch(["false"])
     b = slurm.sbatch(["true"], f"--dependency=afterok:{a}", "--kill-on-invalid-dep=yes")
     assert slurm.wait_state(b, "CANCELLED", "COMPLETED", timeout=60) == "CANCELLED"
-
-
-def test_jobcomp_lines_keep_values_with_spaces():
-    rec = parse_jobcomp_line("JobId=7 Name=my job JobState=TIMEOUT WorkDir=/a b/c ExitCode=0:15")
-    assert rec == {"JobId": "7", "Name": "my job", "JobState": "TIMEOUT", "WorkDir": "/a b/c", "ExitCode": "0:15"}
 
 
 def _start_sleeper(cluster: SlurmCluster) -> int:
