@@ -3,7 +3,10 @@
 Starts a single-node Slurm (tests/slurmproc.py), makes jobs end up in each state we map, and saves,
 verbatim: `squeue-<release>.json` (`squeue --json`), `scontrol-<release>.txt` (`scontrol show job -o`,
 22.05 has no `--json` for it) and `jobcomp-<release>.txt` (the jobcomp/filetxt records); and
-`roles-<release>.json` (job id -> what the job was made to be: "completed", "failed_exit3", ...).
+`roles-<release>.json` (job id -> what the job was made to be: "completed", "failed_exit3", ...);
+and what Slurm says when it refuses or is down: `errors-<release>.json` (argv, exit code, stdout,
+stderr of refused sbatch/scontrol calls, and of sbatch with slurmctld killed) and
+`squeue-<release>-ctld-down.json` (`squeue --json` with slurmctld killed). `--errors-only`: just those.
 Run as root where slurm-wlm and munge are installed; takes about two minutes (a TIMEOUT needs a
 one-minute time limit to pass):
 
@@ -23,7 +26,43 @@ sys.path.insert(0, str(HERE.parents[2]))
 from tests.slurmproc import SlurmCluster  # noqa: E402
 
 
+def capture_errors() -> str:
+    refused = [
+        ["sbatch", "--parsable", "--partition=nope", "--wrap", "true"],
+        ["sbatch", "--parsable", "--time=bogus", "--wrap", "true"],
+        ["sbatch", "--parsable", "--mem=900G", "--wrap", "true"],
+        ["sbatch", "--parsable", "--gres=gpu:1", "--wrap", "true"],
+        # accepted without slurmdbd / accepted and left pending: kept to show they are not errors
+        ["sbatch", "--parsable", "--account=nope", "--wrap", "true"],
+        ["sbatch", "--parsable", "--qos=nope", "--wrap", "true"],
+        ["scancel", "99999"],
+        ["scontrol", "requeue", "99999"],
+        ["scontrol", "show", "job", "-o", "99999"],
+    ]
+    calls = []
+    with SlurmCluster() as c:
+        for argv in refused:
+            r = c.run(argv, check=False)
+            calls.append({"argv": argv, "rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr, "ctld": "up"})
+        c.procs["slurmctld"].kill()
+        c.procs["slurmctld"].wait(10)
+        down = c.run(["squeue", "--json"], check=False, timeout=120)
+        argv = ["sbatch", "--parsable", "--wrap", "true"]
+        r = c.run(argv, check=False, timeout=120)
+        calls.append({"argv": argv, "rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr, "ctld": "down"})
+    meta = json.loads(down.stdout)["meta"]
+    version = meta.get("Slurm", meta.get("slurm", {})).get("version", {})
+    release = f"{version.get('major')}.{int(version.get('minor', 0)):02d}"
+    (HERE / f"squeue-{release}-ctld-down.json").write_text(down.stdout)
+    (HERE / f"errors-{release}.json").write_text(json.dumps(calls, indent=1) + "\n")
+    print(f"saved errors-{release}.json and squeue-{release}-ctld-down.json (squeue exited {down.returncode})")
+    return release
+
+
 def main() -> int:
+    capture_errors()
+    if "--errors-only" in sys.argv:
+        return 0
     # jobacct_gather/linux + OverMemoryKill: Slurm's own memory enforcement without cgroups (polled; a job over
     # --mem is killed). Measured: it ends FAILED / JobLaunchFailure / SIGKILL, not OUT_OF_MEMORY, which only
     # task/cgroup reports. No oversubscription: a third 1-CPU job waits for Resources.
