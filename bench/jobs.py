@@ -18,8 +18,9 @@ Measured per system:
 2. submits/s: `--burst` jobs of `true` submitted back to back by `--clients` clients (default one);
    then the time until all of them have ended (info).
 3. one poll of a long queue: `--queued` jobs submitted held (so they stay PENDING), then the wall time
-   of one call listing them all (agent: `GET /api/v1/jobs?state=PENDING`; Slurm: `squeue --json`, and
-   slurmctld's CPU for it: what the Slurm backend of issue 16 pays per poll interval), median of 5.
+   of one call listing them all (agent: `GET /api/v1/jobs?state=PENDING`; Slurm: `squeue --json`, with
+   slurmctld's CPU, squeue's own CPU and agent/jobs/slurm's parse of the answer: what the Slurm
+   backend of issue 16 pays per poll interval), median of 5.
 4. CPU: the agent process's user+system time (psutil) over a `--window` s window idle, then with
    `--running` jobs of `sleep 60` all RUNNING, in % of one core; for Slurm the same of its daemons
    (slurmctld, slurmd, the slurmstepds, munged), for comparison. Nothing polls during a window.
@@ -38,6 +39,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -54,6 +56,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.jobs.slurm.squeue import parse_squeue  # noqa: E402
 from tests.agentproc import AgentProc, make_agent  # noqa: E402
 from tests.slurmproc import SlurmCluster, unavailable_reason  # noqa: E402
 
@@ -79,6 +82,8 @@ class Result:
     poll_ms: float | None = None
     poll_server_cpu_ms: float | None = None
     poll_bytes: int | None = None
+    poll_client_cpu_ms: float | None = None  # Slurm: the squeue process itself
+    poll_parse_ms: float | None = None  # Slurm: agent/jobs/slurm parsing its answer
     cpu_idle: float | None = None
     cpu_running: float | None = None
     running_seen: int = 0
@@ -123,6 +128,8 @@ class AgentJobs:
         self.c.timeout = 30
         self.ids: list[str] = []
         self.pids: set[int] = set()
+        self.since = time.time() - 1
+        self.ended: set[str] = set()
 
     def submit(self, command: list[str], cpu: float, mem: str, hold: bool = False) -> str:
         body = {"pipeline": PIPELINE, "command": command, "cpu": cpu, "mem": mem, "reason": "bench/jobs.py"}
@@ -143,18 +150,34 @@ class AgentJobs:
         j = r.json()
         if j.get("pid"):
             self.pids.add(int(j["pid"]))
+        if j.get("state") in FINAL:
+            self.ended.add(jid)
         return j
 
     def cancel(self, ids: list[str]) -> None:
         for jid in ids:
+            if jid in self.ended:
+                continue
             with contextlib.suppress(httpx.HTTPError):
-                self.c.post(f"/api/v1/jobs/{jid}/cancel", json={"reason": "bench over"})
+                r = self.c.post(f"/api/v1/jobs/{jid}/cancel", json={"reason": "bench over"})
+                if r.status_code in (200, 409):  # cancelled, or already over
+                    self.ended.add(jid)
 
     def kill_leftovers(self) -> None:
-        # Jobs outlive an agent stop by design; whatever the bench started must not outlive the bench.
+        """Jobs outlive an agent stop by design; whatever the bench started must not outlive the bench.
+        Each job's wrapper (its pid, as the API said) and everything under it, if it is still the process
+        that was started after this bench began (never a reused pid)."""
         for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+            try:
+                p = psutil.Process(pid)
+                if p.create_time() < self.since:
+                    continue
+                tree = [p, *p.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for q in tree:
+                with contextlib.suppress(psutil.Error):
+                    q.kill()
 
 
 def bench_agent(args: argparse.Namespace, tmp: Path) -> Result:
@@ -274,6 +297,13 @@ def bench_slurm(args: argparse.Namespace) -> Result:
             res.latencies_ms.append(1000 * wait_until(lambda jid=jid: states().get(jid) in SLURM_STARTED, t0, 60, 0))
         cluster.run(["scancel", "--partition", cluster.partition], check=False)
 
+        # let the cancellations and the scheduling pass they trigger settle before the burst
+        def settled() -> bool:
+            return not any(v in ("RUNNING", "COMPLETING") for v in states().values())
+
+        wait_until(settled, time.perf_counter(), 30, 0.2)
+        time.sleep(1)
+
         # 2. submits/s, then the drain
         t0 = time.perf_counter()
         burst = submit_burst(lambda: cluster.sbatch(["true"], *opts), args.burst, args.clients)
@@ -293,15 +323,20 @@ def bench_slurm(args: argparse.Namespace) -> Result:
         # 3. one squeue --json with a long queue
         held = submit_burst(lambda: cluster.sbatch(["true"], "--hold", *opts), args.queued, 4)
         ctld = psutil.Process(cluster.procs["slurmctld"].pid)
-        walls, cpus, size, heldset = [], [], 0, set(held)
+        walls, cpus, clients, parses, size, heldset = [], [], [], [], 0, set(held)
         for _ in range(5):
-            c0, t0 = cpu_seconds([ctld]), time.perf_counter()
+            c0, t0, k0 = cpu_seconds([ctld]), time.perf_counter(), children_cpu()
             out = cluster.run(["squeue", "--json"]).stdout
             walls.append(time.perf_counter() - t0)
             cpus.append(cpu_seconds([ctld]) - c0)
+            clients.append(children_cpu() - k0)
             size = len(out)
-            seen = sum(j["job_id"] in heldset for j in json.loads(out)["jobs"])
+            t0 = time.perf_counter()
+            snap = parse_squeue(out)
+            parses.append(time.perf_counter() - t0)
+            seen = sum(j.job_id in heldset for j in snap.jobs)
         res.poll_ms, res.poll_server_cpu_ms, res.poll_bytes = 1000 * sorted(walls)[2], 1000 * sorted(cpus)[2], size
+        res.poll_client_cpu_ms, res.poll_parse_ms = 1000 * sorted(clients)[2], 1000 * sorted(parses)[2]
         if seen != args.queued:
             res.notes.append(f"slurm: squeue --json listed {seen} of {args.queued} held jobs")
         cluster.run(["scancel", *map(str, held)], check=False)
@@ -316,7 +351,7 @@ def bench_slurm(args: argparse.Namespace) -> Result:
                         out.append(p)
             return out
 
-        wait_until(lambda: not any(v in ("RUNNING", "COMPLETING") for v in states().values()), t0, 30, 0.2)
+        wait_until(settled, time.perf_counter(), 60, 0.2)
         res.cpu_idle = cpu_window(daemons, args.window)
         running = [cluster.sbatch(["sleep", "60"], *opts) for _ in range(args.running)]
         t0 = time.perf_counter()
@@ -332,6 +367,12 @@ def bench_slurm(args: argparse.Namespace) -> Result:
     finally:
         cluster.stop()
     return res
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children so far (a finished squeue's own cost)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def submit_burst(submit: Callable[[], object], n: int, clients: int) -> list:
@@ -403,6 +444,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         (f"list the queue ({args.queued} held), one call", lambda r: fmt(r.poll_ms, ",.1f", " ms"), ""),
         ("  answer size", lambda r: fmt(r.poll_bytes and r.poll_bytes / 1024, ",.0f", " KiB"), ""),
         ("  slurmctld CPU per call", lambda r: fmt(r.poll_server_cpu_ms, ",.0f", " ms"), ""),
+        ("  squeue's own CPU per call", lambda r: fmt(r.poll_client_cpu_ms, ",.0f", " ms"), ""),
+        ("  parsing it (agent/jobs/slurm)", lambda r: fmt(r.poll_parse_ms, ",.1f", " ms"), ""),
         ("CPU idle (% of a core)", lambda r: fmt(r.cpu_idle, ".2f", " %"), ""),
         (
             f"CPU with {args.running} running",
