@@ -208,6 +208,7 @@ def bench_agent(args: argparse.Namespace, tmp: Path) -> Result:
             sleepers.append(jid)
             res.latencies_ms.append(1000 * wait_until(lambda jid=jid: started(jid), t0, 30, 0.005))
         jobs.cancel(sleepers)
+        wait_until(lambda: all(jobs.job(j)["state"] in FINAL for j in sleepers), time.perf_counter(), 30, 0.2)
 
         # 2. submits/s, then the drain
         t0 = time.perf_counter()
@@ -225,7 +226,6 @@ def bench_agent(args: argparse.Namespace, tmp: Path) -> Result:
             res.burst_drained_s = wait_until(drained, t0, args.drain_timeout, 0.2)
         except TimeoutError:
             res.burst_note = f"{args.burst - len(left)}/{args.burst} ended in {args.drain_timeout:g} s"
-        wait_until(lambda: all(jobs.job(j)["state"] in FINAL for j in sleepers), time.perf_counter(), 30, 0.2)
 
         # 3. one call listing a long queue
         held = submit_burst(lambda: jobs.submit(["true"], args.job_cpu, args.job_mem, hold=True), args.queued, 4)
