@@ -9,9 +9,14 @@ clusters (a test and a bench) can run side by side and nothing in /etc is touche
         job = cluster.sbatch(["true"])
         cluster.wait_state(job, "COMPLETED")
 
-The daemons run in the foreground as our children (munged as the munge user), each in its own
-session; teardown cancels the cluster's jobs, stops the daemons and kills what is left in their
-sessions (slurmstepd and the jobs under it) — nothing else.
+The daemons run in the foreground as our children (munged as the munge user, like `runuser -u munge
+-- munged`), each in its own session. Teardown cancels the cluster's jobs and waits for them, stops
+the daemons, then kills what is left of this cluster: processes in the daemons' sessions, and every
+process whose environment names this cluster's conf in SLURM_CONF (each slurmstepd is its own session
+and outlives slurmd; it and the jobs under it inherit that variable) — nothing else.
+
+Measured here (2 cores): start to idle node ~1 s; sbatch -> RUNNING ~3 s (batch_sched_delay);
+~100-150 sbatch/s from one caller.
 """
 
 from __future__ import annotations
