@@ -40,6 +40,10 @@ bench-drift *args:
 snapshots:
     {{venv}}/python -m pytest -q tests/console --snapshot-update
 
+# Jobs: submit -> RUNNING, submits/s, CPU with 50 running jobs; the agent's executor beside a single-node Slurm.
+bench-jobs *args:
+    {{venv}}/python bench/jobs.py {{args}}
+
 # Predict path at 1x/4x/10x of capacity and at many connections: goodput, p99, shed, peak RSS.
 bench-overload *args:
     {{venv}}/python bench/overload.py {{args}}

@@ -1,0 +1,8 @@
+"""The Slurm backend's groundwork (issue 16): reading what Slurm says about jobs, and saying it in our words.
+
+`squeue.py` parses `squeue --json` (one call for all jobs; the schema differs between releases),
+`scontrol show job -o` and jobcomp/filetxt records; `states.py` maps Slurm's states and reasons to
+ours; `submit.py` builds the `sbatch` command line and batch script for a job (argv kept word by
+word, env in the script, an rc file) and turns Slurm's refusals into our 4xx/503. Nothing here
+starts a process or is wired into the agent yet.
+"""
