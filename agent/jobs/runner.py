@@ -113,11 +113,10 @@ class Runner:
             rec.stopping = "cancel"
             svc.tier.terminate(h, grace)
             changed.append(rec)
-        elif rec.stopping is None and rec.job.time_limit and rec.job.started_at:
-            if now - rec.job.started_at > rec.job.time_limit:
-                rec.stopping, rec.stop_reason = "timeout", f"time limit {rec.job.time_limit:g} s reached"
-                svc.tier.terminate(h, grace)
-                changed.append(rec)
+        elif rec.stopping is None and _over_time(rec, now):
+            rec.stopping, rec.stop_reason = "timeout", f"time limit {rec.job.time_limit:g} s reached"
+            svc.tier.terminate(h, grace)
+            changed.append(rec)
         check = getattr(svc.tier, "check_limits", None)
         if check is not None and rec.stopping in (None, "timeout"):
             why = check(h)
@@ -282,6 +281,11 @@ def outcome_state(rec: JobRecord, out: Outcome) -> tuple[str, str]:
     if out.signal is not None:
         return "FAILED", f"killed by signal {out.signal}"
     return "FAILED", "ended without an exit status"
+
+
+def _over_time(rec: JobRecord, now: float) -> bool:
+    j = rec.job
+    return bool(j.time_limit and j.started_at and now - j.started_at > j.time_limit)
 
 
 def _weight(priority: int) -> int:

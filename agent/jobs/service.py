@@ -22,8 +22,18 @@ from agent.jobs.record import JobRecord, new_job_id
 from agent.jobs.store import JobStore
 from agent.jobs.tiers.base import JobHandle, Tier
 from agent.schemas import EnforcementInfo, Snapshot
-from agent.schemas.jobs import FINAL_STATES, Job, JobList, JobLog, JobSubmit, JobsSummary, QuotaList, RetryPolicy
-from agent.schemas.jobs import QuotaSpec, QuotaUsage
+from agent.schemas.jobs import (
+    FINAL_STATES,
+    Job,
+    JobList,
+    JobLog,
+    JobsSummary,
+    JobSubmit,
+    QuotaList,
+    QuotaSpec,
+    QuotaUsage,
+    RetryPolicy,
+)
 
 log = logging.getLogger("watchkeeper.jobs")
 
@@ -162,7 +172,8 @@ class JobService:
         argv = ["/bin/sh", "-c", body.command[0], *body.command[1:]] if body.shell else list(body.command)
         now = time.time()
         job = Job(
-            id=new_job_id(now), name=body.name, pipeline=body.pipeline, state="PENDING", reason="Held" if body.hold else "",
+            id=new_job_id(now), name=body.name, pipeline=body.pipeline, state="PENDING",
+            reason="Held" if body.hold else "",
             command=argv, shell=body.shell, env=dict(body.env), workdir=body.workdir, cpu=cpu, mem=mem,
             gpus=list(uuids or []), gpus_requested=ngpus, gpu_mem=body.gpu_mem or quota.gpu_mem,
             time_limit=body.time_limit, submitted_by=principal, submit_reason=body.reason, submitted_at=now,

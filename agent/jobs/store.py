@@ -144,8 +144,8 @@ class JobStore:
         cur = self._con.cursor()
         try:
             rows = cur.execute(
-                "SELECT job, spec, handle FROM jobs QUALIFY row_number() OVER (PARTITION BY id ORDER BY attempt DESC) = 1"
-                " ORDER BY id"
+                "SELECT job, spec, handle FROM jobs"
+                " QUALIFY row_number() OVER (PARTITION BY id ORDER BY attempt DESC) = 1 ORDER BY id"
             ).fetchall()
         finally:
             cur.close()

@@ -113,8 +113,11 @@ class Sampler:
 
     def _gpu_use(self, rec: JobRecord, source: bool) -> list[GpuUse]:
         return [
-            GpuUse(uuid=u, seconds=rec.gpu_seconds.get(u) if source else None,
-                   peak_mem_bytes=rec.gpu_peaks.get(u) if source else None)  # fmt: skip
+            GpuUse(
+                uuid=u,
+                seconds=rec.gpu_seconds.get(u) if source else None,
+                peak_mem_bytes=rec.gpu_peaks.get(u) if source else None,
+            )
             for u in rec.job.gpus
         ]
 
@@ -128,9 +131,7 @@ class Sampler:
             return
         uuid, used = over[0]
         rec.stopping = "gpu_mem"
-        rec.stop_reason = (
-            f"stopped: GPU memory {used} bytes on {uuid} is over the job's gpu_mem limit of {limit} bytes"
-        )
+        rec.stop_reason = f"stopped: GPU memory {used} bytes on {uuid} is over the job's gpu_mem limit of {limit} bytes"
         self.svc.tier.terminate(rec.handle, self.svc.cfg.terminate_grace)
         changed.append(rec)
 
