@@ -30,7 +30,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.agentproc import make_agent  # noqa: E402
+from tests.agentproc import make_agent
 
 
 def _pct(xs: list[float], p: float) -> float:
