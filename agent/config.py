@@ -121,7 +121,8 @@ class MonitoringConfig(_Strict):
 
 AlertKind = Literal[
     "feature_drift", "prediction_drift", "label_drift", "data_quality", "latency_p99", "error_rate",
-    "fallback_rate", "outage", "quality_drop", "rollout_guard",
+    "fallback_rate", "outage", "quality_drop", "rollout_guard", "job_failed", "job_duration", "job_pending",
+    "quota_near_limit",
 ]  # fmt: skip
 
 

@@ -40,6 +40,7 @@ log = logging.getLogger("watchkeeper.jobs")
 # What a job's environment starts from (never the agent's whole environment: it may hold a token).
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "USER", "LOGNAME", "TZ", "TMPDIR")
 RECENT_FAILURE_S = 3600.0
+MIN_DURATIONS = 5  # completed runs before a pipeline's p95 judges job_duration (agent/alerting/rules.py)
 
 
 class JobError(Exception):
@@ -93,6 +94,7 @@ class JobService:
         self.changed = threading.Condition(self.lock)  # notified when a job reaches a final state
         self.jobs: dict[str, JobRecord] = {}
         self.finished_total: Counter[tuple[str, str]] = Counter()
+        self._p95_cache: dict[str, tuple[float, float | None]] = {}
         self.version = 0  # moves whenever a job's state does (summary ETag, metrics)
         from agent.jobs.runner import Runner
 
@@ -306,6 +308,23 @@ class JobService:
                          and (r.job.ended_at or 0) > now - RECENT_FAILURE_S)  # fmt: skip
         near = sum(1 for q in self.quota_list().quotas if q.near_limit)
         return JobsSummary(running=running, pending=pending, failed_recent=failed, quotas_near_limit=near)
+
+    def alert_view(self) -> tuple[list[Job], dict[str, float | None], list[QuotaUsage]]:
+        """What the jobs' alert kinds judge: active and recently ended jobs, each running pipeline's recent
+        p95 of completed elapsed times (cached a minute: it reads the store), and quota usage."""
+        now = time.time()
+        with self.lock:
+            jobs = [r.job.model_copy() for r in self.jobs.values()
+                    if r.active or (r.job.ended_at or 0) > now - RECENT_FAILURE_S]  # fmt: skip
+        p95s: dict[str, float | None] = {}
+        for p in {j.pipeline for j in jobs if j.state == "RUNNING"}:
+            hit = self._p95_cache.get(p)
+            if hit is None or hit[0] < now - 60:
+                vals = sorted(self.store.recent_elapsed(p))
+                p95 = vals[min(len(vals) - 1, int(0.95 * len(vals)))] if len(vals) >= MIN_DURATIONS else None
+                hit = self._p95_cache[p] = (now, p95)
+            p95s[p] = hit[1]
+        return jobs, p95s, self.quota_list().quotas
 
     # ------------------------------------------------------------------ helpers
 
