@@ -105,7 +105,7 @@ def test_job_over_gpu_memory_is_stopped_with_the_reason(gpu_jobs) -> None:
     j = _wait(svc, j.id, {"RUNNING"})
     gpu = next(g for g in nvml.gpus if g.uuid == j.gpus[0])
     kids = svc.tier.usage(svc.jobs[j.id].handle).pids
-    child = [p for p in kids if p != j.pid][0]
+    child = next(p for p in kids if p != j.pid)
     gpu.processes = [(child, 1 * GIB)]  # under the limit: runs on, and its peak is recorded
     time.sleep(1.0)
     running = svc.get(j.id)
