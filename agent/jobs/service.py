@@ -197,18 +197,25 @@ class JobService:
             rec = self._get(job_id)
             if rec.final:
                 raise JobError(409, "conflict", f"job {job_id} is already {rec.state}", "id")
+            before = (rec.job.model_copy(), rec.cancel_requested, rec.cancel_note)
             if rec.state == "PENDING" and not rec.launching:
                 rec.job.state = "CANCELLED"
                 rec.job.cancelled_by = principal
                 rec.job.reason = f"cancelled by {principal}" + (f": {note}" if note else "")
                 rec.job.ended_at = time.time()
+            else:
+                rec.cancel_requested, rec.cancel_note = principal, note
+                rec.job.reason = "cancelling"
+            try:
+                self._save([rec])  # a cancel is on record before it takes effect (a restart still cancels)
+            except JobError:
+                rec.job, rec.cancel_requested, rec.cancel_note = before
+                raise
+            if rec.final:
                 self.finished_total[(rec.job.pipeline, "CANCELLED")] += 1
                 self.version += 1
-                self._save([rec])
+                self.changed.notify_all()
                 return rec.job.model_copy(deep=True)
-            rec.cancel_requested, rec.cancel_note = principal, note
-            rec.job.reason = "cancelling"
-            self._save([rec])
         self.runner.wake()
         deadline = time.monotonic() + wait_s
         with self.lock:
