@@ -40,6 +40,7 @@ class Runner:
         self._next_sweep = 0.0
         self._next_check = 0.0
         self._limited: set[str] = set()  # pipelines whose tier limits are set
+        self._dirty: set[str] = set()  # pipelines whose quota changed since
         self.ticks = 0
         self.last_error: str | None = None
 
@@ -62,7 +63,9 @@ class Runner:
         self._wake.set()
 
     def quota_changed(self, pipeline: str) -> None:
-        self._limited.discard(pipeline)
+        """A quota moved: its pipeline's tier limits are set again on the runner thread, at the next tick."""
+        with self.svc.lock:
+            self._dirty.add(pipeline)
         self.wake()
 
     @property
@@ -89,6 +92,11 @@ class Runner:
         self.ticks += 1
         svc = self.svc
         now = time.time()
+        with svc.lock:
+            dirty, self._dirty = self._dirty, set()
+        for pipeline in dirty:
+            self._limited.discard(pipeline)
+            self._pipeline_limits(pipeline)
         # Launch first: a submit's latency to RUNNING must not wait behind watching every running job.
         self._admit_and_launch(now)
         with svc.lock:

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ConfigError
 from agent.jobs import logs
 from agent.jobs.queue import never_fits
 from agent.jobs.quotas import HostCapacity, QuotaBook, usage_of
@@ -52,14 +52,18 @@ class JobError(Exception):
 
 
 def choose_tier(info: EnforcementInfo, jobs_root: str, force: str) -> Tier:
-    """The best tier the host offers (exec's `select_tier` once it exists), else the psutil tier."""
+    """The best tier the host offers, or the one `[jobs] tier` forces (`agent/jobs/tiers/select.py`; the
+    psutil tier where that module is absent). A forced tier the host can't offer is a start-up error."""
     try:
         from agent.jobs.tiers.select import select_tier  # type: ignore[import-not-found]
     except ImportError:
         from agent.jobs.tiers.psutil_tier import PsutilTier
 
         return PsutilTier()
-    return select_tier(info, jobs_root, None if force == "auto" else force)
+    try:
+        return select_tier(info, jobs_root, None if force == "auto" else force)
+    except ValueError as e:  # TierUnavailable
+        raise ConfigError(f"jobs.tier: {e}") from None
 
 
 def gpu_inventory(snap: Snapshot | None) -> list[str]:
@@ -107,6 +111,12 @@ class JobService:
         Returns (adopted, lost)."""
         adopted = lost = 0
         changed: list[JobRecord] = []
+        prepare = getattr(self.tier, "prepare", None)  # one-time set-up (cgroup v2: the agent into a leaf)
+        if prepare is not None:
+            try:
+                prepare()
+            except Exception as e:
+                log.error("jobs: the %s tier's set-up failed: %s", self.tier.name, e)
         for rec in self.store.load():
             self.jobs[rec.id] = rec
             if rec.state != "RUNNING" and not rec.launching:
