@@ -10,6 +10,8 @@ Starts one agent (own data dir, psutil or whichever tier the host offers), then:
                   spawned, handle committed) and the client's POST -> GET says RUNNING.
     commits       job-row commits against job rows committed (from /metrics): rows per commit is the
                   group commit's batching.
+    agent CPU     the agent process's CPU over `--idle-seconds`, idle and with `--idle-jobs` jobs running
+                  (`sleep`): what watching and sampling them costs.
 
     .venv/bin/python bench/jobs_submit.py [--seconds 5] [--threads 8] [--running 30]
 """
@@ -43,11 +45,20 @@ def _metric(text: str, name: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def _cpu_over(proc: psutil.Process, seconds: float) -> float:
+    """The agent's CPU over `seconds`, in cores."""
+    c0 = sum(proc.cpu_times()[:2])
+    time.sleep(seconds)
+    return (sum(proc.cpu_times()[:2]) - c0) / seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--running", type=int, default=30)
+    ap.add_argument("--idle-jobs", type=int, default=50, help="jobs running while the agent's CPU is measured")
+    ap.add_argument("--idle-seconds", type=float, default=10.0)
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="wk-jobs-bench-"))
     agent = make_agent(base, name="bench", sample_interval=1.0).start()  # the default, not the tests' 0.2 s
@@ -102,6 +113,25 @@ def main() -> None:
                 time.sleep(0.05)
             for j in c.get("/api/v1/jobs", params={"pipeline": "run", "limit": 1000}).json()["jobs"]:
                 c.post(f"/api/v1/jobs/{j['id']}/cancel", json={})
+            for j in c.get("/api/v1/jobs", params={"state": "PENDING", "limit": 10000}).json()["jobs"]:
+                c.post(f"/api/v1/jobs/{j['id']}/cancel", json={})  # the held ones: the queue is empty again
+            idle = _cpu_over(proc, args.idle_seconds)
+            ids = []
+            for _ in range(args.idle_jobs):
+                r = c.post("/api/v1/jobs", json={"pipeline": "idle", "command": ["sleep", "600"], "cpu": 0.01,
+                                                 "mem": "8M"})  # fmt: skip
+                ids.append(r.json()["id"])
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                states = [c.get(f"/api/v1/jobs/{i}").json()["state"] for i in ids]
+                if all(s == "RUNNING" for s in states):
+                    break
+                time.sleep(0.5)
+            time.sleep(2)
+            busy = _cpu_over(proc, args.idle_seconds)
+            tier = c.get("/api/v1/quotas").json()["tier"]
+            for i in ids:
+                c.post(f"/api/v1/jobs/{i}/cancel", json={})
         print(f"{'measure':<34} {'value':>12}")
         print(f"{'submits/s (' + str(args.threads) + ' threads, held jobs)':<34} {len(lat) / wall:>12.0f}")
         print(f"{'submit p50 ms':<34} {statistics.median(lat) * 1e3:>12.1f}")
@@ -112,6 +142,8 @@ def main() -> None:
         print(f"{'submit->RUNNING p50 ms (agent)':<34} {statistics.median(agent_side) * 1e3:>12.1f}")
         print(f"{'submit->RUNNING p99 ms (agent)':<34} {_pct(agent_side, 0.99) * 1e3:>12.1f}")
         print(f"{'POST->sees RUNNING p50 ms (client)':<34} {statistics.median(client_side) * 1e3:>12.1f}")
+        print(f"{'agent CPU idle, % of a core':<34} {100 * idle:>12.1f}")
+        print(f"{f'agent CPU, {args.idle_jobs} jobs running ({tier}) %':<34} {100 * busy:>12.1f}")
     finally:
         agent.stop()
 
