@@ -168,6 +168,12 @@ class Runner:
                 svc.tier.release(rec.handle)
         except Exception as e:
             log.warning("job %s: tier release failed: %s", rec.id, e)
+        d = logs.job_dir(svc.root, rec.id)
+        for stream in logs.STREAMS:  # a job that ended between two samples is held to the cap too
+            try:
+                logs.cap(d, stream, svc.cfg.log_max_bytes)
+            except OSError as e:
+                log.warning("job %s: could not cap %s: %s", rec.id, stream, e)
 
     def _retry_of(self, rec: JobRecord, state: str, out: Outcome) -> JobRecord | None:
         j, pol = rec.job, rec.retry

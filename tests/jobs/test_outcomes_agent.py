@@ -104,3 +104,15 @@ def test_out_of_memory_retries_with_more_memory_up_to_the_quota(agent_factory) -
         big = submit(c, pipeline="small", command=[sys.executable, "-c", HOG], mem="256M", retry=policy)
         end = wait_job(c, big["id"], timeout=60)
         assert end["state"] == "OUT_OF_MEMORY" and end["attempt"] == 1, end
+
+
+def test_output_over_the_cap_keeps_its_tail(agent_factory) -> None:
+    a = agent_factory(config='[jobs]\nlog_max_bytes = "64KiB"\n')
+    with a.client() as c:
+        # 200,000 numbered lines (~1.3 MB), the last one known.
+        job = submit(c, pipeline="p", command=[sys.executable, "-c", "for i in range(200_000): print(i)"])
+        wait_job(c, job["id"])
+        first = c.get(f"/api/v1/jobs/{job['id']}/logs", params={"offset": 0, "max_bytes": 1 << 20}).json()
+        assert first["dropped_bytes"] > 1_000_000 and first["offset"] == first["dropped_bytes"], first["offset"]
+        assert first["text"].endswith("199999\n") and len(first["text"]) <= 64 * 1024
+        assert first["eof"] and (a.data_dir / "jobs" / job["id"] / "stdout").stat().st_size <= 64 * 1024
