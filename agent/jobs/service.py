@@ -170,6 +170,9 @@ class JobService:
             unknown = [u for u in uuids if u not in inventory]
             if unknown:
                 raise JobError(422, "invalid_request", f"no such GPU on this host: {unknown[0]}", "gpus")
+            if isinstance(quota.gpus, list) and (outside := [u for u in uuids if u not in quota.gpus]):
+                raise JobError(409, "never_fits", f"pipeline {body.pipeline}: GPU {outside[0]} is not in its quota",
+                               "gpus")  # fmt: skip
         why = never_fits(cpu, mem, ngpus, quota, self.host, len(inventory))
         if why is not None:
             field = "cpu" if why.startswith("cpu") else "mem" if why.startswith("mem") else "gpus"
