@@ -104,8 +104,14 @@ def test_job_over_gpu_memory_is_stopped_with_the_reason(gpu_jobs) -> None:
     )
     j = _wait(svc, j.id, {"RUNNING"})
     gpu = next(g for g in nvml.gpus if g.uuid == j.gpus[0])
-    kids = svc.tier.usage(svc.jobs[j.id].handle).pids
-    child = next(p for p in kids if p != j.pid)
+    deadline = time.monotonic() + 10
+    kids: tuple[int, ...] = ()
+    while time.monotonic() < deadline:  # the wrapper forks the command just after it starts
+        kids = tuple(p for p in svc.tier.usage(svc.jobs[j.id].handle).pids if p != j.pid)
+        if kids:
+            break
+        time.sleep(0.02)
+    child = kids[0]
     gpu.processes = [(child, 1 * GIB)]  # under the limit: runs on, and its peak is recorded
     time.sleep(1.0)
     running = svc.get(j.id)

@@ -11,6 +11,7 @@ agent/jobs/tiers/ (select.py picks the best the host offers).
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -65,28 +66,33 @@ def test_a_hog_starves_neither_another_pipeline_nor_serving(agent_factory) -> No
         tier = c.get("/api/v1/quotas").json()["tier"]
         if tier == "psutil":
             pytest.skip("the psutil tier does not cap CPU: this needs a cgroup or systemd tier (agent/jobs/tiers/)")
+        busy = os.getloadavg()[0]
+        if busy > os.cpu_count() - 1:
+            pytest.skip(f"load average {busy:.1f} on {os.cpu_count()} cores: other work would decide the throughput")
         register(c)
         endpoint(c)
         wait_loaded(c)
         rows = records(reference(8))
         _p99(c, rows, 50)  # warm
-        alone = min(_timed_task(c) for _ in range(3))
-        p99_alone = min(_p99(c, rows) for _ in range(2))
-        hog = submit(c, pipeline="hog", command=[HOG], shell=True, cpu=1, mem="256M", time_limit="10m")
-        wait_job(c, hog["id"], {"RUNNING"})
-        time.sleep(1.0)
-        try:
-            beside = min(_timed_task(c) for _ in range(3))
-            # The hog is the only job now: serving shares the host with one capped core of it.
-            p99_hog = min(_p99(c, rows) for _ in range(2))
-            hog_now = c.get(f"/api/v1/jobs/{hog['id']}").json()
-        finally:
-            c.post(f"/api/v1/jobs/{hog['id']}/cancel", json={})
-        assert hog_now["state"] == "RUNNING" and hog_now["cpu_now"] is not None
-        assert hog_now["cpu_now"] <= 1.1, f"the hog used {hog_now['cpu_now']:.2f} cores under a quota of 1"
-        assert alone / beside >= 0.9, (
-            f"pipeline B kept {100 * alone / beside:.0f} % ({alone:.2f} s alone, {beside:.2f} s beside)"
-        )
-        assert p99_hog <= 1.2 * p99_alone, (
-            f"predict p99 {1e3 * p99_hog:.1f} ms with the hog, {1e3 * p99_alone:.1f} ms without"
-        )
+        # Interleaved rounds (alone, then beside the hog): load from outside drifts less between the two.
+        alone, beside, p99_alone, p99_hog = [], [], [], []
+        for _ in range(3):
+            alone.append(_timed_task(c))
+            p99_alone.append(_p99(c, rows))
+            hog = submit(c, pipeline="hog", command=[HOG], shell=True, cpu=1, mem="256M", time_limit="10m")
+            wait_job(c, hog["id"], {"RUNNING"})
+            time.sleep(1.0)
+            try:
+                beside.append(_timed_task(c))
+                # The hog is the only job now: serving shares the host with one capped core of it.
+                p99_hog.append(_p99(c, rows))
+                hog_now = c.get(f"/api/v1/jobs/{hog['id']}").json()
+            finally:
+                c.post(f"/api/v1/jobs/{hog['id']}/cancel", json={})
+            wait_job(c, hog["id"])
+            assert hog_now["state"] == "RUNNING" and hog_now["cpu_now"] is not None
+            assert hog_now["cpu_now"] <= 1.1, f"the hog used {hog_now['cpu_now']:.2f} cores under a quota of 1"
+        kept = min(alone) / min(beside)
+        assert kept >= 0.9, f"pipeline B kept {100 * kept:.0f} % (alone {alone}, beside {beside} s)"
+        ratio = min(p99_hog) / min(p99_alone)
+        assert ratio <= 1.2, f"predict p99 {ratio:.2f}x with the hog ({p99_hog} s against {p99_alone} s)"
