@@ -45,7 +45,7 @@ def gpu_jobs(tmp_path: Path):
     svc = JobService(cfg, JobStore(writer, opened.con), PsutilTier(), lambda: sampler.latest)
     svc.restore()
     svc.start()
-    yield svc, nvml
+    yield svc, nvml, writer, opened.con
     for r in list(svc.jobs.values()):
         if r.state == "RUNNING":
             svc.cancel(r.id, "test", wait_s=5)
@@ -65,7 +65,7 @@ def _wait(svc: JobService, job_id: str, states: set[str], timeout: float = 20.0)
 
 
 def test_gpus_by_uuid_exclusive_across_pipelines_and_mig(gpu_jobs, tmp_path) -> None:
-    svc, _ = gpu_jobs
+    svc = gpu_jobs[0]
     out = tmp_path / "cvd"
     cmd = f'echo "$CUDA_VISIBLE_DEVICES" > {out}-$WATCHKEEPER_JOB_ID; sleep 30'
     a = svc.submit(JobSubmit(pipeline="train", command=[cmd], shell=True, gpus=2, cpu=0.1, mem=64 * 2**20), "t")
@@ -98,7 +98,7 @@ def test_gpus_by_uuid_exclusive_across_pipelines_and_mig(gpu_jobs, tmp_path) -> 
 
 
 def test_job_over_gpu_memory_is_stopped_with_the_reason(gpu_jobs) -> None:
-    svc, nvml = gpu_jobs
+    svc, nvml, writer, con = gpu_jobs
     j = svc.submit(
         JobSubmit(pipeline="train", command=["sleep", "30"], gpus=1, gpu_mem="2G", cpu=0.1, mem=64 * 2**20), "t"
     )
@@ -120,3 +120,11 @@ def test_job_over_gpu_memory_is_stopped_with_the_reason(gpu_jobs) -> None:
     done = _wait(svc, j.id, {"FAILED"})
     assert "GPU memory" in done.reason and j.gpus[0] in done.reason and str(2 * GIB) in done.reason, done.reason
     assert done.gpu_use[0].peak_mem_bytes == 3 * GIB and done.gpu_use[0].seconds
+    # Each second's usage is a row in job_usage (after the writer's next flush).
+    writer.flush()
+    rows = con.execute(
+        "SELECT count(*), max(gpu_mem_bytes), max(rss_bytes) FROM job_usage WHERE job_id = ?", [j.id]
+    ).fetchone()
+    assert rows[0] >= 2 and rows[1] == 3 * GIB and rows[2] > 0, rows
+    quota_rows = con.execute("SELECT count(*) FROM quota_usage WHERE pipeline = 'train'").fetchone()[0]
+    assert quota_rows > 0
