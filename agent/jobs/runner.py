@@ -119,6 +119,8 @@ class Runner:
             with svc.lock:
                 ended = {r.id: r.job.ended_at for r in svc.jobs.values() if r.final and r.job.ended_at}
             logs.sweep(svc.root, ended, svc.cfg.log_retention)
+            # Finished jobs past the retention leave memory too (the store keeps them; GET still finds them).
+            svc.evict(time.time() - svc.cfg.log_retention)
 
     def _watch(self, rec: JobRecord, now: float, changed: list[JobRecord], check: bool) -> None:
         svc, h = self.svc, rec.handle
@@ -205,8 +207,7 @@ class Runner:
             active = [r for r in svc.jobs.values() if r.active]
             if not any(r.state == "PENDING" and not r.launching for r in active):
                 return
-            states = {k: r.state for k, r in svc.jobs.items()}
-            decision = admit(active, svc.quotas.spec, svc.host, inventory, states.get, now)
+            decision = admit(active, svc.quotas.spec, svc.host, inventory, svc.state_of, now)
             moved = False
             for r in active:
                 why = decision.waiting.get(r.id)

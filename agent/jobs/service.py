@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -36,6 +37,7 @@ from agent.schemas.jobs import (
 )
 
 log = logging.getLogger("watchkeeper.jobs")
+_ID = re.compile(r"^j-[0-9a-z]{10}$")
 
 # What a job's environment starts from (never the agent's whole environment: it may hold a token).
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "USER", "LOGNAME", "TZ", "TMPDIR")
@@ -117,7 +119,7 @@ class JobService:
                 prepare()
             except Exception as e:
                 log.error("jobs: the %s tier's set-up failed: %s", self.tier.name, e)
-        for rec in self.store.load():
+        for rec in self.store.load(time.time() - self.cfg.log_retention):
             self.jobs[rec.id] = rec
             if rec.state != "RUNNING" and not rec.launching:
                 continue
@@ -177,10 +179,9 @@ class JobService:
         if why is not None:
             field = "cpu" if why.startswith("cpu") else "mem" if why.startswith("mem") else "gpus"
             raise JobError(409, "never_fits", f"pipeline {body.pipeline}: {why}", field)
-        with self.lock:
-            for dep in body.depends_on:
-                if dep not in self.jobs:
-                    raise JobError(422, "invalid_request", f"depends_on: no job {dep!r}", "depends_on")
+        for dep in body.depends_on:
+            if self.state_of(dep) is None:
+                raise JobError(422, "invalid_request", f"depends_on: no job {dep!r}", "depends_on")
         retry = body.retry or RetryPolicy()
         if body.retries is not None:
             retry = retry.model_copy(update={"max_retries": body.retries})
@@ -273,9 +274,11 @@ class JobService:
                       text=data.decode("utf-8", "replace"), dropped_bytes=cut, eof=final and nxt >= size)  # fmt: skip
 
     def attempts(self, job_id: str) -> list[Job]:
+        """Every attempt, oldest first; the current one as memory has it (its row may be a commit behind)."""
         with self.lock:
-            self._get(job_id)
-        return self.store.attempts(job_id)
+            current = self._get(job_id).job.model_copy(deep=True)
+        rows = [j for j in self.store.attempts(job_id) if j.attempt != current.attempt]
+        return [*rows, current]
 
     # ------------------------------------------------------------------ quotas
 
@@ -349,10 +352,29 @@ class JobService:
     # ------------------------------------------------------------------ helpers
 
     def _get(self, job_id: str) -> JobRecord:
+        """A job from memory, or from the store when it ended before the retention window (read-only)."""
         rec = self.jobs.get(job_id)
+        if rec is None and _ID.match(job_id):
+            rec = self.store.latest(job_id)
         if rec is None:
             raise JobError(404, "not_found", f"no job {job_id!r}", "id")
         return rec
+
+    def state_of(self, job_id: str) -> str | None:
+        """A dependency's state (the store's for a job no longer in memory)."""
+        rec = self.jobs.get(job_id)
+        if rec is None and _ID.match(job_id):
+            rec = self.store.latest(job_id)
+        return rec.state if rec is not None else None
+
+    def evict(self, before: float) -> int:
+        """Drop from memory the jobs that ended before `before` (they stay in the store). Returns how many."""
+        with self.lock:
+            old = [r for r in self.jobs.values() if r.final and (r.job.ended_at or 0) < before]
+            for r in old:
+                del self.jobs[r.id]
+        self.store.forget([(r.id, r.job.attempt) for r in old])
+        return len(old)
 
     def _save(self, recs: list[JobRecord]) -> None:
         from agent.jobs.store import StoreUnavailable

@@ -147,16 +147,22 @@ class JobStore:
 
     # ------------------------------------------------------------------ reads
 
-    def load(self) -> list[JobRecord]:
-        """Every job's newest attempt (start-up)."""
+    def load(self, ended_since: float) -> list[JobRecord]:
+        """Start-up: every job's newest attempt that is active or ended after `ended_since` (older ones
+        stay in the store, read one at a time by `latest`)."""
         cur = self._con.cursor()
         try:
             rows = cur.execute(
-                "SELECT job, spec, handle FROM jobs"
-                " QUALIFY row_number() OVER (PARTITION BY id ORDER BY attempt DESC) = 1 ORDER BY id"
+                "SELECT job, spec, handle FROM (SELECT * FROM jobs"
+                " QUALIFY row_number() OVER (PARTITION BY id ORDER BY attempt DESC) = 1)"
+                " WHERE ended_at IS NULL OR ended_at >= ? ORDER BY id",
+                [ended_since],
             ).fetchall()
+            last = cur.execute("SELECT max(id) FROM jobs").fetchone()
         finally:
             cur.close()
+        if last and last[0]:
+            seen_job_id(last[0])
         out = []
         for job, spec, handle in rows:
             try:
@@ -164,14 +170,29 @@ class JobStore:
             except Exception:
                 log.exception("unreadable job row, skipped: %s", job[:200])
                 continue
-            seen_job_id(rec.id)
             out.append(rec)
+            self._known.add((rec.id, rec.job.attempt))
+        return out
+
+    def latest(self, job_id: str) -> JobRecord | None:
+        """A job's newest attempt from the store (one no longer held in memory)."""
         cur = self._con.cursor()
         try:
-            self._known.update((i, a) for i, a in cur.execute("SELECT id, attempt FROM jobs").fetchall())
+            row = cur.execute(
+                "SELECT job, spec, handle FROM jobs WHERE id = ? ORDER BY attempt DESC LIMIT 1", [job_id]
+            ).fetchone()
         finally:
             cur.close()
-        return out
+        if row is None:
+            return None
+        rec = JobRecord.from_row(*row)
+        self._known.add((rec.id, rec.job.attempt))
+        return rec
+
+    def forget(self, keys: list[tuple[str, int]]) -> None:
+        """Rows of jobs dropped from memory (no longer updated)."""
+        with self._lock:
+            self._known.difference_update(keys)
 
     def attempts(self, job_id: str) -> list[Job]:
         """Earlier attempts of a job, oldest first."""

@@ -51,7 +51,7 @@ def test_concurrent_saves_share_commits_and_all_land(tmp_path: Path) -> None:
     again = open_store(tmp_path / "s.duckdb")
     rows = again.con.execute("SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state").fetchall()
     assert rows == [("PENDING", 200), ("RUNNING", 200)]
-    loaded = JobStore(writer, again.con).load()
+    loaded = JobStore(writer, again.con).load(ended_since=0)
     assert len(loaded) == 400 and {r.id for r in loaded} == {r.id for r in recs}
 
 
@@ -81,3 +81,33 @@ def test_output_cap_keeps_the_tail_and_counts_what_it_dropped(tmp_path: Path) ->
     logs.ensure_dir(tmp_path / "jobs", "j-new")
     gone = logs.sweep(tmp_path / "jobs", {"j-x": time.time() - 100, "j-new": time.time()}, 50)
     assert gone == ["j-x"] and not d.exists() and (tmp_path / "jobs" / "j-new").exists()
+
+
+def test_old_finished_jobs_leave_memory_but_not_the_store(tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.jobs.service import JobService
+    from agent.jobs.tiers.psutil_tier import PsutilTier
+
+    cfg = load_config(None, {"data_dir": str(tmp_path / "d"), "jobs.log_retention": 3600})
+    cfg.data_dir.mkdir()
+    opened = open_store(cfg.db_path)
+    writer = StoreWriter(opened.con, flush_interval=5)
+    writer.start()
+    old, recent, pending = _rec(), _rec(), _rec()
+    for r, ended in ((old, time.time() - 7200), (recent, time.time() - 60)):
+        r.job.state, r.job.ended_at, r.job.exit_code = "COMPLETED", ended, 0
+    JobStore(writer, opened.con).save([old, recent, pending])
+    svc = JobService(cfg, JobStore(writer, opened.con), PsutilTier(), lambda: None)
+    svc.restore()
+    try:
+        assert set(svc.jobs) == {recent.id, pending.id}  # the old one stayed in the store
+        assert svc.get(old.id).state == "COMPLETED"  # and is still found
+        assert {j.id for j in svc.list(None, None, 100, None).jobs} == {recent.id, pending.id}
+        assert svc.state_of(old.id) == "COMPLETED"  # a dependency on it is satisfied
+        recent.job.ended_at = time.time() - 7200
+        svc.jobs[recent.id].job.ended_at = recent.job.ended_at
+        assert svc.evict(time.time() - 3600) == 1 and set(svc.jobs) == {pending.id}
+        again = svc.requeue(old.id, "t")  # an old job can still be run again
+        assert again.attempt == 2 and svc.get(old.id).state == "PENDING"
+    finally:
+        writer.stop()
