@@ -38,7 +38,7 @@ def test_exit_codes_output_and_limits(agent_factory, tmp_path) -> None:
 
         o = wait_job(c, oom["id"])
         assert o["state"] == "OUT_OF_MEMORY", o
-        assert o["peak_rss_bytes"] is None or o["peak_rss_bytes"] <= 400 * 2**20
+        assert "memory" in o["reason"]
 
         t = wait_job(c, slow["id"])
         assert t["state"] == "TIMEOUT" and "time limit 1 s" in t["reason"], t
