@@ -106,7 +106,11 @@ class Runner:
         if check:
             self._next_check = time.monotonic() + LIMITS_INTERVAL_S
         for rec in running:
-            self._watch(rec, now, changed, check)
+            try:
+                self._watch(rec, now, changed, check)
+            except Exception as e:  # one job the tier can't read must not stop the watch of the others
+                self.last_error = f"job {rec.id}: {e}"
+                log.exception("jobs: watching %s failed", rec.id)
         if time.monotonic() >= self._next_sample:
             self._next_sample = time.monotonic() + svc.cfg.usage_interval
             self._sampler.sample([r for r in running if r.state == "RUNNING"], changed)

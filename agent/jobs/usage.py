@@ -65,7 +65,10 @@ class Sampler:
                     j.elapsed_s = now - j.started_at
                 j.gpu_use = self._gpu_use(rec, gpu_source)
             rows.append((now, j.id, j.attempt, j.pipeline, j.cpu_seconds, j.cpu_now, j.rss_bytes, gpu_now))
-            self._gpu_limit(rec, changed)
+            try:
+                self._gpu_limit(rec, changed)
+            except Exception as e:
+                log.error("job %s: could not stop it over its GPU memory: %s", rec.id, e)
             d = logs.job_dir(svc.root, rec.id)
             for stream in logs.STREAMS:
                 try:
