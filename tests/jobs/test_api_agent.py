@@ -89,3 +89,9 @@ def test_quotas_at_run_time_summary_and_metrics(agent_factory, tmp_path) -> None
         assert "keep" in listed and "train" not in listed
         actions = [e["action"] for e in c.get("/api/v1/audit", params={"limit": 1000}).json()]
         assert actions.count("quota.put") == 2 and "quota.delete" in actions
+
+
+def test_readyz_says_the_jobs_tier(agent_factory) -> None:
+    a = agent_factory(name="r")
+    checks = httpx.get(f"{a.url}/readyz").json()["checks"]
+    assert checks["jobs"].startswith("ok (tier ")
