@@ -50,6 +50,10 @@ async def readyz(request: Request):
         checks["telemetry"] = "ok"
     if not c.accepting:
         checks["lifecycle"] = "stopping"
+    if c.jobs is not None:  # said, not judged: a jobs problem must not take serving out of rotation
+        r = c.jobs.runner
+        state = "ok" if r.alive and r.last_error is None else "runner stopped" if not r.alive else r.last_error
+        checks["jobs"] = f"{state} (tier {c.jobs.tier.name})"
     ready = checks["telemetry"] == "ok" and checks["writer"] == "ok" and c.accepting
     body = Health(status="ok" if ready else "starting", agent_name=c.cfg.name, version=__version__, checks=checks)
     if ready:
