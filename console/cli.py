@@ -5,6 +5,7 @@
     watchkeeper status [--json] [--agents ...] [--fleet ...]                    headless table
     watchkeeper alerts [--json] [--state firing|pending|resolved]               alerts across the fleet
     watchkeeper demo                                                            3 local agents + TUI
+    watchkeeper jobs submit|list|show|logs|cancel|requeue …, watchkeeper quotas     jobs and quotas
 
 Exit codes: 0 fine (status: all up), 1 status: some agent stale/down, 2 usage or config error
 (one line on stderr). New subcommands are `Command`s added to `COMMANDS`: a name, a help line, a
@@ -22,6 +23,7 @@ from typing import Any, NoReturn
 
 from console import __version__
 from console.core.config import AgentSpec, FleetConfigError, resolve_fleet, resolve_prometheus
+from console.jobs import cli as jobs_cli
 from console.models import cli as models_cli
 from console.rollouts import cli as rollouts_cli
 
@@ -315,6 +317,8 @@ COMMANDS: tuple[Command, ...] = (
         _run_loadtest,
     ),
     Command("models", models_cli.HELP, models_cli.configure, models_cli.run),
+    Command("jobs", jobs_cli.HELP, jobs_cli.configure, jobs_cli.run),
+    Command("quotas", jobs_cli.QUOTAS_HELP, jobs_cli.configure_quotas, jobs_cli.run_quotas),
     *(Command(*spec) for spec in rollouts_cli.COMMANDS),
 )
 
