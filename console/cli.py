@@ -162,6 +162,7 @@ def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) 
     """Open the fleet console on the given (or configured) agents."""
     from console.app import WatchkeeperApp
     from console.core.audit_heads import HeadStore
+    from console.jobs.client import JobsPoller
     from console.rollouts.client import RolloutsPoller
 
     theme = _theme(args)
@@ -179,7 +180,7 @@ def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) 
         specs = specs if specs is not None else _specs(args)
         # Remembers each agent's audit head; serving status and audit checks spread over the first 30 s;
         # polling on its own thread and loop, so a big fleet's poll never freezes the screen.
-        poller = RolloutsPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0)
+        poller = JobsPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0)
         source = ThreadedSource(poller)
     app = WatchkeeperApp(source, refresh_s=args.refresh, readonly=args.readonly, theme=theme)
     rc = app.run()

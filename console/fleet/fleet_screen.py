@@ -35,6 +35,8 @@ class FleetScreen(FleetTableScreen):
         Binding("enter", "open_host", "Open", show=True, priority=False),
         Binding("e", "open_endpoints", "Endpoints"),
         Binding("exclamation_mark", "app.alerts", "Alerts"),
+        Binding("j", "app.jobs", "Jobs"),
+        Binding("u", "app.quotas", "Quotas"),
         *(
             Binding(key, f"sort_by('{column}')", f"Sort by {_LABELS[column]}", show=False)
             for key, column in SORT_KEYS.items()

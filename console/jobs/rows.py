@@ -33,7 +33,7 @@ COLUMNS: tuple[Column, ...] = (
 )
 # The screen's order: what is wrong (state, reason) before the numbers, so a narrow terminal cuts numbers.
 SCREEN_ORDER = ("host", "pipeline", "job", "state", "reason", "elapsed", "cpu", "mem", "gpus")
-REASON_WIDTH = 28  # the screen's REASON cell; the whole reason is in the detail panel and `jobs show`
+REASON_WIDTH = 24  # the screen's REASON cell; the whole reason is in the detail panel and `jobs show`
 
 STATE_RANK = {"RUNNING": 0, "PENDING": 1, "REQUEUED": 2}
 PROBLEM_STATES = frozenset({"FAILED", "OUT_OF_MEMORY", "TIMEOUT", "LOST"})
