@@ -167,6 +167,47 @@ class AuditConfig(_Strict):
     key_file: Path | None = None
 
 
+class QuotaConfig(_Strict):
+    """One pipeline's quota (`[[quotas]]`); the fields are `agent.schemas.jobs.QuotaSpec`'s (config sits
+    beside the schemas, not above them, so the jobs service converts). A missing limit: unlimited."""
+
+    pipeline: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    cpu: float | None = Field(default=None, gt=0, le=4096)
+    mem: Size | None = None
+    gpus: int | list[str] | None = None
+    gpu_mem: Size | None = None
+    max_running_jobs: int | None = Field(default=None, ge=1, le=100_000)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    share_gpus: bool = False
+    near_limit: float = Field(default=0.9, gt=0, le=1)
+
+
+class DefaultQuotaConfig(QuotaConfig):
+    """`[jobs.default_quota]`: what a pipeline without a `[[quotas]]` entry gets."""
+
+    pipeline: str = "*"
+
+
+class JobsConfig(_Strict):
+    """`[jobs]`: the job executor (docs/jobs.md)."""
+
+    enabled: bool = True
+    default_cpu: float = Field(default=1.0, gt=0, le=4096)  # cores a job gets when it asks for none
+    default_mem: Size = 2**30
+    max_pids: int = Field(default=4096, ge=16, le=4_194_304)
+    log_max_bytes: Size = 64 * 2**20  # per stream; past it the file keeps its tail
+    log_retention: Duration = 7 * 86400.0  # finished jobs' output directories
+    # Kept for serving: jobs together never take it (admission, and the tier's jobs root).
+    serving_reserve_cpu: float = Field(default=0.0, ge=0, le=4096)
+    serving_reserve_mem: Size = 0
+    tier: Literal["auto", "systemd", "cgroup-v2", "cgroup-v1", "psutil"] = "auto"
+    jobs_root: str = "watchkeeper-jobs"  # the tiers' parent cgroup / slice name
+    tick: Duration = 0.1  # the runner's period; submit and cancel wake it at once
+    usage_interval: Duration = 1.0
+    terminate_grace: Hold = 5.0
+    default_quota: DefaultQuotaConfig = Field(default_factory=DefaultQuotaConfig)
+
+
 class AgentConfig(_Strict):
     name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
     data_dir: Path = Field(default_factory=lambda: default_data_dir())
@@ -183,6 +224,18 @@ class AgentConfig(_Strict):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     alerting: AlertingConfig = Field(default_factory=AlertingConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
+    quotas: list[QuotaConfig] = Field(default_factory=list)
+
+    @field_validator("quotas")
+    @classmethod
+    def _one_quota_per_pipeline(cls, v: list[QuotaConfig]) -> list[QuotaConfig]:
+        seen: set[str] = set()
+        for q in v:
+            if q.pipeline in seen:
+                raise ValueError(f"pipeline {q.pipeline!r} has two [[quotas]] entries")
+            seen.add(q.pipeline)
+        return v
 
     @field_validator("listen")
     @classmethod

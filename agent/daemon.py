@@ -163,7 +163,25 @@ def build(cfg: AgentConfig) -> AgentContext:
     ctx.monitor.start()
     start_alerting(ctx)  # ctx.alerts: restores alert state, starts webhook delivery
     start_rollouts(ctx, opened.con)  # ctx.rollouts: replays rollout events, routes live ones again
+    start_jobs(ctx, opened.con)  # ctx.jobs: re-adopts running jobs (or marks them LOST) before the listeners
     return ctx
+
+
+def start_jobs(ctx: AgentContext, con) -> None:
+    """Build the jobs service, re-adopt what was running, start the runner thread."""
+    if not ctx.cfg.jobs.enabled:
+        return
+    from agent.jobs.service import JobService, choose_tier
+    from agent.jobs.store import JobStore
+
+    tier = choose_tier(ctx.enforcement, ctx.cfg.jobs.jobs_root, ctx.cfg.jobs.tier)
+    svc = JobService(ctx.cfg, JobStore(ctx.writer, con), tier, lambda: ctx.sampler.latest)
+    adopted, lost = svc.restore()
+    if adopted or lost:
+        ctx.writer.append("agent_alerts", ALERT_ROW, [(time.time(), "warning" if lost else "info", "jobs.restart",
+                          f"re-adopted {adopted} running job(s); {lost} marked LOST")])  # fmt: skip
+    svc.start()
+    ctx.jobs = svc
 
 
 def start_rollouts(ctx: AgentContext, con) -> None:
@@ -197,6 +215,8 @@ def shutdown(ctx: AgentContext) -> None:
     if ctx.monitor is not None:
         ctx.monitor.stop()
     stop_rollouts(ctx)
+    if ctx.jobs is not None:
+        ctx.jobs.stop()  # jobs keep running: the next start re-adopts them
     if ctx.serving is not None:
         ctx.serving.close()
     ctx.sampler.stop()

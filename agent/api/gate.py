@@ -31,6 +31,8 @@ from agent.schemas import API_PREFIX
 
 # JSON bodies of every route without its own cap: token, endpoint config, rollout plan, alias, ack.
 DEFAULT_BODY_BYTES = 1024 * 1024
+# A job action or a quota is a few fields.
+SMALL_BODY_BYTES = 64 * 1024
 # Labels arrive in batches (up to 100,000 items of ~100 bytes).
 FEEDBACK_BODY_BYTES = 32 * 1024 * 1024
 
@@ -70,12 +72,14 @@ def _predict(ctx: AgentContext, match: re.Match) -> int:
 
 
 _P = re.escape(API_PREFIX)
-# (method, path, cap): the routes whose bodies may be larger than DEFAULT_BODY_BYTES.
+# (method, path, cap): the routes whose bodies have a cap other than DEFAULT_BODY_BYTES.
 _LIMITS: list[tuple[str, re.Pattern[str], Callable[[AgentContext, re.Match], int]]] = [
     ("POST", re.compile(rf"^{_P}/models/[^/]+/versions$"), lambda _c, _m: _model_upload()),
     ("POST", re.compile(rf"^{_P}/datasets/[^/]+/versions$"), lambda _c, _m: _dataset_upload()),
     ("POST", re.compile(rf"^{_P}/endpoints/[^/]+/feedback$"), lambda _c, _m: FEEDBACK_BODY_BYTES),
     ("POST", re.compile(rf"^{_P}/endpoints/([^/]+)/predict$"), _predict),
+    ("POST", re.compile(rf"^{_P}/jobs/[^/]+/(cancel|requeue)$"), lambda _c, _m: SMALL_BODY_BYTES),
+    ("PUT", re.compile(rf"^{_P}/quotas/[^/]+$"), lambda _c, _m: SMALL_BODY_BYTES),
 ]
 
 

@@ -32,8 +32,9 @@ FINAL_STATES: frozenset[str] = frozenset({"COMPLETED", "FAILED", "OUT_OF_MEMORY"
 ACTIVE_STATES: frozenset[str] = frozenset({"PENDING", "RUNNING"})
 
 # Why a PENDING job waits (Slurm's words). "Priority": another pipeline's job is ahead of it.
+# "BeginTime": a retry waiting out its backoff (`Job.eligible_at`).
 PendingReason = Literal[
-    "QuotaCpu", "QuotaMemory", "QuotaGpu", "QuotaJobs", "Resources", "Priority", "Dependency", "Held"
+    "QuotaCpu", "QuotaMemory", "QuotaGpu", "QuotaJobs", "Resources", "Priority", "Dependency", "Held", "BeginTime"
 ]
 
 Tier = Literal["systemd", "cgroup-v2", "cgroup-v1", "psutil"]
@@ -187,6 +188,8 @@ class Job(_Wire):
     peak_rss_bytes: int | None = None
     gpu_use: list[GpuUse] = Field(default_factory=list)
     host: str | None = None
+    eligible_at: float | None = None  # a retry's backoff: not started before this time
+    oom_retry_mem: int | None = None  # memory an OOM retry asked for (the quota may have capped it)
 
 
 class JobList(_Wire):

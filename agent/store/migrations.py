@@ -139,6 +139,33 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        5,
+        """
+        -- Jobs: one row per attempt (a requeue or retry is attempt + 1 under the same id); the newest attempt is
+        -- the job. `job` is the whole wire Job (agent.schemas.jobs.Job) as JSON, `spec` what the queue needs
+        -- beyond it (retry policy, hold, eligible_at, launch record), `handle` the tier's JobHandle once launched.
+        -- Written through the writer thread and committed before the API answers (agent/jobs/store.py).
+        CREATE TABLE jobs (id VARCHAR NOT NULL, attempt INTEGER NOT NULL, pipeline VARCHAR NOT NULL,
+                           state VARCHAR NOT NULL, reason VARCHAR NOT NULL, exit_code INTEGER,
+                           submitted_at DOUBLE NOT NULL, started_at DOUBLE, ended_at DOUBLE,
+                           updated_at DOUBLE NOT NULL, job VARCHAR NOT NULL, spec VARCHAR NOT NULL,
+                           handle VARCHAR, PRIMARY KEY (id, attempt));
+        -- Usage samples of running jobs (about one per second per job), buffered like telemetry.
+        CREATE TABLE job_usage (ts TIMESTAMP NOT NULL, job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL,
+                                pipeline VARCHAR NOT NULL, cpu_seconds DOUBLE, cpu_now DOUBLE, rss_bytes BIGINT,
+                                gpu_mem_bytes BIGINT);
+        -- Per pipeline and resource: allocated (running jobs' requests), measured use, the quota's limit.
+        CREATE TABLE quota_usage (ts TIMESTAMP NOT NULL, pipeline VARCHAR NOT NULL, resource VARCHAR NOT NULL,
+                                  allocated DOUBLE, used DOUBLE, limit_value DOUBLE);
+        -- Quotas set over the API (PUT/DELETE), append-only; the newest row per pipeline wins over agent.toml.
+        CREATE TABLE quota_events (seq BIGINT PRIMARY KEY, ts DOUBLE NOT NULL, pipeline VARCHAR NOT NULL,
+                                   body VARCHAR, principal VARCHAR NOT NULL);
+        """,
+    )
+)
+
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 

@@ -50,6 +50,7 @@ def build_summary(c: AgentContext) -> AgentSummary:
                     breaker_state=info.breaker_state,
                 )
             )
+    jobs = c.jobs.summary() if c.jobs is not None else None
     return AgentSummary(
         agent_name=c.cfg.name,
         sample_interval_s=c.cfg.sample_interval,
@@ -59,6 +60,7 @@ def build_summary(c: AgentContext) -> AgentSummary:
         rollouts_active=active,
         rollouts_awaiting_approval=awaiting,
         endpoints=endpoints,
+        jobs=jobs,
     )
 
 

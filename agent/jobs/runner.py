@@ -1,0 +1,302 @@
+"""The runner: one thread that ticks every `[jobs] tick` (100 ms) and at once on submit, cancel or a quota
+change. Each tick: watch running jobs (ended? cancel, time limit, memory, GPU memory), sample usage
+every `usage_interval`, admit pending jobs and launch them.
+
+A launch is on record before the wrapper is spawned (`launching`), the handle is written to
+`<job dir>/handle.json` and committed with state RUNNING after; a restart never starts a job twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+
+from agent.jobs import logs
+from agent.jobs.queue import admit
+from agent.jobs.record import JobRecord
+from agent.jobs.service import JobService, next_attempt
+from agent.jobs.store import StoreUnavailable
+from agent.jobs.tiers.base import LaunchSpec, Limits, Outcome
+from agent.jobs.usage import Sampler
+
+log = logging.getLogger("watchkeeper.jobs")
+
+
+class Runner:
+    def __init__(self, svc: JobService) -> None:
+        self.svc = svc
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="jobs-runner", daemon=True)
+        self._sampler = Sampler(svc)
+        self._next_sample = 0.0
+        self._next_sweep = 0.0
+        self._limited: set[str] = set()  # pipelines whose tier limits are set
+        self.ticks = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        set_jobs = getattr(self.svc.tier, "set_jobs_limits", None)
+        if set_jobs is not None:
+            try:
+                set_jobs(Limits(cpu=self.svc.host.cpu, mem=self.svc.host.mem))
+            except Exception as e:
+                log.error("jobs: could not set the jobs root's limits: %s", e)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def quota_changed(self, pipeline: str) -> None:
+        self._limited.discard(pipeline)
+        self.wake()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.svc.cfg.tick)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.tick()
+                self.last_error = None
+            except Exception as e:  # one bad tick must not end the runner
+                self.last_error = str(e)
+                log.exception("jobs runner tick failed")
+                time.sleep(0.5)
+
+    # ------------------------------------------------------------------ one tick
+
+    def tick(self) -> None:
+        self.ticks += 1
+        svc = self.svc
+        now = time.time()
+        with svc.lock:
+            running = [r for r in svc.jobs.values() if r.state == "RUNNING" and r.handle is not None]
+        changed: list[JobRecord] = []
+        for rec in running:
+            self._watch(rec, now, changed)
+        if time.monotonic() >= self._next_sample:
+            self._next_sample = time.monotonic() + svc.cfg.usage_interval
+            self._sampler.sample([r for r in running if r.state == "RUNNING"], changed)
+        if changed:
+            self._save(changed)
+        self._admit_and_launch(now)
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + 60.0
+            with svc.lock:
+                ended = {r.id: r.job.ended_at for r in svc.jobs.values() if r.final and r.job.ended_at}
+            logs.sweep(svc.root, ended, svc.cfg.log_retention)
+
+    def _watch(self, rec: JobRecord, now: float, changed: list[JobRecord]) -> None:
+        svc, h = self.svc, rec.handle
+        assert h is not None
+        out = svc.tier.poll(h)
+        if out is not None:
+            self._finish(rec, out, changed)
+            return
+        grace = svc.cfg.terminate_grace
+        if rec.cancel_requested and rec.stopping != "cancel":
+            rec.stopping = "cancel"
+            svc.tier.terminate(h, grace)
+            changed.append(rec)
+        elif rec.stopping is None and _over_time(rec, now):
+            rec.stopping, rec.stop_reason = "timeout", f"time limit {rec.job.time_limit:g} s reached"
+            svc.tier.terminate(h, grace)
+            changed.append(rec)
+        check = getattr(svc.tier, "check_limits", None)
+        if check is not None and rec.stopping in (None, "timeout"):
+            why = check(h)
+            if why:
+                rec.stopping, rec.stop_reason = "mem", why
+                changed.append(rec)
+
+    def _finish(self, rec: JobRecord, out: Outcome, changed: list[JobRecord]) -> None:
+        svc, j = self.svc, rec.job
+        self._sampler.final(rec)
+        state, reason = outcome_state(rec, out)
+        retry = self._retry_of(rec, state, out)
+        with svc.lock:
+            j.state, j.exit_code, j.signal = state, out.exit_code, out.signal  # type: ignore[assignment]
+            j.reason = reason + (f" (retried as attempt {retry.job.attempt})" if retry is not None else "")
+            if state == "CANCELLED":
+                j.cancelled_by = rec.cancel_requested
+            j.ended_at = out.ended_at or time.time()
+            if j.started_at is not None:
+                j.elapsed_s = max(0.0, j.ended_at - j.started_at)
+            svc.finished_total[(j.pipeline, state)] += 1
+            svc.version += 1
+            changed.append(rec)
+            if retry is not None:
+                svc.jobs[rec.id] = retry
+                changed.append(retry)
+            svc.changed.notify_all()
+        try:
+            if rec.handle is not None:
+                svc.tier.release(rec.handle)
+        except Exception as e:
+            log.warning("job %s: tier release failed: %s", rec.id, e)
+
+    def _retry_of(self, rec: JobRecord, state: str, out: Outcome) -> JobRecord | None:
+        j, pol = rec.job, rec.retry
+        if j.attempt > pol.max_retries or rec.cancel_requested:
+            return None
+        now = time.time()
+        backoff = pol.backoff_s * (2 ** (j.attempt - 1)) * random.uniform(0.9, 1.1)
+        if state == "FAILED" and rec.stopping is None:
+            if pol.on_exit_codes and out.exit_code not in pol.on_exit_codes:
+                return None
+            return next_attempt(rec, now, "BeginTime", eligible_at=now + backoff if backoff else None)
+        if state == "OUT_OF_MEMORY" and pol.oom_mem_factor:
+            quota = self.svc.quotas.spec(j.pipeline)
+            cap = min(quota.mem or self.svc.host.mem, self.svc.host.mem)
+            mem = min(int(j.mem * pol.oom_mem_factor), cap)
+            if mem <= j.mem:
+                return None  # already at the quota: more of the same would end the same way
+            return next_attempt(rec, now, "BeginTime", eligible_at=now + backoff if backoff else None, mem=mem)
+        return None
+
+    # ------------------------------------------------------------------ admission and launch
+
+    def _admit_and_launch(self, now: float) -> None:
+        svc = self.svc
+        from agent.jobs.service import gpu_inventory
+
+        inventory = gpu_inventory(svc.snapshot())
+        with svc.lock:
+            active = [r for r in svc.jobs.values() if r.active]
+            if not any(r.state == "PENDING" and not r.launching for r in active):
+                return
+            states = {k: r.state for k, r in svc.jobs.items()}
+            decision = admit(active, svc.quotas.spec, svc.host, inventory, states.get, now)
+            moved = False
+            for r in active:
+                why = decision.waiting.get(r.id)
+                if why is not None and r.job.reason != why:
+                    r.job.reason = why
+                    moved = True
+            starting = []
+            for rec, gpus in decision.start:
+                rec.launching = True
+                rec.job.gpus = gpus
+                rec.job.tier = svc.tier.name  # type: ignore[assignment]
+                rec.job.reason = ""
+                starting.append(rec)
+            if moved:
+                svc.version += 1
+        if not starting:
+            return
+        if not self._save(starting):
+            with svc.lock:
+                for rec in starting:
+                    rec.launching = False
+            return
+        for rec in starting:
+            self._launch(rec)
+        self._save(starting)
+        with svc.lock:
+            svc.changed.notify_all()
+
+    def _launch(self, rec: JobRecord) -> None:
+        svc, j = self.svc, rec.job
+        self._pipeline_limits(j.pipeline)
+        d = logs.ensure_dir(svc.root, rec.id)
+        quota = svc.quotas.spec(j.pipeline)
+        spec = LaunchSpec(
+            job_id=rec.id, pipeline=j.pipeline, argv=j.command, env=svc.job_env(rec), workdir=j.workdir or str(d),
+            stdout_path=d / "stdout", stderr_path=d / "stderr", rc_path=d / "rc",
+            limits=Limits(cpu=j.cpu, mem=j.mem, pids=svc.cfg.max_pids), cpu_weight=_weight(quota.priority),
+        )  # fmt: skip
+        try:
+            (d / "rc").unlink(missing_ok=True)  # an earlier attempt's status is not this one's
+            h = svc.tier.launch(spec)
+            _write_handle(d, h.to_json())
+        except Exception as e:
+            with svc.lock:
+                rec.launching = False
+                j.state, j.reason, j.ended_at = "FAILED", f"could not start: {e}", time.time()  # type: ignore[assignment]
+                svc.finished_total[(j.pipeline, "FAILED")] += 1
+                svc.version += 1
+            return
+        with svc.lock:
+            rec.handle, rec.launching = h, False
+            j.state, j.pid, j.started_at = "RUNNING", h.pid, h.started_at or time.time()  # type: ignore[assignment]
+            j.wait_s = max(0.0, j.started_at - j.submitted_at)
+            svc.version += 1
+
+    def _pipeline_limits(self, pipeline: str) -> None:
+        if pipeline in self._limited:
+            return
+        self._limited.add(pipeline)
+        setter = getattr(self.svc.tier, "set_pipeline_limits", None)
+        if setter is None:
+            return
+        q = self.svc.quotas.spec(pipeline)
+        mem = q.mem
+        try:
+            setter(pipeline, Limits(cpu=q.cpu, mem=mem), _weight(q.priority))
+        except Exception as e:
+            log.error("jobs: could not set pipeline %s's limits: %s", pipeline, e)
+
+    def _save(self, recs: list[JobRecord]) -> bool:
+        try:
+            self.svc.store.save(recs)
+            return True
+        except StoreUnavailable as e:
+            log.error("jobs: %s", e)
+            return False
+
+
+def outcome_state(rec: JobRecord, out: Outcome) -> tuple[str, str]:
+    """The final state and its words, from how the job ended and why the runner was stopping it."""
+    j = rec.job
+    if rec.stopping == "cancel":
+        who = rec.cancel_requested or "?"
+        return "CANCELLED", f"cancelled by {who}" + (f": {rec.cancel_note}" if rec.cancel_note else "")
+    if out.oom or rec.stopping == "mem":
+        return "OUT_OF_MEMORY", rec.stop_reason or f"memory limit {j.mem} bytes reached"
+    if rec.stopping == "timeout":
+        return "TIMEOUT", rec.stop_reason
+    if rec.stopping == "gpu_mem":
+        return "FAILED", rec.stop_reason
+    if out.lost:
+        return "LOST", out.lost
+    if out.exit_code == 0:
+        return "COMPLETED", ""
+    if out.exit_code is not None:
+        return "FAILED", f"exit code {out.exit_code}"
+    if out.signal is not None:
+        return "FAILED", f"killed by signal {out.signal}"
+    return "FAILED", "ended without an exit status"
+
+
+def _over_time(rec: JobRecord, now: float) -> bool:
+    j = rec.job
+    return bool(j.time_limit and j.started_at and now - j.started_at > j.time_limit)
+
+
+def _weight(priority: int) -> int:
+    return max(1, min(10_000, 100 + priority))
+
+
+def _write_handle(d, text: str) -> None:
+    tmp = d / ".handle.json.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, d / "handle.json")

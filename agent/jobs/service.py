@@ -1,0 +1,366 @@
+"""The jobs service: what the API calls (submit, cancel, requeue, read, logs, quotas), the jobs in memory,
+and the restart path (re-adopt or mark LOST). The runner thread (`runner.py`) does the rest.
+
+Every change a caller is told about is committed first (`JobStore.save`); a job's in-memory record is
+the one the API reads. Tier calls never run under the service's lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from agent.config import AgentConfig
+from agent.jobs import logs
+from agent.jobs.queue import never_fits
+from agent.jobs.quotas import HostCapacity, QuotaBook, usage_of
+from agent.jobs.record import JobRecord, new_job_id
+from agent.jobs.store import JobStore
+from agent.jobs.tiers.base import JobHandle, Tier
+from agent.schemas import EnforcementInfo, Snapshot
+from agent.schemas.jobs import (
+    FINAL_STATES,
+    Job,
+    JobList,
+    JobLog,
+    JobsSummary,
+    JobSubmit,
+    QuotaList,
+    QuotaSpec,
+    QuotaUsage,
+    RetryPolicy,
+)
+
+log = logging.getLogger("watchkeeper.jobs")
+
+# What a job's environment starts from (never the agent's whole environment: it may hold a token).
+BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "USER", "LOGNAME", "TZ", "TMPDIR")
+RECENT_FAILURE_S = 3600.0
+
+
+class JobError(Exception):
+    """A refusal with its HTTP status, error code, words and the field it is about."""
+
+    def __init__(self, status: int, error: str, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.field = status, error, detail, field
+
+
+def choose_tier(info: EnforcementInfo, jobs_root: str, force: str) -> Tier:
+    """The best tier the host offers (exec's `select_tier` once it exists), else the psutil tier."""
+    try:
+        from agent.jobs.tiers.select import select_tier  # type: ignore[import-not-found]
+    except ImportError:
+        from agent.jobs.tiers.psutil_tier import PsutilTier
+
+        return PsutilTier()
+    return select_tier(info, jobs_root, None if force == "auto" else force)
+
+
+def gpu_inventory(snap: Snapshot | None) -> list[str]:
+    """GPU UUIDs jobs may be given: MIG devices' UUIDs where MIG is on, else the GPUs'."""
+    if snap is None:
+        return []
+    out: list[str] = []
+    for g in snap.gpus:
+        migs = [m.uuid for m in g.mig_devices if m.uuid] if g.mig_enabled else []
+        out.extend(migs or [g.uuid])
+    return out
+
+
+class JobService:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        store: JobStore,
+        tier: Tier,
+        snapshot,  # () -> Snapshot | None: the sampler's latest (GPU inventory, per-process GPU memory)
+        host: HostCapacity | None = None,
+    ) -> None:
+        self.cfg = cfg.jobs
+        self.host_name = cfg.name
+        self.root: Path = cfg.data_dir / "jobs"
+        self.store = store
+        self.tier = tier
+        self.snapshot = snapshot
+        self.host = host or HostCapacity.measure(cfg.jobs)
+        self.quotas = QuotaBook(cfg.jobs, cfg.quotas, store)
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)  # notified when a job reaches a final state
+        self.jobs: dict[str, JobRecord] = {}
+        self.finished_total: Counter[tuple[str, str]] = Counter()
+        self.version = 0  # moves whenever a job's state does (summary ETag, metrics)
+        from agent.jobs.runner import Runner
+
+        self.runner = Runner(self)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def restore(self) -> tuple[int, int]:
+        """At start, before the listeners: load jobs; re-adopt each running one or mark it LOST.
+        Returns (adopted, lost)."""
+        adopted = lost = 0
+        changed: list[JobRecord] = []
+        for rec in self.store.load():
+            self.jobs[rec.id] = rec
+            if rec.state != "RUNNING" and not rec.launching:
+                continue
+            h = rec.handle or _handle_file(self.root, rec.id)
+            why: str | None
+            if h is None:
+                why = "the agent stopped while launching it and no handle was recorded; not started again"
+            else:
+                try:
+                    why = self.tier.adopt(h)
+                except Exception as e:  # a tier that can't even look is as good as lost
+                    why = f"re-adoption failed: {e}"
+            if why is None and h is not None:
+                rec.handle, rec.launching = h, False
+                rec.job.state, rec.job.pid = "RUNNING", h.pid
+                if rec.job.started_at is None:
+                    rec.job.started_at = h.started_at or time.time()
+                adopted += 1
+            else:
+                rec.launching = False
+                rec.job.state = "LOST"
+                rec.job.reason = f"could not re-adopt after an agent restart: {why}"
+                rec.job.ended_at = time.time()
+                self.finished_total[(rec.job.pipeline, "LOST")] += 1
+                lost += 1
+            changed.append(rec)
+        self.store.save(changed)
+        if adopted or lost:
+            log.info("jobs: re-adopted %d running job(s), %d lost", adopted, lost)
+        return adopted, lost
+
+    def start(self) -> None:
+        self.runner.start()
+
+    def stop(self) -> None:
+        """Stop the runner; jobs keep running (a restarted agent re-adopts them)."""
+        self.runner.stop()
+
+    # ------------------------------------------------------------------ API
+
+    def submit(self, body: JobSubmit, principal: str) -> Job:
+        """Queue a job (committed before this returns). Raises JobError (409 never fits, 422, 503)."""
+        quota = self.quotas.spec(body.pipeline)
+        cpu = body.cpu if body.cpu is not None else self.cfg.default_cpu
+        mem = body.mem if body.mem is not None else self.cfg.default_mem
+        uuids = body.gpus if isinstance(body.gpus, list) else None
+        ngpus = len(uuids) if uuids else int(body.gpus or 0)
+        inventory = gpu_inventory(self.snapshot())
+        if uuids:
+            unknown = [u for u in uuids if u not in inventory]
+            if unknown:
+                raise JobError(422, "invalid_request", f"no such GPU on this host: {unknown[0]}", "gpus")
+        why = never_fits(cpu, mem, ngpus, quota, self.host, len(inventory))
+        if why is not None:
+            field = "cpu" if why.startswith("cpu") else "mem" if why.startswith("mem") else "gpus"
+            raise JobError(409, "never_fits", f"pipeline {body.pipeline}: {why}", field)
+        with self.lock:
+            for dep in body.depends_on:
+                if dep not in self.jobs:
+                    raise JobError(422, "invalid_request", f"depends_on: no job {dep!r}", "depends_on")
+        retry = body.retry or RetryPolicy()
+        if body.retries is not None:
+            retry = retry.model_copy(update={"max_retries": body.retries})
+        argv = ["/bin/sh", "-c", body.command[0], *body.command[1:]] if body.shell else list(body.command)
+        now = time.time()
+        job = Job(
+            id=new_job_id(now), name=body.name, pipeline=body.pipeline, state="PENDING",
+            reason="Held" if body.hold else "",
+            command=argv, shell=body.shell, env=dict(body.env), workdir=body.workdir, cpu=cpu, mem=mem,
+            gpus=list(uuids or []), gpus_requested=ngpus, gpu_mem=body.gpu_mem or quota.gpu_mem,
+            time_limit=body.time_limit, submitted_by=principal, submit_reason=body.reason, submitted_at=now,
+            max_retries=retry.max_retries, depends_on=list(body.depends_on), host=self.host_name,
+        )  # fmt: skip
+        rec = JobRecord(job=job, retry=retry, hold=body.hold, gpu_request=list(uuids) if uuids else None)
+        self._save([rec])
+        with self.lock:
+            self.jobs[rec.id] = rec
+            self.version += 1
+            out = rec.job.model_copy(deep=True)
+        self.runner.wake()
+        return out
+
+    def cancel(self, job_id: str, principal: str, note: str = "", wait_s: float = 2.0) -> Job:
+        """Cancel a pending job at once, or stop a running one (CANCELLED once it has ended; until then
+        RUNNING with reason "cancelling")."""
+        with self.lock:
+            rec = self._get(job_id)
+            if rec.final:
+                raise JobError(409, "conflict", f"job {job_id} is already {rec.state}", "id")
+            if rec.state == "PENDING" and not rec.launching:
+                rec.job.state = "CANCELLED"
+                rec.job.cancelled_by = principal
+                rec.job.reason = f"cancelled by {principal}" + (f": {note}" if note else "")
+                rec.job.ended_at = time.time()
+                self.finished_total[(rec.job.pipeline, "CANCELLED")] += 1
+                self.version += 1
+                self._save([rec])
+                return rec.job.model_copy(deep=True)
+            rec.cancel_requested, rec.cancel_note = principal, note
+            rec.job.reason = "cancelling"
+            self._save([rec])
+        self.runner.wake()
+        deadline = time.monotonic() + wait_s
+        with self.lock:
+            while not rec.final and time.monotonic() < deadline:
+                self.changed.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return rec.job.model_copy(deep=True)
+
+    def requeue(self, job_id: str, principal: str, note: str = "") -> Job:
+        """A final job submitted again as its next attempt (same id, PENDING)."""
+        with self.lock:
+            rec = self._get(job_id)
+            if not rec.final:
+                raise JobError(409, "conflict", f"job {job_id} is {rec.state}: only a finished job is requeued", "id")
+            nxt = next_attempt(rec, time.time(), f"requeued by {principal}" + (f": {note}" if note else ""))
+            self._save([nxt])
+            self.jobs[job_id] = nxt
+            self.version += 1
+            out = nxt.job.model_copy(deep=True)
+        self.runner.wake()
+        return out
+
+    def get(self, job_id: str) -> Job:
+        with self.lock:
+            return self._get(job_id).job.model_copy(deep=True)
+
+    def list(self, state: str | None, pipeline: str | None, limit: int, since: float | None) -> JobList:
+        """Active jobs first, then newest first."""
+        with self.lock:
+            recs = [r for r in self.jobs.values() if (state is None or r.state == state)
+                    and (pipeline is None or r.job.pipeline == pipeline)
+                    and (since is None or r.job.submitted_at >= since)]  # fmt: skip
+            recs.sort(key=lambda r: (r.final, -r.job.submitted_at))
+            return JobList(jobs=[r.job.model_copy(deep=True) for r in recs[:limit]], total=len(recs))
+
+    def logs(self, job_id: str, stream: str, offset: int, max_bytes: int) -> JobLog:
+        with self.lock:
+            rec = self._get(job_id)
+            final = rec.final
+        start, nxt, data, cut = logs.read(logs.job_dir(self.root, job_id), stream, offset, max_bytes)
+        size = cut + _size(logs.job_dir(self.root, job_id) / stream)
+        return JobLog(job_id=job_id, stream=stream, offset=start, next_offset=nxt,  # type: ignore[arg-type]
+                      text=data.decode("utf-8", "replace"), dropped_bytes=cut, eof=final and nxt >= size)  # fmt: skip
+
+    def attempts(self, job_id: str) -> list[Job]:
+        with self.lock:
+            self._get(job_id)
+        return self.store.attempts(job_id)
+
+    # ------------------------------------------------------------------ quotas
+
+    def quota_usage(self, pipeline: str) -> QuotaUsage:
+        spec, configured = self.quotas.get(pipeline)
+        with self.lock:
+            recs = [r for r in self.jobs.values() if r.job.pipeline == pipeline and r.active]
+            return usage_of(pipeline, spec, configured, recs)
+
+    def quota_list(self) -> QuotaList:
+        with self.lock:
+            pipes = set(self.quotas.pipelines()) | {r.job.pipeline for r in self.jobs.values() if r.active}
+        return QuotaList(
+            quotas=[self.quota_usage(p) for p in sorted(pipes)],
+            host_cpu=self.host.cpu, host_mem=self.host.mem, serving_reserved_cpu=self.host.reserved_cpu,
+            serving_reserved_mem=self.host.reserved_mem, tier=self.tier.name,  # type: ignore[arg-type]
+            tier_detail=self.tier.detail,
+        )  # fmt: skip
+
+    def put_quota(self, pipeline: str, spec: QuotaSpec, principal: str) -> QuotaUsage:
+        self._quota_write(lambda: self.quotas.put(pipeline, spec, principal))
+        self.runner.quota_changed(pipeline)
+        return self.quota_usage(pipeline)
+
+    def delete_quota(self, pipeline: str, principal: str) -> None:
+        if not self._quota_write(lambda: self.quotas.delete(pipeline, principal)):
+            raise JobError(404, "not_found", f"pipeline {pipeline!r} has no quota set", "pipeline")
+        self.runner.quota_changed(pipeline)
+
+    def _quota_write(self, fn):
+        from agent.jobs.store import StoreUnavailable
+
+        try:
+            out = fn()
+        except StoreUnavailable as e:
+            raise JobError(503, "store_unavailable", str(e)) from None
+        with self.lock:
+            self.version += 1
+        self.runner.wake()
+        return out
+
+    # ------------------------------------------------------------------ summary
+
+    def summary(self) -> JobsSummary:
+        now = time.time()
+        with self.lock:
+            running = sum(1 for r in self.jobs.values() if r.state == "RUNNING")
+            pending = sum(1 for r in self.jobs.values() if r.state == "PENDING")
+            failed = sum(1 for r in self.jobs.values() if r.state in ("FAILED", "OUT_OF_MEMORY", "TIMEOUT", "LOST")
+                         and (r.job.ended_at or 0) > now - RECENT_FAILURE_S)  # fmt: skip
+        near = sum(1 for q in self.quota_list().quotas if q.near_limit)
+        return JobsSummary(running=running, pending=pending, failed_recent=failed, quotas_near_limit=near)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _get(self, job_id: str) -> JobRecord:
+        rec = self.jobs.get(job_id)
+        if rec is None:
+            raise JobError(404, "not_found", f"no job {job_id!r}", "id")
+        return rec
+
+    def _save(self, recs: list[JobRecord]) -> None:
+        from agent.jobs.store import StoreUnavailable
+
+        try:
+            self.store.save(recs)
+        except StoreUnavailable as e:
+            raise JobError(503, "store_unavailable", str(e)) from None
+
+    def job_env(self, rec: JobRecord) -> dict[str, str]:
+        env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
+        env.update(rec.job.env)
+        env["WATCHKEEPER_JOB_ID"] = rec.id
+        env["WATCHKEEPER_PIPELINE"] = rec.job.pipeline
+        env["WATCHKEEPER_JOB_ATTEMPT"] = str(rec.job.attempt)
+        # Always set, even empty: a job given no GPU must not see them all.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(rec.job.gpus)
+        return env
+
+
+def next_attempt(rec: JobRecord, now: float, reason: str, eligible_at: float | None = None,
+                 mem: int | None = None) -> JobRecord:  # fmt: skip
+    """The job's next attempt: same id and request (memory may grow), PENDING again."""
+    j = rec.job
+    job = Job(
+        id=j.id, name=j.name, pipeline=j.pipeline, state="PENDING", reason=reason, command=j.command, shell=j.shell,
+        env=j.env, workdir=j.workdir, cpu=j.cpu, mem=mem or j.mem, gpus=list(rec.gpu_request or []),
+        gpus_requested=j.gpus_requested, gpu_mem=j.gpu_mem, time_limit=j.time_limit, submitted_by=j.submitted_by,
+        submit_reason=j.submit_reason, submitted_at=now, attempt=j.attempt + 1, max_retries=j.max_retries,
+        depends_on=j.depends_on, host=j.host, eligible_at=eligible_at, oom_retry_mem=mem,
+    )  # fmt: skip
+    return JobRecord(job=job, retry=rec.retry, hold=False, gpu_request=rec.gpu_request)
+
+
+def _handle_file(root: Path, job_id: str) -> JobHandle | None:
+    try:
+        return JobHandle.from_json((logs.job_dir(root, job_id) / "handle.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+def is_final(state: str) -> bool:
+    return state in FINAL_STATES
