@@ -58,6 +58,7 @@ PENDING_WORDS = {
     "Priority": "another pipeline's job is ahead of it",
     "Dependency": "waiting for the jobs it depends on",
     "Held": "held: it starts only when released",
+    "BeginTime": "a retry waiting out its backoff",
 }
 
 
