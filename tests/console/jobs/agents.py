@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.agentproc import AgentProc
 
 FINAL = {"COMPLETED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED", "LOST"}
-# A `training` quota small enough that tests can fill it; `batch` has none (unlimited within the host).
+# A `training` quota tests can fill on a 2-core machine; `batch` has none (unlimited within the host).
 QUOTAS = """
 [jobs]
 default_mem = "256MiB"
@@ -16,7 +16,7 @@ usage_interval = 0.2
 
 [[quotas]]
 pipeline = "training"
-cpu = 2
+cpu = 1
 mem = "1GiB"
 max_running_jobs = 2
 """

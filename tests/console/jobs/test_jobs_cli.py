@@ -108,7 +108,7 @@ def test_list_and_quotas_fan_out_and_name_the_agent_that_did_not_answer(agent_fa
     a = agent_factory(name="jobs-a", config=QUOTAS)
     b = agent_factory(name="jobs-b", config=QUOTAS)
     fleet = fleet_file(tmp_path, a, b, dead=f"http://127.0.0.1:{free_port()}")
-    ja = submit(a, pipeline="training", command=["sleep", "60"], cpu=1.5, mem="512M")
+    ja = submit(a, pipeline="training", command=["sleep", "60"], cpu=0.75, mem="512M")
     jb = submit(b, pipeline="batch", command=["true"])
     wait_job(a, ja["id"], {"RUNNING"})
     wait_job(b, jb["id"])
@@ -126,8 +126,8 @@ def test_list_and_quotas_fan_out_and_name_the_agent_that_did_not_answer(agent_fa
     rc, out, err = run(capsys, "quotas", "--fleet", fleet)
     assert rc == 1 and "gone" in err
     (line,) = [ln for ln in out.splitlines() if ln.startswith("jobs-a") and "training" in ln]
-    # cpu 1.5 of 2 cores, 512 MiB of 1 GiB, 1 of 2 jobs; no GPU limit: said, not a 0 %.
-    assert "1.5/2 (75%)" in line and "512M/1.0G (50%)" in line and "unlimited" in line and "1/2 (50%)" in line
+    # cpu 0.75 of 1 core, 512 MiB of 1 GiB, 1 of 2 jobs; no GPU limit: said, not a 0 %.
+    assert "0.75/1 (75%)" in line and "512M/1.0G (50%)" in line and "unlimited" in line and "1/2 (50%)" in line
     rc, out, _ = run(capsys, "quotas", "--fleet", fleet, "--json")
     doc = json.loads(out)
     (training,) = [q for q in doc["quotas"] if q["agent"] == "jobs-a" and q["pipeline"] == "training"]
