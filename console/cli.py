@@ -258,11 +258,14 @@ def _run_demo(args: argparse.Namespace) -> int:
         args.theme = theme
         args.ansi = False
         traffic = _demo_traffic(fleet)
+        jobs = _demo_jobs(fleet)
         try:
             return run_tui(args, specs)
         finally:
             if traffic is not None:
                 traffic.stop()
+            if jobs is not None:
+                jobs.stop()  # cancels its jobs while the agents still run: jobs outlive their agent
 
 
 def _demo_traffic(fleet):
@@ -283,6 +286,22 @@ def _demo_traffic(fleet):
         return None
     traffic.start()
     return traffic
+
+
+def _demo_jobs(fleet):
+    """Run the demo's jobs (a training run, a failing validation, a greedy job at its memory limit, one
+    that outgrows it) on the first demo agent, if it runs jobs."""
+    from console.demo.jobs import DemoJobs
+
+    agent = fleet.agents[0]
+    if agent.token is None:
+        return None
+    jobs = DemoJobs(agent.http_url, agent.token, state_dir=agent.data_dir)
+    if not jobs.available():
+        print("watchkeeper demo: the agent runs no jobs; no demo jobs", file=sys.stderr)
+        return None
+    jobs.start()
+    return jobs
 
 
 def _configure_loadtest(p: argparse.ArgumentParser) -> None:
