@@ -233,15 +233,18 @@ class JobsPoller(RolloutsPoller):
     async def poll_agent(self, track: AgentTrack) -> None:
         jt = self._job_tracks[track.spec.name]
         now = self.now()
-        if jt.may_wait(track, now, wanted=self.feed_wanted("jobs")):
-            # Nobody looks at the jobs: the summary (this poll's one request) says whether they changed.
+        wanted = self.feed_wanted("jobs")
+        # An agent whose last summary said it runs no jobs is not asked for them until its summary changes.
+        no_jobs = job_counts(track) == "none"
+        if no_jobs or jt.may_wait(track, now, wanted=wanted):
+            # The summary (this poll's one request) says whether there are jobs and whether they changed.
             await super().poll_agent(track)
             counts = job_counts(track)
             if counts == "none":
                 jt.based_on(counts, True)
                 jt.feed = JobsFeed(state=FeedState.NONE, fetched_at=self.now())
                 return
-            if jt.settled(counts, quiet=jobs_quiet(counts)):
+            if not wanted and jt.settled(counts, quiet=jobs_quiet(counts)):
                 return
             jt.attempt_at = now
             result = await capture(self._fetch_jobs(track.spec.name))

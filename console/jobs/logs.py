@@ -48,7 +48,7 @@ class LogTail:
 
     def text(self, last: int | None = None) -> str:
         """The last `last` (default all kept) lines, the unfinished one included."""
-        lines = list(self.lines) + ([self.partial] if self.partial else [])
+        lines = (list(self.lines) + ([self.partial] if self.partial else []))[-self.keep :]
         if last is not None:
             lines = lines[-last:]
         return "\n".join(lines)
