@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Header
 from console.core.poller import FleetStatus
 from console.core.screens.filtered import FleetTableScreen
 from console.fleet.fleet_table import FleetTable
-from console.fleet.rows import COLUMNS, SCREEN_COLUMNS, FleetRow, fleet_rows
+from console.fleet.rows import SCREEN_COLUMNS, FleetRow, fleet_rows
 
 # k9s-style shift-letter sorts: pressing the same one again flips the direction.
 SORT_KEYS: dict[str, str] = {
@@ -22,7 +22,7 @@ SORT_KEYS: dict[str, str] = {
     "U": "gpu_mem",
     "A": "age",
 }
-_LABELS = {c.key: c.label for c in COLUMNS}
+_LABELS = {c.key: c.label for c in SCREEN_COLUMNS}
 
 
 class FleetScreen(FleetTableScreen):

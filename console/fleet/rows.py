@@ -17,15 +17,17 @@ COLUMNS: tuple[Column, ...] = (
     Column("gpus", "GPUS", numeric=True),
     Column("gpu_util", "GPU%", numeric=True),
     Column("gpu_mem", "GPU MEM", numeric=True),
-    Column("jobs", "JOBS R/P", numeric=True),
     Column("age", "AGE", numeric=True),
     Column("why", "WHY"),
 )
 COLUMN_KEYS = tuple(c.key for c in COLUMNS)
+# Jobs running/pending (from the summary): on screen and in `status --json`, not in `status`'s text columns,
+# whose order scripts read.
+JOBS_COLUMN = Column("jobs", "JOBS R/P", numeric=True)
 # The TUI's order: what is wrong (state, why) before the numbers, so a narrow terminal cuts numbers,
 # never the reason. `watchkeeper status` keeps COLUMNS' order (scripts read it).
 SCREEN_COLUMNS: tuple[Column, ...] = tuple(
-    next(c for c in COLUMNS if c.key == k)
+    next(c for c in (*COLUMNS, JOBS_COLUMN) if c.key == k)
     for k in ("host", "state", "why", "cpu", "mem", "gpus", "gpu_util", "gpu_mem", "jobs", "age")
 )
 WHY_WIDTH = 34  # the screen's WHY cell; the whole reason is on the host screen and in `status`
