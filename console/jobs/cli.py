@@ -180,7 +180,7 @@ def _state_line(job: Any) -> str:
 def _submit_body(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
-    from agent.schemas.jobs import JobSubmit
+    from agent.schemas import JobSubmit
 
     command = list(args.command)
     if command and command[0] == "--":

@@ -24,8 +24,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from agent.schemas import API_PREFIX, ErrorBody
-from agent.schemas.jobs import Job, JobAction, JobList, JobLog, JobSubmit, QuotaList, QuotaUsage
+from agent.schemas import API_PREFIX, ErrorBody, Job, JobAction, JobList, JobLog, JobSubmit, QuotaList, QuotaUsage
 from console.core.client import AgentClient
 from console.core.config import AgentSpec
 from console.core.errors import AgentError, capture, classify_response

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from agent.schemas.jobs import JobLog
+from agent.schemas import JobLog
 
 TAIL_LINES = 200
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.schemas.jobs import QuotaList, QuotaUsage
+from agent.schemas import QuotaList, QuotaUsage
 from console.core.feeds import FeedState, is_outage
 from console.core.poller import FleetStatus
 from console.core.rows import KEY_SEP, MISSING, AgentItemRow, Column, fmt_bytes, render_columns

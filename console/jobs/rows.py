@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.schemas.jobs import FINAL_STATES, Job
+from agent.schemas import JOB_FINAL_STATES as FINAL_STATES
+from agent.schemas import Job
 from console.core.feeds import FeedState, is_outage
 from console.core.poller import AgentStatus, FleetStatus
 from console.core.rows import KEY_SEP, MISSING, AgentItemRow, Column, fmt_age, fmt_bytes, render_columns

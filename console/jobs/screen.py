@@ -27,7 +27,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Header, Static
 
-from agent.schemas.jobs import Job
+from agent.schemas import Job
 from console.core.errors import why
 from console.core.feeds import feed_parts
 from console.core.poller import FleetStatus
