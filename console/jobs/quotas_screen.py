@@ -46,6 +46,13 @@ class QuotasScreen(FleetTableScreen):
         yield Static("", id="quota-detail", markup=False)
         yield from self.compose_bottom()
 
+    def show_fleet(self, status: FleetStatus) -> None:
+        if not self.query(QuotaTable):
+            # A poll that lands while the screen is still composing: draw it once the table is there.
+            self.call_after_refresh(self.show_fleet, status)
+            return
+        super().show_fleet(status)
+
     def rows_of(self, status: FleetStatus) -> list[QuotaRow]:
         return quota_rows(status)
 

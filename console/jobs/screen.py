@@ -157,6 +157,10 @@ class JobsScreen(FleetTableScreen):
         return job_rows(status)
 
     def show_fleet(self, status: FleetStatus) -> None:
+        if not self.query(JobTable):
+            # A poll that lands while the screen is still composing: draw it once the table is there.
+            self.call_after_refresh(self.show_fleet, status)
+            return
         super().show_fleet(status)
         self.refresh_log()
 
