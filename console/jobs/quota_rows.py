@@ -184,10 +184,15 @@ def detail_lines(row: QuotaRow, quotas: QuotaList | None) -> list[str]:
     for r in (*RESOURCES, "gpu_mem"):
         if r not in u.limit and r not in u.allocated:
             continue
-        used = u.used.get(r)
-        measured = f"  ·  measured {fmt_amount(r, used)}" if r in u.used else ""
+        alloc = fmt_amount(r, row.allocated(r))
+        in_use = f"  ·  in use {fmt_amount(r, u.used.get(r))}" if r in u.used and r != "jobs" else ""
         mark = "  NEAR LIMIT" if r in u.near_limit else ""
-        lines.append(f"{r:<8}allocated {row.amount_text(r)}{measured}{mark}")
+        frac = row.fraction(r)
+        if row.limit(r) is None:
+            lines.append(f"{r:<8}no limit  ·  allocated {alloc}{in_use}")
+        else:
+            pct = f" ({frac * 100:.0f}%)" if frac is not None else ""
+            lines.append(f"{r:<8}allocated {row.amount_text(r)}{pct}{in_use}{mark}")
     lines.append(
         f"running {u.running_jobs}  ·  pending {u.pending_jobs}  ·  priority {u.quota.priority}"
         f"  ·  near-limit share {u.quota.near_limit:.0%}" + ("  ·  shares GPUs" if u.quota.share_gpus else "")

@@ -69,7 +69,10 @@ def job_key(agent: str, job_id: str) -> str:
 
 
 def fmt_cores(value: float | None) -> str:
-    return MISSING if value is None else f"{value:.1f}" if value < 10 else f"{value:.0f}"
+    """Cores, short and exact enough for a request: '0.75', '0.5', '2', '12'."""
+    if value is None:
+        return MISSING
+    return f"{value:.2f}".rstrip("0").rstrip(".") if value < 10 else f"{value:.0f}"
 
 
 def fmt_gib(value: float | None) -> str:
