@@ -121,7 +121,8 @@ class MonitoringConfig(_Strict):
 
 AlertKind = Literal[
     "feature_drift", "prediction_drift", "label_drift", "data_quality", "latency_p99", "error_rate",
-    "fallback_rate", "outage", "quality_drop", "rollout_guard",
+    "fallback_rate", "outage", "quality_drop", "rollout_guard", "job_failed", "job_duration", "job_pending",
+    "quota_near_limit",
 ]  # fmt: skip
 
 
@@ -201,7 +202,7 @@ class JobsConfig(_Strict):
     serving_reserve_cpu: float = Field(default=0.0, ge=0, le=4096)
     serving_reserve_mem: Size = 0
     tier: Literal["auto", "systemd", "cgroup-v2", "cgroup-v1", "psutil"] = "auto"
-    jobs_root: str = "watchkeeper-jobs"  # the tiers' parent cgroup / slice name
+    jobs_root: str = Field(default="watchkeeper.jobs", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # tiers' parent cgroup
     tick: Duration = 0.1  # the runner's period; submit and cancel wake it at once
     usage_interval: Duration = 1.0
     terminate_grace: Hold = 5.0

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from agent.alerting.engine import AlertEngine
-from agent.alerting.rules import MONITOR_KINDS, ROLLOUT_KINDS, SERVING_KINDS, Signal
+from agent.alerting.rules import JOB_KINDS, MONITOR_KINDS, ROLLOUT_KINDS, SERVING_KINDS, Signal
 from agent.alerting.signals import serving_signals
 from agent.alerting.webhooks import Notifier
 from agent.config import AgentConfig
@@ -84,6 +84,17 @@ def collect(
             covered |= ROLLOUT_KINDS
         except Exception:
             log.exception("rollout signals failed")
+    jobs_view = getattr(ctx.jobs, "alert_view", None)
+    if jobs_view is not None:
+        try:
+            from agent.alerting.job_signals import job_signals, quota_signals
+
+            jobs, p95s, quotas = jobs_view()
+            signals.extend(job_signals(jobs, p95s, time.time()))
+            signals.extend(quota_signals(quotas))
+            covered |= JOB_KINDS
+        except Exception:
+            log.exception("job signals failed")
     return signals, covered
 
 

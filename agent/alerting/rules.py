@@ -44,6 +44,18 @@ Kinds and their thresholds (every comparison is "value > threshold"):
   guards or a failed analysis (agent/rollouts: traffic is already back on stable), for an hour or until
   the next rollout starts there. Raised when the rollout aborts, not at the next evaluation. Default for 0,
   critical.
+- `job_failed`: no threshold. Breached for each job whose last attempt ended FAILED, OUT_OF_MEMORY, TIMEOUT
+  or LOST in the last hour (retried attempts don't count: only a job that gave up). One alert per job
+  (subject: the job id; label pipeline). Default for 0, warning.
+- `job_duration`: threshold a factor k. Value: a running job's elapsed time over its pipeline's recent p95
+  (the last 50 completed attempts; needs `MIN_DURATIONS`). Default 2.0, for 0, warning.
+- `job_pending`: threshold in seconds. Value: how long a pending job has waited (held jobs and jobs waiting
+  for a dependency are waiting by intent and not judged). Default 1800 s, for 0, warning.
+- `quota_near_limit`: threshold optional, a share 0..1. Value: a pipeline's usage of one resource (the
+  higher of allocated and measured) over its quota's limit; without a threshold the quota's own
+  `near_limit` (default 0.9) judges. Subject `pipeline/resource`. Default for 300 s, warning.
+
+Jobs' signals have no endpoint (`endpoints` in such a rule matches nothing); their pipeline is a label.
 """
 
 from __future__ import annotations
@@ -64,10 +76,14 @@ SERVING_KINDS: frozenset[str] = frozenset({"latency_p99", "error_rate", "fallbac
 DRIFT_KINDS: frozenset[str] = frozenset({"feature_drift", "prediction_drift", "label_drift", "data_quality"})
 MONITOR_KINDS: frozenset[str] = DRIFT_KINDS | {"quality_drop"}
 ROLLOUT_KINDS: frozenset[str] = frozenset({"rollout_guard"})
+JOB_KINDS: frozenset[str] = frozenset({"job_failed", "job_duration", "job_pending", "quota_near_limit"})
 # Kinds whose breach is "value > threshold" when a rule gives a threshold.
 THRESHOLD_KINDS: frozenset[str] = frozenset(
-    {"latency_p99", "error_rate", "fallback_rate", "quality_drop", *DRIFT_KINDS}
-)
+    {"latency_p99", "error_rate", "fallback_rate", "quality_drop", "job_duration", "job_pending", "quota_near_limit",
+     *DRIFT_KINDS}
+)  # fmt: skip
+# job_duration needs this many completed attempts of the pipeline before its p95 means anything.
+MIN_DURATIONS = 5
 QUALITY_METRICS = ("accuracy", "auc", "f1", "mae", "rmse")
 # Per-feature kinds grouped by default into one alert per endpoint (Alertmanager's group_by): a
 # pipeline change drifts a dozen features at once, and that is one thing to look at, not a dozen.
@@ -114,6 +130,10 @@ DEFAULT_RULES: list[AlertRuleConfig] = [
     _rule("outage", "outage", None, 60, "critical"),
     _rule("quality_drop", "quality_drop", 0.05, 0, "warning"),
     _rule("rollout_guard", "rollout_guard", None, 0, "critical"),
+    _rule("job_failed", "job_failed", None, 0, "warning"),
+    _rule("job_duration", "job_duration", 2.0, 0, "warning"),
+    _rule("job_pending", "job_pending", 1800.0, 0, "warning"),
+    _rule("quota_near_limit", "quota_near_limit", None, 300, "warning"),
 ]
 
 

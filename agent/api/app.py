@@ -15,6 +15,7 @@ from agent.api.routes import alerts as alert_routes
 from agent.api.routes import jobs as job_routes
 from agent.api.routes import rollouts as rollout_routes
 from agent.context import AgentContext
+from agent.jobs.metrics import JobsCollector
 from agent.rollouts.metrics import RolloutCollector
 from agent.schemas import API_PREFIX
 
@@ -33,6 +34,7 @@ def create_app(ctx: AgentContext) -> FastAPI:
     )
     app.state.registry.register(AlertCollector(lambda: ctx.alerts))
     app.state.registry.register(RolloutCollector(lambda: ctx.rollouts))
+    app.state.registry.register(JobsCollector(lambda: ctx.jobs))
     install_error_handlers(app)
     # Auth and body caps from headers, before FastAPI reads any body (agent/api/gate.py).
     app.add_middleware(Gate, ctx=ctx)

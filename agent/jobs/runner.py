@@ -24,6 +24,10 @@ from agent.jobs.usage import Sampler
 
 log = logging.getLogger("watchkeeper.jobs")
 
+# How often a tier that enforces by watching (psutil: `check_limits`) looks at each job's memory: a walk of
+# the job's process tree costs ~1 ms, too much for every 100 ms tick with many jobs running.
+LIMITS_INTERVAL_S = 0.25
+
 
 class Runner:
     def __init__(self, svc: JobService) -> None:
@@ -34,7 +38,9 @@ class Runner:
         self._sampler = Sampler(svc)
         self._next_sample = 0.0
         self._next_sweep = 0.0
+        self._next_check = 0.0
         self._limited: set[str] = set()  # pipelines whose tier limits are set
+        self._dirty: set[str] = set()  # pipelines whose quota changed since
         self.ticks = 0
         self.last_error: str | None = None
 
@@ -57,7 +63,9 @@ class Runner:
         self._wake.set()
 
     def quota_changed(self, pipeline: str) -> None:
-        self._limited.discard(pipeline)
+        """A quota moved: its pipeline's tier limits are set again on the runner thread, at the next tick."""
+        with self.svc.lock:
+            self._dirty.add(pipeline)
         self.wake()
 
     @property
@@ -85,23 +93,36 @@ class Runner:
         svc = self.svc
         now = time.time()
         with svc.lock:
+            dirty, self._dirty = self._dirty, set()
+        for pipeline in dirty:
+            self._limited.discard(pipeline)
+            self._pipeline_limits(pipeline)
+        # Launch first: a submit's latency to RUNNING must not wait behind watching every running job.
+        self._admit_and_launch(now)
+        with svc.lock:
             running = [r for r in svc.jobs.values() if r.state == "RUNNING" and r.handle is not None]
         changed: list[JobRecord] = []
+        check = time.monotonic() >= self._next_check
+        if check:
+            self._next_check = time.monotonic() + LIMITS_INTERVAL_S
         for rec in running:
-            self._watch(rec, now, changed)
+            self._watch(rec, now, changed, check)
         if time.monotonic() >= self._next_sample:
             self._next_sample = time.monotonic() + svc.cfg.usage_interval
             self._sampler.sample([r for r in running if r.state == "RUNNING"], changed)
         if changed:
             self._save(changed)
-        self._admit_and_launch(now)
+            if any(r.final for r in changed):
+                self._admit_and_launch(time.time())  # what the ended jobs held is free now
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + 60.0
             with svc.lock:
                 ended = {r.id: r.job.ended_at for r in svc.jobs.values() if r.final and r.job.ended_at}
             logs.sweep(svc.root, ended, svc.cfg.log_retention)
+            # Finished jobs past the retention leave memory too (the store keeps them; GET still finds them).
+            svc.evict(time.time() - svc.cfg.log_retention)
 
-    def _watch(self, rec: JobRecord, now: float, changed: list[JobRecord]) -> None:
+    def _watch(self, rec: JobRecord, now: float, changed: list[JobRecord], check: bool) -> None:
         svc, h = self.svc, rec.handle
         assert h is not None
         out = svc.tier.poll(h)
@@ -117,9 +138,9 @@ class Runner:
             rec.stopping, rec.stop_reason = "timeout", f"time limit {rec.job.time_limit:g} s reached"
             svc.tier.terminate(h, grace)
             changed.append(rec)
-        check = getattr(svc.tier, "check_limits", None)
-        if check is not None and rec.stopping in (None, "timeout"):
-            why = check(h)
+        check_limits = getattr(svc.tier, "check_limits", None)
+        if check and check_limits is not None and rec.stopping in (None, "timeout"):
+            why = check_limits(h)
             if why:
                 rec.stopping, rec.stop_reason = "mem", why
                 changed.append(rec)
@@ -149,6 +170,12 @@ class Runner:
                 svc.tier.release(rec.handle)
         except Exception as e:
             log.warning("job %s: tier release failed: %s", rec.id, e)
+        d = logs.job_dir(svc.root, rec.id)
+        for stream in logs.STREAMS:  # a job that ended between two samples is held to the cap too
+            try:
+                logs.cap(d, stream, svc.cfg.log_max_bytes)
+            except OSError as e:
+                log.warning("job %s: could not cap %s: %s", rec.id, stream, e)
 
     def _retry_of(self, rec: JobRecord, state: str, out: Outcome) -> JobRecord | None:
         j, pol = rec.job, rec.retry
@@ -180,8 +207,7 @@ class Runner:
             active = [r for r in svc.jobs.values() if r.active]
             if not any(r.state == "PENDING" and not r.launching for r in active):
                 return
-            states = {k: r.state for k, r in svc.jobs.items()}
-            decision = admit(active, svc.quotas.spec, svc.host, inventory, states.get, now)
+            decision = admit(active, svc.quotas.spec, svc.host, inventory, svc.state_of, now)
             moved = False
             for r in active:
                 why = decision.waiting.get(r.id)

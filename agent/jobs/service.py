@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ConfigError
 from agent.jobs import logs
 from agent.jobs.queue import never_fits
 from agent.jobs.quotas import HostCapacity, QuotaBook, usage_of
@@ -36,10 +37,12 @@ from agent.schemas.jobs import (
 )
 
 log = logging.getLogger("watchkeeper.jobs")
+_ID = re.compile(r"^j-[0-9a-z]{10}$")
 
 # What a job's environment starts from (never the agent's whole environment: it may hold a token).
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "USER", "LOGNAME", "TZ", "TMPDIR")
 RECENT_FAILURE_S = 3600.0
+MIN_DURATIONS = 5  # completed runs before a pipeline's p95 judges job_duration (agent/alerting/rules.py)
 
 
 class JobError(Exception):
@@ -51,14 +54,18 @@ class JobError(Exception):
 
 
 def choose_tier(info: EnforcementInfo, jobs_root: str, force: str) -> Tier:
-    """The best tier the host offers (exec's `select_tier` once it exists), else the psutil tier."""
+    """The best tier the host offers, or the one `[jobs] tier` forces (`agent/jobs/tiers/select.py`; the
+    psutil tier where that module is absent). A forced tier the host can't offer is a start-up error."""
     try:
         from agent.jobs.tiers.select import select_tier  # type: ignore[import-not-found]
     except ImportError:
         from agent.jobs.tiers.psutil_tier import PsutilTier
 
         return PsutilTier()
-    return select_tier(info, jobs_root, None if force == "auto" else force)
+    try:
+        return select_tier(info, jobs_root, None if force == "auto" else force)
+    except ValueError as e:  # TierUnavailable
+        raise ConfigError(f"jobs.tier: {e}") from None
 
 
 def gpu_inventory(snap: Snapshot | None) -> list[str]:
@@ -93,6 +100,7 @@ class JobService:
         self.changed = threading.Condition(self.lock)  # notified when a job reaches a final state
         self.jobs: dict[str, JobRecord] = {}
         self.finished_total: Counter[tuple[str, str]] = Counter()
+        self._p95_cache: dict[str, tuple[float, float | None]] = {}
         self.version = 0  # moves whenever a job's state does (summary ETag, metrics)
         from agent.jobs.runner import Runner
 
@@ -105,7 +113,13 @@ class JobService:
         Returns (adopted, lost)."""
         adopted = lost = 0
         changed: list[JobRecord] = []
-        for rec in self.store.load():
+        prepare = getattr(self.tier, "prepare", None)  # one-time set-up (cgroup v2: the agent into a leaf)
+        if prepare is not None:
+            try:
+                prepare()
+            except Exception as e:
+                log.error("jobs: the %s tier's set-up failed: %s", self.tier.name, e)
+        for rec in self.store.load(time.time() - self.cfg.log_retention):
             self.jobs[rec.id] = rec
             if rec.state != "RUNNING" and not rec.launching:
                 continue
@@ -158,14 +172,16 @@ class JobService:
             unknown = [u for u in uuids if u not in inventory]
             if unknown:
                 raise JobError(422, "invalid_request", f"no such GPU on this host: {unknown[0]}", "gpus")
+            if isinstance(quota.gpus, list) and (outside := [u for u in uuids if u not in quota.gpus]):
+                raise JobError(409, "never_fits", f"pipeline {body.pipeline}: GPU {outside[0]} is not in its quota",
+                               "gpus")  # fmt: skip
         why = never_fits(cpu, mem, ngpus, quota, self.host, len(inventory))
         if why is not None:
             field = "cpu" if why.startswith("cpu") else "mem" if why.startswith("mem") else "gpus"
             raise JobError(409, "never_fits", f"pipeline {body.pipeline}: {why}", field)
-        with self.lock:
-            for dep in body.depends_on:
-                if dep not in self.jobs:
-                    raise JobError(422, "invalid_request", f"depends_on: no job {dep!r}", "depends_on")
+        for dep in body.depends_on:
+            if self.state_of(dep) is None:
+                raise JobError(422, "invalid_request", f"depends_on: no job {dep!r}", "depends_on")
         retry = body.retry or RetryPolicy()
         if body.retries is not None:
             retry = retry.model_copy(update={"max_retries": body.retries})
@@ -195,18 +211,25 @@ class JobService:
             rec = self._get(job_id)
             if rec.final:
                 raise JobError(409, "conflict", f"job {job_id} is already {rec.state}", "id")
+            before = (rec.job.model_copy(), rec.cancel_requested, rec.cancel_note)
             if rec.state == "PENDING" and not rec.launching:
                 rec.job.state = "CANCELLED"
                 rec.job.cancelled_by = principal
                 rec.job.reason = f"cancelled by {principal}" + (f": {note}" if note else "")
                 rec.job.ended_at = time.time()
+            else:
+                rec.cancel_requested, rec.cancel_note = principal, note
+                rec.job.reason = "cancelling"
+            try:
+                self._save([rec])  # a cancel is on record before it takes effect (a restart still cancels)
+            except JobError:
+                rec.job, rec.cancel_requested, rec.cancel_note = before
+                raise
+            if rec.final:
                 self.finished_total[(rec.job.pipeline, "CANCELLED")] += 1
                 self.version += 1
-                self._save([rec])
+                self.changed.notify_all()
                 return rec.job.model_copy(deep=True)
-            rec.cancel_requested, rec.cancel_note = principal, note
-            rec.job.reason = "cancelling"
-            self._save([rec])
         self.runner.wake()
         deadline = time.monotonic() + wait_s
         with self.lock:
@@ -251,9 +274,11 @@ class JobService:
                       text=data.decode("utf-8", "replace"), dropped_bytes=cut, eof=final and nxt >= size)  # fmt: skip
 
     def attempts(self, job_id: str) -> list[Job]:
+        """Every attempt, oldest first; the current one as memory has it (its row may be a commit behind)."""
         with self.lock:
-            self._get(job_id)
-        return self.store.attempts(job_id)
+            current = self._get(job_id).job.model_copy(deep=True)
+        rows = [j for j in self.store.attempts(job_id) if j.attempt != current.attempt]
+        return [*rows, current]
 
     # ------------------------------------------------------------------ quotas
 
@@ -307,13 +332,49 @@ class JobService:
         near = sum(1 for q in self.quota_list().quotas if q.near_limit)
         return JobsSummary(running=running, pending=pending, failed_recent=failed, quotas_near_limit=near)
 
+    def alert_view(self) -> tuple[list[Job], dict[str, float | None], list[QuotaUsage]]:
+        """What the jobs' alert kinds judge: active and recently ended jobs, each running pipeline's recent
+        p95 of completed elapsed times (cached a minute: it reads the store), and quota usage."""
+        now = time.time()
+        with self.lock:
+            jobs = [r.job.model_copy() for r in self.jobs.values()
+                    if r.active or (r.job.ended_at or 0) > now - RECENT_FAILURE_S]  # fmt: skip
+        p95s: dict[str, float | None] = {}
+        for p in {j.pipeline for j in jobs if j.state == "RUNNING"}:
+            hit = self._p95_cache.get(p)
+            if hit is None or hit[0] < now - 60:
+                vals = sorted(self.store.recent_elapsed(p))
+                p95 = vals[min(len(vals) - 1, int(0.95 * len(vals)))] if len(vals) >= MIN_DURATIONS else None
+                hit = self._p95_cache[p] = (now, p95)
+            p95s[p] = hit[1]
+        return jobs, p95s, self.quota_list().quotas
+
     # ------------------------------------------------------------------ helpers
 
     def _get(self, job_id: str) -> JobRecord:
+        """A job from memory, or from the store when it ended before the retention window (read-only)."""
         rec = self.jobs.get(job_id)
+        if rec is None and _ID.match(job_id):
+            rec = self.store.latest(job_id)
         if rec is None:
             raise JobError(404, "not_found", f"no job {job_id!r}", "id")
         return rec
+
+    def state_of(self, job_id: str) -> str | None:
+        """A dependency's state (the store's for a job no longer in memory)."""
+        rec = self.jobs.get(job_id)
+        if rec is None and _ID.match(job_id):
+            rec = self.store.latest(job_id)
+        return rec.state if rec is not None else None
+
+    def evict(self, before: float) -> int:
+        """Drop from memory the jobs that ended before `before` (they stay in the store). Returns how many."""
+        with self.lock:
+            old = [r for r in self.jobs.values() if r.final and (r.job.ended_at or 0) < before]
+            for r in old:
+                del self.jobs[r.id]
+        self.store.forget([(r.id, r.job.attempt) for r in old])
+        return len(old)
 
     def _save(self, recs: list[JobRecord]) -> None:
         from agent.jobs.store import StoreUnavailable

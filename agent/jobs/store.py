@@ -7,6 +7,8 @@ as one `INSERT OR REPLACE ... SELECT unnest(...)` cost ~10 ms. So saves are grou
 rows and asks the writer thread to commit whatever is queued; the first such call to run takes every
 queued row (its own and those of callers that arrived meanwhile) into one statement and one commit, and
 the later calls find their rows already committed. Callers wait for the commit that holds their rows.
+Measured per statement: `INSERT OR REPLACE` ~4 ms, a plain `INSERT` ~1.1 ms, an `UPDATE` by key ~0.8 ms,
+a commit ~0.2 ms; so a row's first save is an INSERT and later saves UPDATE it (`_known`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class JobStore:
         self._con = con
         self._lock = threading.Lock()
         self._queue: list[_Batch] = []
+        self._known: set[tuple[str, int]] = set()  # (id, attempt) rows committed: an UPDATE, not an INSERT
         self.stats = CommitStats()
 
     # ------------------------------------------------------------------ durable writes
@@ -87,13 +90,16 @@ class JobStore:
             for row in b.rows:
                 latest[(row[0], row[1])] = row  # the newest save of a (job, attempt) wins
         rows = list(latest.values())
+        fresh = [r for r in rows if (r[0], r[1]) not in self._known]
+        known = [r for r in rows if (r[0], r[1]) in self._known]
         t0 = time.perf_counter()
         err: BaseException | None = None
         try:
             con.begin()
-            data = [list(col) for col in zip(*rows, strict=True)]
-            unnests = ", ".join(f"unnest(${i + 1})" for i in range(len(JOB_COLUMNS)))
-            con.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) SELECT {unnests}", data)
+            for i in range(0, len(fresh), 50):
+                _insert(con, fresh[i : i + 50])
+            if known:
+                _update(con, known)
             con.commit()
         except Exception as e:
             err = e
@@ -102,6 +108,8 @@ class JobStore:
             except duckdb.Error:
                 pass
             log.error("could not commit %d job row(s): %s", len(rows), e)
+        else:
+            self._known.update((r[0], r[1]) for r in fresh)
         self.stats.commits += 1
         self.stats.rows += len(rows)
         self.stats.last_rows = len(rows)
@@ -139,16 +147,22 @@ class JobStore:
 
     # ------------------------------------------------------------------ reads
 
-    def load(self) -> list[JobRecord]:
-        """Every job's newest attempt (start-up)."""
+    def load(self, ended_since: float) -> list[JobRecord]:
+        """Start-up: every job's newest attempt that is active or ended after `ended_since` (older ones
+        stay in the store, read one at a time by `latest`)."""
         cur = self._con.cursor()
         try:
             rows = cur.execute(
-                "SELECT job, spec, handle FROM jobs"
-                " QUALIFY row_number() OVER (PARTITION BY id ORDER BY attempt DESC) = 1 ORDER BY id"
+                "SELECT job, spec, handle FROM (SELECT * FROM jobs"
+                " QUALIFY row_number() OVER (PARTITION BY id ORDER BY attempt DESC) = 1)"
+                " WHERE ended_at IS NULL OR ended_at >= ? ORDER BY id",
+                [ended_since],
             ).fetchall()
+            last = cur.execute("SELECT max(id) FROM jobs").fetchone()
         finally:
             cur.close()
+        if last and last[0]:
+            seen_job_id(last[0])
         out = []
         for job, spec, handle in rows:
             try:
@@ -156,9 +170,29 @@ class JobStore:
             except Exception:
                 log.exception("unreadable job row, skipped: %s", job[:200])
                 continue
-            seen_job_id(rec.id)
             out.append(rec)
+            self._known.add((rec.id, rec.job.attempt))
         return out
+
+    def latest(self, job_id: str) -> JobRecord | None:
+        """A job's newest attempt from the store (one no longer held in memory)."""
+        cur = self._con.cursor()
+        try:
+            row = cur.execute(
+                "SELECT job, spec, handle FROM jobs WHERE id = ? ORDER BY attempt DESC LIMIT 1", [job_id]
+            ).fetchone()
+        finally:
+            cur.close()
+        if row is None:
+            return None
+        rec = JobRecord.from_row(*row)
+        self._known.add((rec.id, rec.job.attempt))
+        return rec
+
+    def forget(self, keys: list[tuple[str, int]]) -> None:
+        """Rows of jobs dropped from memory (no longer updated)."""
+        with self._lock:
+            self._known.difference_update(keys)
 
     def attempts(self, job_id: str) -> list[Job]:
         """Earlier attempts of a job, oldest first."""
@@ -181,6 +215,29 @@ class JobStore:
         finally:
             cur.close()
         return [float(r[0]) for r in rows if r[0] is not None]
+
+
+_PH = "(" + ", ".join("?" * len(JOB_COLUMNS)) + ")"
+_SETS = ", ".join(f"{c} = n.{c}" for c in JOB_COLUMNS[2:])
+
+
+def _insert(con: duckdb.DuckDBPyConnection, rows: list[tuple]) -> None:
+    """New rows: a plain multi-row INSERT (INSERT OR REPLACE costs ~4 ms a statement here, INSERT ~1 ms)."""
+    sql = f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES " + ", ".join([_PH] * len(rows))
+    con.execute(sql, [v for r in rows for v in r])
+
+
+def _update(con: duckdb.DuckDBPyConnection, rows: list[tuple]) -> None:
+    """Rows already there: one UPDATE (~0.8 ms for one row, ~3 ms for 50 from unnest)."""
+    if len(rows) == 1:
+        sets = ", ".join(f"{c} = ?" for c in JOB_COLUMNS[2:])
+        r = rows[0]
+        con.execute(f"UPDATE jobs SET {sets} WHERE id = ? AND attempt = ?", [*r[2:], r[0], r[1]])
+        return
+    data = [list(col) for col in zip(*rows, strict=True)]
+    sel = ", ".join(f"unnest(${i + 1}) AS {c}" for i, c in enumerate(JOB_COLUMNS))
+    con.execute(f"UPDATE jobs SET {_SETS} FROM (SELECT {sel}) AS n WHERE jobs.id = n.id AND jobs.attempt = n.attempt",
+                data)  # fmt: skip
 
 
 def dumps(obj: object) -> str:

@@ -83,3 +83,36 @@ def test_retries_and_requeue(agent_factory, tmp_path) -> None:
         r = c.post(f"/api/v1/jobs/{sleeper['id']}/cancel", json={})
         assert r.status_code == 200 and r.json()["state"] in ("CANCELLED", "RUNNING")
         assert wait_job(c, sleeper["id"])["state"] == "CANCELLED"
+
+
+SMALL_HOG = "b = [b'x' * (10 * 2**20) for _ in range(25)]\nimport time\ntime.sleep(1)\n"
+
+
+def test_out_of_memory_retries_with_more_memory_up_to_the_quota(agent_factory) -> None:
+    a = agent_factory(
+        config='[[quotas]]\npipeline = "train"\nmem = "1GiB"\n[[quotas]]\npipeline = "small"\nmem = "256MiB"\n'
+    )
+    with a.client() as c:
+        policy = {"max_retries": 3, "backoff_s": 0, "oom_mem_factor": 4}
+        job = submit(c, pipeline="train", command=[sys.executable, "-c", SMALL_HOG], mem="100M", retry=policy)
+        done = wait_job(c, job["id"], timeout=60)
+        assert done["state"] == "COMPLETED" and done["attempt"] == 2, done
+        assert done["mem"] == 400 * 2**20 and done["oom_retry_mem"] == 400 * 2**20
+        first = c.get(f"/api/v1/jobs/{job['id']}/attempts").json()[0]
+        assert first["state"] == "OUT_OF_MEMORY" and "retried as attempt 2" in first["reason"]
+        # At the quota already: another OOM is final (more of the same would end the same way).
+        big = submit(c, pipeline="small", command=[sys.executable, "-c", HOG], mem="256M", retry=policy)
+        end = wait_job(c, big["id"], timeout=60)
+        assert end["state"] == "OUT_OF_MEMORY" and end["attempt"] == 1, end
+
+
+def test_output_over_the_cap_keeps_its_tail(agent_factory) -> None:
+    a = agent_factory(config='[jobs]\nlog_max_bytes = "64KiB"\n')
+    with a.client() as c:
+        # 200,000 numbered lines (~1.3 MB), the last one known.
+        job = submit(c, pipeline="p", command=[sys.executable, "-c", "for i in range(200_000): print(i)"])
+        wait_job(c, job["id"])
+        first = c.get(f"/api/v1/jobs/{job['id']}/logs", params={"offset": 0, "max_bytes": 1 << 20}).json()
+        assert first["dropped_bytes"] > 1_000_000 and first["offset"] == first["dropped_bytes"], first["offset"]
+        assert first["text"].endswith("199999\n") and len(first["text"]) <= 64 * 1024
+        assert first["eof"] and (a.data_dir / "jobs" / job["id"] / "stdout").stat().st_size <= 64 * 1024
