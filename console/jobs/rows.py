@@ -174,7 +174,13 @@ class JobRow(AgentItemRow):
                 used = j.rss_bytes if j.state == "RUNNING" else j.peak_rss_bytes
                 return f"{fmt_gib(used)}/{fmt_gib(j.mem)}"
             case "gpus":
-                return str(self.gpu_count) if self.gpu_count else MISSING
+                if not self.gpu_count:
+                    return MISSING
+                peaks = [g.peak_mem_bytes for g in j.gpu_use if g.peak_mem_bytes is not None]
+                if not peaks and j.gpu_mem is None:
+                    return str(self.gpu_count)
+                # GPU memory: the peak of its busiest GPU against the per-GPU request.
+                return f"{self.gpu_count} {fmt_gib(max(peaks) if peaks else None)}/{fmt_gib(j.gpu_mem)}"
         raise KeyError(column)
 
     def sort_value(self, column: str) -> Any:

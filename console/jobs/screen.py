@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widget import Widget
-from textual.widgets import Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from agent.schemas import Job
 from console.core.errors import why
@@ -213,7 +213,9 @@ class JobsScreen(FleetTableScreen):
             where += f" ({tail.dropped_bytes} bytes cut by the size cap)"
         state = "" if tail is None or not tail.eof else " · ended"
         title.update(f"{where}{state}  (o: {'stderr' if self.stream == 'stdout' else 'stdout'})")
-        if self.log_error and tail is None:
+        if j.state == "PENDING" and j.started_at is None:
+            body.update(f"not started yet: {state_reason(j) or 'waiting'}")
+        elif self.log_error and tail is None:
             body.update(f"log not read: {self.log_error}")
         elif tail is None:
             body.update("reading…")
@@ -228,6 +230,8 @@ class JobsScreen(FleetTableScreen):
 
     @work(exclusive=True, group="job-log", exit_on_error=False)
     async def _read_log(self, agent: str, job: Job, stream: str) -> None:
+        if job.state == "PENDING" and job.started_at is None:
+            return  # nothing written yet; the pane says why it waits
         key = (agent, job.id, job.attempt, stream)
         if key != self._tail_key or self.tail is None:
             self.tail, self._tail_key, self.log_error = LogTail(job.id, stream), key, None
@@ -263,6 +267,19 @@ class JobsScreen(FleetTableScreen):
         self.show_detail()
 
     # ------------------------------------------------------------------ sorting
+
+    @on(DataTable.HeaderSelected, "#job-table")
+    def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
+        """A click on a column's header sorts by it; again flips the direction (as on the fleet screen)."""
+        column = event.column_key.value
+        if column is None:
+            return
+        table = self.table
+        if table.sort_column == column:
+            table.sort_reverse = not table.sort_reverse
+        else:
+            table.sort_column, table.sort_reverse = column, False
+        self.update_status_line()
 
     def action_cycle_sort(self) -> None:
         """`s`: sort by the next column as shown (the default order after the last one)."""

@@ -166,3 +166,24 @@ async def test_an_unreachable_agents_jobs_stay_listed_as_stale(jobs_agent) -> No
         await until(pilot, lambda: "RUNNING?" in row_text(table, key), WAIT)
         assert "host not answering" in row_text(table, key)
         assert "stale" in str(app.screen.query_one("#jobs-status").render())
+
+
+async def test_a_pending_job_says_why_it_waits_and_sorting_by_elapsed(jobs_agent) -> None:
+    first = submit(jobs_agent, pipeline="training", command=["sleep", "60"], cpu=0.75, mem="256M")
+    wait_job(jobs_agent, first["id"], {"RUNNING"})
+    waiting = submit(jobs_agent, pipeline="training", command=["sleep", "60"], cpu=0.75, mem="256M")
+    app = app_on(jobs_agent)
+    async with app.run_test(size=(200, 50)) as pilot:
+        run_key, wait_key = key_of(jobs_agent, first["id"]), key_of(jobs_agent, waiting["id"])
+        table = await open_jobs(app, pilot, run_key, wait_key)
+        await until(pilot, lambda: "QuotaCpu" in row_text(table, wait_key), WAIT)
+        assert "0.75" in row_text(table, wait_key)  # the request as asked, not rounded
+        await select(pilot, table, wait_key)
+        log = app.screen.query_one("#job-log")
+        await until(pilot, lambda: "not started yet: QuotaCpu" in str(log.render()), WAIT)
+        assert "CPU quota is in use" in str(app.screen.query_one("#job-detail").render())
+        # `s` cycles the sort through the columns as shown; ELAPSED puts the shorter (the waiting one) first.
+        while table.sort_column != "elapsed":
+            await pilot.press("s")
+        await until(pilot, lambda: table.row_keys.index(wait_key) < table.row_keys.index(run_key), WAIT)
+        assert "sort ELAPSED/LIMIT↑" in str(app.screen.query_one("#jobs-status").render())
