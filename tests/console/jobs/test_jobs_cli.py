@@ -200,3 +200,16 @@ def test_logs_follow_prints_output_as_it_comes(jobs_agent, tmp_path, capsys) -> 
     first = next(ts for ts, text in seen if "first" in text)
     second = next(ts for ts, text in seen if "second" in text)
     assert second - first >= 1.0
+
+
+def test_status_json_counts_jobs_and_says_none_for_an_agent_without_jobs(jobs_agent, agent_factory, tmp_path, capsys):
+    bare = agent_factory(name="no-jobs", config="[jobs]\nenabled = false\n")
+    job = submit(jobs_agent, pipeline="batch", command=["sleep", "60"])
+    wait_job(jobs_agent, job["id"], {"RUNNING"})
+    rc, out, err = run(capsys, "status", "--json", "--fleet", fleet_file(tmp_path, jobs_agent, bare))
+    assert rc == 0, err
+    agents = {a["name"]: a for a in json.loads(out)["agents"]}
+    assert (agents["jobs-a"]["jobs_running"], agents["jobs-a"]["jobs_pending"]) == (1, 0)
+    assert agents["no-jobs"]["jobs_running"] is None  # no jobs there: never 0
+    rc, out, _ = run(capsys, "status", "--fleet", fleet_file(tmp_path, jobs_agent, bare))
+    assert out.splitlines()[0].split()[-1] == "WHY"  # the text columns scripts read are as before
