@@ -32,6 +32,8 @@ from console.core.screens.base import ConsoleScreen
 from console.core.screens.help import HelpScreen
 from console.fleet.fleet_screen import FleetScreen
 from console.fleet.host_screen import HostScreen
+from console.jobs.quotas_screen import QuotasScreen
+from console.jobs.screen import JobsScreen
 from console.monitoring.alert_rows import firing_count
 from console.monitoring.alerts_screen import AlertsScreen
 from console.rollouts.rows import awaiting_count
@@ -83,6 +85,9 @@ class WatchkeeperApp(App[int]):
         Binding("exclamation_mark", "alerts", "Alerts", show=False),
         # Rollouts are fleet-wide too: `R` opens them from any screen.
         Binding("R", "rollouts", "Rollouts", show=False),
+        # Jobs and quotas are fleet-wide too: `j` and `u` open them from any screen.
+        Binding("j", "jobs", "Jobs", show=False),
+        Binding("u", "quotas", "Quotas", show=False),
     ]
 
     # The first screen; a subclass (or a later feature) may swap in an extended one.
@@ -183,6 +188,8 @@ class WatchkeeperApp(App[int]):
             return ("alerts",)
         if isinstance(screen, RolloutsScreen):
             return ("rollouts",)
+        if isinstance(screen, (JobsScreen, QuotasScreen)):
+            return ("jobs",)
         return ()
 
     def _tell_feeds_wanted(self) -> bool:
@@ -307,6 +314,26 @@ class WatchkeeperApp(App[int]):
     def action_rollouts(self) -> None:
         """`R`: the rollouts of the whole fleet."""
         self.open_rollouts()
+
+    def open_jobs(self) -> None:
+        """Open the jobs of the whole fleet."""
+        if not isinstance(self.screen, JobsScreen):
+            self.push_screen(JobsScreen())
+            self._screen_feeds_changed()
+
+    def action_jobs(self) -> None:
+        """`j`: the jobs of the whole fleet."""
+        self.open_jobs()
+
+    def open_quotas(self) -> None:
+        """Open the per-pipeline quotas of the whole fleet."""
+        if not isinstance(self.screen, QuotasScreen):
+            self.push_screen(QuotasScreen())
+            self._screen_feeds_changed()
+
+    def action_quotas(self) -> None:
+        """`u`: the quotas of the whole fleet."""
+        self.open_quotas()
 
     # ------------------------------------------------------------------ actions on agents
 

@@ -5,6 +5,7 @@
     watchkeeper status [--json] [--agents ...] [--fleet ...]                    headless table
     watchkeeper alerts [--json] [--state firing|pending|resolved]               alerts across the fleet
     watchkeeper demo                                                            3 local agents + TUI
+    watchkeeper jobs submit|list|show|logs|cancel|requeue …, watchkeeper quotas     jobs and quotas
 
 Exit codes: 0 fine (status: all up), 1 status: some agent stale/down, 2 usage or config error
 (one line on stderr). New subcommands are `Command`s added to `COMMANDS`: a name, a help line, a
@@ -22,6 +23,7 @@ from typing import Any, NoReturn
 
 from console import __version__
 from console.core.config import AgentSpec, FleetConfigError, resolve_fleet, resolve_prometheus
+from console.jobs import cli as jobs_cli
 from console.models import cli as models_cli
 from console.rollouts import cli as rollouts_cli
 
@@ -160,6 +162,7 @@ def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) 
     """Open the fleet console on the given (or configured) agents."""
     from console.app import WatchkeeperApp
     from console.core.audit_heads import HeadStore
+    from console.jobs.client import JobsPoller
     from console.rollouts.client import RolloutsPoller
 
     theme = _theme(args)
@@ -177,7 +180,7 @@ def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) 
         specs = specs if specs is not None else _specs(args)
         # Remembers each agent's audit head; serving status and audit checks spread over the first 30 s;
         # polling on its own thread and loop, so a big fleet's poll never freezes the screen.
-        poller = RolloutsPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0)
+        poller = JobsPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0)
         source = ThreadedSource(poller)
     app = WatchkeeperApp(source, refresh_s=args.refresh, readonly=args.readonly, theme=theme)
     rc = app.run()
@@ -255,11 +258,14 @@ def _run_demo(args: argparse.Namespace) -> int:
         args.theme = theme
         args.ansi = False
         traffic = _demo_traffic(fleet)
+        jobs = _demo_jobs(fleet)
         try:
             return run_tui(args, specs)
         finally:
             if traffic is not None:
                 traffic.stop()
+            if jobs is not None:
+                jobs.stop()  # cancels its jobs while the agents still run: jobs outlive their agent
 
 
 def _demo_traffic(fleet):
@@ -280,6 +286,22 @@ def _demo_traffic(fleet):
         return None
     traffic.start()
     return traffic
+
+
+def _demo_jobs(fleet):
+    """Run the demo's jobs (a training run, a failing validation, a greedy job at its memory limit, one
+    that outgrows it) on the first demo agent, if it runs jobs."""
+    from console.demo.jobs import DemoJobs
+
+    agent = fleet.agents[0]
+    if agent.token is None:
+        return None
+    jobs = DemoJobs(agent.http_url, agent.token, state_dir=agent.data_dir)
+    if not jobs.available():
+        print("watchkeeper demo: the agent runs no jobs; no demo jobs", file=sys.stderr)
+        return None
+    jobs.start()
+    return jobs
 
 
 def _configure_loadtest(p: argparse.ArgumentParser) -> None:
@@ -315,6 +337,8 @@ COMMANDS: tuple[Command, ...] = (
         _run_loadtest,
     ),
     Command("models", models_cli.HELP, models_cli.configure, models_cli.run),
+    Command("jobs", jobs_cli.HELP, jobs_cli.configure, jobs_cli.run),
+    Command("quotas", jobs_cli.QUOTAS_HELP, jobs_cli.configure_quotas, jobs_cli.run_quotas),
     *(Command(*spec) for spec in rollouts_cli.COMMANDS),
 )
 

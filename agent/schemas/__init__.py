@@ -29,6 +29,18 @@ from agent.schemas.auth import (
     TokenInfo,
 )
 from agent.schemas.common import API_PREFIX, MAX_UNIX_S, STRICT_INPUT, ErrorBody, FiniteJson, Health, WholeInt, _Wire
+from agent.schemas.jobs import FINAL_STATES as JOB_FINAL_STATES
+from agent.schemas.jobs import (
+    Job,
+    JobAction,
+    JobList,
+    JobLog,
+    JobsSummary,
+    JobSubmit,
+    QuotaList,
+    QuotaSpec,
+    QuotaUsage,
+)
 from agent.schemas.monitoring import (
     DriftBaseline,
     DriftHistory,
@@ -117,6 +129,7 @@ __all__ = [
     "API_PREFIX",
     "GPU_METRICS",
     "HOST_METRICS",
+    "JOB_FINAL_STATES",
     "MAX_UNIX_S",
     "NAME_PATTERN",
     "ROLLOUT_TERMINAL",
@@ -174,6 +187,12 @@ __all__ = [
     "HistogramOut",
     "HostInfo",
     "IoRates",
+    "Job",
+    "JobAction",
+    "JobList",
+    "JobLog",
+    "JobSubmit",
+    "JobsSummary",
     "LatencySummary",
     "Lineage",
     "LoadedModel",
@@ -193,6 +212,9 @@ __all__ = [
     "ProcessSample",
     "QualityReport",
     "QualityWindow",
+    "QuotaList",
+    "QuotaSpec",
+    "QuotaUsage",
     "Role",
     "RolloutAction",
     "RolloutCreate",

@@ -104,6 +104,24 @@ interval = 2
 
 [alerting]
 interval = 3
+
+# The demo's jobs (console/demo/jobs.py) run under these quotas; a cancelled job gets 2 s to stop.
+[jobs]
+default_mem = "256MiB"
+terminate_grace = 2
+
+[[quotas]]
+pipeline = "training"
+cpu = 1.5
+mem = "1GiB"
+max_running_jobs = 2
+priority = 10
+
+[[quotas]]
+pipeline = "batch"
+cpu = 0.5
+mem = "288MiB"
+max_running_jobs = 2
 """
 
 

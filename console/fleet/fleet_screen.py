@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Header
 from console.core.poller import FleetStatus
 from console.core.screens.filtered import FleetTableScreen
 from console.fleet.fleet_table import FleetTable
-from console.fleet.rows import COLUMNS, SCREEN_COLUMNS, FleetRow, fleet_rows
+from console.fleet.rows import SCREEN_COLUMNS, FleetRow, fleet_rows
 
 # k9s-style shift-letter sorts: pressing the same one again flips the direction.
 SORT_KEYS: dict[str, str] = {
@@ -22,7 +22,7 @@ SORT_KEYS: dict[str, str] = {
     "U": "gpu_mem",
     "A": "age",
 }
-_LABELS = {c.key: c.label for c in COLUMNS}
+_LABELS = {c.key: c.label for c in SCREEN_COLUMNS}
 
 
 class FleetScreen(FleetTableScreen):
@@ -35,6 +35,8 @@ class FleetScreen(FleetTableScreen):
         Binding("enter", "open_host", "Open", show=True, priority=False),
         Binding("e", "open_endpoints", "Endpoints"),
         Binding("exclamation_mark", "app.alerts", "Alerts"),
+        Binding("j", "app.jobs", "Jobs"),
+        Binding("u", "app.quotas", "Quotas"),
         *(
             Binding(key, f"sort_by('{column}')", f"Sort by {_LABELS[column]}", show=False)
             for key, column in SORT_KEYS.items()

@@ -21,11 +21,14 @@ COLUMNS: tuple[Column, ...] = (
     Column("why", "WHY"),
 )
 COLUMN_KEYS = tuple(c.key for c in COLUMNS)
+# Jobs running/pending (from the summary): on screen and in `status --json`, not in `status`'s text columns,
+# whose order scripts read.
+JOBS_COLUMN = Column("jobs", "JOBS R/P", numeric=True)
 # The TUI's order: what is wrong (state, why) before the numbers, so a narrow terminal cuts numbers,
 # never the reason. `watchkeeper status` keeps COLUMNS' order (scripts read it).
 SCREEN_COLUMNS: tuple[Column, ...] = tuple(
-    next(c for c in COLUMNS if c.key == k)
-    for k in ("host", "state", "why", "cpu", "mem", "gpus", "gpu_util", "gpu_mem", "age")
+    next(c for c in (*COLUMNS, JOBS_COLUMN) if c.key == k)
+    for k in ("host", "state", "why", "cpu", "mem", "gpus", "gpu_util", "gpu_mem", "jobs", "age")
 )
 WHY_WIDTH = 34  # the screen's WHY cell; the whole reason is on the host screen and in `status`
 
@@ -54,6 +57,9 @@ class FleetRow:
     # Demo/test sources: shown as such so nobody mistakes them for hardware.
     simulated_host: bool = False
     simulated_gpus: bool = False
+    # Jobs running / pending from the agent's summary; None: no jobs feature there (or not known).
+    jobs_running: int | None = None
+    jobs_pending: int | None = None
 
     @property
     def gpu_mem(self) -> float | None:
@@ -81,6 +87,10 @@ class FleetRow:
                 return fmt_percent(self.gpu_util)
             case "gpu_mem":
                 return fmt_bytes_pair(self.gpu_mem_used, self.gpu_mem_total)
+            case "jobs":
+                if self.jobs_running is None:
+                    return MISSING  # no jobs there: never "0/0"
+                return f"{self.jobs_running}/{self.jobs_pending or 0}"
             case "age":
                 return fmt_age(self.age)
             case "why":
@@ -98,6 +108,8 @@ class FleetRow:
                 return self.gpu_mem
             case "why":
                 return self.why or None
+            case "jobs":
+                return None if self.jobs_running is None else (self.jobs_running, self.jobs_pending or 0)
         return getattr(self, column)
 
     def matches_text(self) -> str:
@@ -134,6 +146,7 @@ def row_for(status: AgentStatus, order: int, polled_at: float) -> FleetRow:
         wait = status.next_retry_at - polled_at
         if wait >= 1:
             why = f"{why} (retry in {wait:.0f}s)"
+    jobs = status.summary.jobs if live and status.summary is not None else None
     return FleetRow(
         key=status.name,
         order=order,
@@ -151,6 +164,8 @@ def row_for(status: AgentStatus, order: int, polled_at: float) -> FleetRow:
         hostname=snap.hostname if snap else (status.host.hostname if status.host else None),
         simulated_host=bool(snap and snap.host_simulated),
         simulated_gpus=bool(snap and snap.gpu_status.simulated),
+        jobs_running=jobs.running if jobs is not None else None,
+        jobs_pending=jobs.pending if jobs is not None else None,
     )
 
 

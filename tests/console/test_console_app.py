@@ -134,7 +134,7 @@ async def test_sort_keys_reverse_and_cycle() -> None:
         # `s` cycles in the order shown: from STATE to the next column (WHY), ascending.
         await pilot.press("s")
         assert t.sort_column == "why" and not t.sort_reverse
-        for _ in range(7):
+        for _ in range(8):  # why, cpu, mem, gpus, gpu%, gpu mem, jobs r/p (issue 13), age
             await pilot.press("s")
         assert t.sort_column is None  # after the last column: back to fleet order
         assert t.row_keys == ["gpu-01", "gpu-02", "gpu-03", "cpu-04"]

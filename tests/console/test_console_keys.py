@@ -9,12 +9,23 @@ from console.core.readonly import is_mutating
 from console.core.screens.help import MUTATING_KEYS, help_text
 from console.fleet.fleet_screen import FleetScreen
 from console.fleet.host_screen import HostScreen
+from console.jobs.quotas_screen import QuotasScreen
+from console.jobs.screen import JobsScreen
 from console.monitoring.alerts_screen import AlertsScreen
 from console.monitoring.drift_screen import DriftScreen
 from console.rollouts.screen import RolloutsScreen
 from console.serving.endpoints_screen import EndpointsScreen
 
-SCREENS = (FleetScreen, HostScreen, EndpointsScreen, DriftScreen, AlertsScreen, RolloutsScreen)
+SCREENS = (
+    FleetScreen,
+    HostScreen,
+    EndpointsScreen,
+    DriftScreen,
+    AlertsScreen,
+    RolloutsScreen,
+    JobsScreen,
+    QuotasScreen,
+)
 # Actions that are the same meaning under other names: go back / close, and refresh.
 SYNONYMS = {
     "app.pop_screen": "back",
@@ -22,6 +33,8 @@ SYNONYMS = {
     "dismiss_filter": "back",
     "reload": "refresh_now",
     "app.alerts": "alerts",
+    "app.jobs": "jobs",
+    "app.quotas": "quotas",
     # `a` affirms the selected item: acknowledge an alert, approve a rollout's awaiting step.
     "ack": "affirm",
     "approve": "affirm",
@@ -49,6 +62,9 @@ def test_every_key_means_one_thing_on_every_screen() -> None:
     clashes = {k: v for k, v in meanings.items() if len(v) > 1}
     assert clashes == {}
     assert meanings["r"] == {"refresh_now"}
+    # The jobs and quotas screens open from everywhere with one key each; `s` sorts wherever it is bound.
+    assert meanings["j"] == {"jobs"} and meanings["u"] == {"quotas"}
+    assert meanings["s"] == {"cycle_sort"}
 
 
 def test_destructive_keys_are_never_a_harmless_key_elsewhere() -> None:
@@ -59,3 +75,6 @@ def test_destructive_keys_are_never_a_harmless_key_elsewhere() -> None:
     listed = {key.lower() for _, key in MUTATING_KEYS}
     assert listed == {k.lower() for k in destructive}
     assert "Ctrl+r" in help_text(readonly=False) and "X " in help_text(readonly=False)
+    # Cancelling and requeueing a job are mutating keys of the jobs screen, listed in the help as such.
+    assert {("ctrl+k", "cancel_job", True), ("Q", "requeue_job", True)} <= set(bindings(JobsScreen))
+    assert "Ctrl+k" in help_text(readonly=False) and "[disabled: read-only]" in help_text(readonly=True)

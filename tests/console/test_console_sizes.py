@@ -11,6 +11,10 @@ import pytest
 
 from console.app import WatchkeeperApp
 from console.fleet.host_screen import HostScreen
+from console.jobs.quotas_screen import QuotasScreen
+from console.jobs.screen import JobsScreen
+from console.jobs.table import JobTable, QuotaTable
+from tests.console.jobs.fakes import jobs_source
 from tests.console.test_console_monitoring_snapshots import alerts_ready, drift_ready
 from tests.console.test_console_rollouts import rollouts_ready
 from tests.console.test_console_snapshots import endpoints_ready, make_app
@@ -32,6 +36,25 @@ async def help_ready(pilot) -> None:
     await pilot.pause()
 
 
+async def jobs_ready(pilot) -> None:
+    await fleet_ready(pilot)
+    await pilot.press("j")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, JobsScreen)
+                   and pilot.app.screen.query_one(JobTable).row_count > 0
+                   and "loss" in str(pilot.app.screen.query_one("#job-log").render()))  # fmt: skip
+
+
+async def quotas_ready(pilot) -> None:
+    await fleet_ready(pilot)
+    await pilot.press("u")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, QuotasScreen)
+                   and pilot.app.screen.query_one(QuotaTable).row_count > 0)  # fmt: skip
+
+
+def _jobs() -> WatchkeeperApp:
+    return WatchkeeperApp(jobs_source(), refresh_s=3600)
+
+
 def _serving() -> WatchkeeperApp:
     return WatchkeeperApp(FakeSource(serving_fleet()), refresh_s=3600)
 
@@ -44,6 +67,8 @@ SCREENS = {
     "drift": (_serving, drift_ready),
     "alerts": (lambda: WatchkeeperApp(FakeSource(alerts_fleet()), refresh_s=3600), alerts_ready),
     "rollouts": (lambda: WatchkeeperApp(FakeSource(rollouts_fleet()), refresh_s=3600), rollouts_ready),
+    "jobs": (_jobs, jobs_ready),
+    "quotas": (_jobs, quotas_ready),
 }
 
 
@@ -107,3 +132,25 @@ async def test_endpoints_at_80x24_detail_is_not_squeezed_beside_the_pool() -> No
     async with app.run_test(size=SMALL) as pilot:
         await ready(pilot)
         assert app.screen.query_one("#endpoint-detail").region.width >= 70
+
+
+async def test_jobs_at_80x24_state_and_reason_stay_and_the_log_tail_is_below() -> None:
+    text = await _text_at_80x24("jobs")
+    lines = text.splitlines()
+    assert lines[1].index("STATE") < lines[1].index("REASON") < 80
+    assert any("j-0003" in line and "FAILED" in line and "exit code 3" in line for line in lines)
+    assert any("j-0004" in line and "OUT_OF_MEMORY" in line for line in lines)
+    assert any("j-0005" in line and "cancelled by bob" in line for line in lines)
+    # The down agent's job is still listed, marked as last known, not as current.
+    assert any("cpu-02" in line and "RUNNING?" in line and "host not answering" in line for line in lines)
+    # The log pane is under the table, full width, and shows the end of the log (as `tail` does).
+    app_lines = [line for line in lines if "loss" in line]
+    assert app_lines and "epoch 1 step 39" in app_lines[-1]
+
+
+async def test_quotas_at_80x24_near_limit_first_and_unlimited_said() -> None:
+    lines = (await _text_at_80x24("quotas")).splitlines()
+    rows = [line for line in lines if line.startswith((" gpu-01", " cpu-02"))]
+    assert "training" in rows[0] and "95%" in rows[0]  # near its CPU limit: first
+    assert "batch" in rows[1] and "unlimited" in rows[1] and "0%" not in rows[1].split("unlimited")[-1]
+    assert "etl" in rows[2] and rows[2].count("unlimited") == 4 and "%" not in rows[2]

@@ -15,6 +15,8 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("?", "this help"),
             ("!", "alerts across the fleet"),
             ("R", "rollouts across the fleet"),
+            ("j", "jobs across the fleet"),
+            ("u", "quotas across the fleet (per host and pipeline)"),
             ("r", "refresh now"),
             ("q", "quit"),
         ),
@@ -78,6 +80,24 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("Esc", "clear filter, else back"),
         ),
     ),
+    (
+        "Jobs",
+        (
+            ("o", "the selected job's log: stdout / stderr"),
+            ("s", "sort by next column (running, pending, ended is the default)"),
+            ("Ctrl+k", "cancel the selected job (asks; reason optional)"),
+            ("Q", "requeue the selected ended job: a new attempt, same id (asks)"),
+            ("/", "filter (host, pipeline, id, state, reason, who, command)"),
+            ("Esc", "clear filter, else back"),
+        ),
+    ),
+    (
+        "Quotas",
+        (
+            ("/", "filter (host, pipeline, 'near cpu')"),
+            ("Esc", "clear filter, else back"),
+        ),
+    ),
 )
 
 STATES = (
@@ -93,6 +113,8 @@ MUTATING_KEYS = {
     ("Alerts", "a"),
     ("Alerts", "z"),
     *(("Rollouts", key) for key in ("a", "x", "p", "space", "X", "Ctrl+r")),
+    ("Jobs", "Ctrl+k"),
+    ("Jobs", "Q"),
 }
 
 

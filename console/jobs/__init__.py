@@ -1,0 +1,1 @@
+"""Jobs and quotas: the client and poll feed, rows, CLI verbs, the jobs (`j`) and quotas (`u`) screens."""
