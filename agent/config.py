@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from agent.schemas.common import parse_size
+
 Role = Literal["viewer", "operator", "approver", "admin"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -85,22 +87,7 @@ class SimulateConfig(_Strict):
     seed: int = 0
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?\s*$")
-_UNIT_B = {None: 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
-           "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}  # fmt: skip
-
-
-def _size(value: object) -> object:
-    """Accept bytes as a number or a string like "512MiB", "2GiB"."""
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if not m:
-            raise ValueError(f"not a size: {value!r} (use e.g. 512MiB, 2GiB)")
-        return int(float(m.group(1)) * _UNIT_B[m.group(2)])
-    return value
-
-
-Size = Annotated[int, BeforeValidator(_size), Field(ge=0)]
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 
 
 class ServingConfig(_Strict):
@@ -202,7 +189,9 @@ class JobsConfig(_Strict):
     serving_reserve_cpu: float = Field(default=0.0, ge=0, le=4096)
     serving_reserve_mem: Size = 0
     tier: Literal["auto", "systemd", "cgroup-v2", "cgroup-v1", "psutil"] = "auto"
-    jobs_root: str = Field(default="watchkeeper.jobs", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # tiers' parent cgroup
+    # The tiers' parent cgroup. Default: `watchkeeper.jobs.<agent name>`, so two agents on one host (the demo,
+    # tests) never write each other's pipeline limits.
+    jobs_root: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     tick: Duration = 0.1  # the runner's period; submit and cancel wake it at once
     usage_interval: Duration = 1.0
     terminate_grace: Hold = 5.0

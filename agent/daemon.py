@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -167,6 +168,13 @@ def build(cfg: AgentConfig) -> AgentContext:
     return ctx
 
 
+def jobs_root(cfg: AgentConfig) -> str:
+    """`[jobs] jobs_root`, or one named for this agent (cgroup names: letters, digits, `_.-`, ≤ 64)."""
+    if cfg.jobs.jobs_root:
+        return cfg.jobs.jobs_root
+    return ("watchkeeper.jobs." + re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name))[:64]
+
+
 def start_jobs(ctx: AgentContext, con) -> None:
     """Build the jobs service, re-adopt what was running, start the runner thread."""
     if not ctx.cfg.jobs.enabled:
@@ -174,7 +182,7 @@ def start_jobs(ctx: AgentContext, con) -> None:
     from agent.jobs.service import JobService, choose_tier
     from agent.jobs.store import JobStore
 
-    tier = choose_tier(ctx.enforcement, ctx.cfg.jobs.jobs_root, ctx.cfg.jobs.tier)
+    tier = choose_tier(ctx.enforcement, jobs_root(ctx.cfg), ctx.cfg.jobs.tier)
     svc = JobService(ctx.cfg, JobStore(ctx.writer, con), tier, lambda: ctx.sampler.latest)
     adopted, lost = svc.restore()
     if adopted or lost:

@@ -54,14 +54,10 @@ class JobError(Exception):
 
 
 def choose_tier(info: EnforcementInfo, jobs_root: str, force: str) -> Tier:
-    """The best tier the host offers, or the one `[jobs] tier` forces (`agent/jobs/tiers/select.py`; the
-    psutil tier where that module is absent). A forced tier the host can't offer is a start-up error."""
-    try:
-        from agent.jobs.tiers.select import select_tier  # type: ignore[import-not-found]
-    except ImportError:
-        from agent.jobs.tiers.psutil_tier import PsutilTier
+    """The best tier the host offers, or the one `[jobs] tier` forces (`agent/jobs/tiers/select.py`).
+    A forced tier the host can't offer is a start-up error."""
+    from agent.jobs.tiers.select import select_tier
 
-        return PsutilTier()
     try:
         return select_tier(info, jobs_root, None if force == "auto" else force)
     except ValueError as e:  # TierUnavailable

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 API_PREFIX = "/api/v1"
+
+# One meaning for a size everywhere (agent.toml, the API, the CLI): KiB/MiB/GiB/TiB and the single letters
+# K/M/G/T (as `sbatch --mem=4G` and `docker -m 4g` mean them) are powers of 1024; KB/MB/GB/TB powers of 1000.
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|[KMGT]iB|[KMGT]B|[KMGTkmgt])?\s*$")
+_SIZE_UNITS = {"B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40,
+               "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}  # fmt: skip
+
+
+def parse_size(v: object) -> object:
+    """ "4G" / "512MiB" / "1.5GiB" / "2GB" / 1073741824 -> bytes. Anything else is left for the strict int
+    check to refuse with the field named."""
+    if isinstance(v, str):
+        m = _SIZE.match(v)
+        if not m:
+            raise ValueError(f"not a size: {v!r} (say e.g. 4G, 512MiB or a number of bytes)")
+        unit = (m.group(2) or "B").replace("iB", "")
+        return int(float(m.group(1)) * _SIZE_UNITS[unit if unit.endswith("B") and len(unit) == 2 else unit.upper()])
+    return v
 
 
 class _Wire(BaseModel):

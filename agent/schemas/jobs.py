@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from agent.schemas.common import STRICT_INPUT, WholeInt, _Wire
+from agent.schemas.common import STRICT_INPUT, WholeInt, _Wire, parse_size
 
 JobState = Literal[
     "PENDING",
@@ -39,21 +39,7 @@ PendingReason = Literal[
 
 Tier = Literal["systemd", "cgroup-v2", "cgroup-v1", "psutil"]
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _DUR = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
-
-
-def parse_size(v: object) -> object:
-    """ "4G" / "512M" / "1.5GiB" / 1073741824 -> bytes (binary units). Anything else is left for the
-    strict int check to refuse with the field named."""
-    if isinstance(v, str):
-        m = _SIZE.match(v)
-        if not m:
-            raise ValueError(f"not a size: {v!r} (say e.g. 4G, 512M or a number of bytes)")
-        unit = (m.group(2) or "").upper()[:1]
-        return int(float(m.group(1)) * _UNITS[unit])
-    return v
 
 
 def parse_duration(v: object) -> object:
