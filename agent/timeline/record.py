@@ -29,8 +29,7 @@ def record_start(con: duckdb.DuckDBPyConnection, writer: StoreWriter, cfg_json: 
     cur = con.cursor()
     try:
         last = cur.execute(
-            "SELECT kind, detail FROM agent_events WHERE kind IN ('agent.start', 'agent.stop') "
-            "ORDER BY ts DESC LIMIT 1"
+            "SELECT kind, detail FROM agent_events WHERE kind IN ('agent.start', 'agent.stop') ORDER BY ts DESC LIMIT 1"
         ).fetchone()
         prev = cur.execute(
             "SELECT json_extract_string(detail, '$.config_digest') FROM agent_events WHERE kind = 'agent.start' "
