@@ -44,7 +44,8 @@ def _index(items: list[dict], kind: str, actor: str | None = None, text: str = "
     for i, x in enumerate(items):
         if x["kind"] == kind and (actor is None or x["actor"] == actor) and text in x["summary"]:
             return i
-    raise AssertionError(f"no {kind} by {actor} ({text!r}) in:\n" + "\n".join(f"{x['kind']} {x['actor']} {x['summary']}" for x in items))
+    lines = "\n".join(f"{x['kind']} {x['actor']} {x['summary']}" for x in items)
+    raise AssertionError(f"no {kind} by {actor} ({text!r}) in:\n{lines}")
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def incident(agent_factory):
 
 
 def test_the_incident_reads_in_order_with_its_actors(incident):
-    a, c, t0, rid, guard_alert = incident
+    _a, c, t0, rid, _guard_alert = incident
     items = wait_for(lambda: (x := _items(c, t0)) and any(i["kind"] == "drift.verdict" for i in x) and x, timeout=10)
     created = _index(items, "endpoint.config", "admin", "endpoint created")
     start = _index(items, "rollout.start", "olga", rid)
@@ -147,7 +148,7 @@ def test_the_incident_reads_in_order_with_its_actors(incident):
 
 
 def test_what_changed_before_the_guard_alert(incident):
-    a, c, t0, rid, guard_alert = incident
+    a, c, t0, _rid, guard_alert = incident
     r = c.get("/api/v1/endpoints/delays/timeline/before", params={"alert": guard_alert["fingerprint"]})
     assert r.status_code == 200, r.text
     body = r.json()
