@@ -125,6 +125,7 @@ def markers(items: Sequence[TimelineItem], cols: Sequence[Column], cursor: int) 
 
 
 def clock(ts: float, with_date: bool = False) -> str:
+    """UTC wall clock: HH:MM:SS, or MM-DD HH:MM for ranges over a day."""
     fmt = "%m-%d %H:%M" if with_date else "%H:%M:%S"
     return time.strftime(fmt, time.gmtime(ts))
 

@@ -82,6 +82,7 @@ class TimelineScreen(ConsoleScreen):
         self.loads = 0  # loads applied (tests wait on it)
         self._cols = 0
         self._col_span: tuple[float, float] | None = None
+        self._moved = False  # the cursor left the moment it was opened for
 
     @property
     def source(self) -> TimelineSource:
@@ -143,6 +144,7 @@ class TimelineScreen(ConsoleScreen):
         if self._cols:
             cur = self.cursor if self.cursor is not None else self._cols - 1
             self.cursor = min(max(cur + by, 0), self._cols - 1)
+            self._moved = True
             self._draw()
 
     def action_zoom(self, by: int) -> None:
@@ -150,12 +152,12 @@ class TimelineScreen(ConsoleScreen):
         if z != self.zoom:
             if self._col_span is not None:
                 self.at = self._col_span[1]  # keep the cursor's moment in view
-            self.zoom, self.cursor = z, None
+            self.zoom, self.cursor, self._moved = z, None, False
             self.load()
 
     def action_before(self) -> None:
         """`w`: what changed in the 30 min before the cursor's moment (the alert's, when opened from one)."""
-        at = self._col_span[1] if self._col_span is not None and self.cursor is not None else self.at
+        at = self.at if not self._moved else None
         if at is None:
             at = self._col_span[1] if self._col_span is not None else self.wk_app.source.now()
         self.load_before(at)
@@ -186,10 +188,11 @@ class TimelineScreen(ConsoleScreen):
         lines, _cur, col = render(tl, width, height, self.cursor)
         self._cols = chart_width(width)
         self._col_span = (col.start, col.end)
+        days = tl.until - tl.since > 86400
         failed = f" · no answer from {', '.join(self.errors)}" if self.errors else ""
         title.update(
             f"{self.context + ' · ' if self.context else ''}{self.endpoint} on {tl.host} · "
-            f"{clock(tl.since, True)} → {clock(tl.until, True)} UTC · zoom {zoom_name(ZOOMS[self.zoom])} · "
+            f"{clock(tl.since, days)} → {clock(tl.until, days)} UTC · {zoom_name(ZOOMS[self.zoom])} · "
             f"step {tl.step_s:g}s{failed}"
         )
         chart.update(Text("\n").join(lines))

@@ -13,8 +13,9 @@ from console.monitoring.alerts_screen import AlertsScreen
 from console.monitoring.drift_screen import DriftScreen
 from console.rollouts.screen import RolloutsScreen
 from console.serving.endpoints_screen import EndpointsScreen
+from console.timeline.screen import TimelineScreen
 
-SCREENS = (FleetScreen, HostScreen, EndpointsScreen, DriftScreen, AlertsScreen, RolloutsScreen)
+SCREENS = (FleetScreen, HostScreen, EndpointsScreen, DriftScreen, AlertsScreen, RolloutsScreen, TimelineScreen)
 # Actions that are the same meaning under other names: go back / close, and refresh.
 SYNONYMS = {
     "app.pop_screen": "back",

@@ -14,6 +14,7 @@ from console.fleet.host_screen import HostScreen
 from tests.console.test_console_monitoring_snapshots import alerts_ready, drift_ready
 from tests.console.test_console_rollouts import rollouts_ready
 from tests.console.test_console_snapshots import endpoints_ready, make_app
+from tests.console.test_console_timeline import timeline_ready
 from tests.console.wk_fakes import FakeSource, alerts_fleet, rollouts_fleet, serving_fleet
 from tests.console.wk_pilot import fleet_ready, screen_text, wait_for
 
@@ -44,6 +45,7 @@ SCREENS = {
     "drift": (_serving, drift_ready),
     "alerts": (lambda: WatchkeeperApp(FakeSource(alerts_fleet()), refresh_s=3600), alerts_ready),
     "rollouts": (lambda: WatchkeeperApp(FakeSource(rollouts_fleet()), refresh_s=3600), rollouts_ready),
+    "timeline": (_serving, timeline_ready),
 }
 
 
@@ -107,3 +109,12 @@ async def test_endpoints_at_80x24_detail_is_not_squeezed_beside_the_pool() -> No
     async with app.run_test(size=SMALL) as pilot:
         await ready(pilot)
         assert app.screen.query_one("#endpoint-detail").region.width >= 70
+
+
+async def test_timeline_at_80x24_keeps_the_chart_the_markers_and_the_items() -> None:
+    text = await _text_at_80x24("timeline")
+    lines = text.splitlines()
+    for label in ("req/s", "p99 ms", "errors", "drift", "cpu %", "gpu %", "events"):
+        assert any(line.lstrip().startswith(label) for line in lines), label
+    assert any("item(s)" in line for line in lines)  # the cursor's moment, below the chart
+    assert max(len(line) for line in lines) <= 80
