@@ -282,6 +282,18 @@ def _demo_traffic(fleet):
     return traffic
 
 
+def _configure_timeline(p: argparse.ArgumentParser) -> None:
+    from console.timeline.cli import configure
+
+    configure(p)
+
+
+def _run_timeline(args: argparse.Namespace) -> int:
+    from console.timeline.cli import run
+
+    return run(args)
+
+
 def _configure_loadtest(p: argparse.ArgumentParser) -> None:
     from console.serving.loadtest.options import configure
 
@@ -315,6 +327,12 @@ COMMANDS: tuple[Command, ...] = (
         _run_loadtest,
     ),
     Command("models", models_cli.HELP, models_cli.configure, models_cli.run),
+    Command(
+        "timeline",
+        "one endpoint's incident timeline across the fleet: changes, who made them, signals, series (--markdown)",
+        _configure_timeline,
+        _run_timeline,
+    ),
     *(Command(*spec) for spec in rollouts_cli.COMMANDS),
 )
 

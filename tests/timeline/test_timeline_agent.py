@@ -9,6 +9,7 @@ alice's approval and the weight step it made.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -16,6 +17,7 @@ import httpx
 import polars as pl
 import pytest
 
+from console.cli import main
 from tests.rollouts.test_rollouts_agent import act, tokens, wait_for
 from tests.serving.test_serving_agent import FEATURES, FLIGHTS, endpoint, records, reference, register, wait_loaded
 
@@ -113,8 +115,8 @@ def incident(agent_factory):
     c.close()
 
 
-def test_the_incident_reads_in_order_with_its_actors(incident):
-    _a, c, t0, rid, _guard_alert = incident
+def test_the_incident_reads_in_order_with_its_actors(incident, tmp_path, capsys):
+    a, c, t0, rid, _guard_alert = incident
     items = wait_for(lambda: (x := _items(c, t0)) and any(i["kind"] == "drift.verdict" for i in x) and x, timeout=10)
     created = _index(items, "endpoint.config", "admin", "endpoint created")
     start = _index(items, "rollout.start", "olga", rid)
@@ -145,6 +147,22 @@ def test_the_incident_reads_in_order_with_its_actors(incident):
     assert sum(v or 0 for v in series["requests_per_s"]["values"]) > 0
     assert any(v for v in series["host_cpu_percent"]["values"] if v is not None)
     assert series["drift_score"]["label"]  # the top feature
+
+    # The CLI: the same timeline as a postmortem skeleton, and as JSON.
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(f'[[agent]]\nname = "{a.name}"\nurl = "{a.url}"\ntoken = "{a.token}"\n')
+    capsys.readouterr()
+    assert main(["timeline", "delays", "--since", str(t0), "--markdown", "--fleet", str(fleet)]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("# Incident: delays") and "## Timeline (UTC)" in md and "## Figures before / after" in md
+    assert "rollout.abort" in md and "on behalf of alice" in md and "**turning point**" in md
+    assert "- **alice**: rollout.approve x1, rollout.weight x1" in md
+    assert "**watchkeeper-agent** (on behalf of alice)" in md
+    assert main(["timeline", "delays", "--since", str(t0), "--json", "--fleet", str(fleet)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [x["kind"] for x in doc["timeline"]["items"]] == [x["kind"] for x in items]
+    assert main(["timeline", "nope", "--fleet", str(fleet)]) == 1
+    assert "no agent has endpoint 'nope'" in capsys.readouterr().err
 
 
 def test_what_changed_before_the_guard_alert(incident):
