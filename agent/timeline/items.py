@@ -258,7 +258,9 @@ def drift_items(q: Reader, endpoint: str, since: float, until: float) -> list[Ti
         l AS (SELECT *, lag(drifted) OVER (ORDER BY window_end) AS pd,
                         lag(quality) OVER (ORDER BY window_end) AS pq FROM w)
         SELECT window_end, version, drifted, pd, quality, pq, scores FROM l
-        WHERE window_end >= ? ORDER BY window_end""",
+        WHERE window_end >= ? AND (list_sort(coalesce(drifted, [])) IS DISTINCT FROM list_sort(coalesce(pd, []))
+                                   OR coalesce(quality, []) IS DISTINCT FROM coalesce(pq, []))
+        ORDER BY window_end""",
         [endpoint, until, since, since],
     )
     out = []

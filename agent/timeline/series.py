@@ -73,15 +73,17 @@ def build_series(
     labels: dict[str, str] = {}
 
     # Callers' view: one row per request (row 0 carries its latency), mirrored shadow calls left out.
+    # Exact percentiles: one quantile_cont with a list sorts each bucket once (3x cheaper than two
+    # approx_quantile t-digests here, bench/timeline.py).
     rows = qp(
         f"""
-        SELECT {_bucket("ts")} AS i, count(*) / $step,
-               approx_quantile(latency_ms, 0.5), approx_quantile(latency_ms, 0.99),
-               count(*) FILTER (WHERE fallback_reason IN {ERROR_REASONS}) / count(*),
-               count(*) FILTER (WHERE status = 'fallback') / count(*)
-        FROM predictions
-        WHERE endpoint = $ep AND row_idx = 0 AND status <> 'shadow' AND ts >= {_ts("a")} AND ts <= {_ts("b")}
-        GROUP BY i""",
+        SELECT i, n / $step, q[1], q[2], err / n, fb / n FROM (
+            SELECT {_bucket("ts")} AS i, count(*) AS n, quantile_cont(latency_ms, [0.5, 0.99]) AS q,
+                   sum(CASE WHEN fallback_reason IN {ERROR_REASONS} THEN 1 ELSE 0 END) AS err,
+                   sum(CASE WHEN status = 'fallback' THEN 1 ELSE 0 END) AS fb
+            FROM predictions
+            WHERE endpoint = $ep AND row_idx = 0 AND status <> 'shadow' AND ts >= {_ts("a")} AND ts <= {_ts("b")}
+            GROUP BY i)""",
         {"ep": endpoint},
     )
     (values["requests_per_s"], values["p50_ms"], values["p99_ms"], values["error_share"],

@@ -194,3 +194,20 @@ def test_what_changed_before_the_guard_alert(incident):
     items = wait_for(lambda: (x := _items(c, t0)) and sum(i["kind"] == "agent.start" for i in x) == 2 and x)
     starts = [i for i, x in enumerate(items) if x["kind"] == "agent.start"]
     assert starts[0] < _index(items, "agent.stop", "watchkeeper-agent") < starts[1]
+
+
+def test_breaker_transitions_are_recorded_and_shown(agent_factory):
+    a = agent_factory("brk", config=CONFIG)
+    c = a.client()
+    register(c)
+    endpoint(c, faults={"error_rate": 1.0})
+    wait_loaded(c)
+    t0 = time.time() - 5
+    rec = records(reference(1))
+    for _ in range(30):  # every call fails; with a fallback, callers get 200s
+        assert c.post(PREDICT, json={"records": rec}).status_code == 200
+    assert c.get("/api/v1/endpoints/delays").json()["breaker_state"] == "open"
+    items = wait_for(lambda: [x for x in _items(c, t0) if x["kind"] == "breaker.open"], timeout=10)
+    assert items[0]["actor"] == "watchkeeper-agent" and items[0]["category"] == "signal"
+    assert "failed or were slow" in items[0]["summary"]
+    c.close()
