@@ -10,7 +10,7 @@ import time
 
 import duckdb
 
-from agent.schemas import Timeline, TimelineBefore, TimelineItem
+from agent.schemas import Timeline, TimelineBefore
 from agent.timeline import items as it
 from agent.timeline.series import build_series, pick_step
 
@@ -121,8 +121,3 @@ def _reader(cur: duckdb.DuckDBPyConnection) -> it.Reader:
         return cur.execute(sql, params).fetchall()
 
     return q
-
-
-def changes_only(items: list[TimelineItem]) -> list[TimelineItem]:
-    """The changes among `items` (people's and the agent's actions), newest first."""
-    return [x for x in reversed(items) if x.category == "change"]

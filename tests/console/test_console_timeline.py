@@ -12,8 +12,9 @@ from console.serving.rows import row_key
 from console.timeline.client import merge
 from console.timeline.render import render
 from console.timeline.screen import TimelineScreen
+from tests.console.test_console_rollouts import rollouts_ready
 from tests.console.timeline_fakes import FROZEN_NOW, make_timeline
-from tests.console.wk_fakes import FakeSource, alerts_fleet, serving_fleet
+from tests.console.wk_fakes import FakeSource, alerts_fleet, rollouts_fleet, serving_fleet
 from tests.console.wk_pilot import opened_ready, screen_text, until, wait_for
 
 
@@ -106,3 +107,17 @@ def test_render_keeps_a_spike_and_fits_the_width() -> None:
     assert all(line.cell_len == lines[0].cell_len for line in lines[:-2]) and lines[0].cell_len <= 80
     assert "█" in lines[0].plain  # one bucket of 288 squeezed into ~62 columns still shows, at full height
     assert cur == len(lines[0].plain) - 18 - 1
+
+
+async def test_t_from_a_rollout_opens_its_endpoint_around_its_start() -> None:
+    app = WatchkeeperApp(FakeSource(rollouts_fleet()), refresh_s=3600)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await rollouts_ready(pilot)
+        row = app.screen.table.cursor_row_data
+        await pilot.press("t")
+        await until(pilot, lambda: isinstance(app.screen, TimelineScreen) and app.screen.loads >= 1)
+        screen = app.screen
+        assert screen.endpoint == row.rollout.endpoint and screen.at == row.rollout.started_at
+        assert screen.agents[0] == row.agent and f"rollout {row.rollout.id}" in screen_text(app)
+        since, until_ = app.source.timeline_calls[-1][2:]
+        assert since < row.rollout.started_at < until_
