@@ -29,6 +29,7 @@ from console.timeline.render import LABEL_W, VALUE_W, clock, item_line, items_at
 STYLES = Path(__file__).resolve().parent / "timeline.tcss"
 ZOOMS = (3600.0, 3 * 3600.0, 6 * 3600.0, 12 * 3600.0, 86400.0, 3 * 86400.0, 7 * 86400.0)
 BEFORE_S = 1800.0
+REFRESH_MIN_S = 10.0
 
 
 def chart_width(width: int) -> int:
@@ -101,6 +102,12 @@ class TimelineScreen(ConsoleScreen):
         self.sub_title = f"timeline · {self.endpoint} · {hosts}"
         self._draw()
         self.load()
+        # Following "now" (not pinned to an alert's or a rollout's moment): refresh with the app's polls.
+        self.set_interval(max(self.wk_app.refresh_s, REFRESH_MIN_S), self._tick)
+
+    def _tick(self) -> None:
+        if self.at is None and not self._moved and self.before is None:
+            self.load()
 
     def on_resize(self) -> None:
         self._draw()

@@ -210,4 +210,16 @@ def test_breaker_transitions_are_recorded_and_shown(agent_factory):
     items = wait_for(lambda: [x for x in _items(c, t0) if x["kind"] == "breaker.open"], timeout=10)
     assert items[0]["actor"] == "watchkeeper-agent" and items[0]["category"] == "signal"
     assert "failed or were slow" in items[0]["summary"]
+    # A changed config shows as a reload at the next start; a kill -9 as a start after no clean stop.
+    a.stop()
+    cfg = a.data_dir.parent / f"{a.name}.toml"
+    cfg.write_text(cfg.read_text().replace("interval = 0.5", "interval = 0.6"))
+    a.start()
+    reload = wait_for(lambda: [x for x in _items(c, t0) if x["kind"] == "config.reload"], timeout=10)
+    assert reload[0]["actor"] == "watchkeeper-agent" and reload[0]["details"]["from"] != reload[0]["details"]["to"]
+    time.sleep(0.5)  # the start's row is flushed (flush_interval 0.2 s) before the kill
+    a.kill()
+    a.start()
+    starts = wait_for(lambda: [x for x in _items(c, t0) if x["kind"] == "agent.start"][2:], timeout=10)
+    assert "without a clean stop" in starts[-1]["summary"] and "config changed" not in starts[-1]["summary"]
     c.close()
