@@ -196,7 +196,7 @@ def test_what_changed_before_the_guard_alert(incident):
     assert starts[0] < _index(items, "agent.stop", "watchkeeper-agent") < starts[1]
 
 
-def test_breaker_transitions_are_recorded_and_shown(agent_factory):
+def test_breaker_config_reload_and_a_crash_are_on_the_timeline(agent_factory):
     a = agent_factory("brk", config=CONFIG)
     c = a.client()
     register(c)
