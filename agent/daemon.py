@@ -40,6 +40,7 @@ from agent.store.writer import StoreWriter
 from agent.systemd import notify, watchdog_interval
 from agent.telemetry.enforcement import detect_enforcement
 from agent.telemetry.sampler import Sampler
+from agent.timeline.record import XidWatch, record_start, record_stop
 
 log = logging.getLogger("watchkeeper.agent")
 
@@ -91,6 +92,17 @@ class _GpuStatusWatch:
         self._writer.append("agent_alerts", ALERT_ROW, [(snap.ts, sev, "telemetry.gpu_source", msg)])
 
 
+class _SnapshotWatches:
+    """Several per-sample watchers behind the sampler's one hook."""
+
+    def __init__(self, *watches) -> None:
+        self._watches = watches
+
+    def __call__(self, snap: Snapshot) -> None:
+        for w in self._watches:
+            w(snap)
+
+
 def build(cfg: AgentConfig) -> AgentContext:
     """Open the store and start the writer and sampler. Raises on a store that cannot open."""
     opened = open_store(cfg.db_path)
@@ -109,8 +121,10 @@ def build(cfg: AgentConfig) -> AgentContext:
             windows_s=cfg.monitoring.keep,
         ),
     )
-    writer.start()
     now = time.time()
+    # Read what the last run recorded before this one's writer writes anything.
+    record_start(opened.con, writer, cfg.model_dump_json(), now)
+    writer.start()
     writer.append("agent_alerts", ALERT_ROW, [(now, sev, kind, msg) for sev, kind, msg in opened.startup_alerts])
     tokens = TokenStore(writer, opened.con, cfg)
     token_file = bootstrap_admin_token(tokens, cfg.data_dir)
@@ -130,7 +144,7 @@ def build(cfg: AgentConfig) -> AgentContext:
         interval=cfg.sample_interval,
         jitter=cfg.sample_jitter,
         host_simulated=cfg.simulate.host,
-        on_snapshot=_GpuStatusWatch(writer),
+        on_snapshot=_SnapshotWatches(_GpuStatusWatch(writer), XidWatch(writer)),
     )
     # Model artifacts; uploads stream into tmp/ (one filesystem, so placing an artifact is a rename).
     reset_tmp_dir(cfg.data_dir / "tmp")
@@ -229,6 +243,8 @@ def shutdown(ctx: AgentContext) -> None:
         ctx.serving.close()
     ctx.sampler.stop()
     stop_alerting(ctx)
+    if ctx.writer.running:
+        record_stop(ctx.writer, "shutdown")
     ctx.writer.stop()
     if ctx.serving is not None:
         ctx.serving.predlog.close_journal()  # after the last flush: nothing uncommitted is left in it

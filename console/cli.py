@@ -304,6 +304,18 @@ def _demo_jobs(fleet):
     return jobs
 
 
+def _configure_timeline(p: argparse.ArgumentParser) -> None:
+    from console.timeline.cli import configure
+
+    configure(p)
+
+
+def _run_timeline(args: argparse.Namespace) -> int:
+    from console.timeline.cli import run
+
+    return run(args)
+
+
 def _configure_loadtest(p: argparse.ArgumentParser) -> None:
     from console.serving.loadtest.options import configure
 
@@ -339,6 +351,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("models", models_cli.HELP, models_cli.configure, models_cli.run),
     Command("jobs", jobs_cli.HELP, jobs_cli.configure, jobs_cli.run),
     Command("quotas", jobs_cli.QUOTAS_HELP, jobs_cli.configure_quotas, jobs_cli.run_quotas),
+    Command(
+        "timeline",
+        "one endpoint's incident timeline across the fleet: changes, who made them, signals, series (--markdown)",
+        _configure_timeline,
+        _run_timeline,
+    ),
     *(Command(*spec) for spec in rollouts_cli.COMMANDS),
 )
 

@@ -10,7 +10,7 @@ from agent.api.errors import install_error_handlers
 from agent.api.gate import Gate
 from agent.api.metrics import AgentCollector, make_registry
 from agent.api.openapi import install_openapi
-from agent.api.routes import admin, endpoints, health, models, monitoring, summary, telemetry
+from agent.api.routes import admin, endpoints, health, models, monitoring, summary, telemetry, timeline
 from agent.api.routes import alerts as alert_routes
 from agent.api.routes import jobs as job_routes
 from agent.api.routes import rollouts as rollout_routes
@@ -48,6 +48,7 @@ def create_app(ctx: AgentContext) -> FastAPI:
     app.include_router(alert_routes.router, prefix=API_PREFIX)
     app.include_router(rollout_routes.router, prefix=API_PREFIX)
     app.include_router(job_routes.router, prefix=API_PREFIX)
+    app.include_router(timeline.router, prefix=API_PREFIX)
     install_openapi(app)
     return app
 

@@ -124,6 +124,14 @@ from agent.schemas.telemetry import (
     SeriesResponse,
     Snapshot,
 )
+from agent.schemas.timeline import (
+    TIMELINE_SERIES,
+    Timeline,
+    TimelineBefore,
+    TimelineCategory,
+    TimelineItem,
+    TimelineSeries,
+)
 
 __all__ = [
     "API_PREFIX",
@@ -134,6 +142,7 @@ __all__ = [
     "NAME_PATTERN",
     "ROLLOUT_TERMINAL",
     "STRICT_INPUT",
+    "TIMELINE_SERIES",
     "ABResult",
     "AgentAlert",
     "AgentSummary",
@@ -229,6 +238,11 @@ __all__ = [
     "ServingStatus",
     "Signature",
     "Snapshot",
+    "Timeline",
+    "TimelineBefore",
+    "TimelineCategory",
+    "TimelineItem",
+    "TimelineSeries",
     "TokenCreate",
     "TokenCreated",
     "TokenInfo",

@@ -29,6 +29,17 @@ class CircuitBreaker:
         self.opened_count = 0
         self.last_reason = ""
         self.since = time.time()  # wall clock of the last state change, for people
+        # Told (new state, reason) at every transition; the serving layer records it for the timeline.
+        self.on_change: Callable[[str, str], None] | None = None
+
+    def _moved(self, state: str, reason: str) -> None:
+        self.state = state
+        self.since = time.time()
+        if self.on_change is not None:
+            try:
+                self.on_change(state, reason)
+            except Exception:  # a record that can't be queued never breaks a call
+                pass
 
     def allow(self) -> bool:
         """May this call reach the model? Moves open -> half-open when the open period ends."""
@@ -37,8 +48,7 @@ class CircuitBreaker:
         if self.state == "open":
             if self._clock() - self._opened_at < self.cfg.open_s:
                 return False
-            self.state = "half_open"
-            self.since = time.time()
+            self._moved("half_open", f"open for {self.cfg.open_s:g}s; probing with {self.cfg.half_open_probes} calls")
             self._probes_started = self._probes_ok = 0
         if self._probes_started < self.cfg.half_open_probes:
             self._probes_started += 1
@@ -57,8 +67,7 @@ class CircuitBreaker:
                 return
             self._probes_ok += 1
             if self._probes_ok >= self.cfg.half_open_probes:
-                self.state = "closed"
-                self.since = time.time()
+                self._moved("closed", f"{self._probes_ok} probe calls succeeded")
                 self._outcomes.clear()
                 self._failures = 0
             return
@@ -78,10 +87,9 @@ class CircuitBreaker:
             self._open(f"{self._failures}/{total} calls failed or were slow in {self.cfg.window_s:g}s")
 
     def _open(self, reason: str) -> None:
-        self.state = "open"
-        self.since = time.time()
         self._opened_at = self._clock()
         self.opened_count += 1
         self.last_reason = reason
+        self._moved("open", reason)
         self._outcomes.clear()
         self._failures = 0

@@ -18,6 +18,7 @@ from agent.schemas import EndpointConfig, EndpointInfo, ModelVersion
 from agent.serving.breaker import CircuitBreaker
 from agent.serving.pool import ModelLoadError
 from agent.serving.stats import ShadowStats, ShadowWindow, VersionWindow
+from agent.store.events import record_event
 
 if TYPE_CHECKING:
     from agent.serving.batcher import MicroBatcher
@@ -145,12 +146,23 @@ class EndpointTable:
                 if old is not None:
                     ep.fallback_mode, ep.fallback_reason = old.fallback_mode, old.fallback_reason
                 self._resolve(ep)
+                self._watch_breaker(ep)
                 self.endpoints[name] = ep
             elif kind == "delete":
                 self.endpoints.pop(name, None)
             elif kind == "fallback" and name in self.endpoints:
                 ep = self.endpoints[name]
                 ep.fallback_mode, ep.fallback_reason = bool(data["enabled"]), data.get("reason", "")
+
+    def _watch_breaker(self, ep: Endpoint) -> None:
+        """Record the endpoint's breaker transitions as agent events (the incident timeline shows them)."""
+        writer, name = self.writer, ep.name
+
+        def changed(state: str, reason: str) -> None:
+            word = {"open": "opened", "half_open": "half-open", "closed": "closed"}.get(state, state)
+            record_event(writer, f"breaker.{state}", f"breaker {word}: {reason}", name, {"reason": reason})
+
+        ep.breaker.on_change = changed
 
     def _resolve(self, ep: Endpoint) -> None:
         try:
@@ -188,6 +200,7 @@ class EndpointTable:
         if old is not None:
             ep.fallback_mode, ep.fallback_reason = old.fallback_mode, old.fallback_reason
         ep.updated_at = self._event(name, "config", cfg.model_dump(), principal)
+        self._watch_breaker(ep)
         self.endpoints[name] = ep
         return ep
 

@@ -166,6 +166,19 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        6,
+        """
+        -- What the agent itself did or saw that no other table records: starts and stops (with the config's
+        -- digest, so a changed config shows), circuit-breaker transitions, GPU XID errors. The incident
+        -- timeline (agent/timeline/) reads it; `endpoint` is NULL for host-wide events.
+        CREATE TABLE agent_events (ts TIMESTAMP NOT NULL, kind VARCHAR NOT NULL, endpoint VARCHAR,
+                                   summary VARCHAR NOT NULL, detail VARCHAR NOT NULL);
+        """,
+    )
+)
+
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 

@@ -74,6 +74,7 @@ def run_retention(
     for table in ("host_rollup_1m", "gpu_rollup_1m"):
         con.execute(f"DELETE FROM {table} WHERE bucket < {ts_from_unix('?')}", roll_cut)
     con.execute(f"DELETE FROM agent_alerts WHERE ts < {ts_from_unix('?')}", roll_cut)
+    con.execute(f"DELETE FROM agent_events WHERE ts < {ts_from_unix('?')}", roll_cut)
     if predictions_s is not None:
         cut = [now - predictions_s]
         con.execute(f"DELETE FROM predictions WHERE ts < {ts_from_unix('?')}", cut)

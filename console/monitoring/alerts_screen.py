@@ -160,6 +160,7 @@ class AlertsScreen(FleetTableScreen):
         Binding("slash", "filter", "Filter"),
         Binding("a", "ack", "Acknowledge"),
         Binding("z", "silence", "Silence"),  # z for snooze: `s` sorts on the fleet screen
+        Binding("t", "open_timeline", "Timeline", show=False),
     ]
     VIEW = "alerts"
     STATUS_ID = "alerts-status"
@@ -195,6 +196,21 @@ class AlertsScreen(FleetTableScreen):
         return parts
 
     # ------------------------------------------------------------------ actions
+
+    def action_open_timeline(self) -> None:
+        """`t`: the alert's endpoint's timeline, the cursor on the moment it fired (`w`: what changed before)."""
+        from console.timeline.screen import TimelineScreen, agents_serving
+
+        row = self.cursor_row("alert")
+        if row is None:
+            return
+        a = row.alert
+        if not a.endpoint:
+            self.app.notify(f"{a.rule} is about no endpoint: it has no timeline", severity="warning")
+            return
+        agents = agents_serving(self.wk_app.fleet_status, a.endpoint, row.agent)
+        at = a.firing_at or a.started_at
+        self.app.push_screen(TimelineScreen(a.endpoint, agents, at=at, context=f"alert {a.rule}"))
 
     def _target(self, verb: str) -> AlertRow | None:
         row = self.cursor_row("alert")

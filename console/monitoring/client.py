@@ -28,6 +28,8 @@ from agent.schemas import (
     DriftReportOut,
     HistogramOut,
     QualityReport,
+    Timeline,
+    TimelineBefore,
     WebhookStatus,
 )
 from console.core.client import AgentClient
@@ -246,6 +248,18 @@ class MonitoringPoller(FleetPoller):
     async def quality(self, name: str, endpoint: str) -> QualityReport:
         """Model quality of `endpoint` on agent `name`."""
         return await self._monitoring(name).quality(endpoint)
+
+    async def timeline(self, name: str, endpoint: str, since: float, until: float) -> Timeline:
+        """Agent `name`'s incident timeline of `endpoint` (console/timeline/)."""
+        from console.timeline.client import fetch_timeline
+
+        return await fetch_timeline(self.client(name), endpoint, since, until)
+
+    async def timeline_before(self, name: str, endpoint: str, at: float, window_s: float) -> TimelineBefore:
+        """What changed on agent `name` in the `window_s` before `at` (console/timeline/)."""
+        from console.timeline.client import fetch_before
+
+        return await fetch_before(self.client(name), endpoint, at, window_s)
 
     async def ack_alert(self, name: str, fingerprint: str, comment: str) -> AlertOut | None:
         """Acknowledge alert `fingerprint` on agent `name`."""

@@ -171,6 +171,7 @@ class RolloutsScreen(FleetTableScreen):
         Binding("backspace", "app.pop_screen", "Back", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("m", "mark", "Mark"),
+        Binding("t", "open_timeline", "Timeline", show=False),
         Binding("c", "clear_marks", "Unmark all", show=False),
         Binding("a", "approve", "Approve"),
         Binding("x", "reject", "Reject"),
@@ -227,6 +228,17 @@ class RolloutsScreen(FleetTableScreen):
         return parts
 
     # ------------------------------------------------------------------ marks
+
+    def action_open_timeline(self) -> None:
+        """`t`: the rollout's endpoint's timeline around its start."""
+        from console.timeline.screen import TimelineScreen, agents_serving
+
+        row = self.cursor_row("rollout")
+        if row is None:
+            return
+        r = row.rollout
+        agents = agents_serving(self.wk_app.fleet_status, r.endpoint, row.agent)
+        self.app.push_screen(TimelineScreen(r.endpoint, agents, at=r.started_at, context=f"rollout {r.id}"))
 
     def action_mark(self) -> None:
         """`m`: mark or unmark the selected rollout (actions then apply to every marked one), move down."""

@@ -32,6 +32,7 @@ class EndpointsScreen(FleetTableScreen):
         Binding("slash", "filter", "Filter"),
         Binding("f", "toggle_fallback", "Fallback on/off"),
         Binding("d", "open_drift", "Drift"),
+        Binding("t", "open_timeline", "Timeline", show=False),
     ]
     VIEW = "endpoints"
     STATUS_ID = "endpoints-status"
@@ -135,6 +136,15 @@ class EndpointsScreen(FleetTableScreen):
         row = self.cursor_row("endpoint")
         if row is not None:
             self.app.push_screen(DriftScreen(row.agent, row.endpoint))
+
+    def action_open_timeline(self) -> None:
+        """`t`: the selected endpoint's timeline across every host serving it."""
+        from console.timeline.screen import TimelineScreen, agents_serving
+
+        row = self.cursor_row("endpoint")
+        if row is not None:
+            agents = agents_serving(self.wk_app.fleet_status, row.endpoint, row.agent)
+            self.app.push_screen(TimelineScreen(row.endpoint, agents))
 
     @mutating
     def action_toggle_fallback(self) -> None:

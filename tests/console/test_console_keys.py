@@ -15,6 +15,7 @@ from console.monitoring.alerts_screen import AlertsScreen
 from console.monitoring.drift_screen import DriftScreen
 from console.rollouts.screen import RolloutsScreen
 from console.serving.endpoints_screen import EndpointsScreen
+from console.timeline.screen import TimelineScreen
 
 SCREENS = (
     FleetScreen,
@@ -25,6 +26,7 @@ SCREENS = (
     RolloutsScreen,
     JobsScreen,
     QuotasScreen,
+    TimelineScreen,
 )
 # Actions that are the same meaning under other names: go back / close, and refresh.
 SYNONYMS = {

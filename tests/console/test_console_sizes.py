@@ -18,6 +18,7 @@ from tests.console.jobs.fakes import jobs_source
 from tests.console.test_console_monitoring_snapshots import alerts_ready, drift_ready
 from tests.console.test_console_rollouts import rollouts_ready
 from tests.console.test_console_snapshots import endpoints_ready, make_app
+from tests.console.test_console_timeline import timeline_ready
 from tests.console.wk_fakes import FakeSource, alerts_fleet, rollouts_fleet, serving_fleet
 from tests.console.wk_pilot import fleet_ready, screen_text, wait_for
 
@@ -69,6 +70,7 @@ SCREENS = {
     "rollouts": (lambda: WatchkeeperApp(FakeSource(rollouts_fleet()), refresh_s=3600), rollouts_ready),
     "jobs": (_jobs, jobs_ready),
     "quotas": (_jobs, quotas_ready),
+    "timeline": (_serving, timeline_ready),
 }
 
 
@@ -154,3 +156,12 @@ async def test_quotas_at_80x24_near_limit_first_and_unlimited_said() -> None:
     assert "training" in rows[0] and "95%" in rows[0]  # near its CPU limit: first
     assert "batch" in rows[1] and "unlimited" in rows[1] and "0%" not in rows[1].split("unlimited")[-1]
     assert "etl" in rows[2] and rows[2].count("unlimited") == 4 and "%" not in rows[2]
+
+
+async def test_timeline_at_80x24_keeps_the_chart_the_markers_and_the_items() -> None:
+    text = await _text_at_80x24("timeline")
+    lines = text.splitlines()
+    for label in ("req/s", "p99 ms", "errors", "drift", "cpu %", "gpu %", "events"):
+        assert any(line.lstrip().startswith(label) for line in lines), label
+    assert any("item(s)" in line for line in lines)  # the cursor's moment, below the chart
+    assert max(len(line) for line in lines) <= 80

@@ -396,6 +396,7 @@ class FakeSource:
     quality_error: Exception | None = None
     alert_calls: list[tuple[str, str, str, float | None, str]] = field(default_factory=list)
     alert_error: Exception | None = None
+    timeline_calls: list[tuple[str, str, float, float]] = field(default_factory=list)
 
     @property
     def specs(self) -> Sequence[AgentSpec]:
@@ -471,6 +472,23 @@ class FakeSource:
     async def drift_histogram(self, name: str, endpoint: str, feature: str) -> HistogramOut:
         self.histogram_calls.append((name, endpoint, feature))
         return make_histogram(endpoint, feature)
+
+    # ------------------------------------------------------------------ timeline (TimelineSource)
+
+    async def timeline(self, name: str, endpoint: str, since: float, until: float):
+        from tests.console.timeline_fakes import make_timeline
+
+        self.timeline_calls.append((name, endpoint, since, until))
+        return make_timeline(self.status.get(name).label, endpoint, since, until, self._host_no(name))
+
+    async def timeline_before(self, name: str, endpoint: str, at: float, window_s: float):
+        from tests.console.timeline_fakes import make_before
+
+        self.timeline_calls.append((name, endpoint, at, window_s))
+        return make_before(self.status.get(name).label, endpoint, at, window_s, self._host_no(name))
+
+    def _host_no(self, name: str) -> int:
+        return [a.name for a in self.status.agents].index(name)
 
     async def quality(self, name: str, endpoint: str) -> QualityReport:
         if self.quality_error is not None:

@@ -43,6 +43,7 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         (
             ("f", "switch the selected endpoint to its fallback / back (asks, reason required)"),
             ("d", "drift of the selected endpoint"),
+            ("t", "timeline of the selected endpoint across its hosts"),
             ("/", "filter (host, endpoint, model:version, breaker, mode)"),
             ("Esc", "clear filter, else back to fleet"),
         ),
@@ -58,10 +59,20 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ),
     ),
     (
+        "Timeline",
+        (
+            ("← → (shift: x10)", "move the cursor through time: the items at that moment below"),
+            ("+ / -", "zoom in / out (1 h, 3 h, 6 h, 12 h, 1 d, 3 d, 7 d)"),
+            ("w", "what changed in the 30 min before the cursor (the alert's moment when opened from one)"),
+            ("Esc", "leave 'what changed', else back"),
+        ),
+    ),
+    (
         "Alerts",
         (
             ("a", "acknowledge the selected alert (asks; comment optional)"),
             ("z", "silence (snooze) the selected alert for 1h / 4h / 24h (asks)"),
+            ("t", "timeline of the alert's endpoint, at the moment it fired"),
             ("/", "filter (host, severity, state, rule, endpoint, subject, summary)"),
             ("Esc", "clear filter, else back"),
         ),
@@ -70,6 +81,7 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         "Rollouts",
         (
             ("m / c", "mark the selected rollout (actions apply to all marked) / clear all marks"),
+            ("t", "timeline of the rollout's endpoint, around its start"),
             ("a", "approve the awaiting step (asks; reason optional)"),
             ("x", "reject the awaiting step: back to stable (asks, reason required)"),
             ("p", "promote now, skipping the remaining steps (asks)"),
