@@ -78,17 +78,9 @@ def test_host_series_use_raw_samples_and_the_rollup_before_them(store) -> None:
     assert set(cpu[:half]) == {10.0} and set(cpu[half:]) == {70.0}  # raw wins where both exist
 
 
-def test_jobs_light_up_once_the_table_exists_and_xids_count(store) -> None:
+def test_jobs_on_the_host_and_xids_show(store) -> None:
     svc = TimelineService(store, "h")
-    tl = svc.timeline("delays", T0, T0 + 3600)
-    assert "jobs: this agent has no jobs table" in tl.notes
-    # The jobs table as issue 13 creates it (agent/store/migrations.py on that branch).
-    store.execute(
-        """CREATE TABLE jobs (id VARCHAR NOT NULL, attempt INTEGER NOT NULL, pipeline VARCHAR NOT NULL,
-               state VARCHAR NOT NULL, reason VARCHAR NOT NULL, exit_code INTEGER, submitted_at DOUBLE NOT NULL,
-               started_at DOUBLE, ended_at DOUBLE, updated_at DOUBLE NOT NULL, job VARCHAR NOT NULL,
-               spec VARCHAR NOT NULL, handle VARCHAR, PRIMARY KEY (id, attempt))"""
-    )
+    # The jobs table is migration 5's (agent/store/migrations.py); a job that ran on this host.
     store.execute(
         "INSERT INTO jobs VALUES ('j-1', 1, 'train', 'COMPLETED', 'exit code 0', 0, ?, ?, ?, ?, ?, '{}', NULL)",
         [T0 + 50, T0 + 60, T0 + 900, T0 + 900, json.dumps({"submitted_by": "tina"})],
