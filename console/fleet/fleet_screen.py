@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Header
 from console.core.poller import FleetStatus
 from console.core.screens.filtered import FleetTableScreen
 from console.fleet.fleet_table import FleetTable
-from console.fleet.rows import COLUMNS, SCREEN_COLUMNS, FleetRow, fleet_rows
+from console.fleet.rows import COLUMNS, SCREEN_COLUMNS, FleetRow, RowCache
 
 # k9s-style shift-letter sorts: pressing the same one again flips the direction.
 SORT_KEYS: dict[str, str] = {
@@ -42,6 +42,10 @@ class FleetScreen(FleetTableScreen):
     ]
     STATUS_ID = "fleet-status"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._row_cache = RowCache()
+
     def compose(self) -> ComposeResult:
         yield Header()
         yield FleetTable(id="fleet-table")
@@ -55,7 +59,7 @@ class FleetScreen(FleetTableScreen):
         """The first screen: the App polls as it starts."""
 
     def rows_of(self, status: FleetStatus) -> list[FleetRow]:
-        return fleet_rows(status)
+        return self._row_cache.rows(status)
 
     def status_parts(self, status: FleetStatus) -> list[str]:
         return [f"{len(self.table.rows_shown)}/{len(status.agents)} shown", f"poll {status.duration_s:.1f}s"]
