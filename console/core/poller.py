@@ -305,10 +305,13 @@ class FleetPoller:
             finished.append(track)
 
         everyone = asyncio.ensure_future(asyncio.gather(*(on_phase(t) for t in due)))
+        # Cancelled with the poll (the app closing): nobody awaits it then, so say it was seen.
+        everyone.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             while not everyone.done():
                 await asyncio.wait([everyone], timeout=self.progress_every_s)
-                if progress is not None and finished and not everyone.done():
+                # Not before every agent has a status (the first poll): a row per agent or none.
+                if progress is not None and finished and not everyone.done() and len(self._statuses) == len(tracks):
                     batch, finished[:] = finished[:], []
                     progress(self._fleet_status(started, tracks, batch))
             await everyone
