@@ -41,8 +41,9 @@ MAX_IN_FLIGHT = 64
 # A retry lands at (1 - jitter * U[0,1)) x the backoff, so agents that failed together drift apart.
 BACKOFF_JITTER = 0.25
 # A phased poll (`want_phases`) hands what it has to `on_progress` this often: small batches, not one
-# burst of 1,000 rows at the end.
-PROGRESS_EVERY_S = 0.2
+# burst of 1,000 rows at the end, and not so often that the screen redraws its visible rows (tens of
+# ms each time) several times a second.
+PROGRESS_EVERY_S = 0.4
 # --------------------------------------------------------------------------- poll results
 
 

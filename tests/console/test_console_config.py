@@ -105,7 +105,9 @@ def test_resolve_requires_agents_and_merges_sources(tmp_path: Path) -> None:
 
 
 def test_agents_flag_replaces_the_fleet_from_the_environment_and_dedupes_by_address(tmp_path: Path) -> None:
-    path = write(tmp_path, '[[agent]]\nname="gpu-01"\nurl="http://h:1"\ntoken="t1"\n[[agent]]\nname="y"\nurl="http://h:2"')
+    path = write(
+        tmp_path, '[[agent]]\nname="gpu-01"\nurl="http://h:1"\ntoken="t1"\n[[agent]]\nname="y"\nurl="http://h:2"'
+    )
     env = {"WATCHKEEPER_FLEET": str(path)}
     # A flag beats the environment: only the agent asked for, with the file's name and token for its address.
     (only,) = resolve_fleet("http://h:1/", None, env=env)

@@ -138,3 +138,35 @@ async def test_a_filter_follows_changes_of_the_rows_it_matches() -> None:
         assert t.row_keys == ["agent-040"]
         await pilot.press("escape")
         assert len(t.row_keys) == N and t.get_cell("agent-004", "state").plain == "up"
+
+
+async def test_a_change_off_screen_redraws_nothing_and_shows_when_scrolled_to() -> None:
+    from tests.console.wk_pilot import screen_text
+
+    source = many()
+    app = WatchkeeperApp(source, refresh_s=3600)
+    async with app.run_test(size=(140, 24)) as pilot:  # about 15 rows visible of 60
+        t = await ready(app, pilot)
+        # Drawn once (so DataTable has it in its render caches), then scrolled away from.
+        t.scroll_to(y=50, animate=False)
+        await pilot.pause()
+        assert "agent-055" in screen_text(app)
+        t.scroll_to(y=0, animate=False)
+        await pilot.pause()
+        assert "agent-055" not in screen_text(app)
+        drawn = t._update_count  # DataTable redraws its rows when this moves
+        agents = list(source.status.agents)
+        agents[55] = up("agent-055", 55, cpu=56.0, mem=12.3)
+        await refresh(app, pilot, t, source, agents)
+        assert t.last_sync_changes == 1 and t._update_count == drawn  # nothing on screen changed
+        # Scrolled to, the off-screen row shows its new value, not its drawing from before.
+        t.scroll_to(y=50, animate=False)
+        await pilot.pause()
+        line = next(x for x in screen_text(app).splitlines() if "agent-055" in x)
+        assert "12.3" in line
+        # A visible row's change is drawn at once.
+        t.scroll_to(y=0, animate=False)
+        agents[1] = up("agent-001", 1, cpu=2.0, mem=33.3)
+        await refresh(app, pilot, t, source, agents)
+        await pilot.pause()
+        assert t._update_count > drawn and "33.3" in screen_text(app)

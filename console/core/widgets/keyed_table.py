@@ -97,6 +97,12 @@ class KeyedTable(DataTable):
 
     def __init__(self, columns: Sequence[tuple[str, str | Text]], **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        # DataTable caches rendered cells, rows and lines keyed by its update count, room for 10,000
+        # cells: a table updated several times a second fills them with dead entries, at 1,000 rows
+        # most of the objects a full garbage collection walks (pauses of 100-400 ms on the UI thread).
+        # What one screen shows (~100 rows of ~10 cells) fits these.
+        for cache, size in ((self._cell_render_cache, 2000), (self._row_render_cache, 300), (self._line_cache, 300)):
+            cache.maxsize = size
         self._column_spec = tuple(columns)
         self._column_keys = [key for key, _ in self._column_spec]
         self._cells: dict[str, tuple[Styled | Text, ...]] = {}
@@ -144,7 +150,8 @@ class KeyedTable(DataTable):
         changed), then show the rows in `order` (None: the order is unchanged; new rows go last).
         Returns how many cells changed."""
         keep_cursor = self.cursor_key
-        changes = quiet = 0
+        changes = 0
+        quiet: set[str] = set()  # rows whose cells changed without a refresh yet
         columns = self._column_keys
         with self.app.batch_update():
             gone = set()
@@ -178,12 +185,17 @@ class KeyedTable(DataTable):
                             # What `update_cell` does, less its refresh per cell (~25 µs each, the
                             # largest cost of a 1,000-row refresh): one refresh below for them all.
                             data[column_key] = text
-                            quiet += 1
+                            quiet.add(key)
                         changes += 1
                 self._cells[key] = new
-            if quiet:
+            if quiet and self._on_screen(quiet):
                 self._update_count += 1  # DataTable's render caches are keyed by it
                 self.refresh()
+            elif quiet:
+                # Only rows off screen changed: nothing on screen to redraw (a redraw of the visible
+                # rows costs tens of ms, and a phased poll brings a batch every few hundred ms). The
+                # render caches go, so those rows are drawn from the new values when scrolled to.
+                self._clear_caches()
             self.last_sync_reordered = False
             if order is not None and list(order) != self._order:
                 rank = {key: i for i, key in enumerate(order)}
@@ -197,6 +209,18 @@ class KeyedTable(DataTable):
         self.sync_count += 1
         self.last_sync_changes = changes
         return changes
+
+    def _on_screen(self, keys: Iterable[str]) -> bool:
+        """Whether any of the rows `keys` is within the visible rows (with a row of margin)."""
+        height = self.size.height
+        if not height:
+            return True
+        top = int(self.scroll_offset.y)
+        for key in keys:
+            index = self._row_locations.get(RowKey(key))
+            if index is not None and top - 1 <= index <= top + height:
+                return True
+        return False
 
 
 class FilteredRowsTable(KeyedTable, Generic[R]):
