@@ -220,6 +220,7 @@ async def measure_tui(urls: list[str], seconds: float, refresh_s: float, prometh
     import psutil
 
     from console.app import WatchkeeperApp
+    from console.cli import settle_garbage_collector
     from console.core.audit_heads import HeadStore
     from console.core.config import AgentSpec
     from console.core.limits import fit_open_files
@@ -243,6 +244,7 @@ async def measure_tui(urls: list[str], seconds: float, refresh_s: float, prometh
     else:
         source = ThreadedSource(RolloutsPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0))
     app = WatchkeeperApp(source, refresh_s=refresh_s)
+    settle_garbage_collector()
     worst = {"lag": 0.0}
     peak = {"rss": 0, "fds": 0}
 

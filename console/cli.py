@@ -14,6 +14,7 @@ function adding its options, and a function running it.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -156,6 +157,16 @@ def _theme(args: argparse.Namespace) -> str | None:
 # --------------------------------------------------------------------------- commands
 
 
+def settle_garbage_collector() -> None:
+    """Move what start-up made (imported modules, ~150k objects) out of the collector's sight.
+
+    A full collection walks every tracked object while holding the GIL: with the imports in it, a
+    1,000-agent console paused its screen 100-400 ms each time. What is alive now lives as long as
+    the process anyway; cycles made later are still collected."""
+    gc.collect()
+    gc.freeze()
+
+
 def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) -> int:
     """Open the fleet console on the given (or configured) agents."""
     from console.app import WatchkeeperApp
@@ -180,6 +191,7 @@ def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) 
         poller = RolloutsPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0)
         source = ThreadedSource(poller)
     app = WatchkeeperApp(source, refresh_s=args.refresh, readonly=args.readonly, theme=theme)
+    settle_garbage_collector()
     rc = app.run()
     return app.return_code if app.return_code is not None else (rc or EXIT_OK)
 
