@@ -240,7 +240,7 @@ async def measure_tui(urls: list[str], seconds: float, refresh_s: float, prometh
         from console.prometheus.source import PrometheusSource
 
         heads = HeadStore()
-        source = PrometheusSource(prometheus, [], agents=lambda s: RolloutsPoller(s, audit_heads=heads))
+        source = ThreadedSource(PrometheusSource(prometheus, [], agents=lambda s: RolloutsPoller(s, audit_heads=heads)))
     else:
         source = ThreadedSource(RolloutsPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0))
     app = WatchkeeperApp(source, refresh_s=refresh_s)
