@@ -158,7 +158,7 @@ def _theme(args: argparse.Namespace) -> str | None:
 
 
 # Young-generation and older-generation thresholds of the cyclic collector (Python's are 700, 10, 10).
-GC_THRESHOLDS = (20_000, 20, 50)
+GC_THRESHOLDS = (5_000, 20, 100)
 
 
 def settle_garbage_collector() -> None:

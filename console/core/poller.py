@@ -15,7 +15,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -109,6 +109,8 @@ class FleetStatus:
     polled_at: float
     duration_s: float
     agents: tuple[AgentStatus, ...]
+    # False: part of a phased poll (`FleetPoller.want_phases`); `duration_s` is the poll's so far.
+    complete: bool = True
 
     def get(self, name: str) -> AgentStatus | None:
         """The status of agent `name`, or None."""
@@ -314,7 +316,7 @@ class FleetPoller:
                 # Not before every agent has a status (the first poll): a row per agent or none.
                 if progress is not None and finished and not everyone.done() and len(self._statuses) == len(tracks):
                     batch, finished[:] = finished[:], []
-                    progress(self._fleet_status(started, tracks, batch))
+                    progress(replace(self._fleet_status(started, tracks, batch), complete=False))
             await everyone
         finally:
             everyone.cancel()

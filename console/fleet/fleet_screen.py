@@ -45,6 +45,7 @@ class FleetScreen(FleetTableScreen):
     def __init__(self) -> None:
         super().__init__()
         self._row_cache = RowCache()
+        self._poll_s = 0.0
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -62,7 +63,9 @@ class FleetScreen(FleetTableScreen):
         return self._row_cache.rows(status)
 
     def status_parts(self, status: FleetStatus) -> list[str]:
-        return [f"{len(self.table.rows_shown)}/{len(status.agents)} shown", f"poll {status.duration_s:.1f}s"]
+        if status.complete:  # a phased poll's batches keep the last whole poll's duration
+            self._poll_s = status.duration_s
+        return [f"{len(self.table.rows_shown)}/{len(status.agents)} shown", f"poll {self._poll_s:.1f}s"]
 
     def view_parts(self) -> list[str]:
         table = self.table

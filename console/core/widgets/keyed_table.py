@@ -193,9 +193,9 @@ class KeyedTable(DataTable):
                 self.refresh()
             elif quiet:
                 # Only rows off screen changed: nothing on screen to redraw (a redraw of the visible
-                # rows costs tens of ms, and a phased poll brings a batch every few hundred ms). The
-                # render caches go, so those rows are drawn from the new values when scrolled to.
-                self._clear_caches()
+                # rows costs tens of ms, and a phased poll brings a batch every few hundred ms). Their
+                # cached drawings go, so they are drawn from the new values when scrolled to.
+                self._forget_rows(quiet)
             self.last_sync_reordered = False
             if order is not None and list(order) != self._order:
                 rank = {key: i for i, key in enumerate(order)}
@@ -209,6 +209,23 @@ class KeyedTable(DataTable):
         self.sync_count += 1
         self.last_sync_changes = changes
         return changes
+
+    def _forget_rows(self, keys: set[str]) -> None:
+        """Drop DataTable's cached drawings of the rows `keys` (and of the lines they sit on), leaving
+        the rest: what is on screen stays drawn, however often the screen around it repaints."""
+        row_keys = {RowKey(k) for k in keys}
+        indexes = {self._row_locations.get(k) for k in row_keys} - {None}
+        # A table line is its row's index below the header (rows here are one line high); a line
+        # more either way costs one redraw and no mistake.
+        lines = {i + d for i in indexes for d in (-1, 0, 1, 2)}  # type: ignore[operator]
+        for cache, is_mine in (
+            (self._cell_render_cache, lambda key: key[0] in row_keys),
+            (self._row_render_cache, lambda key: key[0] in row_keys),
+            (self._row_renderable_cache, lambda key: key[1] in indexes),
+            (self._line_cache, lambda key: key[0] in lines),
+        ):
+            for key in [k for k in cache.keys() if is_mine(k)]:  # noqa: SIM118 - an LRUCache, not a dict
+                cache.discard(key)
 
     def _on_screen(self, keys: Iterable[str]) -> bool:
         """Whether any of the rows `keys` is within the visible rows (with a row of margin)."""
