@@ -41,6 +41,9 @@ from console.rollouts.screen import RolloutsScreen
 from console.serving.endpoints_screen import EndpointsScreen
 
 DEFAULT_REFRESH_S = 2.0
+# A phased source (one with `want_phases`) spreads a poll's agents over this share of the refresh
+# interval; the rest is slack for the last agents' answers before the next poll starts.
+SPREAD_SHARE = 0.75
 # The same error is reported at most once in this many seconds (a dead agent fails every poll).
 ERROR_REPEAT_S = 60.0
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -118,6 +121,14 @@ class WatchkeeperApp(App[int]):
         self._poll_again = False
         self._poll_timer: Timer | None = None
         self._reported: dict[tuple[str, str], float] = {}
+        # The last complete poll: state changes are announced between complete polls, so agents that
+        # went down together share one toast even when a phased poll brings them in several batches.
+        self._last_complete: FleetStatus | None = None
+        self._poll_started = 0.0
+        phases = getattr(source, "want_phases", None)
+        self.phased = phases is not None
+        if phases is not None:
+            phases(refresh_s * SPREAD_SHARE, self._poll_progress)
         self._previous_handlers: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -166,6 +177,7 @@ class WatchkeeperApp(App[int]):
         """Poll every agent once in the background, then arm the next poll."""
         self.polling = True
         self.polls_started += 1
+        self._poll_started = time.monotonic()
         cancelled = False
         try:
             self._tell_feeds_wanted()
@@ -214,7 +226,14 @@ class WatchkeeperApp(App[int]):
         if self._poll_timer is not None:
             self._poll_timer.stop()
         # Not 0: Textual's timer divides by its interval when it runs late (ZeroDivisionError).
-        delay = 0.001 if self._poll_again else self.refresh_s
+        delay = self.refresh_s
+        if self.phased:
+            # A phased poll lasts most of the interval: the next starts one interval after this one
+            # started, so every agent is asked every refresh_s, on its own phase.
+            delay = max(0.001, self.refresh_s - (time.monotonic() - self._poll_started))
+        if self._poll_again:
+            delay = 0.001
+            self._burst()
         self._poll_again = False
         self._poll_timer = self.set_timer(delay, self.poll_fleet, name="fleet-poll")
 
@@ -231,12 +250,25 @@ class WatchkeeperApp(App[int]):
             return
         if self._poll_timer is not None:
             self._poll_timer.stop()
+        self._burst()
         self.poll_fleet()
+
+    def _burst(self) -> None:
+        # Asked for now (a key, a screen opened): every agent at once, not spread over the interval.
+        burst = getattr(self.source, "burst_next", None)
+        if burst is not None:
+            burst()
+
+    def _poll_progress(self, status: FleetStatus) -> None:
+        # Called on the poller's thread (post_message is thread-safe): part of a phased poll arrived.
+        self.post_message(FleetPolled(status, partial=True))
 
     @on(FleetPolled)
     def _fleet_polled(self, message: FleetPolled) -> None:
-        previous = self.fleet_status
         self.fleet_status = message.status
+        if message.partial:
+            return
+        previous, self._last_complete = self._last_complete, message.status
         if previous is not None:
             self._announce_changes(previous, message.status)
 

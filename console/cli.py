@@ -15,6 +15,7 @@ function adding its options, and a function running it.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -158,31 +159,53 @@ def _theme(args: argparse.Namespace) -> str | None:
 # --------------------------------------------------------------------------- commands
 
 
+# Young-generation and older-generation thresholds of the cyclic collector (Python's are 700, 10, 10).
+GC_THRESHOLDS = (5_000, 20, 100)
+
+
+def settle_garbage_collector() -> None:
+    """Keep the cyclic garbage collector's full passes short and rare in the TUI.
+
+    A full collection walks every tracked object while holding the GIL, so it freezes the screen
+    and the poller alike. What start-up made (imported modules, ~150k objects) lives as long as the
+    process: it leaves the collector's sight. A poll's answers live one refresh interval (pydantic
+    models, ~100 objects per agent), long enough to reach the oldest generation, so with Python's
+    thresholds a 1,000-agent console ran a full pass every second or two (measured: 100-400 ms
+    each, more on a loaded machine); these thresholds make it one every few tens of seconds. Cycles
+    are still collected, later."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) -> int:
     """Open the fleet console on the given (or configured) agents."""
     from console.app import WatchkeeperApp
     from console.core.audit_heads import HeadStore
+    from console.core.poll_thread import ThreadedSource
     from console.jobs.client import JobsPoller
     from console.rollouts.client import RolloutsPoller
 
     theme = _theme(args)
-    source: Any  # a FleetSource: the agents' poller (on its own thread) or Prometheus
+    source: Any  # a FleetSource on its own thread: the agents' poller, or Prometheus
     prometheus, file_specs = _prometheus(args) if specs is None else (None, [])
     if prometheus is not None:
         from console.prometheus.source import PrometheusSource
 
         # The table from PromQL; drill-down and actions through a RolloutsPoller over the agents found.
+        # On its own thread too: parsing a 1,000-agent fleet's answers is CPU the screen must not wait on.
         heads = HeadStore()
-        source = PrometheusSource(prometheus, file_specs, agents=lambda s: RolloutsPoller(s, audit_heads=heads))
+        source = ThreadedSource(
+            PrometheusSource(prometheus, file_specs, agents=lambda s: RolloutsPoller(s, audit_heads=heads))
+        )
     else:
-        from console.core.poll_thread import ThreadedSource
-
         specs = specs if specs is not None else _specs(args)
         # Remembers each agent's audit head; serving status and audit checks spread over the first 30 s;
         # polling on its own thread and loop, so a big fleet's poll never freezes the screen.
         poller = JobsPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0)
         source = ThreadedSource(poller)
     app = WatchkeeperApp(source, refresh_s=args.refresh, readonly=args.readonly, theme=theme)
+    settle_garbage_collector()
     rc = app.run()
     return app.return_code if app.return_code is not None else (rc or EXIT_OK)
 

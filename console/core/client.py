@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
@@ -40,6 +40,7 @@ from agent.schemas import (
 from console import __version__
 from console.core.config import AgentSpec
 from console.core.errors import AgentError, ErrorKind, classify_response, classify_transport_error
+from console.core.fastget import HttpProtocolError, KeepAliveGet
 
 T = TypeVar("T")
 # The HTTP Date header has 1 s resolution; only offsets clearly beyond that are clock skew.
@@ -60,9 +61,10 @@ _ENDPOINT = TypeAdapter(EndpointInfo)
 _ENDPOINTS = TypeAdapter(list[EndpointInfo])
 _MODEL_VERSION = TypeAdapter(ModelVersion)
 _SSL_CONTEXTS: dict[bool | str, ssl.SSLContext] = {}
-# One keep-alive connection per agent at rest (a fleet of 1,000 agents must fit `ulimit -n 1024`-ish
-# limits); a few more only while a poll asks several routes of the same agent at once.
-AGENT_LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=1, keepalive_expiry=30.0)
+# httpx carries what the plain GET connection (console/core/fastget.py) does not: other methods, and
+# GETs asked beside the summary. Kept a few seconds only, so a fleet at rest holds about one socket
+# per agent (a fleet of 1,000 agents must fit modest open-files limits).
+AGENT_LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=1, keepalive_expiry=5.0)
 
 
 def _shared_ssl_context(verify: bool | str) -> ssl.SSLContext:
@@ -122,8 +124,30 @@ def http_client(
     )
 
 
+def keepalive_get(spec: AgentSpec) -> KeepAliveGet:
+    """The plain keep-alive GET connection for `spec` (same headers, TLS context and socket as httpx's)."""
+    headers = {"User-Agent": f"watchkeeper-console/{__version__}", "Accept": "application/json"}
+    if spec.token:
+        headers["Authorization"] = f"Bearer {spec.token}"
+    if spec.socket_path is not None:
+        return KeepAliveGet("agent", 80, uds=spec.socket_path, headers=headers)
+    parts = urlsplit(spec.url)
+    https = parts.scheme == "https"
+    return KeepAliveGet(
+        parts.hostname or "",
+        parts.port or (443 if https else 80),
+        ssl_context=ssl_context_for(spec) if https else None,
+        headers=headers,
+    )
+
+
 class AgentClient:
-    """An async HTTP client for one agent (http, https or `unix://` socket)."""
+    """An async HTTP client for one agent (http, https or `unix://` socket).
+
+    GETs without a body go over one plain keep-alive connection (`console.core.fastget`, a fraction
+    of httpx's CPU per request, which is what a 1,000-agent poll is made of); everything else (other
+    methods, a GET while that connection is busy, every request of a client given its own httpx
+    `transport`) goes through httpx."""
 
     def __init__(self, spec: AgentSpec, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.spec = spec
@@ -133,9 +157,14 @@ class AgentClient:
         # timeout starts once it holds a slot, so it measures the agent, not the console's backlog.
         self.limiter: asyncio.Semaphore | None = None
         self._http = http_client(spec, transport=transport)
+        self._get = keepalive_get(spec) if transport is None else None
+        # Held while a GET is on that connection (HTTP/1.1 answers in order).
+        self._get_lock = asyncio.Lock()
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connections."""
+        if self._get is not None:
+            await self._get.aclose()
         await self._http.aclose()
 
     async def request(
@@ -155,6 +184,53 @@ class AgentClient:
         If-None-Match in `headers` is returned, not raised)."""
         timeout_s = self.spec.timeout_s if timeout_s is None else timeout_s
         conditional = bool(headers and "If-None-Match" in headers)
+        # The plain connection serves one GET at a time; another asked meanwhile (a poll asking the
+        # host or serving status beside the summary) goes through httpx as before, concurrently: a
+        # hanging agent still costs one timeout, not one per request.
+        plain = self._get is not None and not self._get_lock.locked()
+        if method == "GET" and body is None and files is None and plain:
+            response = await self._plain_get(path, params, headers, timeout_s)
+        else:
+            response = await self._httpx_request(method, path, params, body, files, headers, timeout_s)
+        if not response.is_success and not (conditional and response.status_code == 304):
+            if refusal is not None:
+                raise refusal(response)
+            raise classify_response(response, has_token=bool(self.spec.token))
+        # Only from answers of the agent itself: an error may come from a proxy with its own clock.
+        self._note_date(response)
+        return response
+
+    async def _plain_get(
+        self, path: str, params: dict[str, Any] | None, headers: dict[str, str] | None, timeout_s: float
+    ) -> httpx.Response:
+        assert self._get is not None
+        target = f"{path}?{httpx.QueryParams(params)}" if params else path  # encoded as httpx would
+        try:
+            async with self._get_lock, self.limiter or contextlib.nullcontext():
+                async with asyncio.timeout(timeout_s):
+                    answer = await self._get.get(target, headers)
+        except TimeoutError:
+            raise AgentError(ErrorKind.TIMEOUT, f"timeout after {timeout_s:g}s") from None
+        except (OSError, EOFError, HttpProtocolError, asyncio.LimitOverrunError) as exc:
+            raise classify_transport_error(exc, timeout_s=timeout_s) from exc
+        # The callers read an httpx.Response (status, headers, content): building one costs ~10 µs.
+        return httpx.Response(
+            answer.status,
+            headers=answer.headers,
+            content=answer.body,
+            extensions={"reason_phrase": answer.reason.encode("latin-1")},  # the agent's own words, as httpx keeps them
+        )
+
+    async def _httpx_request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        body: bytes | None,
+        files: dict[str, Any] | None,
+        headers: dict[str, str] | None,
+        timeout_s: float,
+    ) -> httpx.Response:
         if body is not None:
             headers = {**(headers or {}), "Content-Type": "application/json"}
         try:
@@ -169,12 +245,6 @@ class AgentClient:
             raise AgentError(ErrorKind.TIMEOUT, f"timeout after {timeout_s:g}s") from None
         except httpx.HTTPError as exc:
             raise classify_transport_error(exc, timeout_s=timeout_s) from exc
-        if not response.is_success and not (conditional and response.status_code == 304):
-            if refusal is not None:
-                raise refusal(response)
-            raise classify_response(response, has_token=bool(self.spec.token))
-        # Only from answers of the agent itself: an error may come from a proxy with its own clock.
-        self._note_date(response)
         return response
 
     async def fetch(self, path: str, adapter: TypeAdapter[T], params: dict[str, Any] | None = None) -> T:

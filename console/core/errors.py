@@ -61,8 +61,9 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         cur = cur.__cause__ or cur.__context__
 
 
-def classify_transport_error(exc: httpx.HTTPError, *, timeout_s: float) -> AgentError:
-    """Map an httpx transport failure to an `AgentError` with a short reason."""
+def classify_transport_error(exc: BaseException, *, timeout_s: float) -> AgentError:
+    """Map a transport failure (httpx's, or the OSError / EOFError of `console.core.fastget`) to an
+    `AgentError` with a short reason."""
     if isinstance(exc, httpx.TimeoutException):
         return AgentError(ErrorKind.TIMEOUT, f"timeout after {timeout_s:g}s")
     tls = next((c for c in _causes(exc) if isinstance(c, ssl.SSLError)), None)
@@ -78,6 +79,8 @@ def classify_transport_error(exc: httpx.HTTPError, *, timeout_s: float) -> Agent
         if os_error.errno in (errno.EACCES, errno.EPERM):
             return AgentError(ErrorKind.UNREACHABLE, "socket permission denied")
         return AgentError(ErrorKind.UNREACHABLE, os_error.strerror or str(os_error))
+    if isinstance(exc, EOFError):  # asyncio.IncompleteReadError: the agent hung up mid-answer
+        return AgentError(ErrorKind.UNREACHABLE, "connection closed by the agent")
     text = str(exc)
     if "refused" in text.lower():
         return AgentError(ErrorKind.REFUSED, "connection refused")

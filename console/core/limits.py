@@ -1,7 +1,8 @@
 """The open files limit: raised to the hard limit at start, and a clear refusal when a fleet can't fit.
 
-Each agent keeps one keep-alive connection (`console.core.client.AGENT_LIMITS`) and a poll adds at
-most `MAX_IN_FLIGHT` more; a default soft limit of 1,024 would otherwise kill the console mid-poll
+Each agent keeps one keep-alive connection for its summary poll (`console.core.fastget`) and, for a
+few seconds after a request asked beside it, one of httpx's (`console.core.client.AGENT_LIMITS`); a
+poll adds at most `MAX_IN_FLIGHT` more; a default soft limit of 1,024 would otherwise kill the console mid-poll
 with "Too many open files" somewhere around a few hundred agents. No Textual here.
 """
 
@@ -19,9 +20,10 @@ BASE_FDS = 64
 
 
 def fds_needed(agents: int, in_flight: int = MAX_IN_FLIGHT) -> int:
-    """File descriptors a console polling `agents` agents needs: one connection each, the requests in
-    flight on top, and a base."""
-    return agents + in_flight + BASE_FDS
+    """File descriptors a console polling `agents` agents needs: two connections each (the plain GET
+    connection of the summary poll, and httpx's while a feed or the serving status is asked beside it),
+    the requests in flight on top, and a base."""
+    return 2 * agents + in_flight + BASE_FDS
 
 
 def fit_open_files(agents: int, in_flight: int = MAX_IN_FLIGHT) -> str | None:

@@ -11,11 +11,13 @@ from console.core.poller import FleetStatus
 
 
 class FleetPolled(Message):
-    """A poll of the whole fleet finished."""
+    """A poll of the whole fleet finished (`partial`: part of a phased poll arrived; the agents not
+    polled yet keep their previous status)."""
 
-    def __init__(self, status: FleetStatus) -> None:
+    def __init__(self, status: FleetStatus, *, partial: bool = False) -> None:
         super().__init__()
         self.status = status
+        self.partial = partial
 
 
 class SeriesLoaded(Message):

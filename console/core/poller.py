@@ -15,7 +15,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -40,6 +40,10 @@ STALE_INTERVALS = 3.0
 MAX_IN_FLIGHT = 64
 # A retry lands at (1 - jitter * U[0,1)) x the backoff, so agents that failed together drift apart.
 BACKOFF_JITTER = 0.25
+# A phased poll (`want_phases`) hands what it has to `on_progress` this often: small batches, not one
+# burst of 1,000 rows at the end, and not so often that the screen redraws its visible rows (tens of
+# ms each time) several times a second.
+PROGRESS_EVERY_S = 0.4
 # --------------------------------------------------------------------------- poll results
 
 
@@ -105,6 +109,8 @@ class FleetStatus:
     polled_at: float
     duration_s: float
     agents: tuple[AgentStatus, ...]
+    # False: part of a phased poll (`FleetPoller.want_phases`); `duration_s` is the poll's so far.
+    complete: bool = True
 
     def get(self, name: str) -> AgentStatus | None:
         """The status of agent `name`, or None."""
@@ -225,6 +231,13 @@ class FleetPoller:
         self.backoff_jitter = backoff_jitter
         self._rng = rng or random.Random()
         self.max_in_flight = max_in_flight
+        # Phases (`want_phases`): agent i of n starts at i/n x `spread_s` into a poll, so a fleet's
+        # requests (and their CPU) spread over the refresh interval instead of one burst.
+        self.spread_s = 0.0
+        self.on_progress: Callable[[FleetStatus], None] | None = None
+        self.progress_every_s = PROGRESS_EVERY_S
+        self._burst_next = True  # the first poll: everyone at once (nothing is on screen yet)
+        self._statuses: dict[str, AgentStatus] = {}
         limiter = asyncio.Semaphore(max_in_flight)
         self._tracks = {s.name: AgentTrack(spec=s, client=client_factory(s)) for s in self._specs}
         for track in self._tracks.values():
@@ -268,17 +281,69 @@ class FleetPoller:
         return self.backoff_s(failures) * (1.0 - self.backoff_jitter * self._rng.random())
 
     async def poll(self) -> FleetStatus:
-        """Poll every agent whose backoff has expired; return the whole fleet's status."""
+        """Poll every agent whose backoff has expired; return the whole fleet's status.
+
+        Phased (`want_phases`), each agent starts at its own phase within `spread_s` and what has
+        arrived is handed to `on_progress` every `progress_every_s` as a whole-fleet status in which
+        only the agents polled since the last one are new objects (the others are the very same
+        `AgentStatus`, so a table can skip them by identity)."""
         started = self._clock()
-        due = [t for t in self._tracks.values() if started >= t.next_attempt_at]
-        # poll_agent never raises (except cancellation), so one agent cannot abort the others.
-        await asyncio.gather(*(self.poll_agent(t) for t in due))
-        done = self._clock()
+        tracks = list(self._tracks.values())
+        due = [t for t in tracks if started >= t.next_attempt_at]
+        spread = 0.0 if self._burst_next else self.spread_s
+        self._burst_next = False
+        progress = self.on_progress
+        if progress is None and spread <= 0:
+            # poll_agent never raises (except cancellation), so one agent cannot abort the others.
+            await asyncio.gather(*(self.poll_agent(t) for t in due))
+            return self._fleet_status(started, tracks, tracks)
+        finished: list[AgentTrack] = []
+        place = {t.spec.name: i / len(tracks) for i, t in enumerate(tracks)}
+
+        async def on_phase(track: AgentTrack) -> None:
+            delay = place[track.spec.name] * spread - (self._clock() - started)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.poll_agent(track)
+            finished.append(track)
+
+        everyone = asyncio.ensure_future(asyncio.gather(*(on_phase(t) for t in due)))
+        # Cancelled with the poll (the app closing): nobody awaits it then, so say it was seen.
+        everyone.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            while not everyone.done():
+                await asyncio.wait([everyone], timeout=self.progress_every_s)
+                # Not before every agent has a status (the first poll): a row per agent or none.
+                if progress is not None and finished and not everyone.done() and len(self._statuses) == len(tracks):
+                    batch, finished[:] = finished[:], []
+                    progress(replace(self._fleet_status(started, tracks, batch), complete=False))
+            await everyone
+        finally:
+            everyone.cancel()
+        # The last batch, the agents waiting out a backoff (their "retry in" moved) and any never shown.
+        asked = {t.spec.name for t in due}
+        waiting = [t for t in tracks if t.spec.name not in asked or t.spec.name not in self._statuses]
+        return self._fleet_status(started, tracks, [*finished, *waiting])
+
+    def _fleet_status(self, started: float, tracks: Sequence[AgentTrack], changed: Iterable[AgentTrack]) -> FleetStatus:
+        now = self._clock()
+        for track in changed:
+            self._statuses[track.spec.name] = self.agent_status(track, now)
         return FleetStatus(
-            polled_at=done,
-            duration_s=max(0.0, done - started),
-            agents=tuple(self.agent_status(t, done) for t in self._tracks.values()),
+            polled_at=now,
+            duration_s=max(0.0, now - started),
+            agents=tuple(self._statuses[t.spec.name] for t in tracks),
         )
+
+    def want_phases(self, spread_s: float, on_progress: Callable[[FleetStatus], None] | None = None) -> None:
+        """Poll each agent on its own phase within `spread_s` and hand partial results to
+        `on_progress` (called on the poller's loop) as they come; 0 and None: all at once, one result."""
+        self.spread_s = max(0.0, spread_s)
+        self.on_progress = on_progress
+
+    def burst_next(self) -> None:
+        """The next poll asks every agent at once (the user pressed refresh, a screen wants data now)."""
+        self._burst_next = True
 
     async def series(self, name: str, metric: str, start: float, end: float, step_s: float) -> SeriesResponse:
         """Fetch one metric's series from agent `name`."""

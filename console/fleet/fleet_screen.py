@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Header
 from console.core.poller import FleetStatus
 from console.core.screens.filtered import FleetTableScreen
 from console.fleet.fleet_table import FleetTable
-from console.fleet.rows import SCREEN_COLUMNS, FleetRow, fleet_rows
+from console.fleet.rows import SCREEN_COLUMNS, FleetRow, RowCache
 
 # k9s-style shift-letter sorts: pressing the same one again flips the direction.
 SORT_KEYS: dict[str, str] = {
@@ -44,6 +44,11 @@ class FleetScreen(FleetTableScreen):
     ]
     STATUS_ID = "fleet-status"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._row_cache = RowCache()
+        self._poll_s = 0.0
+
     def compose(self) -> ComposeResult:
         yield Header()
         yield FleetTable(id="fleet-table")
@@ -57,10 +62,12 @@ class FleetScreen(FleetTableScreen):
         """The first screen: the App polls as it starts."""
 
     def rows_of(self, status: FleetStatus) -> list[FleetRow]:
-        return fleet_rows(status)
+        return self._row_cache.rows(status)
 
     def status_parts(self, status: FleetStatus) -> list[str]:
-        return [f"{len(self.table.rows_shown)}/{len(status.agents)} shown", f"poll {status.duration_s:.1f}s"]
+        if status.complete:  # a phased poll's batches keep the last whole poll's duration
+            self._poll_s = status.duration_s
+        return [f"{len(self.table.rows_shown)}/{len(status.agents)} shown", f"poll {self._poll_s:.1f}s"]
 
     def view_parts(self) -> list[str]:
         table = self.table

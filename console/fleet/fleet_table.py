@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 from rich.text import Text
 from textual.binding import Binding
 from textual.reactive import reactive
@@ -64,6 +66,10 @@ class FleetTable(FilteredRowsTable[FleetRow]):
 
     def order(self, rows: list[FleetRow]) -> list[FleetRow]:
         return sort_rows(rows, self.sort_column, self.sort_reverse)
+
+    def order_key(self, row: FleetRow) -> Hashable:
+        # A row moves only when its fleet place or the sorted column's value changed.
+        return (row.order, row.sort_value(self.sort_column) if self.sort_column else None)
 
     def watch_sort_column(self) -> None:
         self.render_rows()

@@ -174,6 +174,32 @@ def fleet_rows(fleet: FleetStatus) -> list[FleetRow]:
     return [row_for(a, i, fleet.polled_at) for i, a in enumerate(fleet.agents)]
 
 
+class RowCache:
+    """Rows of successive polls, built only for agents whose status changed.
+
+    A phased poll hands the screen the whole fleet several times a second with only the agents just
+    polled as new `AgentStatus` objects; the others reuse their row (building 1,000 rows was ~20 ms
+    per batch). A down agent's row is rebuilt every time: its "retry in" counts down with the poll."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[AgentStatus, int, FleetRow]] = {}
+
+    def rows(self, fleet: FleetStatus) -> list[FleetRow]:
+        """All rows of a poll, in fleet order (as `fleet_rows`)."""
+        out: list[FleetRow] = []
+        seen: dict[str, tuple[AgentStatus, int, FleetRow]] = {}
+        for i, agent in enumerate(fleet.agents):
+            hit = self._rows.get(agent.name)
+            if hit is not None and hit[0] is agent and hit[1] == i and agent.next_retry_at is None:
+                row = hit[2]
+            else:
+                row = row_for(agent, i, fleet.polled_at)
+            seen[agent.name] = (agent, i, row)
+            out.append(row)
+        self._rows = seen
+        return out
+
+
 def sort_rows(rows: list[FleetRow], column: str | None, reverse: bool = False) -> list[FleetRow]:
     """Sort rows by a column, missing values always last, ties in fleet order."""
     if column is None:

@@ -36,6 +36,7 @@ class FilteredTableScreen(ConsoleScreen):
 
     table: Any  # a FilteredRowsTable subclass (with a `row_filter`)
     STATUS_ID: ClassVar[str] = "status"  # the id of the status line below the table
+    _status_text: str | None = None  # what the status line shows
 
     def compose_bottom(self) -> ComposeResult:
         """The filter line (hidden until `/`), the status line and the footer."""
@@ -47,7 +48,11 @@ class FilteredTableScreen(ConsoleScreen):
         """Show `parts` in the status line, the filter (if one is set) last."""
         if self.table.row_filter.active:
             parts.append(f"filter /{self.table.row_filter.text}")
-        self.query_one(f"#{self.STATUS_ID}", Static).update("  ·  ".join(parts))
+        text = "  ·  ".join(parts)
+        # Unchanged text: no update (each one re-lays the screen out, redrawing the table around it).
+        if text != self._status_text:
+            self._status_text = text
+            self.query_one(f"#{self.STATUS_ID}", Static).update(text)
 
     def cursor_row(self, noun: str) -> Any:
         """The row under the cursor, or None after saying that no `noun` is selected."""
