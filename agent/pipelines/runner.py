@@ -150,7 +150,7 @@ class RunExecutor:
             return
         params = {p: self.run.params[p] for p in step.params}
         key = cache_key(code_digest(step, self.workdir, self._memo), params, env_spec(step),
-                        {k: a.digest for k, a in ins.items()})  # fmt: skip
+                        {k: a.digest for k, (a, _) in ins.items()})  # fmt: skip
         with self.svc.lock:
             sr.inputs = {k: a for k, (a, _) in ins.items()}
             sr.cache_key, sr.started_at, sr.state, sr.attempt = key, now, "RUNNING", sr.attempt + 1
