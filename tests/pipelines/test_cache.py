@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.pipelines.conftest import Harness, steps_by_name
 
-STEPS = '''
+STEPS = """
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -28,7 +28,7 @@ def train(ctx):
     ctx.outputs["model"].write_text(ctx.inputs["data"].read_text()[::-1] + ctx.step)
     ctx.log_metric("auc", 0.5 + len(ctx.step) / 100)
     ctx.log_param("seed", 7)
-'''
+"""
 
 PIPE = """
 name = "{name}"
@@ -129,8 +129,10 @@ def test_no_cache_and_cache_false_run_again(harness: Harness) -> None:
     harness.run(name)
     r = harness.run(name, no_cache=True)
     assert not any(x.cache_hit for x in r.steps) and harness.executions("prep") == 2
-    harness.register(PIPE.format(name=name, raw="raw.csv").replace(
-        'outputs = ["data"]', 'outputs = ["data"]\ncache = false'), "p.toml")
+    harness.register(
+        PIPE.format(name=name, raw="raw.csv").replace('outputs = ["data"]', 'outputs = ["data"]\ncache = false'),
+        "p.toml",
+    )
     r = harness.run(name)
     s = steps_by_name(r)
     assert not s["prep"].cache_hit and harness.executions("prep") == 3

@@ -97,5 +97,5 @@ def test_unknown_keys_and_bad_steps_are_refused() -> None:
     assert _err('name = "p"\n[steps.a]\ncall = "m:a"\n[[triggers]]\nkind = "cron"\ncron = "every day"\n').field == (
         "triggers.0.cron"
     )
-    assert _err("name = \"p\"\nsteps = 3").field == "steps"
+    assert _err('name = "p"\nsteps = 3').field == "steps"
     assert _err("not toml [").field == "content"
