@@ -128,7 +128,8 @@ name = "jobs"
 [params]
 n = 3
 [steps.shell]
-command = ["/bin/sh", "-c", "seq {params.n} > {outputs.nums}; echo '{\\"kind\\":\\"metric\\",\\"key\\":\\"n\\",\\"value\\":{params.n}}' >> $WK_STEP_LOG"]
+command = ["/bin/sh", "-c", '''seq {params.n} > {outputs.nums}; \
+  printf '{"kind":"metric","key":"n","value":%s}\n' {params.n} >> $WK_STEP_LOG''']
 outputs = ["nums"]
 params = ["n"]
 resources = { cpu = 0.5, mem = "256M" }
