@@ -17,7 +17,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make_flights.py sits one level up
 
-import make_flights as mf  # noqa: E402
+import make_flights as mf
 
 
 def _parent(ctx) -> tuple[dict, dict, dict]:
