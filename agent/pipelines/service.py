@@ -111,8 +111,13 @@ class PipelineService:
                     sr.reason = f"the agent restarted while this {sr.isolation} step ran (resume the run to redo it)"
                     failed += 1
             spec = self.pipelines.get(run.pipeline)
-            if spec is None or spec.version != run.pipeline_version:
-                spec = self._spec_of(run)
+            try:
+                if spec is None or spec.version != run.pipeline_version:
+                    spec = self._spec_of(run)
+            except LookupError as e:  # one unreadable run must not keep the others from resuming
+                run.state, run.reason, run.ended_at = "FAILED", f"could not resume after a restart: {e}", time.time()
+                self.save(run, sync=True)
+                continue
             self._launch(spec, run, run.no_cache)
             resumed += 1
         return resumed, failed
