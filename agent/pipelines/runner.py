@@ -240,11 +240,12 @@ class RunExecutor:
                     self._end(sr, "FAILED", f"job {sr.job_id} is gone")
                 changed = True
             elif job.state == "COMPLETED":
+                sr.attempt = job.attempt
                 self._collect(self.steps[sr.step], sr, "")
                 changed = True
             elif job.state not in ("PENDING", "RUNNING", "REQUEUED"):
                 with self.svc.lock:
-                    sr.attempt = job.attempt + 1 if hasattr(job, "attempt") else sr.attempt
+                    sr.attempt = job.attempt  # the job's retries are the step's
                     self._end(sr, "FAILED", f"job {job.id} {job.state}: {job.reason}")
                 changed = True
         return changed

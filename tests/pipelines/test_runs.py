@@ -219,3 +219,18 @@ outputs = ["o"]
         assert s["next"].outputs["o"].size == 5
     finally:
         close_harness(h2)
+
+
+def test_an_isolated_step_is_retried_as_its_job_is(harness: Harness) -> None:
+    marker = harness.root / "code" / "tried"
+    harness.register(f"""
+name = "retry"
+[steps.once]
+command = ["/bin/sh", "-c", "if [ -e {marker} ]; then echo ok > $WK_OUTPUT_O; else touch {marker}; exit 3; fi"]
+outputs = ["o"]
+retries = 1
+""")
+    r = harness.run("retry")
+    s = steps_by_name(r)["once"]
+    assert r.state == "COMPLETED" and s.attempt == 2, s
+    assert len(harness.jobs.attempts(s.job_id or "")) == 2
