@@ -251,8 +251,10 @@ class RunExecutor:
                 self._collect(self.steps[sr.step], sr, "")
                 changed = True
             elif job.state not in ("PENDING", "RUNNING", "REQUEUED"):
+                tail = self.svc.job_stderr_tail(job.id)
                 with self.svc.lock:
                     sr.attempt = job.attempt  # the job's retries are the step's
+                    sr.log_tail = tail
                     self._end(sr, "FAILED", f"job {job.id} {job.state}: {job.reason}")
                 changed = True
         return changed

@@ -493,6 +493,13 @@ class PipelineService:
         except Exception:
             return None
 
+    def job_stderr_tail(self, job_id: str, n: int = 2000) -> str:
+        """The end of a failed job's stderr, for the step's record (the whole log stays with the job)."""
+        try:
+            return self.jobs.logs(job_id, "stderr", 0, 1 << 20).text[-n:]
+        except Exception:
+            return ""
+
     def jobs_submit(self, body: JobSubmit, principal: str) -> Job:
         if self.jobs is None:
             raise RuntimeError("jobs are not enabled on this agent ([jobs] enabled = false)")
