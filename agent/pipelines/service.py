@@ -16,7 +16,7 @@ from typing import Any
 
 from agent.pipelines.actions import register_and_canary
 from agent.pipelines.content import ContentStore, file_digest
-from agent.pipelines.runner import RunExecutor
+from agent.pipelines.runner import RunExecutor, read_steplog
 from agent.pipelines.spec import SpecError, check_run_params, order, parse_pipeline
 from agent.pipelines.store import PipelineStore
 from agent.schemas.jobs import Job, JobSubmit
@@ -31,6 +31,7 @@ from agent.schemas.pipelines import (
     RunRequest,
     RunSummary,
     StepDiff,
+    StepLog,
     StepRun,
     TriggerResult,
     ValueDiff,
@@ -356,11 +357,33 @@ class PipelineService:
             self._write(run)
 
     def get_run(self, run_id: str) -> Run:
+        """The run; a running step's metrics are read live from its log, so a step can show progress
+        (e.g. `log_metric("progress", 0.4)`)."""
         with self.lock:
             run = self.runs.get(run_id)
             if run is None:
                 raise PipelineError(404, "not_found", f"no run {run_id!r}", "run_id")
-            return run.model_copy(deep=True)
+            out = run.model_copy(deep=True)
+        for sr in out.steps:
+            if sr.state == "RUNNING":
+                sr.metrics = read_steplog(self.runs_dir / run_id / sr.step / "steplog.jsonl")[0]
+        return out
+
+    def step_log(self, run_id: str, step: str, offset: int, max_bytes: int) -> StepLog:
+        run = self.get_run(run_id)
+        sr = next((s for s in run.steps if s.step == step), None)
+        if sr is None:
+            raise PipelineError(404, "not_found", f"run {run_id} has no step {step!r}", "step")
+        data = b""
+        try:
+            with open(self.runs_dir / run_id / step / "output.log", "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(max_bytes)
+        except OSError:
+            pass
+        over = sr.state not in ("PENDING", "RUNNING")
+        return StepLog(run_id=run_id, step=step, job_id=sr.job_id, offset=offset, next_offset=offset + len(data),
+                       text=data.decode("utf-8", "replace"), eof=over and len(data) < max_bytes)  # fmt: skip
 
     def list_runs(self, pipeline: str | None, state: str | None, limit: int) -> RunList:
         with self.lock:

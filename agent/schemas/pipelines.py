@@ -143,6 +143,20 @@ class StepRun(_Wire):
     log_tail: str = ""  # the last lines an in-process step printed / its error
 
 
+class StepLog(_Wire):
+    """`GET /api/v1/pipelines/runs/{id}/steps/{step}/log?offset=N`: an in-process step's output (stdout and
+    stderr together) from `offset`; follow by asking again from `next_offset`. A job step's output is its
+    job's (`job_id`: GET /api/v1/jobs/{id}/logs)."""
+
+    run_id: str
+    step: str
+    job_id: str | None = None
+    offset: int
+    next_offset: int
+    text: str
+    eof: bool  # the step is over and everything written has been read
+
+
 class ModelRef(_Wire):
     """A model version a run registered (lineage filled from the run) and the rollout it started."""
 
@@ -282,6 +296,7 @@ __all__ = [
     "RunState",
     "RunSummary",
     "StepDiff",
+    "StepLog",
     "StepRun",
     "StepSpec",
     "StepState",

@@ -78,3 +78,30 @@ def test_register_run_compare_cancel_over_http(agent_factory, tmp_path: Path) ->
         again = c2.get(f"/api/v1/pipelines/runs/{run1['id']}").json()
         assert again["state"] == "COMPLETED" and again["steps"] == run1["steps"]
     c.close()
+
+
+def test_step_log_and_live_progress_over_http(agent_factory, tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "s.py").write_text(
+        "import time\nfrom agent.pipelines.steplog import log_metric\n\n\ndef work(ctx):\n"
+        "    print('hello from the step', flush=True)\n    log_metric('progress', 0.5)\n    time.sleep(3)\n"
+    )
+    (code / "p.toml").write_text('name = "live"\n[steps.w]\ncall = "s:work"\nisolation = "none"\n')
+    a = agent_factory("pl2", config="flush_interval = 0.2\n")
+    with a.client() as c:
+        r = c.post("/api/v1/pipelines", json={"content": (code / "p.toml").read_text(), "path": str(code / "p.toml")})
+        assert r.status_code == 201, r.text
+        run_id = c.post("/api/v1/pipelines/live/runs", json={}).json()["id"]
+        deadline = time.monotonic() + 30
+        step: dict = {}
+        while time.monotonic() < deadline:
+            step = c.get(f"/api/v1/pipelines/runs/{run_id}").json()["steps"][0]
+            if step["metrics"].get("progress") == 0.5:
+                break
+            time.sleep(0.1)
+        assert step["state"] == "RUNNING" and step["metrics"] == {"progress": 0.5}, step
+        wait_run(c, run_id)
+        log = c.get(f"/api/v1/pipelines/runs/{run_id}/steps/w/log").json()
+        assert "hello from the step" in log["text"] and log["eof"] and log["next_offset"] == len(log["text"])
+        assert c.get(f"/api/v1/pipelines/runs/{run_id}/steps/nope/log").json()["field"] == "step"

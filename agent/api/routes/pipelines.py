@@ -4,7 +4,8 @@
 - `GET /pipelines`, `GET /pipelines/{name}`.
 - `POST /pipelines/{name}/runs` (operator; audited) RunRequest -> 202 Run; `POST /pipelines/{name}/trigger`
   (operator; audited) PipelineTrigger -> TriggerResult (deduplicated).
-- `GET /pipelines/runs?pipeline=&state=&limit=`, `GET /pipelines/runs/compare?a=&b=`, `GET /pipelines/runs/{id}`.
+- `GET /pipelines/runs?pipeline=&state=&limit=`, `GET /pipelines/runs/compare?a=&b=`, `GET /pipelines/runs/{id}`,
+  `GET /pipelines/runs/{id}/steps/{step}/log?offset=&max_bytes=`.
 - `POST /pipelines/runs/{id}/cancel` (operator; audited) RunAction.
 """
 
@@ -31,6 +32,7 @@ from agent.schemas.pipelines import (
     RunList,
     RunRequest,
     RunState,
+    StepLog,
     TriggerResult,
 )
 
@@ -91,6 +93,14 @@ async def compare(request: Request, a: str = Query(max_length=64), b: str = Quer
 @router.get("/pipelines/runs/{run_id}", response_model=Run, responses=errors(404), dependencies=[Depends(require_read)])
 async def get_run(run_id: str, request: Request) -> Run:
     return await _call(_svc(request).get_run, run_id)
+
+
+@router.get("/pipelines/runs/{run_id}/steps/{step}/log", response_model=StepLog, responses=errors(404),
+            dependencies=[Depends(require_read)])  # fmt: skip
+async def step_log(run_id: str, step: str, request: Request, offset: int = Query(0, ge=0, le=2**62),
+                   max_bytes: int = Query(65536, ge=1, le=1 << 20)) -> StepLog:  # fmt: skip
+    """An in-process step's output from `offset` (a job step's is its job's logs)."""
+    return await _call(_svc(request).step_log, run_id, step, offset, max_bytes)
 
 
 @router.post("/pipelines/runs/{run_id}/cancel", response_model=Run, responses=errors(404, 409, 503))
