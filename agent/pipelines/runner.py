@@ -97,7 +97,7 @@ class RunExecutor:
             if all(sr.state in FINAL_STEP_STATES for sr in self.run.steps):
                 return
             if not changed:
-                self.wake.wait(0.05 if any(self._running_jobs()) else 0.5)
+                self.wake.wait(0.2 if any(self._running_jobs()) else 0.5)  # job ends wake it at once
                 self.wake.clear()
 
     def _schedule(self) -> bool:

@@ -88,6 +88,8 @@ class PipelineService:
         self._write_lock = threading.Lock()
         self._saver = threading.Thread(target=self._save_loop, name="pipeline-saver", daemon=True)
         self._saver.start()
+        if jobs is not None and hasattr(jobs, "changed"):
+            threading.Thread(target=self._job_watch, name="pipeline-jobwatch", daemon=True).start()
 
     # ------------------------------------------------------------------ start / stop
 
@@ -339,6 +341,17 @@ class PipelineService:
                 log.error("pipeline run %s: %s", run.id, e)
         if self.on_change:
             self.on_change()
+
+    def _job_watch(self) -> None:
+        """Wake the runs when a job ends (the JobService notifies `changed`), so a step's end is seen at
+        once rather than at the run's next poll."""
+        while True:
+            with self.jobs.changed:
+                self.jobs.changed.wait(timeout=1.0)
+            with self.lock:
+                executors = list(self.executors.values())
+            for ex in executors:
+                ex.wake.set()
 
     def _save_loop(self) -> None:
         while True:
