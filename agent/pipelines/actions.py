@@ -83,8 +83,6 @@ def register_and_canary(svc: PipelineService, spec: PipelineSpec, run: Run, step
             parent = max((v.version for v in svc.registry.list_versions(model)), default=None)
         except Exception:
             parent = None
-    from agent.pipelines.service import params_hash
-
     meta["lineage"] = {
         "build_id": run.id, "code_commit": run.code_commit or "unknown (not in a git repo)",
         "code_dirty": bool(run.code_dirty), "data_version": data_version(run), "params_hash": params_hash(run.params),
@@ -133,3 +131,8 @@ def _audit(svc: PipelineService, run: Run, action: str, target: str):  # type: i
                                                           "cause": run.trigger_detail})  # fmt: skip
 
     return record
+
+
+def params_hash(params: dict) -> str:
+    """A short digest of a run's parameters (the lineage's `params_hash`)."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]

@@ -121,3 +121,19 @@ def cache_key(code: str, params: dict[str, ParamValue], env: dict, inputs: dict[
     """sha256 over the four components (inputs: name -> content digest)."""
     doc = {"code": code, "params": params, "env": env, "inputs": inputs}
     return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def code_state(workdir: Path | None) -> tuple[str | None, bool | None]:
+    """(HEAD commit, dirty) of the repo holding the pipeline's code; (None, None) outside one."""
+    if workdir is None:
+        return None, None
+    try:
+        head = subprocess.run(["git", "-C", str(workdir), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)  # fmt: skip
+        if head.returncode != 0:
+            return None, None
+        st = subprocess.run(["git", "-C", str(workdir), "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True, timeout=10)  # fmt: skip
+        return head.stdout.strip(), bool(st.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        return None, None

@@ -3,10 +3,8 @@ read, cancel and compare them; the cache index; restart (re-adopting running ste
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -15,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.pipelines.actions import register_and_canary
+from agent.pipelines.cache import code_state
+from agent.pipelines.compare import compare_runs, summary
 from agent.pipelines.content import ContentStore, file_digest
 from agent.pipelines.runner import RunExecutor, read_steplog
 from agent.pipelines.spec import SpecError, check_run_params, order, parse_pipeline
@@ -29,12 +29,9 @@ from agent.schemas.pipelines import (
     RunCompare,
     RunList,
     RunRequest,
-    RunSummary,
-    StepDiff,
     StepLog,
     StepRun,
     TriggerResult,
-    ValueDiff,
 )
 
 log = logging.getLogger("watchkeeper.pipelines")
@@ -44,22 +41,6 @@ class PipelineError(Exception):
     def __init__(self, status: int, error: str, detail: str, field: str | None = None) -> None:
         super().__init__(detail)
         self.status, self.error, self.detail, self.field = status, error, detail, field
-
-
-def code_state(workdir: Path | None) -> tuple[str | None, bool | None]:
-    """(HEAD commit, dirty) of the repo holding the pipeline's code; (None, None) outside one."""
-    if workdir is None:
-        return None, None
-    try:
-        head = subprocess.run(["git", "-C", str(workdir), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)  # fmt: skip
-        if head.returncode != 0:
-            return None, None
-        st = subprocess.run(["git", "-C", str(workdir), "status", "--porcelain", "--untracked-files=no"],
-                            capture_output=True, text=True, timeout=10)  # fmt: skip
-        return head.stdout.strip(), bool(st.stdout.strip())
-    except (OSError, subprocess.TimeoutExpired):
-        return None, None
 
 
 class PipelineService:
@@ -180,7 +161,7 @@ class PipelineService:
             for name, spec in sorted(self.pipelines.items()):
                 runs = [r for r in self.runs.values() if r.pipeline == name]
                 last = max(runs, key=lambda r: r.created_at, default=None)
-                out.append(PipelineSummary(spec=spec, last_run=_summary(last) if last else None,
+                out.append(PipelineSummary(spec=spec, last_run=summary(last) if last else None,
                                            active_runs=sum(r.state not in FINAL_RUN_STATES for r in runs)))  # fmt: skip
             return PipelineList(pipelines=out)
 
@@ -403,7 +384,7 @@ class PipelineService:
             runs = [r for r in self.runs.values() if (pipeline is None or r.pipeline == pipeline)
                     and (state is None or r.state == state)]  # fmt: skip
             runs.sort(key=lambda r: r.created_at, reverse=True)
-            return RunList(runs=[_summary(r) for r in runs[:limit]], total=len(runs))
+            return RunList(runs=[summary(r) for r in runs[:limit]], total=len(runs))
 
     def cancel(self, run_id: str, principal: str, note: str, audit: Callable[[dict], None] | None = None) -> Run:
         run = self.get_run(run_id)
@@ -462,25 +443,8 @@ class PipelineService:
     # ------------------------------------------------------------------ compare
 
     def compare(self, a_id: str, b_id: str) -> RunCompare:
-        a, b = self.get_run(a_id), self.get_run(b_id)
-        params = [ValueDiff(key=k, a=a.params.get(k), b=b.params.get(k), changed=a.params.get(k) != b.params.get(k))
-                  for k in sorted(set(a.params) | set(b.params))]  # fmt: skip
-        ma = {f"{s.step}.{k}": v for s in a.steps for k, v in s.metrics.items()}
-        mb = {f"{s.step}.{k}": v for s in b.steps for k, v in s.metrics.items()}
-        metrics = [ValueDiff(key=k, a=ma.get(k), b=mb.get(k), changed=ma.get(k) != mb.get(k))
-                   for k in sorted(set(ma) | set(mb))]  # fmt: skip
-        sa, sb = {s.step: s for s in a.steps}, {s.step: s for s in b.steps}
-        steps = []
-        for n in [*sa, *(x for x in sb if x not in sa)]:
-            x, y = sa.get(n), sb.get(n)
-            steps.append(StepDiff(
-                step=n, a_state=x.state if x else None, b_state=y.state if y else None,
-                a_duration_s=x.duration_s if x else None, b_duration_s=y.duration_s if y else None,
-                a_cache_hit=bool(x and x.cache_hit), b_cache_hit=bool(y and y.cache_hit),
-                outputs_changed=({k: v.digest for k, v in x.outputs.items()} if x else {})
-                != ({k: v.digest for k, v in y.outputs.items()} if y else {}),
-            ))  # fmt: skip
-        return RunCompare(a=_summary(a), b=_summary(b), params=params, metrics=metrics, steps=steps)
+        """Two runs side by side (agent/pipelines/compare.py)."""
+        return compare_runs(self.get_run(a_id), self.get_run(b_id))
 
     # ------------------------------------------------------------------ for the executor
 
@@ -547,13 +511,3 @@ class PipelineService:
 
     def do_action(self, spec: PipelineSpec, run: Run, step: Any, inputs: dict[str, Path]) -> str:
         return register_and_canary(self, spec, run, step, inputs)
-
-
-def _summary(r: Run) -> RunSummary:
-    return RunSummary.model_validate(r.model_dump(include=set(RunSummary.model_fields)))
-
-
-def params_hash(params: dict) -> str:
-    import json
-
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
