@@ -6,6 +6,7 @@
     watchkeeper alerts [--json] [--state firing|pending|resolved]               alerts across the fleet
     watchkeeper demo                                                            3 local agents + TUI
     watchkeeper jobs submit|list|show|logs|cancel|requeue …, watchkeeper quotas     jobs and quotas
+    watchkeeper pipelines register|run|runs|show|cancel|compare …                pipelines and runs
 
 Exit codes: 0 fine (status: all up), 1 status: some agent stale/down, 2 usage or config error
 (one line on stderr). New subcommands are `Command`s added to `COMMANDS`: a name, a help line, a
@@ -25,6 +26,7 @@ from console import __version__
 from console.core.config import AgentSpec, FleetConfigError, resolve_fleet, resolve_prometheus
 from console.jobs import cli as jobs_cli
 from console.models import cli as models_cli
+from console.pipelines import cli as pipelines_cli
 from console.rollouts import cli as rollouts_cli
 
 EXIT_OK = 0
@@ -162,7 +164,7 @@ def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) 
     """Open the fleet console on the given (or configured) agents."""
     from console.app import WatchkeeperApp
     from console.core.audit_heads import HeadStore
-    from console.jobs.client import JobsPoller
+    from console.pipelines.client import PipelinesPoller
     from console.rollouts.client import RolloutsPoller
 
     theme = _theme(args)
@@ -180,7 +182,7 @@ def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) 
         specs = specs if specs is not None else _specs(args)
         # Remembers each agent's audit head; serving status and audit checks spread over the first 30 s;
         # polling on its own thread and loop, so a big fleet's poll never freezes the screen.
-        poller = JobsPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0)
+        poller = PipelinesPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0)
         source = ThreadedSource(poller)
     app = WatchkeeperApp(source, refresh_s=args.refresh, readonly=args.readonly, theme=theme)
     rc = app.run()
@@ -339,6 +341,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("models", models_cli.HELP, models_cli.configure, models_cli.run),
     Command("jobs", jobs_cli.HELP, jobs_cli.configure, jobs_cli.run),
     Command("quotas", jobs_cli.QUOTAS_HELP, jobs_cli.configure_quotas, jobs_cli.run_quotas),
+    Command("pipelines", pipelines_cli.HELP, pipelines_cli.configure, pipelines_cli.run),
     *(Command(*spec) for spec in rollouts_cli.COMMANDS),
 )
 
