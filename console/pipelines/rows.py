@@ -84,6 +84,10 @@ class PipelineRow:
     def as_json(self) -> dict[str, Any]:
         return {"agent": self.agent, **self.summary.model_dump(mode="json")}
 
+    def matches_text(self) -> str:
+        """What the `/` filter searches: host, pipeline, last run and its state."""
+        return " ".join(self.cells())
+
 
 COLUMNS = ("HOST", "PIPELINE", "STEPS", "LAST RUN", "STATE", "DONE", "TOOK")
 
