@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from agent.alerting.engine import AlertEngine
     from agent.jobs.service import JobService
     from agent.monitoring.service import MonitorService
+    from agent.pipelines.service import PipelineService
     from agent.registry.store import Registry
     from agent.rollouts.engine import RolloutEngine
     from agent.serving.service import ServingService
@@ -45,6 +46,8 @@ class AgentContext:
     rollouts: RolloutEngine | None = None
     # Jobs under per-pipeline quotas ([jobs] enabled; None until wired).
     jobs: JobService | None = None
+    # Pipelines, their runs and triggers (needs jobs; None until wired).
+    pipelines: PipelineService | None = None
     # Cleared when the agent begins to stop, so /readyz turns 503 before the listener closes.
     accepting: bool = True
     checks: dict[str, str] = field(default_factory=dict)

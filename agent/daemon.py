@@ -165,7 +165,33 @@ def build(cfg: AgentConfig) -> AgentContext:
     start_alerting(ctx)  # ctx.alerts: restores alert state, starts webhook delivery
     start_rollouts(ctx, opened.con)  # ctx.rollouts: replays rollout events, routes live ones again
     start_jobs(ctx, opened.con)  # ctx.jobs: re-adopts running jobs (or marks them LOST) before the listeners
+    start_pipelines(ctx, opened.con)  # ctx.pipelines: runs that were going resume, through their jobs
     return ctx
+
+
+def start_pipelines(ctx: AgentContext, con) -> None:
+    """Pipelines need the jobs service (their isolated steps are its jobs)."""
+    if ctx.jobs is None:
+        return
+    from agent.pipelines.service import PipelineService
+    from agent.pipelines.store import PipelineStore
+    from agent.pipelines.triggers import TriggerLoop
+
+    datasets = getattr(ctx.rollouts, "datasets", None)
+    svc = PipelineService(PipelineStore(ctx.writer, con), ctx.cfg.data_dir, ctx.jobs, ctx.registry, datasets,
+                          ctx.rollouts, ctx.audit, ctx.cfg.name)  # fmt: skip
+    try:
+        resumed, failed = svc.restore()
+    except Exception:
+        log.exception("could not restore pipelines; starting with none")
+        resumed = failed = 0
+    if resumed or failed:
+        msg = f"resumed {resumed} pipeline run(s); {failed} in-process step(s) failed by the restart"
+        level = "warning" if failed else "info"
+        ctx.writer.append("agent_alerts", ALERT_ROW, [(time.time(), level, "pipelines.restart", msg)])
+    svc.triggers = TriggerLoop(svc, lambda: ctx.alerts)
+    svc.triggers.start()
+    ctx.pipelines = svc
 
 
 def jobs_root(cfg: AgentConfig) -> str:
@@ -222,6 +248,8 @@ def shutdown(ctx: AgentContext) -> None:
     ctx.accepting = False
     if ctx.monitor is not None:
         ctx.monitor.stop()
+    if ctx.pipelines is not None:
+        ctx.pipelines.stop()
     stop_rollouts(ctx)
     if ctx.jobs is not None:
         ctx.jobs.stop()  # jobs keep running: the next start re-adopts them

@@ -80,6 +80,8 @@ _LIMITS: list[tuple[str, re.Pattern[str], Callable[[AgentContext, re.Match], int
     ("POST", re.compile(rf"^{_P}/endpoints/([^/]+)/predict$"), _predict),
     ("POST", re.compile(rf"^{_P}/jobs/[^/]+/(cancel|requeue)$"), lambda _c, _m: SMALL_BODY_BYTES),
     ("PUT", re.compile(rf"^{_P}/quotas/[^/]+$"), lambda _c, _m: SMALL_BODY_BYTES),
+    ("POST", re.compile(rf"^{_P}/pipelines/runs/[^/]+/cancel$"), lambda _c, _m: SMALL_BODY_BYTES),
+    ("POST", re.compile(rf"^{_P}/pipelines/[^/]+/(runs|trigger)$"), lambda _c, _m: SMALL_BODY_BYTES),
 ]
 
 

@@ -40,14 +40,19 @@ class Resources(_Wire):
 
 
 class StepSpec(_Wire):
-    """One step as registered. Exactly one of `call` (`module:function`) or `command` (an argv, with
-    `{param}` and `{inputs.NAME}` / `{outputs.NAME}` placeholders filled by the runner)."""
+    """One step as registered. Exactly one of `call` (`module:function`), `command` (an argv, with
+    `{params.NAME}`, `{inputs.NAME}` and `{outputs.NAME}` placeholders filled by the runner) or `action`
+    (done by the agent itself: "register" a model from the run, with lineage, and optionally start a
+    canary of it; its settings in `config`)."""
 
     name: str
     call: str | None = None
     command: list[str] | None = None
-    # "none": a callable run in the run's one worker process; "job": a job of the pipeline (default).
-    isolation: Literal["job", "none"] = "job"
+    action: Literal["register"] | None = None
+    config: dict = Field(default_factory=dict)
+    # "none": a callable run in the run's one worker process; "job": a job of the pipeline (default);
+    # "agent": an action, done in the agent.
+    isolation: Literal["job", "none", "agent"] = "job"
     params: list[str] = Field(default_factory=list)  # the pipeline parameters this step reads
     # input name -> "STEP.OUTPUT" (another step's output) or "file:PATH" / "dataset:NAME[@VERSION]"
     inputs: dict[str, str] = Field(default_factory=dict)
@@ -122,7 +127,7 @@ class StepRun(_Wire):
     step: str
     state: StepState
     reason: str = ""
-    isolation: Literal["job", "none"] = "job"
+    isolation: Literal["job", "none", "agent"] = "job"
     cache_hit: bool = False
     cache_key: str | None = None
     reused_from: str | None = None  # the run whose outputs this step reused (cache hit / skipped / resume)

@@ -166,6 +166,22 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        6,
+        """
+        -- Pipelines (agent/pipelines/store.py): each registered version of a file (`body` the wire PipelineSpec,
+        -- `content` the file's text), and each run as its wire Run (steps included), rewritten on every change
+        -- and committed before the API answers. `trigger_event` dedups triggers across restarts.
+        CREATE TABLE pipelines (name VARCHAR NOT NULL, version VARCHAR NOT NULL, registered_at DOUBLE NOT NULL,
+                                body VARCHAR NOT NULL, content VARCHAR NOT NULL, PRIMARY KEY (name, version));
+        CREATE TABLE pipeline_runs (id VARCHAR PRIMARY KEY, pipeline VARCHAR NOT NULL, state VARCHAR NOT NULL,
+                                    created_at DOUBLE NOT NULL, updated_at DOUBLE NOT NULL,
+                                    trigger_event VARCHAR, body VARCHAR NOT NULL);
+        """,
+    )
+)
+
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 

@@ -1,0 +1,456 @@
+"""What the API calls: register pipelines, start runs (by hand, resumed, or by a trigger, deduplicated),
+read, cancel and compare them; the cache index; restart (re-adopting running steps through their jobs)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.pipelines.actions import register_and_canary
+from agent.pipelines.content import ContentStore, file_digest
+from agent.pipelines.runner import RunExecutor
+from agent.pipelines.spec import SpecError, check_run_params, order, parse_pipeline
+from agent.pipelines.store import PipelineStore
+from agent.schemas.jobs import Job, JobSubmit
+from agent.schemas.pipelines import (
+    FINAL_RUN_STATES,
+    PipelineList,
+    PipelineSpec,
+    PipelineSummary,
+    Run,
+    RunCompare,
+    RunList,
+    RunRequest,
+    RunSummary,
+    StepDiff,
+    StepRun,
+    TriggerResult,
+    ValueDiff,
+)
+
+log = logging.getLogger("watchkeeper.pipelines")
+
+
+class PipelineError(Exception):
+    def __init__(self, status: int, error: str, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.field = status, error, detail, field
+
+
+def code_state(workdir: Path | None) -> tuple[str | None, bool | None]:
+    """(HEAD commit, dirty) of the repo holding the pipeline's code; (None, None) outside one."""
+    if workdir is None:
+        return None, None
+    try:
+        head = subprocess.run(["git", "-C", str(workdir), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)  # fmt: skip
+        if head.returncode != 0:
+            return None, None
+        st = subprocess.run(["git", "-C", str(workdir), "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True, timeout=10)  # fmt: skip
+        return head.stdout.strip(), bool(st.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        return None, None
+
+
+class PipelineService:
+    def __init__(self, store: PipelineStore, data_dir: Path, jobs: Any, registry: Any = None, datasets: Any = None,
+                 rollouts: Any = None, audit: Any = None, host: str | None = None) -> None:  # fmt: skip
+        self.store, self.jobs, self.registry, self.datasets = store, jobs, registry, datasets
+        self.rollouts, self.audit = rollouts, audit
+        self.host = host or socket.gethostname()
+        self.cas = ContentStore(data_dir / "pipelines" / "cas")
+        self.runs_dir = data_dir / "pipelines" / "runs"
+        self.lock = threading.RLock()
+        self.pipelines: dict[str, PipelineSpec] = {}
+        self.runs: dict[str, Run] = {}
+        self.events: dict[str, str] = {}  # trigger event -> the run it started or was folded into
+        self.executors: dict[str, RunExecutor] = {}
+        self._cache: dict[str, tuple[str, StepRun]] = {}
+        self._digests: dict[tuple[str, int, int], tuple[str, int]] = {}
+        self._orders: dict[str, list[str]] = {}
+        self.on_change: Callable[[], None] | None = None
+        self.triggers: Any = None  # the TriggerLoop, set by the daemon
+
+    # ------------------------------------------------------------------ start / stop
+
+    def restore(self) -> tuple[int, int]:
+        """Read pipelines and runs back; resume runs that were going: a step that is a job is watched
+        again through its job (the JobService re-adopted it or marked it LOST); an in-process or agent
+        step that was running is failed, saying so. Returns (runs resumed, steps failed)."""
+        for spec in self.store.load_pipelines():
+            self.pipelines[spec.name] = spec
+        resumed = failed = 0
+        for run, event in self.store.load_runs():
+            self.runs[run.id] = run
+            if event:
+                self.events[event] = run.id
+            for sr in run.steps:
+                if sr.state == "COMPLETED" and sr.cache_key:
+                    self._cache[sr.cache_key] = (run.id, sr)
+            if run.state in FINAL_RUN_STATES:
+                continue
+            for sr in run.steps:
+                if sr.state == "RUNNING" and not (sr.isolation == "job" and sr.job_id):
+                    sr.state, sr.ended_at = "FAILED", time.time()
+                    sr.reason = f"the agent restarted while this {sr.isolation} step ran (resume the run to redo it)"
+                    failed += 1
+            spec = self.pipelines.get(run.pipeline)
+            if spec is None or spec.version != run.pipeline_version:
+                spec = self._spec_of(run)
+            self._launch(spec, run, run.no_cache)
+            resumed += 1
+        return resumed, failed
+
+    def _spec_of(self, run: Run) -> PipelineSpec:
+        for spec in self.store.load_versions(run.pipeline):
+            if spec.version == run.pipeline_version:
+                return spec
+        raise LookupError(f"pipeline {run.pipeline} version {run.pipeline_version} is not stored")
+
+    def stop(self) -> None:
+        """Triggers stop; executors stop with the process (jobs keep running, re-adopted at the next start)."""
+        if self.triggers is not None:
+            self.triggers.stop()
+
+    # ------------------------------------------------------------------ pipelines
+
+    def register(self, content: str, path: str | None, principal: str,
+                 audit: Callable[[dict], None] | None = None) -> PipelineSpec:  # fmt: skip
+        try:
+            spec = parse_pipeline(content, path, principal)
+        except SpecError as e:
+            raise PipelineError(422, "invalid_pipeline", e.detail, e.field) from None
+        for s in spec.steps:
+            for inp, ref in s.inputs.items():
+                if ref.startswith("dataset:"):
+                    try:
+                        self.dataset(ref[8:])
+                    except LookupError as e:
+                        raise PipelineError(422, "invalid_pipeline", f"step {s.name}: input {inp}: {e}",
+                                            f"steps.{s.name}.inputs.{inp}") from None  # fmt: skip
+        if audit is not None:
+            audit({"pipeline": spec.name, "version": spec.version, "steps": [s.name for s in spec.steps],
+                   "path": path})  # fmt: skip
+        self.store.save_pipeline(spec, content)
+        with self.lock:
+            self.pipelines[spec.name] = spec
+        return spec
+
+    def get(self, name: str) -> PipelineSpec:
+        spec = self.pipelines.get(name)
+        if spec is None:
+            raise PipelineError(404, "not_found", f"no pipeline {name!r}", "name")
+        return spec
+
+    def list(self) -> PipelineList:
+        with self.lock:
+            out = []
+            for name, spec in sorted(self.pipelines.items()):
+                runs = [r for r in self.runs.values() if r.pipeline == name]
+                last = max(runs, key=lambda r: r.created_at, default=None)
+                out.append(PipelineSummary(spec=spec, last_run=_summary(last) if last else None,
+                                           active_runs=sum(r.state not in FINAL_RUN_STATES for r in runs)))  # fmt: skip
+            return PipelineList(pipelines=out)
+
+    def order(self, spec: PipelineSpec) -> list[str]:
+        if spec.version not in self._orders:
+            self._orders[spec.version] = order(spec)
+        return self._orders[spec.version]
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, name: str, req: RunRequest, principal: str, trigger: str = "manual",
+                  trigger_detail: str = "", audit: Callable[[dict], None] | None = None,
+                  event: str | None = None) -> Run:  # fmt: skip
+        spec = self.get(name)
+        try:
+            params = check_run_params(spec, req.params)
+        except SpecError as e:
+            raise PipelineError(422, "invalid_request", e.detail, e.field) from None
+        names = [s.name for s in spec.steps]
+        for field, val in (("from_step", [req.from_step] if req.from_step else []), ("only", req.only)):
+            for v in val:
+                if v not in names:
+                    raise PipelineError(422, "invalid_request", f"{field}: no step {v!r} in {name}", field)
+        selected = self._selected(spec, req)
+        prior = self._resume_source(name, req.resume) if req.resume else None
+        now = time.time()
+        commit, dirty = code_state(Path(spec.workdir) if spec.workdir else None)
+        run = Run(
+            id="run-" + uuid.uuid4().hex[:12], pipeline=name, pipeline_version=spec.version, state="PENDING",
+            trigger="resume" if prior else trigger,  # type: ignore[arg-type]
+            trigger_detail=trigger_detail or (f"resume of {prior.id}" if prior else f"by {principal}"),
+            created_by=principal, created_at=now, params=params, code_commit=commit, code_dirty=dirty,
+            host=self.host, from_step=req.from_step, only=list(req.only), no_cache=req.no_cache,
+            resumed_from=prior.id if prior else None, steps_total=len(spec.steps),
+        )  # fmt: skip
+        earlier = {sr.step: sr for sr in prior.steps} if prior else {}
+        for s in spec.steps:
+            sr = StepRun(step=s.name, state="PENDING", isolation=s.isolation)
+            old = earlier.get(s.name)
+            if old is not None and old.state == "COMPLETED" and self._outputs_kept(old):
+                sr = old.model_copy(update={"reused_from": old.reused_from or prior.id, "reason": "reused (resume)"})
+            elif s.name not in selected:
+                src = self._latest_completed(name, s.name)
+                sr.state = "SKIPPED"  # type: ignore[assignment]
+                if src is not None:
+                    sr.outputs, sr.metrics, sr.reused_from = dict(src[1].outputs), dict(src[1].metrics), src[0]
+                    sr.reason = f"not selected: outputs of run {src[0]}"
+                else:
+                    sr.reason = "not selected"
+            run.steps.append(sr)
+        self._check_skipped_inputs(spec, run)
+        if audit is not None:
+            audit({"pipeline": name, "run": run.id, "version": spec.version, "params": params,
+                   "from_step": req.from_step, "only": req.only, "no_cache": req.no_cache, "resume": req.resume,
+                   "trigger": run.trigger, "reason": req.reason})  # fmt: skip
+        with self.lock:
+            self.runs[run.id] = run
+            if event:
+                self.events[event] = run.id
+        self.store.save_run(run, event)
+        self._launch(spec, run, req.no_cache)
+        return self.get_run(run.id)
+
+    def _selected(self, spec: PipelineSpec, req: RunRequest) -> set[str]:
+        if req.only:
+            return set(req.only)
+        if req.from_step:
+            down = {req.from_step}
+            for n in self.order(spec):
+                if any(d in down for d in next(s for s in spec.steps if s.name == n).depends_on):
+                    down.add(n)
+            return down
+        return {s.name for s in spec.steps}
+
+    def _check_skipped_inputs(self, spec: PipelineSpec, run: Run) -> None:
+        by = {sr.step: sr for sr in run.steps}
+        for s in spec.steps:
+            if by[s.name].state != "PENDING":
+                continue
+            for ref in s.inputs.values():
+                src, dot, out = ref.partition(".")
+                if (
+                    dot
+                    and not ref.startswith(("file:", "dataset:"))
+                    and by[src].state == "SKIPPED"
+                    and out not in by[src].outputs
+                ):
+                    raise PipelineError(409, "conflict", f"step {s.name} needs {ref}, and no earlier run of "
+                                        f"{spec.name} completed step {src}: run it too", "from_step")  # fmt: skip
+
+    def _resume_source(self, name: str, run_id: str) -> Run:
+        prior = self.runs.get(run_id)
+        if prior is None or prior.pipeline != name:
+            raise PipelineError(404, "not_found", f"no run {run_id!r} of pipeline {name}", "resume")
+        if prior.state not in ("FAILED", "CANCELLED"):
+            raise PipelineError(409, "conflict", f"run {run_id} is {prior.state}: only a failed or cancelled run "
+                                "resumes", "resume")  # fmt: skip
+        return prior
+
+    def _latest_completed(self, pipeline: str, step: str) -> tuple[str, StepRun] | None:
+        with self.lock:
+            for run in sorted(self.runs.values(), key=lambda r: r.created_at, reverse=True):
+                if run.pipeline != pipeline:
+                    continue
+                for sr in run.steps:
+                    if sr.step == step and sr.state == "COMPLETED" and self._outputs_kept(sr):
+                        return run.id, sr
+        return None
+
+    def _outputs_kept(self, sr: StepRun) -> bool:
+        return all(self.cas.has(a.digest) for a in sr.outputs.values())
+
+    def _launch(self, spec: PipelineSpec, run: Run, no_cache: bool) -> None:
+        ex = RunExecutor(self, spec, run, no_cache)
+        with self.lock:
+            self.executors[run.id] = ex
+        ex.start()
+
+    def finished(self, ex: RunExecutor) -> None:
+        """The executor's last word: the run's final state and reason."""
+        with self.lock:
+            run = ex.run
+            states = [sr.state for sr in run.steps]
+            failed = [sr for sr in run.steps if sr.state == "FAILED"]
+            if ex.cancelled:
+                run.state, run.reason = "CANCELLED", ex.cancelled
+            elif failed or "UPSTREAM_FAILED" in states or "CANCELLED" in states:
+                run.state = "FAILED"
+                run.reason = f"step {failed[0].step} failed: {failed[0].reason}" if failed else "a step did not run"
+            else:
+                run.state = "COMPLETED"
+            run.ended_at = time.time()
+            run.duration_s = run.ended_at - (run.started_at or run.created_at)
+            self.executors.pop(run.id, None)
+        self.save(run)
+
+    def save(self, run: Run) -> None:
+        with self.lock:
+            run.steps_done = sum(sr.state in ("COMPLETED", "SKIPPED") for sr in run.steps)
+            run.cache_hits = sum(sr.cache_hit for sr in run.steps)
+            snap = run.model_copy(deep=True)
+        try:
+            self.store.save_run(snap)
+        except Exception as e:  # the run goes on; the next change tries again
+            log.error("pipeline run %s: %s", run.id, e)
+        if self.on_change:
+            self.on_change()
+
+    def get_run(self, run_id: str) -> Run:
+        with self.lock:
+            run = self.runs.get(run_id)
+            if run is None:
+                raise PipelineError(404, "not_found", f"no run {run_id!r}", "run_id")
+            return run.model_copy(deep=True)
+
+    def list_runs(self, pipeline: str | None, state: str | None, limit: int) -> RunList:
+        with self.lock:
+            runs = [r for r in self.runs.values() if (pipeline is None or r.pipeline == pipeline)
+                    and (state is None or r.state == state)]  # fmt: skip
+            runs.sort(key=lambda r: r.created_at, reverse=True)
+            return RunList(runs=[_summary(r) for r in runs[:limit]], total=len(runs))
+
+    def cancel(self, run_id: str, principal: str, note: str, audit: Callable[[dict], None] | None = None) -> Run:
+        run = self.get_run(run_id)
+        if run.state in FINAL_RUN_STATES:
+            raise PipelineError(409, "conflict", f"run {run_id} is already {run.state}", "run_id")
+        if audit is not None:
+            audit({"run": run_id, "pipeline": run.pipeline, "reason": note})
+        with self.lock:
+            ex = self.executors.get(run_id)
+        if ex is not None:
+            ex.cancel(principal, note)
+            ex.thread.join(timeout=15)
+        return self.get_run(run_id)
+
+    def active_run(self, pipeline: str) -> Run | None:
+        with self.lock:
+            return next((r for r in self.runs.values() if r.pipeline == pipeline
+                         and r.state not in FINAL_RUN_STATES), None)  # fmt: skip
+
+    def last_triggered(self, pipeline: str) -> float | None:
+        with self.lock:
+            ts = [r.created_at for r in self.runs.values()
+                  if r.pipeline == pipeline and r.trigger in ("cron", "alert", "dataset")]  # fmt: skip
+        return max(ts, default=None)
+
+    def trigger(self, pipeline: str, kind: str, event: str, detail: str, params: dict | None = None,
+                min_interval_s: float = 0.0) -> TriggerResult:  # fmt: skip
+        """One run per trigger episode: a repeated event, an event while a run is active, or one within
+        the minimum interval since the last triggered run starts nothing (and says why)."""
+        with self.lock:
+            if event in self.events:
+                return TriggerResult(started=False, run_id=self.events[event], reason=f"event {event} already "
+                                     f"started run {self.events[event]}")  # fmt: skip
+            active = self.active_run(pipeline)
+            if active is not None:
+                self.events[event] = active.id
+                return TriggerResult(started=False, run_id=active.id, reason=f"run {active.id} is active")
+            spec = self.get(pipeline)
+            gap = max(min_interval_s, spec.min_interval_s)
+            last = self.last_triggered(pipeline)
+            if gap and last is not None and time.time() - last < gap:
+                return TriggerResult(started=False, reason=f"min interval {gap:.0f} s: the last triggered run "
+                                     f"started {time.time() - last:.0f} s ago")  # fmt: skip
+            run = self.start_run(pipeline, RunRequest(params=params or {}), "watchkeeper-agent", kind, detail,
+                                 audit=self._audit_trigger(pipeline, kind, detail), event=event)  # fmt: skip
+        return TriggerResult(started=True, run_id=run.id, reason=detail)
+
+    def _audit_trigger(self, pipeline: str, kind: str, detail: str) -> Callable[[dict], None] | None:
+        if self.audit is None:
+            return None
+        from agent.rollouts.state import AGENT
+
+        return lambda d: self.audit.record(AGENT, "pipeline.run", f"pipeline:{pipeline}",
+                                           {**d, "automatic": True, "cause": detail})  # fmt: skip
+
+    # ------------------------------------------------------------------ compare
+
+    def compare(self, a_id: str, b_id: str) -> RunCompare:
+        a, b = self.get_run(a_id), self.get_run(b_id)
+        params = [ValueDiff(key=k, a=a.params.get(k), b=b.params.get(k), changed=a.params.get(k) != b.params.get(k))
+                  for k in sorted(set(a.params) | set(b.params))]  # fmt: skip
+        ma = {f"{s.step}.{k}": v for s in a.steps for k, v in s.metrics.items()}
+        mb = {f"{s.step}.{k}": v for s in b.steps for k, v in s.metrics.items()}
+        metrics = [ValueDiff(key=k, a=ma.get(k), b=mb.get(k), changed=ma.get(k) != mb.get(k))
+                   for k in sorted(set(ma) | set(mb))]  # fmt: skip
+        sa, sb = {s.step: s for s in a.steps}, {s.step: s for s in b.steps}
+        steps = []
+        for n in [*sa, *(x for x in sb if x not in sa)]:
+            x, y = sa.get(n), sb.get(n)
+            steps.append(StepDiff(
+                step=n, a_state=x.state if x else None, b_state=y.state if y else None,
+                a_duration_s=x.duration_s if x else None, b_duration_s=y.duration_s if y else None,
+                a_cache_hit=bool(x and x.cache_hit), b_cache_hit=bool(y and y.cache_hit),
+                outputs_changed=({k: v.digest for k, v in x.outputs.items()} if x else {})
+                != ({k: v.digest for k, v in y.outputs.items()} if y else {}),
+            ))  # fmt: skip
+        return RunCompare(a=_summary(a), b=_summary(b), params=params, metrics=metrics, steps=steps)
+
+    # ------------------------------------------------------------------ for the executor
+
+    def cache_lookup(self, key: str) -> tuple[str, StepRun] | None:
+        with self.lock:
+            hit = self._cache.get(key)
+        return hit if hit is not None and self._outputs_kept(hit[1]) else None
+
+    def cache_add(self, run_id: str, sr: StepRun) -> None:
+        if sr.cache_key and not sr.cache_hit:
+            with self.lock:
+                self._cache[sr.cache_key] = (run_id, sr.model_copy(deep=True))
+
+    def digest_file(self, p: Path) -> tuple[str, int]:
+        """Content digest of an external input, remembered by (path, size, mtime_ns)."""
+        st = p.stat()
+        k = (str(p), st.st_size, st.st_mtime_ns)
+        if k not in self._digests:
+            self._digests[k] = (file_digest(p), st.st_size)
+        return self._digests[k]
+
+    def dataset(self, ref: str) -> tuple[Any, Path]:
+        if self.datasets is None:
+            raise LookupError("datasets are not available on this agent")
+        name, _, ver = ref.partition("@")
+        try:
+            info = self.datasets.get(name, int(ver) if ver else None)
+        except Exception as e:
+            raise LookupError(str(getattr(e, "detail", e))) from None
+        return info, self.datasets.path(info.name, info.version)
+
+    def job(self, job_id: str) -> Job | None:
+        try:
+            return self.jobs.get(job_id)
+        except Exception:
+            return None
+
+    def jobs_submit(self, body: JobSubmit, principal: str) -> Job:
+        if self.jobs is None:
+            raise RuntimeError("jobs are not enabled on this agent ([jobs] enabled = false)")
+        return self.jobs.submit(body, principal)
+
+    def jobs_cancel(self, job_id: str, principal: str, note: str) -> None:
+        if self.jobs is not None:
+            self.jobs.cancel(job_id, principal, note, wait_s=5.0)
+
+    def do_action(self, spec: PipelineSpec, run: Run, step: Any, inputs: dict[str, Path]) -> str:
+        return register_and_canary(self, spec, run, step, inputs)
+
+
+def _summary(r: Run) -> RunSummary:
+    return RunSummary.model_validate(r.model_dump(include=set(RunSummary.model_fields)))
+
+
+def params_hash(params: dict) -> str:
+    import json
+
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
