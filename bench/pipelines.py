@@ -7,7 +7,7 @@ Both run on this machine in the same run:
      (reads the previous step's output, writes one number); registered, run once with `no_cache`,
      wall time from `POST …/runs` to the first poll (every 20 ms) that sees the run final, / 50.
   2. isolated: the same chain as jobs (`command` steps, each `sh -c` writing its output); per step
-     as above, and the median job start (the step's job `started_at - created_at`) beside it: the
+     as above, and the median job start (the step's job `started_at - submitted_at`) beside it: the
      target is per-step time minus that start.
   3. cached: a 10-step chain run once, then again; the second run's wall time, and its cache hits
      (all 10 must be hits, or it does not count).
@@ -108,18 +108,23 @@ class Figures:
 # --------------------------------------------------------------------------- pipeline files
 
 
-def chain_toml(name: str, steps: int, isolated: bool) -> str:
-    """A chain s00 -> s01 -> ... : each step reads the previous one's `out` and writes its own."""
-    lines = [f'name = "{name}"', 'description = "bench/pipelines.py: a chain of trivial steps"', ""]
+def chain_toml(name: str, steps: int, isolated: bool, link: str = "inputs") -> str:
+    """A chain s00 -> s01 -> ... : each step reads the previous one's `out` (link "inputs") or just waits
+    for it (link "after"), and writes its own."""
+    lines = [f'name = "{name}"', 'description = "bench/pipelines.py: a chain of trivial steps"',
+             f"workdir = {json.dumps(str(ROOT))}", ""]  # fmt: skip
     for i in range(steps):
-        lines += ["[[steps]]", f'name = "s{i:02d}"', 'outputs = ["out"]']
+        lines += [f"[steps.s{i:02d}]", 'outputs = ["out"]']
         if isolated:
             lines += ['command = ["sh", "-c", "echo 1 > {outputs.out}"]', 'isolation = "job"']
-            lines += ["[steps.resources]", "cpu = 0.1"]
         else:
             lines += ['call = "bench.pipeline_steps:step"', 'isolation = "none"']
-        if i:
-            lines += ["[steps.inputs]", f'prev = "s{i - 1:02d}.out"']
+        if i and link == "inputs":
+            lines += [f'inputs = {{ prev = "s{i - 1:02d}.out" }}']
+        elif i:
+            lines += [f'after = ["s{i - 1:02d}"]']
+        if isolated:
+            lines += [f"[steps.s{i:02d}.resources]", "cpu = 0.1"]
         lines.append("")
     return "\n".join(lines)
 
@@ -168,8 +173,8 @@ class Pipelines:
             if not step.get("job_id"):
                 continue
             job = self.c.get(f"/api/v1/jobs/{step['job_id']}").json()
-            if job.get("started_at") and job.get("created_at"):
-                starts.append(1000.0 * (job["started_at"] - job["created_at"]))
+            if job.get("started_at") and job.get("submitted_at"):
+                starts.append(1000.0 * (job["started_at"] - job["submitted_at"]))
         return starts
 
 
@@ -192,7 +197,7 @@ def bench_watchkeeper(args: argparse.Namespace, tmp: Path, fig: Figures) -> None
         )
         for row, name, n, isolated in rows:
             try:
-                api.register(name, chain_toml(name, n, isolated))
+                api.register(name, chain_toml(name, n, isolated, args.link))
                 wall, run = api.run(name, no_cache=True)
                 if isolated:
                     fig.isolated_step_ms = 1000.0 * wall / n
@@ -204,7 +209,7 @@ def bench_watchkeeper(args: argparse.Namespace, tmp: Path, fig: Figures) -> None
                 fig.why[row] = str(e)
         try:
             name = "bench-cached"
-            api.register(name, chain_toml(name, args.cached_steps, isolated=False))
+            api.register(name, chain_toml(name, args.cached_steps, False, args.link))
             api.run(name, no_cache=False)
             wall, run = api.run(name, no_cache=False)
             hits = sum(1 for s in run.get("steps", []) if s.get("cache_hit"))
@@ -334,6 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50, help="steps in the chain (default 50)")
     p.add_argument("--cached-steps", type=int, default=10, help="steps in the cached re-run (default 10)")
     p.add_argument("--repeats", type=int, default=3, help="measured Prefect flow runs (median; default 3)")
+    p.add_argument(
+        "--link",
+        choices=("inputs", "after"),
+        default="inputs",
+        help="chain steps by reading the previous output (default) or by order only (`after`)",
+    )
     p.add_argument("--systems", default="watchkeeper,prefect", help="which halves to run")
     args = p.parse_args(argv)
     systems = {s.strip() for s in args.systems.split(",") if s.strip()}
