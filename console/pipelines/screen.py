@@ -237,8 +237,10 @@ class PipelinesScreen(FleetTableScreen):
             return
         run = detail.run
         now = self.wk_app.source.now() if hasattr(self.wk_app.source, "now") else None
-        lines = [*run_header(row.agent, run), ""]
-        lines += [t.text for t in run_tree(run, row.summary.spec.steps, now=now)]
+        # The steps first (what the person on call looks for), then where the run came from.
+        header = run_header(row.agent, run)
+        tree = [t.text for t in run_tree(run, row.summary.spec.steps, now=now)]
+        lines = [header[0], *tree, "", *header[1:]]
         run_pane.update("\n".join(lines))
         metrics = metrics_beside(run, detail.previous)
         if metrics:

@@ -69,7 +69,7 @@ def test_every_key_means_one_thing_on_every_screen() -> None:
     # The jobs and quotas screens open from everywhere with one key each; `s` sorts wherever it is bound.
     assert meanings["j"] == {"jobs"} and meanings["u"] == {"quotas"}
     assert meanings["s"] == {"cycle_sort"}
-    # `p` promotes a rollout, so the pipelines screen is `P`; running a pipeline is `Ctrl+g` (`G` sorts the fleet by GPU).
+    # `p` promotes a rollout, so pipelines are `P`; running one is `Ctrl+g` (`G` sorts the fleet by GPU).
     assert meanings["P"] == {"pipelines"} and meanings["ctrl+g"] == {"run_pipeline"}
 
 
