@@ -30,8 +30,9 @@ def _module_file(module: str, workdir: Path | None) -> Path | None:
 
 
 def callable_source(call: str, workdir: Path | None) -> tuple[str, Path | None]:
-    """The source of `module:function` read from its file (nothing imported; its module's imports and
-    constants too, since a change there changes what the function does). ("", None) if not found."""
+    """The source of `module:function` read from its file (nothing imported), with the helpers it calls
+    and its module's imports and constants, since a change there changes what it does. ("", None) if
+    the module is not found."""
     module, _, fn = call.partition(":")
     path = _module_file(module, workdir)
     if path is None:
@@ -41,10 +42,20 @@ def callable_source(call: str, workdir: Path | None) -> tuple[str, Path | None]:
         tree = ast.parse(text)
     except SyntaxError:
         return text, path
+    defs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
+    # The function and the module-level functions and classes it reaches by name (transitively): a change
+    # in a helper it calls is a change in what it does; a change in an unrelated function is not.
+    keep, todo = set(), [fn]
+    while todo:
+        name = todo.pop()
+        if name in keep or name not in defs:
+            continue
+        keep.add(name)
+        todo += [n.id for n in ast.walk(defs[name]) if isinstance(n, ast.Name)]
     parts = []
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            if node.name == fn:
+            if node.name in keep:
                 parts.append(ast.get_source_segment(text, node) or "")
         else:  # imports, constants, the module docstring: the function's surroundings
             parts.append(ast.get_source_segment(text, node) or "")
@@ -71,8 +82,8 @@ def code_digest(step: StepSpec, workdir: Path | None, memo: dict[str, str | None
     if step.call:
         src, path = callable_source(step.call, workdir)
         h.update(b"call\0" + step.call.encode() + b"\0" + src.encode())
-        if path:
-            files.append(path)
+        if path:  # its source is in already: only the commit
+            h.update(b"commit\0" + (git_commit_of(path, memo) or "-").encode())
     if step.command:
         h.update(b"command\0" + json.dumps(step.command).encode())
         for arg in step.command:  # a script the command runs is its code
@@ -90,9 +101,10 @@ def code_digest(step: StepSpec, workdir: Path | None, memo: dict[str, str | None
 
 
 def env_spec(step: StepSpec) -> dict:
-    """The environment part of the key: the step's variables, how it runs, and the interpreter."""
+    """The environment part of the key: the step's variables, how it runs, the interpreter, and what the
+    runner tells it (its name in WK_STEP, its output names): a step may act on them."""
     return {"env": step.env, "isolation": step.isolation, "python": sys.version.split()[0],
-            "executable": sys.executable}  # fmt: skip
+            "executable": sys.executable, "step": step.name, "outputs": sorted(step.outputs)}  # fmt: skip
 
 
 def cache_key(code: str, params: dict[str, ParamValue], env: dict, inputs: dict[str, str]) -> str:

@@ -44,6 +44,7 @@ class RunExecutor:
         self.workdir = Path(spec.workdir) if spec.workdir else None
         self.dir = svc.runs_dir / run.id
         self.cancelled: str | None = None
+        self.halted = False  # the agent is stopping: leave the run as it is, to be resumed at the next start
         self.wake = threading.Event()
         self.done: queue.Queue[tuple[str, bool, str]] = queue.Queue()  # (step, ok, error) from workers
         self._inproc: queue.Queue[str | None] = queue.Queue()
@@ -55,6 +56,10 @@ class RunExecutor:
 
     def start(self) -> None:
         self.thread.start()
+
+    def halt(self) -> None:
+        self.halted = True
+        self.wake.set()
 
     def cancel(self, who: str, note: str) -> None:
         self.cancelled = f"cancelled by {who}" + (f": {note}" if note else "")
@@ -69,11 +74,12 @@ class RunExecutor:
             log.exception("pipeline run %s", self.run.id)
             with self.svc.lock:
                 for sr in self.run.steps:
-                    if sr.state in ("PENDING", "RUNNING"):
+                    if sr.state in ("PENDING", "RUNNING") and not self.halted:
                         self._end(sr, "FAILED", f"internal error: {e}")
         finally:
             self._stop_worker()
-            self.svc.finished(self)
+            if not self.halted:
+                self.svc.finished(self)
 
     def _loop(self) -> None:
         threading.Thread(target=self._inproc_loop, name=f"pipeline-worker-{self.run.id}", daemon=True).start()
@@ -81,7 +87,7 @@ class RunExecutor:
             if self.run.state == "PENDING":
                 self.run.state, self.run.started_at = "RUNNING", time.time()
         self.svc.save(self.run)
-        while True:
+        while not self.halted:
             if self.cancelled:
                 self._cancel_all()
                 return
@@ -150,7 +156,7 @@ class RunExecutor:
             return
         params = {p: self.run.params[p] for p in step.params}
         key = cache_key(code_digest(step, self.workdir, self._memo), params, env_spec(step),
-                        {k: a.digest for k, a in ins.items()})  # fmt: skip
+                        {k: a.digest for k, (a, _) in ins.items()})  # fmt: skip
         with self.svc.lock:
             sr.inputs = {k: a for k, (a, _) in ins.items()}
             sr.cache_key, sr.started_at, sr.state, sr.attempt = key, now, "RUNNING", sr.attempt + 1

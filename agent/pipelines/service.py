@@ -120,6 +120,12 @@ class PipelineService:
         """Triggers stop; executors stop with the process (jobs keep running, re-adopted at the next start)."""
         if self.triggers is not None:
             self.triggers.stop()
+        with self.lock:
+            executors = list(self.executors.values())
+        for ex in executors:
+            ex.halt()
+        for ex in executors:
+            ex.thread.join(timeout=5)
 
     # ------------------------------------------------------------------ pipelines
 
