@@ -263,7 +263,10 @@ def bench_prefect(args: argparse.Namespace, tmp: Path, fig: Figures) -> None:
     home = tmp / "prefect-home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="WARNING")
+    # The temporary server's start can pass Prefect's 20 s default on a loaded box (seen: 24 s here); no
+    # telemetry (no internet here). Neither is in the measured runs.
+    env.update(PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="WARNING", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")  # fmt: skip
     script = tmp / "prefect_chain.py"
     script.write_text(PREFECT_SCRIPT)
     r = subprocess.run(
@@ -274,9 +277,12 @@ def bench_prefect(args: argparse.Namespace, tmp: Path, fig: Figures) -> None:
         cwd=tmp,
         timeout=900,
     )
+    # The figures are printed before Prefect's shutdown, whose cancelled server services may still
+    # print tracebacks and set the exit status: a printed result counts.
     last = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    if r.returncode != 0 or not last:
-        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+    if not last:
+        errors = [ln for ln in r.stderr.splitlines() if ln and not ln[0].isspace() and "Error" in ln.split(":")[0]]
+        tail = (errors or r.stderr.strip().splitlines() or ["no output"])[-1]
         raise NotMeasured(f"prefect run failed ({r.returncode}): {tail[:160]}")
     doc = json.loads(last[-1])
     fig.prefect_task_ms = 1000.0 * statistics.median(doc["runs_s"]) / args.steps
