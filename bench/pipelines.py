@@ -29,6 +29,7 @@ installable) says why in its rows; a figure not measured is a MISS.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -102,6 +103,9 @@ class Figures:
     prefect_task_ms: float | None = None
     prefect_flow_ms: float | None = None
     prefect_version: str = ""
+    # Where a chain's time goes, from the run's own record: mean step duration, mean gap from one
+    # step's end to the next one's start (the runner's scheduling), per chain kind.
+    breakdown: dict[str, tuple[float, float]] = field(default_factory=dict)
     why: dict[str, str] = field(default_factory=dict)  # row -> why it is missing
 
 
@@ -178,6 +182,17 @@ class Pipelines:
         return starts
 
 
+def breakdown_ms(run: dict) -> tuple[float, float] | None:
+    """(mean step duration, mean gap between a step's end and the next one's start) in ms."""
+    steps = sorted((s for s in run.get("steps", []) if s.get("started_at") and s.get("ended_at")),
+                   key=lambda s: s["started_at"])  # fmt: skip
+    if len(steps) < 2:
+        return None
+    took = statistics.mean(s["ended_at"] - s["started_at"] for s in steps)
+    gaps = statistics.mean(b["started_at"] - a["ended_at"] for a, b in itertools.pairwise(steps))
+    return 1000.0 * took, 1000.0 * gaps
+
+
 def bench_watchkeeper(args: argparse.Namespace, tmp: Path, fig: Figures) -> None:
     agent = make_agent(tmp, name="bench-pipelines", sample_interval=1.0, env={"PYTHONPATH": str(ROOT)})
     try:
@@ -199,6 +214,9 @@ def bench_watchkeeper(args: argparse.Namespace, tmp: Path, fig: Figures) -> None
             try:
                 api.register(name, chain_toml(name, n, isolated, args.link))
                 wall, run = api.run(name, no_cache=True)
+                parts = breakdown_ms(run)
+                if parts is not None:
+                    fig.breakdown[row] = parts
                 if isolated:
                     fig.isolated_step_ms = 1000.0 * wall / n
                     starts = api.job_starts_ms(run)
@@ -338,6 +356,11 @@ def print_table(args: argparse.Namespace, fig: Figures) -> None:
     print(line.format(*("-" * w for w in widths)))
     for r in rows:
         print(line.format(*r))
+    for row, (took, gap) in fig.breakdown.items():
+        print(
+            f"where a {row} step's time goes (the run's record): {took:.1f} ms running, {gap:.1f} ms from the "
+            f"previous step's end to its start"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
