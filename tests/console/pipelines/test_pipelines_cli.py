@@ -91,3 +91,25 @@ def test_cancel_and_one_line_errors(agent_factory, tmp_path, capsys) -> None:
     assert rc == 1 and err.count("\n") == 1 and "not registered" in err and "steps.a" in err
     rc, out, err = run(capsys, "pipelines", "register", str(tmp_path / "missing.toml"), "--fleet", fleet)
     assert rc == 2 and "missing.toml" in err
+
+
+def test_runs_across_a_fleet_with_a_dead_agent_lists_what_it_can_and_exits_1(agent_factory, tmp_path, capsys) -> None:
+    from tests.agentproc import free_port
+    from tests.console.pipelines.agents import register, start
+
+    agent = agent_factory(name="pipes-c")
+    register(agent, TRAIN)
+    done = wait_run(agent, start(agent, "train-demo")["id"])
+    fleet = fleet_file(tmp_path, agent, dead=f"http://127.0.0.1:{free_port()}")
+    rc, out, err = run(capsys, "pipelines", "runs", "--fleet", fleet)
+    assert rc == 1
+    assert out.splitlines()[1].split()[:4] == ["pipes-c", done["id"], "train-demo", "COMPLETED"]
+    assert err.count("\n") == 1 and "1 of 2 agents not read: gone (" in err
+    rc, out, err = run(capsys, "pipelines", "runs", "--fleet", fleet, "--json")
+    doc = json.loads(out)
+    assert rc == 1 and [r["id"] for r in doc["runs"]] == [done["id"]] and doc["unread"][0].startswith("gone (")
+    # A verb that needs one agent says which to name when the fleet has several.
+    rc, out, err = run(capsys, "pipelines", "register", write(tmp_path, "t", TRAIN), "--fleet", fleet)
+    assert rc == 2 and "say which with --agent" in err
+    rc, out, err = run(capsys, "pipelines", "register", write(tmp_path, "t", TRAIN), "--fleet", fleet, "--agent", "x")
+    assert rc == 2 and "no agent 'x' in the fleet" in err
