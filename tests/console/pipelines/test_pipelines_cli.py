@@ -113,3 +113,26 @@ def test_runs_across_a_fleet_with_a_dead_agent_lists_what_it_can_and_exits_1(age
     assert rc == 2 and "say which with --agent" in err
     rc, out, err = run(capsys, "pipelines", "register", write(tmp_path, "t", TRAIN), "--fleet", fleet, "--agent", "x")
     assert rc == 2 and "no agent 'x' in the fleet" in err
+
+
+def test_no_cache_only_and_from_reach_the_agent(agent_factory, tmp_path, capsys) -> None:
+    agent = agent_factory(name="pipes-d")
+    fleet = fleet_file(tmp_path, agent)
+    assert run(capsys, "pipelines", "register", write(tmp_path, "train", TRAIN), "--fleet", fleet)[0] == 0
+
+    def started(*extra: str) -> dict:
+        rc, out, err = run(capsys, "pipelines", "run", "train-demo", *extra, "--fleet", fleet, "--json")
+        assert rc == 0, err
+        return wait_run(agent, json.loads(out)["id"])
+
+    first = started()
+    assert first["state"] == "COMPLETED"
+    fresh = started("--no-cache")
+    assert fresh["no_cache"] is True and not any(s["cache_hit"] for s in fresh["steps"])
+    only = started("--only", "train", "--param", "lr=0.4")
+    states = {s["step"]: s["state"] for s in only["steps"]}
+    assert only["only"] == ["train"] and states == {"prep": "SKIPPED", "train": "COMPLETED"}
+    later = started("--from", "train", "--param", "lr=0.5")
+    assert later["from_step"] == "train" and {s["step"]: s["state"] for s in later["steps"]}["prep"] == "SKIPPED"
+    rc, _out, err = run(capsys, "pipelines", "run", "train-demo", "--only", "nope", "--fleet", fleet)
+    assert rc == 1 and err.count("\n") == 1 and "not started" in err
