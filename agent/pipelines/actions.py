@@ -40,8 +40,21 @@ def data_version(run: Run) -> str:
 
 
 def _producer_job(spec: PipelineSpec, run: Run, step: StepSpec, inp: str) -> str | None:
-    src = step.inputs.get(inp, "").partition(".")[0]
-    return next((sr.job_id for sr in run.steps if sr.step == src), None)
+    """The job nearest upstream of the artifact: its producer's, or (an in-process export of a trained
+    model) the closest step before it that was a job — the training."""
+    deps = {s.name: s.depends_on for s in spec.steps}
+    jobs = {sr.step: sr.job_id for sr in run.steps}
+    todo = [step.inputs.get(inp, "").partition(".")[0]]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop(0)
+        if name in seen or name not in deps:
+            continue
+        seen.add(name)
+        if jobs.get(name):
+            return jobs[name]
+        todo += deps[name]
+    return None
 
 
 def register_and_canary(svc: PipelineService, spec: PipelineSpec, run: Run, step: StepSpec,
@@ -95,7 +108,7 @@ def register_and_canary(svc: PipelineService, spec: PipelineSpec, run: Run, step
     if svc.rollouts is None:
         raise ActionError(f"{note}; rollouts are not running on this agent")
     rc = {"strategy": "canary", **cfg.get("rollout", {}), "candidate_version": mv.version}
-    rc.setdefault("reason", f"pipeline {spec.name} run {run.id} ({run.trigger_detail})")
+    rc.setdefault("reason", f"pipeline {spec.name} run {run.id} ({run.trigger_detail})"[:500])
     try:
         out = svc.rollouts.create(endpoint, RolloutCreate.model_validate(rc), PIPELINE_AGENT,
                                   audit=_audit(svc, run, "rollout.create", f"endpoint:{endpoint}"))  # fmt: skip

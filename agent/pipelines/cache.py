@@ -6,6 +6,7 @@ path with new bytes is a miss (what Kubeflow and Vertex get wrong, docs/pipeline
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
 import json
@@ -29,6 +30,16 @@ def _module_file(module: str, workdir: Path | None) -> Path | None:
     return Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
 
 
+@functools.lru_cache(maxsize=256)
+def _parse(path: str, _mtime_ns: int, _size: int) -> tuple[str, ast.Module | None]:
+    """A module file's text and tree, parsed once per version of the file."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    try:
+        return text, ast.parse(text)
+    except SyntaxError:
+        return text, None
+
+
 def callable_source(call: str, workdir: Path | None) -> tuple[str, Path | None]:
     """The source of `module:function` read from its file (nothing imported), with the helpers it calls
     and its module's imports and constants, since a change there changes what it does. ("", None) if
@@ -37,10 +48,9 @@ def callable_source(call: str, workdir: Path | None) -> tuple[str, Path | None]:
     path = _module_file(module, workdir)
     if path is None:
         return "", None
-    text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        tree = ast.parse(text)
-    except SyntaxError:
+    st = path.stat()
+    text, tree = _parse(str(path), st.st_mtime_ns, st.st_size)
+    if tree is None:
         return text, path
     defs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
     # The function and the module-level functions and classes it reaches by name (transitively): a change

@@ -226,6 +226,7 @@ class RunExecutor:
             return
         with self.svc.lock:
             sr.job_id = job.id
+        self.svc.save(self.run, sync=True)  # a restart must find the job to watch it again
 
     def _running_jobs(self) -> list[StepRun]:
         return [sr for sr in self.run.steps if sr.state == "RUNNING" and sr.job_id and sr.isolation == "job"]
@@ -381,7 +382,7 @@ class RunExecutor:
             for sr in self.run.steps:
                 if sr.state in ("PENDING", "RUNNING"):
                     self._end(sr, "CANCELLED", why)
-        self.svc.save(self.run)
+        self.svc.save(self.run, sync=True)
 
 
 def read_steplog(path: Path) -> tuple[dict[str, float], dict, str]:

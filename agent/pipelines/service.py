@@ -79,6 +79,13 @@ class PipelineService:
         self._orders: dict[str, list[str]] = {}
         self.on_change: Callable[[], None] | None = None
         self.triggers: Any = None  # the TriggerLoop, set by the daemon
+        # Step changes are written by one saver thread, newest state per run, so a step costs no commit
+        # wait; a run's creation, a job's id and a run's end are written before going on (save(sync=True)).
+        self._dirty: dict[str, Run] = {}
+        self._dirty_cv = threading.Condition()
+        self._write_lock = threading.Lock()
+        self._saver = threading.Thread(target=self._save_loop, name="pipeline-saver", daemon=True)
+        self._saver.start()
 
     # ------------------------------------------------------------------ start / stop
 
@@ -104,8 +111,13 @@ class PipelineService:
                     sr.reason = f"the agent restarted while this {sr.isolation} step ran (resume the run to redo it)"
                     failed += 1
             spec = self.pipelines.get(run.pipeline)
-            if spec is None or spec.version != run.pipeline_version:
-                spec = self._spec_of(run)
+            try:
+                if spec is None or spec.version != run.pipeline_version:
+                    spec = self._spec_of(run)
+            except LookupError as e:  # one unreadable run must not keep the others from resuming
+                run.state, run.reason, run.ended_at = "FAILED", f"could not resume after a restart: {e}", time.time()
+                self.save(run, sync=True)
+                continue
             self._launch(spec, run, run.no_cache)
             resumed += 1
         return resumed, failed
@@ -126,6 +138,7 @@ class PipelineService:
             ex.halt()
         for ex in executors:
             ex.thread.join(timeout=5)
+        self.flush()
 
     # ------------------------------------------------------------------ pipelines
 
@@ -298,19 +311,48 @@ class PipelineService:
             run.ended_at = time.time()
             run.duration_s = run.ended_at - (run.started_at or run.created_at)
             self.executors.pop(run.id, None)
-        self.save(run)
+        self.save(run, sync=True)
 
-    def save(self, run: Run) -> None:
+    def save(self, run: Run, sync: bool = False) -> None:
+        """Record the run's current state: at once (sync), or by the saver thread soon after."""
         with self.lock:
             run.steps_done = sum(sr.state in ("COMPLETED", "SKIPPED") for sr in run.steps)
             run.cache_hits = sum(sr.cache_hit for sr in run.steps)
-            snap = run.model_copy(deep=True)
-        try:
-            self.store.save_run(snap)
-        except Exception as e:  # the run goes on; the next change tries again
-            log.error("pipeline run %s: %s", run.id, e)
+        if not sync:
+            with self._dirty_cv:
+                self._dirty[run.id] = run
+                self._dirty_cv.notify()
+            return
+        with self._dirty_cv:
+            self._dirty.pop(run.id, None)
+        self._write(run)
+
+    def _write(self, run: Run) -> None:
+        with self._write_lock:  # snapshot and commit in one order: an older state never lands last
+            with self.lock:
+                snap = run.model_copy(deep=True)
+            try:
+                self.store.save_run(snap)
+            except Exception as e:  # the run goes on; the next change tries again
+                log.error("pipeline run %s: %s", run.id, e)
         if self.on_change:
             self.on_change()
+
+    def _save_loop(self) -> None:
+        while True:
+            with self._dirty_cv:
+                while not self._dirty:
+                    self._dirty_cv.wait()
+                batch, self._dirty = self._dirty, {}
+            for run in batch.values():
+                self._write(run)
+
+    def flush(self) -> None:
+        """Write every pending run state now (the agent is stopping)."""
+        with self._dirty_cv:
+            batch, self._dirty = self._dirty, {}
+        for run in batch.values():
+            self._write(run)
 
     def get_run(self, run_id: str) -> Run:
         with self.lock:

@@ -81,7 +81,7 @@ class TriggerLoop:
             return [(f"cron:{name}:{i}:{int(nxt)}", f"cron {t.cron} ({time.strftime('%H:%M', time.gmtime(nxt))} UTC)")]
         if t.kind == "alert":
             return [(f"alert:{name}:{a.fingerprint}:{a.firing_at or a.started_at}",
-                     f"alert {a.rule} firing" + (f" on {a.endpoint}" if a.endpoint else "") + f": {a.summary}")
+                     f"alert {a.rule} firing" + (f" on {a.endpoint}" if a.endpoint else "") + f": {a.summary[:200]}")
                     for a in firing
                     if a.rule == t.alert and (t.endpoint is None or a.endpoint == t.endpoint)]  # fmt: skip
         if t.kind == "dataset" and t.dataset and self.svc.datasets is not None:

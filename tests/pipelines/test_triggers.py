@@ -93,3 +93,40 @@ def test_cron_fires_on_schedule_and_not_for_the_past(harness: Harness) -> None:
     harness.wait(started[0])
     assert loop.tick(t0 + 3) == []  # the same minute again
     assert len(loop.tick(t0 + 301)) == 1
+
+
+def test_a_new_dataset_version_triggers_a_run_that_reads_it_by_digest(harness: Harness) -> None:
+    import polars as pl
+
+    from agent.registry.datasets import DatasetStore
+
+    ds = DatasetStore(harness.writer, harness.writer._con, harness.root / "datasets")  # type: ignore[attr-defined]
+    harness.svc.datasets = ds
+
+    def put(n: int) -> None:
+        src = harness.root / f"v{n}.parquet"
+        pl.DataFrame({"x": list(range(n))}).write_parquet(src)
+        ds.register("fresh", src, "t")
+
+    put(3)
+    harness.register("""
+name = "dsp"
+[[triggers]]
+kind = "dataset"
+dataset = "fresh"
+[steps.count]
+command = ["/bin/sh", "-c", "wc -c < $WK_INPUT_DATA > $WK_OUTPUT_N"]
+inputs = { data = "dataset:fresh" }
+outputs = ["n"]
+""")
+    loop = TriggerLoop(harness.svc)
+    assert loop.tick(time.time()) == []  # version 1 was there before: not news
+    put(5)
+    started = loop.tick(time.time())
+    assert len(started) == 1 and loop.tick(time.time()) == []
+    run = harness.wait(started[0])
+    inp = run.steps[0].inputs["data"]
+    assert run.state == "COMPLETED" and run.trigger == "dataset" and "version 2" in run.trigger_detail
+    assert inp.source == "dataset fresh:2" and inp.digest.removeprefix("sha256:") == ds.get(
+        "fresh"
+    ).digest.removeprefix("sha256:")
