@@ -106,6 +106,7 @@ class Figures:
     # Where a chain's time goes, from the run's own record: mean step duration, mean gap from one
     # step's end to the next one's start (the runner's scheduling), per chain kind.
     breakdown: dict[str, tuple[float, float]] = field(default_factory=dict)
+    job_phases: dict[str, float] = field(default_factory=dict)  # medians, ms (see job_phases_ms)
     why: dict[str, str] = field(default_factory=dict)  # row -> why it is missing
 
 
@@ -171,15 +172,22 @@ class Pipelines:
             raise NotMeasured(f"run {name} {run['state']}: {run.get('reason', '')[:160]}")
         return wall, run
 
-    def job_starts_ms(self, run: dict) -> list[float]:
-        starts = []
+    def job_phases_ms(self, run: dict) -> dict[str, list[float]]:
+        """Per isolated step, from its job's record: submit -> started ("start"), started -> ended
+        ("job"), and the job's end -> the step's end ("after": the runner noticing and collecting)."""
+        phases: dict[str, list[float]] = {"start": [], "job": [], "after": []}
         for step in run.get("steps", []):
             if not step.get("job_id"):
                 continue
             job = self.c.get(f"/api/v1/jobs/{step['job_id']}").json()
-            if job.get("started_at") and job.get("submitted_at"):
-                starts.append(1000.0 * (job["started_at"] - job["submitted_at"]))
-        return starts
+            sub, start, end = job.get("submitted_at"), job.get("started_at"), job.get("ended_at")
+            if sub and start:
+                phases["start"].append(1000.0 * (start - sub))
+            if start and end:
+                phases["job"].append(1000.0 * (end - start))
+            if end and step.get("ended_at"):
+                phases["after"].append(1000.0 * (step["ended_at"] - end))
+        return phases
 
 
 def breakdown_ms(run: dict) -> tuple[float, float] | None:
@@ -219,8 +227,9 @@ def bench_watchkeeper(args: argparse.Namespace, tmp: Path, fig: Figures) -> None
                     fig.breakdown[row] = parts
                 if isolated:
                     fig.isolated_step_ms = 1000.0 * wall / n
-                    starts = api.job_starts_ms(run)
-                    fig.job_start_ms = statistics.median(starts) if starts else None
+                    phases = api.job_phases_ms(run)
+                    fig.job_start_ms = statistics.median(phases["start"]) if phases["start"] else None
+                    fig.job_phases = {k: statistics.median(v) for k, v in phases.items() if v}
                 else:
                     fig.inproc_step_ms = 1000.0 * wall / n
             except NotMeasured as e:
@@ -360,6 +369,12 @@ def print_table(args: argparse.Namespace, fig: Figures) -> None:
         print(
             f"where a {row} step's time goes (the run's record): {took:.1f} ms running, {gap:.1f} ms from the "
             f"previous step's end to its start"
+        )
+    if fig.job_phases:
+        p = fig.job_phases
+        print(
+            f"an isolated step's job (medians): submit -> started {p.get('start', 0):.1f} ms, started -> ended "
+            f"{p.get('job', 0):.1f} ms, job ended -> step ended {p.get('after', 0):.1f} ms"
         )
 
 
