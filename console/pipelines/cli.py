@@ -265,14 +265,14 @@ def _run_show(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         listed = await client.runs(pipeline=found_run.pipeline, limit=50)
         earlier = [r for r in listed.runs if r.id != found_run.id and r.created_at <= found_run.created_at]
         previous = await client.run(earlier[0].id) if earlier else None
-        return client.spec.name, found_run, pipe, previous
+        return client.spec.name, found_run, pipe, previous, client.clock_offset_s
 
-    agent, found_run, pipe, previous = _with_clients(specs, go)
+    agent, found_run, pipe, previous, offset = _with_clients(specs, go)
     if args.json:
         emit_json(out, {"agent": agent, **found_run.model_dump(mode="json")})
         return EXIT_OK
     lines = [*run_header(agent, found_run), ""]
-    lines += [t.text for t in run_tree(found_run, pipe.steps, now=time.time())]
+    lines += [t.text for t in run_tree(found_run, pipe.steps, now=time.time() + offset)]
     metrics = metrics_beside(found_run, previous)
     if metrics:
         prev = previous.id if previous else "previous"

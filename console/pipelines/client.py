@@ -118,6 +118,7 @@ class RunDetail:
 
     run: Run
     previous: Run | None = None
+    clock_offset_s: float = 0.0  # the agent's clock minus ours: a running step's time so far is in its clock
 
 
 class PipelinesPoller(JobsPoller):
@@ -149,7 +150,7 @@ class PipelinesPoller(JobsPoller):
         listed = await client.runs(pipeline=run.pipeline, limit=50)
         earlier = [r for r in listed.runs if r.id != run.id and r.created_at <= run.created_at]
         previous = await client.run(earlier[0].id) if earlier else None
-        return RunDetail(run, previous)
+        return RunDetail(run, previous, client.clock_offset_s)
 
     async def start_pipeline_run(self, name: str, pipeline: str, reason: str) -> Run:
         """Run `pipeline` on agent `name` with its default parameters."""

@@ -15,6 +15,7 @@ Read-only mode hides and refuses both.
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -236,7 +237,7 @@ class PipelinesScreen(FleetTableScreen):
             self._show_log(None)
             return
         run = detail.run
-        now = self.wk_app.source.now() if hasattr(self.wk_app.source, "now") else None
+        now = time.time() + detail.clock_offset_s
         # The steps first (what the person on call looks for), then where the run came from.
         header = run_header(row.agent, run)
         tree = [t.text for t in run_tree(run, row.summary.spec.steps, now=now)]
