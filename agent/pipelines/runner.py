@@ -114,7 +114,7 @@ class RunExecutor:
                 changed = True
             elif all(d.state in ("COMPLETED", "SKIPPED") for d in deps):
                 self._start(self.steps[name], sr)
-                changed = True
+                changed = changed or sr.state != "PENDING"
         return changed
 
     # ------------------------------------------------------------------ one step
@@ -157,10 +157,17 @@ class RunExecutor:
         params = {p: self.run.params[p] for p in step.params}
         key = cache_key(code_digest(step, self.workdir, self._memo), params, env_spec(step),
                         {k: a.digest for k, (a, _) in ins.items()})  # fmt: skip
+        cacheable = not self.no_cache and step.cache
+        if cacheable and (other := self.svc.claim(key, self.run.id)) is not None:
+            # The same work (same key) is running in another run: wait for it and reuse it, so shared
+            # preprocessing runs once even when two runs need it at the same moment.
+            sr.reason = f"waiting for the identical step in run {other}"
+            return
         with self.svc.lock:
             sr.inputs = {k: a for k, (a, _) in ins.items()}
             sr.cache_key, sr.started_at, sr.state, sr.attempt = key, now, "RUNNING", sr.attempt + 1
-        hit = None if (self.no_cache or not step.cache) else self.svc.cache_lookup(key)
+            sr.reason = ""
+        hit = self.svc.cache_lookup(key) if cacheable else None
         if hit is not None:
             with self.svc.lock:
                 sr.cache_hit, sr.reused_from = True, hit[0]
@@ -240,11 +247,14 @@ class RunExecutor:
                     self._end(sr, "FAILED", f"job {sr.job_id} is gone")
                 changed = True
             elif job.state == "COMPLETED":
+                sr.attempt = job.attempt
                 self._collect(self.steps[sr.step], sr, "")
                 changed = True
             elif job.state not in ("PENDING", "RUNNING", "REQUEUED"):
+                tail = self.svc.job_stderr_tail(job.id)
                 with self.svc.lock:
-                    sr.attempt = job.attempt + 1 if hasattr(job, "attempt") else sr.attempt
+                    sr.attempt = job.attempt  # the job's retries are the step's
+                    sr.log_tail = tail
                     self._end(sr, "FAILED", f"job {job.id} {job.state}: {job.reason}")
                 changed = True
         return changed
@@ -296,11 +306,14 @@ class RunExecutor:
             if problem:
                 self._end(sr, "FAILED", problem)
             else:
+                sr.state = "COMPLETED"
+                self.svc.cache_add(self.run.id, sr)  # before the claim is released: a waiter finds it
                 self._end(sr, "COMPLETED", "")
-                self.svc.cache_add(self.run.id, sr)
 
     def _end(self, sr: StepRun, state: str, reason: str) -> None:
         """(under the lock)"""
+        if sr.cache_key:
+            self.svc.release(sr.cache_key, self.run.id)
         now = time.time()
         sr.state, sr.reason, sr.ended_at = state, reason, now  # type: ignore[assignment]
         sr.duration_s = now - sr.started_at if sr.started_at else None

@@ -75,6 +75,7 @@ class PipelineService:
         self.events: dict[str, str] = {}  # trigger event -> the run it started or was folded into
         self.executors: dict[str, RunExecutor] = {}
         self._cache: dict[str, tuple[str, StepRun]] = {}
+        self._inflight: dict[str, str] = {}  # cache key -> the run computing it now
         self._digests: dict[tuple[str, int, int], tuple[str, int]] = {}
         self._orders: dict[str, list[str]] = {}
         self.on_change: Callable[[], None] | None = None
@@ -452,6 +453,17 @@ class PipelineService:
             hit = self._cache.get(key)
         return hit if hit is not None and self._outputs_kept(hit[1]) else None
 
+    def claim(self, key: str, run_id: str) -> str | None:
+        """Mark `key` as being computed by `run_id`; returns the other run already computing it, if any."""
+        with self.lock:
+            holder = self._inflight.setdefault(key, run_id)
+        return None if holder == run_id else holder
+
+    def release(self, key: str, run_id: str) -> None:
+        with self.lock:
+            if self._inflight.get(key) == run_id:
+                del self._inflight[key]
+
     def cache_add(self, run_id: str, sr: StepRun) -> None:
         if sr.cache_key and not sr.cache_hit:
             with self.lock:
@@ -480,6 +492,13 @@ class PipelineService:
             return self.jobs.get(job_id)
         except Exception:
             return None
+
+    def job_stderr_tail(self, job_id: str, n: int = 2000) -> str:
+        """The end of a failed job's stderr, for the step's record (the whole log stays with the job)."""
+        try:
+            return self.jobs.logs(job_id, "stderr", 0, 1 << 20).text[-n:]
+        except Exception:
+            return ""
 
     def jobs_submit(self, body: JobSubmit, principal: str) -> Job:
         if self.jobs is None:

@@ -137,3 +137,22 @@ def test_no_cache_and_cache_false_run_again(harness: Harness) -> None:
     s = steps_by_name(r)
     assert not s["prep"].cache_hit and harness.executions("prep") == 3
     assert s["train_a"].cache_hit  # same bytes out of prep: its dependants still hit
+
+
+def test_two_runs_needing_the_same_preparation_at_once_run_it_once(harness: Harness) -> None:
+    h = harness
+    h.code(
+        "steps.py", STEPS.replace('    _count("prep")\n', '    _count("prep")\n    import time\n    time.sleep(1)\n')
+    )
+    h.code("raw.csv", "a,b\n1,2\n")
+    from agent.schemas.pipelines import RunRequest
+
+    for name in ("p", "q"):
+        h.register(PIPE.format(name=name, raw="raw.csv"), f"{name}.toml")
+    a = h.svc.start_run("p", RunRequest(), "t")
+    b = h.svc.start_run("q", RunRequest(), "t")
+    ra, rb = h.wait(a.id), h.wait(b.id)
+    assert ra.state == rb.state == "COMPLETED"
+    assert h.executions("prep") == 1
+    pa, pb = steps_by_name(ra)["prep"], steps_by_name(rb)["prep"]
+    assert [pa.cache_hit, pb.cache_hit].count(True) == 1 and pa.outputs == pb.outputs

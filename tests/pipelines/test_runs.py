@@ -219,3 +219,58 @@ outputs = ["o"]
         assert s["next"].outputs["o"].size == 5
     finally:
         close_harness(h2)
+
+
+def test_an_isolated_step_is_retried_as_its_job_is(harness: Harness) -> None:
+    marker = harness.root / "code" / "tried"
+    harness.register(f"""
+name = "retry"
+[steps.once]
+command = ["/bin/sh", "-c", "if [ -e {marker} ]; then echo ok > $WK_OUTPUT_O; else touch {marker}; exit 3; fi"]
+outputs = ["o"]
+retries = 1
+""")
+    r = harness.run("retry")
+    s = steps_by_name(r)["once"]
+    assert r.state == "COMPLETED" and s.attempt == 2, s
+    assert len(harness.jobs.attempts(s.job_id or "")) == 2
+
+
+def test_a_failed_job_step_keeps_the_end_of_its_stderr(harness: Harness) -> None:
+    harness.register('name = "err"\n[steps.bad]\ncommand = ["/bin/sh", "-c", "echo boom-42 >&2; exit 2"]\n')
+    r = harness.run("err")
+    s = steps_by_name(r)["bad"]
+    assert r.state == "FAILED" and "exit code 2" in s.reason and "boom-42" in s.log_tail
+
+
+def test_an_in_process_step_cut_by_a_restart_fails_saying_so_and_resumes(tmp_path) -> None:
+    h = open_harness(tmp_path)
+    h.code(
+        "steps.py",
+        STEPS.replace(
+            "def ok(ctx):", "def slow(ctx):\n    import time\n    time.sleep(3)\n    _write(ctx)\n\n\ndef ok(ctx):"
+        ),
+    )
+    h.register(
+        'name = "cut"\n[steps.s]\ncall = "steps:slow"\nisolation = "none"\noutputs = ["o"]\n'
+        '[steps.t]\ncall = "steps:ok"\nisolation = "none"\ninputs = { x = "s.o" }\noutputs = ["o"]\n'
+    )
+    from agent.schemas.pipelines import RunRequest
+
+    run = h.svc.start_run("cut", RunRequest(), "t")
+    deadline = time.monotonic() + 30
+    while steps_by_name(h.svc.get_run(run.id))["s"].state != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    h.svc.stop()
+    h.jobs.stop()
+    h.writer.stop()
+    h.writer._con.close()  # type: ignore[attr-defined]
+    h2 = open_harness(tmp_path)
+    try:
+        done = h2.wait(run.id)
+        s = steps_by_name(done)
+        assert done.state == "FAILED" and "agent restarted" in s["s"].reason and s["t"].state == "UPSTREAM_FAILED"
+        again = h2.run("cut", resume=run.id)
+        assert again.state == "COMPLETED"
+    finally:
+        close_harness(h2)
