@@ -47,3 +47,7 @@ bench-jobs *args:
 # Predict path at 1x/4x/10x of capacity and at many connections: goodput, p99, shed, peak RSS.
 bench-overload *args:
     {{venv}}/python bench/overload.py {{args}}
+
+# Pipelines: per-step overhead (50-step chain, in-process and isolated), a cached 10-step re-run, beside Prefect 3 (own venv).
+bench-pipelines *args:
+    {{venv}}/python bench/pipelines.py {{args}}

@@ -36,6 +36,7 @@ from console.jobs.quotas_screen import QuotasScreen
 from console.jobs.screen import JobsScreen
 from console.monitoring.alert_rows import firing_count
 from console.monitoring.alerts_screen import AlertsScreen
+from console.pipelines.screen import PipelinesScreen
 from console.rollouts.rows import awaiting_count
 from console.rollouts.screen import RolloutsScreen
 from console.serving.endpoints_screen import EndpointsScreen
@@ -91,6 +92,8 @@ class WatchkeeperApp(App[int]):
         # Jobs and quotas are fleet-wide too: `j` and `u` open them from any screen.
         Binding("j", "jobs", "Jobs", show=False),
         Binding("u", "quotas", "Quotas", show=False),
+        # `p` promotes a rollout (mutating), so pipelines are `P`.
+        Binding("P", "pipelines", "Pipelines", show=False),
     ]
 
     # The first screen; a subclass (or a later feature) may swap in an extended one.
@@ -366,6 +369,15 @@ class WatchkeeperApp(App[int]):
     def action_quotas(self) -> None:
         """`u`: the quotas of the whole fleet."""
         self.open_quotas()
+
+    def open_pipelines(self) -> None:
+        """Open the pipelines of the whole fleet with their last runs."""
+        if not isinstance(self.screen, PipelinesScreen):
+            self.push_screen(PipelinesScreen())
+
+    def action_pipelines(self) -> None:
+        """`P`: the pipelines of the whole fleet."""
+        self.open_pipelines()
 
     # ------------------------------------------------------------------ actions on agents
 

@@ -6,6 +6,7 @@
     watchkeeper alerts [--json] [--state firing|pending|resolved]               alerts across the fleet
     watchkeeper demo                                                            3 local agents + TUI
     watchkeeper jobs submit|list|show|logs|cancel|requeue …, watchkeeper quotas     jobs and quotas
+    watchkeeper pipelines register|run|runs|show|cancel|compare …                pipelines and runs
 
 Exit codes: 0 fine (status: all up), 1 status: some agent stale/down, 2 usage or config error
 (one line on stderr). New subcommands are `Command`s added to `COMMANDS`: a name, a help line, a
@@ -26,6 +27,7 @@ from console import __version__
 from console.core.config import AgentSpec, FleetConfigError, resolve_fleet, resolve_prometheus
 from console.jobs import cli as jobs_cli
 from console.models import cli as models_cli
+from console.pipelines import cli as pipelines_cli
 from console.rollouts import cli as rollouts_cli
 
 EXIT_OK = 0
@@ -183,7 +185,7 @@ def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) 
     from console.app import WatchkeeperApp
     from console.core.audit_heads import HeadStore
     from console.core.poll_thread import ThreadedSource
-    from console.jobs.client import JobsPoller
+    from console.pipelines.client import PipelinesPoller
     from console.rollouts.client import RolloutsPoller
 
     theme = _theme(args)
@@ -202,7 +204,7 @@ def run_tui(args: argparse.Namespace, specs: Sequence[AgentSpec] | None = None) 
         specs = specs if specs is not None else _specs(args)
         # Remembers each agent's audit head; serving status and audit checks spread over the first 30 s;
         # polling on its own thread and loop, so a big fleet's poll never freezes the screen.
-        poller = JobsPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0)
+        poller = PipelinesPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0)
         source = ThreadedSource(poller)
     app = WatchkeeperApp(source, refresh_s=args.refresh, readonly=args.readonly, theme=theme)
     settle_garbage_collector()
@@ -380,6 +382,7 @@ COMMANDS: tuple[Command, ...] = (
         _configure_timeline,
         _run_timeline,
     ),
+    Command("pipelines", pipelines_cli.HELP, pipelines_cli.configure, pipelines_cli.run),
     *(Command(*spec) for spec in rollouts_cli.COMMANDS),
 )
 

@@ -13,6 +13,7 @@ from console.jobs.quotas_screen import QuotasScreen
 from console.jobs.screen import JobsScreen
 from console.monitoring.alerts_screen import AlertsScreen
 from console.monitoring.drift_screen import DriftScreen
+from console.pipelines.screen import PipelinesScreen
 from console.rollouts.screen import RolloutsScreen
 from console.serving.endpoints_screen import EndpointsScreen
 from console.timeline.screen import TimelineScreen
@@ -27,6 +28,7 @@ SCREENS = (
     JobsScreen,
     QuotasScreen,
     TimelineScreen,
+    PipelinesScreen,
 )
 # Actions that are the same meaning under other names: go back / close, and refresh.
 SYNONYMS = {
@@ -37,6 +39,8 @@ SYNONYMS = {
     "app.alerts": "alerts",
     "app.jobs": "jobs",
     "app.quotas": "quotas",
+    # Ctrl+k cancels the selected thing: a job, a pipeline run.
+    "cancel_run": "cancel_job",
     # `a` affirms the selected item: acknowledge an alert, approve a rollout's awaiting step.
     "ack": "affirm",
     "approve": "affirm",
@@ -67,6 +71,8 @@ def test_every_key_means_one_thing_on_every_screen() -> None:
     # The jobs and quotas screens open from everywhere with one key each; `s` sorts wherever it is bound.
     assert meanings["j"] == {"jobs"} and meanings["u"] == {"quotas"}
     assert meanings["s"] == {"cycle_sort"}
+    # `p` promotes a rollout, so pipelines are `P`; running one is `Ctrl+g` (`G` sorts the fleet by GPU).
+    assert meanings["P"] == {"pipelines"} and meanings["ctrl+g"] == {"run_pipeline"}
 
 
 def test_destructive_keys_are_never_a_harmless_key_elsewhere() -> None:
@@ -80,3 +86,5 @@ def test_destructive_keys_are_never_a_harmless_key_elsewhere() -> None:
     # Cancelling and requeueing a job are mutating keys of the jobs screen, listed in the help as such.
     assert {("ctrl+k", "cancel_job", True), ("Q", "requeue_job", True)} <= set(bindings(JobsScreen))
     assert "Ctrl+k" in help_text(readonly=False) and "[disabled: read-only]" in help_text(readonly=True)
+    # Running a pipeline and cancelling its run are mutating keys of the pipelines screen.
+    assert {("ctrl+g", "run_pipeline", True), ("ctrl+k", "cancel_run", True)} <= set(bindings(PipelinesScreen))

@@ -165,3 +165,33 @@ async def test_timeline_at_80x24_keeps_the_chart_the_markers_and_the_items() -> 
         assert any(line.lstrip().startswith(label) for line in lines), label
     assert any("item(s)" in line for line in lines)  # the cursor's moment, below the chart
     assert max(len(line) for line in lines) <= 80
+
+
+async def test_pipelines_at_80x24_keep_the_run_state_its_steps_and_the_metrics(agent_factory) -> None:
+    # A real agent (the pipelines screen asks it on the poller's thread): two runs, the second with
+    # another lr, so one step is a cache hit and the metric moved.
+    from console.pipelines.table import PipelineTable
+    from tests.console.pipelines.agents import TRAIN, register, start, wait_run
+    from tests.console.pipelines.test_pipelines_screen import app_on, key_of, open_pipelines, pane
+    from tests.console.wk_pilot import select, until
+
+    agent = agent_factory(name="pipes-80")
+    register(agent, TRAIN)
+    first = start(agent, "train-demo", params={"lr": 0.1})
+    wait_run(agent, first["id"])
+    second = start(agent, "train-demo", params={"lr": 0.3})
+    wait_run(agent, second["id"])
+    app = app_on(agent)
+    async with app.run_test(size=SMALL) as pilot:
+        table: PipelineTable = await open_pipelines(app, pilot, key_of(agent, "train-demo"))
+        await select(pilot, table, key_of(agent, "train-demo"))
+        await until(pilot, lambda: "train.auc" in pane(app, "#pipe-metrics") and "└" in pane(app, "#pipe-run"), 30)
+        await pilot.pause(0.2)
+        lines = screen_text(app).splitlines()
+    row = next(line for line in lines if "train-demo" in line and second["id"] in line)
+    assert "COMPLETED" in row and "2/2 (1 cached)" in row  # state and progress not cut at 80 columns
+    assert any("✓ prep" in line and f"cache hit (from {first['id']})" in line for line in lines)
+    assert any("└ ✓ train" in line and "completed" in line for line in lines)
+    assert any(line.split()[:4] == ["train.auc", "0.8", "0.6", "+0.2"] for line in lines)
+    assert any("train: in-process" in line for line in lines)  # the log pane's title
+    assert "^g Run" in lines[-1] and "^k Cancel run" in lines[-1]

@@ -17,6 +17,7 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("R", "rollouts across the fleet"),
             ("j", "jobs across the fleet"),
             ("u", "quotas across the fleet (per host and pipeline)"),
+            ("P", "pipelines across the fleet: last runs, a run's steps, metrics beside the previous run"),
             ("r", "refresh now"),
             ("q", "quit"),
         ),
@@ -110,6 +111,15 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("Esc", "clear filter, else back"),
         ),
     ),
+    (
+        "Pipelines",
+        (
+            ("Ctrl+g", "run the selected pipeline with its default parameters (asks; reason optional)"),
+            ("Ctrl+k", "cancel the selected pipeline's active run (asks; reason optional)"),
+            ("/", "filter (host, pipeline, run, state)"),
+            ("Esc", "clear filter, else back"),
+        ),
+    ),
 )
 
 STATES = (
@@ -127,6 +137,8 @@ MUTATING_KEYS = {
     *(("Rollouts", key) for key in ("a", "x", "p", "space", "X", "Ctrl+r")),
     ("Jobs", "Ctrl+k"),
     ("Jobs", "Q"),
+    ("Pipelines", "Ctrl+g"),
+    ("Pipelines", "Ctrl+k"),
 }
 
 

@@ -1,0 +1,1 @@
+"""Pipelines: client, rows, CLI and screen (issue 14)."""
