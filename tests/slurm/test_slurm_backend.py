@@ -174,6 +174,25 @@ def test_requeue_runs_the_same_slurm_job_again(agent, cluster, tmp_path):
         assert len(marks.read_text().splitlines()) == 3
 
 
+def test_a_requeue_by_slurm_itself_ends_the_attempt_requeued(agent, cluster):
+    with agent.client() as c:
+        j = submit(c, pipeline="train", command=["sleep", "300"])
+        wait_job(c, j["id"], {"RUNNING"}, timeout=60)
+        cluster.run(["scontrol", "requeue", str(j["slurm"]["job_id"])])  # by hand, outside the agent
+        deadline = time.monotonic() + 30
+        cur = {}
+        while time.monotonic() < deadline:
+            cur = c.get(f"/api/v1/jobs/{j['id']}").json()
+            if cur["attempt"] == 2:
+                break
+            time.sleep(0.2)
+        assert (cur["attempt"], cur["state"], cur["slurm"]["job_id"]) == (2, "PENDING", j["slurm"]["job_id"]), cur
+        first = c.get(f"/api/v1/jobs/{j['id']}/attempts").json()[0]
+        assert first["state"] == "REQUEUED" and first["reason"].startswith("requeued by Slurm"), first
+        c.post(f"/api/v1/jobs/{j['id']}/cancel")
+        assert wait_job(c, j["id"], timeout=30)["state"] == "CANCELLED"
+
+
 def test_slurm_refusals_are_clear_answers(agent, cluster):
     with agent.client() as c:
         r = c.put("/api/v1/quotas/bad", json={"backend": "slurm", "partition": "nope"})

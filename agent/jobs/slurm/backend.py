@@ -328,12 +328,15 @@ class SlurmBackend:
     def _update(self, rec: JobRecord, sj: SlurmJob | None) -> tuple[Job, JobRecord | None] | None:
         """The job's next record from what Slurm says (None: nothing to record), and a next attempt
         when Slurm requeued it on its own."""
-        j = rec.job.model_copy(deep=True)
+        with self.svc.lock:  # the API may be writing a cancel's reason
+            j = rec.job.model_copy(deep=True)
         info = j.slurm
         assert info is not None
         now = time.time()
         if sj is None:
             sj = self.client.show_job(info.job_id)  # it left squeue's list: ask while Slurm may still know
+            if sj is not None and sj.comment and sj.comment != self.comment(rec.id):
+                sj = None
             if sj is None:
                 return self._vanished(rec, j), None
         if sj.restart_count < info.restarts:
@@ -341,9 +344,11 @@ class SlurmBackend:
         before = (j.state, j.reason, info.state, info.reason, info.nodes, info.alloc_cpu)
         info.state, info.reason, info.nodes, info.seen_at = "+".join(sj.states), sj.reason, sj.nodes, now
         m = map_job(sj)
-        if m.state == "REQUEUED" or sj.restart_count > info.restarts:
+        if sj.restart_count > info.restarts:  # Slurm requeued it itself (ours expect the count they made)
             return self._requeued_by_slurm(rec, j, sj)
-        if m.state is None:
+        if m.state == "REQUEUED":  # our own requeue, on its way back to PENDING
+            j.state, j.reason = "PENDING", m.reason
+        elif m.state is None:
             j.reason = m.reason  # a Slurm state we don't know: keep ours, say Slurm's word
         elif m.state == "PENDING":
             j.state, j.reason = "PENDING", m.reason
