@@ -155,6 +155,21 @@ class AuditConfig(_Strict):
     key_file: Path | None = None
 
 
+SLURM_NAME = r"^[A-Za-z0-9_.+-]{1,64}$"  # a partition, account or QOS name (never an option of its own)
+
+
+class SlurmConfig(_Strict):
+    """`[jobs.slurm]`: how the agent reaches Slurm (docs/jobs.md "Slurm backend")."""
+
+    bin_dir: Path | None = None  # where sbatch, squeue, scancel, scontrol are (None: PATH, then /usr/bin)
+    conf: Path | None = None  # SLURM_CONF for those commands (None: Slurm's own default)
+    poll_interval: Duration = 2.0  # one `squeue --json` per interval, for all of the agent's Slurm jobs
+    command_timeout: Duration = 30.0  # sbatch with slurmctld down fails after ~9 s (MessageTimeout)
+    partition: str | None = Field(default=None, pattern=SLURM_NAME)  # defaults for pipelines without their own
+    account: str | None = Field(default=None, pattern=SLURM_NAME)
+    qos: str | None = Field(default=None, pattern=SLURM_NAME)
+
+
 class QuotaConfig(_Strict):
     """One pipeline's quota (`[[quotas]]`); the fields are `agent.schemas.jobs.QuotaSpec`'s (config sits
     beside the schemas, not above them, so the jobs service converts). A missing limit: unlimited."""
@@ -168,6 +183,11 @@ class QuotaConfig(_Strict):
     priority: int = Field(default=0, ge=-1000, le=1000)
     share_gpus: bool = False
     near_limit: float = Field(default=0.9, gt=0, le=1)
+    # Where the pipeline's jobs run (None: `[jobs] backend`); Slurm's partition/account/qos for them.
+    backend: Literal["local", "slurm"] | None = None
+    partition: str | None = Field(default=None, pattern=SLURM_NAME)
+    account: str | None = Field(default=None, pattern=SLURM_NAME)
+    qos: str | None = Field(default=None, pattern=SLURM_NAME)
 
 
 class DefaultQuotaConfig(QuotaConfig):
@@ -196,6 +216,9 @@ class JobsConfig(_Strict):
     usage_interval: Duration = 1.0
     terminate_grace: Hold = 5.0
     default_quota: DefaultQuotaConfig = Field(default_factory=DefaultQuotaConfig)
+    # "slurm": every pipeline's jobs go to Slurm unless its `[[quotas]]` says `backend = "local"`.
+    backend: Literal["local", "slurm"] = "local"
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
 
 class AgentConfig(_Strict):

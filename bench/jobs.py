@@ -10,6 +10,10 @@ Both run on this machine in the same run:
   a poll for all jobs, as issue 16 asks). The partition is `OverSubscribe=FORCE:64` and jobs ask
   `--mem` small, so 50 jobs can run at once on a 2-core box, as they can under the agent.
 
+- **agent+slurm**: a real agent with `[jobs] backend = "slurm"` (agent/jobs/slurm/backend.py) in front of
+  a second such cluster: the same API calls as **agent**, each submit an `sbatch`, states from the
+  agent's one `squeue --json` per `--slurm-poll` interval (0.5 s here; 2 s by default).
+
 Measured per system:
 1. submit -> RUNNING: `--latency-jobs` jobs of `sleep 30`, one at a time (each seen running before
    the next is submitted, so no queueing), from just before the submit to the first poll that sees it
@@ -20,7 +24,9 @@ Measured per system:
 3. one poll of a long queue: `--queued` jobs submitted held (so they stay PENDING), then the wall time
    of one call listing them all (agent: `GET /api/v1/jobs?state=PENDING`; Slurm: `squeue --json`, with
    slurmctld's CPU, squeue's own CPU and agent/jobs/slurm's parse of the answer: what the Slurm
-   backend of issue 16 pays per poll interval), median of 5.
+   backend of issue 16 pays per poll interval), median of 5. agent+slurm: the agent's own polling with
+   the queue held, over a `--window` s window: wall per poll (`watchkeeper_slurm_poll_seconds_total`),
+   the agent's CPU per poll (its process and the squeue children it waited for) and slurmctld's.
 4. CPU: the agent process's user+system time (psutil) over a `--window` s window idle, then with
    `--running` jobs of `sleep 60` all RUNNING, in % of one core; for Slurm the same of its daemons
    (slurmctld, slurmd, the slurmstepds, munged), for comparison. Nothing polls during a window.
@@ -30,7 +36,8 @@ CPU with 50 running <= 2 % of a core above idle) and PASS/MISS for the agent. A 
 be measured (an agent without the jobs API, Slurm not installed) says why in its column.
 
     .venv/bin/python bench/jobs.py [--latency-jobs 20] [--burst 200] [--clients 1] [--queued 500] [--running 50]
-                                   [--window 10] [--systems agent,slurm] [--slurm-conf KEY=VALUE]... [--quick]
+                                   [--window 10] [--systems agent,slurm,agent+slurm] [--slurm-poll 0.5]
+                                   [--slurm-conf KEY=VALUE]... [--quick]
 """
 
 from __future__ import annotations
@@ -369,6 +376,117 @@ def bench_slurm(args: argparse.Namespace) -> Result:
     return res
 
 
+def bench_agent_slurm(args: argparse.Namespace, tmp: Path) -> Result:
+    res = Result("agent+slurm")
+    reason = unavailable_reason()
+    if reason:
+        res.failed = reason
+        return res
+    try:
+        extra = dict(kv.split("=", 1) for kv in args.slurm_conf)
+        cluster = SlurmCluster(partition_options="OverSubscribe=FORCE:64", extra_conf=extra).start()
+    except (RuntimeError, TimeoutError, OSError) as e:
+        res.failed = f"could not start Slurm: {str(e).splitlines()[0]}"
+        return res
+    conf = (f'[jobs]\nbackend = "slurm"\n[jobs.slurm]\nconf = "{cluster.conf}"\n'
+            f"poll_interval = {args.slurm_poll}\ncommand_timeout = 60\n")  # fmt: skip
+    agent = make_agent(tmp, name="bench-agent-slurm", sample_interval=1.0, config=conf)
+    try:
+        agent.start(timeout=60)
+    except (RuntimeError, TimeoutError, OSError) as e:
+        agent.kill()
+        cluster.stop()
+        res.failed = f"agent did not start: {str(e).splitlines()[0]}"
+        return res
+    jobs = AgentJobs(agent)
+    proc = psutil.Process(agent.proc.pid)
+
+    def metric(name: str) -> float:
+        for line in jobs.c.get("/metrics").text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise NotMeasured(f"the agent has no {name} metric")
+
+    def agent_cpu() -> float:  # its own and its waited-for children's (the squeue calls)
+        t = proc.cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    try:
+
+        def started(jid: str) -> bool:
+            return jobs.job(jid)["state"] != "PENDING"
+
+        sleepers: list[str] = []
+        for _ in range(args.latency_jobs):
+            t0 = time.perf_counter()
+            jid = jobs.submit(["sleep", "30"], args.job_cpu, args.job_mem)
+            sleepers.append(jid)
+            res.latencies_ms.append(1000 * wait_until(lambda jid=jid: started(jid), t0, 60, 0.005))
+        jobs.cancel(sleepers)
+        wait_until(lambda: all(jobs.job(j)["state"] in FINAL for j in sleepers), time.perf_counter(), 60, 0.2)
+
+        t0 = time.perf_counter()
+        burst = submit_burst(lambda: jobs.submit(["true"], args.job_cpu, args.job_mem), args.burst, args.clients)
+        res.submits_per_s = args.burst / (time.perf_counter() - t0)
+        left = set(burst)
+
+        def drained() -> bool:
+            for jid in list(left):
+                if jobs.job(jid)["state"] in FINAL:
+                    left.discard(jid)
+            return not left
+
+        try:
+            res.burst_drained_s = wait_until(drained, t0, args.drain_timeout, 0.2)
+        except TimeoutError:
+            res.burst_note = f"{args.burst - len(left)}/{args.burst} ended in {args.drain_timeout:g} s"
+
+        # the agent's polling with the queue held: its own squeue --json per interval, nothing else polling
+        held = submit_burst(lambda: jobs.submit(["true"], args.job_cpu, args.job_mem, hold=True), args.queued, 4)
+        ctld = psutil.Process(cluster.procs["slurmctld"].pid)
+        time.sleep(2 * args.slurm_poll)
+        n0, s0, a0, c0, t0 = (metric("watchkeeper_slurm_polls_total"), metric("watchkeeper_slurm_poll_seconds_total"),
+                              agent_cpu(), cpu_seconds([ctld]), time.perf_counter())  # fmt: skip
+        time.sleep(args.window)
+        n = metric("watchkeeper_slurm_polls_total") - n0
+        wall = time.perf_counter() - t0
+        if n:
+            res.poll_ms = 1000 * (metric("watchkeeper_slurm_poll_seconds_total") - s0) / n
+            res.poll_client_cpu_ms = 1000 * (agent_cpu() - a0) / n
+            res.poll_server_cpu_ms = 1000 * (cpu_seconds([ctld]) - c0) / n
+        res.notes.append(
+            f"agent+slurm: {n:g} squeue --json polls in {wall:.1f} s with {args.queued} held jobs "
+            f"(poll interval {args.slurm_poll:g} s); agent CPU {100 * (agent_cpu() - a0) / wall:.1f} % of a core"
+        )
+        listed = jobs.c.get("/api/v1/jobs", params={"state": "PENDING", "limit": args.queued}).json()["total"]
+        if listed != args.queued:
+            res.notes.append(f"agent+slurm: {listed} of {args.queued} held jobs PENDING")
+        cluster.run(["scancel", "--partition", cluster.partition], check=False)
+        wait_until(lambda: all(jobs.job(j)["state"] in FINAL for j in held[:20]), time.perf_counter(), 120, 0.5)
+
+        # CPU: the agent idle (no Slurm job: no polling), then with N running (polling every interval)
+        procs = [proc]
+        res.cpu_idle = cpu_window(lambda: procs, args.window)
+        running = [jobs.submit(["sleep", "60"], args.job_cpu, args.job_mem) for _ in range(args.running)]
+        wait_until(lambda: all(jobs.job(j)["state"] == "RUNNING" for j in running), time.perf_counter(), 90, 0.5)
+        res.running_seen = sum(jobs.job(j)["state"] == "RUNNING" for j in running)
+        res.cpu_running = cpu_window(lambda: procs, args.window)
+    except TimeoutError as e:
+        res.failed = f"timed out: {e}"
+    except httpx.HTTPError as e:
+        res.failed = f"HTTP error: {e}"
+    except NotMeasured as e:
+        res.failed = str(e)
+    finally:
+        try:
+            agent.stop(timeout=30)
+        except Exception:
+            agent.kill()
+        agent.socket_path.unlink(missing_ok=True)
+        cluster.stop()
+    return res
+
+
 def children_cpu() -> float:
     """CPU seconds of this process's waited-for children so far (a finished squeue's own cost)."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -444,7 +562,7 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         (f"list the queue ({args.queued} held), one call", lambda r: fmt(r.poll_ms, ",.1f", " ms"), ""),
         ("  answer size", lambda r: fmt(r.poll_bytes and r.poll_bytes / 1024, ",.0f", " KiB"), ""),
         ("  slurmctld CPU per call", lambda r: fmt(r.poll_server_cpu_ms, ",.0f", " ms"), ""),
-        ("  squeue's own CPU per call", lambda r: fmt(r.poll_client_cpu_ms, ",.0f", " ms"), ""),
+        ("  client CPU per call (squeue / agent)", lambda r: fmt(r.poll_client_cpu_ms, ",.0f", " ms"), ""),
         ("  parsing it (agent/jobs/slurm)", lambda r: fmt(r.poll_parse_ms, ",.1f", " ms"), ""),
         ("CPU idle (% of a core)", lambda r: fmt(r.cpu_idle, ".2f", " %"), ""),
         (
@@ -463,7 +581,9 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             print(f"{r.name}: not measured: {r.failed}")
         for note in r.notes:
             print(note)
-    print("(CPU: agent = the agent process; slurm = slurmctld + slurmd + slurmstepds + munged)")
+    print("(CPU: agent, agent+slurm = the agent process; slurm = slurmctld + slurmd + slurmstepds + munged)")
+    if "agent+slurm" in by:
+        print("(agent+slurm's queue listing is the agent's own poll: one squeue --json + parse, wall per poll)")
     if args.slurm_conf:
         print(f"(slurm.conf for this run: {', '.join(args.slurm_conf)})")
 
@@ -491,7 +611,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--systems", default="agent,slurm")
+    ap.add_argument("--systems", default="agent,slurm,agent+slurm")
+    ap.add_argument("--slurm-poll", type=float, default=0.5, help="agent+slurm: the agent's [jobs.slurm] poll_interval")
     ap.add_argument("--latency-jobs", type=int, default=20, help="jobs timed submit -> RUNNING, one at a time")
     ap.add_argument("--burst", type=int, default=200, help="jobs submitted back to back for submits/s")
     ap.add_argument("--clients", type=int, default=1, help="concurrent submitters for submits/s")
@@ -514,8 +635,8 @@ def main() -> int:
         args.latency_jobs, args.burst, args.queued, args.running, args.window = 3, 20, 20, 5, 2.0
         args.drain_timeout = 60.0
     wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if set(wanted) - {"agent", "slurm"}:
-        ap.error("--systems: agent and/or slurm")
+    if set(wanted) - {"agent", "slurm", "agent+slurm"}:
+        ap.error("--systems: agent, slurm and/or agent+slurm")
     if any("=" not in kv for kv in args.slurm_conf):
         ap.error("--slurm-conf: KEY=VALUE")
 
@@ -529,7 +650,9 @@ def main() -> int:
         try:
             for name in wanted:
                 print(f"measuring {name} ...", file=sys.stderr)
-                results.append(bench_agent(args, Path(td)) if name == "agent" else bench_slurm(args))
+                run = {"agent": lambda: bench_agent(args, Path(td)), "slurm": lambda: bench_slurm(args),
+                       "agent+slurm": lambda: bench_agent_slurm(args, Path(td))}[name]  # fmt: skip
+                results.append(run())
         except KeyboardInterrupt:
             print("\ninterrupted: stopped what it started", file=sys.stderr)
             return 130

@@ -7,6 +7,8 @@
   `watchkeeper_quota_used{pipeline,resource}` (measured now; absent where not measurable);
   resources cpu (cores), mem and gpu_mem (bytes), gpus, jobs. An unlimited resource has no limit sample.
 - `watchkeeper_jobs_store_commits_total`, `watchkeeper_jobs_store_rows_total`: the group commit at work.
+- `watchkeeper_slurm_polls_total`, `watchkeeper_slurm_poll_seconds_total`, `watchkeeper_slurm_up`: the Slurm
+  backend's `squeue --json` polls (one per interval while it has jobs) and whether the last one was answered.
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ def jobs_metrics(svc: JobService) -> Iterator:
     rows.add_metric([], st.rows)
     yield commits
     yield rows
+    sb = svc.slurm
+    polls = CounterMetricFamily("watchkeeper_slurm_polls", "squeue --json calls of the Slurm backend")
+    polls.add_metric([], sb.polls)
+    poll_s = CounterMetricFamily("watchkeeper_slurm_poll_seconds", "Wall time of those calls, parse included")
+    poll_s.add_metric([], sb.poll_s_total)
+    up = GaugeMetricFamily("watchkeeper_slurm_up", "1 when Slurm answered the last poll (or none was needed)")
+    up.add_metric([], 0 if sb.down else 1)
+    yield from (polls, poll_s, up)
 
 
 class JobsCollector(Collector):

@@ -102,15 +102,27 @@ def gpu_limit(q: QuotaSpec) -> int | None:
     return len(q.gpus) if isinstance(q.gpus, list) else int(q.gpus)
 
 
+def _held(r: JobRecord) -> tuple[float, int, int]:
+    """(cores, bytes, GPUs) a running job holds: its request here; for a Slurm job what Slurm allocated
+    (its TRES: whole cores, the node's memory unit) once seen running, its request until then."""
+    s = r.job.slurm
+    if s is not None:
+        return (s.alloc_cpu if s.alloc_cpu is not None else r.job.cpu,
+                s.alloc_mem if s.alloc_mem is not None else r.job.mem,
+                s.alloc_gpus if s.alloc_gpus is not None else r.job.gpus_requested)  # fmt: skip
+    return r.job.cpu, r.job.mem, len(r.job.gpus)
+
+
 def usage_of(pipeline: str, quota: QuotaSpec, configured: bool, recs: list[JobRecord]) -> QuotaUsage:
     """A pipeline's allocation and measured use against its quota (recs: its active jobs)."""
     running = [r for r in recs if r.state == "RUNNING" or r.launching]
     pending = sum(1 for r in recs if r.state == "PENDING" and not r.launching)
+    held = [_held(r) for r in running]
     alloc = {
-        "cpu": sum(r.job.cpu for r in running),
-        "mem": float(sum(r.job.mem for r in running)),
-        "gpus": float(sum(len(r.job.gpus) for r in running)),
-        "gpu_mem": float(sum((r.job.gpu_mem or 0) * len(r.job.gpus) for r in running)),
+        "cpu": sum(h[0] for h in held),
+        "mem": float(sum(h[1] for h in held)),
+        "gpus": float(sum(h[2] for h in held)),
+        "gpu_mem": float(sum((r.job.gpu_mem or 0) * h[2] for r, h in zip(running, held, strict=True))),
         "jobs": float(len(running)),
     }
     used: dict[str, float | None] = {"cpu": None, "mem": None, "gpus": alloc["gpus"], "gpu_mem": None,

@@ -208,7 +208,8 @@ class Runner:
 
         inventory = gpu_inventory(svc.snapshot())
         with svc.lock:
-            active = [r for r in svc.jobs.values() if r.active]
+            # Slurm schedules its own jobs (backend "slurm"): they never pass our admission.
+            active = [r for r in svc.jobs.values() if r.active and r.job.backend != "slurm"]
             if not any(r.state == "PENDING" and not r.launching for r in active):
                 return
             decision = admit(active, svc.quotas.spec, svc.host, inventory, svc.state_of, now)

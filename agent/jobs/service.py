@@ -99,8 +99,10 @@ class JobService:
         self._p95_cache: dict[str, tuple[float, float | None]] = {}
         self.version = 0  # moves whenever a job's state does (summary ETag, metrics)
         from agent.jobs.runner import Runner
+        from agent.jobs.slurm.backend import SlurmBackend
 
         self.runner = Runner(self)
+        self.slurm = SlurmBackend(self)  # jobs of pipelines with backend "slurm" (polls only while it has some)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -117,6 +119,8 @@ class JobService:
                 log.error("jobs: the %s tier's set-up failed: %s", self.tier.name, e)
         for rec in self.store.load(time.time() - self.cfg.log_retention):
             self.jobs[rec.id] = rec
+            if rec.job.backend == "slurm":
+                continue  # re-attached by the Slurm backend's first poll (its Slurm id is in the row)
             if rec.state != "RUNNING" and not rec.launching:
                 continue
             h = rec.handle or _handle_file(self.root, rec.id)
@@ -149,15 +153,19 @@ class JobService:
 
     def start(self) -> None:
         self.runner.start()
+        self.slurm.start()
 
     def stop(self) -> None:
         """Stop the runner; jobs keep running (a restarted agent re-adopts them)."""
         self.runner.stop()
+        self.slurm.stop()
 
     # ------------------------------------------------------------------ API
 
     def submit(self, body: JobSubmit, principal: str) -> Job:
         """Queue a job (committed before this returns). Raises JobError (409 never fits, 422, 503)."""
+        if self.backend_of(body.pipeline) == "slurm":
+            return self.slurm.submit(body, principal)  # Slurm schedules: no admission or never_fits here
         quota = self.quotas.spec(body.pipeline)
         cpu = body.cpu if body.cpu is not None else self.cfg.default_cpu
         mem = body.mem if body.mem is not None else self.cfg.default_mem
@@ -205,6 +213,10 @@ class JobService:
         RUNNING with reason "cancelling")."""
         with self.lock:
             rec = self._get(job_id)
+        if rec.job.backend == "slurm":
+            return self.slurm.cancel(rec, principal, note, wait_s)
+        with self.lock:
+            rec = self._get(job_id)
             if rec.final:
                 raise JobError(409, "conflict", f"job {job_id} is already {rec.state}", "id")
             before = (rec.job.model_copy(), rec.cancel_requested, rec.cancel_note)
@@ -235,6 +247,10 @@ class JobService:
 
     def requeue(self, job_id: str, principal: str, note: str = "") -> Job:
         """A final job submitted again as its next attempt (same id, PENDING)."""
+        with self.lock:
+            rec = self._get(job_id)
+        if rec.job.backend == "slurm":
+            return self.slurm.requeue(rec, principal, note)
         with self.lock:
             rec = self._get(job_id)
             if not rec.final:
@@ -282,7 +298,12 @@ class JobService:
         spec, configured = self.quotas.get(pipeline)
         with self.lock:
             recs = [r for r in self.jobs.values() if r.job.pipeline == pipeline and r.active]
-            return usage_of(pipeline, spec, configured, recs)
+            u = usage_of(pipeline, spec, configured, recs)
+        return u.model_copy(update={"backend": self.backend_of(pipeline)})
+
+    def backend_of(self, pipeline: str) -> str:
+        """Where a pipeline's new jobs run: its quota's `backend`, else `[jobs] backend`."""
+        return self.quotas.spec(pipeline).backend or self.cfg.backend
 
     def quota_list(self) -> QuotaList:
         with self.lock:

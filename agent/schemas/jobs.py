@@ -37,7 +37,10 @@ PendingReason = Literal[
     "QuotaCpu", "QuotaMemory", "QuotaGpu", "QuotaJobs", "Resources", "Priority", "Dependency", "Held", "BeginTime"
 ]
 
-Tier = Literal["systemd", "cgroup-v2", "cgroup-v1", "psutil"]
+# "slurm": the job was handed to Slurm (sbatch); Slurm schedules and enforces it, the agent's admission doesn't.
+Tier = Literal["systemd", "cgroup-v2", "cgroup-v1", "psutil", "slurm"]
+Backend = Literal["local", "slurm"]
+_SLURM_NAME = r"^[A-Za-z0-9_.+-]{1,64}$"
 
 _DUR = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
@@ -133,6 +136,24 @@ class GpuUse(_Wire):
     peak_mem_bytes: int | None
 
 
+class SlurmInfo(_Wire):
+    """A job handed to Slurm: its Slurm id and what Slurm says of it, in Slurm's words."""
+
+    job_id: int
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    state: str = ""  # Slurm's state as last seen ("PENDING", "RUNNING", "FAILED+..."); "" until polled
+    reason: str = ""  # Slurm's state_reason as it is ("Resources", "ReqNodeNotAvail", ...)
+    nodes: str = ""
+    restarts: int = 0  # Slurm's restart_cnt this attempt runs under (a requeue adds one)
+    # What Slurm allocated (TRES) while it runs: cores, bytes, GPUs; None until it starts.
+    alloc_cpu: float | None = None
+    alloc_mem: int | None = None
+    alloc_gpus: int | None = None
+    seen_at: float | None = None  # when squeue last listed it
+
+
 class Job(_Wire):
     """One job (its latest attempt). Times are unix seconds; usage figures are None until measured."""
 
@@ -176,6 +197,8 @@ class Job(_Wire):
     host: str | None = None
     eligible_at: float | None = None  # a retry's backoff: not started before this time
     oom_retry_mem: int | None = None  # memory an OOM retry asked for (the quota may have capped it)
+    backend: Backend = "local"
+    slurm: SlurmInfo | None = None  # backend "slurm": its Slurm job
 
 
 class JobList(_Wire):
@@ -218,6 +241,12 @@ class QuotaSpec(_Wire):
     priority: WholeInt = Field(default=0, ge=-1000, le=1000)  # higher first across pipelines
     share_gpus: bool = False  # may its GPUs be given to another pipeline's jobs too
     near_limit: float = Field(default=0.9, gt=0, le=1)  # quota_near_limit fires above this share
+    # Where the pipeline's jobs run (None: the agent's `[jobs] backend`). For "slurm" the limits above are
+    # the pipeline's configured share, shown beside its usage on the cluster; Slurm schedules, we don't gate.
+    backend: Backend | None = None
+    partition: str | None = Field(default=None, pattern=_SLURM_NAME)
+    account: str | None = Field(default=None, pattern=_SLURM_NAME)
+    qos: str | None = Field(default=None, pattern=_SLURM_NAME)
 
 
 class QuotaUsage(_Wire):
@@ -234,6 +263,7 @@ class QuotaUsage(_Wire):
     used: dict[str, float | None]
     limit: dict[str, float | None]
     near_limit: list[str]  # resources above the quota's near_limit share
+    backend: Backend = "local"  # "slurm": allocated = its running jobs' TRES on the cluster, not gated here
 
 
 class QuotaList(_Wire):

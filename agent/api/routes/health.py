@@ -54,6 +54,9 @@ async def readyz(request: Request):
         r = c.jobs.runner
         state = "ok" if r.alive and r.last_error is None else "runner stopped" if not r.alive else r.last_error
         checks["jobs"] = f"{state} (tier {c.jobs.tier.name})"
+        slurm = getattr(c.jobs, "slurm", None)
+        if slurm is not None and slurm.down:
+            checks["jobs"] += f"; slurm: {slurm.status()}"
     ready = checks["telemetry"] == "ok" and checks["writer"] == "ok" and c.accepting
     body = Health(status="ok" if ready else "starting", agent_name=c.cfg.name, version=__version__, checks=checks)
     if ready:
