@@ -13,8 +13,10 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+from agent.audit import AuditLog, PendingEntry
 from agent.config import AgentConfig, ConfigError
 from agent.jobs import logs
 from agent.jobs.queue import never_fits
@@ -156,8 +158,14 @@ class JobService:
 
     # ------------------------------------------------------------------ API
 
-    def submit(self, body: JobSubmit, principal: str) -> Job:
-        """Queue a job (committed before this returns). Raises JobError (409 never fits, 422, 503)."""
+    def submit(
+        self, body: JobSubmit, principal: str, audited: Callable[[], tuple[AuditLog, PendingEntry]] | None = None
+    ) -> Job:
+        """Queue a job (committed before this returns). Raises JobError (409 never fits, 422, 503).
+
+        `audited`: called once the checks pass, it queues the submit's audit entry (`AuditLog.enqueue`, which
+        may raise AuditUnavailable); the job row and the entry then commit in one transaction, so the job
+        exists only if its entry does (fail closed), and concurrent submits share that commit."""
         quota = self.quotas.spec(body.pipeline)
         cpu = body.cpu if body.cpu is not None else self.cfg.default_cpu
         mem = body.mem if body.mem is not None else self.cfg.default_mem
@@ -192,7 +200,16 @@ class JobService:
             max_retries=retry.max_retries, depends_on=list(body.depends_on), host=self.host_name,
         )  # fmt: skip
         rec = JobRecord(job=job, retry=retry, hold=body.hold, gpu_request=list(uuids) if uuids else None)
-        self._save([rec])
+        if audited is None:
+            self._save([rec])
+        else:
+            from agent.jobs.store import StoreUnavailable
+
+            audit, entry = audited()
+            try:
+                self.store.save_audited([rec], audit, entry)
+            except StoreUnavailable as e:
+                raise JobError(503, "store_unavailable", str(e)) from None
         with self.lock:
             self.jobs[rec.id] = rec
             self.version += 1
