@@ -99,6 +99,9 @@ class Runner:
             self._pipeline_limits(pipeline)
         # Launch first: a submit's latency to RUNNING must not wait behind watching every running job.
         self._admit_and_launch(now)
+        new_tick = getattr(svc.tier, "new_tick", None)  # psutil: one /proc scan for every job this tick
+        if new_tick is not None:
+            new_tick()
         with svc.lock:
             running = [r for r in svc.jobs.values() if r.state == "RUNNING" and r.handle is not None]
         changed: list[JobRecord] = []
