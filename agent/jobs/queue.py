@@ -4,7 +4,9 @@ Pure: given the active jobs, the quotas, the host's capacity for jobs and its GP
 the jobs to launch (with the GPUs each gets) and a reason for every job left PENDING.
 
 - A job waits for its dependencies (`Dependency`), a hold (`Held`) or a retry's backoff (`BeginTime`);
-  such a job does not hold up the others.
+  such a job does not hold up the others. A dependency that ended other than COMPLETED (and was not
+  retried) can never be satisfied: `DependencyNeverSatisfied` (Slurm's word); the runner cancels such a
+  job when it asked for that (`kill_on_invalid_dep`).
 - FIFO within a pipeline; pipelines in order of quota priority (higher first), then by their oldest
   pending job.
 - A job fits when its pipeline's running jobs plus it stay within the quota (else `QuotaCpu`,
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 
 from agent.jobs.quotas import HostCapacity, gpu_limit
 from agent.jobs.record import JobRecord
-from agent.schemas.jobs import QuotaSpec
+from agent.schemas.jobs import FINAL_STATES, QuotaSpec
 
 _EPS = 1e-9
 
@@ -141,9 +143,22 @@ def _not_ready(r: JobRecord, state_of: Callable[[str], str | None], now: float) 
         return "Held"
     if r.job.eligible_at is not None and r.job.eligible_at > now:
         return "BeginTime"
+    waiting = None
     for dep in r.job.depends_on:
-        if state_of(dep) != "COMPLETED":
-            return "Dependency"
+        state = state_of(dep)
+        if state in FINAL_STATES and state != "COMPLETED":
+            return "DependencyNeverSatisfied"
+        if state != "COMPLETED":
+            waiting = "Dependency"
+    return waiting
+
+
+def invalid_dependency(r: JobRecord, state_of: Callable[[str], str | None]) -> str | None:
+    """The first dependency of `r` that ended other than COMPLETED, in words ("j-... ended FAILED"), or None."""
+    for dep in r.job.depends_on:
+        state = state_of(dep)
+        if state in FINAL_STATES and state != "COMPLETED":
+            return f"dependency {dep} ended {state}"
     return None
 
 

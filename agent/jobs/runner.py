@@ -15,7 +15,7 @@ import threading
 import time
 
 from agent.jobs import logs
-from agent.jobs.queue import admit
+from agent.jobs.queue import admit, invalid_dependency
 from agent.jobs.record import JobRecord
 from agent.jobs.service import JobService, next_attempt
 from agent.jobs.store import StoreUnavailable
@@ -27,6 +27,7 @@ log = logging.getLogger("watchkeeper.jobs")
 # How often a tier that enforces by watching (psutil: `check_limits`) looks at each job's memory: a walk of
 # the job's process tree costs ~1 ms, too much for every 100 ms tick with many jobs running.
 LIMITS_INTERVAL_S = 0.25
+AGENT_NAME = "watchkeeper-agent"  # who cancelled a job the agent ended itself (kill_on_invalid_dep)
 
 
 class Runner:
@@ -216,9 +217,18 @@ class Runner:
                 return
             decision = admit(active, svc.quotas.spec, svc.host, inventory, svc.state_of, now)
             moved = False
+            killed: list[JobRecord] = []
             for r in active:
                 why = decision.waiting.get(r.id)
-                if why is not None and r.job.reason != why:
+                if why == "DependencyNeverSatisfied" and r.job.kill_on_invalid_dep:
+                    # Slurm's --kill-on-invalid-dep: ended here, with the dependency that failed it named.
+                    r.job.state, r.job.ended_at = "CANCELLED", time.time()
+                    r.job.reason = f"DependencyNeverSatisfied: {invalid_dependency(r, svc.state_of)}"
+                    r.job.cancelled_by = AGENT_NAME
+                    svc.finished_total[(r.job.pipeline, "CANCELLED")] += 1
+                    killed.append(r)
+                    moved = True
+                elif why is not None and r.job.reason != why:
                     r.job.reason = why
                     moved = True
             starting = []
@@ -230,6 +240,10 @@ class Runner:
                 starting.append(rec)
             if moved:
                 svc.version += 1
+            if killed:
+                svc.changed.notify_all()
+        if killed:
+            self._save(killed)
         if not starting:
             return
         if not self._save(starting):

@@ -198,6 +198,7 @@ class JobService:
             gpus=list(uuids or []), gpus_requested=ngpus, gpu_mem=body.gpu_mem or quota.gpu_mem,
             time_limit=body.time_limit, submitted_by=principal, submit_reason=body.reason, submitted_at=now,
             max_retries=retry.max_retries, depends_on=list(body.depends_on), host=self.host_name,
+            kill_on_invalid_dep=body.kill_on_invalid_dep,
         )  # fmt: skip
         rec = JobRecord(job=job, retry=retry, hold=body.hold, gpu_request=list(uuids) if uuids else None)
         if audited is None:
@@ -418,6 +419,7 @@ def next_attempt(rec: JobRecord, now: float, reason: str, eligible_at: float | N
         gpus_requested=j.gpus_requested, gpu_mem=j.gpu_mem, time_limit=j.time_limit, submitted_by=j.submitted_by,
         submit_reason=j.submit_reason, submitted_at=now, attempt=j.attempt + 1, max_retries=j.max_retries,
         depends_on=j.depends_on, host=j.host, eligible_at=eligible_at, oom_retry_mem=mem,
+        kill_on_invalid_dep=j.kill_on_invalid_dep,
     )  # fmt: skip
     return JobRecord(job=job, retry=rec.retry, hold=False, gpu_request=rec.gpu_request)
 
