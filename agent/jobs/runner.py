@@ -115,7 +115,8 @@ class Runner:
             except Exception as e:  # one job the tier can't read must not stop the watch of the others
                 self.last_error = f"job {rec.id}: {e}"
                 log.exception("jobs: watching %s failed", rec.id)
-        if time.monotonic() >= self._next_sample:
+        # A tier that scans /proc per tick (psutil) samples on a limit-check tick, sharing that tick's scan.
+        if time.monotonic() >= self._next_sample and (check or new_tick is None):
             self._next_sample = time.monotonic() + svc.cfg.usage_interval
             self._sampler.sample([r for r in running if r.state == "RUNNING"], changed)
         if changed:
