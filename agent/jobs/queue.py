@@ -93,7 +93,13 @@ def admit(
             for g in r.job.gpus:
                 gpu_holders.setdefault(g, set()).add(r.job.pipeline)
         elif r.state == "PENDING":
-            pending.setdefault(r.job.pipeline, []).append(r)
+            # Held, dependent and backing-off jobs are answered here, before any sorting: a long queue of
+            # held jobs costs one look each per tick, not a place in every pipeline's sort.
+            waiting = _not_ready(r, state_of, now)
+            if waiting is not None:
+                d.waiting[r.id] = waiting
+            else:
+                pending.setdefault(r.job.pipeline, []).append(r)
     for jobs in pending.values():
         jobs.sort(key=lambda r: (r.job.submitted_at, r.id))
     order = sorted(pending, key=lambda p: (-quota_of(p).priority, pending[p][0].job.submitted_at))
@@ -104,10 +110,6 @@ def admit(
         held = per_pipe.setdefault(pipe, _Held())
         own_head: JobRecord | None = None
         for r in pending[pipe]:
-            waiting = _not_ready(r, state_of, now)
-            if waiting is not None:
-                d.waiting[r.id] = waiting
-                continue
             ngpus = gpus_wanted(r)
             reason = _quota_reason(r, ngpus, held, quota)
             gpus: list[str] = []
