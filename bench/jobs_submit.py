@@ -63,7 +63,7 @@ def main() -> None:
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="wk-jobs-bench-"))
     config = None if args.tier == "auto" else f'[jobs]\ntier = "{args.tier}"\n'
-    agent = make_agent(base, name="bench", sample_interval=1.0, config=config).start()  # the default, not the tests' 0.2 s
+    agent = make_agent(base, name="bench", sample_interval=1.0, config=config).start()  # 1 s: the default
     try:
         lat: list[float] = []
         lock = threading.Lock()
