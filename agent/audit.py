@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -128,6 +128,23 @@ def load_key(key_file: Path | None, data_dir: Path) -> tuple[bytes | None, str]:
     return key, str(path)
 
 
+_ROW = "(" + ", ".join("?" * 11) + ")"
+
+
+@dataclass
+class PendingEntry:
+    """An entry waiting for the group commit, and what became of it."""
+
+    principal: Principal
+    action: str
+    target: str
+    detail: dict
+    client: str | None
+    done: threading.Event = field(default_factory=threading.Event)
+    entry: AuditEntry | None = None
+    error: BaseException | None = None
+
+
 class AuditLog:
     def __init__(self, writer: StoreWriter, head_file: Path, key: bytes | None = None) -> None:
         self._writer = writer
@@ -137,6 +154,11 @@ class AuditLog:
         self.keyed_since: int | None = None  # the first keyed entry (set by start())
         self.head: tuple[int, str] | None = None  # (seq, hash) of the newest entry, in memory
         self.refusing: str | None = None  # why every append fails closed (a keyed chain and no key)
+        self._qlock = threading.Lock()  # the group commit's queue
+        self._queue: list[PendingEntry] = []
+        self._head_loaded = False  # the last hash is kept in memory after the first commit's one SELECT
+        self.commits = 0  # group commits, and the entries they held (entries / commits: the batching)
+        self.entries = 0
 
     @property
     def head_file(self) -> Path:
@@ -144,7 +166,7 @@ class AuditLog:
 
     @property
     def lock(self) -> threading.Lock:
-        """Held across an append and its head export (verify reads under it)."""
+        """Held across a group commit's COMMIT and its head export (verify reads under it)."""
         return self._lock
 
     def current_head(self) -> AuditHead | None:
@@ -218,68 +240,123 @@ class AuditLog:
         detail: dict | None = None,
         client: str | None = None,
     ) -> AuditEntry:
-        """Commit one entry (on the writer thread) and return it; raises AuditUnavailable."""
+        """Commit one entry and return it once it is committed; raises AuditUnavailable.
+
+        Group commit: the entry is queued and the writer thread is asked to commit the queue; the first such
+        call to run links every queued entry (its own and those of callers that arrived meanwhile) onto the
+        in-memory head, in queue order, and commits them in one INSERT and one transaction. Each caller is
+        answered only after the commit that holds its entry (fail closed: a failed commit fails them all,
+        and the head stays where it was)."""
+        return self.commit(self.enqueue(principal, action, target, detail, client))
+
+    def commit(self, item: PendingEntry) -> AuditEntry:
+        """Commit the queue holding `item` (if no other caller did yet) and return its entry once committed;
+        raises AuditUnavailable."""
+        try:
+            self._writer.call(self._commit_queued)
+        except Exception as e:  # writer stopped or too slow: maybe not committed
+            if not item.done.is_set():
+                raise AuditUnavailable(f"audit log write failed: {e}") from e
+        return self.outcome(item)
+
+    # The group commit in parts, so that another store (the jobs') can put its rows into the same
+    # transaction as the entries (agent/jobs/store.py): enqueue -> [writer thread: take, insert, commit under
+    # `lock`, published | failed] -> outcome.
+
+    def enqueue(
+        self, principal: Principal, action: str, target: str, detail: dict | None = None, client: str | None = None
+    ) -> PendingEntry:
+        """Queue an entry for the next group commit; raises AuditUnavailable while the log refuses."""
         if self.refusing is not None:
             raise AuditUnavailable(self.refusing)
-        with self._lock:
-            try:
-                entry = self._writer.call(
-                    lambda con: self._append(con, principal, action, target, detail or {}, client)
-                )
-            except Exception as e:
-                raise AuditUnavailable(f"audit log write failed: {e}") from e
-            self.head = (entry.seq, entry.hash)
-            if self.key is not None and self.keyed_since is None:  # start() not run (tools, tests)
-                self.keyed_since = entry.seq
-            try:
-                self._write_head(entry.seq, entry.hash)
-            except OSError as e:  # committed: the entry stands; the next start re-exports the head
-                log.error("could not export the audit head: %s", e)
-            return entry
+        # Round-trip through JSON so what is hashed is exactly what is stored and read back.
+        item = PendingEntry(principal, action, target, json.loads(canonical_json(detail or {})), client)
+        with self._qlock:
+            self._queue.append(item)
+        return item
 
-    def _append(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        principal: Principal,
-        action: str,
-        target: str,
-        detail: dict,
-        client: str | None,
-    ) -> AuditEntry:
-        rows = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchall()
-        last = rows[0] if rows else None
-        seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-        fields = {
-            "seq": seq,
-            "ts": round(time.time(), 6),
-            "principal": principal.name,
-            "role": principal.role,
-            "via": principal.via,
-            "action": action,
-            "target": target,
-            # Round-trip through JSON so what is hashed is exactly what is stored and read back.
-            "detail": json.loads(canonical_json(detail)),
-            "client": client,
-            "prev_hash": prev,
-        }
-        fields["hash"] = entry_hash(fields, prev, self.key)
-        con.execute(
-            "INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                seq,
-                fields["ts"],
-                fields["principal"],
-                fields["role"],
-                fields["via"],
-                action,
-                target,
-                canonical_json(fields["detail"]),
-                client,
-                prev,
-                fields["hash"],
-            ],
-        )
-        return AuditEntry(**fields)
+    def outcome(self, item: PendingEntry) -> AuditEntry:
+        """The committed entry, or AuditUnavailable when its commit failed or never ran."""
+        if item.error is not None:
+            raise AuditUnavailable(f"audit log write failed: {item.error}") from item.error
+        if not item.done.is_set() or item.entry is None:
+            raise AuditUnavailable("audit log write failed: not committed")
+        return item.entry
+
+    def take(self) -> list[PendingEntry]:
+        """Writer thread: the queued entries, in the order they will be linked."""
+        with self._qlock:
+            items, self._queue = self._queue, []
+        return items
+
+    def insert(self, con: duckdb.DuckDBPyConnection, items: list[PendingEntry]) -> None:
+        """Writer thread, inside the caller's transaction: link `items` onto the head and INSERT them (one
+        statement). The head moves only in `published`, after the commit."""
+        if not items:
+            return
+        if not self._head_loaded:  # the chain's last row as stored (a broken chain's too): read once
+            rows = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchall()
+            self.head = (rows[0][0], rows[0][1]) if rows else None
+            self._head_loaded = True
+        seq, prev = self.head or (0, GENESIS)
+        values: list = []
+        for it in items:
+            seq += 1
+            fields = {
+                "seq": seq, "ts": round(time.time(), 6), "principal": it.principal.name,
+                "role": it.principal.role, "via": it.principal.via, "action": it.action, "target": it.target,
+                "detail": it.detail, "client": it.client, "prev_hash": prev,
+            }  # fmt: skip
+            fields["hash"] = entry_hash(fields, prev, self.key)
+            values += [seq, fields["ts"], fields["principal"], fields["role"], fields["via"], it.action,
+                       it.target, canonical_json(it.detail), it.client, prev, fields["hash"]]  # fmt: skip
+            it.entry = AuditEntry(**fields)
+            prev = fields["hash"]
+        con.execute("INSERT INTO audit_log VALUES " + ", ".join([_ROW] * len(items)), values)
+
+    def published(self, items: list[PendingEntry]) -> None:
+        """Writer thread, right after the COMMIT and under `lock` (so verify never sees the rows without their
+        head): move the head, export it, answer the callers."""
+        if items:
+            last = items[-1].entry
+            assert last is not None
+            self.head = (last.seq, last.hash)
+            if self.key is not None and self.keyed_since is None:  # start() not run (tools, tests)
+                self.keyed_since = items[0].entry.seq  # type: ignore[union-attr]
+            try:
+                self._write_head(last.seq, last.hash)
+            except OSError as e:  # committed: the entries stand; the next start re-exports the head
+                log.error("could not export the audit head: %s", e)
+            self.commits += 1
+            self.entries += len(items)
+        for it in items:
+            it.done.set()
+
+    def failed(self, items: list[PendingEntry], err: BaseException) -> None:
+        """Writer thread: the transaction holding `items` was rolled back; their callers are refused."""
+        if items:
+            log.error("could not commit %d audit entr%s: %s", len(items), "y" if len(items) == 1 else "ies", err)
+        for it in items:
+            it.entry, it.error = None, err
+            it.done.set()
+
+    def _commit_queued(self, con: duckdb.DuckDBPyConnection) -> None:
+        """On the writer thread: every queued entry in one INSERT and one transaction."""
+        items = self.take()
+        if not items:
+            return
+        try:
+            con.begin()
+            self.insert(con, items)
+            with self._lock:
+                con.commit()
+                self.published(items)
+        except Exception as e:
+            try:
+                con.rollback()
+            except duckdb.Error:
+                pass
+            self.failed(items, e)
 
     def _write_head(self, seq: int, h: str) -> None:
         line = f"{seq} {h}"

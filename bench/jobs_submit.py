@@ -13,7 +13,7 @@ Starts one agent (own data dir, psutil or whichever tier the host offers), then:
     agent CPU     the agent process's CPU over `--idle-seconds`, idle and with `--idle-jobs` jobs running
                   (`sleep`): what watching and sampling them costs.
 
-    .venv/bin/python bench/jobs_submit.py [--seconds 5] [--threads 8] [--running 30]
+    .venv/bin/python bench/jobs_submit.py [--seconds 5] [--threads 8] [--running 30] [--tier psutil]
 """
 
 from __future__ import annotations
@@ -59,9 +59,11 @@ def main() -> None:
     ap.add_argument("--running", type=int, default=30)
     ap.add_argument("--idle-jobs", type=int, default=50, help="jobs running while the agent's CPU is measured")
     ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--tier", default="auto", help="[jobs] tier: auto, or force one (psutil, cgroup-v1, ...)")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="wk-jobs-bench-"))
-    agent = make_agent(base, name="bench", sample_interval=1.0).start()  # the default, not the tests' 0.2 s
+    config = None if args.tier == "auto" else f'[jobs]\ntier = "{args.tier}"\n'
+    agent = make_agent(base, name="bench", sample_interval=1.0, config=config).start()  # 1 s: the default
     try:
         lat: list[float] = []
         lock = threading.Lock()

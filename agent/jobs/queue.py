@@ -4,7 +4,9 @@ Pure: given the active jobs, the quotas, the host's capacity for jobs and its GP
 the jobs to launch (with the GPUs each gets) and a reason for every job left PENDING.
 
 - A job waits for its dependencies (`Dependency`), a hold (`Held`) or a retry's backoff (`BeginTime`);
-  such a job does not hold up the others.
+  such a job does not hold up the others. A dependency that ended other than COMPLETED (and was not
+  retried) can never be satisfied: `DependencyNeverSatisfied` (Slurm's word); the runner cancels such a
+  job when it asked for that (`kill_on_invalid_dep`).
 - FIFO within a pipeline; pipelines in order of quota priority (higher first), then by their oldest
   pending job.
 - A job fits when its pipeline's running jobs plus it stay within the quota (else `QuotaCpu`,
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 
 from agent.jobs.quotas import HostCapacity, gpu_limit
 from agent.jobs.record import JobRecord
-from agent.schemas.jobs import QuotaSpec
+from agent.schemas.jobs import FINAL_STATES, QuotaSpec
 
 _EPS = 1e-9
 
@@ -91,7 +93,13 @@ def admit(
             for g in r.job.gpus:
                 gpu_holders.setdefault(g, set()).add(r.job.pipeline)
         elif r.state == "PENDING":
-            pending.setdefault(r.job.pipeline, []).append(r)
+            # Held, dependent and backing-off jobs are answered here, before any sorting: a long queue of
+            # held jobs costs one look each per tick, not a place in every pipeline's sort.
+            waiting = _not_ready(r, state_of, now)
+            if waiting is not None:
+                d.waiting[r.id] = waiting
+            else:
+                pending.setdefault(r.job.pipeline, []).append(r)
     for jobs in pending.values():
         jobs.sort(key=lambda r: (r.job.submitted_at, r.id))
     order = sorted(pending, key=lambda p: (-quota_of(p).priority, pending[p][0].job.submitted_at))
@@ -102,10 +110,6 @@ def admit(
         held = per_pipe.setdefault(pipe, _Held())
         own_head: JobRecord | None = None
         for r in pending[pipe]:
-            waiting = _not_ready(r, state_of, now)
-            if waiting is not None:
-                d.waiting[r.id] = waiting
-                continue
             ngpus = gpus_wanted(r)
             reason = _quota_reason(r, ngpus, held, quota)
             gpus: list[str] = []
@@ -141,9 +145,22 @@ def _not_ready(r: JobRecord, state_of: Callable[[str], str | None], now: float) 
         return "Held"
     if r.job.eligible_at is not None and r.job.eligible_at > now:
         return "BeginTime"
+    waiting = None
     for dep in r.job.depends_on:
-        if state_of(dep) != "COMPLETED":
-            return "Dependency"
+        state = state_of(dep)
+        if state in FINAL_STATES and state != "COMPLETED":
+            return "DependencyNeverSatisfied"
+        if state != "COMPLETED":
+            waiting = "Dependency"
+    return waiting
+
+
+def invalid_dependency(r: JobRecord, state_of: Callable[[str], str | None]) -> str | None:
+    """The first dependency of `r` that ended other than COMPLETED, in words ("j-... ended FAILED"), or None."""
+    for dep in r.job.depends_on:
+        state = state_of(dep)
+        if state in FINAL_STATES and state != "COMPLETED":
+            return f"dependency {dep} ended {state}"
     return None
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 
 from agent.jobs import logs
-from agent.jobs.queue import admit
+from agent.jobs.queue import admit, invalid_dependency
 from agent.jobs.record import JobRecord
 from agent.jobs.service import JobService, next_attempt
 from agent.jobs.store import StoreUnavailable
@@ -27,6 +27,8 @@ log = logging.getLogger("watchkeeper.jobs")
 # How often a tier that enforces by watching (psutil: `check_limits`) looks at each job's memory: a walk of
 # the job's process tree costs ~1 ms, too much for every 100 ms tick with many jobs running.
 LIMITS_INTERVAL_S = 0.25
+MIN_TICK_GAP_S = 0.01
+AGENT_NAME = "watchkeeper-agent"  # who cancelled a job the agent ended itself (kill_on_invalid_dep)
 
 
 class Runner:
@@ -73,9 +75,17 @@ class Runner:
         return self._thread.is_alive()
 
     def _run(self) -> None:
+        last = 0.0
         while not self._stop.is_set():
             self._wake.wait(self.svc.cfg.tick)
+            # A burst of submits wakes the runner once per submit; ticks at most every MIN_TICK_GAP_S let
+            # the submits of a few milliseconds share one admission pass (each pass looks at every
+            # pending job), for at most that much more latency to RUNNING.
+            gap = last + MIN_TICK_GAP_S - time.monotonic()
+            if gap > 0:
+                self._stop.wait(gap)
             self._wake.clear()
+            last = time.monotonic()
             if self._stop.is_set():
                 return
             try:
@@ -99,6 +109,9 @@ class Runner:
             self._pipeline_limits(pipeline)
         # Launch first: a submit's latency to RUNNING must not wait behind watching every running job.
         self._admit_and_launch(now)
+        new_tick = getattr(svc.tier, "new_tick", None)  # psutil: one /proc scan for every job this tick
+        if new_tick is not None:
+            new_tick()
         with svc.lock:
             running = [r for r in svc.jobs.values() if r.state == "RUNNING" and r.handle is not None]
         changed: list[JobRecord] = []
@@ -111,7 +124,8 @@ class Runner:
             except Exception as e:  # one job the tier can't read must not stop the watch of the others
                 self.last_error = f"job {rec.id}: {e}"
                 log.exception("jobs: watching %s failed", rec.id)
-        if time.monotonic() >= self._next_sample:
+        # A tier that scans /proc per tick (psutil) samples on a limit-check tick, sharing that tick's scan.
+        if time.monotonic() >= self._next_sample and (check or new_tick is None):
             self._next_sample = time.monotonic() + svc.cfg.usage_interval
             self._sampler.sample([r for r in running if r.state == "RUNNING"], changed)
         if changed:
@@ -214,9 +228,18 @@ class Runner:
                 return
             decision = admit(active, svc.quotas.spec, svc.host, inventory, svc.state_of, now)
             moved = False
+            killed: list[JobRecord] = []
             for r in active:
                 why = decision.waiting.get(r.id)
-                if why is not None and r.job.reason != why:
+                if why == "DependencyNeverSatisfied" and r.job.kill_on_invalid_dep:
+                    # Slurm's --kill-on-invalid-dep: ended here, with the dependency that failed it named.
+                    r.job.state, r.job.ended_at = "CANCELLED", time.time()
+                    r.job.reason = f"DependencyNeverSatisfied: {invalid_dependency(r, svc.state_of)}"
+                    r.job.cancelled_by = AGENT_NAME
+                    svc.finished_total[(r.job.pipeline, "CANCELLED")] += 1
+                    killed.append(r)
+                    moved = True
+                elif why is not None and r.job.reason != why:
                     r.job.reason = why
                     moved = True
             starting = []
@@ -228,6 +251,10 @@ class Runner:
                 starting.append(rec)
             if moved:
                 svc.version += 1
+            if killed:
+                svc.changed.notify_all()
+        if killed:
+            self._save(killed)
         if not starting:
             return
         if not self._save(starting):

@@ -13,8 +13,10 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+from agent.audit import AuditLog, PendingEntry
 from agent.config import AgentConfig, ConfigError
 from agent.jobs import logs
 from agent.jobs.queue import never_fits
@@ -162,10 +164,19 @@ class JobService:
 
     # ------------------------------------------------------------------ API
 
-    def submit(self, body: JobSubmit, principal: str) -> Job:
-        """Queue a job (committed before this returns). Raises JobError (409 never fits, 422, 503)."""
-        if self.backend_of(body.pipeline) == "slurm":
-            return self.slurm.submit(body, principal)  # Slurm schedules: no admission or never_fits here
+    def submit(
+        self, body: JobSubmit, principal: str, audited: Callable[[], tuple[AuditLog, PendingEntry]] | None = None
+    ) -> Job:
+        """Queue a job (committed before this returns). Raises JobError (409 never fits, 422, 503).
+
+        `audited`: called once the checks pass, it queues the submit's audit entry (`AuditLog.enqueue`, which
+        may raise AuditUnavailable); the job row and the entry then commit in one transaction, so the job
+        exists only if its entry does (fail closed), and concurrent submits share that commit."""
+        if self.backend_of(body.pipeline) == "slurm":  # Slurm schedules: no admission or never_fits here
+            if audited is not None:
+                audit, entry = audited()
+                audit.commit(entry)  # fail closed: the entry is committed before sbatch runs
+            return self.slurm.submit(body, principal)
         quota = self.quotas.spec(body.pipeline)
         cpu = body.cpu if body.cpu is not None else self.cfg.default_cpu
         mem = body.mem if body.mem is not None else self.cfg.default_mem
@@ -198,9 +209,19 @@ class JobService:
             gpus=list(uuids or []), gpus_requested=ngpus, gpu_mem=body.gpu_mem or quota.gpu_mem,
             time_limit=body.time_limit, submitted_by=principal, submit_reason=body.reason, submitted_at=now,
             max_retries=retry.max_retries, depends_on=list(body.depends_on), host=self.host_name,
+            kill_on_invalid_dep=body.kill_on_invalid_dep,
         )  # fmt: skip
         rec = JobRecord(job=job, retry=retry, hold=body.hold, gpu_request=list(uuids) if uuids else None)
-        self._save([rec])
+        if audited is None:
+            self._save([rec])
+        else:
+            from agent.jobs.store import StoreUnavailable
+
+            audit, entry = audited()
+            try:
+                self.store.save_audited([rec], audit, entry)
+            except StoreUnavailable as e:
+                raise JobError(503, "store_unavailable", str(e)) from None
         with self.lock:
             self.jobs[rec.id] = rec
             self.version += 1
@@ -422,6 +443,7 @@ def next_attempt(rec: JobRecord, now: float, reason: str, eligible_at: float | N
         gpus_requested=j.gpus_requested, gpu_mem=j.gpu_mem, time_limit=j.time_limit, submitted_by=j.submitted_by,
         submit_reason=j.submit_reason, submitted_at=now, attempt=j.attempt + 1, max_retries=j.max_retries,
         depends_on=j.depends_on, host=j.host, eligible_at=eligible_at, oom_retry_mem=mem,
+        kill_on_invalid_dep=j.kill_on_invalid_dep,
     )  # fmt: skip
     return JobRecord(job=job, retry=rec.retry, hold=False, gpu_request=rec.gpu_request)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
+from agent.audit import AuditLog, AuditUnavailable, PendingEntry
 from agent.jobs.record import JOB_COLUMNS, JobRecord, seen_job_id
 from agent.schemas.jobs import Job
 from agent.store.writer import StoreWriter
@@ -65,10 +66,7 @@ class JobStore:
         """Commit these records' rows (as they are now); raises StoreUnavailable if that fails."""
         if not recs:
             return
-        batch = _Batch([r.row() for r in recs])
-        with self._lock:
-            self._queue.append(batch)
-            self.stats.saves += 1
+        batch = self._enqueue(recs)
         try:
             self._writer.call(self._commit_queued, timeout=timeout)
         except Exception as e:  # writer stopped or too slow: maybe not committed
@@ -77,13 +75,36 @@ class JobStore:
         if batch.error is not None:
             raise StoreUnavailable(f"could not commit the job: {batch.error}") from batch.error
 
-    def _commit_queued(self, con: duckdb.DuckDBPyConnection) -> None:
-        """On the writer thread: every queued row in one statement and one transaction."""
+    def save_audited(self, recs: list[JobRecord], audit: AuditLog, entry: PendingEntry, timeout: float = 10.0) -> None:
+        """Commit these rows and a queued audit entry (`AuditLog.enqueue`) in one transaction, grouped with
+        whatever else is queued in either: the job exists only if its entry does, and a submit costs one
+        commit instead of two. Raises AuditUnavailable or StoreUnavailable (nothing committed)."""
+        batch = self._enqueue(recs)
+        try:
+            self._writer.call(lambda con: self._commit_queued(con, audit), timeout=timeout)
+        except Exception as e:
+            if not batch.done.is_set():
+                raise AuditUnavailable(f"audit log write failed: {e}") from e
+        audit.outcome(entry)  # raises when the transaction failed
+        if batch.error is not None:
+            raise StoreUnavailable(f"could not commit the job: {batch.error}") from batch.error
+
+    def _enqueue(self, recs: list[JobRecord]) -> _Batch:
+        batch = _Batch([r.row() for r in recs])
+        with self._lock:
+            self._queue.append(batch)
+            self.stats.saves += 1
+        return batch
+
+    def _commit_queued(self, con: duckdb.DuckDBPyConnection, audit: AuditLog | None = None) -> None:
+        """On the writer thread: every queued row in one statement and one transaction (with `audit`: every
+        queued audit entry too, in the same transaction)."""
         import time
 
         with self._lock:
             batches, self._queue = self._queue, []
-        if not batches:
+        entries = audit.take() if audit is not None else []
+        if not batches and not entries:
             return
         latest: dict[tuple[str, int], tuple] = {}
         for b in batches:
@@ -96,24 +117,34 @@ class JobStore:
         err: BaseException | None = None
         try:
             con.begin()
+            if audit is not None:
+                audit.insert(con, entries)
             for i in range(0, len(fresh), 50):
                 _insert(con, fresh[i : i + 50])
             if known:
                 _update(con, known)
-            con.commit()
+            if audit is not None:
+                with audit.lock:  # the audit head moves with the commit (verify reads under this lock)
+                    con.commit()
+                    audit.published(entries)
+            else:
+                con.commit()
         except Exception as e:
             err = e
             try:
                 con.rollback()
             except duckdb.Error:
                 pass
+            if audit is not None:
+                audit.failed(entries, e)
             log.error("could not commit %d job row(s): %s", len(rows), e)
         else:
             self._known.update((r[0], r[1]) for r in fresh)
-        self.stats.commits += 1
-        self.stats.rows += len(rows)
-        self.stats.last_rows = len(rows)
-        self.stats.commit_s_total += time.perf_counter() - t0
+        if rows:
+            self.stats.commits += 1
+            self.stats.rows += len(rows)
+            self.stats.last_rows = len(rows)
+            self.stats.commit_s_total += time.perf_counter() - t0
         for b in batches:
             b.error = err
             b.done.set()

@@ -34,7 +34,16 @@ ACTIVE_STATES: frozenset[str] = frozenset({"PENDING", "RUNNING"})
 # Why a PENDING job waits (Slurm's words). "Priority": another pipeline's job is ahead of it.
 # "BeginTime": a retry waiting out its backoff (`Job.eligible_at`).
 PendingReason = Literal[
-    "QuotaCpu", "QuotaMemory", "QuotaGpu", "QuotaJobs", "Resources", "Priority", "Dependency", "Held", "BeginTime"
+    "QuotaCpu",
+    "QuotaMemory",
+    "QuotaGpu",
+    "QuotaJobs",
+    "Resources",
+    "Priority",
+    "Dependency",
+    "DependencyNeverSatisfied",
+    "Held",
+    "BeginTime",
 ]
 
 # "slurm": the job was handed to Slurm (sbatch); Slurm schedules and enforces it, the agent's admission doesn't.
@@ -99,6 +108,9 @@ class JobSubmit(_Wire):
     reason: str = Field(default="", max_length=1024)
     name: str | None = Field(default=None, max_length=128)
     depends_on: list[str] = Field(default_factory=list, max_length=256)  # job ids; afterok
+    # Slurm's --kill-on-invalid-dep: a dependency that ended other than COMPLETED cancels this job (else it
+    # waits as PENDING DependencyNeverSatisfied until someone cancels it or requeues the dependency).
+    kill_on_invalid_dep: bool = False
     hold: bool = False
 
     @field_validator("command")
@@ -188,6 +200,7 @@ class Job(_Wire):
     attempt: int = 1  # 1 + retries so far
     max_retries: int = 0
     depends_on: list[str] = Field(default_factory=list)
+    kill_on_invalid_dep: bool = False
     pid: int | None = None
     cpu_seconds: float | None = None
     cpu_now: float | None = None  # cores in use over the last sample

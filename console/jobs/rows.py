@@ -58,6 +58,7 @@ PENDING_WORDS = {
     "Resources": "the host has no room for it now",
     "Priority": "another pipeline's job is ahead of it",
     "Dependency": "waiting for the jobs it depends on",
+    "DependencyNeverSatisfied": "a dependency ended without completing: it never starts (cancel it, or requeue that)",
     "Held": "held: it starts only when released",
     "BeginTime": "a retry waiting out its backoff",
 }

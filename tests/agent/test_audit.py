@@ -67,3 +67,52 @@ def test_audit_fails_closed_when_store_is_gone(audit):
     w.stop()
     with pytest.raises(AuditUnavailable):
         log.record(ALICE, "token.revoke", "token:x")
+
+
+def test_concurrent_entries_share_commits_and_the_chain_still_verifies(audit):
+    """Group commit: callers that arrive while a commit runs go into the next one together; every caller
+    is answered with its own committed entry, and the chain links in exactly the order entries were linked."""
+    import threading
+
+    log, con, _, head = audit
+    _fill(log, 1)
+    got: list = []
+    errors: list = []
+
+    def one(i: int) -> None:
+        try:
+            for j in range(10):
+                got.append(log.record(ALICE, "job.submit", f"pipeline:p{i}", {"i": i, "j": j}))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    v = verify_chain(con, head)
+    assert v.ok and v.entries == 161, v.problem
+    assert read_head(head) == (161, v.head)
+    stored = {r[0]: r[1] for r in con.execute("SELECT seq, hash FROM audit_log").fetchall()}
+    assert sorted(e.seq for e in got) == list(range(2, 162))
+    assert all(stored[e.seq] == e.hash for e in got)  # each caller was answered with what is stored
+    assert log.entries == 161 and log.commits < log.entries  # some commits held more than one entry
+
+
+def test_a_failed_group_commit_fails_its_callers_and_leaves_the_head(audit):
+    """Fail closed: a commit that fails answers nobody with an entry, the head stays, and the next entry links
+    onto the last committed one."""
+    log, con, _, head = audit
+    _fill(log, 2)
+    before = read_head(head)
+    con.execute("ALTER TABLE audit_log RENAME TO audit_log_away")
+    with pytest.raises(AuditUnavailable):
+        log.record(ALICE, "token.revoke", "token:x")
+    assert read_head(head) == before and log.head == before
+    con.execute("ALTER TABLE audit_log_away RENAME TO audit_log")
+    e = log.record(ALICE, "token.revoke", "token:y")
+    assert e.seq == 3 and e.prev_hash == before[1]
+    v = verify_chain(con, head)
+    assert v.ok and v.entries == 3

@@ -76,8 +76,9 @@ def test_pending_reasons_and_fifo(agent_factory) -> None:
         assert done["state"] == "CANCELLED" and done["cancelled_by"] == "alice", done
         assert "cancelled by alice" in done["reason"]
         assert wait_job(c, queued["id"])["state"] == "COMPLETED"
-        # A dependency that can no longer complete keeps its dependant waiting, with the reason said.
-        assert c.get(f"/api/v1/jobs/{dep['id']}").json()["reason"] == "Dependency"
+        # A dependency that can no longer complete keeps its dependant waiting, with the reason said (Slurm's
+        # word for it: issue 13's follow-up changed this from "Dependency").
+        assert wait_job(c, dep["id"], {"PENDING"})["reason"] == "DependencyNeverSatisfied"
         again = c.post(f"/api/v1/jobs/{first['id']}/cancel", json={})
         assert again.status_code == 409 and again.json()["field"] == "id"
 

@@ -7,7 +7,8 @@
 - `GET /quotas`, `GET /quotas/{pipeline}`; `PUT /quotas/{pipeline}` QuotaSpec, `DELETE /quotas/{pipeline}`
   (admin; audited).
 
-Every mutation: authorize -> checks -> audit (fail closed) -> act -> answer. Bodies are capped by the gate
+Every mutation: authorize -> checks -> audit (fail closed) -> act -> answer (a submit's audit entry and job
+row commit in one transaction). Bodies are capped by the gate
 (agent/api/gate.py: submit 1 MiB, actions and quotas 64 KiB).
 """
 
@@ -18,10 +19,11 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from agent.api.deps import ctx, require_admin, require_operate, require_read
+from agent.api.deps import client_of, ctx, require_admin, require_operate, require_read
 from agent.api.errors import ApiError
 from agent.api.openapi import errors
 from agent.api.routes.admin import audited
+from agent.audit import AuditLog, AuditUnavailable, PendingEntry
 from agent.jobs.service import JobError, JobService
 from agent.schemas import Principal
 from agent.schemas.jobs import Job, JobAction, JobList, JobLog, JobState, JobSubmit, QuotaList, QuotaSpec, QuotaUsage
@@ -52,9 +54,16 @@ async def submit(body: JobSubmit, request: Request, principal: Principal = Depen
     detail = {"pipeline": body.pipeline, "command": body.command[:16], "cpu": body.cpu, "mem": body.mem,
               "gpus": body.gpus, "time_limit": body.time_limit, "reason": body.reason}  # fmt: skip
 
-    def audited_submit() -> Job:  # one hop to the thread pool for both: a submit's cost is mostly waits
-        audited(request, principal, "job.submit", f"pipeline:{body.pipeline}", detail)
-        return svc.submit(body, principal.name)
+    audit = ctx(request).audit
+
+    def entry() -> tuple[AuditLog, PendingEntry]:
+        return audit, audit.enqueue(principal, "job.submit", f"pipeline:{body.pipeline}", detail, client_of(request))
+
+    def audited_submit() -> Job:  # one hop to the thread pool: a submit's cost is mostly waits
+        try:  # checks, then the job row and its audit entry in one transaction (fail closed)
+            return svc.submit(body, principal.name, entry)
+        except AuditUnavailable as e:
+            raise ApiError(503, "audit_unavailable", str(e)) from None
 
     return await _call(audited_submit)
 

@@ -8,8 +8,8 @@ ours is chosen and Slurm's word is kept in the reason, so nothing is hidden from
   an exit code the site marked special) -> PENDING ("Held (Slurm: SPECIAL_EXIT)").
 - A flag that means "not over yet" keeps the job active: COMPLETING -> RUNNING ("completing"), until
   Slurm has released the node; CONFIGURING -> PENDING ("Configuring"): allocated, not launched.
-PENDING reasons we share (Resources, Priority, Dependency; JobHeldUser/JobHeldAdmin -> Held) use our
-word; every other reason is Slurm's, as it is (DependencyNeverSatisfied, ReqNodeNotAvail, QOS...).
+PENDING reasons we share (Resources, Priority, Dependency, DependencyNeverSatisfied; JobHeldUser/JobHeldAdmin
+-> Held) use our word; every other reason is Slurm's, as it is (ReqNodeNotAvail, QOS...).
 A state we don't know maps to None: the caller keeps what it knew and says Slurm's word.
 """
 
@@ -25,6 +25,7 @@ PENDING_REASONS = {
     "Resources": "Resources",
     "Priority": "Priority",
     "Dependency": "Dependency",
+    "DependencyNeverSatisfied": "DependencyNeverSatisfied",
     "JobHeldUser": "Held",
     "JobHeldAdmin": "Held",
 }

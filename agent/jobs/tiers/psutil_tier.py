@@ -1,8 +1,9 @@
 """The psutil tier: no cgroup is writable, so the agent watches and enforces itself.
 
 The job's processes are the wrapper's descendants (the wrapper is a child subreaper, so double-forked
-children stay among them). Usage is summed over that tree; CPU seconds of reaped children come from
-the wrapper's `children_user/system`. Limits are enforced by watching (`check_limits`, each tick), not
+children stay among them). Usage is summed over that tree, read from one /proc scan per runner tick
+shared by every job (`proctable.py`); CPU seconds of reaped children come from their parents' child
+times. Limits are enforced by watching (`check_limits`, each tick), not
 by the kernel: a job over its memory, or the largest job of a pipeline (or of all jobs) over its cap, is
 stopped (SIGSTOP, so it can't grow while we act) and then killed, and ends OUT_OF_MEMORY with the reason
 said. Between two ticks a job can overshoot. CPU is not capped here, only weighted with `nice`;
@@ -31,6 +32,7 @@ from agent.jobs.tiers.base import (
     spawn_wrapper,
     wait_forked,
 )
+from agent.jobs.tiers.proctable import TableCache
 
 _ALL = ""  # the key of the jobs-wide cap in `_caps`
 
@@ -61,6 +63,11 @@ class PsutilTier:
         self._caps: dict[str, int] = {}  # pipeline (or _ALL) -> memory cap in bytes
         self._lock = threading.Lock()
         self._nice = shutil.which("nice")
+        self._procs = TableCache()  # one /proc scan per runner tick, shared by every job's usage and check
+
+    def new_tick(self) -> None:
+        """The runner starts a tick: the next usage or limit check scans /proc again (once for all jobs)."""
+        self._procs.new_tick()
 
     # -- limits
 
@@ -143,24 +150,19 @@ class PsutilTier:
             return None, []
 
     def usage(self, h: JobHandle) -> Usage:
-        w, kids = self._tree(h)
-        if w is None:
+        table = self._procs.get()
+        w = table.get(h.pid)
+        if w is None or abs(w.create_time - h.create_time) >= 0.05 or w.zombie:
             self._rss[h.job_id] = 0  # ended: no longer counts against its pipeline
             return Usage(peak_rss_bytes=self._peak.get(h.job_id))
-        cpu = 0.0
+        # Reaped children's CPU is in their parent's child_cpu: summed over the live tree it only grows.
+        cpu = w.cpu + w.child_cpu
         rss = 0
         pids = [w.pid]
-        for p in [w, *kids]:
-            try:
-                t = p.cpu_times()
-                cpu += t.user + t.system
-                if p is w:
-                    cpu += t.children_user + t.children_system
-                    continue  # the wrapper's own memory is ours, not the job's
-                rss += p.memory_info().rss
-                pids.append(p.pid)
-            except psutil.Error:
-                continue
+        for p in table.descendants(w.pid):
+            cpu += p.cpu + p.child_cpu
+            rss += p.rss  # the wrapper's own memory is ours, not the job's
+            pids.append(p.pid)
         peak = max(self._peak.get(h.job_id, 0), rss)
         self._peak[h.job_id] = peak
         self._rss[h.job_id] = rss

@@ -136,3 +136,32 @@ def test_terminate_right_after_launch_still_ends_the_job(tier: PsutilTier, spec)
     h = tier.launch(spec(["sleep", "300"]))
     tier.terminate(h, grace_s=0.2)
     assert wait_outcome(tier, h, timeout=15).signal in (15, 9)
+
+
+def test_one_proc_scan_per_tick_serves_every_job(tier: PsutilTier, spec) -> None:
+    """Twenty running jobs, each with a child: a tick's usage and limit checks of all of them read /proc once
+    (children(recursive=True) per job read every /proc/*/stat twenty times), and each job's tree, memory and
+    CPU are still its own: a child that burned CPU and was reaped still counts."""
+    burn = "import time\nt=time.process_time()\nwhile time.process_time()-t<0.3: pass"
+    hs = [tier.launch(spec(["sh", "-c", "sleep 30 & wait"], limits=Limits(mem=512 * MiB))) for _ in range(20)]
+    burner = tier.launch(spec(["sh", "-c", f'{PY} -c "{burn}"; sleep 30'], limits=Limits(mem=512 * MiB)))
+    try:
+        wait_for(lambda: all(len(tier.usage(h).pids) >= 3 for h in hs), timeout=20)
+        wait_for(lambda: (tier.usage(burner).cpu_seconds or 0) >= 0.3 and len(tier.usage(burner).pids) == 3,
+                 timeout=20)  # fmt: skip
+        before = tier._procs.scans
+        tier.new_tick()
+        for h in [*hs, burner]:
+            assert tier.check_limits(h) is None
+            u = tier.usage(h)
+            sleeper = [p for p in u.pids if p not in (h.pid,) and psutil.Process(p).name() == "sleep"]
+            assert len(sleeper) >= 1 and u.rss_bytes and u.rss_bytes > 0
+            assert h.pid == u.pids[0] and not set(u.pids[1:]) & {x.pid for x in hs if x is not h}
+        assert tier._procs.scans == before + 1
+        assert (tier.usage(burner).cpu_seconds or 0) >= 0.3  # the reaped python's CPU, via its parent
+    finally:
+        for h in [*hs, burner]:
+            tier.terminate(h, grace_s=0.2)
+        for h in [*hs, burner]:
+            wait_outcome(tier, h)
+            tier.release(h)
