@@ -15,6 +15,7 @@ from agent.telemetry.sampler import Sampler
 
 if TYPE_CHECKING:
     from agent.alerting.engine import AlertEngine
+    from agent.asyncinf.service import AsyncService
     from agent.monitoring.service import MonitorService
     from agent.registry.store import Registry
     from agent.rollouts.engine import RolloutEngine
@@ -42,6 +43,8 @@ class AgentContext:
     alerts: AlertEngine | None = None
     # Rollouts of endpoints to candidate versions, and the datasets their gates use (None until wired).
     rollouts: RolloutEngine | None = None
+    # Asynchronous inference: the durable queue, its worker and callbacks (None until wired).
+    asyncinf: AsyncService | None = None
     # Cleared when the agent begins to stop, so /readyz turns 503 before the listener closes.
     accepting: bool = True
     checks: dict[str, str] = field(default_factory=dict)

@@ -22,6 +22,7 @@ import uvicorn
 from agent.alerting.loop import alert_loop, start_alerting, stop_alerting
 from agent.api.app import create_app
 from agent.api.fastpath import PredictFastPath
+from agent.asyncinf.service import AsyncService
 from agent.audit import open_audit
 from agent.auth.tokens import TokenStore, bootstrap_admin_token
 from agent.config import AgentConfig
@@ -157,6 +158,8 @@ def build(cfg: AgentConfig) -> AgentContext:
         registry=registry,
         serving=serving,
     )
+    # The async queue: replayed from its record file now (interrupted runs queued again), started with serving.
+    ctx.asyncinf = AsyncService(cfg.data_dir / "async", serving)
     # Drift windows over the prediction log (its thread imports numpy only once an endpoint exists).
     ctx.monitor = MonitorService(cfg.monitoring, opened.con, writer, registry, serving)
     sampler.start()
@@ -197,6 +200,8 @@ def shutdown(ctx: AgentContext) -> None:
     if ctx.monitor is not None:
         ctx.monitor.stop()
     stop_rollouts(ctx)
+    if ctx.asyncinf is not None:
+        ctx.asyncinf.close()
     if ctx.serving is not None:
         ctx.serving.close()
     ctx.sampler.stop()
@@ -271,6 +276,8 @@ def serve(cfg: AgentConfig, sockets: list[socket.socket]) -> int:
         sup = asyncio.create_task(_supervise(ctx, server))
         if ctx.serving is not None:
             ctx.serving.start(asyncio.get_running_loop())  # pre-warms endpoints' models
+        if ctx.asyncinf is not None:
+            ctx.asyncinf.start(asyncio.get_running_loop())  # the worker drains what a restart found queued
         alerts = asyncio.create_task(alert_loop(ctx))  # evaluates rules every alerting.interval
         loop = asyncio.get_running_loop()
         loop.call_later(5.0, _quiet_gc)

@@ -69,6 +69,13 @@ def _predict(ctx: AgentContext, match: re.Match) -> int:
     return ep.config.max_payload_bytes if ep is not None else DEFAULT_BODY_BYTES
 
 
+def _async(ctx: AgentContext, match: re.Match) -> int:
+    # Larger than real time's: the route streams it to a file (agent/api/routes/asyncinf.py).
+    s = ctx.serving
+    ep = s.endpoints.get(match.group(1)) if s is not None else None
+    return ep.config.asynchronous.max_body_bytes if ep is not None else DEFAULT_BODY_BYTES
+
+
 _P = re.escape(API_PREFIX)
 # (method, path, cap): the routes whose bodies may be larger than DEFAULT_BODY_BYTES.
 _LIMITS: list[tuple[str, re.Pattern[str], Callable[[AgentContext, re.Match], int]]] = [
@@ -76,6 +83,7 @@ _LIMITS: list[tuple[str, re.Pattern[str], Callable[[AgentContext, re.Match], int
     ("POST", re.compile(rf"^{_P}/datasets/[^/]+/versions$"), lambda _c, _m: _dataset_upload()),
     ("POST", re.compile(rf"^{_P}/endpoints/[^/]+/feedback$"), lambda _c, _m: FEEDBACK_BODY_BYTES),
     ("POST", re.compile(rf"^{_P}/endpoints/([^/]+)/predict$"), _predict),
+    ("POST", re.compile(rf"^{_P}/endpoints/([^/]+)/async$"), _async),
 ]
 
 

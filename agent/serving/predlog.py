@@ -45,14 +45,15 @@ log = logging.getLogger("watchkeeper.serving")
 TABLE = "predictions"
 COLUMNS = (
     "ts", "request_id", "endpoint", "model", "version", "row_idx", "num", "cat", "score", "label",
-    "latency_ms", "status", "fallback_reason",
+    "latency_ms", "status", "fallback_reason", "mode",
 )  # fmt: skip
 
 # meta key: the highest journal segment whose records are committed to `predictions`.
 JOURNAL_KEY = "predlog.journal_committed"
 
 # One logged request: (ts, request_id, endpoint, model, version, rows, num_flat, num_width,
-# cat_flat, cat_width, scores, labels, latency_ms, status, fallback_reason).
+# cat_flat, cat_width, scores, labels, latency_ms, status, fallback_reason, mode). Journal records written
+# before `mode` existed have 15 fields: replay reads them as real time.
 _Item = tuple
 
 
@@ -119,11 +120,12 @@ class PredictionLog:
         latency_ms: float,
         status: str,
         fallback_reason: str | None,
+        mode: str = "realtime",
     ) -> None:
         """Queue one request's rows: `num_flat` holds rows x `num_width` values row-major (same for cat)."""
         n = len(scores)
         item = (time.time(), request_id, endpoint, model, version, n, num_flat, num_width, cat_flat, cat_width,
-                scores, labels, latency_ms, status, fallback_reason)  # fmt: skip
+                scores, labels, latency_ms, status, fallback_reason, mode)  # fmt: skip
         journal = self._journal
         # Encoded outside the lock; written inside it, so a seal can't separate a record from its queue entry.
         payload = orjson.dumps(item) if journal is not None else b""
@@ -196,7 +198,7 @@ class PredictionLog:
 
 
 def to_arrow(items: list[_Item]) -> pa.Table:
-    """One Arrow table (columns c0..c12 in COLUMNS order, ts an Arrow timestamp) for a batch of requests."""
+    """One Arrow table (columns c0..c13 in COLUMNS order, ts an Arrow timestamp) for a batch of requests."""
     import numpy as np
     import pyarrow as pa
 
@@ -232,6 +234,7 @@ def to_arrow(items: list[_Item]) -> pa.Table:
         per_request(12, pa.float64()),
         per_request(13, pa.string()),
         per_request(14, pa.string()),
+        pa.array([it[15] if len(it) > 15 else "realtime" for it in items], pa.string()).take(req_of_row),
     ]
     return pa.table({f"c{i}": c for i, c in enumerate(cols)})
 
