@@ -175,6 +175,8 @@ class AsyncWorker:
                 while (e := self.q.table.pop(name)) is not None:
                     self.q.finish(e, "failed", f"endpoint {name!r} was deleted")
                 continue
+            if ep.config.asynchronous.paused:
+                continue
             loaded = self.serving.pool.peek(ep.key) if ep.key else None
             if loaded is None:
                 if ep.version is None:

@@ -32,6 +32,8 @@ class AsyncConfig(_Wire):
     result_ttl_s: float = Field(default=86400.0, gt=0, le=30 * 86400)
     # Rows per micro-batch into the model (requests are never split: a big one is a batch of its own).
     batch_rows: WholeInt = Field(default=512, ge=1, le=100_000)
+    # Drain control: while paused, requests are taken and wait (max_queue_s still applies); none starts.
+    paused: bool = False
 
 
 class CallbackStatus(_Wire):
