@@ -46,7 +46,8 @@ log = logging.getLogger("watchkeeper.async")
 YIELD_LAG_S = 0.010  # the serving loop running this late: real time is short of CPU, start nothing
 YIELD_SLEEP_S = 0.05
 REST_SHARE = 1.0  # while real time is busy: rest this multiple of each batch's time after it
-UNAVAILABLE_RETRY_S = 1.0  # an endpoint whose model can't load is tried again after this
+UNAVAILABLE_RETRY_S = 1.0
+RECHECK_S = 0.2  # queued work that could not run (paused, model loading) is looked at again after this  # an endpoint whose model can't load is tried again after this
 MAX_BATCH_BYTES = 32 * 2**20  # bodies read into one micro-batch at most (a bigger request is alone)
 
 
@@ -117,8 +118,10 @@ class AsyncWorker:
             try:
                 if not await self._one():
                     self.q.wake.clear()
+                    # Work that can't run now (paused, model not loaded) is looked at again soon.
+                    waiting = any(eq.queued for eq in self.q.table.queues.values())
                     try:
-                        await asyncio.wait_for(self.q.wake.wait(), UNAVAILABLE_RETRY_S)
+                        await asyncio.wait_for(self.q.wake.wait(), RECHECK_S if waiting else UNAVAILABLE_RETRY_S)
                     except TimeoutError:
                         pass
             except asyncio.CancelledError:
