@@ -149,8 +149,9 @@ async def run(base: str, token: str, a: argparse.Namespace) -> list[tuple[str, s
         out.append((f"async drain, {a.rows} rows/request, idle agent",
                     f"{a.requests / took:,.0f} requests/s ({a.requests * a.rows / took:,.0f} rows/s)"))  # fmt: skip
         lat = await realtime(c, body, a.seconds, a.concurrency)
+        n = len(lat)
         out.append((f"real-time predict, same bodies, {a.concurrency} callers",
-                    f"{len(lat) / a.seconds:,.0f} requests/s ({len(lat) * a.rows / a.seconds:,.0f} rows/s)"))  # fmt: skip
+                    f"{n / a.seconds:,.0f} requests/s ({n * a.rows / a.seconds:,.0f} rows/s)"))  # fmt: skip
         # 4. real time alone, then beside a draining backlog
         lat = await realtime(c, small, a.seconds, 1)
         out.append(("real time alone, 1 caller, 4 rows",

@@ -49,7 +49,7 @@ def served(agent_factory):
 
 
 def test_a_submitted_request_is_answered_like_predict_and_logged_as_async(served):
-    a, c = served
+    _a, c = served
     recs = records(reference(5))
     r = submit(c, recs)
     assert r.status_code == 202, r.text
@@ -72,7 +72,7 @@ def test_a_submitted_request_is_answered_like_predict_and_logged_as_async(served
 
 
 def test_resubmitting_an_id_returns_the_existing_request_never_a_second_answer(served):
-    a, c = served
+    _a, c = served
     recs = records(reference(3))
     assert submit(c, recs, x_request_id="order-42").status_code == 202
     first = wait_state(c, "order-42", {"succeeded"})
@@ -85,7 +85,7 @@ def test_resubmitting_an_id_returns_the_existing_request_never_a_second_answer(s
 
 
 def test_cancel_expiry_capacity_and_priority_order(served):
-    a, c = served
+    _a, c = served
     endpoint(c, asynchronous={"paused": True, "capacity": 3, "max_queue_s": 2})
     recs = records(reference(2))
     ids = [submit(c, recs, x_priority=p).json()["id"] for p in (0, 5, 0)]
@@ -134,7 +134,7 @@ def test_bad_input_is_a_4xx_naming_the_field(served):
 
 
 def test_auth_comes_before_the_body(served):
-    a, c = served
+    a, _c = served
     status, body, took = _flood(a, "/api/v1/endpoints/delays/async", {})
     assert status == 401 and b"unauthorized" in body and took < 3.0
 
@@ -143,7 +143,7 @@ class _Receiver(BaseHTTPRequestHandler):
     fail_first = 2
     got: list[dict] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         n = int(self.headers["content-length"])
         body = json.loads(self.rfile.read(n))
         type(self).got.append(body)
@@ -157,7 +157,7 @@ class _Receiver(BaseHTTPRequestHandler):
 
 
 def test_a_callback_is_retried_with_backoff_until_delivered_and_its_state_shown(served):
-    a, c = served
+    _a, c = served
     _Receiver.got = []
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -253,7 +253,7 @@ def _rt_p99(c: httpx.Client, recs: list[dict], n: int = 300) -> float:
 
 
 def test_real_time_keeps_its_latency_while_a_large_backlog_drains(served):
-    a, c = served
+    _a, c = served
     recs = records(reference(4))
     idle = _rt_p99(c, recs)
     endpoint(c, asynchronous={"paused": True, "capacity": 100_000})
