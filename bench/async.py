@@ -8,6 +8,7 @@ flights model on endpoint `delays`, bodies of `--rows` real reference rows; the 
 2. 202 latency: `--requests` submissions at `--concurrency` while the worker drains them.
 3. drain: `--requests` queued while paused, then unpaused; requests/s and rows/s until the queue is empty,
    beside the real-time path at the same concurrency and the same bodies (closed loop, `--seconds`).
+   The client shares the cores: agent CPU per request is the figure that does not depend on it.
 4. real time: one caller, 4-row requests, `--seconds`: p50/p99 alone, then while a backlog of
    `--requests` drains (and how much of it drained meanwhile).
 
@@ -31,7 +32,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.serving import Procs, free_port, sample_records, serve_flights, wait_ready  # noqa: E402
+from bench.serving import Procs, free_port, sample_records, serve_flights, tree_cpu_seconds, wait_ready  # noqa: E402
 
 EP = "/api/v1/endpoints/delays"
 
@@ -124,7 +125,7 @@ async def realtime(c: httpx.AsyncClient, body: bytes, seconds: float, conc: int)
     return lat
 
 
-async def run(base: str, token: str, a: argparse.Namespace) -> list[tuple[str, str]]:
+async def run(base: str, token: str, a: argparse.Namespace, pid: int) -> list[tuple[str, str]]:
     body = orjson.dumps({"records": sample_records(a.rows)})
     small = orjson.dumps({"records": sample_records(4)})
     hdr = {"Authorization": f"Bearer {token}", "content-type": "application/json"}
@@ -144,14 +145,20 @@ async def run(base: str, token: str, a: argparse.Namespace) -> list[tuple[str, s
         await set_async(c, paused=True)
         await submit_all(c, body, a.requests, a.concurrency, "d")
         done0 = (await queue_stats(c)).get("succeeded", 0)
+        cpu = tree_cpu_seconds(pid)
         await set_async(c, paused=False)
         took = await drain(c, done0, a.requests)
+        cpu = (tree_cpu_seconds(pid) - cpu) / a.requests * 1000
         out.append((f"async drain, {a.rows} rows/request, idle agent",
-                    f"{a.requests / took:,.0f} requests/s ({a.requests * a.rows / took:,.0f} rows/s)"))  # fmt: skip
+                    f"{a.requests / took:,.0f} requests/s ({a.requests * a.rows / took:,.0f} rows/s); "
+                    f"agent CPU {cpu:.2f} ms/request"))  # fmt: skip
+        cpu = tree_cpu_seconds(pid)
         lat = await realtime(c, body, a.seconds, a.concurrency)
         n = len(lat)
+        cpu = (tree_cpu_seconds(pid) - cpu) / n * 1000
         out.append((f"real-time predict, same bodies, {a.concurrency} callers",
-                    f"{n / a.seconds:,.0f} requests/s ({n * a.rows / a.seconds:,.0f} rows/s)"))  # fmt: skip
+                    f"{n / a.seconds:,.0f} requests/s ({n * a.rows / a.seconds:,.0f} rows/s); "
+                    f"agent CPU {cpu:.2f} ms/request"))  # fmt: skip
         # 4. real time alone, then beside a draining backlog
         lat = await realtime(c, small, a.seconds, 1)
         out.append(("real time alone, 1 caller, 4 rows",
@@ -196,7 +203,7 @@ def main() -> int:
             token = (tmp / "data" / "admin.token").read_text().strip()
             with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
                 serve_flights(c, {"asynchronous": {"capacity": 1_000_000, "batch_rows": 512}})
-            rows = asyncio.run(run(base, token, a))
+            rows = asyncio.run(run(base, token, a, p.pid))
         finally:
             procs.stop(p)
     print(f"\nasync inference, {os.cpu_count()} cores, flights model, {a.requests:,} requests x {a.rows} rows")
