@@ -24,6 +24,7 @@ from console import __version__
 from console.core.config import AgentSpec, FleetConfigError, resolve_fleet, resolve_prometheus
 from console.models import cli as models_cli
 from console.rollouts import cli as rollouts_cli
+from console.serving import async_cli
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -315,6 +316,7 @@ COMMANDS: tuple[Command, ...] = (
         _run_loadtest,
     ),
     Command("models", models_cli.HELP, models_cli.configure, models_cli.run),
+    Command("async", async_cli.HELP, async_cli.configure, async_cli.run),
     *(Command(*spec) for spec in rollouts_cli.COMMANDS),
 )
 

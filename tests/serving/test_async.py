@@ -267,3 +267,26 @@ def test_real_time_keeps_its_latency_while_a_large_backlog_drains(served):
     assert st["queued"] > 0, st  # ...and was still there when the measurement ended
     # Generous for a shared 2-core box: real time's p99 stays within a small multiple of its idle p99.
     assert busy < max(4 * idle, idle + 0.05), (idle, busy)
+
+
+def test_the_cli_submits_waits_gets_and_cancels(served, tmp_path, monkeypatch, capsys):
+    from console.cli import main
+
+    a, c = served
+    monkeypatch.setenv("WATCHKEEPER_TOKEN", a.token)
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"records": records(reference(3))}))
+    assert (
+        main(["async", "submit", "delays", "--agent", a.url, "--data", str(body), "--id", "cli-1", "--wait", "60"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "cli-1 delays: succeeded" in out and "3 predictions by flights:1" in out
+    assert main(["async", "get", "cli-1", "--agent", a.url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["result"]["request_id"] == "cli-1"
+    endpoint(c, asynchronous={"paused": True})
+    assert main(["async", "submit", "delays", "--agent", a.url, "--data", str(body), "--id", "cli-2"]) == 0
+    assert "queued cli-2" in capsys.readouterr().out
+    assert main(["async", "cancel", "cli-2", "--agent", a.url]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    assert main(["async", "cancel", "cli-2", "--agent", a.url]) == 1  # only a queued one: the agent's 409, one line
+    assert "HTTP 409 conflict (id)" in capsys.readouterr().err
