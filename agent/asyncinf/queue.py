@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("watchkeeper.async")
 
 SWEEP_S = 1.0
+# Free space the data dir keeps beyond a body that could arrive: the store and the journal need room too.
+MIN_FREE_BYTES = 1024 * 2**20
 # Compact the record file when it is this much larger than the live state's records (and past MIN bytes).
 COMPACT_RATIO = 4
 COMPACT_MIN_BYTES = 4 * 2**20
@@ -106,7 +108,13 @@ class AsyncQueue:
     # ------------------------------------------------------------------ submission
 
     def admit(self, endpoint: str, cfg: AsyncConfig) -> None:
-        """Raise 429 (with a Retry-After from the recent drain rate) when the endpoint's queue is full."""
+        """Raise 429 (with a Retry-After from the recent drain rate) when the endpoint's queue is full, 503 when the
+        data dir lacks room for another body."""
+        st = os.statvfs(self.bodies)
+        need = MIN_FREE_BYTES + cfg.max_body_bytes
+        if st.f_bavail * st.f_frsize < need:
+            why = f"less than {need >> 20} MiB free in the data dir for queued bodies; retry later"
+            raise QueueError(503, "insufficient_storage", why, None, retry_after=60)
         eq = self.table.q(endpoint)
         if eq.queued + eq.running >= cfg.capacity:
             rate = self.drain_rate()
