@@ -50,7 +50,7 @@ REST_SHARE = 1.0  # while real time is busy: rest this multiple of each batch's 
 UNAVAILABLE_RETRY_S = 1.0  # an endpoint whose model could not load is tried again after this
 RECHECK_S = 0.2  # queued work that could not run (paused, model loading) is looked at again after this
 BATCH_SWITCH_INTERVAL_S = 0.0005  # the interpreter's GIL switch interval while a batch runs (see _one)
-MAX_BATCH_BYTES = 32 * 2**20  # bodies read into one micro-batch at most (a bigger request is alone)
+MAX_BATCH_BYTES = 16 * 2**20  # bodies read into one micro-batch at most (a bigger request is alone)
 
 
 class _ResultGate:

@@ -290,3 +290,27 @@ def test_the_cli_submits_waits_gets_and_cancels(served, tmp_path, monkeypatch, c
     assert "cancelled" in capsys.readouterr().out
     assert main(["async", "cancel", "cli-2", "--agent", a.url]) == 1  # only a queued one: the agent's 409, one line
     assert "HTTP 409 conflict (id)" in capsys.readouterr().err
+
+
+def test_a_body_larger_than_real_time_takes_streams_in_and_is_checked_by_the_worker(served):
+    _a, c = served
+    rows = records(reference(2000)) * 6  # ~2.4 MiB: over real time's 1 MiB cap, too big to check before the 202
+    rows[-1] = {**rows[-1], "distance": "far"}
+    data = json.dumps({"records": rows}).encode()
+    assert len(data) > 2 * 2**20
+    assert c.post("/api/v1/endpoints/delays/predict", content=data, headers={"content-type": "application/json"}
+                  ).status_code == 413  # fmt: skip
+
+    def chunks():  # chunked, no Content-Length: counted as it streams
+        for i in range(0, len(data), 65536):
+            yield data[i : i + 65536]
+
+    r = c.post("/api/v1/endpoints/delays/async", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 202, r.text
+    bad = wait_state(c, r.json()["id"], {"succeeded", "failed"})
+    assert bad["state"] == "failed" and bad["result"]["field"] == "distance" and bad["result"]["status"] == 422, bad
+    rows[-1] = rows[0]
+    r = c.post("/api/v1/endpoints/delays/async", content=json.dumps({"records": rows}).encode(),
+               headers={"content-type": "application/json"})  # fmt: skip
+    ok = wait_state(c, r.json()["id"], {"succeeded", "failed"})
+    assert ok["state"] == "succeeded" and len(ok["result"]["predictions"]) == 12_000
