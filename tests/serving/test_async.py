@@ -314,3 +314,28 @@ def test_a_body_larger_than_real_time_takes_streams_in_and_is_checked_by_the_wor
                headers={"content-type": "application/json"})  # fmt: skip
     ok = wait_state(c, r.json()["id"], {"succeeded", "failed"})
     assert ok["state"] == "succeeded" and len(ok["result"]["predictions"]) == 12_000
+
+
+def test_a_run_past_the_processing_timeout_fails_and_stays_failed(served):
+    _a, c = served
+    endpoint(c, asynchronous={"processing_timeout_s": 0.001})
+    r = submit(c, records(reference(2000)) * 5)
+    st = wait_state(c, r.json()["id"], {"succeeded", "failed"})
+    assert st["state"] == "failed" and "processing_timeout_s" in st["reason"] and st["result"]["error"] == "timeout"
+    time.sleep(2)  # the abandoned run finished meanwhile: its answer is never written over the failure
+    again = c.get(f"/api/v1/async/{st['id']}").json()
+    assert again["state"] == "failed" and again["result"] == st["result"]
+
+
+def test_a_finished_request_is_removed_after_its_result_ttl(served):
+    a, c = served
+    endpoint(c, asynchronous={"result_ttl_s": 1})
+    rid = submit(c, records(reference(2)), x_request_id="ttl-1").json()["id"]
+    wait_state(c, rid, {"succeeded"})
+    assert (a.data_dir / "async" / "results" / f"{rid}.json").exists()
+    deadline = time.monotonic() + 20
+    while c.get(f"/api/v1/async/{rid}").status_code != 404:
+        assert time.monotonic() < deadline, "never removed"
+        time.sleep(0.2)
+    assert not (a.data_dir / "async" / "results" / f"{rid}.json").exists()
+    assert submit(c, records(reference(2)), x_request_id="ttl-1").status_code == 202  # a new request now
