@@ -43,3 +43,7 @@ snapshots:
 # Predict path at 1x/4x/10x of capacity and at many connections: goodput, p99, shed, peak RSS.
 bench-overload *args:
     {{venv}}/python bench/overload.py {{args}}
+
+# Async inference: 202 latency, drain rate beside real time, real time's p99 beside a draining backlog.
+bench-async *args:
+    {{venv}}/python bench/async.py {{args}}
