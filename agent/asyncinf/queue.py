@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,7 +64,7 @@ class AsyncQueue:
         self.receiving: set[str] = set()  # ids whose body is streaming in now
         self.wake = asyncio.Event()
         self.on_finished: Callable[[Entry], None] | None = None  # the callback sender's enqueue
-        self.completed_at: list[float] = []  # finish times of the last minute (the drain rate)
+        self.completed_at: deque[float] = deque()  # finish times of the last minute (the drain rate)
         self._sweeper: asyncio.Task | None = None
         if self.table.entries:
             log.info("async queue: %d requests restored (%d interrupted runs queued again)",
@@ -191,7 +192,7 @@ class AsyncQueue:
         """Requests finished per second over the last minute."""
         cut = time.time() - 60
         while self.completed_at and self.completed_at[0] < cut:
-            self.completed_at.pop(0)
+            self.completed_at.popleft()
         return len(self.completed_at) / 60
 
     # ------------------------------------------------------------------ expiry, TTL, compaction

@@ -194,7 +194,7 @@ class AsyncWorker:
                     self._unavailable[name] = now + UNAVAILABLE_RETRY_S
                     continue
                 try:
-                    loaded = await self.serving._load(ep)
+                    loaded = await self.serving.load(ep)
                 except ModelLoadError as exc:
                     log.warning("async: endpoint %s: %s (its requests stay queued)", name, exc)
                     self._unavailable[name] = time.monotonic() + UNAVAILABLE_RETRY_S

@@ -88,6 +88,10 @@ class ServingService(EndpointTable, CandidateRouting, PredictPath):
         self.pool.close()
         self._infer.shutdown(wait=False, cancel_futures=True)
 
+    async def load(self, ep: Endpoint):
+        """The endpoint's model, loading it first if it is not resident (raises ModelLoadError)."""
+        return await self._load(ep)
+
     async def _load(self, ep: Endpoint):
         assert ep.version is not None
         mv = ep.version
