@@ -141,6 +141,19 @@ async def run(base: str, token: str, a: argparse.Namespace, pid: int) -> list[tu
         out.append((f"202 latency, {a.concurrency} callers, worker draining", f"p50 {pct(lat, .5) * 1e3:.2f} ms, "
                     f"p99 {pct(lat, .99) * 1e3:.2f} ms, {a.requests / took:,.0f} submissions/s"))  # fmt: skip
         await drain(c, done0, a.requests)
+        # 2b. submissions alone (paused): what a 202 costs the agent
+        await set_async(c, paused=True)
+        cpu = tree_cpu_seconds(pid)
+        t = time.perf_counter()
+        lat = await submit_all(c, body, a.requests, a.concurrency, "p")
+        took = time.perf_counter() - t
+        cpu = (tree_cpu_seconds(pid) - cpu) / a.requests * 1000
+        out.append((f"202 latency, {a.concurrency} callers, worker paused", f"p50 {pct(lat, .5) * 1e3:.2f} ms, "
+                    f"p99 {pct(lat, .99) * 1e3:.2f} ms, {a.requests / took:,.0f} submissions/s; "
+                    f"agent CPU {cpu:.2f} ms/submission"))  # fmt: skip
+        done0 = (await queue_stats(c)).get("succeeded", 0)
+        await set_async(c, paused=False)
+        await drain(c, done0, a.requests)
         # 3. drain rate vs the real-time path
         await set_async(c, paused=True)
         await submit_all(c, body, a.requests, a.concurrency, "d")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import AsyncIterator, Mapping
+from os import PathLike
 from urllib.parse import urlsplit
 
 import orjson
@@ -21,10 +23,11 @@ from starlette.requests import ClientDisconnect
 from agent.api.deps import ctx, require_read
 from agent.api.errors import ApiError
 from agent.api.openapi import errors
-from agent.api.routes.endpoints import PREDICT_BODY, EndpointName, serving
+from agent.api.routes.endpoints import PREDICT_BODY, EndpointName
 from agent.asyncinf.queue import QueueError
 from agent.asyncinf.service import AsyncService
 from agent.auth.roles import OPERATE
+from agent.context import AgentContext
 from agent.schemas import API_PREFIX, PRIORITY_MAX, AsyncAccepted, AsyncStatus, Principal
 from agent.serving.codec import TooManyRows, encode_payload, first_field
 from agent.serving.errors import ValidationFailed
@@ -52,8 +55,8 @@ def _queue_error(e: QueueError) -> ApiError:
     return ApiError(e.status, e.error, e.detail, field=e.field, headers=headers)
 
 
-def _priority(request: Request, query: int | None) -> int:
-    raw = request.headers.get("x-priority")
+def _priority(headers: Mapping[str, str], query: int | None) -> int:
+    raw = headers.get("x-priority")
     if raw is None:
         return query or 0
     if not raw.strip().isdigit() or int(raw) > PRIORITY_MAX:
@@ -61,8 +64,8 @@ def _priority(request: Request, query: int | None) -> int:
     return int(raw)
 
 
-def _callback(request: Request, principal: Principal) -> str | None:
-    url = request.headers.get("x-callback-url")
+def _callback(headers: Mapping[str, str], principal: Principal) -> str | None:
+    url = headers.get("x-callback-url")
     if url is None:
         return None
     if principal.role not in OPERATE:
@@ -95,32 +98,51 @@ async def submit(
     priority: int | None = Query(None, ge=0, le=PRIORITY_MAX, description="0..9, higher runs first (X-Priority)"),
     principal: Principal = Depends(require_read),
 ) -> JSONResponse:
-    """Queue a prediction (same body as predict). Committed before the 202: a crash after it loses nothing."""
-    s = serving(request)
-    svc = service(request)
+    """Queue a prediction (same body as predict). Committed before the 202: a crash after it loses nothing.
+
+    Normally answered by agent/api/asyncpath.py in front of FastAPI (the same `accept`)."""
+    status, body, headers = await accept(ctx(request), name, request.headers, principal, request.stream(), priority)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def accept(
+    c: AgentContext,
+    name: str,
+    headers: Mapping[str, str],
+    principal: Principal,
+    chunks: AsyncIterator[bytes],
+    priority: int | None = None,
+) -> tuple[int, dict, dict[str, str]]:
+    """Take one submission: (status, body, headers) of the 202 (or of the 200 of a known id). Raises ApiError.
+
+    `headers` are the request's (lower-case names); `chunks` its body, read only once the request passed
+    every check that needs no body."""
+    s = c.serving
+    svc = c.asyncinf
+    if s is None or svc is None:
+        raise ApiError(503, "async_unavailable", "asynchronous inference is not running on this agent")
     q = svc.queue
     ep = s.endpoints.get(name)
     if ep is None:
         raise ApiError(404, "not_found", f"no endpoint {name!r}", field="endpoint")
-    ctype = request.headers.get("content-type")
+    ctype = headers.get("content-type")
     if ctype is not None and ctype.partition(";")[0].strip().lower() != "application/json":
         raise ApiError(415, "unsupported_media_type", "send application/json", field="content-type")
-    raw_id = request.headers.get("x-request-id")
-    if raw_id is not None and not _ID.match(raw_id):
-        raise ApiError(422, "invalid_request", "X-Request-Id must be 1-128 of A-Za-z0-9._:-", field="x-request-id")
-    prio = _priority(request, priority)
-    callback = _callback(request, principal)
-    if raw_id is not None and not raw_id.strip("."):
-        raise ApiError(422, "invalid_request", "X-Request-Id can't be only dots", field="x-request-id")
+    raw_id = headers.get("x-request-id")
+    if raw_id is not None and (not _ID.match(raw_id) or not raw_id.strip(".")):
+        raise ApiError(422, "invalid_request", "X-Request-Id must be 1-128 of A-Za-z0-9._:-, not only dots",
+                       field="x-request-id")  # fmt: skip
+    prio = _priority(headers, priority)
+    callback = _callback(headers, principal)
     rid = raw_id or os.urandom(12).hex()
     existing = q.table.entries.get(rid)
     if existing is not None:  # idempotent: the same id is the same request (its body is not read again)
         if existing.endpoint != name:
             raise ApiError(409, "conflict", f"request id {rid} belongs to endpoint {existing.endpoint!r}",
                            field="x-request-id")  # fmt: skip
-        acc = AsyncAccepted(id=rid, endpoint=name, state=existing.state, priority=existing.priority,  # type: ignore[arg-type]
-                            location=_location(rid))  # fmt: skip
-        return JSONResponse(acc.model_dump(), status_code=200, headers={"Location": acc.location})
+        acc = {"id": rid, "endpoint": name, "state": existing.state, "priority": existing.priority,
+               "location": _location(rid)}  # fmt: skip
+        return 200, acc, {"Location": acc["location"], "X-Request-Id": rid}
     if rid in q.receiving:
         raise ApiError(409, "conflict", f"a submission with id {rid} is still being received", field="x-request-id")
     cfg = ep.config.asynchronous
@@ -132,7 +154,7 @@ async def submit(
     path = q.body_path(rid)
     committed = False
     try:
-        size, held = await _stream_to(path, request)
+        size, held = await _stream_to(path, chunks)
         if size == 0:
             raise ApiError(422, "invalid_request", "the body is empty", field="body")
         rows = 0
@@ -151,17 +173,17 @@ async def submit(
         q.receiving.discard(rid)
         if not committed:
             path.unlink(missing_ok=True)
-    acc = AsyncAccepted(id=rid, endpoint=name, state="queued", priority=prio, location=_location(rid))
-    return JSONResponse(acc.model_dump(), status_code=202, headers={"Location": acc.location, "X-Request-Id": rid})
+    acc = {"id": rid, "endpoint": name, "state": "queued", "priority": prio, "location": _location(rid)}
+    return 202, acc, {"Location": acc["location"], "X-Request-Id": rid}
 
 
-async def _stream_to(path, request: Request) -> tuple[int, bytes | None]:
+async def _stream_to(path: PathLike, chunks: AsyncIterator[bytes]) -> tuple[int, bytes | None]:
     """Write the body to `path` as it arrives; also return it when it is small enough to check here."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     size = 0
     held: list[bytes] | None = []
     try:
-        async for chunk in request.stream():
+        async for chunk in chunks:
             if not chunk:
                 continue
             view = memoryview(chunk)
