@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -41,9 +41,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 class CallbackSender:
-    def __init__(self, progress: Progress, result_path: Callable[[str], Path]) -> None:
+    def __init__(self, progress: Progress, result_of: Callable[[str], Any]) -> None:
         self._progress = progress
-        self._result_path = result_path
+        self._result_of = result_of
         self._heap: list[tuple[float, int, str, str, dict, int]] = []  # (due, n, id, url, status, attempt)
         self._n = 0
         self._cv = threading.Condition()
@@ -83,10 +83,7 @@ class CallbackSender:
     def _attempt(self, rid: str, url: str, status: dict, attempt: int) -> None:
         body = dict(status)
         if status.get("state") in ("succeeded", "failed"):
-            try:
-                body["result"] = orjson.loads(self._result_path(rid).read_bytes())
-            except (OSError, orjson.JSONDecodeError):
-                body["result"] = None
+            body["result"] = self._result_of(rid)
         req = urllib.request.Request(url, data=orjson.dumps(body), method="POST", headers={
             "content-type": "application/json", "user-agent": "watchkeeper-agent", "x-request-id": rid,
         })  # fmt: skip

@@ -2,8 +2,9 @@
 
 All state changes run on the serving loop's thread (the routes, the worker's bookkeeping, callback
 progress handed over with `call_soon_threadsafe`), so the table and the record file need no lock.
-A request's body is `bodies/<id>` (streamed there by the route, never held whole), its answer
-`results/<id>.json` (written by the worker before its `d` record): a record names only what is on disk.
+A request's body (up to 1 MiB) is a blob in the body segments, or, larger, `bodies/<id>` (streamed there
+as it arrives, never held whole); its answer a blob in the result segments (agent/asyncinf/blobs.py),
+written by the worker before its `d` record: a record names only what is already on disk.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from agent.asyncinf.blobs import BlobStore
 from agent.asyncinf.records import RecordFile
 from agent.asyncinf.table import AsyncTable, Entry
 from agent.schemas import AsyncConfig, AsyncQueueStats, AsyncStatus
@@ -47,9 +49,10 @@ class AsyncQueue:
     def __init__(self, directory: Path, serving: ServingService) -> None:
         self.dir = directory
         self.bodies = directory / "bodies"
-        self.results = directory / "results"
-        for d in (directory, self.bodies, self.results):
+        for d in (directory, self.bodies):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.body_blobs = BlobStore(directory / "body-segments")
+        self.result_blobs = BlobStore(directory / "result-segments")
         self.serving = serving
         self.table = AsyncTable()
         records, torn = RecordFile.read(directory / "queue.log")
@@ -76,10 +79,15 @@ class AsyncQueue:
             e = self.table.entries.get(p.name)
             if e is None or e.final:
                 p.unlink(missing_ok=True)
-        for p in self.results.iterdir():
-            e = self.table.entries.get(p.name.removesuffix(".json"))
-            if p.name.endswith(".tmp") or e is None or not e.final:
-                p.unlink(missing_ok=True)
+        bodies: Counter[int] = Counter()
+        results: Counter[int] = Counter()
+        for e in self.table.entries.values():
+            if not e.final and e.body_ref:
+                bodies[e.body_ref[0]] += 1
+            if e.final and e.result_ref:
+                results[e.result_ref[0]] += 1
+        self.body_blobs.keep(bodies)
+        self.result_blobs.keep(results)
 
     def _live_records(self) -> list[list]:
         return [r for e in sorted(self.table.entries.values(), key=lambda e: e.seq) for r in e.records()]
@@ -93,14 +101,28 @@ class AsyncQueue:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.file.close()
+        self.body_blobs.close()
+        self.result_blobs.close()
 
     # ------------------------------------------------------------------ paths and config
 
     def body_path(self, rid: str) -> Path:
+        """Where a body too large for a segment blob streams to."""
         return self.bodies / rid
 
-    def result_path(self, rid: str) -> Path:
-        return self.results / f"{rid}.json"
+    def read_body(self, e: Entry) -> bytes:
+        """A request's body (raises OSError when it is gone)."""
+        return self.body_blobs.read(e.body_ref) if e.body_ref else self.body_path(e.id).read_bytes()
+
+    def read_result(self, rid: str) -> Any:
+        """A finished request's result (parsed), None when it has none or it can't be read."""
+        e = self.table.entries.get(rid)
+        if e is None or not e.result_ref:
+            return None
+        try:
+            return orjson.loads(self.result_blobs.read(e.result_ref))
+        except (OSError, orjson.JSONDecodeError):
+            return None
 
     def config(self, endpoint: str) -> AsyncConfig:
         ep = self.serving.endpoints.get(endpoint)
@@ -124,10 +146,10 @@ class AsyncQueue:
                              "(its capacity); retry later", "endpoint", retry_after=wait)  # fmt: skip
 
     def commit(self, rid: str, endpoint: str, priority: int, principal: str, callback: str | None,
-               size: int, rows: int) -> Entry:  # fmt: skip
+               size: int, rows: int, body_ref: list[int] | None) -> Entry:  # fmt: skip
         """Record a submission whose body is on disk. Once this returns, the request survives kill -9."""
         self.table.seq += 1
-        rec = ["s", rid, endpoint, priority, self.table.seq, time.time(), principal, callback, size, rows]
+        rec = ["s", rid, endpoint, priority, self.table.seq, time.time(), principal, callback, size, rows, body_ref]
         self.file.append(rec)
         e = self.table.apply(rec)
         assert e is not None
@@ -140,10 +162,7 @@ class AsyncQueue:
         """The GET answer. Reads the result file (call off the loop for large results)."""
         result = None
         if with_result and e.final and e.state in ("succeeded", "failed"):
-            try:
-                result = orjson.loads(self.result_path(e.id).read_bytes())
-            except (OSError, orjson.JSONDecodeError):
-                result = None
+            result = self.read_result(e.id)
         ttl = self.config(e.endpoint).result_ttl_s
         return AsyncStatus(
             id=e.id, endpoint=e.endpoint, state=e.state, reason=e.reason, priority=e.priority,  # type: ignore[arg-type]
@@ -165,13 +184,16 @@ class AsyncQueue:
         self.file.append(rec)
         self.table.apply(rec)
 
-    def finish(self, e: Entry, state: str, reason: str | None) -> None:
-        """The request's final state (its result file already written for succeeded/failed)."""
+    def finish(self, e: Entry, state: str, reason: str | None, result_ref: list[int] | None = None) -> None:
+        """The request's final state (its result, for succeeded/failed, already written at `result_ref`)."""
         now = time.time()
-        rec = ["d", e.id, state, reason, now]
+        rec = ["d", e.id, state, reason, now, result_ref]
         self.file.append(rec)
         self.table.apply(rec)
-        self.body_path(e.id).unlink(missing_ok=True)
+        if e.body_ref:
+            self.body_blobs.unref(e.body_ref)
+        else:
+            self.body_path(e.id).unlink(missing_ok=True)
         self.completed_at.append(now)
         if self.on_finished is not None and e.callback_url is not None:
             self.on_finished(e)
@@ -216,7 +238,7 @@ class AsyncQueue:
                     and e.callback_state != "pending":  # fmt: skip
                 self.file.append(["x", e.id])
                 self.table.apply(["x", e.id])
-                self.result_path(e.id).unlink(missing_ok=True)
+                self.result_blobs.unref(e.result_ref)
         live = max(1, len(self.table.entries)) * 200
         if self.file.bytes > COMPACT_MIN_BYTES and self.file.bytes > COMPACT_RATIO * live:
             self.file.compact(self._live_records())
@@ -226,10 +248,3 @@ class AsyncQueue:
     def stats(self) -> dict[str, AsyncQueueStats]:
         now = time.time()
         return {name: self.table.stats(name, self.config(name).capacity, now) for name in sorted(self.table.queues)}
-
-    def remove_files(self, rid: str) -> None:
-        for p in (self.body_path(rid), self.result_path(rid)):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass

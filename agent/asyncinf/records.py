@@ -9,9 +9,10 @@ request: kill -9 loses nothing written; a power loss can lose what the kernel ha
 Framing is the journal's (`<u32 length><u32 crc32>` + payload; a torn tail fails its check and ends the
 read). A payload is an orjson list whose first element names the record:
 
-  ["s", id, endpoint, priority, seq, submitted_at, principal, callback_url, body_bytes, rows]  submitted
+  ["s", id, endpoint, priority, seq, submitted_at, principal, callback_url, body_bytes, rows, body_ref]
+                                                     submitted (body_ref null: the body is bodies/<id>)
   ["r", id, attempt, started_at]                                                              running
-  ["d", id, state, reason, finished_at]                          finished (result in results/<id>.json)
+  ["d", id, state, reason, finished_at, result_ref]                                          finished
   ["c", id, callback_state, attempts, last_error, next_attempt_at]                    callback progress
   ["x", id]                                                                   removed (TTL passed)
 

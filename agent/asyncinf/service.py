@@ -21,7 +21,7 @@ class AsyncService:
         self.queue = AsyncQueue(directory, serving)
         self.worker = AsyncWorker(self.queue, serving)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.callbacks = CallbackSender(self._progress, self.queue.result_path)
+        self.callbacks = CallbackSender(self._progress, self.queue.read_result)
         self.queue.on_finished = self._send
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

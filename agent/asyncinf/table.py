@@ -1,7 +1,7 @@
 """The async requests in memory, folded from the record file: their states, each endpoint's queue in
 priority order (higher first, FIFO within a priority: by submission sequence), and counts.
 
-Bodies and results are files (agent/asyncinf/queue.py); an entry holds only their sizes.
+Bodies and results are on disk (agent/asyncinf/blobs.py, queue.py); an entry holds only where.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ class Entry:
     callback_attempts: int = 0
     callback_error: str | None = None
     callback_next_at: float | None = None
+    body_ref: list[int] | None = None  # [segment, offset, length] in the body segments; None: bodies/<id>
+    result_ref: list[int] | None = None  # the answer in the result segments (succeeded and failed)
 
     @property
     def final(self) -> bool:
@@ -53,12 +55,12 @@ class Entry:
         """The records that rebuild this entry (for compaction)."""
         out: list[list] = [
             ["s", self.id, self.endpoint, self.priority, self.seq, self.submitted_at, self.principal,
-             self.callback_url, self.body_bytes, self.rows],
+             self.callback_url, self.body_bytes, self.rows, None if self.final else self.body_ref],
         ]  # fmt: skip
         if self.attempts:
             out.append(["r", self.id, self.attempts, self.started_at])
         if self.final:
-            out.append(["d", self.id, self.state, self.reason, self.finished_at])
+            out.append(["d", self.id, self.state, self.reason, self.finished_at, self.result_ref])
         if self.callback_state not in (None, "pending") or self.callback_attempts:
             out.append(["c", self.id, self.callback_state, self.callback_attempts, self.callback_error,
                         self.callback_next_at])  # fmt: skip
@@ -92,7 +94,7 @@ class AsyncTable:
         kind, rid = rec[0], rec[1]
         if kind == "s":
             _, rid, ep, prio, seq, ts, principal, cb, size, rows = rec[:10]
-            e = Entry(rid, ep, prio, seq, ts, principal, cb, size, rows)
+            e = Entry(rid, ep, prio, seq, ts, principal, cb, size, rows, body_ref=rec[10] if len(rec) > 10 else None)
             if cb is not None:
                 e.callback_state = "pending"
             self.entries[rid] = e
@@ -116,6 +118,7 @@ class AsyncTable:
             elif e.state == "running":
                 eq.running -= 1
             e.state, e.reason, e.finished_at = rec[2], rec[3], rec[4]
+            e.result_ref = rec[5] if len(rec) > 5 else None
             if live:
                 eq.done[e.state] += 1
         elif kind == "c":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import threading
 import time
@@ -73,6 +72,7 @@ class Done:
     state: str  # succeeded | failed
     reason: str | None
     log: tuple | None = None  # the prediction log's arguments (after the `d` record)
+    result_ref: list[int] | None = None  # where its answer was written (None: abandoned, nothing written)
 
 
 @dataclass
@@ -227,19 +227,14 @@ class AsyncWorker:
         self, e: Entry, status: int, error: str, detail: Any, field: str | None = None, gate: _ResultGate | None = None
     ) -> Done:
         body = orjson.dumps({"error": error, "detail": detail, "field": field, "status": status})
-        self._write_result(e.id, body, gate)
         reason = f"{error}: {detail}" if isinstance(detail, str) else f"{error} ({field})"
-        return Done(e, "failed", reason)
+        return Done(e, "failed", reason, result_ref=self._write_result(body, gate))
 
-    def _write_result(self, rid: str, body: bytes, gate: _ResultGate | None = None) -> None:
-        path = self.q.result_path(rid)
-        tmp = path.with_name(path.name + ".tmp")
+    def _write_result(self, body: bytes, gate: _ResultGate | None = None) -> list[int] | None:
         with gate.lock if gate is not None else nullcontext():
             if gate is not None and gate.abandoned:
-                return
-            with open(tmp, "wb") as f:
-                f.write(body)
-            os.replace(tmp, path)
+                return None
+            return self.q.result_blobs.append(body)
 
     def _process(self, ep: Endpoint, loaded: Loaded, batch: list[Entry], gate: _ResultGate) -> list[Done]:
         import numpy as np
@@ -251,8 +246,8 @@ class AsyncWorker:
         good: list[tuple[Entry, Any]] = []
         for e in batch:
             try:
-                payload = orjson.loads(self.q.body_path(e.id).read_bytes())
-            except FileNotFoundError:
+                payload = orjson.loads(self.q.read_body(e))
+            except OSError:
                 out.append(self._failed(e, 500, "body_missing", "the request's body file is gone", "body", gate=gate))
                 continue
             except orjson.JSONDecodeError as exc:
@@ -302,9 +297,10 @@ class AsyncWorker:
                  "predictions": preds, "fallback": False, "fallback_reason": None, "latency_ms": latency_ms},
                 option=orjson.OPT_SERIALIZE_NUMPY,
             )  # fmt: skip
-            self._write_result(e.id, body, gate)
-            out.append(Done(e, "succeeded", None, (e.id, ep.name, mv.name, mv.version, enc.num, enc.num_width,
-                                                    enc.cat, enc.cat_width, scores, labels, latency_ms)))  # fmt: skip
+            ref = self._write_result(body, gate)
+            logged = (e.id, ep.name, mv.name, mv.version, enc.num, enc.num_width, enc.cat, enc.cat_width, scores,
+                      labels, latency_ms)  # fmt: skip
+            out.append(Done(e, "succeeded", None, log=logged, result_ref=ref))
         return out
 
     # ------------------------------------------------------------------ back on the loop
@@ -315,7 +311,7 @@ class AsyncWorker:
         for d in done:
             if d.entry.state != "running":  # finished meanwhile (cannot happen today: running can't be cancelled)
                 continue
-            self.q.finish(d.entry, d.state, d.reason)
+            self.q.finish(d.entry, d.state, d.reason, d.result_ref)
             if d.log is not None:
                 rows += len(d.log[8])
                 if predlog.sampled(ep.config.log_sample_rate):

@@ -152,6 +152,7 @@ async def accept(
         raise _queue_error(e) from None
     q.receiving.add(rid)
     path = q.body_path(rid)
+    ref: list[int] | None = None
     committed = False
     try:
         size, held = await _stream_to(path, chunks)
@@ -160,10 +161,12 @@ async def accept(
         rows = 0
         if held is not None:
             rows = await run_in_threadpool(_check, ep, held) if size > _ON_LOOP_BYTES else _check(ep, held)
-            del held
         try:
             q.admit(name, cfg)  # again: others may have filled the queue while this body streamed
-            q.commit(rid, name, prio, principal.name, callback, size, rows)
+            if held is not None:
+                ref = q.body_blobs.append(held)
+                del held
+            q.commit(rid, name, prio, principal.name, callback, size, rows, ref)
         except QueueError as e:
             raise _queue_error(e) from None
         except OSError as e:
@@ -172,34 +175,39 @@ async def accept(
     finally:
         q.receiving.discard(rid)
         if not committed:
+            q.body_blobs.unref(ref)
             path.unlink(missing_ok=True)
     acc = {"id": rid, "endpoint": name, "state": "queued", "priority": prio, "location": _location(rid)}
     return 202, acc, {"Location": acc["location"], "X-Request-Id": rid}
 
 
 async def _stream_to(path: PathLike, chunks: AsyncIterator[bytes]) -> tuple[int, bytes | None]:
-    """Write the body to `path` as it arrives; also return it when it is small enough to check here."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    """Read the body: held in memory up to INLINE_CHECK_BYTES (returned, to be checked and stored as a blob);
+    past that, everything is written to `path` as it arrives (None returned: the body is the file)."""
     size = 0
-    held: list[bytes] | None = []
+    held: list[bytes] = []
+    fd: int | None = None
     try:
         async for chunk in chunks:
             if not chunk:
                 continue
+            size += len(chunk)
+            if fd is None and size <= INLINE_CHECK_BYTES:
+                held.append(chunk)
+                continue
+            if fd is None:  # too big to hold: streamed to its own file, checked by the worker
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                held.append(chunk)
+                chunk, held = b"".join(held), []
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view) :]
-            size += len(chunk)
-            if held is not None:
-                if size <= INLINE_CHECK_BYTES:
-                    held.append(chunk)
-                else:
-                    held = None  # too big to hold: checked by the worker, a bad row fails it there
     except ClientDisconnect:
         raise ApiError(400, "bad_request", "the client went away before the body was complete", field="body") from None
     finally:
-        os.close(fd)
-    return size, (b"".join(held) if held is not None else None)
+        if fd is not None:
+            os.close(fd)
+    return size, (b"".join(held) if fd is None else None)
 
 
 def _check(ep, body: bytes) -> int:
