@@ -24,6 +24,7 @@ from agent.asyncinf.blobs import BlobStore
 from agent.asyncinf.records import RecordFile
 from agent.asyncinf.table import AsyncTable, Entry
 from agent.schemas import AsyncConfig, AsyncQueueStats, AsyncStatus
+from agent.serving.overload import BodyBudget
 
 if TYPE_CHECKING:
     from agent.serving.service import ServingService
@@ -65,6 +66,7 @@ class AsyncQueue:
         self.file = RecordFile(directory / "queue.log")
         self.file.compact(self._live_records())  # start from a file holding only the live requests
         self.receiving: set[str] = set()  # ids whose body is streaming in now
+        self.held = BodyBudget()  # body bytes submissions hold while they arrive (beyond it: streamed to a file)
         self.wake = asyncio.Event()
         self.on_finished: Callable[[Entry], None] | None = None  # the callback sender's enqueue
         self.completed_at: deque[float] = deque()  # finish times of the last minute (the drain rate)

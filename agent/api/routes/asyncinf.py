@@ -31,6 +31,7 @@ from agent.context import AgentContext
 from agent.schemas import API_PREFIX, PRIORITY_MAX, AsyncAccepted, AsyncStatus, Principal
 from agent.serving.codec import TooManyRows, encode_payload, first_field
 from agent.serving.errors import ValidationFailed
+from agent.serving.overload import BodyBudget
 
 router = APIRouter(tags=["async"])
 
@@ -155,7 +156,7 @@ async def accept(
     ref: list[int] | None = None
     committed = False
     try:
-        size, held = await _stream_to(path, chunks)
+        size, held = await _stream_to(path, chunks, q.held)
         if size == 0:
             raise ApiError(422, "invalid_request", "the body is empty", field="body")
         rows = 0
@@ -181,18 +182,21 @@ async def accept(
     return 202, acc, {"Location": acc["location"], "X-Request-Id": rid}
 
 
-async def _stream_to(path: PathLike, chunks: AsyncIterator[bytes]) -> tuple[int, bytes | None]:
+async def _stream_to(path: PathLike, chunks: AsyncIterator[bytes], budget: BodyBudget) -> tuple[int, bytes | None]:
     """Read the body: held in memory up to INLINE_CHECK_BYTES (returned, to be checked and stored as a blob);
-    past that, everything is written to `path` as it arrives (None returned: the body is the file)."""
+    past that, or when submissions in flight already hold `budget`'s bytes, everything is written to `path`
+    as it arrives (None returned: the body is that file, checked by the worker)."""
     size = 0
     held: list[bytes] = []
+    taken = 0
     fd: int | None = None
     try:
         async for chunk in chunks:
             if not chunk:
                 continue
             size += len(chunk)
-            if fd is None and size <= INLINE_CHECK_BYTES:
+            if fd is None and size <= INLINE_CHECK_BYTES and budget.take(len(chunk)):
+                taken += len(chunk)
                 held.append(chunk)
                 continue
             if fd is None:  # too big to hold: streamed to its own file, checked by the worker
@@ -205,6 +209,7 @@ async def _stream_to(path: PathLike, chunks: AsyncIterator[bytes]) -> tuple[int,
     except ClientDisconnect:
         raise ApiError(400, "bad_request", "the client went away before the body was complete", field="body") from None
     finally:
+        budget.give(taken)
         if fd is not None:
             os.close(fd)
     return size, (b"".join(held) if fd is None else None)
