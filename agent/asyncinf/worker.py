@@ -143,8 +143,18 @@ class AsyncWorker:
             return False
         ep, loaded, batch = picked
         t = time.perf_counter()
-        for e in batch:
-            self.q.started(e)
+        for i, e in enumerate(batch):
+            try:
+                self.q.started(e)
+            except OSError as exc:  # the record file can't be written (disk full): run nothing unrecorded
+                log.error("async: cannot record a run (%s); retrying in %g s", exc, UNAVAILABLE_RETRY_S)
+                for rest in batch[i:]:
+                    self.q.table.push_back(rest)
+                batch = batch[:i]
+                break
+        if not batch:
+            await asyncio.sleep(UNAVAILABLE_RETRY_S)
+            return True
         cfg = ep.config.asynchronous
         gate = _ResultGate()
         # While the worker thread runs Python (parsing, encoding), the loop waits for the GIL up to the switch

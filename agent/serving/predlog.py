@@ -45,8 +45,10 @@ log = logging.getLogger("watchkeeper.serving")
 TABLE = "predictions"
 COLUMNS = (
     "ts", "request_id", "endpoint", "model", "version", "row_idx", "num", "cat", "score", "label",
-    "latency_ms", "status", "fallback_reason", "mode",
+    "latency_ms", "status", "fallback_reason",
 )  # fmt: skip
+# What the writer inserts: the columns above and how the rows were asked for (migration 5; docs/async.md).
+LOG_COLUMNS = (*COLUMNS, "mode")
 
 # meta key: the highest journal segment whose records are committed to `predictions`.
 JOURNAL_KEY = "predlog.journal_committed"
@@ -61,7 +63,7 @@ class PredictionLog:
     """Request-path side of the prediction log; also the writer's batch source for `predictions`."""
 
     table = TABLE
-    columns = COLUMNS
+    columns = LOG_COLUMNS
 
     def __init__(self, writer: StoreWriter, max_pending_rows: int | None = None) -> None:
         self._writer = writer
@@ -198,7 +200,7 @@ class PredictionLog:
 
 
 def to_arrow(items: list[_Item]) -> pa.Table:
-    """One Arrow table (columns c0..c13 in COLUMNS order, ts an Arrow timestamp) for a batch of requests."""
+    """One Arrow table (columns c0..c13 in LOG_COLUMNS order, ts an Arrow timestamp) for a batch of requests."""
     import numpy as np
     import pyarrow as pa
 
@@ -274,7 +276,7 @@ def replay_journal(con: duckdb.DuckDBPyConnection, directory: Path) -> Replayed:
         con.begin()
         try:
             for n, tbl in PredictionLog.chunks(items, CHUNK_ROWS):
-                insert_arrow(con, TABLE, COLUMNS, tbl)
+                insert_arrow(con, TABLE, LOG_COLUMNS, tbl)
                 rows += n
             set_committed_seq(con, JOURNAL_KEY, upto)
             con.commit()
