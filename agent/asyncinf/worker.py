@@ -6,10 +6,11 @@ one larger than that is a batch of its own). Reading bodies, validation, encodin
 writing results run on the worker's own thread, never on the serving loop and never in real time's
 inference threads; only the bookkeeping (records, prediction log, callbacks) runs on the loop.
 
-Real time keeps priority, judged by the overload module's signals (agent/serving/overload.py): while the
-serving loop lags more than YIELD_LAG_S the worker starts no batch, and while real-time requests are
-arriving it rests after each batch for as long as the batch took (async gets at most about half the
-time real time leaves it). An idle agent drains at full speed.
+Real time keeps priority, judged by the overload module's signals (agent/serving/overload.py): while
+real-time requests arrive (in the last REALTIME_RECENT_S) and the serving loop lags more than YIELD_LAG_S,
+the worker starts no batch; while real-time requests are arriving it rests after each batch for as long as
+the batch took (async gets at most about half the time real time leaves it). With no real-time traffic it
+drains at full speed, whatever the lag (a busy host then slows nobody's answer).
 
 At-least-once: a batch's requests are marked `running` before the run; after a crash they run again.
 The answer for an id is the one whose `d` record was written first: it is written after the result file
@@ -45,6 +46,7 @@ log = logging.getLogger("watchkeeper.async")
 
 YIELD_LAG_S = 0.010  # the serving loop running this late: real time is short of CPU, start nothing
 YIELD_SLEEP_S = 0.05
+REALTIME_RECENT_S = 1.0  # real time counts as active this long after its last request
 REST_SHARE = 1.0  # while real time is busy: rest this multiple of each batch's time after it
 UNAVAILABLE_RETRY_S = 1.0  # an endpoint whose model could not load is tried again after this
 RECHECK_S = 0.2  # queued work that could not run (paused, model loading) is looked at again after this
@@ -94,6 +96,7 @@ class AsyncWorker:
         self._unavailable: dict[str, float] = {}  # endpoint -> retry after (monotonic)
         self._turn = 0
         self._rt_seen = 0
+        self._rt_at = float("-inf")
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._task = loop.create_task(self._run())
@@ -109,9 +112,17 @@ class AsyncWorker:
         return sum(s.requests for s in self.serving.stats.values())
 
     def _realtime_busy(self) -> bool:
+        """Real-time requests arrived since the last look."""
         n = self._realtime_requests()
         busy, self._rt_seen = n != self._rt_seen, n
+        if busy:
+            self._rt_at = time.monotonic()
         return busy
+
+    def _realtime_recent(self) -> bool:
+        """Real-time requests arrived in the last REALTIME_RECENT_S."""
+        self._realtime_busy()
+        return time.monotonic() - self._rt_at < REALTIME_RECENT_S
 
     # ------------------------------------------------------------------ the loop
 
@@ -134,7 +145,8 @@ class AsyncWorker:
 
     async def _one(self) -> bool:
         """Run one micro-batch; False when there was nothing runnable."""
-        if self.serving.lag.lag_s > YIELD_LAG_S:
+        # A lagging loop delays the next real-time request; with none about, lag costs nobody (a busy host).
+        if self.serving.lag.lag_s > YIELD_LAG_S and self._realtime_recent():
             self.stats.yields += 1
             await asyncio.sleep(YIELD_SLEEP_S)
             return True
