@@ -69,6 +69,7 @@ class AsyncQueue:
         self.held = BodyBudget()  # body bytes submissions hold while they arrive (beyond it: streamed to a file)
         self.wake = asyncio.Event()
         self.on_finished: Callable[[Entry], None] | None = None  # the callback sender's enqueue
+        self.submitted = 0  # since start: the worker treats submissions as interactive traffic
         self.completed_at: deque[float] = deque()  # finish times of the last minute (the drain rate)
         self._sweeper: asyncio.Task | None = None
         if self.table.entries:
@@ -155,6 +156,7 @@ class AsyncQueue:
         self.file.append(rec)
         e = self.table.apply(rec)
         assert e is not None
+        self.submitted += 1
         self.wake.set()
         return e
 

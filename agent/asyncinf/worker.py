@@ -109,7 +109,8 @@ class AsyncWorker:
     # ------------------------------------------------------------------ real time first
 
     def _realtime_requests(self) -> int:
-        return sum(s.requests for s in self.serving.stats.values())
+        # Submissions count too: a caller waits for its 202 as for a prediction.
+        return sum(s.requests for s in self.serving.stats.values()) + self.q.submitted
 
     def _realtime_busy(self) -> bool:
         """Real-time requests arrived since the last look."""
