@@ -51,3 +51,7 @@ bench-overload *args:
 # Pipelines: per-step overhead (50-step chain, in-process and isolated), a cached 10-step re-run, beside Prefect 3 (own venv).
 bench-pipelines *args:
     {{venv}}/python bench/pipelines.py {{args}}
+
+# Async inference: 202 latency, drain rate beside real time, real time's p99 beside a draining backlog.
+bench-async *args:
+    {{venv}}/python bench/async.py {{args}}

@@ -23,6 +23,7 @@ import uvicorn
 from agent.alerting.loop import alert_loop, start_alerting, stop_alerting
 from agent.api.app import create_app
 from agent.api.fastpath import PredictFastPath
+from agent.asyncinf.service import AsyncService
 from agent.audit import open_audit
 from agent.auth.tokens import TokenStore, bootstrap_admin_token
 from agent.config import AgentConfig
@@ -172,6 +173,8 @@ def build(cfg: AgentConfig) -> AgentContext:
         registry=registry,
         serving=serving,
     )
+    # The async queue: replayed from its record file now (interrupted runs queued again), started with serving.
+    ctx.asyncinf = AsyncService(cfg.data_dir / "async", serving)
     # Drift windows over the prediction log (its thread imports numpy only once an endpoint exists).
     ctx.monitor = MonitorService(cfg.monitoring, opened.con, writer, registry, serving)
     sampler.start()
@@ -267,6 +270,8 @@ def shutdown(ctx: AgentContext) -> None:
     stop_rollouts(ctx)
     if ctx.jobs is not None:
         ctx.jobs.stop()  # jobs keep running: the next start re-adopts them
+    if ctx.asyncinf is not None:
+        ctx.asyncinf.close()
     if ctx.serving is not None:
         ctx.serving.close()
     ctx.sampler.stop()
@@ -343,6 +348,8 @@ def serve(cfg: AgentConfig, sockets: list[socket.socket]) -> int:
         sup = asyncio.create_task(_supervise(ctx, server))
         if ctx.serving is not None:
             ctx.serving.start(asyncio.get_running_loop())  # pre-warms endpoints' models
+        if ctx.asyncinf is not None:
+            ctx.asyncinf.start(asyncio.get_running_loop())  # the worker drains what a restart found queued
         alerts = asyncio.create_task(alert_loop(ctx))  # evaluates rules every alerting.interval
         loop = asyncio.get_running_loop()
         loop.call_later(5.0, _quiet_gc)

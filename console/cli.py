@@ -29,6 +29,7 @@ from console.jobs import cli as jobs_cli
 from console.models import cli as models_cli
 from console.pipelines import cli as pipelines_cli
 from console.rollouts import cli as rollouts_cli
+from console.serving import async_cli
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -383,6 +384,7 @@ COMMANDS: tuple[Command, ...] = (
         _run_timeline,
     ),
     Command("pipelines", pipelines_cli.HELP, pipelines_cli.configure, pipelines_cli.run),
+    Command("async", async_cli.HELP, async_cli.configure, async_cli.run),
     *(Command(*spec) for spec in rollouts_cli.COMMANDS),
 )
 

@@ -10,7 +10,17 @@ from agent.api.errors import install_error_handlers
 from agent.api.gate import Gate
 from agent.api.metrics import AgentCollector, make_registry
 from agent.api.openapi import install_openapi
-from agent.api.routes import admin, endpoints, health, models, monitoring, summary, telemetry, timeline
+from agent.api.routes import (
+    admin,
+    asyncinf,
+    endpoints,
+    health,
+    models,
+    monitoring,
+    summary,
+    telemetry,
+    timeline,
+)
 from agent.api.routes import alerts as alert_routes
 from agent.api.routes import jobs as job_routes
 from agent.api.routes import pipelines as pipeline_routes
@@ -45,6 +55,7 @@ def create_app(ctx: AgentContext) -> FastAPI:
     app.include_router(admin.router, prefix=API_PREFIX)
     app.include_router(models.router, prefix=API_PREFIX)
     app.include_router(endpoints.router, prefix=API_PREFIX)
+    app.include_router(asyncinf.router, prefix=API_PREFIX)
     app.include_router(monitoring.router, prefix=API_PREFIX)
     app.include_router(alert_routes.router, prefix=API_PREFIX)
     app.include_router(rollout_routes.router, prefix=API_PREFIX)
@@ -61,5 +72,9 @@ def _serving_metrics(ctx: AgentContext):
             from agent.serving.metrics import serving_metrics
 
             yield from serving_metrics(ctx.serving)
+        if ctx.asyncinf is not None:
+            from agent.asyncinf.metrics import async_metrics
+
+            yield from async_metrics(ctx.asyncinf)
 
     return extra

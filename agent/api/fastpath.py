@@ -1,4 +1,5 @@
-"""The predict fast path: a thin ASGI layer in front of FastAPI for `POST /api/v1/endpoints/{name}/predict`.
+"""The predict fast path: a thin ASGI layer in front of FastAPI for `POST /api/v1/endpoints/{name}/predict`
+(and, through agent/api/asyncpath.py, for `POST …/async`).
 
 FastAPI's routing, dependency injection and pydantic response validation cost more per request
 than parsing, validating and running a small model. This path does only what a predict needs —
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from agent.api.asyncpath import submit_async
 from agent.auth.roles import peer_principal
 from agent.context import AgentContext
 from agent.schemas import API_PREFIX
@@ -24,6 +26,7 @@ from agent.serving.overload import ARRIVAL, QUEUE_SHARE, BodyBudget
 
 PREFIX = f"{API_PREFIX}/endpoints/"
 SUFFIX = "/predict"
+ASYNC_SUFFIX = "/async"
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 Scope = dict[str, Any]
@@ -44,6 +47,11 @@ class PredictFastPath:
                 name = path[len(PREFIX) : -len(SUFFIX)]
                 if name and "/" not in name and self.ctx.serving is not None:
                     await self._predict(name, scope, receive, send)
+                    return
+            elif path.startswith(PREFIX) and path.endswith(ASYNC_SUFFIX):
+                name = path[len(PREFIX) : -len(ASYNC_SUFFIX)]
+                if name and "/" not in name and self.ctx.asyncinf is not None:
+                    await submit_async(self.ctx, name, scope, receive, send)  # agent/api/asyncpath.py
                     return
         await self.app(scope, receive, send)
 

@@ -71,6 +71,13 @@ def _predict(ctx: AgentContext, match: re.Match) -> int:
     return ep.config.max_payload_bytes if ep is not None else DEFAULT_BODY_BYTES
 
 
+def _async(ctx: AgentContext, match: re.Match) -> int:
+    # Larger than real time's: the route streams it to a file (agent/api/routes/asyncinf.py).
+    s = ctx.serving
+    ep = s.endpoints.get(match.group(1)) if s is not None else None
+    return ep.config.asynchronous.max_body_bytes if ep is not None else DEFAULT_BODY_BYTES
+
+
 _P = re.escape(API_PREFIX)
 # (method, path, cap): the routes whose bodies have a cap other than DEFAULT_BODY_BYTES.
 _LIMITS: list[tuple[str, re.Pattern[str], Callable[[AgentContext, re.Match], int]]] = [
@@ -82,6 +89,7 @@ _LIMITS: list[tuple[str, re.Pattern[str], Callable[[AgentContext, re.Match], int
     ("PUT", re.compile(rf"^{_P}/quotas/[^/]+$"), lambda _c, _m: SMALL_BODY_BYTES),
     ("POST", re.compile(rf"^{_P}/pipelines/runs/[^/]+/cancel$"), lambda _c, _m: SMALL_BODY_BYTES),
     ("POST", re.compile(rf"^{_P}/pipelines/[^/]+/(runs|trigger)$"), lambda _c, _m: SMALL_BODY_BYTES),
+    ("POST", re.compile(rf"^{_P}/endpoints/([^/]+)/async$"), _async),
 ]
 
 

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
+from agent.schemas.asyncinf import AsyncConfig, AsyncQueueStats
 from agent.schemas.common import STRICT_INPUT, FiniteJson, WholeInt, _Wire
 from agent.schemas.registry import NAME_PATTERN, ModelFormat
 
@@ -74,6 +75,8 @@ class EndpointConfig(_Wire):
     # Drift/data-quality thresholds for this endpoint (keys of agent.monitoring.drift.DriftThresholds);
     # None: the defaults. Checked when the endpoint is put: an unknown key is a 422.
     drift: dict[str, float] | None = None
+    # `POST .../async`: its body cap, timeouts, queue capacity and result TTL (docs/async.md).
+    asynchronous: AsyncConfig = Field(default_factory=AsyncConfig)
 
 
 class EndpointInfo(_Wire):
@@ -152,6 +155,8 @@ class ServingStatus(_Wire):
     predlog_rows_written: int
     predlog_rows_dropped: int
     in_flight: dict[str, int] = Field(default_factory=dict)
+    # Per endpoint with an async queue that holds or held requests since start (docs/async.md).
+    async_queues: dict[str, AsyncQueueStats] = Field(default_factory=dict)
 
 
 class PredictionLogRow(_Wire):
@@ -169,6 +174,7 @@ class PredictionLogRow(_Wire):
     latency_ms: float
     status: str
     fallback_reason: str | None
+    mode: str = "realtime"  # how the row was asked for: realtime, async
 
 
 class Prediction(_Wire):

@@ -47,12 +47,15 @@ COLUMNS = (
     "ts", "request_id", "endpoint", "model", "version", "row_idx", "num", "cat", "score", "label",
     "latency_ms", "status", "fallback_reason",
 )  # fmt: skip
+# What the writer inserts: the columns above and how the rows were asked for (migration 8; docs/async.md).
+LOG_COLUMNS = (*COLUMNS, "mode")
 
 # meta key: the highest journal segment whose records are committed to `predictions`.
 JOURNAL_KEY = "predlog.journal_committed"
 
 # One logged request: (ts, request_id, endpoint, model, version, rows, num_flat, num_width,
-# cat_flat, cat_width, scores, labels, latency_ms, status, fallback_reason).
+# cat_flat, cat_width, scores, labels, latency_ms, status, fallback_reason, mode). Journal records written
+# before `mode` existed have 15 fields: replay reads them as real time.
 _Item = tuple
 
 
@@ -60,7 +63,7 @@ class PredictionLog:
     """Request-path side of the prediction log; also the writer's batch source for `predictions`."""
 
     table = TABLE
-    columns = COLUMNS
+    columns = LOG_COLUMNS
 
     def __init__(self, writer: StoreWriter, max_pending_rows: int | None = None) -> None:
         self._writer = writer
@@ -119,11 +122,12 @@ class PredictionLog:
         latency_ms: float,
         status: str,
         fallback_reason: str | None,
+        mode: str = "realtime",
     ) -> None:
         """Queue one request's rows: `num_flat` holds rows x `num_width` values row-major (same for cat)."""
         n = len(scores)
         item = (time.time(), request_id, endpoint, model, version, n, num_flat, num_width, cat_flat, cat_width,
-                scores, labels, latency_ms, status, fallback_reason)  # fmt: skip
+                scores, labels, latency_ms, status, fallback_reason, mode)  # fmt: skip
         journal = self._journal
         # Encoded outside the lock; written inside it, so a seal can't separate a record from its queue entry.
         payload = orjson.dumps(item) if journal is not None else b""
@@ -196,7 +200,7 @@ class PredictionLog:
 
 
 def to_arrow(items: list[_Item]) -> pa.Table:
-    """One Arrow table (columns c0..c12 in COLUMNS order, ts an Arrow timestamp) for a batch of requests."""
+    """One Arrow table (columns c0..c13 in LOG_COLUMNS order, ts an Arrow timestamp) for a batch of requests."""
     import numpy as np
     import pyarrow as pa
 
@@ -232,6 +236,7 @@ def to_arrow(items: list[_Item]) -> pa.Table:
         per_request(12, pa.float64()),
         per_request(13, pa.string()),
         per_request(14, pa.string()),
+        pa.array([it[15] if len(it) > 15 else "realtime" for it in items], pa.string()).take(req_of_row),
     ]
     return pa.table({f"c{i}": c for i, c in enumerate(cols)})
 
@@ -271,7 +276,7 @@ def replay_journal(con: duckdb.DuckDBPyConnection, directory: Path) -> Replayed:
         con.begin()
         try:
             for n, tbl in PredictionLog.chunks(items, CHUNK_ROWS):
-                insert_arrow(con, TABLE, COLUMNS, tbl)
+                insert_arrow(con, TABLE, LOG_COLUMNS, tbl)
                 rows += n
             set_committed_seq(con, JOURNAL_KEY, upto)
             con.commit()

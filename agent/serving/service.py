@@ -88,6 +88,10 @@ class ServingService(EndpointTable, CandidateRouting, PredictPath):
         self.pool.close()
         self._infer.shutdown(wait=False, cancel_futures=True)
 
+    async def load(self, ep: Endpoint):
+        """The endpoint's model, loading it first if it is not resident (raises ModelLoadError)."""
+        return await self._load(ep)
+
     async def _load(self, ep: Endpoint):
         assert ep.version is not None
         mv = ep.version
@@ -129,7 +133,7 @@ class ServingService(EndpointTable, CandidateRouting, PredictPath):
         try:
             rows = cur.execute(
                 f"""SELECT epoch(ts), request_id, endpoint, model, version, row_idx, num, cat, score, label,
-                           latency_ms, status, fallback_reason
+                           latency_ms, status, fallback_reason, mode
                     FROM predictions WHERE {where} ORDER BY ts DESC, row_idx LIMIT ?""",
                 [*params, limit],
             ).fetchall()
@@ -137,7 +141,7 @@ class ServingService(EndpointTable, CandidateRouting, PredictPath):
             cur.close()
         names: dict[tuple[str, int], tuple[list[str], list[str]]] = {}
         out = []
-        for ts, rid, ep, model, version, idx, num, cat, score, label, lat, status, reason in rows:
+        for ts, rid, ep, model, version, idx, num, cat, score, label, lat, status, reason, mode in rows:
             key = (model, version)
             if key not in names and version is not None:
                 try:
@@ -152,6 +156,7 @@ class ServingService(EndpointTable, CandidateRouting, PredictPath):
             out.append(PredictionLogRow(
                 ts=ts, request_id=rid, endpoint=ep, model=model, version=version, row_idx=idx, features=features,
                 score=score, label=label, latency_ms=lat, status=status, fallback_reason=reason,
+                mode=mode or "realtime",
             ))  # fmt: skip
         return out
 

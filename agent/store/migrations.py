@@ -195,6 +195,16 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        8,
+        """
+        -- How a logged row was asked for: 'realtime' (predict) or 'async' (the async queue, docs/async.md).
+        ALTER TABLE predictions ADD COLUMN mode VARCHAR DEFAULT 'realtime';
+        """,
+    )
+)
+
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.schemas import EndpointInfo, EndpointVersionStats, LoadedModel, ServingStatus
+from agent.schemas import AsyncQueueStats, EndpointInfo, EndpointVersionStats, LoadedModel, ServingStatus
 from console.core.feeds import FeedState
 from console.core.poller import AgentState, AgentStatus, FleetStatus, ServingState
 from console.core.rows import KEY_SEP, MISSING, AgentItemRow, Column, fmt_age, fmt_bytes
@@ -39,6 +39,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("breaker", "BREAKER"),
     Column("mode", "MODE"),
     Column("loaded", "LOADED"),
+    Column("async", "ASYNC Q"),
 )
 
 
@@ -61,6 +62,7 @@ class EndpointRow(AgentItemRow):
     loaded: bool
     stale: bool  # the agent is not answering now: these are its last known figures
     role: str = ""  # see `version_roles`
+    async_queue: AsyncQueueStats | None = None  # the endpoint's async queue (current row only; docs/async.md)
 
     @property
     def model_version(self) -> str:
@@ -139,6 +141,8 @@ class EndpointRow(AgentItemRow):
                 return "FORCED" if self.forced else "auto"
             case "loaded":
                 return "yes" if self.loaded else "no"
+            case "async":
+                return fmt_queue(self.async_queue)
         raise KeyError(column)
 
     def matches_text(self) -> str:
@@ -147,6 +151,16 @@ class EndpointRow(AgentItemRow):
         if self.info.config.alias and self.current:
             parts.append(f"{self.model}@{self.info.config.alias}")
         return " ".join(parts)
+
+
+def fmt_queue(q: AsyncQueueStats | None) -> str:
+    """An async queue as 'queued+running (oldest age)': '120+8 (42s)', '0'; '-' without one."""
+    if q is None:
+        return MISSING
+    if not q.queued and not q.running:
+        return "0"
+    age = f" ({fmt_age(q.oldest_queued_s)})" if q.oldest_queued_s is not None else ""
+    return f"{q.queued}+{q.running}{age}"
 
 
 def fmt_ms(value: float | None) -> str:
@@ -237,6 +251,7 @@ def agent_rows(agent: AgentStatus, order: int) -> list[EndpointRow]:
             loaded=is_loaded,
             stale=stale,
             role=role,
+            async_queue=serving.async_queues.get(info.name) if current else None,
         )
 
     for info in sorted(serving.endpoints, key=lambda e: e.name):

@@ -106,3 +106,15 @@ def test_simulated_sources_are_labelled() -> None:
     row = row_for(AgentStatus(name="demo", url="u", state=AgentState.UP, snapshot=sim), 0, 0.0)
     assert row.text("gpus") == "2 sim" and row.text("host") == "demo (sim)"
     assert row.sort_value("gpus") == 2  # the label is display only
+
+
+def test_the_endpoint_row_shows_its_async_queue_on_the_current_row_only() -> None:
+    from agent.schemas import AsyncQueueStats
+    from console.serving.rows import endpoint_rows, fmt_queue
+    from tests.console.wk_fakes import serving_fleet
+
+    rows = {(r.agent, r.endpoint, r.version): r for r in endpoint_rows(serving_fleet())}
+    assert rows[("gpu-01", "flights", 3)].text("async") == "120+8 (42s)"
+    assert rows[("gpu-01", "flights", 2)].text("async") == "-"  # an older version: the queue is the endpoint's
+    assert rows[("gpu-02", "flights", 3)].text("async") == "-"  # an agent without async (or an older one)
+    assert fmt_queue(AsyncQueueStats(capacity=10)) == "0"

@@ -19,6 +19,7 @@ from agent.schemas import (
     AlertRuleOut,
     AlertsResponse,
     ApprovalOut,
+    AsyncQueueStats,
     BreakerConfig,
     CpuSample,
     DriftHistory,
@@ -309,6 +310,7 @@ def make_serving(
     written: int = 123_456,
     dropped: int = 0,
     in_flight: dict[str, int] | None = None,
+    async_queues: dict[str, AsyncQueueStats] | None = None,
 ) -> ServingStatus:
     return ServingStatus(
         endpoints=list(endpoints),
@@ -319,6 +321,7 @@ def make_serving(
         predlog_rows_written=written,
         predlog_rows_dropped=dropped,
         in_flight=in_flight or {},
+        async_queues=async_queues or {},
     )
 
 
@@ -359,6 +362,7 @@ def serving_fleet() -> FleetStatus:
             make_loaded("fraud", 7, 300.0, ("fraud",)),
         ],
         in_flight={"flights": 3},
+        async_queues={"flights": AsyncQueueStats(queued=120, running=8, oldest_queued_s=42.0, capacity=10_000)},
     )
     b = make_serving(
         [

@@ -90,7 +90,11 @@ def rollout_checked(request: Request, name: str, new: EndpointConfig | None) -> 
 @router.get("/serving", response_model=ServingStatus, dependencies=[Depends(require_read)])
 async def serving_status(request: Request) -> ServingStatus:
     """Endpoints, their traffic per model version, loaded models and the prediction log's health."""
-    return serving(request).status()
+    st = serving(request).status()
+    a = ctx(request).asyncinf
+    if a is not None:
+        st.async_queues = a.queue.stats()
+    return st
 
 
 @router.get("/endpoints", response_model=list[EndpointInfo], dependencies=[Depends(require_read)])
