@@ -15,6 +15,7 @@ from agent.telemetry.sampler import Sampler
 
 if TYPE_CHECKING:
     from agent.alerting.engine import AlertEngine
+    from agent.batch.service import BatchService
     from agent.jobs.service import JobService
     from agent.monitoring.service import MonitorService
     from agent.registry.store import Registry
@@ -45,6 +46,8 @@ class AgentContext:
     rollouts: RolloutEngine | None = None
     # Jobs under per-pipeline quotas ([jobs] enabled; None until wired).
     jobs: JobService | None = None
+    # Batch transform (jobs of the `batch` pipeline; None without jobs).
+    batch: BatchService | None = None
     # Cleared when the agent begins to stop, so /readyz turns 503 before the listener closes.
     accepting: bool = True
     checks: dict[str, str] = field(default_factory=dict)

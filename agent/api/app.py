@@ -12,6 +12,7 @@ from agent.api.metrics import AgentCollector, make_registry
 from agent.api.openapi import install_openapi
 from agent.api.routes import admin, endpoints, health, models, monitoring, summary, telemetry
 from agent.api.routes import alerts as alert_routes
+from agent.api.routes import batch as batch_routes
 from agent.api.routes import jobs as job_routes
 from agent.api.routes import rollouts as rollout_routes
 from agent.context import AgentContext
@@ -48,6 +49,7 @@ def create_app(ctx: AgentContext) -> FastAPI:
     app.include_router(alert_routes.router, prefix=API_PREFIX)
     app.include_router(rollout_routes.router, prefix=API_PREFIX)
     app.include_router(job_routes.router, prefix=API_PREFIX)
+    app.include_router(batch_routes.router, prefix=API_PREFIX)
     install_openapi(app)
     return app
 

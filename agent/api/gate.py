@@ -80,6 +80,7 @@ _LIMITS: list[tuple[str, re.Pattern[str], Callable[[AgentContext, re.Match], int
     ("POST", re.compile(rf"^{_P}/endpoints/([^/]+)/predict$"), _predict),
     ("POST", re.compile(rf"^{_P}/jobs/[^/]+/(cancel|requeue)$"), lambda _c, _m: SMALL_BODY_BYTES),
     ("PUT", re.compile(rf"^{_P}/quotas/[^/]+$"), lambda _c, _m: SMALL_BODY_BYTES),
+    ("POST", re.compile(rf"^{_P}/batch(/[^/]+/(resume|cancel))?$"), lambda _c, _m: SMALL_BODY_BYTES),
 ]
 
 

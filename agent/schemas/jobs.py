@@ -133,6 +133,16 @@ class GpuUse(_Wire):
     peak_mem_bytes: int | None
 
 
+class JobProgress(_Wire):
+    """What a job reports of its own progress (batch transform: rows); None for jobs that report none."""
+
+    done: int
+    total: int | None = None
+    unit: str = "rows"
+    rate_per_s: float | None = None
+    eta_s: float | None = None
+
+
 class Job(_Wire):
     """One job (its latest attempt). Times are unix seconds; usage figures are None until measured."""
 
@@ -176,6 +186,7 @@ class Job(_Wire):
     host: str | None = None
     eligible_at: float | None = None  # a retry's backoff: not started before this time
     oom_retry_mem: int | None = None  # memory an OOM retry asked for (the quota may have capped it)
+    progress: JobProgress | None = None  # filled on reads for jobs that report it (batch transform)
 
 
 class JobList(_Wire):
