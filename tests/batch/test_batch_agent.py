@@ -67,14 +67,16 @@ def test_rejects_file_and_an_unreadable_file_fails_only_itself(served, tmp_path)
     src = tmp_path / "in"
     src.mkdir()
     df = flights(1000)
-    csv = df.with_columns(pl.col("temp").cast(pl.String)).to_pandas()
-    csv.loc[5, "temp"] = "warm"  # a word in a number column
-    csv.loc[17, "carrier"] = None  # missing under the "reject" policy
-    csv.loc[40, "distance"] = 12.5  # not an integer
-    csv.to_csv(src / "a.csv", index=False)
+    row = pl.col("row_id")
+    csv = df.with_columns(
+        pl.when(row == 5).then(pl.lit("warm")).when(row == 17).then(pl.lit("1e39"))  # a word; beyond float32
+        .otherwise(pl.col("temp").cast(pl.String)).alias("temp"),
+        pl.when(row == 40).then(12.5).otherwise(pl.col("distance")).alias("distance"),  # not an integer
+    )
+    csv.write_csv(src / "a.csv")
     (src / "b.parquet").write_bytes(b"PAR1 this is not parquet at all PAR1")
     df.slice(0, 10).write_parquet(src / "c.parquet")
-    r = c.post("/api/v1/batch", json={"model": "flights", "version": 1, "missing_policy": "reject",
+    r = c.post("/api/v1/batch", json={"model": "flights", "version": 1, "missing_policy": "impute",
                                       "input": str(src), "output": str(tmp_path / "out"), "id_column": "row_id",
                                       "rows_per_batch": 256})  # fmt: skip
     assert r.status_code == 201, r.text
@@ -85,8 +87,8 @@ def test_rejects_file_and_an_unreadable_file_fails_only_itself(served, tmp_path)
     out = read_output(b["output"])
     rej = read_rejects(b["output"]).sort("_row")
     assert rej["row_id"].to_list() == [5, 17, 40]
-    assert rej["_field"].to_list() == ["temp", "carrier", "distance"]
-    assert "expected a number" in rej["_reason"][0] and rej["_reason"][1] == "missing value"
+    assert rej["_field"].to_list() == ["temp", "temp", "distance"]
+    assert rej["_reason"][0] == "expected a number, got 'warm'" and "float32" in rej["_reason"][1]
     assert rej["_reason"][2] == "expected an integer"
     assert b["progress"]["rows_rejected"] == 3
     ids = sorted(out["row_id"].to_list())
