@@ -125,8 +125,8 @@ class BatchService:
                     raise BatchError(422, "invalid_request", f"{files[0].path} has no column {c!r}", fld)
             absent = [f.name for f in mv.signature.features if f.name not in cols]
             if absent:
-                raise BatchError(422, "invalid_request",
-                                 f"{files[0].path} lacks the model's feature column {absent[0]!r}", "input")  # fmt: skip
+                why = f"{files[0].path} lacks the model's feature column {absent[0]!r}"
+                raise BatchError(422, "invalid_request", why, "input")
         out = Path(body.output)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise BatchError(409, "conflict", f"{out} exists and is not an empty directory (resume a batch with "
@@ -214,7 +214,9 @@ class BatchService:
     def _view(self, spec: BatchSpec, p: dict | None, job: Job | None) -> Batch:
         files = [BatchFile(path=f.path, rows=f.rows, rows_done=0, state="pending") for f in spec.files]
         if p is not None:
-            files = [BatchFile(**{k: x[k] for k in ("path", "rows", "rows_done", "state", "error")}) for x in p["files"]]
+            files = [
+                BatchFile(**{k: x[k] for k in ("path", "rows", "rows_done", "state", "error")}) for x in p["files"]
+            ]
         else:  # not started: count what is already written (a resumed batch before its worker wrote)
             for name in os.listdir(spec.output) if os.path.isdir(spec.output) else ():
                 m = PART.match(name)
@@ -282,5 +284,7 @@ def _sum(xs: list[int | None]) -> int | None:
 
 def _progress(p: dict, running: bool) -> BatchProgress:
     live = running and p.get("state") == "running"  # a killed worker's last rate is no ETA
-    return BatchProgress(rows_done=p["rows_done"], rows_total=p.get("rows_total"), rows_rejected=p["rows_rejected"],
-                         rows_per_s=p.get("rows_per_s") if live else None, eta_s=p.get("eta_s") if live else None)  # fmt: skip
+    return BatchProgress(
+        rows_done=p["rows_done"], rows_total=p.get("rows_total"), rows_rejected=p["rows_rejected"],
+        rows_per_s=p.get("rows_per_s") if live else None, eta_s=p.get("eta_s") if live else None,
+    )  # fmt: skip

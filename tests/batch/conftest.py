@@ -16,7 +16,7 @@ from tests.jobs.conftest import _no_job_left  # noqa: F401 (autouse: jobs outliv
 from tests.serving.test_serving_agent import FEATURES, FLIGHTS, endpoint, register, wait_loaded
 
 FINAL = {"succeeded", "failed", "cancelled"}
-CONFIG = "flush_interval = 0.2\n[jobs]\ntier = \"psutil\"\n"
+CONFIG = 'flush_interval = 0.2\n[jobs]\ntier = "psutil"\n'
 
 
 def flights(n: int, offset: int = 0) -> pl.DataFrame:

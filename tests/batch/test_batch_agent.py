@@ -25,7 +25,7 @@ def _realtime(c, df: pl.DataFrame) -> list[float]:
 
 
 def test_directory_of_parquet_and_csv_scores_equal_realtime(served, tmp_path) -> None:
-    a, c = served
+    _a, c = served
     src = tmp_path / "in"
     src.mkdir()
     df = flights(5000)
@@ -63,14 +63,18 @@ def test_directory_of_parquet_and_csv_scores_equal_realtime(served, tmp_path) ->
 
 
 def test_rejects_file_and_an_unreadable_file_fails_only_itself(served, tmp_path) -> None:
-    a, c = served
+    _a, c = served
     src = tmp_path / "in"
     src.mkdir()
     df = flights(1000)
     row = pl.col("row_id")
     csv = df.with_columns(
-        pl.when(row == 5).then(pl.lit("warm")).when(row == 17).then(pl.lit("1e39"))  # a word; beyond float32
-        .otherwise(pl.col("temp").cast(pl.String)).alias("temp"),
+        pl.when(row == 5)
+        .then(pl.lit("warm"))
+        .when(row == 17)
+        .then(pl.lit("1e39"))  # a word; beyond float32
+        .otherwise(pl.col("temp").cast(pl.String))
+        .alias("temp"),
         pl.when(row == 40).then(12.5).otherwise(pl.col("distance")).alias("distance"),  # not an integer
     )
     csv.write_csv(src / "a.csv")
@@ -136,7 +140,7 @@ def test_resume_after_kill9_of_the_worker_and_of_the_agent(served, tmp_path) -> 
 
 
 def test_cancel_then_resume(served, tmp_path) -> None:
-    a, c = served
+    _a, c = served
     flights(20000).write_parquet(tmp_path / "in.parquet")
     r = c.post("/api/v1/batch", json={"endpoint": "delays", "input": str(tmp_path / "in.parquet"),
                                       "output": str(tmp_path / "out"), "id_column": "row_id",
@@ -157,7 +161,7 @@ def test_cancel_then_resume(served, tmp_path) -> None:
 
 
 def test_bad_requests_name_the_field(served, tmp_path) -> None:
-    a, c = served
+    _a, c = served
     flights(10).write_parquet(tmp_path / "in.parquet")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
