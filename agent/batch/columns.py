@@ -121,6 +121,12 @@ class ArrowEncoder:
     def _category(self, spec, off: int, col, enc: Encoded, reject) -> None:
         name = spec.name
         typ = col.type
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        if pa.types.is_dictionary(typ) and (pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type)):
+            # Parquet's dictionary pages read as is: look each distinct value up once, then index by code.
+            self._category_dict(spec, off, col, enc, reject)
+            return
         if pa.types.is_dictionary(typ):
             col = pc.cast(col, pa.string())
             typ = col.type
@@ -150,6 +156,31 @@ class ArrowEncoder:
         enc.matrix[rows, off + pos_np[seen]] = 1.0
 
 
+    def _category_dict(self, spec, off: int, col: pa.DictionaryArray, enc: Encoded, reject) -> None:
+        name = spec.name
+        enc.raw_cat.append(col)
+        cats = pa.array(spec.categories or [], pa.string())
+        dict_pos = np.asarray(pc.index_in(col.dictionary.cast(pa.string()), value_set=cats).fill_null(-1), np.int64)
+        codes = col.indices
+        miss = np.asarray(codes.is_null())
+        idx = np.asarray(codes.fill_null(0).to_numpy(zero_copy_only=False), np.int64)
+        pos = dict_pos[idx] if len(dict_pos) else np.full(len(idx), -1, np.int64)
+        if miss.any():
+            enc.missing[name] = int(miss.sum())
+            if self.impute and spec.impute is not None:
+                imp = (spec.categories or []).index(spec.impute) if spec.impute in (spec.categories or []) else -1
+                pos = np.where(miss, imp, pos)
+            else:
+                reject(miss, name, "missing value" if not self.impute else "missing value and no impute value")
+                pos = np.where(miss, -1, pos)
+        seen = pos >= 0
+        unseen = int((~seen & ~miss).sum())
+        if unseen:
+            enc.unseen[name] = unseen
+        rows = np.nonzero(seen)[0]
+        enc.matrix[rows, off + pos[seen]] = 1.0
+
+
 def _parse_numbers(col) -> tuple[np.ndarray, np.ndarray]:
     """A text column where numbers were expected (a CSV column with a stray word): numbers parsed, the rest
     NaN with a message each (an object array, None where the value was fine)."""
@@ -174,13 +205,13 @@ def decode(out: np.ndarray, sig: Signature) -> tuple[pa.Array, pa.Array | None, 
         idx = out.argmax(axis=1)
         scores = out[np.arange(len(out)), idx].astype(np.float64)
         names = spec.labels or [str(i) for i in range(out.shape[1])]
-        labels = pa.DictionaryArray.from_arrays(pa.array(idx, pa.int32()), pa.array(names)).cast(pa.string())
+        labels = pa.DictionaryArray.from_arrays(pa.array(idx, pa.int32()), pa.array(names))
         bad = ~np.isfinite(out).all(axis=1)
     elif spec.kind == "binary":
         scores = (out[:, -1] if out.shape[1] > 1 else out[:, 0]).astype(np.float64)
         names = spec.labels or ["0", "1"]
         pick = (scores >= spec.threshold).astype(np.int32)
-        labels = pa.DictionaryArray.from_arrays(pa.array(pick), pa.array(names)).cast(pa.string())
+        labels = pa.DictionaryArray.from_arrays(pa.array(pick), pa.array(names))
         bad = ~np.isfinite(scores)
     else:
         scores = out[:, 0].astype(np.float64)

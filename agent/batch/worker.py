@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import random
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,7 +74,8 @@ def read_ranges(f: InputFile, columns: list[str], sig: Signature, n: int) -> Ite
     """(start row, table of exactly n rows, the last one shorter) over the file's needed columns."""
     try:
         if f.format == "parquet":
-            pf = pq.ParquetFile(f.path)
+            cat_cols = [x.name for x in sig.features if x.dtype == "category"]
+            pf = pq.ParquetFile(f.path, read_dictionary=cat_cols)
             missing = [c for c in columns if c not in pf.schema_arrow.names]
             if missing:
                 raise FileProblem(f"no column {missing[0]!r}")
@@ -159,10 +162,9 @@ class Worker:
             mine = done.get(i, {})
             st["state"] = "running"
             try:
-                for start, tbl in read_ranges(f, columns, self.sig, self.spec.rows_per_batch):
-                    if start in mine:
-                        continue
-                    self._range(i, f, start, tbl)
+                todo = ((s, t) for s, t in read_ranges(f, columns, self.sig, self.spec.rows_per_batch) if s not in mine)
+                for start, tbl, enc in prefetched(((s, t, self.encoder.encode(t)) for s, t in todo)):
+                    self._range(i, f, start, tbl, enc)
                     self._throttle(t_run)
                 st["state"] = "done"
                 st["rows"] = st["rows_done"]  # exact now (a CSV's estimate may have been off)
@@ -181,8 +183,7 @@ class Worker:
               flush=True)  # fmt: skip
         return 0
 
-    def _range(self, i: int, f: InputFile, start: int, tbl: pa.Table) -> None:
-        enc = self.encoder.encode(tbl)
+    def _range(self, i: int, f: InputFile, start: int, tbl: pa.Table, enc) -> None:
         good_idx = np.nonzero(enc.good)[0]
         if len(good_idx):
             assert self.runtime is not None
@@ -227,7 +228,7 @@ class Worker:
             return
         pick = np.sort(self.rng.sample(range(len(good_idx)), k))
         rows = good_idx[pick]
-        num = np.column_stack(enc.raw_num)[rows] if enc.raw_num else np.zeros((k, 0))
+        num = np.column_stack([r[rows] for r in enc.raw_num]) if enc.raw_num else np.zeros((k, 0))
         num_flat = [None if x != x else x for x in num.ravel().tolist()]
         cats = [c.take(pa.array(rows)).to_pylist() for c in enc.raw_cat]
         cat_flat = [v for row in zip(*cats, strict=True) for v in row] if cats else []
@@ -265,9 +266,48 @@ class Worker:
         write_progress(self.dir, p)
 
 
+def prefetched(items: Iterator, depth: int = 1) -> Iterator:
+    """`items`, produced one ahead on a thread: the next range is read and encoded (Arrow's reads and numpy
+    release the GIL) while this one is scored and written. At most depth + 2 ranges are held at once."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    end = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for it in items:
+                while not stop.is_set():
+                    try:
+                        q.put((it, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((end, None))
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put((end, e))
+
+    t = threading.Thread(target=produce, name="batch-read", daemon=True)
+    t.start()
+    try:
+        while True:
+            it, err = q.get()
+            if it is end:
+                if err is not None:
+                    raise err
+                return
+            yield it
+    finally:
+        stop.set()
+
+
 def _write_parquet(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(table, tmp)
+    # Dictionary-encode only what is already a dictionary or text: trying it on the scores (all distinct)
+    # doubled the write time (measured: 15 -> 7.7 ms per 65,536 rows).
+    dict_cols = [f.name for f in table.schema if pa.types.is_dictionary(f.type) or pa.types.is_string(f.type)]
+    pq.write_table(table, tmp, use_dictionary=dict_cols)
     os.replace(tmp, path)
 
 
