@@ -56,7 +56,8 @@ def generate(path: Path, rows: int) -> None:
 # --------------------------------------------------------------------------- the methods (each in its own process)
 
 
-def run_ort_limit(data: Path, out: Path) -> int:
+def run_ort_limit(data: Path, out: Path) -> tuple[int, float]:
+    """Only the model calls are timed (one batch encoded once, scored over and over)."""
     import pyarrow.parquet as pq
 
     from agent.batch.columns import ArrowEncoder
@@ -67,11 +68,12 @@ def run_ort_limit(data: Path, out: Path) -> int:
     x = ArrowEncoder(signature(), "impute").encode(batch).matrix
     rt = load_onnx(FLIGHTS / "model.onnx", 1)
     done = 0
+    t0 = time.perf_counter()
     while done < rows:
         n = min(CALL_ROWS, rows - done)
         rt.run(x[:n])
         done += n
-    return done
+    return done, time.perf_counter() - t0
 
 
 def _pandas_encode(df, sig):
@@ -201,8 +203,9 @@ def main() -> int:
             if mod:
                 importlib.import_module(mod)
         t0 = time.perf_counter()
-        rows = METHODS[args.method](Path(args.data), Path(args.out))
-        print("ROWS", rows, time.perf_counter() - t0, flush=True)
+        got = METHODS[args.method](Path(args.data), Path(args.out))
+        rows, took = got if isinstance(got, tuple) else (got, time.perf_counter() - t0)
+        print("ROWS", rows, took, flush=True)
         return 0
     sizes = [args.rows] + ([10_000_000] if args.large else [])
     methods = args.only.split(",")
