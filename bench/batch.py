@@ -150,9 +150,9 @@ def run_worker(data: Path, out: Path) -> int:
 
 def worker_spec(data: Path, out: Path, rows_per_batch: int) -> None:
     """Write the spec a batch job would get."""
-    from agent.batch.state import BatchSpec, InputFile
-
     import pyarrow.parquet as pq
+
+    from agent.batch.state import BatchSpec, InputFile
 
     sig = signature()
     d = out / "state"
@@ -215,8 +215,8 @@ def main() -> int:
             data = Path(tmp) / f"flights-{rows}.parquet"
             t0 = time.perf_counter()
             generate(data, rows)
-            print(f"generated {rows:,} rows ({data.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s",
-                  file=sys.stderr)  # fmt: skip
+            mib = data.stat().st_size / 2**20
+            print(f"generated {rows:,} rows ({mib:.0f} MiB) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
             for m in methods:
                 out = Path(tempfile.mkdtemp(dir=tmp))
                 if m == "worker":
@@ -229,12 +229,16 @@ def main() -> int:
                     got = ds.dataset(str(out / "parts"), format="parquet").count_rows()
                 assert got == rows, (m, got, rows)
                 results.append((rows, m, rows / work, took, rss))
-                print(f"  {m:<10} {rows / work:>12,.0f} rows/s  {took:6.1f} s  {rss / 2**20:>7.0f} MiB", file=sys.stderr)
+                print(
+                    f"  {m:<10} {rows / work:>12,.0f} rows/s  {took:6.1f} s  {rss / 2**20:>7.0f} MiB", file=sys.stderr
+                )
                 subprocess.run(["rm", "-rf", str(out)], check=False)
             data.unlink()
     print(f"\nbatch transform, flights model (13 features -> 30 floats), 1 ORT thread, {os.cpu_count()} cores")
     print("rows/s: rows / seconds of work (after imports); wall: the whole process, interpreter start included")
-    print(f"{'rows':>11}  {'method':<10} {'rows/s':>12} {'vs limit':>9} {'vs pandas':>10} {'wall s':>7} {'peak RSS':>10}")
+    print(
+        f"{'rows':>11}  {'method':<10} {'rows/s':>12} {'vs limit':>9} {'vs pandas':>10} {'wall s':>7} {'peak RSS':>10}"
+    )
     for rows, m, rate, took, rss in results:
         limit = next((r for n, mm, r, _, _ in results if n == rows and mm == "ort-limit"), None)
         pandas = next((r for n, mm, r, _, _ in results if n == rows and mm == "pandas"), None)

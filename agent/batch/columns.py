@@ -123,7 +123,9 @@ class ArrowEncoder:
         typ = col.type
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks()
-        if pa.types.is_dictionary(typ) and (pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type)):
+        if pa.types.is_dictionary(typ) and (
+            pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type)
+        ):
             # Parquet's dictionary pages read as is: look each distinct value up once, then index by code.
             self._category_dict(spec, off, col, enc, reject)
             return
@@ -154,7 +156,6 @@ class ArrowEncoder:
             enc.unseen[name] = unseen
         rows = np.nonzero(seen)[0]
         enc.matrix[rows, off + pos_np[seen]] = 1.0
-
 
     def _category_dict(self, spec, off: int, col: pa.DictionaryArray, enc: Encoded, reject) -> None:
         name = spec.name
