@@ -54,3 +54,14 @@ def test_progress_line() -> None:
     line = progress_line(b)
     assert line.startswith("[###########.................]  41% 412,000/1,000,000 rows  85,210 rows/s  ETA 0:06")
     assert line.endswith("running  3 rejected")
+
+
+def test_jobs_screen_reason_shows_a_batch_jobs_progress() -> None:
+    from agent.schemas.jobs import Job, JobProgress
+    from console.jobs.rows import state_reason
+
+    job = Job(id="j-1", pipeline="batch", state="RUNNING", command=["x"], cpu=1, mem=1, submitted_by="o",
+              submitted_at=0, progress=JobProgress(done=412_000, total=1_000_000, rate_per_s=85_210, eta_s=69))  # fmt: skip
+    assert state_reason(job) == "41% 412,000 rows 85k rows/s ETA 1:09"
+    job.progress = None
+    assert state_reason(job) == ""
