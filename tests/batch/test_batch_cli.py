@@ -60,8 +60,9 @@ def test_jobs_screen_reason_shows_a_batch_jobs_progress() -> None:
     from agent.schemas.jobs import Job, JobProgress
     from console.jobs.rows import state_reason
 
+    p = JobProgress(done=412_000, total=1_000_000, rate_per_s=85_210, eta_s=69)
     job = Job(id="j-1", pipeline="batch", state="RUNNING", command=["x"], cpu=1, mem=1, submitted_by="o",
-              submitted_at=0, progress=JobProgress(done=412_000, total=1_000_000, rate_per_s=85_210, eta_s=69))  # fmt: skip
+              submitted_at=0, progress=p)  # fmt: skip
     assert state_reason(job) == "41% 412,000 rows 85k rows/s ETA 1:09"
     job.progress = None
     assert state_reason(job) == ""
