@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ from agent.schemas.jobs import Job, JobProgress, JobSubmit
 log = logging.getLogger("watchkeeper.batch")
 PIPELINE = "batch"
 SPOOL_POLL_S = 1.0
+ORPHAN_AFTER_S = 60.0  # a batch's job is submitted right after its spec is written; later, no job means gone
 RESERVED = ("score", "label")  # the prediction columns
 _STATE: dict[str, BatchState] = {
     "PENDING": "queued", "RUNNING": "running", "COMPLETED": "succeeded", "CANCELLED": "cancelled",
@@ -153,7 +155,12 @@ class BatchService:
         job = JobSubmit(pipeline=PIPELINE, name=f"batch-{bid}", cpu=body.cpu, mem=body.mem,
                         command=[sys.executable, "-m", "agent.batch.worker", str(d)], workdir=code_root,
                         reason=body.reason or f"batch {bid}")  # fmt: skip
-        self.jobs.submit(job, principal)
+        try:
+            self.jobs.submit(job, principal)
+        except BaseException:  # refused (never_fits, store down): no batch without a job
+            shutil.rmtree(d, ignore_errors=True)
+            (out / MARKER).unlink(missing_ok=True)
+            raise
         return self.get(bid)
 
     def get(self, bid: str) -> Batch:
@@ -230,6 +237,11 @@ class BatchService:
         failed = [f.path for f in files if f.state == "failed"]
         state: BatchState = _STATE.get(job.state, "failed") if job is not None else "queued"
         reason = job.reason if job is not None else ""
+        if job is None and time.time() - spec.submitted_at > ORPHAN_AFTER_S:
+            # Its job is gone from memory (ended before the jobs' log_retention): the worker's last word stands.
+            done = p is not None and p.get("state") == "done"
+            state = "succeeded" if done else "failed"
+            reason = "" if done else "its job is no longer known to this agent; resume is not possible"
         if state == "failed" and failed:
             reason = f"{len(failed)} file(s) could not be read: " + "; ".join(
                 f"{f.path}: {f.error}" for f in files if f.state == "failed")[:2000]  # fmt: skip

@@ -178,9 +178,11 @@ def test_bad_requests_name_the_field(served, tmp_path) -> None:
         ({"rows_per_batch": 0}, 422, "rows_per_batch"),
         ({"log_sample_rate": 2}, 422, "log_sample_rate"),
         ({"colour": "red"}, 422, "colour"),
+        ({"cpu": 200}, 409, "cpu"),  # the job can never fit: no batch is left behind
     ]:
         r = c.post("/api/v1/batch", json={k: v for k, v in {**ok, **change}.items() if v is not None})
         assert r.status_code == status, (change, r.text)
         assert r.json()["field"] == field, (change, r.json())
     assert c.get("/api/v1/batch/b-0000000000").status_code == 404
     assert c.get("/api/v1/batch").json()["batches"] == []
+    assert not any((tmp_path / "o").iterdir())  # the refused submit left the output free
