@@ -170,8 +170,8 @@ METHODS = {"ort-limit": run_ort_limit, "worker": run_worker, "pandas": run_panda
 PRELOAD = {"pandas": "pandas", "polars": "polars"}
 
 
-def measure(argv: list[str]) -> tuple[float, float, int, int | None]:
-    """(seconds of work, seconds of the process, peak RSS bytes, rows reported) of one process."""
+def measure(argv: list[str]) -> tuple[float, float, float, int, int | None]:
+    """(seconds of work, seconds of the process, CPU seconds of the process, peak RSS bytes, rows reported)."""
     t0 = time.perf_counter()
     p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     _, status, ru = os.wait4(p.pid, 0)
@@ -183,7 +183,7 @@ def measure(argv: list[str]) -> tuple[float, float, int, int | None]:
     for line in out.splitlines():
         if line.startswith("ROWS "):
             rows, work = int(line.split()[1]), float(line.split()[2])
-    return work, took, ru.ru_maxrss * 1024, rows
+    return work, took, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024, rows
 
 
 def main() -> int:
@@ -222,29 +222,27 @@ def main() -> int:
                 if m == "worker":
                     worker_spec(data, out, args.rows_per_batch)
                 argv = [sys.executable, __file__, "--method", m, "--data", str(data), "--out", str(out)]
-                work, took, rss, got = measure(argv)
+                work, took, cpu, rss, got = measure(argv)
                 if m == "worker":
                     import pyarrow.dataset as ds
 
                     got = ds.dataset(str(out / "parts"), format="parquet").count_rows()
                 assert got == rows, (m, got, rows)
-                results.append((rows, m, rows / work, took, rss))
-                print(
-                    f"  {m:<10} {rows / work:>12,.0f} rows/s  {took:6.1f} s  {rss / 2**20:>7.0f} MiB", file=sys.stderr
-                )
+                results.append((rows, m, rows / work, took, cpu, rss))
+                line = f"{rows / work:>12,.0f} rows/s  {took:6.1f} s  {cpu:6.1f} cpu s  {rss / 2**20:>7.0f} MiB"
+                print(f"  {m:<10} {line}", file=sys.stderr)
                 subprocess.run(["rm", "-rf", str(out)], check=False)
             data.unlink()
     print(f"\nbatch transform, flights model (13 features -> 30 floats), 1 ORT thread, {os.cpu_count()} cores")
-    print("rows/s: rows / seconds of work (after imports); wall: the whole process, interpreter start included")
-    print(
-        f"{'rows':>11}  {'method':<10} {'rows/s':>12} {'vs limit':>9} {'vs pandas':>10} {'wall s':>7} {'peak RSS':>10}"
-    )
-    for rows, m, rate, took, rss in results:
-        limit = next((r for n, mm, r, _, _ in results if n == rows and mm == "ort-limit"), None)
-        pandas = next((r for n, mm, r, _, _ in results if n == rows and mm == "pandas"), None)
+    print("rows/s: rows / seconds of work (after imports); wall, cpu: the whole process, interpreter start included")
+    print(f"{'rows':>11}  {'method':<10} {'rows/s':>12} {'vs limit':>9} {'vs pandas':>10} {'wall s':>7} {'cpu s':>6} "
+          f"{'peak RSS':>10}")  # fmt: skip
+    for rows, m, rate, took, cpu, rss in results:
+        limit = next((r[2] for r in results if r[0] == rows and r[1] == "ort-limit"), None)
+        pandas = next((r[2] for r in results if r[0] == rows and r[1] == "pandas"), None)
         vl = f"{rate / limit * 100:.0f} %" if limit else "-"
         vp = f"{rate / pandas:.2f}x" if pandas else "-"
-        print(f"{rows:>11,}  {m:<10} {rate:>12,.0f} {vl:>9} {vp:>10} {took:>7.1f} {rss / 2**20:>7.0f} MiB")
+        print(f"{rows:>11,}  {m:<10} {rate:>12,.0f} {vl:>9} {vp:>10} {took:>7.1f} {cpu:>6.1f} {rss / 2**20:>7.0f} MiB")
     return 0
 
 
