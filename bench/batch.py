@@ -243,7 +243,26 @@ def main() -> int:
         vl = f"{rate / limit * 100:.0f} %" if limit else "-"
         vp = f"{rate / pandas:.2f}x" if pandas else "-"
         print(f"{rows:>11,}  {m:<10} {rate:>12,.0f} {vl:>9} {vp:>10} {took:>7.1f} {cpu:>6.1f} {rss / 2**20:>7.0f} MiB")
+    targets(results, max(sizes))
     return 0
+
+
+def targets(results: list[tuple], rows: int) -> None:
+    """Issue 15's targets, judged at the largest size run (the RSS one only at 10M rows)."""
+    got = {r[1]: r for r in results if r[0] == rows}
+    w, limit, pandas = got.get("worker"), got.get("ort-limit"), got.get("pandas")
+    if w is None:
+        return
+    print()
+    if limit is not None:
+        share = w[2] / limit[2]
+        print(f"{'PASS' if share >= 0.7 else 'MISS'}  worker >= 70 % of the in-process limit: {share * 100:.0f} %")
+    if pandas is not None:
+        x, xcpu = w[2] / pandas[2], pandas[4] / w[4]
+        print(f"{'PASS' if x >= 3 else 'MISS'}  worker >= 3x the pandas way: {x:.2f}x in rows/s ({xcpu:.2f}x in CPU s)")
+    if rows >= 10_000_000:
+        mib = w[5] / 2**20
+        print(f"{'PASS' if mib <= 500 else 'MISS'}  worker peak RSS <= 500 MiB at {rows:,} rows: {mib:.0f} MiB")
 
 
 if __name__ == "__main__":
