@@ -16,6 +16,7 @@ from agent.telemetry.sampler import Sampler
 if TYPE_CHECKING:
     from agent.alerting.engine import AlertEngine
     from agent.asyncinf.service import AsyncService
+    from agent.batch.service import BatchService
     from agent.jobs.service import JobService
     from agent.monitoring.service import MonitorService
     from agent.pipelines.service import PipelineService
@@ -51,6 +52,8 @@ class AgentContext:
     pipelines: PipelineService | None = None
     # Asynchronous inference: the durable queue, its worker and callbacks (None until wired).
     asyncinf: AsyncService | None = None
+    # Batch transform (jobs of the `batch` pipeline; None without jobs).
+    batch: BatchService | None = None
     # Cleared when the agent begins to stop, so /readyz turns 503 before the listener closes.
     accepting: bool = True
     checks: dict[str, str] = field(default_factory=dict)

@@ -233,6 +233,13 @@ def start_jobs(ctx: AgentContext, con) -> None:
                           f"re-adopted {adopted} running job(s); {lost} marked LOST")])  # fmt: skip
     svc.start()
     ctx.jobs = svc
+    from agent.batch.service import BatchService
+
+    # Batch transform runs as jobs of the `batch` pipeline; the agent reads their files (docs/batch.md).
+    ctx.batch = BatchService(ctx.cfg.data_dir, svc, ctx.registry, ctx.serving,
+                             ctx.serving.predlog if ctx.serving is not None else None)  # fmt: skip
+    svc.progress_of = ctx.batch.progress_of
+    ctx.batch.start()
 
 
 def start_rollouts(ctx: AgentContext, con) -> None:
@@ -268,6 +275,8 @@ def shutdown(ctx: AgentContext) -> None:
     if ctx.pipelines is not None:
         ctx.pipelines.stop()
     stop_rollouts(ctx)
+    if ctx.batch is not None:
+        ctx.batch.stop()
     if ctx.jobs is not None:
         ctx.jobs.stop()  # jobs keep running: the next start re-adopts them
     if ctx.asyncinf is not None:

@@ -7,6 +7,7 @@
     watchkeeper demo                                                            3 local agents + TUI
     watchkeeper jobs submit|list|show|logs|cancel|requeue …, watchkeeper quotas     jobs and quotas
     watchkeeper pipelines register|run|runs|show|cancel|compare …                pipelines and runs
+    watchkeeper batch run|list|status|resume|cancel …                                batch transform
 
 Exit codes: 0 fine (status: all up), 1 status: some agent stale/down, 2 usage or config error
 (one line on stderr). New subcommands are `Command`s added to `COMMANDS`: a name, a help line, a
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from console import __version__
+from console.batch import cli as batch_cli
 from console.core.config import AgentSpec, FleetConfigError, resolve_fleet, resolve_prometheus
 from console.jobs import cli as jobs_cli
 from console.models import cli as models_cli
@@ -376,6 +378,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("models", models_cli.HELP, models_cli.configure, models_cli.run),
     Command("jobs", jobs_cli.HELP, jobs_cli.configure, jobs_cli.run),
+    Command("batch", batch_cli.HELP, batch_cli.configure, batch_cli.run),
     Command("quotas", jobs_cli.QUOTAS_HELP, jobs_cli.configure_quotas, jobs_cli.run_quotas),
     Command(
         "timeline",

@@ -22,6 +22,7 @@ from agent.api.routes import (
     timeline,
 )
 from agent.api.routes import alerts as alert_routes
+from agent.api.routes import batch as batch_routes
 from agent.api.routes import jobs as job_routes
 from agent.api.routes import pipelines as pipeline_routes
 from agent.api.routes import rollouts as rollout_routes
@@ -62,6 +63,7 @@ def create_app(ctx: AgentContext) -> FastAPI:
     app.include_router(job_routes.router, prefix=API_PREFIX)
     app.include_router(timeline.router, prefix=API_PREFIX)
     app.include_router(pipeline_routes.router, prefix=API_PREFIX)
+    app.include_router(batch_routes.router, prefix=API_PREFIX)
     install_openapi(app)
     return app
 

@@ -90,6 +90,7 @@ _LIMITS: list[tuple[str, re.Pattern[str], Callable[[AgentContext, re.Match], int
     ("POST", re.compile(rf"^{_P}/pipelines/runs/[^/]+/cancel$"), lambda _c, _m: SMALL_BODY_BYTES),
     ("POST", re.compile(rf"^{_P}/pipelines/[^/]+/(runs|trigger)$"), lambda _c, _m: SMALL_BODY_BYTES),
     ("POST", re.compile(rf"^{_P}/endpoints/([^/]+)/async$"), _async),
+    ("POST", re.compile(rf"^{_P}/batch(/[^/]+/(resume|cancel))?$"), lambda _c, _m: SMALL_BODY_BYTES),
 ]
 
 

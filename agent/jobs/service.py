@@ -30,6 +30,7 @@ from agent.schemas.jobs import (
     Job,
     JobList,
     JobLog,
+    JobProgress,
     JobsSummary,
     JobSubmit,
     QuotaList,
@@ -100,6 +101,8 @@ class JobService:
         self.finished_total: Counter[tuple[str, str]] = Counter()
         self._p95_cache: dict[str, tuple[float, float | None]] = {}
         self.version = 0  # moves whenever a job's state does (summary ETag, metrics)
+        # Job -> JobProgress | None: set by the batch service (agent/batch/service.py), read on get/list.
+        self.progress_of: Callable[[Job], JobProgress | None] | None = None
         from agent.jobs.runner import Runner
         from agent.jobs.slurm.backend import SlurmBackend
 
@@ -286,7 +289,17 @@ class JobService:
 
     def get(self, job_id: str) -> Job:
         with self.lock:
-            return self._get(job_id).job.model_copy(deep=True)
+            job = self._get(job_id).job.model_copy(deep=True)
+        return self._with_progress(job)
+
+    def _with_progress(self, job: Job) -> Job:
+        """A job's own progress report (batch transform's rows), read outside the lock."""
+        if self.progress_of is not None and job.progress is None:
+            try:
+                job.progress = self.progress_of(job)
+            except Exception as e:  # a report is a nicety: never a reason to fail a read
+                log.debug("jobs: progress of %s: %s", job.id, e)
+        return job
 
     def list(self, state: str | None, pipeline: str | None, limit: int, since: float | None) -> JobList:
         """Active jobs first, then newest first."""
@@ -295,7 +308,8 @@ class JobService:
                     and (pipeline is None or r.job.pipeline == pipeline)
                     and (since is None or r.job.submitted_at >= since)]  # fmt: skip
             recs.sort(key=lambda r: (r.final, -r.job.submitted_at))
-            return JobList(jobs=[r.job.model_copy(deep=True) for r in recs[:limit]], total=len(recs))
+            jobs = [r.job.model_copy(deep=True) for r in recs[:limit]]
+        return JobList(jobs=[self._with_progress(j) for j in jobs], total=len(recs))
 
     def logs(self, job_id: str, stream: str, offset: int, max_bytes: int) -> JobLog:
         with self.lock:

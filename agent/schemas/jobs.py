@@ -166,6 +166,16 @@ class SlurmInfo(_Wire):
     seen_at: float | None = None  # when squeue last listed it
 
 
+class JobProgress(_Wire):
+    """What a job reports of its own progress (batch transform: rows); None for jobs that report none."""
+
+    done: int
+    total: int | None = None
+    unit: str = "rows"
+    rate_per_s: float | None = None
+    eta_s: float | None = None
+
+
 class Job(_Wire):
     """One job (its latest attempt). Times are unix seconds; usage figures are None until measured."""
 
@@ -212,6 +222,7 @@ class Job(_Wire):
     oom_retry_mem: int | None = None  # memory an OOM retry asked for (the quota may have capped it)
     backend: Backend = "local"
     slurm: SlurmInfo | None = None  # backend "slurm": its Slurm job
+    progress: JobProgress | None = None  # filled on reads for jobs that report it (batch transform)
 
 
 class JobList(_Wire):

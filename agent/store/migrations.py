@@ -199,7 +199,8 @@ MIGRATIONS.append(
     (
         8,
         """
-        -- How a logged row was asked for: 'realtime' (predict) or 'async' (the async queue, docs/async.md).
+        -- How a logged row was asked for: 'realtime' (predict), 'async' (the async queue, docs/async.md) or 'batch'
+        -- (a batch transform's sampled rows, docs/batch.md).
         ALTER TABLE predictions ADD COLUMN mode VARCHAR DEFAULT 'realtime';
         """,
     )

@@ -101,7 +101,17 @@ def state_reason(job: Job) -> str:
             return ", ".join(p for p in (by, job.reason) if p) or "cancelled"
         case "COMPLETED":
             return "exit code 0" if job.exit_code in (0, None) else f"exit code {job.exit_code}"
+        case "RUNNING" if job.progress is not None and not job.reason:
+            return progress_text(job.progress)
     return job.reason
+
+
+def progress_text(p: Any) -> str:
+    """A running job's own progress report (batch transform: rows), short enough for the REASON cell."""
+    share = f"{p.done / p.total * 100:.0f}% " if p.total else ""
+    rate = f" {p.rate_per_s / 1000:.0f}k {p.unit}/s" if p.rate_per_s else ""
+    eta = f" ETA {int(p.eta_s) // 60}:{int(p.eta_s) % 60:02d}" if p.eta_s is not None else ""
+    return f"{share}{p.done:,} {p.unit}{rate}{eta}"
 
 
 @dataclass(frozen=True)

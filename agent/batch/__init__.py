@@ -1,0 +1,1 @@
+"""Batch transform: score a dataset as a job of the `batch` pipeline (docs/batch.md)."""

@@ -1,0 +1,1 @@
+"""Batch transform in the console: `watchkeeper batch run|status|resume|cancel`."""
