@@ -56,12 +56,12 @@ def fill(con, t0: float, rows: int) -> None:
                random(), 'on_time', 2 + random() * 8 + CASE WHEN i % 1000 = 0 THEN 200 ELSE 0 END,
                CASE WHEN i % 100 < 2 THEN 'fallback' WHEN i % 100 = 2 THEN 'fallback'
                     WHEN i % 100 = 3 THEN 'shadow' ELSE 'ok' END,
-               CASE WHEN i % 100 < 2 THEN 'model_error' WHEN i % 100 = 2 THEN 'operator' END
+               CASE WHEN i % 100 < 2 THEN 'model_error' WHEN i % 100 = 2 THEN 'operator' END, 'realtime'
         FROM range({rows}) t(i)"""
     )
     con.execute(
         f"""INSERT INTO predictions SELECT {_ts(f"{t0} + i * {DAY}.0 / 200000")}, 'o' || i, 'other', 'm', 1, 0,
-            [1.0], ['a'], 0.5, 'x', 3.0, 'ok', NULL FROM range(200000) t(i)"""
+            [1.0], ['a'], 0.5, 'x', 3.0, 'ok', NULL, 'realtime' FROM range(200000) t(i)"""
     )
     con.execute(
         f"""INSERT INTO host_samples (ts, cpu_percent, memory_percent, load1)

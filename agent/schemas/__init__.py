@@ -39,6 +39,12 @@ from agent.schemas.auth import (
     TokenCreated,
     TokenInfo,
 )
+from agent.schemas.batch import (
+    Batch,
+    BatchAction,
+    BatchList,
+    BatchSubmit,
+)
 from agent.schemas.common import API_PREFIX, MAX_UNIX_S, STRICT_INPUT, ErrorBody, FiniteJson, Health, WholeInt, _Wire
 from agent.schemas.jobs import FINAL_STATES as JOB_FINAL_STATES
 from agent.schemas.jobs import (
@@ -65,6 +71,20 @@ from agent.schemas.monitoring import (
     HistogramOut,
     QualityReport,
     QualityWindow,
+)
+from agent.schemas.pipelines import (
+    PipelineList,
+    PipelineRegister,
+    PipelineSpec,
+    PipelineSummary,
+    Run,
+    RunAction,
+    RunCompare,
+    RunList,
+    RunRequest,
+    RunSummary,
+    StepRun,
+    StepSpec,
 )
 from agent.schemas.registry import (
     NAME_PATTERN,
@@ -178,6 +198,10 @@ __all__ = [
     "AuditHead",
     "AuditStatus",
     "AuditVerify",
+    "Batch",
+    "BatchAction",
+    "BatchList",
+    "BatchSubmit",
     "BatchingConfig",
     "BreakerConfig",
     "CallbackState",
@@ -234,6 +258,10 @@ __all__ = [
     "ModelVersionCreate",
     "NetRates",
     "OutputSpec",
+    "PipelineList",
+    "PipelineRegister",
+    "PipelineSpec",
+    "PipelineSummary",
     "PredictResponse",
     "Prediction",
     "PredictionLogRow",
@@ -252,12 +280,20 @@ __all__ = [
     "RolloutState",
     "RolloutStep",
     "RolloutStrategy",
+    "Run",
+    "RunAction",
+    "RunCompare",
+    "RunList",
+    "RunRequest",
+    "RunSummary",
     "Series",
     "SeriesPoint",
     "SeriesResponse",
     "ServingStatus",
     "Signature",
     "Snapshot",
+    "StepRun",
+    "StepSpec",
     "Timeline",
     "TimelineBefore",
     "TimelineCategory",

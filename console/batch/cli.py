@@ -143,7 +143,7 @@ def _finish(args: argparse.Namespace, agent: str, b: Any, out: IO[str]) -> int:
 def _run_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     from pydantic import ValidationError
 
-    from agent.schemas.batch import BatchSubmit
+    from agent.schemas import BatchSubmit
 
     specs = _specs(args, args.agent)
     if len(specs) > 1:

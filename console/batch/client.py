@@ -9,8 +9,7 @@ from urllib.parse import quote
 
 from pydantic import TypeAdapter
 
-from agent.schemas import API_PREFIX
-from agent.schemas.batch import Batch, BatchAction, BatchList, BatchSubmit
+from agent.schemas import API_PREFIX, Batch, BatchAction, BatchList, BatchSubmit
 from console.jobs.client import JobsClient
 
 BATCH_PATH = f"{API_PREFIX}/batch"

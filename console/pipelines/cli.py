@@ -194,7 +194,7 @@ def _run_register(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 def _run_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     from pydantic import ValidationError
 
-    from agent.schemas.pipelines import RunRequest
+    from agent.schemas import RunRequest
 
     try:
         request = RunRequest(params=dict(parse_param(p) for p in args.param), from_step=args.from_step,

@@ -20,8 +20,8 @@ from urllib.parse import quote
 
 from pydantic import TypeAdapter
 
-from agent.schemas import API_PREFIX
-from agent.schemas.pipelines import (
+from agent.schemas import (
+    API_PREFIX,
     PipelineList,
     PipelineRegister,
     PipelineSpec,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.schemas.pipelines import PipelineSummary, Run, RunCompare, RunSummary, StepRun, StepSpec
+from agent.schemas import PipelineSummary, Run, RunCompare, RunSummary, StepRun, StepSpec
 from console.core.rows import KEY_SEP
 
 STATE_STYLE = {

@@ -25,7 +25,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Header, Static
 
-from agent.schemas.pipelines import Run, StepRun
+from agent.schemas import Run, StepRun
 from console.core.errors import why
 from console.core.poller import FleetStatus
 from console.core.readonly import mutating

@@ -14,7 +14,7 @@ from tests.slurmproc import unavailable_reason
 @pytest.mark.timeout(300)
 def test_jobs_bench_quick_prints_both_columns_and_verdicts():
     out = run("jobs.py", "--quick", timeout=300)
-    assert re.search(r"^measure\s+agent\s+slurm\s+target \(agent\)$", out, re.M), out
+    assert re.search(r"^measure\s+agent\s+slurm(\s+agent\+slurm)?\s+target \(agent\)$", out, re.M), out
     row = r"^(submit -> RUNNING p50|submits/s \(1 client\))\s{2,}(.*)$"
     rows = {m.group(1): m.group(2) for m in re.finditer(row, out, re.M)}
     assert set(rows) == {"submit -> RUNNING p50", "submits/s (1 client)"}, out

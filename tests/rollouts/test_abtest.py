@@ -63,7 +63,7 @@ def test_outcomes_join_the_answering_version_and_the_latest_label():
     def pred(rid: str, v: int, ts: float, status: str = "ok") -> None:
         con.execute(
             "INSERT INTO predictions VALUES (make_timestamp(CAST(? * 1e6 AS BIGINT)), ?, 'delays', 'flights', ?, 0, "
-            "NULL, NULL, 0.5, 'x', 1.0, ?, NULL)",
+            "NULL, NULL, 0.5, 'x', 1.0, ?, NULL, 'realtime')",
             [ts, rid, v, status],
         )
 

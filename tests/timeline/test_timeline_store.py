@@ -40,12 +40,12 @@ def test_series_match_numpy_on_the_same_rows(store) -> None:
     fb = rng.random(n) < 0.1
     for t, lat_ms, f in zip(ts, lat, fb, strict=True):
         store.execute(
-            f"INSERT INTO predictions VALUES ({_ts(t)}, 'r', 'delays', 'flights', 1, 0, [], [], 0.5, 'x', ?, ?, ?)",
+            f"INSERT INTO predictions VALUES ({_ts(t)}, 'r', 'delays', 'flights', 1, 0, [], [], 0.5, 'x', ?, ?, ?, 'realtime')",
             [float(lat_ms), "fallback" if f else "ok", "model_error" if f else None],
         )
     # Mirrored shadow rows and rows after the first of a request are not what callers waited for.
     for rid, row_idx, status in (("s", 0, "shadow"), ("r", 1, "ok")):
-        values = f"({_ts(T0 + 5)}, ?, 'delays', 'flights', 2, ?, [], [], 0.5, 'x', 999, ?, NULL)"
+        values = f"({_ts(T0 + 5)}, ?, 'delays', 'flights', 2, ?, [], [], 0.5, 'x', 999, ?, NULL, 'realtime')"
         store.execute(f"INSERT INTO predictions VALUES {values}", [rid, row_idx, status])
     tl = TimelineService(store, "h").timeline("delays", T0, T0 + 3600)
     assert tl.step_s == pick_step(3600) == 10 and tl.buckets[0] == T0 and len(tl.buckets) == 360
