@@ -6,7 +6,7 @@ endpoint's health. The agent answers with an ETag and "304 Not Modified" to a ma
 A count the agent cannot give (the feature is not running there) is `None`, never a made-up zero.
 
 The sample is lean (`snapshot_lean`): what the fleet table shows and no more. Its process lists, disks,
-per-core CPU and each GPU's processes and MIG devices are left empty (at 1,000 agents polled every
+per-core CPU and each GPU's processes are left empty (at 1,000 agents polled every
 2 s they were most of the bytes parsed and of the garbage made); `GET /api/v1/snapshot` has them all.
 """
 
@@ -34,8 +34,8 @@ class AgentSummary(_Wire):
     agent_name: str
     sample_interval_s: float
     snapshot: Snapshot | None  # None until the first sample
-    # True: `snapshot` leaves out top_cpu, top_rss, disks, cpu.per_core and the GPUs' processes and MIG
-    # devices (empty lists, not "none there": ask `/snapshot`). False (an older agent): the whole sample.
+    # True: `snapshot` leaves out top_cpu, top_rss, disks, cpu.per_core and the GPUs' processes (empty
+    # lists, not "none there": ask `/snapshot`). False (an older agent): the whole sample.
     snapshot_lean: bool = False
     # severity -> alerts firing now (None: alerting not running on this agent)
     alerts_firing: dict[str, int] | None

@@ -24,7 +24,7 @@ def test_summary_carries_the_newest_sample_and_feature_counts_and_answers_304_wh
         assert summary.snapshot_lean is True
         assert snap.top_rss and snap.disks and snap.cpu.per_core
         assert lean.top_cpu == [] and lean.top_rss == [] and lean.disks == [] and lean.cpu.per_core == []
-        assert all(g.processes == [] and g.mig_devices == [] for g in lean.gpus)
+        assert all(g.processes == [] for g in lean.gpus)
         assert lean.cpu.percent == snap.cpu.percent and lean.memory == snap.memory and lean.hostname == snap.hostname
         assert [(g.utilization_percent, g.memory_used_bytes) for g in lean.gpus] == [
             (g.utilization_percent, g.memory_used_bytes) for g in snap.gpus

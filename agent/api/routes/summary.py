@@ -20,9 +20,9 @@ router = APIRouter(dependencies=[Depends(require_read)], tags=["telemetry"])
 
 
 def lean_snapshot(snap: Snapshot) -> Snapshot:
-    """`snap` with only what the fleet table shows: no process lists, disks, per-core CPU, GPU processes
-    or MIG devices (`/snapshot` has them). A copy: the sampler's latest sample is shared and never changed."""
-    gpus = [g.model_copy(update={"processes": [], "mig_devices": []}) for g in snap.gpus]
+    """`snap` with only what the fleet table shows: no process lists, disks, per-core CPU or GPU processes
+    (`/snapshot` has them). A copy: the sampler's latest sample is shared and never changed."""
+    gpus = [g.model_copy(update={"processes": []}) for g in snap.gpus]
     return snap.model_copy(
         update={
             "top_cpu": [],
