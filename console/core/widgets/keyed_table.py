@@ -12,13 +12,15 @@ entered or left the filter, or changed its `order_key` (its sort value). Cells a
 `Text` costs ~8 µs (it strips control codes), 9,000 of them were most of a 1,000-row refresh.
 
 A burst (the first poll, a Prometheus poll that moves every row, a new sort over 1,000 rows) is drawn
-in slices of `SLICE_ROWS` rows, one per turn of the event loop, so the screen keeps drawing and reading
-keys meanwhile (one 1,000-row update froze it for 100-500 ms); the order is settled with the last slice,
-and `FilteredRowsTable.Settled` then tells the screen (its status line counts the rows shown).
+in slices (updates of `SLICE_ROWS` rows for up to `SLICE_BUDGET_S` per turn of the event loop), so the
+screen keeps drawing and reading keys meanwhile (one 1,000-row update froze it for 100-500 ms); the
+order is settled with the last slice, and `FilteredRowsTable.Settled` then tells the screen (its status
+line counts the rows shown).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from itertools import islice
 from typing import ClassVar, Generic, NamedTuple, Protocol, TypeVar
@@ -55,9 +57,11 @@ class RowModel(Protocol):
 
 
 R = TypeVar("R", bound=RowModel)
-# Rows drawn per turn of the event loop when many changed at once (~0.1-0.2 ms each: a slice stays well
-# under the 100 ms a person notices, even on a loaded machine), and the pause between two slices.
+# When many rows changed at once: rows per update (~0.1-0.2 ms each), the time one turn of the event loop
+# may spend on them (well under the 100 ms a person notices, with the repaint after it), and the pause
+# between two turns.
 SLICE_ROWS = 150
+SLICE_BUDGET_S = 0.03
 SLICE_GAP_S = 0.005
 
 
@@ -363,21 +367,27 @@ class FilteredRowsTable(KeyedTable, Generic[R]):
             self._draw_slice()
 
     def _draw_slice(self) -> None:
+        # Chunks of SLICE_ROWS until SLICE_BUDGET_S is spent, then the loop's turn: as few slices (and
+        # repaints between them) as a quiet machine allows, never one long block on a loaded one.
         self._slice_armed = False
         if not self.is_attached:
             return
-        keys = list(islice(self._pending, self.SLICE_ROWS))
-        for key in keys:
-            del self._pending[key]
+        deadline = time.perf_counter() + SLICE_BUDGET_S
         rows = self._rows
-        last = not self._pending
-        self._draw([rows[k] for k in keys if k in rows], reorder=last and self._pending_reorder)
-        if last:
-            self._pending_reorder = False
-            self.post_message(self.Settled(self))
-        else:
-            self._slice_armed = True
-            self.set_timer(SLICE_GAP_S, self._draw_slice, name="table-slice")
+        while self._pending:
+            keys = list(islice(self._pending, self.SLICE_ROWS))
+            for key in keys:
+                del self._pending[key]
+            last = not self._pending
+            self._draw([rows[k] for k in keys if k in rows], reorder=last and self._pending_reorder)
+            if last:
+                self._pending_reorder = False
+                self.post_message(self.Settled(self))
+                return
+            if time.perf_counter() >= deadline:
+                break
+        self._slice_armed = True
+        self.set_timer(SLICE_GAP_S, self._draw_slice, name="table-slice")
 
     def _draw(self, changed: list[R], reorder: bool) -> None:
         match = self.row_filter.matches
