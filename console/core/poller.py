@@ -349,6 +349,11 @@ class FleetPoller:
         """Fetch one metric's series from agent `name`."""
         return await self._tracks[name].client.series(metric, start, end, step_s)
 
+    async def snapshot(self, name: str) -> Snapshot:
+        """Agent `name`'s whole newest sample (`/snapshot`: processes, disks, per-core CPU), which the
+        summary a poll asks for leaves out; the host screen asks it for the agent it shows."""
+        return await self._tracks[name].client.snapshot()
+
     def want_serving(self, wanted: bool) -> None:
         """Fetch serving status on every poll while `wanted`, else every `serving_idle_s`."""
         self.serving_wanted = wanted

@@ -121,6 +121,9 @@ class HostScreen(ConsoleScreen):
         self.series_errors: dict[str, str] = {}
         self._series_timer: Timer | None = None
         self._gpu_panels: list[GpuPanel] = []
+        # The agent's whole sample (`/snapshot`), fetched beside the history while the poll brings a lean
+        # one (the summary leaves out processes): the process tables come from it.
+        self.detail: Snapshot | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -177,9 +180,21 @@ class HostScreen(ConsoleScreen):
             f"{mem.percent:.1f}%  {fmt_bytes_pair(mem.used_bytes, mem.total_bytes)}{swap}"
         )
         self._sync_gpu_panels(snap)
-        self.query_one("#top-cpu", ProcessTable).show(snap.top_cpu)
-        self.query_one("#top-rss", ProcessTable).show(snap.top_rss)
-        self.query_one("#gpu-procs", GpuProcessTable).show(snap.gpus)
+        self._show_processes()
+
+    def lean(self) -> bool:
+        """Whether the poll's sample of this agent leaves the processes out (its summary's is lean)."""
+        a = self.status
+        return bool(a and a.summary and a.summary.snapshot_lean and a.snapshot is a.summary.snapshot)
+
+    def _show_processes(self) -> None:
+        if not self.is_mounted or self.status is None:
+            return
+        # From the whole sample when the poll's is lean; none yet (just opened): empty until it comes.
+        full = self.detail if self.lean() else self.status.snapshot
+        self.query_one("#top-cpu", ProcessTable).show(full.top_cpu if full else [])
+        self.query_one("#top-rss", ProcessTable).show(full.top_rss if full else [])
+        self.query_one("#gpu-procs", GpuProcessTable).show(full.gpus if full else [])
 
     def _mark_stale(self, a: AgentStatus, now: float) -> None:
         """Old figures must look old: a banner with their age, and everything below it dimmed."""
@@ -250,11 +265,15 @@ class HostScreen(ConsoleScreen):
         interval = self.status.sample_interval_s if self.status else 5.0
         step = max(interval, HISTORY_WINDOW_S / HISTORY_POINTS)
         cancelled = False
+        # Before the first poll (status None) too: an agent with a summary is the rule.
+        ask_detail = (self.status is None or self.lean()) and hasattr(source, "snapshot")
         try:
-            results = await asyncio.gather(
-                *(source.series(self.agent, m, start, end, step) for m in SERIES_METRICS),
-                return_exceptions=True,
-            )
+            asks = [source.series(self.agent, m, start, end, step) for m in SERIES_METRICS]
+            if ask_detail:
+                asks.append(source.snapshot(self.agent))
+            results = await asyncio.gather(*asks, return_exceptions=True)
+            if ask_detail:
+                self._note_detail(results.pop())
             series: dict[str, SeriesResponse] = {}
             errors: dict[str, str] = {}
             for metric, result in zip(SERIES_METRICS, results, strict=True):
@@ -272,6 +291,18 @@ class HostScreen(ConsoleScreen):
             if not cancelled and self.is_attached:
                 # Re-armed only now, so a slow agent never has two history fetches in flight.
                 self._series_timer = self.set_timer(self.wk_app.refresh_s, self.load_series)
+
+    def _note_detail(self, result: object) -> None:
+        if isinstance(result, Snapshot):
+            self.detail = result
+            self._show_processes()
+        elif isinstance(result, Exception):
+            # The last whole sample stays (its processes may be a refresh old); say why it is not newer.
+            why = str(result) if isinstance(result, AgentError) else repr(result)
+            text = f"{self.agent}: processes unavailable ({why})"
+            self.post_message(ConsoleError(f"processes {self.agent}", text, severity="warning"))
+        elif isinstance(result, BaseException):
+            raise result
 
     @on(SeriesLoaded)
     def _series_loaded(self, message: SeriesLoaded) -> None:

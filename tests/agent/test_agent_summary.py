@@ -19,6 +19,16 @@ def test_summary_carries_the_newest_sample_and_feature_counts_and_answers_304_wh
         snap = Snapshot.model_validate(c.get("/api/v1/snapshot").json())
         assert summary.agent_name == "sum1" and summary.sample_interval_s == 30.0
         assert summary.snapshot is not None and summary.snapshot.ts == snap.ts and len(summary.snapshot.gpus) == 2
+        # Lean: the fleet table's figures, not the process lists and the rest (`/snapshot` keeps them).
+        lean = summary.snapshot
+        assert summary.snapshot_lean is True
+        assert snap.top_rss and snap.disks and snap.cpu.per_core
+        assert lean.top_cpu == [] and lean.top_rss == [] and lean.disks == [] and lean.cpu.per_core == []
+        assert all(g.processes == [] for g in lean.gpus)
+        assert lean.cpu.percent == snap.cpu.percent and lean.memory == snap.memory and lean.hostname == snap.hostname
+        assert [(g.utilization_percent, g.memory_used_bytes) for g in lean.gpus] == [
+            (g.utilization_percent, g.memory_used_bytes) for g in snap.gpus
+        ]
         # Features running on this agent give counts (zeros), not None.
         assert summary.alerts_firing == {} and summary.alerts_pending == 0
         assert summary.rollouts_active == 0 and summary.rollouts_awaiting_approval == 0

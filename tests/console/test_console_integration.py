@@ -20,6 +20,7 @@ from console.core.errors import ErrorKind
 from console.core.poller import AgentState, FleetPoller
 from console.demo.fleet import alive_pids
 from console.fleet.host_screen import HostScreen
+from console.fleet.process_table import ProcessTable
 from tests.console.wk_terminal import Terminal
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,6 +97,14 @@ async def test_tui_drills_into_a_real_agent(agent_factory) -> None:
         await pilot.pause(0.2)
         assert len(host.query("GpuPanel")) == 2
         assert len(host.query_one("#cpu").history) >= 2  # type: ignore[attr-defined]
+        # The poll brings the summary's lean sample (no processes); the host screen's process tables
+        # come from the agent's whole sample, asked beside the history.
+        polled = app.fleet_status.get("tui-a")
+        assert polled is not None and polled.summary is not None and polled.summary.snapshot_lean
+        assert polled.snapshot is not None and polled.snapshot.top_rss == []
+        assert host.detail is not None and host.detail.top_rss
+        top_rss = host.query_one("#top-rss", ProcessTable)
+        assert top_rss.row_keys == [str(p.pid) for p in host.detail.top_rss]
 
 
 def test_real_demo_starts_three_agents_and_q_stops_them(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 """`GET /api/v1/summary`: one cheap request per agent per console refresh, with ETag / 304.
 
+Its sample is lean (the fleet table's figures only; processes, disks and the rest are on `/snapshot`).
+
 Built from memory only (the sampler's latest sample, the alert and rollout engines' in-memory state,
 the serving table): it never touches the store, so a fleet of consoles polling it costs microseconds.
 """
@@ -12,9 +14,24 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from agent.api.deps import ctx, require_read
 from agent.context import AgentContext
-from agent.schemas import AgentSummary, EndpointHealth
+from agent.schemas import AgentSummary, EndpointHealth, Snapshot
 
 router = APIRouter(dependencies=[Depends(require_read)], tags=["telemetry"])
+
+
+def lean_snapshot(snap: Snapshot) -> Snapshot:
+    """`snap` with only what the fleet table shows: no process lists, disks, per-core CPU or GPU processes
+    (`/snapshot` has them). A copy: the sampler's latest sample is shared and never changed."""
+    gpus = [g.model_copy(update={"processes": []}) for g in snap.gpus]
+    return snap.model_copy(
+        update={
+            "top_cpu": [],
+            "top_rss": [],
+            "disks": [],
+            "cpu": snap.cpu.model_copy(update={"per_core": []}),
+            "gpus": gpus,
+        }
+    )
 
 
 def build_summary(c: AgentContext) -> AgentSummary:
@@ -51,10 +68,12 @@ def build_summary(c: AgentContext) -> AgentSummary:
                 )
             )
     jobs = c.jobs.summary() if c.jobs is not None else None
+    latest = c.sampler.latest
     return AgentSummary(
         agent_name=c.cfg.name,
         sample_interval_s=c.cfg.sample_interval,
-        snapshot=c.sampler.latest,
+        snapshot=lean_snapshot(latest) if latest is not None else None,
+        snapshot_lean=True,
         alerts_firing=firing,
         alerts_pending=pending,
         rollouts_active=active,

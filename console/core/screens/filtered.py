@@ -20,6 +20,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from console.core.filtering import RowFilter
 from console.core.poller import FleetStatus
 from console.core.screens.base import ConsoleScreen
+from console.core.widgets.keyed_table import FilteredRowsTable
 
 
 class FilterInput(Input):
@@ -173,6 +174,13 @@ class FleetTableScreen(FilteredTableScreen):
         parts.append(f"every {self.wk_app.refresh_s:g}s")
         parts.extend(self.view_parts())
         self.show_status(parts)
+
+    @on(FilteredRowsTable.Settled)
+    def _table_settled(self, event: FilteredRowsTable.Settled) -> None:
+        # A burst drawn in slices ended: the rows shown (and the row under the cursor) are final now.
+        if event.table is self.table:
+            self.show_detail()
+            self.update_status_line()
 
     @on(DataTable.RowHighlighted)
     def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
