@@ -40,7 +40,8 @@ def test_series_match_numpy_on_the_same_rows(store) -> None:
     fb = rng.random(n) < 0.1
     for t, lat_ms, f in zip(ts, lat, fb, strict=True):
         store.execute(
-            f"INSERT INTO predictions VALUES ({_ts(t)}, 'r', 'delays', 'flights', 1, 0, [], [], 0.5, 'x', ?, ?, ?, 'realtime')",
+            f"INSERT INTO predictions VALUES ({_ts(t)}, 'r', 'delays', 'flights', 1, 0, [], [], 0.5, 'x', ?, ?, ?, "
+            "'realtime')",
             [float(lat_ms), "fallback" if f else "ok", "model_error" if f else None],
         )
     # Mirrored shadow rows and rows after the first of a request are not what callers waited for.
