@@ -83,6 +83,24 @@ def forgotten(cluster: SlurmCluster, sid: int) -> bool:
     return cluster.run(["scontrol", "show", "job", "-o", str(sid)], check=False).returncode != 0
 
 
+@pytest.fixture(autouse=True)
+def _empty_queue(cluster: SlurmCluster) -> Iterator[None]:
+    """Jobs outlive the agent that submitted them (by design): cancel what a test left in the module's cluster,
+    so the next test's jobs don't wait behind it."""
+    yield
+    cluster.run(["scancel", "--full", f"--partition={cluster.partition}"], check=False, timeout=10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            states = cluster.job_states()
+        except Exception:  # slurmctld restarting after the outage test: try again
+            states = {0: "UNKNOWN"}
+        if not any(st in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "UNKNOWN")
+                   for st in states.values()):  # fmt: skip
+            return
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def agent(tmp_path, cluster) -> Iterator[AgentProc]:
     a = start_agent(tmp_path, cluster)
