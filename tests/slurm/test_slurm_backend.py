@@ -102,6 +102,17 @@ def _empty_queue(cluster: SlurmCluster) -> Iterator[None]:
 
 
 @pytest.fixture
+def own_cluster() -> Iterator[SlurmCluster]:
+    """A cluster of the test's own: for a test that kills slurmctld, or must not share the node with what the
+    module's other tests did to it (they passed alone and failed after the others on a shared cluster)."""
+    c = SlurmCluster(min_job_age=5, extra_conf=SLURM_CONF, partition_options="OverSubscribe=FORCE:16").start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
 def agent(tmp_path, cluster) -> Iterator[AgentProc]:
     a = start_agent(tmp_path, cluster)
     try:
@@ -272,7 +283,8 @@ def test_agent_restart_reattaches_to_its_slurm_jobs(tmp_path, cluster):
         b.stop()
 
 
-def test_slurm_down_refuses_submits_keeps_jobs_and_recovers(tmp_path, cluster):
+def test_slurm_down_refuses_submits_keeps_jobs_and_recovers(tmp_path, own_cluster):
+    cluster = own_cluster
     a = start_agent(tmp_path, cluster)
     try:
         with a.client() as c:
@@ -317,10 +329,14 @@ def test_slurm_down_refuses_submits_keeps_jobs_and_recovers(tmp_path, cluster):
         a.stop()
 
 
-def test_a_time_limit_ends_timeout(agent, cluster):
+def test_a_time_limit_ends_timeout(tmp_path, own_cluster):
     # Slurm's smallest limit is a minute and it checks limits every ~30 s: this takes 60-100 s.
-    with agent.client() as c:
-        j = submit(c, pipeline="train", command=["sleep", "600"], time_limit="30s")
-        done = wait_job(c, j["id"], FINAL, timeout=180)
-        assert done["state"] == "TIMEOUT", done
-        assert done["reason"] == "time limit 60 s reached" and done["signal"] == 15, done
+    agent = start_agent(tmp_path, own_cluster)
+    try:
+        with agent.client() as c:
+            j = submit(c, pipeline="train", command=["sleep", "600"], time_limit="30s")
+            done = wait_job(c, j["id"], FINAL, timeout=180)
+            assert done["state"] == "TIMEOUT", done
+            assert done["reason"] == "time limit 60 s reached" and done["signal"] == 15, done
+    finally:
+        agent.stop()
