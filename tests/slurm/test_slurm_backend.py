@@ -283,6 +283,7 @@ def test_agent_restart_reattaches_to_its_slurm_jobs(tmp_path, cluster):
         b.stop()
 
 
+@pytest.mark.timeout(300)
 def test_slurm_down_refuses_submits_keeps_jobs_and_recovers(tmp_path, own_cluster):
     cluster = own_cluster
     a = start_agent(tmp_path, cluster)
@@ -329,6 +330,7 @@ def test_slurm_down_refuses_submits_keeps_jobs_and_recovers(tmp_path, own_cluste
         a.stop()
 
 
+@pytest.mark.timeout(300)
 def test_a_time_limit_ends_timeout(tmp_path, own_cluster):
     # Slurm's smallest limit is a minute and it checks limits every ~30 s: this takes 60-100 s.
     agent = start_agent(tmp_path, own_cluster)
