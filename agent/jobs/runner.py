@@ -325,7 +325,7 @@ def outcome_state(rec: JobRecord, out: Outcome) -> tuple[str, str]:
         who = rec.cancel_requested or "?"
         return "CANCELLED", f"cancelled by {who}" + (f": {rec.cancel_note}" if rec.cancel_note else "")
     if out.oom or rec.stopping == "mem":
-        return "OUT_OF_MEMORY", rec.stop_reason or f"memory limit {j.mem} bytes reached"
+        return "OUT_OF_MEMORY", rec.stop_reason or f"memory limit {_size(j.mem)} reached"
     if rec.stopping == "timeout":
         return "TIMEOUT", rec.stop_reason
     if rec.stopping == "gpu_mem":
@@ -358,3 +358,12 @@ def _write_handle(d, text: str) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, d / "handle.json")
+
+
+def _size(n: int) -> str:
+    """Bytes as the person on call reads them (the schemas' binary units): "128 MiB", "1.5 GiB"."""
+    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= f:
+            v = n / f
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n} B"
