@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
+import psutil
+
 WRAPPER = str(Path(__file__).resolve().parents[1] / "wrapper.py")
 
 
@@ -212,3 +214,29 @@ def _read(path: str) -> str | None:
 
 def now() -> float:
     return time.time()
+
+
+# ----------------------------------------------------------------------------- what every tier's adopt checks
+
+
+def rc_or_reboot(h: JobHandle) -> tuple[bool, str | None]:
+    """The checks every tier's `adopt` starts with: an rc file decides (the job ended; adoptable), a reboot
+    without one makes it LOST. (True, reason-or-None) when decided, (False, None) when the tier must look on."""
+    if read_rc(h.rc_path) is not None:
+        return True, None
+    if h.boot_id and h.boot_id != boot_id():
+        return True, "the host rebooted since the job started"
+    return False, None
+
+
+def wrapper_mismatch(h: JobHandle) -> str | None:
+    """Why `h.pid` is not the job's wrapper any more (gone, not inspectable, another process), or None."""
+    try:
+        proc = psutil.Process(h.pid)
+    except psutil.NoSuchProcess:
+        return f"pid {h.pid} is gone and the job left no exit status"
+    except psutil.Error as exc:
+        return f"pid {h.pid} can't be inspected: {exc}"
+    if abs(proc.create_time() - h.create_time) >= 0.05:
+        return f"pid {h.pid} is now another process"
+    return None

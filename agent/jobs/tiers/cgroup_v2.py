@@ -33,9 +33,11 @@ from agent.jobs.tiers.base import (
     Outcome,
     Usage,
     boot_id,
+    rc_or_reboot,
     read_rc,
     spawn_wrapper,
     wait_forked,
+    wrapper_mismatch,
 )
 
 WANTED = ("cpu", "memory", "pids")
@@ -249,22 +251,14 @@ class CgroupV2Tier:
             fs.signal_all(d, signal.SIGKILL)
 
     def adopt(self, h: JobHandle) -> str | None:
-        done = read_rc(h.rc_path) is not None
-        if h.boot_id and h.boot_id != boot_id():
-            return None if done else "the host rebooted since the job started"
-        if done:
-            return None
+        decided, why = rc_or_reboot(h)
+        if decided:
+            return why
         d = h.cgroups.get("", "")
         if not os.path.isdir(d):
             return f"the job's cgroup {d} is gone and the job left no exit status"
-        try:
-            proc = psutil.Process(h.pid)
-        except psutil.NoSuchProcess:
-            return f"pid {h.pid} is gone and the job left no exit status"
-        except psutil.Error as exc:
-            return f"pid {h.pid} can't be inspected: {exc}"
-        if abs(proc.create_time() - h.create_time) >= 0.05:
-            return f"pid {h.pid} is now another process"
+        if (why := wrapper_mismatch(h)) is not None:
+            return why
         deadline = time.monotonic() + 1.0  # a wrapper persisted a moment ago may not have joined yet
         while h.pid not in fs.procs(d):
             if read_rc(h.rc_path) is not None:

@@ -28,9 +28,11 @@ from agent.jobs.tiers.base import (
     Outcome,
     Usage,
     boot_id,
+    rc_or_reboot,
     read_rc,
     spawn_wrapper,
     wait_forked,
+    wrapper_mismatch,
 )
 from agent.jobs.tiers.proctable import TableCache
 
@@ -235,17 +237,11 @@ class PsutilTier:
             _signal(p, signal.SIGKILL)
 
     def adopt(self, h: JobHandle) -> str | None:
-        if h.boot_id and h.boot_id != boot_id():
-            return "the host rebooted since the job started" if read_rc(h.rc_path) is None else None
-        if read_rc(h.rc_path) is None:
-            try:
-                proc = psutil.Process(h.pid)
-            except psutil.NoSuchProcess:
-                return f"pid {h.pid} is gone and the job left no exit status"
-            except psutil.Error as exc:
-                return f"pid {h.pid} can't be inspected: {exc}"
-            if abs(proc.create_time() - h.create_time) >= 0.05:
-                return f"pid {h.pid} is now another process"
+        decided, why = rc_or_reboot(h)
+        if why is None and not decided:
+            why = wrapper_mismatch(h)
+        if why is not None:
+            return why
         with self._lock:
             self._handles[h.job_id] = h  # watched again, against its own limit and its pipeline's cap
         return None

@@ -24,7 +24,17 @@ from collections.abc import Callable, Sequence
 import psutil
 
 from agent.jobs.tiers import cgroupfs as fs
-from agent.jobs.tiers.base import JobHandle, LaunchSpec, Limits, Outcome, Usage, boot_id, read_rc, wrapper_argv
+from agent.jobs.tiers.base import (
+    JobHandle,
+    LaunchSpec,
+    Limits,
+    Outcome,
+    Usage,
+    boot_id,
+    rc_or_reboot,
+    read_rc,
+    wrapper_argv,
+)
 
 JOBS_SLICE = "watchkeeper-jobs.slice"
 _ACTIVE = {"active", "activating", "deactivating", "reloading"}
@@ -250,11 +260,9 @@ class SystemdTier:
             self._call(["systemctl", "kill", "--kill-whom=all", "--signal=SIGKILL", h.unit or unit_name(h.job_id)])
 
     def adopt(self, h: JobHandle) -> str | None:
-        done = read_rc(h.rc_path) is not None
-        if h.boot_id and h.boot_id != boot_id():
-            return None if done else "the host rebooted since the job started"
-        if done:
-            return None
+        decided, why = rc_or_reboot(h)
+        if decided:
+            return why
         unit = h.unit or unit_name(h.job_id)
         props = self.show(unit)
         if props.get("ActiveState") not in _ACTIVE:
