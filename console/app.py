@@ -45,6 +45,10 @@ DEFAULT_REFRESH_S = 2.0
 # A phased source (one with `want_phases`) spreads a poll's agents over this share of the refresh
 # interval; the rest is slack for the last agents' answers before the next poll starts.
 SPREAD_SHARE = 0.75
+# Phased, the next poll starts this share of the interval early: the poller hands answers over at
+# fixed times after a poll's start, so a row changes once per poll period; the slack absorbs the UI's
+# own lateness (a timer firing late, a batch drawn behind another), so no row waits over refresh_s.
+PERIOD_SLACK_SHARE = 0.05
 # The same error is reported at most once in this many seconds (a dead agent fails every poll).
 ERROR_REPEAT_S = 60.0
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -231,9 +235,10 @@ class WatchkeeperApp(App[int]):
         # Not 0: Textual's timer divides by its interval when it runs late (ZeroDivisionError).
         delay = self.refresh_s
         if self.phased:
-            # A phased poll lasts most of the interval: the next starts one interval after this one
-            # started, so every agent is asked every refresh_s, on its own phase.
-            delay = max(0.001, self.refresh_s - (time.monotonic() - self._poll_started))
+            # A phased poll lasts most of the interval: the next starts one period after this one
+            # started (a little under refresh_s), so every agent is asked once per period, on its phase.
+            period = self.refresh_s * (1.0 - PERIOD_SLACK_SHARE)
+            delay = max(0.001, period - (time.monotonic() - self._poll_started))
         if self._poll_again:
             delay = 0.001
             self._burst()

@@ -121,7 +121,7 @@ def _add_tui_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None
         type=_positive_seconds,
         metavar="S",
         default=argparse.SUPPRESS if suppress else 2.0,
-        help="seconds between polls (default 2)",
+        help="the longest a row waits for fresh data, in seconds (default 2)",
     )
     parser.add_argument(
         "--theme",

@@ -44,6 +44,28 @@ BACKOFF_JITTER = 0.25
 # burst of 1,000 rows at the end, and not so often that the screen redraws its visible rows (tens of
 # ms each time) several times a second.
 PROGRESS_EVERY_S = 0.4
+
+
+def phase_offsets(n: int, spread_s: float, slot_s: float) -> list[float]:
+    """When each of `n` agents is asked within a phased poll (seconds after its start).
+
+    The spread is cut into slots of `slot_s`, the hand-over interval; an agent starts in the first
+    half of its slot, so an answer that takes under half a slot reaches the hand-over at the slot's
+    end in every poll. A row's data then changes once per poll period, not that give or take a slot.
+    """
+    if n <= 0:
+        return []
+    if spread_s <= 0 or slot_s <= 0:
+        return [0.0] * n
+    slots = max(1, round(spread_s / slot_s))
+    offsets = []
+    for i in range(n):
+        at = i / n * slots
+        slot = int(at)
+        offsets.append((slot + (at - slot) * 0.5) * slot_s)
+    return offsets
+
+
 # --------------------------------------------------------------------------- poll results
 
 
@@ -298,10 +320,12 @@ class FleetPoller:
             await asyncio.gather(*(self.poll_agent(t) for t in due))
             return self._fleet_status(started, tracks, tracks)
         finished: list[AgentTrack] = []
-        place = {t.spec.name: i / len(tracks) for i, t in enumerate(tracks)}
+        every = self.progress_every_s
+        offsets = phase_offsets(len(tracks), spread, every)
+        place = {t.spec.name: offsets[i] for i, t in enumerate(tracks)}
 
         async def on_phase(track: AgentTrack) -> None:
-            delay = place[track.spec.name] * spread - (self._clock() - started)
+            delay = place[track.spec.name] - (self._clock() - started)
             if delay > 0:
                 await asyncio.sleep(delay)
             await self.poll_agent(track)
@@ -312,7 +336,11 @@ class FleetPoller:
         everyone.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             while not everyone.done():
-                await asyncio.wait([everyone], timeout=self.progress_every_s)
+                # Handed over at fixed times after the poll's start (the ends of the phase slots), not
+                # `every` after the last hand-over: late hand-overs would drift, and an agent's answer
+                # would reach the screen a slot earlier or later from one poll to the next.
+                boundary = started + (int(max(0.0, self._clock() - started) / every) + 1) * every
+                await asyncio.wait([everyone], timeout=max(0.001, boundary - self._clock()))
                 # Not before every agent has a status (the first poll): a row per agent or none.
                 if progress is not None and finished and not everyone.done() and len(self._statuses) == len(tracks):
                     batch, finished[:] = finished[:], []

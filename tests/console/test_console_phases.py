@@ -120,3 +120,48 @@ async def test_refresh_now_asks_every_agent_at_once() -> None:
         for s in servers:
             await s.stop()
     assert len(arrivals) == N
+
+
+def test_phase_offsets_start_each_agent_in_the_first_half_of_its_slot() -> None:
+    from console.core.poller import phase_offsets
+
+    offsets = phase_offsets(1000, 1.5, 0.4)
+    assert offsets == sorted(offsets) and offsets[0] == 0.0
+    slots = round(1.5 / 0.4)
+    for at in offsets:
+        slot = int(at / 0.4 + 1e-9)
+        assert slot < slots
+        assert at - slot * 0.4 <= 0.2 + 1e-9  # half a slot left for the answer before the hand-over
+    assert offsets[-1] > (slots - 1) * 0.4  # the whole spread is used
+    assert phase_offsets(3, 0.0, 0.4) == [0.0, 0.0, 0.0]
+    assert phase_offsets(0, 1.5, 0.4) == []
+
+
+async def test_each_agent_reaches_the_screen_in_the_same_hand_over_every_poll() -> None:
+    # A row's refresh is the poll period, not that give or take a hand-over: the batches are cut at
+    # fixed times after each poll's start and every agent is asked early in its slot.
+    arrivals: list[tuple[str, float]] = []
+    servers = await start_fleet(arrivals)
+    batches: list[FleetStatus] = []
+    try:
+        specs = [AgentSpec(name=f"p{i:02d}", url=s.url) for i, s in enumerate(servers)]
+        async with FleetPoller(specs, ask_host=False, ask_serving=False) as poller:
+            poller.want_phases(1.2, batches.append)
+            poller.progress_every_s = 0.2
+            final = await poller.poll()
+            where: list[dict[str, int]] = []
+            for _ in range(2):
+                batches.clear()
+                before = final
+                final = await poller.poll()
+                seen: dict[str, int] = {}
+                for j, status in enumerate([*batches, final]):
+                    for old, new in zip(before.agents, status.agents, strict=True):
+                        if new is not old and new.name not in seen:
+                            seen[new.name] = j
+                where.append(seen)
+    finally:
+        for s in servers:
+            await s.stop()
+    assert len(where[0]) == N and where[0] == where[1]
+    assert len(set(where[0].values())) >= 4  # several hand-overs, not one at the end
