@@ -45,7 +45,7 @@ DEFAULT_REFRESH_S = 2.0
 # A phased source (one with `want_phases`) spreads a poll's agents over this share of the refresh
 # interval; the rest is slack for the last agents' answers before the next poll starts.
 SPREAD_SHARE = 0.75
-# Phased, the next poll starts this share of the interval early: the poller hands answers over at
+# The next poll starts this share of the interval early. Phased, the poller hands answers over at
 # fixed times after a poll's start, so a row changes once per poll period; the slack absorbs the UI's
 # own lateness (a timer firing late, a batch drawn behind another), so no row waits over refresh_s.
 PERIOD_SLACK_SHARE = 0.05
@@ -232,13 +232,13 @@ class WatchkeeperApp(App[int]):
     def _arm_poll(self) -> None:
         if self._poll_timer is not None:
             self._poll_timer.stop()
+        # The next poll starts one period after this one started (a little under refresh_s), so what
+        # is on screen is never older than refresh_s. A phased poll lasts most of the period by design;
+        # an unphased one that ran long still leaves a quarter interval before the next.
         # Not 0: Textual's timer divides by its interval when it runs late (ZeroDivisionError).
-        delay = self.refresh_s
-        if self.phased:
-            # A phased poll lasts most of the interval: the next starts one period after this one
-            # started (a little under refresh_s), so every agent is asked once per period, on its phase.
-            period = self.refresh_s * (1.0 - PERIOD_SLACK_SHARE)
-            delay = max(0.001, period - (time.monotonic() - self._poll_started))
+        period = self.refresh_s * (1.0 - PERIOD_SLACK_SHARE)
+        floor = 0.001 if self.phased else self.refresh_s * 0.25
+        delay = max(floor, period - (time.monotonic() - self._poll_started))
         if self._poll_again:
             delay = 0.001
             self._burst()

@@ -1,5 +1,5 @@
-"""The runner: one thread that ticks every `[jobs] tick` (100 ms) and at once on submit, cancel or a quota
-change. Each tick: watch running jobs (ended? cancel, time limit, memory, GPU memory), sample usage
+"""The runner: one thread that ticks every `[jobs] tick` (100 ms) and at once on submit, cancel, a quota
+change or a job's wrapper exiting (`exits.ExitWatcher`). Each tick: watch running jobs (ended? cancel, time limit, memory, GPU memory), sample usage
 every `usage_interval`, admit pending jobs and launch them.
 
 A launch is on record before the wrapper is spawned (`launching`), the handle is written to
@@ -15,6 +15,7 @@ import threading
 import time
 
 from agent.jobs import logs
+from agent.jobs.exits import ExitWatcher
 from agent.jobs.queue import admit, invalid_dependency
 from agent.jobs.record import JobRecord
 from agent.jobs.service import JobService, next_attempt
@@ -45,6 +46,9 @@ class Runner:
         self._dirty: set[str] = set()  # pipelines whose quota changed since
         self.ticks = 0
         self.last_error: str | None = None
+        # A job's end seen when its wrapper exits, not at the next tick (an isolated pipeline step
+        # waited up to a tick per step).
+        self.exits = ExitWatcher(self.wake)
 
     def start(self) -> None:
         set_jobs = getattr(self.svc.tier, "set_jobs_limits", None)
@@ -53,6 +57,11 @@ class Runner:
                 set_jobs(Limits(cpu=self.svc.host.cpu, mem=self.svc.host.mem))
             except Exception as e:
                 log.error("jobs: could not set the jobs root's limits: %s", e)
+        self.exits.start()
+        with self.svc.lock:  # re-adopted at start: watched like the ones launched from now on
+            adopted = [r.handle.pid for r in self.svc.jobs.values() if r.state == "RUNNING" and r.handle is not None]
+        for pid in adopted:
+            self.exits.watch(pid)
         self._thread.start()
 
     def stop(self) -> None:
@@ -60,6 +69,7 @@ class Runner:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(10)
+        self.exits.close()
 
     def wake(self) -> None:
         self._wake.set()
@@ -294,6 +304,7 @@ class Runner:
             j.state, j.pid, j.started_at = "RUNNING", h.pid, h.started_at or time.time()  # type: ignore[assignment]
             j.wait_s = max(0.0, j.started_at - j.submitted_at)
             svc.version += 1
+        self.exits.watch(h.pid)
 
     def _pipeline_limits(self, pipeline: str) -> None:
         if pipeline in self._limited:
