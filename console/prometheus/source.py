@@ -259,6 +259,11 @@ class PrometheusSource:
         """Switch an endpoint's fallback on the agent itself."""
         return await self.agents().set_fallback(name, endpoint, enabled, reason)
 
+    # Not the agent poller's (which `__getattr__` would hand out): a PromQL poll is one set of queries
+    # for the whole fleet, neither phased per agent nor burst.
+    want_phases = None
+    burst_next = None
+
     def __getattr__(self, attr: str) -> Any:
         # Drill-down and actions (drift, quality, ack_alert, rollout_action, client...) are the agent poller's.
         if attr.startswith("_"):

@@ -168,6 +168,8 @@ async def test_tui_on_prometheus_drills_into_the_agent(agent_factory, prometheus
     name = f"127.0.0.1:{a.port}"
     source = PrometheusSource(prom.url, agents=RolloutsPoller, token=a.token)
     app = WatchkeeperApp(source, refresh_s=0.5)
+    # One set of PromQL queries per poll: not phased per agent like the agent poller it drills into.
+    assert not app.phased
     async with app.run_test(size=(120, 40)) as pilot:
         deadline = time.monotonic() + DEADLINE_S
         while not (app.fleet_status and app.fleet_status.all_up and app.fleet_status.agents):
