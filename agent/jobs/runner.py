@@ -1,6 +1,6 @@
 """The runner: one thread that ticks every `[jobs] tick` (100 ms) and at once on submit, cancel, a quota
-change or a job's wrapper exiting (`exits.ExitWatcher`). Each tick: watch running jobs (ended? cancel, time limit, memory, GPU memory), sample usage
-every `usage_interval`, admit pending jobs and launch them.
+change or a job's wrapper exiting (`exits.ExitWatcher`). Each tick: watch running jobs (ended? cancel, time
+limit, memory, GPU memory), sample usage every `usage_interval`, admit pending jobs and launch them.
 
 A launch is on record before the wrapper is spawned (`launching`), the handle is written to
 `<job dir>/handle.json` and committed with state RUNNING after; a restart never starts a job twice.
