@@ -229,6 +229,7 @@ async def measure_tui(
     from console.core.poll_thread import ThreadedSource
     from console.core.poller import AgentState
     from console.fleet.fleet_table import FleetTable
+    from console.pipelines.client import PipelinesPoller
     from console.rollouts.client import RolloutsPoller
 
     me = psutil.Process()
@@ -244,7 +245,7 @@ async def measure_tui(
         heads = HeadStore()
         source = ThreadedSource(PrometheusSource(prometheus, [], agents=lambda s: RolloutsPoller(s, audit_heads=heads)))
     else:
-        source = ThreadedSource(RolloutsPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0))
+        source = ThreadedSource(PipelinesPoller(specs, audit_heads=HeadStore(), first_spread_s=30.0))
     app = WatchkeeperApp(source, refresh_s=refresh_s)
     settle_garbage_collector()
     worst = {"lag": 0.0}

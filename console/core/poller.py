@@ -424,7 +424,8 @@ class FleetPoller:
         if need_serving:
             track.serving_attempt_at = now
             calls.append(track.client.serving())
-        results = await asyncio.gather(*(capture(c) for c in calls))
+        # Mostly the summary alone: awaited as it is (gather makes a Task of each, ~10 % of a poll's CPU).
+        results = [await capture(calls[0])] if len(calls) == 1 else await asyncio.gather(*(capture(c) for c in calls))
         snap_result = results[0]
         host_result: Any = results[1] if need_host else None
         if need_serving:
@@ -521,8 +522,17 @@ class FleetPoller:
             track.serving_state = ServingState.ERROR
             track.serving_error = error.message
 
+    # What a poll builds per agent: feature pollers name a subclass carrying their feed and add its
+    # fields in `status_extras`, so each agent's status is constructed once per poll (a frozen
+    # dataclass rebuilt once per feature was ~5 % of a 1,000-agent poll's CPU).
+    status_type: type[AgentStatus] = AgentStatus
+
+    def status_extras(self, track: AgentTrack) -> dict[str, Any]:
+        """The fields feature pollers add to `track`'s status (their feeds)."""
+        return {}
+
     def agent_status(self, track: AgentTrack, now: float) -> AgentStatus:
-        """What one poll says of one agent (feature pollers add their feed to it)."""
+        """What one poll says of one agent (with the feature pollers' `status_extras`)."""
         spec = track.spec
         interval = DEFAULT_SAMPLE_INTERVAL_S
         if track.host is not None:
@@ -558,9 +568,11 @@ class FleetPoller:
             "serving_at": track.serving_at,
             "audit": track.audit,
             "summary": track.summary,
+            **self.status_extras(track),
         }
+        make = self.status_type
         if track.error is not None:
-            return AgentStatus(
+            return make(
                 state=AgentState.DOWN,
                 reason=track.error.message,
                 error_kind=track.error.kind,
@@ -568,11 +580,11 @@ class FleetPoller:
                 **common,
             )
         if track.snapshot is None:  # never polled yet
-            return AgentStatus(state=AgentState.DOWN, reason="not polled yet", **common)
+            return make(state=AgentState.DOWN, reason="not polled yet", **common)
         # Judged at the ask: the agent hands out its newest sample, so one already too old when we
         # asked means its sampler is behind, however long the poll (or the refresh interval) took.
         asked = track.asked_at if track.asked_at is not None else now
         asked_age = max(0.0, asked + offset - track.snapshot.ts)
         if asked_age > STALE_INTERVALS * interval:
-            return AgentStatus(state=AgentState.STALE, reason=f"last sample {asked_age:.0f}s old", **common)
-        return AgentStatus(state=AgentState.UP, **common)
+            return make(state=AgentState.STALE, reason=f"last sample {asked_age:.0f}s old", **common)
+        return make(state=AgentState.UP, **common)

@@ -269,8 +269,10 @@ class JobsPoller(RolloutsPoller):
         jobs, quotas = await asyncio.gather(client.jobs(limit=self.jobs_limit), client.quotas())
         return None if jobs is None else (jobs, quotas)
 
-    def agent_status(self, track: AgentTrack, now: float) -> AgentStatus:
-        return with_jobs(super().agent_status(track, now), self._job_tracks[track.spec.name].feed)
+    status_type: type[AgentStatus] = JobsAgentStatus
+
+    def status_extras(self, track: AgentTrack) -> dict[str, Any]:
+        return {**super().status_extras(track), "jobs": self._job_tracks[track.spec.name].feed}
 
     # ------------------------------------------------------------------ on demand (JobsSource)
 

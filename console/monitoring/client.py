@@ -11,7 +11,7 @@ Like `console.core.client` this imports no Textual and nothing from `agent/` but
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 
@@ -36,7 +36,7 @@ from console.core.client import AgentClient
 from console.core.config import AgentSpec
 from console.core.errors import capture
 from console.core.feeds import FeedState, FeedTrack, beside, route_unavailable, unless_unavailable
-from console.core.poller import AgentStatus, FleetPoller, FleetSource
+from console.core.poller import FleetPoller, FleetSource
 
 if TYPE_CHECKING:
     from console.core.poller import AgentTrack
@@ -226,8 +226,8 @@ class MonitoringPoller(FleetPoller):
     async def _fetch_alerts(self, track: AgentTrack) -> AlertsResponse | None:
         return await self._monitoring(track.spec.name).model_alerts(self.alerts_state)
 
-    def agent_status(self, track: AgentTrack, now: float) -> AgentStatus:
-        return replace(super().agent_status(track, now), alerts=self._alert_tracks[track.spec.name].feed)
+    def status_extras(self, track: AgentTrack) -> dict[str, Any]:
+        return {**super().status_extras(track), "alerts": self._alert_tracks[track.spec.name].feed}
 
     # ------------------------------------------------------------------ on demand (MonitoringSource)
 

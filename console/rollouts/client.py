@@ -323,8 +323,10 @@ class RolloutsPoller(MonitoringPoller):
             rt.ended_due = True
         rt.feed = RolloutFeed(state=FeedState.OK, active=tuple(active), ended=kept, fetched_at=now)
 
-    def agent_status(self, track: AgentTrack, now: float) -> AgentStatus:
-        return with_rollouts(super().agent_status(track, now), self._rollout_tracks[track.spec.name].feed)
+    status_type: type[AgentStatus] = RolloutAgentStatus
+
+    def status_extras(self, track: AgentTrack) -> dict[str, Any]:
+        return {**super().status_extras(track), "rollouts": self._rollout_tracks[track.spec.name].feed}
 
     # ------------------------------------------------------------------ actions (RolloutSource)
 

@@ -360,13 +360,17 @@ class FilteredRowsTable(KeyedTable, Generic[R]):
         if not self._pending and len(changed) <= self.SLICE_ROWS:
             self._draw(changed, reorder)
             return
-        # A burst: drawn SLICE_ROWS at a time on later turns of the loop, the first one right after this
-        # turn (which already built the rows: drawing a slice in it too made one block of 60+ ms).
+        # A burst: drawn SLICE_ROWS at a time, one slice now and the rest on later turns of the loop. A
+        # whole fleet at once (Prometheus mode) starts on the next turn: the one that built its rows
+        # plus a slice was a block of 60+ ms. (A small burst starts now: one repaint less.)
         self._pending.update(dict.fromkeys(r.key for r in changed))
         self._pending_reorder = self._pending_reorder or reorder
         if not self._slice_armed:
-            self._slice_armed = True
-            self.call_later(self._draw_slice)
+            if len(changed) > 3 * self.SLICE_ROWS:
+                self._slice_armed = True
+                self.call_later(self._draw_slice)
+            else:
+                self._draw_slice()
 
     def _draw_slice(self) -> None:
         # Chunks of SLICE_ROWS until SLICE_BUDGET_S is spent, then the loop's turn: as few slices (and
