@@ -71,11 +71,9 @@ def _children() -> list[int]:
 def _write_rc(path: str, exit_code: int | None, sig: int | None) -> None:
     tmp = path + ".tmp"
     # Written by hand, not with json: importing json (and re, enum) was a third of every job's start.
-    text = '{"exit_code": %s, "signal": %s, "ended_at": %r}' % (
-        "null" if exit_code is None else int(exit_code),
-        "null" if sig is None else int(sig),
-        time.time(),
-    )
+    code = "null" if exit_code is None else int(exit_code)
+    signum = "null" if sig is None else int(sig)
+    text = f'{{"exit_code": {code}, "signal": {signum}, "ended_at": {time.time()!r}}}'
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
