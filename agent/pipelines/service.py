@@ -35,6 +35,8 @@ from agent.schemas.pipelines import (
 )
 
 log = logging.getLogger("watchkeeper.pipelines")
+# The saver writes a running run at most this often (see `_save_loop`).
+SAVE_PACE_S = 0.05
 
 
 class PipelineError(Exception):
@@ -342,6 +344,11 @@ class PipelineService:
                 batch, self._dirty = self._dirty, {}
             for run in batch.values():
                 self._write(run)
+            # Changes within the next SAVE_PACE_S share one write: a chain of quick steps wrote (deep copy,
+            # JSON, commit) twice a step, and the commits took the CPU and GIL the steps wait on. A crash
+            # loses at most that much progress: resume runs those steps again (or finds them cached); the
+            # final state is written at once (`finished`), and everything pending on stop (`flush`).
+            time.sleep(SAVE_PACE_S)
 
     def flush(self) -> None:
         """Write every pending run state now (the agent is stopping)."""
