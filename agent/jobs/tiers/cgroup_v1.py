@@ -26,6 +26,7 @@ import psutil
 
 from agent.jobs.tiers import cgroupfs as fs
 from agent.jobs.tiers.base import (
+    JOBS_CPU_WEIGHT,
     JobHandle,
     LaunchSpec,
     Limits,
@@ -192,7 +193,7 @@ class CgroupV1Tier:
 
     def set_jobs_limits(self, limits: Limits) -> None:
         """The limits of all jobs together (host capacity less the serving reservation)."""
-        self._apply(dict(self._base), limits, None)
+        self._apply(dict(self._base), limits, JOBS_CPU_WEIGHT)
 
     # -- lifecycle
 

@@ -27,6 +27,7 @@ import psutil
 
 from agent.jobs.tiers import cgroupfs as fs
 from agent.jobs.tiers.base import (
+    JOBS_CPU_WEIGHT,
     JobHandle,
     LaunchSpec,
     Limits,
@@ -135,7 +136,7 @@ class CgroupV2Tier:
 
     def set_jobs_limits(self, limits: Limits) -> None:
         self.prepare()
-        self._apply(self.jobs, limits, None, swap_off=False)
+        self._apply(self.jobs, limits, JOBS_CPU_WEIGHT, swap_off=False)
 
     # -- lifecycle
 

@@ -99,6 +99,7 @@ def test_launch_writes_limits_and_the_wrapper_joins(v2: FakeTreeV2, own: Path, s
     assert h.cgroups == {"": str(d)}
     assert text(own / "jobs" / "memory.max") == str(8 << 30)
     assert text(own / "jobs" / "cpu.max") == "150000 100000"
+    assert text(own / "jobs" / "cpu.weight") == "10"  # jobs yield to the agent and serving under contention
     assert text(own / "jobs" / "train" / "cpu.weight") == "300"
     assert text(own / "jobs" / "train" / "pids.max") == "100"
     assert text(d / "memory.max") == str(512 << 20)
@@ -171,3 +172,17 @@ def test_adopt(v2: FakeTreeV2, spec) -> None:
     (Path(s.workdir) / "go").touch()
     assert wait_outcome(fresh, h).exit_code == 9
     v2.poll(first)
+
+
+def test_the_wrapper_starts_inside_the_job_cgroup(tmp_path: Path, spec) -> None:
+    # A `sh` joins the cgroup and execs the wrapper, so the interpreter's start-up is the job's: the
+    # sh truncates the procs file it writes; the wrapper alone would write its pid over the old text.
+    from agent.jobs.tiers.base import spawn_wrapper
+
+    procs = tmp_path / "cgroup.procs"
+    procs.write_text("X" * 40 + "\n")
+    s = spec(["true"])
+    p = spawn_wrapper(s, [str(procs)])
+    assert p.wait(10) == 0
+    assert procs.read_text() == f"{p.pid}\n"
+    assert '"exit_code": 0' in s.rc_path.read_text()
