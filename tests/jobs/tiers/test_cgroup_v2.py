@@ -172,17 +172,3 @@ def test_adopt(v2: FakeTreeV2, spec) -> None:
     (Path(s.workdir) / "go").touch()
     assert wait_outcome(fresh, h).exit_code == 9
     v2.poll(first)
-
-
-def test_the_wrapper_starts_inside_the_job_cgroup(tmp_path: Path, spec) -> None:
-    # A `sh` joins the cgroup and execs the wrapper, so the interpreter's start-up is the job's: the
-    # sh truncates the procs file it writes; the wrapper alone would write its pid over the old text.
-    from agent.jobs.tiers.base import spawn_wrapper
-
-    procs = tmp_path / "cgroup.procs"
-    procs.write_text("X" * 40 + "\n")
-    s = spec(["true"])
-    p = spawn_wrapper(s, [str(procs)])
-    assert p.wait(10) == 0
-    assert procs.read_text() == f"{p.pid}\n"
-    assert '"exit_code": 0' in s.rc_path.read_text()
