@@ -7,8 +7,10 @@ and rough spacing, not exact times.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
+from collections.abc import AsyncIterator
 
 from console.core.config import AgentSpec
 from console.core.poller import AgentState, FleetPoller, FleetStatus
@@ -36,23 +38,32 @@ async def start_fleet(arrivals: list[tuple[str, float]]) -> list[FakeHttpAgent]:
     return servers
 
 
-async def test_a_phased_poll_spreads_the_agents_over_the_interval_and_hands_over_small_batches() -> None:
-    arrivals: list[tuple[str, float]] = []
+@contextlib.asynccontextmanager
+async def phased_poller(
+    arrivals: list[tuple[str, float]], batches: list[FleetStatus], every_s: float
+) -> AsyncIterator[FleetPoller]:
+    """A poller over N fake agents spreading its polls over 1.2 s, handing over every `every_s`."""
     servers = await start_fleet(arrivals)
-    batches: list[FleetStatus] = []
     try:
         specs = [AgentSpec(name=f"p{i:02d}", url=s.url) for i, s in enumerate(servers)]
         async with FleetPoller(specs, ask_host=False, ask_serving=False) as poller:
             poller.want_phases(1.2, batches.append)
-            poller.progress_every_s = 0.1
-            first = await poller.poll()  # the first poll: everyone at once (nothing is on screen yet)
-            burst = [t for _, t in arrivals]
-            arrivals.clear()
-            t0 = time.monotonic()
-            second = await poller.poll()
+            poller.progress_every_s = every_s
+            yield poller
     finally:
         for s in servers:
             await s.stop()
+
+
+async def test_a_phased_poll_spreads_the_agents_over_the_interval_and_hands_over_small_batches() -> None:
+    arrivals: list[tuple[str, float]] = []
+    batches: list[FleetStatus] = []
+    async with phased_poller(arrivals, batches, 0.1) as poller:
+        first = await poller.poll()  # the first poll: everyone at once (nothing is on screen yet)
+        burst = [t for _, t in arrivals]
+        arrivals.clear()
+        t0 = time.monotonic()
+        second = await poller.poll()
     assert max(burst) - min(burst) < 0.5
     assert all(a.state is AgentState.UP for a in (*first.agents, *second.agents))
     # Agent i starts at i/N of the spread: in fleet order, the last ones most of the spread after the first.
@@ -141,27 +152,19 @@ async def test_each_agent_reaches_the_screen_in_the_same_hand_over_every_poll() 
     # A row's refresh is the poll period, not that give or take a hand-over: the batches are cut at
     # fixed times after each poll's start and every agent is asked early in its slot.
     arrivals: list[tuple[str, float]] = []
-    servers = await start_fleet(arrivals)
     batches: list[FleetStatus] = []
-    try:
-        specs = [AgentSpec(name=f"p{i:02d}", url=s.url) for i, s in enumerate(servers)]
-        async with FleetPoller(specs, ask_host=False, ask_serving=False) as poller:
-            poller.want_phases(1.2, batches.append)
-            poller.progress_every_s = 0.2
+    async with phased_poller(arrivals, batches, 0.2) as poller:
+        final = await poller.poll()
+        where: list[dict[str, int]] = []
+        for _ in range(2):
+            batches.clear()
+            before = final
             final = await poller.poll()
-            where: list[dict[str, int]] = []
-            for _ in range(2):
-                batches.clear()
-                before = final
-                final = await poller.poll()
-                seen: dict[str, int] = {}
-                for j, status in enumerate([*batches, final]):
-                    for old, new in zip(before.agents, status.agents, strict=True):
-                        if new is not old and new.name not in seen:
-                            seen[new.name] = j
-                where.append(seen)
-    finally:
-        for s in servers:
-            await s.stop()
+            seen: dict[str, int] = {}
+            for j, status in enumerate([*batches, final]):
+                for old, new in zip(before.agents, status.agents, strict=True):
+                    if new is not old and new.name not in seen:
+                        seen[new.name] = j
+            where.append(seen)
     assert len(where[0]) == N and where[0] == where[1]
     assert len(set(where[0].values())) >= 4  # several hand-overs, not one at the end
