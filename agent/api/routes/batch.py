@@ -17,8 +17,8 @@ from agent.api.deps import ctx, require_operate, require_read
 from agent.api.errors import ApiError
 from agent.api.openapi import errors
 from agent.api.routes.admin import audited
+from agent.api.routes.jobs import call_jobs
 from agent.batch.service import BatchService
-from agent.jobs.service import JobError
 from agent.schemas import Principal
 from agent.schemas.batch import Batch, BatchAction, BatchList, BatchSubmit
 
@@ -33,13 +33,6 @@ def _svc(request: Request) -> BatchService:
     return svc
 
 
-async def _call(fn, *args):
-    try:
-        return await run_in_threadpool(fn, *args)
-    except JobError as e:
-        raise ApiError(e.status, e.error, e.detail, e.field) from None
-
-
 @router.post("/batch", response_model=Batch, status_code=201, responses=errors(404, 409, 503))
 async def submit(body: BatchSubmit, request: Request, principal: Principal = Depends(require_operate)) -> Batch:
     """Score a dataset; answered once the batch and its job are committed."""
@@ -52,18 +45,27 @@ async def submit(body: BatchSubmit, request: Request, principal: Principal = Dep
         audited(request, principal, "batch.submit", target, detail)
         return svc.submit(body, principal.name)
 
-    return await _call(audited_submit)
+    return await call_jobs(audited_submit)
 
 
 @router.get("/batch", response_model=BatchList, dependencies=[Depends(require_read)])
 async def list_batches(request: Request) -> BatchList:
     """Newest first."""
-    return await _call(_svc(request).list)
+    return await call_jobs(_svc(request).list)
 
 
 @router.get("/batch/{batch_id}", response_model=Batch, responses=errors(404), dependencies=[Depends(require_read)])
 async def get_batch(request: Request, batch_id: str = BatchId) -> Batch:
-    return await _call(_svc(request).get, batch_id)
+    return await call_jobs(_svc(request).get, batch_id)
+
+
+async def _act(request: Request, body: BatchAction | None, batch_id: str, principal: Principal, action: str) -> Batch:
+    """resume / cancel: the batch must exist, the action is audited, then done."""
+    svc = _svc(request)
+    await call_jobs(svc.get, batch_id)
+    note = body.reason if body else ""
+    await run_in_threadpool(audited, request, principal, f"batch.{action}", f"batch:{batch_id}", {"reason": note})
+    return await call_jobs(getattr(svc, action), batch_id, principal.name, note)
 
 
 @router.post("/batch/{batch_id}/resume", response_model=Batch, responses=errors(404, 409, 503))
@@ -72,11 +74,7 @@ async def resume(
     principal: Principal = Depends(require_operate),
 ) -> Batch:  # fmt: skip
     """Run a stopped batch again: its next job attempt skips every range already written."""
-    svc = _svc(request)
-    await _call(svc.get, batch_id)
-    note = body.reason if body else ""
-    await run_in_threadpool(audited, request, principal, "batch.resume", f"batch:{batch_id}", {"reason": note})
-    return await _call(svc.resume, batch_id, principal.name, note)
+    return await _act(request, body, batch_id, principal, "resume")
 
 
 @router.post("/batch/{batch_id}/cancel", response_model=Batch, responses=errors(404, 409, 503))
@@ -85,8 +83,4 @@ async def cancel(
     principal: Principal = Depends(require_operate),
 ) -> Batch:  # fmt: skip
     """Stop a queued or running batch (its job); written parts stay, `resume` goes on from them."""
-    svc = _svc(request)
-    await _call(svc.get, batch_id)
-    note = body.reason if body else ""
-    await run_in_threadpool(audited, request, principal, "batch.cancel", f"batch:{batch_id}", {"reason": note})
-    return await _call(svc.cancel, batch_id, principal.name, note)
+    return await _act(request, body, batch_id, principal, "cancel")

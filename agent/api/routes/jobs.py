@@ -40,7 +40,8 @@ def _svc(request: Request) -> JobService:
     return svc
 
 
-async def _call(fn, *args):
+async def call_jobs(fn, *args):
+    """`fn(*args)` on the thread pool; a JobError becomes its HTTP error (the jobs and batch routes)."""
     try:
         return await run_in_threadpool(fn, *args)
     except JobError as e:
@@ -65,7 +66,7 @@ async def submit(body: JobSubmit, request: Request, principal: Principal = Depen
         except AuditUnavailable as e:
             raise ApiError(503, "audit_unavailable", str(e)) from None
 
-    return await _call(audited_submit)
+    return await call_jobs(audited_submit)
 
 
 @router.get("/jobs", response_model=JobList, dependencies=[Depends(require_read)])
@@ -77,12 +78,12 @@ async def list_jobs(
     since: float | None = Query(None, ge=0, description="submitted at or after (unix seconds)"),
 ) -> JobList:
     """Active jobs first, then the newest."""
-    return await _call(_svc(request).list, state, pipeline, limit, since)
+    return await call_jobs(_svc(request).list, state, pipeline, limit, since)
 
 
 @router.get("/jobs/{job_id}", response_model=Job, responses=errors(404), dependencies=[Depends(require_read)])
 async def get_job(job_id: str, request: Request) -> Job:
-    return await _call(_svc(request).get, job_id)
+    return await call_jobs(_svc(request).get, job_id)
 
 
 @router.get(
@@ -90,7 +91,7 @@ async def get_job(job_id: str, request: Request) -> Job:
 )
 async def job_attempts(job_id: str, request: Request) -> list[Job]:
     """Every attempt of the job (retries and requeues), oldest first."""
-    return await _call(_svc(request).attempts, job_id)
+    return await call_jobs(_svc(request).attempts, job_id)
 
 
 @router.get("/jobs/{job_id}/logs", response_model=JobLog, responses=errors(404), dependencies=[Depends(require_read)])
@@ -102,7 +103,7 @@ async def job_logs(
     max_bytes: int = Query(65536, ge=1, le=1 << 20),
 ) -> JobLog:
     """Output from `offset`; follow by asking again from `next_offset` until `eof`."""
-    return await _call(_svc(request).logs, job_id, stream, offset, max_bytes)
+    return await call_jobs(_svc(request).logs, job_id, stream, offset, max_bytes)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=Job, responses=errors(404, 409, 503))
@@ -112,13 +113,13 @@ async def cancel(
     """CANCELLED (by the caller) at once when pending; a running job is stopped (SIGTERM, then SIGKILL after
     the grace) and answered CANCELLED once over, or still RUNNING with reason "cancelling"."""
     svc = _svc(request)
-    job = await _call(svc.get, job_id)
+    job = await call_jobs(svc.get, job_id)
     if job.state not in ("PENDING", "RUNNING"):
         raise ApiError(409, "conflict", f"job {job_id} is already {job.state}", "id")
     note = body.reason if body else ""
     await run_in_threadpool(audited, request, principal, "job.cancel", f"job:{job_id}",
                             {"pipeline": job.pipeline, "state": job.state, "reason": note})  # fmt: skip
-    return await _call(svc.cancel, job_id, principal.name, note)
+    return await call_jobs(svc.cancel, job_id, principal.name, note)
 
 
 @router.post("/jobs/{job_id}/requeue", response_model=Job, responses=errors(404, 409, 503))
@@ -127,13 +128,13 @@ async def requeue(
 ) -> Job:
     """A finished job again, as its next attempt (same id), PENDING."""
     svc = _svc(request)
-    job = await _call(svc.get, job_id)
+    job = await call_jobs(svc.get, job_id)
     if job.state in ("PENDING", "RUNNING"):
         raise ApiError(409, "conflict", f"job {job_id} is {job.state}: only a finished job is requeued", "id")
     note = body.reason if body else ""
     await run_in_threadpool(audited, request, principal, "job.requeue", f"job:{job_id}",
                             {"pipeline": job.pipeline, "attempt": job.attempt + 1, "reason": note})  # fmt: skip
-    return await _call(svc.requeue, job_id, principal.name, note)
+    return await call_jobs(svc.requeue, job_id, principal.name, note)
 
 
 # --------------------------------------------------------------------------- quotas
@@ -142,12 +143,12 @@ async def requeue(
 @router.get("/quotas", response_model=QuotaList, dependencies=[Depends(require_read)])
 async def quotas(request: Request) -> QuotaList:
     """Every configured pipeline and every pipeline with active jobs: usage against its quota."""
-    return await _call(_svc(request).quota_list)
+    return await call_jobs(_svc(request).quota_list)
 
 
 @router.get("/quotas/{pipeline}", response_model=QuotaUsage, dependencies=[Depends(require_read)])
 async def quota(request: Request, pipeline: str = PipelineName) -> QuotaUsage:
-    return await _call(_svc(request).quota_usage, pipeline)
+    return await call_jobs(_svc(request).quota_usage, pipeline)
 
 
 @router.put("/quotas/{pipeline}", response_model=QuotaUsage, responses=errors(503))
@@ -158,7 +159,7 @@ async def put_quota(
     svc = _svc(request)
     await run_in_threadpool(audited, request, principal, "quota.put", f"pipeline:{pipeline}",
                             body.model_dump(mode="json"))  # fmt: skip
-    return await _call(svc.put_quota, pipeline, body, principal.name)
+    return await call_jobs(svc.put_quota, pipeline, body, principal.name)
 
 
 @router.delete("/quotas/{pipeline}", status_code=204, responses=errors(404, 503))
@@ -170,5 +171,5 @@ async def delete_quota(
     if pipeline not in svc.quotas.pipelines():
         raise ApiError(404, "not_found", f"pipeline {pipeline!r} has no quota set", "pipeline")
     await run_in_threadpool(audited, request, principal, "quota.delete", f"pipeline:{pipeline}", {})
-    await _call(svc.delete_quota, pipeline, principal.name)
+    await call_jobs(svc.delete_quota, pipeline, principal.name)
     return Response(status_code=204)
