@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -281,18 +281,30 @@ def _run_show(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
-def _run_cancel(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    specs = _specs(args)
+def _act_on_run(
+    specs: Sequence[Any], run_id: str, act: Callable[[Any], Awaitable[Any]], failure: Callable[[str, str], str]
+) -> Any:
+    """(agent, answer): `act(client)` on the agent that holds run `run_id`; `failure(agent, why)` words
+    a failed act (the run not found anywhere says so as `_one` does)."""
 
     async def go(clients: dict[str, Any]) -> Any:
-        found, unread = await _find(clients, lambda c: c.run(args.run_id))
-        client, _ = _one(found, f"run {args.run_id!r}", len(specs), unread)
+        found, unread = await _find(clients, lambda c: c.run(run_id))
+        client, _ = _one(found, f"run {run_id!r}", len(specs), unread)
         try:
-            return client.spec.name, await client.cancel_run(args.run_id, args.reason)
+            return client.spec.name, await act(client)
         except Exception as exc:
-            raise _Failed(f"{args.run_id} on {client.spec.name}: not cancelled: {why_failed(exc)}") from None
+            raise _Failed(failure(client.spec.name, why_failed(exc))) from None
 
-    agent, done = _with_clients(specs, go)
+    return _with_clients(specs, go)
+
+
+def _run_cancel(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    agent, done = _act_on_run(
+        _specs(args),
+        args.run_id,
+        lambda c: c.cancel_run(args.run_id, args.reason),
+        lambda name, why: f"{args.run_id} on {name}: not cancelled: {why}",
+    )
     if args.json:
         emit_json(out, {"agent": agent, **done.model_dump(mode="json")})
     else:
@@ -303,17 +315,9 @@ def _run_cancel(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 def _run_compare(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     from console.pipelines.rows import compare_lines
 
-    specs = _specs(args)
-
-    async def go(clients: dict[str, Any]) -> Any:
-        found, unread = await _find(clients, lambda c: c.run(args.run_a))
-        client, _ = _one(found, f"run {args.run_a!r}", len(specs), unread)
-        try:
-            return client.spec.name, await client.compare(args.run_a, args.run_b)
-        except Exception as exc:
-            raise _Failed(f"{client.spec.name}: {why_failed(exc)}") from None
-
-    agent, cmp = _with_clients(specs, go)
+    agent, cmp = _act_on_run(
+        _specs(args), args.run_a, lambda c: c.compare(args.run_a, args.run_b), lambda name, why: f"{name}: {why}"
+    )
     if args.json:
         emit_json(out, {"agent": agent, **cmp.model_dump(mode="json")})
     else:
