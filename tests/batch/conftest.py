@@ -13,7 +13,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from tests.jobs.conftest import _no_job_left  # noqa: F401 (autouse: jobs outlive their agent)
-from tests.serving.test_serving_agent import FEATURES, FLIGHTS, endpoint, register, wait_loaded
+from tests.serving.test_serving_agent import FEATURES, FLIGHTS, serving_delays
 
 FINAL = {"succeeded", "failed", "cancelled"}
 CONFIG = 'flush_interval = 0.2\n[jobs]\ntier = "psutil"\n'
@@ -54,10 +54,5 @@ def read_rejects(path: str | Path) -> pl.DataFrame:
 
 @pytest.fixture
 def served(agent_factory):
-    a = agent_factory("batch", config=CONFIG)
-    c = a.client()
-    register(c)
-    endpoint(c)
-    wait_loaded(c)
-    yield a, c
-    c.close()
+    with serving_delays(agent_factory, "batch", CONFIG) as served:
+        yield served

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from agent.monitoring.quality import auc
-from tests.serving.test_serving_agent import FEATURES, FLIGHTS, endpoint, register, wait_loaded
+from tests.serving.test_serving_agent import FEATURES, FLIGHTS, endpoint, register, serving_delays, wait_loaded
 
 CONFIG = """flush_interval = 0.2
 [monitoring]
@@ -50,13 +50,8 @@ def _wait(fn, timeout: float = 20.0, what: str = "condition"):
 
 @pytest.fixture
 def monitored(agent_factory):
-    a = agent_factory("mon", config=CONFIG)
-    c = a.client()
-    register(c)
-    endpoint(c)
-    wait_loaded(c)
-    yield a, c
-    c.close()
+    with serving_delays(agent_factory, "mon", CONFIG) as served:
+        yield served
 
 
 def test_summer_traffic_drifts_and_quality_problems_are_flagged(monitored):

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.agent.test_api_gate import _flood
-from tests.serving.test_serving_agent import FAST, endpoint, records, reference, register, wait_loaded
+from tests.serving.test_serving_agent import FAST, endpoint, records, reference, register, serving_delays, wait_loaded
 
 
 def wait_state(c: httpx.Client, rid: str, states: set[str], timeout: float = 60) -> dict:
@@ -39,13 +39,8 @@ def viewer(c: httpx.Client) -> str:
 
 @pytest.fixture
 def served(agent_factory):
-    a = agent_factory("asy", config=FAST)
-    c = a.client()
-    register(c)
-    endpoint(c)
-    wait_loaded(c)
-    yield a, c
-    c.close()
+    with serving_delays(agent_factory, "asy", FAST) as served:
+        yield served
 
 
 def test_a_submitted_request_is_answered_like_predict_and_logged_as_async(served):

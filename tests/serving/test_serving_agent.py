@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import httpx
@@ -68,15 +71,24 @@ def wait_loaded(c: httpx.Client, name: str = "delays", timeout: float = 30) -> N
     raise AssertionError("model never loaded")
 
 
+@contextlib.contextmanager
+def serving_delays(agent_factory, name: str, config: str) -> Iterator[tuple[Any, httpx.Client]]:
+    """A real agent serving the flights model as the loaded endpoint `delays`, and its client."""
+    a = agent_factory(name, config=config)
+    c = a.client()
+    try:
+        register(c)
+        endpoint(c)
+        wait_loaded(c)
+        yield a, c
+    finally:
+        c.close()
+
+
 @pytest.fixture
 def served(agent_factory):
-    a = agent_factory("srv", config=FAST)
-    c = a.client()
-    register(c)
-    endpoint(c)
-    wait_loaded(c)
-    yield a, c
-    c.close()
+    with serving_delays(agent_factory, "srv", FAST) as served:
+        yield served
 
 
 def test_scores_match_the_reference_and_answer_shape(served):
