@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import select
+import signal
 import socket
 import time
 
@@ -43,18 +45,30 @@ def _read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, rest[:n]
 
 
-def burst(port: int, requests: list[bytes]) -> list[tuple[int, dict[str, str], dict]]:
-    """Every request on its own connection, all written before any answer is read: the agent gets them at once."""
+def burst(port: int, requests: list[bytes], pid: int | None = None) -> list[tuple[int, dict[str, str], dict]]:
+    """Every request on its own connection, all written before any answer is read: the agent gets them at once.
+
+    With `pid`, the agent is stopped (SIGSTOP) while they are written and for a moment after: a stalled loop
+    that wakes to a full backlog, the case that must shed whatever the machine's speed (a fast host may
+    otherwise serve a plain burst as fast as one client can write it)."""
     socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in requests]
+    if pid is not None:
+        os.kill(pid, signal.SIGSTOP)
     try:
         for s, req in zip(socks, requests, strict=True):
             s.sendall(req)
+        if pid is not None:
+            time.sleep(0.2)
+            os.kill(pid, signal.SIGCONT)
+            pid = None
         out = []
         for s in socks:
             status, headers, body = _read_response(s)
             out.append((status, headers, json.loads(body)))
         return out
     finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
         for s in socks:
             s.close()
 
@@ -109,7 +123,7 @@ def test_with_a_fallback_the_shed_requests_get_it_marked_overload(agent):
     endpoint(c, timeout_ms=20, breaker={"enabled": False})  # with the test module's fallback
     wait_loaded(c)
     body = json.dumps({"records": records(reference(2))}).encode()
-    res = burst(a.port, [_request(a.token, body)] * BURST)
+    res = burst(a.port, [_request(a.token, body)] * BURST, pid=a.proc.pid)
     assert {st for st, _, _ in res} == {200}
     shed = [(h, b) for _, h, b in res if b["fallback_reason"] == "overload"]
     assert shed, "nothing shed for overload"
