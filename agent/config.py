@@ -208,6 +208,9 @@ class JobsConfig(_Strict):
     # Kept for serving: jobs together never take it (admission, and the tier's jobs root).
     serving_reserve_cpu: float = Field(default=0.0, ge=0, le=4096)
     serving_reserve_mem: Size = 0
+    # Jobs run in the host's idle CPU class (cgroup cpu.idle): any other task, serving first, preempts them at
+    # once. False: they keep CPU weight 10 to other work's 100 (agent/jobs/tiers/base.py says why).
+    cpu_idle: bool = True
     tier: Literal["auto", "systemd", "cgroup-v2", "cgroup-v1", "psutil"] = "auto"
     # The tiers' parent cgroup. Default: `watchkeeper.jobs.<agent name>`, so two agents on one host (the demo,
     # tests) never write each other's pipeline limits.

@@ -32,12 +32,15 @@ class HostCapacity:
     mem: int
     reserved_cpu: float
     reserved_mem: int
+    cpu_ids: tuple[int, ...] = ()  # the CPUs jobs may be placed on (agent/jobs/placement.py); () = don't pin
 
     @classmethod
     def measure(cls, cfg: JobsConfig) -> HostCapacity:
-        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        ids = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
+        cpus = float(len(ids) or os.cpu_count() or 1)
         mem = int(psutil.virtual_memory().total)
         return cls(
+            cpu_ids=ids,
             cpu=max(0.0, cpus - cfg.serving_reserve_cpu),
             mem=max(0, mem - cfg.serving_reserve_mem),
             reserved_cpu=cfg.serving_reserve_cpu,

@@ -16,6 +16,7 @@ import time
 
 from agent.jobs import logs
 from agent.jobs.exits import ExitWatcher
+from agent.jobs.placement import place
 from agent.jobs.queue import admit, invalid_dependency
 from agent.jobs.record import JobRecord
 from agent.jobs.service import JobService, next_attempt
@@ -54,7 +55,7 @@ class Runner:
         set_jobs = getattr(self.svc.tier, "set_jobs_limits", None)
         if set_jobs is not None:
             try:
-                set_jobs(Limits(cpu=self.svc.host.cpu, mem=self.svc.host.mem))
+                set_jobs(Limits(cpu=self.svc.host.cpu, mem=self.svc.host.mem), idle=self.svc.cfg.cpu_idle)
             except Exception as e:
                 log.error("jobs: could not set the jobs root's limits: %s", e)
         self.exits.start()
@@ -253,9 +254,13 @@ class Runner:
                     r.job.reason = why
                     moved = True
             starting = []
+            placed = [(r.job.cpus, r.job.cpu) for r in active if r.job.cpus and (r.state == "RUNNING" or r.launching)]
             for rec, gpus in decision.start:
                 rec.launching = True
                 rec.job.gpus = gpus
+                rec.job.cpus = place(rec.job.cpu, svc.host.cpu_ids, placed)
+                if rec.job.cpus:
+                    placed.append((rec.job.cpus, rec.job.cpu))
                 rec.job.tier = svc.tier.name  # type: ignore[assignment]
                 rec.job.reason = ""
                 starting.append(rec)
@@ -287,6 +292,7 @@ class Runner:
             job_id=rec.id, pipeline=j.pipeline, argv=j.command, env=svc.job_env(rec), workdir=j.workdir or str(d),
             stdout_path=d / "stdout", stderr_path=d / "stderr", rc_path=d / "rc",
             limits=Limits(cpu=j.cpu, mem=j.mem, pids=svc.cfg.max_pids), cpu_weight=_weight(quota.priority),
+            cpus=tuple(j.cpus or ()),
         )  # fmt: skip
         try:
             (d / "rc").unlink(missing_ok=True)  # an earlier attempt's status is not this one's

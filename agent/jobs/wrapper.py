@@ -8,6 +8,8 @@ leaves its exit status behind:
    job ever runs outside its limits;
 2. becomes a child subreaper, so a double-forked grandchild is re-parented to it (not to init) and
    stays findable as a descendant — the psutil tier's whole notion of "the job's processes";
+   takes SCHED_BATCH and, given `--cpus`, pins itself to the job's CPUs (agent/jobs/placement.py): both
+   are inherited by the command;
 3. runs the command in its own process group (the agent signals that group; the wrapper survives to
    write the status), forwards SIGTERM/SIGINT/SIGHUP to it, reaps every orphan it inherits;
 4. when the command ends, kills what the job left behind (as Slurm does at the end of a batch job) and
@@ -35,6 +37,25 @@ def _join_cgroups(files: list[str]) -> None:
             os.write(fd, me)
         finally:
             os.close(fd)
+
+
+def _pin(cpus: str) -> None:
+    """Pin the job to its CPUs (agent/jobs/placement.py); the command and its children inherit it. A CPU
+    gone offline or outside our cpuset since the agent chose is no reason to fail the job: it runs unpinned."""
+    try:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    except (OSError, ValueError) as exc:
+        print(f"watchkeeper: could not pin the job to CPUs {cpus}: {exc}; it runs on any CPU", file=sys.stderr)
+
+
+def _batch() -> None:
+    """SCHED_BATCH for the job (inherited by its processes): the kernel treats it as CPU-bound and lets it
+    preempt no one on wake-up, so a job that sleeps and wakes often (a data loader, a step between I/O)
+    doesn't cut into serving's requests mid-answer; its share of CPU is unchanged."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass
 
 
 def _subreaper() -> None:
@@ -110,18 +131,21 @@ def main(argv: list[str]) -> int:
     args = argv[1:]
     procs: list[str] = []
     rc_path = ""
+    cpus = ""
     while args and args[0] != "--":
         opt = args.pop(0)
         if opt == "--procs":
             procs.append(args.pop(0))
         elif opt == "--rc":
             rc_path = args.pop(0)
+        elif opt == "--cpus":
+            cpus = args.pop(0)
         else:
             print(f"watchkeeper job wrapper: unknown option {opt}", file=sys.stderr)
             return 2
     cmd = args[1:]
     if not rc_path or not cmd:
-        print("usage: wrapper.py --rc FILE [--procs FILE]... -- COMMAND...", file=sys.stderr)
+        print("usage: wrapper.py --rc FILE [--procs FILE]... [--cpus 0,1] -- COMMAND...", file=sys.stderr)
         return 2
     try:
         _join_cgroups(procs)
@@ -130,6 +154,9 @@ def main(argv: list[str]) -> int:
         _write_rc(rc_path, None, None)
         return 1
     _subreaper()
+    if cpus:
+        _pin(cpus)
+    _batch()
 
     child = os.fork()
     if child == 0:

@@ -9,6 +9,7 @@ A figure the agent could not measure (GPU seconds on a host without NVML) is `No
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
@@ -176,6 +177,19 @@ class JobProgress(_Wire):
     eta_s: float | None = None
 
 
+def cpu_list(cpus: Sequence[int] | None) -> str:
+    """A job's `cpus` as Linux writes CPU lists (`0-3,6`: Cpus_allowed_list, cpuset.cpus); "any" for None."""
+    if not cpus:
+        return "any"
+    runs: list[list[int]] = []
+    for c in sorted(cpus):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
 class Job(_Wire):
     """One job (its latest attempt). Times are unix seconds; usage figures are None until measured."""
 
@@ -197,6 +211,7 @@ class Job(_Wire):
     mem: int  # bytes
     gpus: list[str] = Field(default_factory=list)  # UUIDs allocated (requested count until started)
     gpus_requested: int = 0
+    cpus: list[int] | None = None  # the CPUs it was pinned to when started (agent/jobs/placement.py); null: any
     gpu_mem: int | None = None
     time_limit: float | None = None
     submitted_by: str

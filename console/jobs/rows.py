@@ -16,6 +16,7 @@ from typing import Any
 
 from agent.schemas import JOB_FINAL_STATES as FINAL_STATES
 from agent.schemas import Job
+from agent.schemas.jobs import cpu_list
 from console.core.feeds import FeedState, is_outage
 from console.core.poller import AgentStatus, FleetStatus
 from console.core.rows import KEY_SEP, MISSING, AgentItemRow, Column, fmt_age, fmt_bytes, render_columns
@@ -309,7 +310,8 @@ def detail_lines(row: JobRow) -> list[str]:
     wait = f"  ·  waited {fmt_age(j.wait_s)}" if j.wait_s is not None else ""
     lines.append(f"elapsed {fmt_age(row.elapsed_s)}{limit}{wait}")
     gpus = f"  ·  gpus {', '.join(j.gpus) if j.gpus else j.gpus_requested or 0}"
-    lines.append(f"request cpu {j.cpu:g}  ·  mem {fmt_bytes(j.mem)}{gpus}")
+    pinned = f" on CPU {cpu_list(j.cpus)}" if j.cpus else ""
+    lines.append(f"request cpu {j.cpu:g}{pinned}  ·  mem {fmt_bytes(j.mem)}{gpus}")
     cpu_s = f"{j.cpu_seconds:.0f}" if j.cpu_seconds is not None else MISSING
     lines.append(
         f"use cpu now {fmt_cores(j.cpu_now)}  ·  cpu-s {cpu_s}  ·  rss {fmt_bytes(j.rss_bytes)}"

@@ -35,6 +35,7 @@ from agent.jobs.tiers.base import (
     boot_id,
     rc_or_reboot,
     read_rc,
+    set_cpu_idle,
     spawn_wrapper,
     wait_forked,
     wrapper_mismatch,
@@ -191,9 +192,14 @@ class CgroupV1Tier:
         self._ensure_hierarchy(dirs["memory"])
         self._apply(dirs, limits, weight)
 
-    def set_jobs_limits(self, limits: Limits) -> None:
+    def set_jobs_limits(self, limits: Limits, idle: bool = True) -> None:
         """The limits of all jobs together (host capacity less the serving reservation)."""
+        cpu = self._base.get("cpu")
+        if cpu and not idle:  # back from idle first: the kernel keeps no weight while the group is idle
+            set_cpu_idle(cpu, False)
         self._apply(dict(self._base), limits, JOBS_CPU_WEIGHT)
+        if cpu and idle:
+            set_cpu_idle(cpu, True)
 
     # -- lifecycle
 

@@ -36,6 +36,7 @@ from agent.jobs.tiers.base import (
     boot_id,
     rc_or_reboot,
     read_rc,
+    set_cpu_idle,
     spawn_wrapper,
     wait_forked,
     wrapper_mismatch,
@@ -134,9 +135,13 @@ class CgroupV2Tier:
     def set_pipeline_limits(self, pipeline: str, limits: Limits, weight: int = 100) -> None:
         self._apply(self._pipeline_dir(pipeline), limits, weight, swap_off=False)
 
-    def set_jobs_limits(self, limits: Limits) -> None:
+    def set_jobs_limits(self, limits: Limits, idle: bool = True) -> None:
         self.prepare()
+        if not idle:  # back from idle first: the kernel keeps no weight while the group is idle
+            set_cpu_idle(self.jobs, False)
         self._apply(self.jobs, limits, JOBS_CPU_WEIGHT, swap_off=False)
+        if idle:
+            set_cpu_idle(self.jobs, True)
 
     # -- lifecycle
 

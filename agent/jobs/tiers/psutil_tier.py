@@ -82,7 +82,7 @@ class PsutilTier:
             else:
                 self._caps.pop(pipeline, None)
 
-    def set_jobs_limits(self, limits: Limits) -> None:
+    def set_jobs_limits(self, limits: Limits, idle: bool = True) -> None:
         with self._lock:
             if limits.mem:
                 self._caps[_ALL] = limits.mem

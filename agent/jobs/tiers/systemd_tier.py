@@ -14,6 +14,7 @@ this project's machines (systemd is not PID 1): tests check the command lines bu
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ import psutil
 
 from agent.jobs.tiers import cgroupfs as fs
 from agent.jobs.tiers.base import (
+    JOBS_CPU_WEIGHT,
     JobHandle,
     LaunchSpec,
     Limits,
@@ -42,6 +44,8 @@ _UNSET = {"", "[not set]", "18446744073709551615"}  # systemd's "no value" for a
 SHOW_PROPS = "LoadState,ActiveState,SubState,Result,MainPID,ControlGroup,CPUUsageNSec,MemoryCurrent,MemoryPeak"
 
 Runner = Callable[..., subprocess.CompletedProcess]
+
+log = logging.getLogger(__name__)
 
 
 def escape(name: str) -> str:
@@ -63,7 +67,7 @@ def pipeline_slice(pipeline: str, jobs_slice: str = JOBS_SLICE) -> str:
     return f"{jobs_slice.removesuffix('.slice')}-{escape(pipeline)}.slice"
 
 
-def limit_props(limits: Limits, weight: int | None = None) -> list[str]:
+def limit_props(limits: Limits, weight: int | str | None = None) -> list[str]:
     """systemd properties for `limits` ("infinity" lifts one)."""
     cpu = f"{max(1, round(limits.cpu * 100))}%" if limits.cpu else ""  # an empty CPUQuota= lifts it
     props = [
@@ -71,7 +75,9 @@ def limit_props(limits: Limits, weight: int | None = None) -> list[str]:
         f"CPUQuota={cpu}",
         f"TasksMax={limits.pids if limits.pids else 'infinity'}",
     ]
-    if weight is not None:
+    if isinstance(weight, str):
+        props.append(f"CPUWeight={weight}")  # "idle" (systemd 252+: the slice's cpu.idle)
+    elif weight is not None:
         props.append(f"CPUWeight={max(1, min(10000, weight))}")
     return props
 
@@ -157,7 +163,7 @@ class SystemdTier:
 
     # -- limits
 
-    def _set_property(self, unit: str, limits: Limits, weight: int | None) -> None:
+    def _set_property(self, unit: str, limits: Limits, weight: int | str | None) -> None:
         r = self._call(["systemctl", "set-property", "--runtime", unit, *limit_props(limits, weight)])
         if r.returncode != 0:
             raise OSError(f"systemctl set-property {unit} failed: {r.stderr.strip() or r.returncode}")
@@ -165,8 +171,14 @@ class SystemdTier:
     def set_pipeline_limits(self, pipeline: str, limits: Limits, weight: int = 100) -> None:
         self._set_property(pipeline_slice(pipeline, self.jobs_slice), limits, weight)
 
-    def set_jobs_limits(self, limits: Limits) -> None:
-        self._set_property(self.jobs_slice, limits, None)
+    def set_jobs_limits(self, limits: Limits, idle: bool = True) -> None:
+        if idle:
+            try:
+                self._set_property(self.jobs_slice, limits, "idle")
+                return
+            except OSError as e:  # systemd before 252 has no CPUWeight=idle: the weight then
+                log.info("jobs: %s; the jobs slice gets CPUWeight=%d instead", e, JOBS_CPU_WEIGHT)
+        self._set_property(self.jobs_slice, limits, JOBS_CPU_WEIGHT)
 
     # -- lifecycle
 

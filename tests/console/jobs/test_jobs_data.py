@@ -9,7 +9,7 @@ from console.core.feeds import FeedState
 from console.jobs.client import JobsClient, JobsPoller, jobs_feed
 from console.jobs.logs import LogTail, read_on
 from console.jobs.quota_rows import QuotaRow
-from console.jobs.rows import JobRow, state_reason
+from console.jobs.rows import JobRow, detail_lines, state_reason
 from tests.console.jobs.agents import submit, wait_job
 from tests.console.jobs.fakes import gpu01_quotas, make_job
 from tests.console.wk_fakes import FROZEN_NOW
@@ -68,6 +68,13 @@ def test_reasons_beside_the_state() -> None:
     row = JobRow("k", "a", 0, "gpu-01", make_job("j", "RUNNING"), FROZEN_NOW, stale=True)
     assert row.text("state") == "RUNNING?" and "host not answering" in row.text("reason")
     assert row.blocked("cancel") is not None  # not while its host does not answer
+
+
+def test_the_detail_says_which_cpus_a_job_was_pinned_to() -> None:
+    pinned = JobRow("k", "a", 0, "gpu-01", make_job("j", "RUNNING", cpus=[2, 3, 5]), FROZEN_NOW)
+    assert "request cpu 2 on CPU 2-3,5  ·  mem 4.0 GiB" in "\n".join(detail_lines(pinned))
+    anywhere = JobRow("k", "a", 0, "gpu-01", make_job("j", "RUNNING"), FROZEN_NOW)
+    assert "request cpu 2  ·  mem" in "\n".join(detail_lines(anywhere))
 
 
 def test_quota_bars_say_unlimited_and_never_draw_an_allocation_as_empty() -> None:

@@ -225,6 +225,10 @@ def test_jobs_root_limits_and_cpu_clamp(v1: CgroupV1Tier, spec, jobs_root: str) 
     v1.set_jobs_limits(Limits(mem=512 * MiB, cpu=1.5, pids=200))
     root_cpu = os.path.join(v1_mounts()["cpu"], jobs_root)
     assert cgroupfs.read_int(os.path.join(root_cpu, "cpu.cfs_quota_us")) == 150_000
+    if os.path.exists(os.path.join(root_cpu, "cpu.idle")):  # 5.15+: any other task preempts a job at once
+        assert cgroupfs.read_int(os.path.join(root_cpu, "cpu.idle")) == 1
+        v1.set_jobs_limits(Limits(mem=512 * MiB, cpu=1.5, pids=200), idle=False)  # `[jobs] cpu_idle = false`
+        assert cgroupfs.read_int(os.path.join(root_cpu, "cpu.idle")) == 0
     assert cgroupfs.read_int(os.path.join(root_cpu, "cpu.shares")) == 102  # weight 10: the agent first
     v1.set_pipeline_limits("p", Limits(cpu=1.0))
     # v1 refuses a child quota above its parent's (EINVAL): a job asking more is clamped, not failed.

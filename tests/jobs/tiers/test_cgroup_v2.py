@@ -100,6 +100,10 @@ def test_launch_writes_limits_and_the_wrapper_joins(v2: FakeTreeV2, own: Path, s
     assert text(own / "jobs" / "memory.max") == str(8 << 30)
     assert text(own / "jobs" / "cpu.max") == "150000 100000"
     assert text(own / "jobs" / "cpu.weight") == "10"  # jobs yield to the agent and serving under contention
+    assert not (own / "jobs" / "cpu.idle").exists()  # a kernel without cpu.idle: the weight alone, no error
+    (own / "jobs" / "cpu.idle").write_text("0\n")
+    v2.set_jobs_limits(Limits(mem=8 << 30, cpu=1.5))
+    assert text(own / "jobs" / "cpu.idle") == "1"  # where it has it, the jobs are the host's idle class
     assert text(own / "jobs" / "train" / "cpu.weight") == "300"
     assert text(own / "jobs" / "train" / "pids.max") == "100"
     assert text(d / "memory.max") == str(512 << 20)

@@ -178,6 +178,22 @@ def test_terminate_and_limits_commands(spec) -> None:
     ]
     tier.set_jobs_limits(Limits(mem=8 << 30))
     assert fake.calls[3][:4] == ["systemctl", "set-property", "--runtime", "watchkeeper-jobs.slice"]
+    assert fake.calls[3][-1] == "CPUWeight=idle"  # the jobs slice is the host's idle CPU class
+    tier.set_jobs_limits(Limits(mem=8 << 30), idle=False)
+    assert fake.calls[4][-1] == "CPUWeight=10"
+
+
+def test_a_systemd_without_cpuweight_idle_gets_the_low_weight(spec) -> None:
+    class OldSystemd(FakeSystemd):  # before 252: "Invalid value" for CPUWeight=idle
+        def __call__(self, argv, **kw) -> subprocess.CompletedProcess:
+            self.calls.append(argv)
+            bad = "CPUWeight=idle" in argv
+            why = "Failed to parse CPUWeight=idle" if bad else ""
+            return subprocess.CompletedProcess(argv, 1 if bad else 0, "", why)
+
+    fake = OldSystemd()
+    SystemdTier(run=fake).set_jobs_limits(Limits(mem=8 << 30))
+    assert [c[-1] for c in fake.calls] == ["CPUWeight=idle", "CPUWeight=10"]
 
 
 def test_failures_are_clear(spec) -> None:
