@@ -26,6 +26,8 @@ class ExitWatcher:
         self._on_exit = on_exit
         self._lock = threading.Lock()
         self._fds: dict[int, int] = {}  # pidfd -> pid
+        self._pids: set[int] = set()  # the pids watched now
+        self._exited: set[int] = set()  # seen exiting, not yet taken by the runner
         self._closed = False
         self.available = hasattr(os, "pidfd_open") and hasattr(select, "epoll")
         self._epoll = select.epoll() if self.available else None
@@ -54,7 +56,19 @@ class ExitWatcher:
                 os.close(fd)
                 return
             self._fds[fd] = pid
+            self._pids.add(pid)
             self._epoll.register(fd, select.EPOLLIN)
+
+    def watching(self, pid: int) -> bool:
+        """True while `pid` is watched: its exit will be reported, so nobody needs to poll it meanwhile."""
+        with self._lock:
+            return pid in self._pids
+
+    def take_exited(self) -> set[int]:
+        """The watched pids that exited since the last call (each reported once)."""
+        with self._lock:
+            out, self._exited = self._exited, set()
+            return out
 
     @property
     def watched(self) -> int:
@@ -75,7 +89,10 @@ class ExitWatcher:
                 continue
             with self._lock:
                 for fd, _ in events:
-                    if self._fds.pop(fd, None) is not None:
+                    pid = self._fds.pop(fd, None)
+                    if pid is not None:
+                        self._pids.discard(pid)
+                        self._exited.add(pid)
                         self._epoll.unregister(fd)
                         os.close(fd)
             self._on_exit()
@@ -89,6 +106,7 @@ class ExitWatcher:
             for fd in self._fds:
                 os.close(fd)
             self._fds.clear()
+            self._pids.clear()
             self._epoll.close()
         if self._thread is not None:
             self._thread.join(2.0)

@@ -5,10 +5,19 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from agent.config import load_config
 from agent.jobs.exits import ExitWatcher
+from agent.jobs.service import JobService
+from agent.jobs.store import JobStore
+from agent.jobs.tiers.psutil_tier import PsutilTier
+from agent.schemas.jobs import JobSubmit
+from agent.store.db import open_store
+from agent.store.writer import StoreWriter
 from tests.jobs.conftest import submit, wait_job
 
 
@@ -54,3 +63,68 @@ def test_a_job_end_is_seen_at_once_with_a_long_tick(agent_factory) -> None:
             done = wait_job(c, job["id"], timeout=10)
             assert done["state"] == "COMPLETED", done
             assert time.monotonic() - t0 < 5.0
+
+
+def test_the_watcher_says_which_pids_exited_once_each() -> None:
+    w = ExitWatcher(lambda: None)
+    if not w.available:
+        pytest.skip("no pidfd_open/epoll here")
+    w.start()
+    try:
+        short, long_ = subprocess.Popen(["true"]), subprocess.Popen(["sleep", "30"])
+        w.watch(short.pid)
+        w.watch(long_.pid)
+        short.wait()
+        deadline = time.monotonic() + 5
+        while w.watching(short.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not w.watching(short.pid) and w.watching(long_.pid)
+        assert w.take_exited() == {short.pid}
+        assert w.take_exited() == set()  # reported once
+        long_.kill()
+        long_.wait()
+    finally:
+        w.close()
+
+
+class CountingTier(PsutilTier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.polls: Counter[int] = Counter()
+
+    def poll(self, h):
+        self.polls[h.pid] += 1
+        return super().poll(h)
+
+
+def test_running_jobs_are_not_polled_every_tick_while_their_exit_is_watched(tmp_path: Path) -> None:
+    cfg = load_config(None, {"data_dir": str(tmp_path / "data")})
+    cfg.data_dir.mkdir(mode=0o700)
+    opened = open_store(cfg.db_path)
+    writer = StoreWriter(opened.con, flush_interval=1)
+    writer.start()
+    tier = CountingTier()
+    svc = JobService(cfg, JobStore(writer, opened.con), tier, lambda: None)
+    if not svc.runner.exits.available:
+        pytest.skip("no pidfd_open/epoll here: every tick polls")
+    svc.start()
+    try:
+        body = JobSubmit(pipeline="p", command=["sleep", "2"], cpu=0.01, mem="16M")
+        ids = [svc.submit(body, "t").id for _ in range(3)]
+        deadline = time.monotonic() + 20
+        while any(svc.get(i).state != "RUNNING" for i in ids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pids = [svc.get(i).pid for i in ids]
+        before = {p: tier.polls[p] for p in pids}
+        ticks = svc.runner.ticks
+        time.sleep(1.05)
+        assert svc.runner.ticks - ticks >= 8  # the runner kept ticking (100 ms)
+        assert all(tier.polls[p] - before[p] <= 2 for p in pids), (tier.polls, before)  # the backstop: ~1/s
+        while any(svc.get(i).state == "RUNNING" for i in ids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for i in ids:  # each end seen when its wrapper exited
+            j = svc.get(i)
+            assert j.state == "COMPLETED" and j.elapsed_s is not None and j.elapsed_s < 3.0, j
+    finally:
+        svc.stop()
+        writer.stop()
