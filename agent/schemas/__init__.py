@@ -57,6 +57,7 @@ from agent.schemas.jobs import (
     QuotaList,
     QuotaSpec,
     QuotaUsage,
+    cpu_list,
 )
 from agent.schemas.monitoring import (
     DriftBaseline,
@@ -305,4 +306,5 @@ __all__ = [
     "WebhookStatus",
     "WholeInt",
     "_Wire",
+    "cpu_list",
 ]

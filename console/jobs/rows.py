@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.schemas import JOB_FINAL_STATES as FINAL_STATES
-from agent.schemas import Job
-from agent.schemas.jobs import cpu_list
+from agent.schemas import Job, cpu_list
 from console.core.feeds import FeedState, is_outage
 from console.core.poller import AgentStatus, FleetStatus
 from console.core.rows import KEY_SEP, MISSING, AgentItemRow, Column, fmt_age, fmt_bytes, render_columns
