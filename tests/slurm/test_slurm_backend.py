@@ -258,12 +258,13 @@ def test_agent_restart_reattaches_to_its_slurm_jobs(tmp_path, cluster):
     with a.client() as c:
         long = submit(c, pipeline="train", command=["sh", "-c", wait_go + "sleep 20; exit 4"])
         short = submit(c, pipeline="train", command=["sh", "-c", wait_go + "exit 5"])
-        killed = submit(c, pipeline="train", command=["sleep", "300"])
+        # its batch script SIGKILLed once the agent is down (as a node's OOM killer would): no rc file can follow.
+        # (A `scancel` raced: the script sometimes saw its command end before its own SIGTERM, and wrote 143.)
+        killed = submit(c, pipeline="train", command=["sh", "-c", wait_go + "kill -9 $PPID; sleep 1"])
         for j in (long, short, killed):
             wait_job(c, j["id"], {"RUNNING"}, timeout=60)
     a.kill()  # kill -9 mid-run
     go.touch()
-    cluster.run(["scancel", str(killed["slurm"]["job_id"])])
     # while it is down: `short` ends and Slurm forgets it (MinJobAge 5 s); `killed` ends with no rc file
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and not all(forgotten(cluster, j["slurm"]["job_id"]) for j in (short, killed)):
