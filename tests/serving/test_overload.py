@@ -94,25 +94,32 @@ def _shed_metric(c, reason: str, answer: str) -> float:
 
 def test_a_burst_beyond_the_timeout_is_shed_with_429_not_answered_late(agent):
     a, c = agent
-    # 20 ms timeout: a request that waited 10 ms for the agent is shed. 300 requests at once take far longer
-    # than that to serve one after the other, so the tail of the burst must be refused, not answered late.
+    # 20 ms timeout: a request that waited 10 ms for the agent is shed. The burst lands on a stalled agent
+    # (stopped while it is written), so every request has waited far past that when the loop wakes: it must be
+    # refused, not answered late, whatever the machine's speed.
     endpoint(c, fallback=None, timeout_ms=20, breaker={"enabled": False})
     wait_loaded(c)
     body = json.dumps({"records": records(reference(1))}).encode()
-    res = burst(a.port, [_request(a.token, body)] * BURST)
+    res = burst(a.port, [_request(a.token, body)] * BURST, pid=a.proc.pid)
     codes = [st for st, _, _ in res]
     assert set(codes) <= {200, 429, 504}, codes
     overload = [(h, b) for st, h, b in res if st == 429 and b["error"] == "overload"]
     assert overload, f"nothing shed for overload: {sorted(set(codes))}"
     assert all(h["retry-after"] == "1" for h, _ in overload)
-    # What was answered came within the timeout, counted from arrival (queueing included).
-    answered = [b["latency_ms"] for st, _, b in res if st == 200]
-    assert answered and max(answered) <= 20.0
+    # Whatever was answered came within the timeout, counted from arrival (queueing included).
+    assert all(b["latency_ms"] <= 20.0 for st, _, b in res if st == 200)
     stats = c.get("/api/v1/endpoints/delays/stats").json()[0]
     assert stats["requests"] == BURST  # every request counted, the shed ones too
-    # The latency the agent reports saw the queue: the shed ones waited over half the timeout.
-    assert stats["latency"]["p99_ms"] >= 5.0, stats["latency"]
+    # The latency the agent reports saw the stall: the shed ones waited over half the timeout.
+    assert stats["latency"]["p50_ms"] >= 10.0, stats["latency"]
     assert _shed_metric(c, "overload", "429") == len(overload)
+    # A plain burst on the running agent: each request is answered within the timeout or refused (how many of
+    # each depends on the machine's speed), never answered late.
+    res = burst(a.port, [_request(a.token, body)] * BURST)
+    for st, _, b in res:
+        late = st == 504 and b["error"] == "timeout"  # shed later, when the model could not answer in time
+        assert (st == 200 and b["latency_ms"] <= 20.0) or (st == 429 and b["error"] == "overload") or late, (st, b)
+    assert any(st == 200 for st, _, _ in res)
     # and the agent is fine afterwards
     r = c.post("/api/v1/endpoints/delays/predict", json={"records": records(reference(1))})
     assert r.status_code in (200, 429)
