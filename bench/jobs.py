@@ -28,7 +28,9 @@ Measured per system:
    the queue held, over a `--window` s window: wall per poll (`watchkeeper_slurm_poll_seconds_total`),
    the agent's CPU per poll (its process and the squeue children it waited for) and slurmctld's.
 4. CPU: the agent process's user+system time (psutil) over a `--window` s window idle, then with
-   `--running` jobs of `sleep 60` all RUNNING, in % of one core; for Slurm the same of its daemons
+   `--running` jobs of `sleep 60` all RUNNING, in % of one core (the pipeline's recent jobs were the burst's
+   `true`s, so these fire `job_duration` alerts a few seconds in: their cost is counted, as it would be
+   on a host); for Slurm the same of its daemons
    (slurmctld, slurmd, the slurmstepds, munged), for comparison. Nothing polls during a window.
 
 Prints one table with issue 13's targets (p50 submit -> RUNNING <= 50 ms, >= 200 submits/s, agent

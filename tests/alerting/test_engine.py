@@ -293,3 +293,42 @@ def test_group_by_subject_and_no_hold_can_be_configured(store):
     assert {(r.name, r.group_by, r.keep_firing_for_s) for r in e.rules_out() if r.name == "drift"} == {
         ("drift", "subject", 0.0)
     }
+
+
+def test_a_batch_of_changes_is_written_with_each_alerts_last_word(store) -> None:
+    """Ops are written grouped by kind (one statement each), not in order: what each alert's row ends as must
+    still be what replaying them in order gives, whatever the other alerts did in the same batch."""
+    from agent.alerting.engine import _write_ops
+    from agent.schemas import AlertOut
+
+    def alert(fp: str, state: str) -> AlertOut:
+        return AlertOut(fingerprint=fp, rule="r", kind="k", severity="warning", state=state, summary=fp,
+                        started_at=1.0, updated_at=2.0)  # fmt: skip
+
+    def rows() -> dict[str, str]:
+        return store.writer.call(lambda con: dict(con.execute("SELECT fingerprint, state FROM alerts").fetchall()))
+
+    def write(ops: list) -> None:
+        def tx(con) -> None:
+            con.execute("BEGIN TRANSACTION")
+            _write_ops(con, ops)
+            con.execute("COMMIT")
+
+        store.writer.call(tx)
+
+    write([("upsert", alert("old-resolved", "resolved")), ("upsert", alert("old-firing", "firing")),
+           ("upsert", alert("gone", "firing"))])  # fmt: skip
+    write([
+        ("upsert", alert("a", "pending")), ("event", 1.0, "a", "pending", {}),
+        ("upsert", alert("a", "firing")), ("event", 2.0, "a", "firing", {"value": 3}),
+        ("upsert", alert("b", "resolved")), ("delete_resolved", "b"),  # resolved then pruned: gone
+        ("upsert", alert("c", "firing")), ("delete_resolved", "c"),  # not resolved: prune keeps it
+        ("delete_resolved", "old-resolved"), ("delete_resolved", "old-firing"),  # decided by the stored row
+        ("delete", "gone"),
+        ("delete", "d"), ("upsert", alert("d", "pending")),  # deleted, then written again
+    ])  # fmt: skip
+    assert rows() == {"a": "firing", "c": "firing", "old-firing": "firing", "d": "pending"}
+    events = store.writer.call(
+        lambda con: con.execute("SELECT fingerprint, event, detail FROM alert_events").fetchall()
+    )
+    assert sorted(events) == [("a", "firing", '{"value": 3}'), ("a", "pending", "{}")]
