@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
@@ -180,6 +180,17 @@ def set_cpu_idle(cpu_dir: str, idle: bool) -> bool:
     with open(path, "w") as f:
         f.write("1" if idle else "0")
     return True
+
+
+def with_cpu_idle(cpu_dir: str | None, idle: bool, apply: Callable[[], None]) -> None:
+    """Apply a group's limits, entering or leaving `cpu.idle` around them in the order the kernel needs: it
+    keeps no weight while a group is idle, so a group leaves idle before its weight is written, and enters it
+    after."""
+    if cpu_dir and not idle:
+        set_cpu_idle(cpu_dir, False)
+    apply()
+    if cpu_dir and idle:
+        set_cpu_idle(cpu_dir, True)
 
 
 def spawn_wrapper(spec: LaunchSpec, procs_files: Sequence[str] = (), prefix: Sequence[str] = ()) -> subprocess.Popen:

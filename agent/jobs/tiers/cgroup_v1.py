@@ -35,9 +35,9 @@ from agent.jobs.tiers.base import (
     boot_id,
     rc_or_reboot,
     read_rc,
-    set_cpu_idle,
     spawn_wrapper,
     wait_forked,
+    with_cpu_idle,
     wrapper_mismatch,
 )
 
@@ -194,12 +194,7 @@ class CgroupV1Tier:
 
     def set_jobs_limits(self, limits: Limits, idle: bool = True) -> None:
         """The limits of all jobs together (host capacity less the serving reservation)."""
-        cpu = self._base.get("cpu")
-        if cpu and not idle:  # back from idle first: the kernel keeps no weight while the group is idle
-            set_cpu_idle(cpu, False)
-        self._apply(dict(self._base), limits, JOBS_CPU_WEIGHT)
-        if cpu and idle:
-            set_cpu_idle(cpu, True)
+        with_cpu_idle(self._base.get("cpu"), idle, lambda: self._apply(dict(self._base), limits, JOBS_CPU_WEIGHT))
 
     # -- lifecycle
 

@@ -36,9 +36,9 @@ from agent.jobs.tiers.base import (
     boot_id,
     rc_or_reboot,
     read_rc,
-    set_cpu_idle,
     spawn_wrapper,
     wait_forked,
+    with_cpu_idle,
     wrapper_mismatch,
 )
 
@@ -137,11 +137,7 @@ class CgroupV2Tier:
 
     def set_jobs_limits(self, limits: Limits, idle: bool = True) -> None:
         self.prepare()
-        if not idle:  # back from idle first: the kernel keeps no weight while the group is idle
-            set_cpu_idle(self.jobs, False)
-        self._apply(self.jobs, limits, JOBS_CPU_WEIGHT, swap_off=False)
-        if idle:
-            set_cpu_idle(self.jobs, True)
+        with_cpu_idle(self.jobs, idle, lambda: self._apply(self.jobs, limits, JOBS_CPU_WEIGHT, swap_off=False))
 
     # -- lifecycle
 
