@@ -86,3 +86,26 @@ def test_jobs_of_two_pipelines_get_cpus_of_their_own(agent_factory) -> None:
         finally:
             c.post(f"/api/v1/jobs/{everywhere['id']}/cancel", json={})
         wait_job(c, everywhere["id"])
+
+
+def test_a_restarted_agent_places_new_jobs_beside_the_cpus_of_those_it_readopted(agent_factory) -> None:
+    """After kill -9, the re-adopted job still holds its CPU: a new job of another pipeline is placed on
+    another one (without the stored `cpus`, both would land on the highest-numbered CPU)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: nothing to place")
+    a = agent_factory("replace", config="[jobs]\nserving_reserve_cpu = 0\n")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with a.client() as c:
+        old = wait_job(c, submit(c, pipeline="a", command=sleeper, cpu=1, mem="64M")["id"], {"RUNNING"})
+    a.kill()
+    a.start()
+    with a.client() as c:
+        try:
+            again = wait_job(c, old["id"], {"RUNNING"})
+            assert again["pid"] == old["pid"] and again["cpus"] == old["cpus"] and len(old["cpus"]) == 1
+            new = wait_job(c, submit(c, pipeline="b", command=sleeper, cpu=1, mem="64M")["id"], {"RUNNING"})
+            assert new["cpus"] and new["cpus"] != old["cpus"], (new["cpus"], old["cpus"])
+            assert all(aff == new["cpus"] for aff in _affinity_of_job(new["pid"]))
+        finally:
+            for j in c.get("/api/v1/jobs", params={"state": "RUNNING"}).json()["jobs"]:
+                c.post(f"/api/v1/jobs/{j['id']}/cancel", json={})
