@@ -168,6 +168,10 @@ class SlurmConfig(_Strict):
     partition: str | None = Field(default=None, pattern=SLURM_NAME)  # defaults for pipelines without their own
     account: str | None = Field(default=None, pattern=SLURM_NAME)
     qos: str | None = Field(default=None, pattern=SLURM_NAME)
+    # slurmctld's jobcomp/filetxt file, read for a job Slurm no longer lists that left no rc file (None: asked of
+    # `scontrol show config`, JobCompLoc when JobCompType is jobcomp/filetxt). Readable from a submit host
+    # only where it is shared with the controller (or is the controller).
+    jobcomp_file: Path | None = None
 
 
 class QuotaConfig(_Strict):

@@ -38,7 +38,7 @@ def cluster() -> Iterator[SlurmCluster]:
         c.stop()
 
 
-def agent_config(cluster: SlurmCluster, backend: str = "slurm") -> str:
+def agent_config(cluster: SlurmCluster, backend: str = "slurm", slurm_extra: str = "") -> str:
     return f"""
 [jobs]
 backend = "{backend}"
@@ -46,6 +46,7 @@ default_mem = "32M"
 
 [jobs.slurm]
 conf = "{cluster.conf}"
+{slurm_extra}
 poll_interval = 0.5
 command_timeout = 40
 
@@ -62,8 +63,8 @@ backend = "local"
 """
 
 
-def start_agent(tmp: Path, cluster: SlurmCluster, name: str = "agent") -> AgentProc:
-    return make_agent(tmp, name=name, config=agent_config(cluster)).start(timeout=40)
+def start_agent(tmp: Path, cluster: SlurmCluster, name: str = "agent", slurm_extra: str = "") -> AgentProc:
+    return make_agent(tmp, name=name, config=agent_config(cluster, slurm_extra=slurm_extra)).start(timeout=40)
 
 
 def restart(old: AgentProc) -> AgentProc:
@@ -279,7 +280,36 @@ def test_agent_restart_reattaches_to_its_slurm_jobs(tmp_path, cluster):
             assert (got["long"]["state"], got["long"]["exit_code"]) == ("FAILED", 4), got["long"]
             assert (got["short"]["state"], got["short"]["exit_code"]) == ("FAILED", 5), got["short"]
             assert "rc file" in got["short"]["reason"]
-            assert got["killed"]["state"] == "LOST" and "no rc file" in got["killed"]["reason"], got["killed"]
+            # no rc file and gone from Slurm's memory: how it ended is read from slurmctld's jobcomp file (found
+            # through `scontrol show config`), not called LOST
+            assert (got["killed"]["state"], got["killed"]["signal"]) == ("FAILED", 9), got["killed"]
+            assert "jobcomp record" in got["killed"]["reason"], got["killed"]
+    finally:
+        b.stop()
+
+
+def test_a_job_that_left_no_trace_anywhere_is_lost(tmp_path, cluster):
+    """No rc file, Slurm forgot it, and no jobcomp record to read (here: the agent is pointed at an empty file,
+    as on a submit host that can't see the controller's): LOST, saying why, never a guessed state."""
+    nothing = tmp_path / "jobcomp-elsewhere.txt"
+    nothing.write_text("")
+    a = start_agent(tmp_path, cluster, slurm_extra=f'jobcomp_file = "{nothing}"')
+    go = tmp_path / "go"
+    with a.client() as c:
+        killed = submit(c, pipeline="train", command=["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.2; done; "
+                                                                   "kill -9 $PPID; sleep 1"])  # fmt: skip
+        wait_job(c, killed["id"], {"RUNNING"}, timeout=60)
+    a.kill()
+    go.touch()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not forgotten(cluster, killed["slurm"]["job_id"]):
+        time.sleep(0.5)
+    assert cluster.jobcomp()[killed["slurm"]["job_id"]]["JobState"] == "FAILED"  # Slurm did record it
+    b = restart(a)
+    try:
+        with b.client() as c:
+            got = wait_job(c, killed["id"], timeout=60)
+            assert got["state"] == "LOST" and "no rc file" in got["reason"], got
     finally:
         b.stop()
 

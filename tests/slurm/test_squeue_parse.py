@@ -267,3 +267,31 @@ def test_split_state_and_kv_records():
         "TRES": "cpu=1,mem=50M",
         "ExitCode": "0:15",
     }
+
+
+def test_the_last_ending_of_a_job_is_read_from_a_real_jobcomp_file():
+    from agent.jobs.slurm.squeue import last_ending
+
+    text = (DATA / "jobcomp-22.05.txt").read_text()
+    failed = last_ending(text, ROLES["failed_exit3"], "wrap")
+    assert failed is not None and (failed.state, failed.exit_code) == ("FAILED", 3)
+    assert map_job(failed).state == "FAILED"
+    assert last_ending(text, ROLES["timeout"], "wrap").state == "TIMEOUT"  # type: ignore[union-attr]
+    assert last_ending(text, ROLES["failed_exit3"], "wk-train") is None  # another job's name: not ours
+    assert last_ending(text, 999_999, "wrap") is None
+    # a requeue's PENDING record is no ending: the ending before it (or none) is what counts
+    requeued = "JobId=42 Name=wrap JobState=FAILED ExitCode=2:0 \nJobId=42 Name=wrap JobState=PENDING ExitCode=0:0 \n"
+    assert last_ending(requeued, 42, "wrap").exit_code == 2  # type: ignore[union-attr]
+    assert last_ending(requeued.splitlines()[1], 42, "wrap") is None
+    # ids are matched whole: job 4 is not job 42
+    assert last_ending(requeued, 4, "wrap") is None
+
+
+def test_config_values_are_read_from_scontrol_show_config():
+    from agent.jobs.slurm.squeue import config_value
+
+    text = "JobCompHost             = localhost\nJobCompLoc              = /var/log/slurm/jobcomp.txt\n" \
+           "JobCompType             = jobcomp/filetxt\nJobCompUser             = (null)\n"  # fmt: skip
+    assert config_value(text, "JobCompLoc") == "/var/log/slurm/jobcomp.txt"
+    assert config_value(text, "JobCompType") == "jobcomp/filetxt"
+    assert config_value(text, "JobCompUser") is None and config_value(text, "JobComp") is None

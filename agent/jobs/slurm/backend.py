@@ -54,6 +54,11 @@ def job_error(e: SlurmRefused, what: str):
     return JobError(e.status, _ERRORS.get(e.status, "slurm_error"), f"{what}: {e.message}", e.field)
 
 
+def job_name(j: Job) -> str:
+    """The `--job-name` of our jobs: how a jobcomp record (which carries no comment) is told ours."""
+    return f"wk-{j.pipeline}"
+
+
 class SlurmBackend:
     def __init__(self, svc: JobService) -> None:
         self.svc = svc
@@ -182,7 +187,7 @@ class SlurmBackend:
         env = dict(j.env)
         env.update(WATCHKEEPER_JOB_ID=rec.id, WATCHKEEPER_PIPELINE=j.pipeline, WATCHKEEPER_JOB_ATTEMPT=str(j.attempt))
         return SbatchRequest(
-            command=j.command, job_dir=str(d), name=f"wk-{j.pipeline}", comment=self.comment(rec.id), cpus=j.cpu,
+            command=j.command, job_dir=str(d), name=job_name(j), comment=self.comment(rec.id), cpus=j.cpu,
             mem_bytes=j.mem, gpus=j.gpus_requested or None, time_limit_s=j.time_limit, partition=info.partition,
             account=info.account, qos=info.qos, workdir=j.workdir, env=env, after_ok=after_ok, hold=rec.hold,
         )  # fmt: skip
@@ -396,12 +401,22 @@ class SlurmBackend:
             j.slurm.alloc_cpu = j.slurm.alloc_mem = j.slurm.alloc_gpus = None
 
     def _vanished(self, rec: JobRecord, j: Job) -> Job:
-        """Slurm no longer knows the job (it ended more than MinJobAge ago, e.g. while the agent was down)."""
+        """Slurm no longer knows the job (it ended more than MinJobAge ago, e.g. while the agent was down): its
+        rc file, else Slurm's jobcomp record of its end, else LOST."""
         rc = self._rc(rec.id)
         if rc is not None:
             m = Mapped("COMPLETED" if rc == 0 else "FAILED", "" if rc == 0 else f"exit code {rc}", rc)
             self._final(rec, j, m, None)
             j.reason = (j.reason + "; " if j.reason else "") + "from its rc file (Slurm no longer lists it)"
+            return j
+        assert j.slurm is not None
+        try:  # the last word before LOST: slurmctld's jobcomp file, where it keeps one we can read
+            sj = self.client.jobcomp_ending(j.slurm.job_id, job_name(j))
+        except SlurmRefused:
+            sj = None
+        if sj is not None:
+            self._final(rec, j, map_job(sj), sj)
+            j.reason = (j.reason + "; " if j.reason else "") + "from Slurm's jobcomp record (Slurm no longer lists it)"
             return j
         why = (
             "Slurm no longer lists it (MinJobAge passed before the agent saw it end) and it wrote no rc file "

@@ -19,19 +19,26 @@ from agent.jobs.slurm.squeue import (
     SlurmJob,
     SlurmParseError,
     SqueueSnapshot,
+    config_value,
     job_from_record,
+    last_ending,
     parse_kv_records,
     parse_squeue,
 )
 from agent.jobs.slurm.submit import SbatchRequest, SlurmRefused, batch_script, parse_sbatch_output, refusal, sbatch_argv
 
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "USER", "LOGNAME", "TZ", "TMPDIR")
+# How much of the jobcomp file's end is read for a job: records are ~400 bytes, so ~20,000 of the newest
+# endings. The file only grows (slurmctld appends; log rotation is the site's), so never all of it.
+JOBCOMP_TAIL_BYTES = 8 * 2**20
+_UNASKED = Path("/")  # jobcomp_file not yet asked of Slurm
 
 
 class SlurmClient:
     def __init__(self, cfg: SlurmConfig) -> None:
         self.cfg = cfg
         self.calls: dict[str, int] = {}  # command -> calls made (the bench and tests count squeue's)
+        self._jobcomp: Path | None = _UNASKED
 
     def env(self) -> dict[str, str]:
         e = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
@@ -111,3 +118,34 @@ class SlurmClient:
             if job.job_id == slurm_id:
                 return job
         return None
+
+    def jobcomp_file(self) -> Path | None:
+        """The jobcomp/filetxt file slurmctld writes: `[jobs.slurm] jobcomp_file`, else asked of `scontrol
+        show config` once it answers; None when Slurm keeps no such file. Raises SlurmRefused (503)."""
+        if self.cfg.jobcomp_file is not None:
+            return self.cfg.jobcomp_file
+        if self._jobcomp is _UNASKED:
+            r = self.run("scontrol", ["show", "config"])
+            if r.returncode != 0:
+                raise refusal(r.returncode, r.stderr, "scontrol")
+            kind, loc = config_value(r.stdout, "JobCompType"), config_value(r.stdout, "JobCompLoc")
+            self._jobcomp = Path(loc) if kind == "jobcomp/filetxt" and loc else None
+        return self._jobcomp
+
+    def jobcomp_ending(self, slurm_id: int, name: str) -> SlurmJob | None:
+        """How Slurm's jobcomp file says the job ended (its last ending record under `name`), or None when
+        there is no such file, it can't be read, or it holds no ending of that job. Raises SlurmRefused."""
+        path = self.jobcomp_file()
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - JOBCOMP_TAIL_BYTES))
+                data = f.read()
+        except OSError:
+            return None
+        text = data.decode(errors="replace")
+        if size > JOBCOMP_TAIL_BYTES:
+            text = text.partition("\n")[2]  # the first line read may be the end of a record
+        return last_ending(text, slurm_id, name)

@@ -252,6 +252,36 @@ def job_from_record(rec: dict[str, str]) -> SlurmJob:
     )
 
 
+def last_ending(text: str, job_id: int, name: str | None = None) -> SlurmJob | None:
+    """The last record of `job_id` in jobcomp/filetxt text that ended the job (a requeue's PENDING record is
+    not an ending), or None. With `name`, a record under another job name is someone else's job that
+    reused the id (a cluster whose state was wiped starts its ids again)."""
+    needle = f"JobId={job_id} "
+    for line in reversed(text.splitlines()):
+        if not line.startswith(needle):
+            continue
+        rec = parse_kv_record(line)
+        if name is not None and rec.get("Name") != name:
+            continue
+        try:
+            job = job_from_record(rec)
+        except SlurmParseError:
+            continue
+        if job.state in _ENDED_STATES:
+            return job
+    return None
+
+
+def config_value(text: str, key: str) -> str | None:
+    """One value of `scontrol show config` (`Key = value` lines); None when absent or `(null)`."""
+    for line in text.splitlines():
+        k, sep, v = line.partition("=")
+        if sep and k.strip() == key:
+            v = v.strip()
+            return None if v in ("", "(null)") else v
+    return None
+
+
 def exit_pair(s: str) -> tuple[int | None, int | None]:
     """Slurm's text `ExitCode=rc:sig` ("3:0", "0:9") -> (exit status, signal); a signal wins."""
     rc_s, _, sig_s = s.strip().partition(":")
