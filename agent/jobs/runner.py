@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 
@@ -19,6 +18,7 @@ from agent.jobs.exits import ExitWatcher
 from agent.jobs.placement import place
 from agent.jobs.queue import admit, invalid_dependency
 from agent.jobs.record import JobRecord
+from agent.jobs.retry import plan_retry
 from agent.jobs.service import JobService, next_attempt
 from agent.jobs.store import StoreUnavailable
 from agent.jobs.tiers.base import LaunchSpec, Limits, Outcome
@@ -221,23 +221,14 @@ class Runner:
                 log.warning("job %s: could not cap %s: %s", rec.id, stream, e)
 
     def _retry_of(self, rec: JobRecord, state: str, out: Outcome) -> JobRecord | None:
-        j, pol = rec.job, rec.retry
-        if j.attempt > pol.max_retries or rec.cancel_requested:
+        quota = self.svc.quotas.spec(rec.job.pipeline)
+        cap = min(quota.mem or self.svc.host.mem, self.svc.host.mem)
+        plan = plan_retry(rec, state, out.exit_code, cap, stopped=rec.stopping is not None)
+        if plan is None:
             return None
         now = time.time()
-        backoff = pol.backoff_s * (2 ** (j.attempt - 1)) * random.uniform(0.9, 1.1)
-        if state == "FAILED" and rec.stopping is None:
-            if pol.on_exit_codes and out.exit_code not in pol.on_exit_codes:
-                return None
-            return next_attempt(rec, now, "BeginTime", eligible_at=now + backoff if backoff else None)
-        if state == "OUT_OF_MEMORY" and pol.oom_mem_factor:
-            quota = self.svc.quotas.spec(j.pipeline)
-            cap = min(quota.mem or self.svc.host.mem, self.svc.host.mem)
-            mem = min(int(j.mem * pol.oom_mem_factor), cap)
-            if mem <= j.mem:
-                return None  # already at the quota: more of the same would end the same way
-            return next_attempt(rec, now, "BeginTime", eligible_at=now + backoff if backoff else None, mem=mem)
-        return None
+        return next_attempt(rec, now, "BeginTime", eligible_at=now + plan.delay_s if plan.delay_s else None,
+                            mem=plan.mem)  # fmt: skip
 
     # ------------------------------------------------------------------ admission and launch
 

@@ -204,6 +204,26 @@ def test_requeue_runs_the_same_slurm_job_again(agent, cluster, tmp_path):
         assert len(marks.read_text().splitlines()) == 3
 
 
+def test_a_failed_slurm_job_is_retried_by_its_policy_as_a_new_slurm_job(agent, cluster, tmp_path):
+    marks, seen = tmp_path / "marks", tmp_path / "seen"
+    # fails with 3 the first time, succeeds the second
+    flaky = f'echo "$SLURM_JOB_ID $WATCHKEEPER_JOB_ATTEMPT" >> {marks}; [ -e {seen} ] && exit 0; touch {seen}; exit 3'
+    with agent.client() as c:
+        j = submit(c, pipeline="train", command=["sh", "-c", flaky], retry={"max_retries": 2, "backoff_s": 1})
+        # an exit code the policy doesn't retry on ends it at once
+        other = submit(c, pipeline="train", command=["sh", "-c", "exit 5"],
+                       retry={"max_retries": 2, "on_exit_codes": [3], "backoff_s": 0})  # fmt: skip
+        done = wait_job(c, j["id"], timeout=90)
+        assert (done["state"], done["attempt"]) == ("COMPLETED", 2), done
+        attempts = c.get(f"/api/v1/jobs/{j['id']}/attempts").json()
+        assert [(a["attempt"], a["state"], a["exit_code"]) for a in attempts] == [(1, "FAILED", 3), (2, "COMPLETED", 0)]
+        first, second = (a["slurm"]["job_id"] for a in attempts)
+        assert second != first and second == done["slurm"]["job_id"]
+        assert marks.read_text().split() == [str(first), "1", str(second), "2"]  # each attempt ran once
+        o = wait_job(c, other["id"], timeout=90)
+        assert (o["state"], o["attempt"], o["exit_code"]) == ("FAILED", 1, 5), o
+
+
 def test_a_requeue_by_slurm_itself_ends_the_attempt_requeued(agent, cluster):
     with agent.client() as c:
         j = submit(c, pipeline="train", command=["sleep", "300"])

@@ -64,6 +64,8 @@ def test_the_command_line_for_a_full_request():
     ]
     arr = sbatch_argv(SbatchRequest(command=["x"], job_dir="/d/100%", array="0-9%2"))
     assert "--output=/d/100%%/stdout.%a" in arr and "--array=0-9%2" in arr
+    assert sbatch_argv(SbatchRequest(command=["x"], job_dir="/d", begin_s=20))[-1] == "--begin=now+20"  # a backoff
+    assert not any(a.startswith("--begin") for a in sbatch_argv(SbatchRequest(command=["x"], job_dir="/d")))
 
 
 def test_time_limits_round_up_to_whole_minutes():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import threading
 import time
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from agent.jobs import logs
 from agent.jobs.record import JobRecord, new_job_id
+from agent.jobs.retry import plan_retry
 from agent.jobs.slurm.client import SlurmClient
 from agent.jobs.slurm.squeue import SlurmJob
 from agent.jobs.slurm.states import Mapped, map_job
@@ -123,9 +125,9 @@ class SlurmBackend:
         if isinstance(body.gpus, list):
             raise JobError(422, "invalid_request", "a Slurm job asks for a GPU count (--gres=gpu:N): Slurm picks "
                            "the GPUs", "gpus")  # fmt: skip
-        if body.retries or (body.retry and body.retry.max_retries):
-            raise JobError(422, "invalid_request", "retries are not done for Slurm jobs yet (requeue a finished "
-                           "one instead)", "retries")  # fmt: skip
+        retry = body.retry or RetryPolicy()
+        if body.retries is not None:
+            retry = retry.model_copy(update={"max_retries": body.retries})
         after_ok = self._after_ok(body.depends_on)
         now = time.time()
         argv = ["/bin/sh", "-c", body.command[0], *body.command[1:]] if body.shell else list(body.command)
@@ -138,9 +140,9 @@ class SlurmBackend:
             mem=body.mem if body.mem is not None else svc.cfg.default_mem,
             gpus_requested=int(body.gpus or 0), gpu_mem=body.gpu_mem or quota.gpu_mem, time_limit=body.time_limit,
             submitted_by=principal, submit_reason=body.reason, submitted_at=now, depends_on=list(body.depends_on),
-            host=svc.host_name, tier="slurm", backend="slurm", slurm=info,
+            host=svc.host_name, tier="slurm", backend="slurm", slurm=info, max_retries=retry.max_retries,
         )  # fmt: skip
-        rec = JobRecord(job=job, retry=RetryPolicy(), hold=body.hold)
+        rec = JobRecord(job=job, retry=retry, hold=body.hold)
         try:
             info.job_id = self.client.sbatch(self._request(rec, after_ok), ["--open-mode=append"])
         except SlurmRefused as e:
@@ -179,7 +181,7 @@ class SlurmBackend:
             out.append(d.job.slurm.job_id)
         return out
 
-    def _request(self, rec: JobRecord, after_ok: list[int]) -> SbatchRequest:
+    def _request(self, rec: JobRecord, after_ok: list[int], begin_s: int | None = None) -> SbatchRequest:
         j, info = rec.job, rec.job.slurm
         assert info is not None
         d = logs.ensure_dir(self.svc.root, rec.id)
@@ -190,6 +192,7 @@ class SlurmBackend:
             command=j.command, job_dir=str(d), name=job_name(j), comment=self.comment(rec.id), cpus=j.cpu,
             mem_bytes=j.mem, gpus=j.gpus_requested or None, time_limit_s=j.time_limit, partition=info.partition,
             account=info.account, qos=info.qos, workdir=j.workdir, env=env, after_ok=after_ok, hold=rec.hold,
+            begin_s=begin_s,
         )  # fmt: skip
 
     def comment(self, job_id: str) -> str:
@@ -300,12 +303,44 @@ class SlurmBackend:
                 except SlurmRefused as e:  # scontrol for a vanished job: ask again next poll
                     log.warning("job %s: %s", rec.id, e.message)
                     continue
+                if out is not None and out[1] is None and out[0].state in ("FAILED", "OUT_OF_MEMORY"):
+                    out = (out[0], self._retry(rec, out[0], snap.jobs))
                 if out is not None:
                     staged.append((rec, *out))
                 elif rec.state == "RUNNING":
                     self._cap_logs(rec)
             self._publish(staged)
             return len(staged)
+
+    def _retry(self, rec: JobRecord, j: Job, jobs_now: list[SlurmJob]) -> JobRecord | None:
+        """The next attempt of a job that just ended `j.state`, sbatch'ed, when its retry policy says so
+        (agent/jobs/retry.py; the backoff is Slurm's `--begin`). A retry already in Slurm's queue under our
+        tag (sbatch'ed before a crash, its row never committed) is taken as it is, never submitted twice."""
+        from agent.jobs.service import next_attempt
+
+        ended = dataclasses.replace(rec, job=j)
+        plan = plan_retry(ended, j.state, j.exit_code, self.svc.quotas.spec(j.pipeline).mem, stopped=False)
+        if plan is None:
+            return None
+        old = j.slurm
+        assert old is not None
+        now = time.time()
+        why = f"retry {j.attempt}/{j.max_retries} after {j.state}"
+        nxt = next_attempt(ended, now, why, eligible_at=now + plan.delay_s if plan.delay_s else None, mem=plan.mem)
+        nxt.job.tier, nxt.job.backend = "slurm", "slurm"
+        nxt.job.slurm = SlurmInfo(job_id=0, partition=old.partition, account=old.account, qos=old.qos)
+        mine = [s.job_id for s in jobs_now if s.comment == self.comment(rec.id) and s.job_id > old.job_id
+                and s.array_task_id is None]  # fmt: skip
+        if mine:
+            nxt.job.slurm.job_id = max(mine)
+            return nxt
+        try:
+            begin = math.ceil(plan.delay_s) if plan.delay_s >= 1 else None
+            nxt.job.slurm.job_id = self.client.sbatch(self._request(nxt, [], begin), ["--open-mode=append"])
+        except SlurmRefused as e:
+            j.reason = (j.reason + "; " if j.reason else "") + f"not retried: Slurm refused the retry ({e.message})"
+            return None
+        return nxt
 
     def _publish(self, staged: list[tuple[JobRecord, Job, JobRecord | None]]) -> None:
         """Commit the new rows first, then show them (what a caller is told is on record)."""

@@ -66,6 +66,7 @@ class SbatchRequest:
     after_ok: list[int] = field(default_factory=list)  # Slurm job ids this one waits for
     array: str | None = None  # "0-9%2"
     hold: bool = False
+    begin_s: int | None = None  # eligible this many seconds from now (`--begin=now+N`): a retry's backoff
 
 
 class SlurmRefused(Exception):
@@ -106,6 +107,8 @@ def sbatch_argv(req: SbatchRequest, sbatch: str = "sbatch") -> list[str]:
         argv.append(f"--array={req.array}")
     if req.hold:
         argv.append("--hold")
+    if req.begin_s:
+        argv.append(f"--begin=now+{int(req.begin_s)}")
     return argv
 
 
