@@ -8,7 +8,9 @@
   resources cpu (cores), mem and gpu_mem (bytes), gpus, jobs. An unlimited resource has no limit sample.
 - `watchkeeper_jobs_store_commits_total`, `watchkeeper_jobs_store_rows_total`: the group commit at work.
 - `watchkeeper_slurm_polls_total`, `watchkeeper_slurm_poll_seconds_total`, `watchkeeper_slurm_up`: the Slurm
-  backend's `squeue --json` polls (one per interval while it has jobs) and whether the last one was answered.
+  backend's `squeue --json` polls (one per interval while it has jobs) and whether the last one was answered;
+  `watchkeeper_slurm_orphans_cancelled_total`: jobs tagged as ours that no job of ours recorded (an earlier
+  run died between sbatch and the commit), cancelled at start.
 """
 
 from __future__ import annotations
@@ -72,7 +74,10 @@ def jobs_metrics(svc: JobService) -> Iterator:
     poll_s.add_metric([], sb.poll_s_total)
     up = GaugeMetricFamily("watchkeeper_slurm_up", "1 when Slurm answered the last poll (or none was needed)")
     up.add_metric([], 0 if sb.down else 1)
-    yield from (polls, poll_s, up)
+    why = "Slurm jobs tagged as ours that no job of ours recorded, cancelled at start"
+    orphans = CounterMetricFamily("watchkeeper_slurm_orphans_cancelled", why)
+    orphans.add_metric([], sb.orphans_cancelled)
+    yield from (polls, poll_s, up, orphans)
 
 
 class JobsCollector(Collector):

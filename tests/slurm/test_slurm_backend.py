@@ -334,6 +334,32 @@ def test_a_job_that_left_no_trace_anywhere_is_lost(tmp_path, cluster):
         b.stop()
 
 
+def test_a_restarted_agent_cancels_the_slurm_jobs_it_never_recorded(tmp_path, cluster):
+    """A crash between sbatch and the commit leaves a job tagged as ours that no caller got a 201 for: the next
+    start cancels it. Its own jobs, and other agents' and people's jobs, are left alone."""
+    a = start_agent(tmp_path, cluster)
+    with a.client() as c:
+        keep = wait_job(c, submit(c, pipeline="train", command=["sleep", "300"])["id"], {"RUNNING"}, timeout=60)
+    a.kill()
+    tag = f"wk:{keep['host']}:"
+    orphan = cluster.sbatch(["sleep", "300"], f"--comment={tag}j-0neveranswrd")
+    others = [
+        cluster.sbatch(["sleep", "300"], "--comment=wk:another-agent:j-0neveranswrd"),
+        cluster.sbatch(["sleep", "300"]),
+    ]
+    time.sleep(1.5)  # submitted before the next agent starts (Slurm's times are whole seconds)
+    b = restart(a)
+    try:
+        assert cluster.wait_state(orphan, "CANCELLED", timeout=60) == "CANCELLED"
+        with b.client() as c:
+            assert c.get(f"/api/v1/jobs/{keep['id']}").json()["state"] == "RUNNING"
+            assert "watchkeeper_slurm_orphans_cancelled_total 1.0" in c.get("/metrics").text
+        assert slurm_state(cluster, keep["slurm"]["job_id"]) == "RUNNING"
+        assert all(slurm_state(cluster, sid) in ("PENDING", "RUNNING") for sid in others)
+    finally:
+        b.stop()
+
+
 @pytest.mark.timeout(300)
 def test_slurm_down_refuses_submits_keeps_jobs_and_recovers(tmp_path, own_cluster):
     cluster = own_cluster

@@ -75,6 +75,9 @@ class SlurmBackend:
         self.polls = 0
         self.poll_s_total = 0.0
         self.last_poll_at: float | None = None
+        self.started_at = time.time()
+        self.orphans_cancelled = 0
+        self._swept = False  # the start's look for orphans is done
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -103,6 +106,11 @@ class SlurmBackend:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if not self._swept:
+                try:
+                    self._swept = self.sweep_orphans()
+                except Exception:
+                    log.exception("slurm: the look for orphaned jobs failed")
             urgent = any(r.cancel_requested for r in self.tracked())
             self._wake.wait(min(self.cfg.poll_interval, 0.5) if urgent else self.cfg.poll_interval)
             self._wake.clear()
@@ -113,6 +121,44 @@ class SlurmBackend:
             except Exception:  # one bad poll must not end the watch
                 log.exception("slurm poll failed")
                 time.sleep(0.5)
+
+    def uses_slurm(self) -> bool:
+        """Whether any of this agent's jobs go, or went, to Slurm."""
+        svc = self.svc
+        if svc.cfg.backend == "slurm" or self.tracked():
+            return True
+        return any(svc.quotas.spec(p).backend == "slurm" for p in svc.quotas.pipelines())
+
+    def sweep_orphans(self) -> bool:
+        """Once at start: cancel the Slurm jobs tagged as this agent's whose job id it never recorded. They were
+        sbatch'ed by an earlier run of the agent that died before committing the job (so its caller got no
+        201, and nothing will ever watch them). A job submitted since this process started is left alone:
+        its row may be on its way. Returns False when Slurm could not be asked (tried again next loop)."""
+        if not self.uses_slurm():
+            return True
+        try:
+            snap = self.client.squeue()
+        except SlurmRefused:
+            return False
+        prefix = f"wk:{self.svc.host_name}:"
+        for sj in snap.jobs:
+            if not sj.comment.startswith(prefix) or sj.state not in ("PENDING", "RUNNING", "SUSPENDED"):
+                continue
+            if sj.submit_time is None or sj.submit_time >= self.started_at - 1:  # Slurm's times are whole seconds
+                continue
+            job_id = sj.comment[len(prefix) :]
+            if self.svc.state_of(job_id) is not None:
+                continue  # a job we answered for (a retry of it is adopted by its own poll)
+            target = sj.array_job_id or sj.job_id
+            try:
+                self.client.scancel(target)
+            except SlurmRefused as e:
+                log.error("slurm: orphaned job %d (%s) could not be cancelled: %s", target, sj.comment, e.message)
+                continue
+            self.orphans_cancelled += 1
+            log.warning("slurm: cancelled job %d (%s): submitted by an earlier run of this agent that never "
+                        "recorded it", target, sj.comment)  # fmt: skip
+        return True
 
     # ------------------------------------------------------------------ submit / cancel / requeue
 
