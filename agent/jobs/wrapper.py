@@ -162,7 +162,9 @@ def main(argv: list[str]) -> int:
     if child == 0:
         os.setpgid(0, 0)
         _prefer_for_oom()
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec, so the command
+        # would get EPIPE where a shell pipeline expects to be killed (`yes | head` spinning on errors).
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(s, signal.SIG_DFL)
         try:
             os.execvp(cmd[0], cmd)

@@ -158,8 +158,9 @@ class CgroupV2Tier:
             ct = psutil.Process(p.pid).create_time()
         except psutil.Error:
             ct = 0.0
-        with self._lock:
-            self._popen[spec.job_id] = p
+        if p.popen is not None:
+            with self._lock:
+                self._popen[spec.job_id] = p.popen
         return JobHandle(
             job_id=spec.job_id,
             tier=self.name,

@@ -13,7 +13,6 @@ process counts are not capped. The API says so (`detail`).
 from __future__ import annotations
 
 import math
-import shutil
 import signal
 import subprocess
 import threading
@@ -64,7 +63,6 @@ class PsutilTier:
         self._breach: dict[str, str] = {}  # job -> why it was killed by a pipeline/jobs cap, said once
         self._caps: dict[str, int] = {}  # pipeline (or _ALL) -> memory cap in bytes
         self._lock = threading.Lock()
-        self._nice = shutil.which("nice")
         self._procs = TableCache()  # one /proc scan per runner tick, shared by every job's usage and check
 
     def new_tick(self) -> None:
@@ -95,9 +93,7 @@ class PsutilTier:
         """Nothing to set up beyond the constructor (kept for the Tier contract)."""
 
     def launch(self, spec: LaunchSpec) -> JobHandle:
-        n = nice_from_weight(spec.cpu_weight)
-        prefix = [self._nice, "-n", str(n)] if n and self._nice else []
-        p = spawn_wrapper(spec, prefix=prefix)
+        p = spawn_wrapper(spec, nice=nice_from_weight(spec.cpu_weight))
         try:
             ct = psutil.Process(p.pid).create_time()
         except psutil.Error:
@@ -114,7 +110,8 @@ class PsutilTier:
             mem_limit=spec.limits.mem,
         )
         with self._lock:
-            self._popen[spec.job_id] = p
+            if p.popen is not None:
+                self._popen[spec.job_id] = p.popen
             self._handles[spec.job_id] = h
         return h
 
