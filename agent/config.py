@@ -226,6 +226,9 @@ class JobsConfig(_Strict):
     # "slurm": every pipeline's jobs go to Slurm unless its `[[quotas]]` says `backend = "local"`.
     backend: Literal["local", "slurm"] = "local"
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    # The account local jobs run as (None: the agent's own). An agent running as root, as the cgroup and systemd
+    # tiers need, should name an unprivileged one: the agent's account owns the store, tokens and audit chain.
+    run_as: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 
 
 class AgentConfig(_Strict):

@@ -222,10 +222,11 @@ def start_jobs(ctx: AgentContext, con) -> None:
     """Build the jobs service, re-adopt what was running, start the runner thread."""
     if not ctx.cfg.jobs.enabled:
         return
-    from agent.jobs.service import JobService, choose_tier
+    from agent.jobs.service import JobService, check_run_as, choose_tier
     from agent.jobs.store import JobStore
 
-    tier = choose_tier(ctx.enforcement, jobs_root(ctx.cfg), ctx.cfg.jobs.tier)
+    check_run_as(ctx.cfg.jobs.run_as)
+    tier = choose_tier(ctx.enforcement, jobs_root(ctx.cfg), ctx.cfg.jobs.tier, ctx.cfg.jobs.run_as)
     svc = JobService(ctx.cfg, JobStore(ctx.writer, con), tier, lambda: ctx.sampler.latest)
     adopted, lost = svc.restore()
     if adopted or lost:

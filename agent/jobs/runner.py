@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 
 from agent.jobs import logs
 from agent.jobs.exits import ExitWatcher
@@ -294,10 +295,10 @@ class Runner:
         d = logs.ensure_dir(svc.root, rec.id)
         quota = svc.quotas.spec(j.pipeline)
         spec = LaunchSpec(
-            job_id=rec.id, pipeline=j.pipeline, argv=j.command, env=svc.job_env(rec), workdir=j.workdir or str(d),
-            stdout_path=d / "stdout", stderr_path=d / "stderr", rc_path=d / "rc",
-            limits=Limits(cpu=j.cpu, mem=j.mem, pids=svc.cfg.max_pids), cpu_weight=_weight(quota.priority),
-            cpus=tuple(j.cpus or ()),
+            job_id=rec.id, pipeline=j.pipeline, argv=j.command, env=svc.job_env(rec),
+            workdir=j.workdir or work_dir(d, svc.cfg.run_as), stdout_path=d / "stdout", stderr_path=d / "stderr",
+            rc_path=d / "rc", limits=Limits(cpu=j.cpu, mem=j.mem, pids=svc.cfg.max_pids),
+            cpu_weight=_weight(quota.priority), cpus=tuple(j.cpus or ()), user=svc.cfg.run_as,
         )  # fmt: skip
         try:
             (d / "rc").unlink(missing_ok=True)  # an earlier attempt's status is not this one's
@@ -389,3 +390,18 @@ def _size(n: int) -> str:
             v = n / f
             return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
     return f"{n} B"
+
+
+def work_dir(job_dir: Path, run_as: str | None) -> str:
+    """A job's default working dir: its own dir, or, for a job run as another account, a `work/` inside it
+    owned by that account (the job dir holds the rc file and handle the agent trusts: not the job's to write)."""
+    if run_as is None:
+        return str(job_dir)
+    import pwd
+
+    pw = pwd.getpwnam(run_as)
+    work = job_dir / "work"
+    work.mkdir(mode=0o700, exist_ok=True)
+    os.chown(work, pw.pw_uid, pw.pw_gid)
+    os.chmod(job_dir, 0o711)  # the account may pass through to its work dir, not list or write the job dir
+    return str(work)

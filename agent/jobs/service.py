@@ -56,15 +56,31 @@ class JobError(Exception):
         self.status, self.error, self.detail, self.field = status, error, detail, field
 
 
-def choose_tier(info: EnforcementInfo, jobs_root: str, force: str) -> Tier:
+def choose_tier(info: EnforcementInfo, jobs_root: str, force: str, run_as: str | None = None) -> Tier:
     """The best tier the host offers, or the one `[jobs] tier` forces (`agent/jobs/tiers/select.py`).
     A forced tier the host can't offer is a start-up error."""
     from agent.jobs.tiers.select import select_tier
 
     try:
-        return select_tier(info, jobs_root, None if force == "auto" else force)
+        return select_tier(info, jobs_root, None if force == "auto" else force, run_as)
     except ValueError as e:  # TierUnavailable
         raise ConfigError(f"jobs.tier: {e}") from None
+
+
+def check_run_as(run_as: str | None) -> None:
+    """`[jobs] run_as` must be an account of this host that the agent can switch to (it must be root to run
+    jobs as anyone but itself). Raises ConfigError at start, not at each job's launch."""
+    if run_as is None:
+        return
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(run_as)
+    except KeyError:
+        raise ConfigError(f"jobs.run_as: no account {run_as!r} on this host") from None
+    if os.geteuid() not in (0, pw.pw_uid):
+        raise ConfigError(f"jobs.run_as: the agent runs as uid {os.geteuid()}, not root: it can't run jobs as "
+                          f"{run_as!r}")  # fmt: skip
 
 
 def gpu_inventory(snap: Snapshot | None) -> list[str]:

@@ -11,7 +11,8 @@ leaves its exit status behind:
    takes SCHED_BATCH and, given `--cpus`, pins itself to the job's CPUs (agent/jobs/placement.py): both
    are inherited by the command;
 3. runs the command in its own process group (the agent signals that group; the wrapper survives to
-   write the status), forwards SIGTERM/SIGINT/SIGHUP to it, reaps every orphan it inherits;
+   write the status), given `--user`, as that account; forwards SIGTERM/SIGINT/SIGHUP to it, reaps every
+   orphan it inherits;
 4. when the command ends, kills what the job left behind (as Slurm does at the end of a batch job) and
    writes the rc file atomically: `{"exit_code": N | null, "signal": S | null, "ended_at": t}`.
 
@@ -79,6 +80,19 @@ def _prefer_for_oom() -> None:
         pass
 
 
+def _become(name: str) -> None:
+    """In the command's process, before exec: drop to account `name` (its groups, gid, uid; HOME, USER,
+    LOGNAME), so the command never runs with the agent's rights. Already that account: nothing to do."""
+    import pwd  # a C module: only jobs with an account pay for it
+
+    pw = pwd.getpwnam(name)
+    if os.getuid() != pw.pw_uid:
+        os.initgroups(name, pw.pw_gid)
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    os.environ.update(HOME=pw.pw_dir, USER=name, LOGNAME=name)
+
+
 def _children() -> list[int]:
     """Our direct children (re-parented orphans included), from /proc."""
     me = os.getpid()
@@ -132,6 +146,7 @@ def main(argv: list[str]) -> int:
     procs: list[str] = []
     rc_path = ""
     cpus = ""
+    user = ""
     while args and args[0] != "--":
         opt = args.pop(0)
         if opt == "--procs":
@@ -140,12 +155,14 @@ def main(argv: list[str]) -> int:
             rc_path = args.pop(0)
         elif opt == "--cpus":
             cpus = args.pop(0)
+        elif opt == "--user":
+            user = args.pop(0)
         else:
             print(f"watchkeeper job wrapper: unknown option {opt}", file=sys.stderr)
             return 2
     cmd = args[1:]
     if not rc_path or not cmd:
-        print("usage: wrapper.py --rc FILE [--procs FILE]... [--cpus 0,1] -- COMMAND...", file=sys.stderr)
+        print("usage: wrapper.py --rc FILE [--procs FILE]... [--cpus 0,1] [--user NAME] -- COMMAND...", file=sys.stderr)
         return 2
     try:
         _join_cgroups(procs)
@@ -166,6 +183,12 @@ def main(argv: list[str]) -> int:
         # would get EPIPE where a shell pipeline expects to be killed (`yes | head` spinning on errors).
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(s, signal.SIG_DFL)
+        if user:
+            try:
+                _become(user)
+            except (KeyError, OSError) as exc:
+                os.write(2, f"watchkeeper: cannot run the job as {user!r}: {exc}\n".encode())
+                os._exit(126)
         try:
             os.execvp(cmd[0], cmd)
         except OSError as exc:

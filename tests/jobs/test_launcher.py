@@ -91,3 +91,29 @@ def test_without_a_launcher_the_wrapper_is_its_own_interpreter(agent_factory) ->
         finally:
             c.post(f"/api/v1/jobs/{job['id']}/cancel", json={})
         assert wait_job(c, job["id"])["state"] == "CANCELLED"
+
+
+def test_jobs_run_as_the_configured_account_in_a_work_dir_of_their_own(agent_factory) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("switching accounts needs root")
+    a = agent_factory("runas", config='[jobs]\nrun_as = "nobody"\n')
+    script = "id -u; id -g; pwd; touch mine && echo wrote; touch ../forged 2>/dev/null || echo refused"
+    with a.client() as c:
+        job = wait_job(c, submit(c, pipeline="p", command=["sh", "-c", script], cpu=0.1, mem="64M")["id"])
+        out = c.get(f"/api/v1/jobs/{job['id']}/logs", params={"stream": "stdout"}).json()["text"].split()
+    assert job["state"] == "COMPLETED", job
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    assert out[:2] == [str(nobody.pw_uid), str(nobody.pw_gid)]
+    assert out[2].endswith(f"/{job['id']}/work") and out[3:] == ["wrote", "refused"]  # its dir, not the agent's
+
+
+def test_an_account_that_does_not_exist_stops_the_agent_at_start(tmp_path) -> None:
+    from tests.agentproc import make_agent
+
+    a = make_agent(tmp_path, name="noacct", config='[jobs]\nrun_as = "no-such-account-wk"\n')
+    with pytest.raises((RuntimeError, TimeoutError)):
+        a.start(timeout=20)
+    a.kill()
+    assert "jobs.run_as: no account 'no-such-account-wk'" in a.log_path.read_text()

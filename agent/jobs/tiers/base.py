@@ -49,6 +49,7 @@ class LaunchSpec:
     limits: Limits
     cpu_weight: int = 100  # relative share under contention (from the pipeline's priority)
     cpus: tuple[int, ...] = ()  # CPU affinity the wrapper sets for the whole job; () = any
+    user: str | None = None  # the account the command runs as (`[jobs] run_as`); None: the agent's
 
 
 @dataclass
@@ -158,6 +159,8 @@ def wrapper_argv(spec: LaunchSpec, procs_files: Sequence[str] = ()) -> list[str]
         argv += ["--procs", f]
     if spec.cpus:
         argv += ["--cpus", ",".join(map(str, spec.cpus))]
+    if spec.user:
+        argv += ["--user", spec.user]
     return [*argv, "--", *spec.argv]
 
 

@@ -37,12 +37,13 @@ def offered(info: EnforcementInfo, euid: int | None = None) -> list[str]:
     return out
 
 
-def build(name: str, jobs_root: str = "watchkeeper.jobs") -> Tier:
-    """Construct tier `name` (imports lazily: a host only loads the tier it uses)."""
+def build(name: str, jobs_root: str = "watchkeeper.jobs", run_as: str | None = None) -> Tier:
+    """Construct tier `name` (imports lazily: a host only loads the tier it uses). `run_as`: the account
+    of jobs' units under systemd (the other tiers' wrapper switches to it itself)."""
     if name == "systemd":
         from agent.jobs.tiers.systemd_tier import SystemdTier
 
-        return SystemdTier()
+        return SystemdTier(user=run_as)
     if name == "cgroup-v2":
         from agent.jobs.tiers.cgroup_v2 import CgroupV2Tier
 
@@ -58,7 +59,9 @@ def build(name: str, jobs_root: str = "watchkeeper.jobs") -> Tier:
     raise TierUnavailable(f"unknown jobs tier {name!r}: one of {', '.join(TIERS)}")
 
 
-def select_tier(info: EnforcementInfo, jobs_root: str = "watchkeeper.jobs", force: str | None = None) -> Tier:
+def select_tier(
+    info: EnforcementInfo, jobs_root: str = "watchkeeper.jobs", force: str | None = None, run_as: str | None = None
+) -> Tier:
     """The tier jobs run under. `force` ("psutil", "cgroup-v1", ...; the `[jobs] tier` key, and tests)
     picks one; TierUnavailable if this host can't offer it, with what the host does offer and why.
     A cgroup-v2 tier still needs `prepare()` before its first launch."""
@@ -74,13 +77,13 @@ def select_tier(info: EnforcementInfo, jobs_root: str = "watchkeeper.jobs", forc
                 f"jobs tier {force!r} is not available on this host (it offers {', '.join(can)}): {why}"
             )
         try:
-            return build(force, jobs_root)
+            return build(force, jobs_root, run_as)
         except (OSError, ValueError) as exc:
             raise TierUnavailable(f"jobs tier {force!r} could not be set up: {exc}") from exc
     skipped: list[str] = []
     for name in can:
         try:
-            tier = build(name, jobs_root)
+            tier = build(name, jobs_root, run_as)
         except (OSError, ValueError) as exc:
             skipped.append(f"{name}: {exc}")
             continue
