@@ -93,6 +93,17 @@ def _become(name: str) -> None:
     os.environ.update(HOME=pw.pw_dir, USER=name, LOGNAME=name)
 
 
+def _which(name: str) -> str:
+    """`name` looked up on the job's PATH as execvp would (the first executable file), without imports."""
+    if "/" in name:
+        return name
+    for d in os.environ.get("PATH", os.defpath).split(":"):
+        path = os.path.join(d or ".", name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return name  # not found: execv says so
+
+
 def _children() -> list[int]:
     """Our direct children (re-parented orphans included), from /proc."""
     me = os.getpid()
@@ -183,6 +194,7 @@ def main(argv: list[str]) -> int:
         # would get EPIPE where a shell pipeline expects to be killed (`yes | head` spinning on errors).
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(s, signal.SIG_DFL)
+        exe = _which(cmd[0])  # before dropping rights: execvp imports lazily, and the stdlib may be root's only
         if user:
             try:
                 _become(user)
@@ -190,7 +202,7 @@ def main(argv: list[str]) -> int:
                 os.write(2, f"watchkeeper: cannot run the job as {user!r}: {exc}\n".encode())
                 os._exit(126)
         try:
-            os.execvp(cmd[0], cmd)
+            os.execv(exe, cmd)
         except OSError as exc:
             os.write(2, f"watchkeeper: cannot run {cmd[0]!r}: {exc.strerror}\n".encode())
             os._exit(127)

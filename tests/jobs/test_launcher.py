@@ -16,6 +16,7 @@ from agent.jobs.spawn import Launcher
 from tests.jobs.conftest import submit, wait_job
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+LAUNCHER_ON = {"WATCHKEEPER_JOB_LAUNCHER": "1"}
 
 
 def _launchers_of(pid: int) -> list[psutil.Process]:
@@ -23,7 +24,7 @@ def _launchers_of(pid: int) -> list[psutil.Process]:
 
 
 def test_a_jobs_wrapper_is_forked_by_the_agents_launcher_and_the_launcher_comes_back(agent_factory) -> None:
-    a = agent_factory("launch")
+    a = agent_factory("launch", env=LAUNCHER_ON)
     with a.client() as c:
         job = wait_job(c, submit(c, pipeline="p", command=SLEEPER, cpu=0.1, mem="64M")["id"], {"RUNNING"})
         try:
@@ -39,10 +40,11 @@ def test_a_jobs_wrapper_is_forked_by_the_agents_launcher_and_the_launcher_comes_
         assert second.pid != launcher.pid
 
 
-def test_the_command_does_not_inherit_pythons_ignored_signals(agent_factory, tmp_path) -> None:
+@pytest.mark.parametrize("env", [None, LAUNCHER_ON], ids=["wrapper", "launcher"])
+def test_the_command_does_not_inherit_pythons_ignored_signals(agent_factory, env) -> None:
     """Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec: a job's command
     must start with them at their defaults (`yes | head -1` must end, killed by SIGPIPE)."""
-    a = agent_factory("signals")
+    a = agent_factory("signals", env=env)
     with a.client() as c:
         job = wait_job(c, submit(c, pipeline="p", command=["sh", "-c", "grep SigIgn /proc/self/status; yes | head -1"],
                                  cpu=0.1, mem="64M")["id"], timeout=20)  # fmt: skip
@@ -82,8 +84,8 @@ def test_a_refused_request_is_an_error_and_a_launch_it_may_have_taken_is_not_ret
         launcher.close()
 
 
-def test_without_a_launcher_the_wrapper_is_its_own_interpreter(agent_factory) -> None:
-    a = agent_factory("nolauncher", env={"WATCHKEEPER_JOB_LAUNCHER": "0"})
+def test_by_default_the_wrapper_is_its_own_interpreter(agent_factory) -> None:
+    a = agent_factory("nolauncher")  # the default, for now
     with a.client() as c:
         job = wait_job(c, submit(c, pipeline="p", command=SLEEPER, cpu=0.1, mem="64M")["id"], {"RUNNING"})
         try:
