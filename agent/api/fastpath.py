@@ -22,7 +22,7 @@ from agent.api.asyncpath import submit_async
 from agent.auth.roles import peer_principal
 from agent.context import AgentContext
 from agent.schemas import API_PREFIX
-from agent.serving.overload import ARRIVAL, QUEUE_SHARE, BodyBudget
+from agent.serving.overload import ARRIVAL, ARRIVAL_ESTIMATED, QUEUE_SHARE, BodyBudget
 
 PREFIX = f"{API_PREFIX}/endpoints/"
 SUFFIX = "/predict"
@@ -88,10 +88,11 @@ class PredictFastPath:
             await _send(send, 413, _err("payload_too_large", f"body over {limit} bytes", "body"))
             return
         rid = request_id.decode() if request_id and _REQUEST_ID.match(request_id) else os.urandom(8).hex()
-        # The loop's lag is about how long the request sat in the kernel before it was read (while the loop was
-        # stalled): count it in the wait, the reported latency and the timeout alike, so a request shed for
-        # waiting 200 ms is not recorded as a 5 ms answer.
-        t0 -= serving.lag.lag_s
+        # On a Unix socket the time the request sat in the kernel before it was read is not known: the loop's
+        # lag stands in for it (TCP's arrival already counts it), in the wait, the reported latency and the
+        # timeout alike, so a request shed for waiting 200 ms is not recorded as a 5 ms answer.
+        if ext and ARRIVAL_ESTIMATED in ext:
+            t0 -= serving.lag.lag_s
         waited_ms = (start - t0) * 1000
         # Waited too long already: shed before parsing. With a fallback the body is still read (the answer
         # has one prediction per row); without, it is refused unread.

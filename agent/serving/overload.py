@@ -6,11 +6,17 @@ ready queue (created as tasks, not yet run) and, before that, in the kernel's so
 loop was busy with earlier ones. Timing a request from the start of its handler then reports
 microseconds to a caller who waited seconds, and nothing sheds. So:
 
-- `ArrivalProtocol` stamps each request with the loop's clock when uvicorn starts parsing it (TCP and
-  Unix sockets alike), into `scope["extensions"]["watchkeeper.arrival"]`; the predict path measures
-  latency, and its timeout, from there.
+- `ArrivalProtocol` stamps each request with when it arrived, into
+  `scope["extensions"]["watchkeeper.arrival"]`; the predict path measures latency, and its timeout,
+  from there. On TCP that is the loop's clock when uvicorn starts parsing it, less how long the bytes
+  sat in the kernel's socket buffer first: the kernel's TCP_INFO says how long ago the connection's
+  last data came in (in jiffies, 1-10 ms; the stamp takes the lower bound, so a wait is never
+  overstated). After a stall, every request read in the catch-up carries its true wait, however many
+  loop turns later it is read.
 - `LoopLag` fires a timer every LAG_INTERVAL_S and records how late it ran: the length of the loop's
-  last busy stretch, which is about how long a request just read had waited in the kernel before it.
+  last busy stretch. On a Unix socket, whose kernel keeps no such time, it stands in for the kernel
+  wait (`ARRIVAL_ESTIMATED`). It underestimates after a stall: a request read in a later turn of the
+  catch-up sees only that turn's lag.
 - A request whose wait (handler start - arrival, plus the loop's lag) exceeds QUEUE_SHARE of its
   endpoint's `timeout_ms` is shed before its body is parsed: 429 + Retry-After, or the endpoint's
   fallback when it has one (reason `overload`). What is answered then comes back within the timeout.
@@ -24,11 +30,14 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import socket
+import struct
 import time
 
 from agent.auth.peercred import PeerCredProtocol
 
 ARRIVAL = "watchkeeper.arrival"
+ARRIVAL_ESTIMATED = "watchkeeper.arrival_estimated"  # set (True) where the kernel wait is unknown: add the loop lag
 # Shed a request that already waited this share of its endpoint's timeout: the rest is left for the model
 # and the answer's way back, so what is answered arrives within timeout_ms.
 QUEUE_SHARE = 0.5
@@ -43,12 +52,60 @@ MAX_CONNECTIONS = 2048
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
 
+# struct tcp_info (linux/tcp.h): u32 tcpi_last_data_recv, milliseconds since the last data segment came in.
+_TCP_INFO_LEN = 56
+_LAST_DATA_RECV = struct.Struct("=I")
+_LAST_DATA_RECV_AT = 52
+
+
+class KernelWait:
+    """How long the data just read from a TCP socket sat in the kernel before it (seconds, a lower bound).
+
+    TCP_INFO counts in jiffies (4 ms at HZ=250, 1 ms at HZ=1000): a reading of n ticks means between n-1
+    and n+1 ticks went by, so the lower bound, n-1 ticks, is taken. The tick is learnt as the smallest
+    non-zero reading (it starts at 4 ms, the common HZ=250)."""
+
+    def __init__(self) -> None:
+        self.tick_ms = 4
+
+    def of(self, sock: socket.socket) -> float:
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+        except OSError:
+            return 0.0
+        if len(info) < _TCP_INFO_LEN:
+            return 0.0
+        (ms,) = _LAST_DATA_RECV.unpack_from(info, _LAST_DATA_RECV_AT)
+        if ms == 0:
+            return 0.0
+        if ms < self.tick_ms:
+            self.tick_ms = ms
+        return (ms - self.tick_ms) / 1000
+
+
+KERNEL_WAIT = KernelWait()
+
+
 class ArrivalProtocol(PeerCredProtocol):
     """uvicorn's httptools protocol (with the peer's credentials) that stamps each request's arrival."""
 
+    _tcp: socket.socket | None = None  # the connection's socket when it is TCP (its kernel wait is measured)
+
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            self._tcp = sock
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope.setdefault("extensions", {})[ARRIVAL] = time.perf_counter()
+        now = time.perf_counter()
+        ext = self.scope.setdefault("extensions", {})
+        if self._tcp is not None:
+            ext[ARRIVAL] = now - KERNEL_WAIT.of(self._tcp)
+        else:
+            ext[ARRIVAL] = now
+            ext[ARRIVAL_ESTIMATED] = True
 
 
 class LoopLag:

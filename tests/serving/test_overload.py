@@ -14,7 +14,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.serving.overload import BodyBudget, LoopLag
+from agent.serving.overload import BodyBudget, KernelWait, LoopLag
 from tests.serving.test_serving_agent import FAST, endpoint, records, reference, register, wait_loaded
 
 BURST = 300
@@ -125,6 +125,24 @@ def test_a_burst_beyond_the_timeout_is_shed_with_429_not_answered_late(agent):
     assert r.status_code in (200, 429)
 
 
+def test_requests_read_after_a_stall_report_the_time_they_sat_in_the_kernel(agent):
+    a, c = agent
+    # A timeout nothing reaches: every request is answered, and each answer's latency must include the 200 ms
+    # its bytes waited in the socket buffer while the agent was stopped, however late in the catch-up the loop
+    # reads it (before, those read after the first few turns reported a fraction of a millisecond).
+    endpoint(c, fallback=None, timeout_ms=60_000, breaker={"enabled": False})
+    wait_loaded(c)
+    body = json.dumps({"records": records(reference(1))}).encode()
+    t = time.perf_counter()
+    res = burst(a.port, [_request(a.token, body)] * 100, pid=a.proc.pid)
+    took_ms = (time.perf_counter() - t) * 1000
+    assert {st for st, _, _ in res} == {200}
+    lat = sorted(b["latency_ms"] for _, _, b in res)
+    # the lower bound of the kernel's jiffy clock (4 ms at HZ=250, 10 ms at HZ=100) may take a tick or two off
+    assert lat[0] >= 200 - 20, lat[:5]
+    assert lat[-1] <= took_ms  # and never more than the caller waited
+
+
 def test_with_a_fallback_the_shed_requests_get_it_marked_overload(agent):
     a, c = agent
     endpoint(c, timeout_ms=20, breaker={"enabled": False})  # with the test module's fallback
@@ -214,3 +232,27 @@ def test_body_budget_lets_one_large_body_through_alone():
     assert b.take(60) and not b.take(60) and b.take(40)
     b.give(100)
     assert b.used == 0 and b.take(500)  # alone, a body over the budget still goes (its endpoint caps it)
+
+
+def test_kernel_wait_is_a_lower_bound_of_the_time_data_sat_unread():
+    ls = socket.create_server(("127.0.0.1", 0))
+    cl = socket.create_connection(ls.getsockname())
+    sv, _ = ls.accept()
+    kw = KernelWait()
+    try:
+        cl.sendall(b"x")
+        time.sleep(0.001)
+        sv.recv(10)
+        assert kw.of(sv) <= 0.001  # under a tick: no wait is made up
+        cl.sendall(b"y")
+        t = time.perf_counter()
+        time.sleep(0.08)
+        sv.recv(10)
+        waited = time.perf_counter() - t
+        assert waited - 0.025 <= kw.of(sv) <= waited
+        u1, u2 = socket.socketpair()  # not TCP: nothing measured
+        assert kw.of(u1) == 0.0
+        u1.close(), u2.close()
+    finally:
+        for s in (cl, sv, ls):
+            s.close()
