@@ -28,6 +28,7 @@ from agent.schemas.jobs import Job, JobProgress, JobSubmit
 
 log = logging.getLogger("watchkeeper.batch")
 PIPELINE = "batch"
+MAX_DEFAULT_SHARDS = 64  # a Slurm batch without `shards`: one worker per file, up to this many
 SPOOL_POLL_S = 1.0
 ORPHAN_AFTER_S = 60.0  # a batch's job is submitted right after its spec is written; later, no job means gone
 RESERVED = ("score", "label")  # the prediction columns
@@ -137,6 +138,13 @@ class BatchService:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise BatchError(422, "invalid_request", f"can't create {out}: {e.strerror}", "output") from None
+        shards = 1
+        if self.jobs.backend_of(PIPELINE) == "slurm":  # one worker per shard, a job array: a file is the unit
+            shards = min(len(files), body.shards or min(len(files), MAX_DEFAULT_SHARDS))
+        elif body.shards not in (None, 1) or body.parallel is not None:
+            fld = "shards" if body.shards not in (None, 1) else "parallel"
+            raise BatchError(422, "invalid_request", f"the {PIPELINE} pipeline runs on this host: one worker scores "
+                             "every file (shards are the tasks of a Slurm job array)", fld)  # fmt: skip
         bid = "b-" + secrets.token_hex(5)
         spec = BatchSpec(
             id=bid, model=mv.name, version=mv.version, endpoint=body.endpoint,
@@ -145,7 +153,7 @@ class BatchService:
             output=str(out.resolve()), files=files, id_column=body.id_column, keep=list(body.keep),
             rows_per_batch=body.rows_per_batch, log_sample_rate=body.log_sample_rate,
             threads=max(1, int(body.cpu)), max_rows_per_s=body.max_rows_per_s, submitted_by=principal,
-            submitted_at=time.time(), reason=body.reason,
+            submitted_at=time.time(), reason=body.reason, shards=shards,
         )  # fmt: skip
         d = self.root / bid
         d.mkdir(mode=0o700)
@@ -154,7 +162,8 @@ class BatchService:
         code_root = str(Path(agent.__file__).resolve().parent.parent)
         job = JobSubmit(pipeline=PIPELINE, name=f"batch-{bid}", cpu=body.cpu, mem=body.mem,
                         command=[sys.executable, "-m", "agent.batch.worker", str(d)], workdir=code_root,
-                        reason=body.reason or f"batch {bid}")  # fmt: skip
+                        reason=body.reason or f"batch {bid}", array=shards if shards > 1 else None,
+                        array_parallel=body.parallel if shards > 1 else None)  # fmt: skip
         try:
             self.jobs.submit(job, principal)
         except BaseException:  # refused (never_fits, store down): no batch without a job
@@ -169,7 +178,7 @@ class BatchService:
             spec = BatchSpec.from_json((d / "spec.json").read_text())
         except (OSError, ValueError):
             raise BatchError(404, "not_found", f"no batch {bid!r}", "id") from None
-        return self._view(spec, read_progress(d), self.job_of(bid))
+        return self._view(spec, read_progress(d, spec), self.job_of(bid))
 
     def list(self) -> BatchList:
         out = []
@@ -210,7 +219,12 @@ class BatchService:
         """A batch job's `progress` in /jobs and the jobs screen (None for other jobs)."""
         if job.pipeline != PIPELINE or not (job.name or "").startswith("batch-b-"):
             return None
-        p = read_progress(self.root / job.name[len("batch-") :])
+        d = self.root / job.name[len("batch-") :]
+        try:
+            spec = BatchSpec.from_json((d / "spec.json").read_text()) if job.array else None
+        except (OSError, ValueError):
+            spec = None
+        p = read_progress(d, spec)
         if p is None:
             return None
         b = _progress(p, job.state == "RUNNING")
@@ -253,7 +267,7 @@ class BatchService:
                 rows_done=sum(f.rows_done for f in files), rows_total=_sum([f.rows for f in files]),
                 rows_rejected=0, rows_per_s=None, eta_s=None),
             files=files, failed_files=failed, submitted_by=spec.submitted_by, submitted_at=spec.submitted_at,
-            attempt=job.attempt if job else 1,
+            attempt=job.attempt if job else 1, shards=spec.shards,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ prediction-log spool

@@ -56,6 +56,10 @@ class BatchSpec:
     submitted_by: str = ""
     submitted_at: float = 0.0
     reason: str = ""
+    shards: int = 1  # workers the files are split among (a Slurm job array): file i is shard i % shards's
+
+    def shard_of(self, file_idx: int) -> int:
+        return file_idx % self.shards
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -104,13 +108,51 @@ def clean_temporaries(output: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-def read_progress(batch_dir: Path) -> dict[str, Any] | None:
+def progress_file(shard: int | None) -> str:
+    return "progress.json" if shard is None else f"progress.{shard}.json"
+
+
+def _read(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((batch_dir / "progress.json").read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
-def write_progress(batch_dir: Path, progress: dict[str, Any]) -> None:
+def read_progress(batch_dir: Path, spec: BatchSpec | None = None) -> dict[str, Any] | None:
+    """The worker's progress; for a sharded batch, its shards' merged: each file as its own shard last wrote
+    it (pending, with the rows of its parts in place, where that shard has not started), the counts summed,
+    the rate of the shards still running summed. None before any worker wrote."""
+    if spec is None or spec.shards <= 1:
+        return _read(batch_dir / "progress.json")
+    shards = [_read(batch_dir / progress_file(k)) for k in range(spec.shards)]
+    if not any(shards):
+        return None
+    done = done_ranges(Path(spec.output))
+    files = []
+    for i, f in enumerate(spec.files):
+        p = shards[spec.shard_of(i)]
+        if p is not None:
+            files.append(p["files"][i])
+        else:
+            files.append({"path": f.path, "rows": f.rows, "rows_done": sum(done.get(i, {}).values()),
+                          "state": "pending", "error": None})  # fmt: skip
+    live = [p for p in shards if p is not None and p.get("state") == "running"]
+    states = {p.get("state") if p is not None else "pending" for p in shards}
+    state = "running" if states & {"running", "pending"} else "failed" if "failed" in states else "done"
+    rows = [x["rows"] for x in files if x["state"] != "failed"]
+    total = None if any(r is None for r in rows) else sum(rows)
+    rows_done = sum(x["rows_done"] for x in files)
+    rate = sum(p["rows_per_s"] or 0 for p in live) or None
+    left = total - rows_done if total is not None else None
+    return {
+        "state": state, "files": files, "rows_done": rows_done, "rows_total": total,
+        "rows_rejected": sum(p["rows_rejected"] for p in shards if p is not None), "rows_per_s": rate,
+        "eta_s": left / rate if left is not None and rate else None, "shards": [
+            None if p is None else {"state": p.get("state"), "rows_per_s": p.get("rows_per_s")} for p in shards],
+    }  # fmt: skip
+
+
+def write_progress(batch_dir: Path, progress: dict[str, Any], shard: int | None = None) -> None:
     progress["updated_at"] = time.time()
-    write_atomic(batch_dir / "progress.json", json.dumps(progress).encode())
+    write_atomic(batch_dir / progress_file(shard), json.dumps(progress).encode())

@@ -7,6 +7,10 @@ Memory is bounded by the range size, not the dataset. Rows that can't be scored 
 with their reason; a file that can't be read fails alone and the others go on (exit status 2 then,
 naming the files). Progress is written to `BATCH_DIR/progress.json` after every part; a sampled share
 of scored rows is spooled to `BATCH_DIR/predlog/` for the agent to put in the prediction log.
+
+A batch split in shards runs as a Slurm job array: task k (SLURM_ARRAY_TASK_ID) scores the files i with
+i % shards == k and writes `progress.<k>.json`; the parts are the same checkpoint, so a resumed array
+runs again only the tasks that did not complete, each skipping what its earlier run wrote.
 """
 
 from __future__ import annotations
@@ -107,9 +111,11 @@ def read_ranges(f: InputFile, columns: list[str], sig: Signature, n: int) -> Ite
 
 
 class Worker:
-    def __init__(self, batch_dir: Path) -> None:
+    def __init__(self, batch_dir: Path, shard: int | None = None) -> None:
+        """`shard`: this worker's index among the batch's `shards` (a Slurm array task's); None: unsharded."""
         self.dir = batch_dir
         self.spec = BatchSpec.from_json((batch_dir / "spec.json").read_text())
+        self.shard = shard
         self.sig = Signature.model_validate(self.spec.signature)
         self.encoder = ArrowEncoder(self.sig, self.spec.missing_policy)
         self.out = Path(self.spec.output)
@@ -134,10 +140,13 @@ class Worker:
         rejected = 0
         for p in self.rejects.glob("rejects-*.parquet"):  # only ranges whose part is in place count
             middle, count = p.stem[len("rejects-") :].rsplit("-n", 1)
-            if (self.out / f"part-{middle}.parquet").exists():
+            if self._mine(int(middle[1:6])) and (self.out / f"part-{middle}.parquet").exists():
                 rejected += int(count)
         files = []
         for i, f in enumerate(self.spec.files):
+            if not self._mine(i):  # another shard's: not counted here
+                files.append({"path": f.path, "rows": 0, "rows_done": 0, "state": "elsewhere", "error": None})
+                continue
             rows = f.rows
             if rows is None:
                 try:
@@ -158,6 +167,8 @@ class Worker:
         columns = needed_columns(self.spec, self.sig)
         t_run = time.monotonic()
         for i, f in enumerate(self.spec.files):
+            if not self._mine(i):
+                continue
             st = files[i]
             mine = done.get(i, {})
             st["state"] = "running"
@@ -182,6 +193,9 @@ class Worker:
         print(f"batch: done, {self.progress['rows_done']} rows ({self.progress['rows_rejected']} rejected)",
               flush=True)  # fmt: skip
         return 0
+
+    def _mine(self, file_idx: int) -> bool:
+        return self.shard is None or self.spec.shard_of(file_idx) == self.shard
 
     def _range(self, i: int, f: InputFile, start: int, tbl: pa.Table, enc) -> None:
         good_idx = np.nonzero(enc.good)[0]
@@ -249,7 +263,7 @@ class Worker:
                 time.sleep(ahead)
 
     def _total(self) -> None:
-        rows = [f["rows"] for f in self.progress["files"] if f["state"] != "failed"]
+        rows = [f["rows"] for f in self.progress["files"] if f["state"] not in ("failed", "elsewhere")]
         self.progress["rows_total"] = None if any(r is None for r in rows) else sum(rows)
 
     def _write(self, force: bool = False) -> None:
@@ -263,7 +277,7 @@ class Worker:
         p["rows_per_s"] = did / took if took > 0 and did else None
         left = (p["rows_total"] - p["rows_done"]) if p["rows_total"] is not None else None
         p["eta_s"] = left / p["rows_per_s"] if left is not None and p["rows_per_s"] else None
-        write_progress(self.dir, p)
+        write_progress(self.dir, p, self.shard)
 
 
 def prefetched(items: Iterator, depth: int = 1) -> Iterator:
@@ -317,7 +331,15 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m agent.batch.worker BATCH_DIR", file=sys.stderr)
         return 64
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    return Worker(Path(args[0])).run()
+    worker = Worker(Path(args[0]))
+    if worker.spec.shards > 1:  # one task of the batch's Slurm job array: its index says which files are its
+        task = os.environ.get("SLURM_ARRAY_TASK_ID", "")
+        if not task.isdigit() or int(task) >= worker.spec.shards:
+            print(f"batch: a worker of a batch in {worker.spec.shards} shards runs as a Slurm array task "
+                  f"(SLURM_ARRAY_TASK_ID is {task!r})", file=sys.stderr)  # fmt: skip
+            return 64
+        worker.shard = int(task)
+    return worker.run()
 
 
 if __name__ == "__main__":

@@ -191,11 +191,17 @@ class JobService:
         `audited`: called once the checks pass, it queues the submit's audit entry (`AuditLog.enqueue`, which
         may raise AuditUnavailable); the job row and the entry then commit in one transaction, so the job
         exists only if its entry does (fail closed), and concurrent submits share that commit."""
+        if body.array_parallel is not None and body.array is None:
+            raise JobError(422, "invalid_request", "array_parallel limits the tasks of an array: give array too",
+                           "array_parallel")  # fmt: skip
         if self.backend_of(body.pipeline) == "slurm":  # Slurm schedules: no admission or never_fits here
             if audited is not None:
                 audit, entry = audited()
                 audit.commit(entry)  # fail closed: the entry is committed before sbatch runs
             return self.slurm.submit(body, principal)
+        if body.array is not None:
+            raise JobError(422, "invalid_request", f"a job array runs in Slurm: pipeline {body.pipeline} runs its "
+                           "jobs on this host (its backend is local)", "array")  # fmt: skip
         quota = self.quotas.spec(body.pipeline)
         cpu = body.cpu if body.cpu is not None else self.cfg.default_cpu
         mem = body.mem if body.mem is not None else self.cfg.default_mem
@@ -473,7 +479,7 @@ def next_attempt(rec: JobRecord, now: float, reason: str, eligible_at: float | N
         gpus_requested=j.gpus_requested, gpu_mem=j.gpu_mem, time_limit=j.time_limit, submitted_by=j.submitted_by,
         submit_reason=j.submit_reason, submitted_at=now, attempt=j.attempt + 1, max_retries=j.max_retries,
         depends_on=j.depends_on, host=j.host, eligible_at=eligible_at, oom_retry_mem=mem,
-        kill_on_invalid_dep=j.kill_on_invalid_dep,
+        kill_on_invalid_dep=j.kill_on_invalid_dep, array=j.array, array_parallel=j.array_parallel,
     )  # fmt: skip
     return JobRecord(job=job, retry=rec.retry, hold=False, gpu_request=rec.gpu_request)
 

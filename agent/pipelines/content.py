@@ -33,17 +33,27 @@ class ContentStore:
     def has(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
-    def put(self, src: Path) -> tuple[str, int]:
-        """Move `src` into the store (kept as it is if that content is there already); (digest, size)."""
+    def put(self, src: Path, keep: bool = False) -> tuple[str, int]:
+        """Move `src` into the store (kept as it is if that content is there already); (digest, size).
+        `keep`: leave `src` where it is too (linked, or copied across filesystems): a step queued in Slurm behind
+        the one that wrote it reads it there, and may start any moment after that step's job ended."""
         digest = file_digest(src)
         size = src.stat().st_size
         dst = self.path(digest)
         if dst.is_file():
-            src.unlink()
+            if not keep:
+                src.unlink()
         else:
             dst.parent.mkdir(exist_ok=True)
             tmp = dst.with_suffix(".tmp")
-            shutil.move(src, tmp)
+            if keep:
+                tmp.unlink(missing_ok=True)
+                try:
+                    os.link(src, tmp)
+                except OSError:
+                    shutil.copyfile(src, tmp)
+            else:
+                shutil.move(src, tmp)
             os.chmod(tmp, 0o400)
             os.replace(tmp, dst)  # whole or absent: a crash never leaves a torn artifact under its digest
         return digest, size

@@ -50,6 +50,9 @@ class RunExecutor:
         self._inproc: queue.Queue[str | None] = queue.Queue()
         self._worker: subprocess.Popen | None = None
         self._memo: dict[str, str | None] = {}
+        # The pipeline's jobs go to Slurm: a job step is submitted as soon as its parents are submitted, queued
+        # behind them there (--dependency=afterok), instead of after they end (a Slurm start takes seconds).
+        self.ahead = svc.submits_ahead(spec.name)
         self.thread = threading.Thread(target=self._main, name=f"pipeline-run-{run.id}", daemon=True)
 
     # ------------------------------------------------------------------ control
@@ -91,7 +94,7 @@ class RunExecutor:
             if self.cancelled:
                 self._cancel_all()
                 return
-            changed = self._drain_done() | self._poll_jobs() | self._schedule()
+            changed = self._drain_done() | self._settle_ahead() | self._poll_jobs() | self._schedule()
             if changed:
                 self.svc.save(self.run)
             if all(sr.state in FINAL_STEP_STATES for sr in self.run.steps):
@@ -115,11 +118,115 @@ class RunExecutor:
             elif all(d.state in ("COMPLETED", "SKIPPED") for d in deps):
                 self._start(self.steps[name], sr)
                 changed = changed or sr.state != "PENDING"
+            elif self.ahead and self._can_queue_behind(self.steps[name], deps):
+                self._start_ahead(self.steps[name], sr, deps)
+                changed = True
         return changed
+
+    # ------------------------------------------------------------------ steps queued in Slurm behind their parents
+
+    def _can_queue_behind(self, step: StepSpec, deps: list[StepRun]) -> bool:
+        """A job step whose parents are done or are job steps already in Slurm. Not behind a parent that may be
+        retried: its retry is a new Slurm job, and the afterok on the old one would never be satisfied."""
+        if step.isolation != "job":
+            return False
+        for d in deps:
+            if d.state in ("COMPLETED", "SKIPPED"):
+                continue
+            if d.state != "RUNNING" or d.isolation != "job" or not d.job_id or self.steps[d.step].retries:
+                return False
+        return True
+
+    def _start_ahead(self, step: StepSpec, sr: StepRun, deps: list[StepRun]) -> None:
+        """Submit the step now, waiting in Slurm for its running parents; its inputs are their outputs' paths in
+        this run's directory. Its cache key is known once they end (`_settle_ahead`)."""
+        now = time.time()
+        ins = self._inputs_or_fail(step, sr, ahead=True)
+        if ins is None:
+            return
+        params = {p: self.run.params[p] for p in step.params}
+        waits = [d for d in deps if d.state == "RUNNING"]
+        with self.svc.lock:
+            sr.cache_key, sr.started_at, sr.state, sr.attempt = None, now, "RUNNING", sr.attempt + 1
+            sr.reason = "queued in Slurm behind step " + ", ".join(d.step for d in waits) + " (afterok)"
+        sdir = self.dir / step.name
+        shutil.rmtree(sdir, ignore_errors=True)
+        (sdir / "out").mkdir(parents=True)
+        env = self._env(step, sr, params, ins, sdir)
+        self._submit(step, sr, params, ins, env, sdir, after=[d.job_id or "" for d in waits])
+
+    def _settle_ahead(self) -> bool:
+        """Steps submitted ahead whose parents have ended: a parent that failed cancels them (UPSTREAM_FAILED);
+        once all completed, the step's cache key is computed, and a cache hit cancels its job and takes the
+        cached outputs (the early cut-off a step submitted after its parents gets)."""
+        changed = False
+        for sr in self._running_jobs():
+            if sr.cache_key is not None:
+                continue
+            deps = [self.by_name[d] for d in self.steps[sr.step].depends_on]
+            bad = [d for d in deps if d.state in _BAD]
+            if bad:
+                self._cancel_job(sr, f"step {bad[0].step} {bad[0].state.lower()}")
+                with self.svc.lock:
+                    self._end(sr, "UPSTREAM_FAILED", f"step {bad[0].step} {bad[0].state.lower()}")
+                changed = True
+            elif all(d.state in ("COMPLETED", "SKIPPED") for d in deps):
+                changed = self._settle(sr) or changed
+        return changed
+
+    def _settle(self, sr: StepRun) -> bool:
+        """The cache key of a step submitted ahead, now that its parents completed; True if it ended here."""
+        step = self.steps[sr.step]
+        ins = self._inputs_or_fail(step, sr)
+        if ins is None:
+            self._cancel_job(sr, sr.reason)
+            return True
+        key = self._key(step, {p: self.run.params[p] for p in step.params}, ins)
+        hit = self.svc.cache_lookup(key) if not self.no_cache and step.cache else None
+        with self.svc.lock:
+            sr.inputs, sr.cache_key = {k: a for k, (a, _) in ins.items()}, key
+        if hit is None:
+            return False
+        job = self.svc.job(sr.job_id or "")
+        if job is not None and job.state == "COMPLETED":
+            return False  # it ran anyway: its own outputs are collected
+        self._cancel_job(sr, f"cache hit: run {hit[0]}")
+        with self.svc.lock:
+            self._reuse(sr, hit, " (its queued job cancelled)")
+        return True
+
+    def _inputs_or_fail(self, step: StepSpec, sr: StepRun, ahead: bool = False) -> dict | None:
+        """The step's inputs; None once the step is FAILED saying which one could not be had."""
+        try:
+            return self._inputs(step, ahead)
+        except (OSError, RuntimeError, LookupError) as e:
+            with self.svc.lock:
+                sr.started_at = sr.started_at or time.time()
+                self._end(sr, "FAILED", f"input: {e}")
+            return None
+
+    def _key(self, step: StepSpec, params: dict, ins: dict) -> str:
+        return cache_key(code_digest(step, self.workdir, self._memo), params, env_spec(step),
+                         {k: a.digest for k, (a, _) in ins.items()})  # fmt: skip
+
+    def _reuse(self, sr: StepRun, hit: tuple[str, StepRun], note: str = "") -> None:
+        """(under the lock) The step is a cache hit: the outputs, metrics and params of run `hit[0]`'s step."""
+        sr.cache_hit, sr.reused_from = True, hit[0]
+        sr.outputs, sr.metrics, sr.logged_params = (
+            dict(hit[1].outputs), dict(hit[1].metrics), dict(hit[1].logged_params))  # fmt: skip
+        self._end(sr, "COMPLETED", f"cache hit: run {hit[0]}{note}")
+
+    def _cancel_job(self, sr: StepRun, why: str) -> None:
+        try:
+            self.svc.jobs_cancel(sr.job_id or "", self.run.created_by, why)
+        except Exception as e:  # ended meanwhile: nothing to stop
+            log.info("run %s: cancel job %s: %s", self.run.id, sr.job_id, getattr(e, "detail", e))
 
     # ------------------------------------------------------------------ one step
 
-    def _inputs(self, step: StepSpec) -> dict[str, tuple[Artifact, Path]]:
+    def _inputs(self, step: StepSpec, ahead: bool = False) -> dict[str, tuple[Artifact, Path]]:
+        """Each input's artifact and path. `ahead`: a parent still running gives the path its output will have
+        in this run's directory (the artifact's digest unknown yet)."""
         out: dict[str, tuple[Artifact, Path]] = {}
         for inp, ref in step.inputs.items():
             if ref.startswith("file:"):
@@ -139,6 +246,9 @@ class RunExecutor:
                 )
             else:
                 src, _, name = ref.partition(".")
+                if ahead and self.by_name[src].state == "RUNNING":
+                    out[inp] = (Artifact(digest="", size=0), self.dir / src / "out" / name)
+                    continue
                 art = self.by_name[src].outputs.get(name)
                 if art is None:
                     raise RuntimeError(f"input {inp}: step {src} left no output {name!r}")
@@ -147,16 +257,11 @@ class RunExecutor:
 
     def _start(self, step: StepSpec, sr: StepRun) -> None:
         now = time.time()
-        try:
-            ins = self._inputs(step)
-        except (OSError, RuntimeError, LookupError) as e:
-            with self.svc.lock:
-                sr.started_at = now
-                self._end(sr, "FAILED", f"input: {e}")
+        ins = self._inputs_or_fail(step, sr)
+        if ins is None:
             return
         params = {p: self.run.params[p] for p in step.params}
-        key = cache_key(code_digest(step, self.workdir, self._memo), params, env_spec(step),
-                        {k: a.digest for k, (a, _) in ins.items()})  # fmt: skip
+        key = self._key(step, params, ins)
         cacheable = not self.no_cache and step.cache
         if cacheable and (other := self.svc.claim(key, self.run.id)) is not None:
             # The same work (same key) is running in another run: wait for it and reuse it, so shared
@@ -170,13 +275,7 @@ class RunExecutor:
         hit = self.svc.cache_lookup(key) if cacheable else None
         if hit is not None:
             with self.svc.lock:
-                sr.cache_hit, sr.reused_from = True, hit[0]
-                sr.outputs, sr.metrics, sr.logged_params = (
-                    dict(hit[1].outputs),
-                    dict(hit[1].metrics),
-                    dict(hit[1].logged_params),
-                )
-                self._end(sr, "COMPLETED", f"cache hit: run {hit[0]}")
+                self._reuse(sr, hit)
             return
         sdir = self.dir / step.name
         shutil.rmtree(sdir, ignore_errors=True)
@@ -212,7 +311,8 @@ class RunExecutor:
 
         return _PLACEHOLDER.sub(sub, arg)
 
-    def _submit(self, step: StepSpec, sr: StepRun, params: dict, ins: dict, env: dict, sdir: Path) -> None:
+    def _submit(self, step: StepSpec, sr: StepRun, params: dict, ins: dict, env: dict, sdir: Path,
+                after: list[str] | None = None) -> None:  # fmt: skip
         if step.command:
             argv = [self._render(a, self.run.params, ins, sdir) for a in step.command]
         else:
@@ -223,7 +323,7 @@ class RunExecutor:
             time_limit=r.time_limit, env=env, workdir=str(self.workdir or sdir),
             retry=RetryPolicy(max_retries=step.retries, backoff_s=1.0),
             reason=f"pipeline {self.spec.name} run {self.run.id} step {step.name}",
-            name=f"{self.spec.name}/{step.name}",
+            name=f"{self.spec.name}/{step.name}", depends_on=list(after or []), kill_on_invalid_dep=True,
         )  # fmt: skip
         try:
             job = self.svc.jobs_submit(body, self.run.created_by)
@@ -248,9 +348,22 @@ class RunExecutor:
                 changed = True
             elif job.state == "COMPLETED":
                 sr.attempt = job.attempt
+                if sr.cache_key is None:  # submitted ahead: its parents' ends are recorded, and its key, first
+                    deps = [self.by_name[d] for d in self.steps[sr.step].depends_on]
+                    if not all(d.state in ("COMPLETED", "SKIPPED") for d in deps):
+                        continue
+                    if self._settle(sr):
+                        changed = True
+                        continue
                 self._collect(self.steps[sr.step], sr, "")
                 changed = True
             elif job.state not in ("PENDING", "RUNNING", "REQUEUED"):
+                bad = [d for d in self.steps[sr.step].depends_on if self.by_name[d].state in _BAD]
+                if bad and sr.cache_key is None:  # submitted ahead; Slurm cancelled it when its parent failed
+                    with self.svc.lock:
+                        self._end(sr, "UPSTREAM_FAILED", f"step {bad[0]} {self.by_name[bad[0]].state.lower()}")
+                    changed = True
+                    continue
                 tail = self.svc.job_stderr_tail(job.id)
                 with self.svc.lock:
                     sr.attempt = job.attempt  # the job's retries are the step's
@@ -290,7 +403,7 @@ class RunExecutor:
             return
         outputs = {}
         for o in step.outputs:
-            digest, size = self.svc.cas.put(sdir / "out" / o)
+            digest, size = self.svc.cas.put(sdir / "out" / o, keep=self.ahead)
             outputs[o] = Artifact(digest=digest, size=size)
         metrics, params, problem = read_steplog(sdir / "steplog.jsonl")
         for key, path in params.pop("\0artifacts", {}).items():  # type: ignore[union-attr]

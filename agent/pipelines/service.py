@@ -507,6 +507,10 @@ class PipelineService:
         except Exception:
             return ""
 
+    def submits_ahead(self, pipeline: str) -> bool:
+        """Whether the pipeline's job steps go to Slurm, where a step can wait for its parents (afterok)."""
+        return self.jobs is not None and self.jobs.backend_of(pipeline) == "slurm"
+
     def jobs_submit(self, body: JobSubmit, principal: str) -> Job:
         if self.jobs is None:
             raise RuntimeError("jobs are not enabled on this agent ([jobs] enabled = false)")

@@ -31,9 +31,13 @@ class BatchSubmit(_Wire):
     rows_per_batch: WholeInt = Field(default=65536, ge=1, le=1_000_000)
     log_sample_rate: float = Field(default=0.01, ge=0, le=1)  # share of rows into the prediction log
     max_rows_per_s: float | None = Field(default=None, gt=0)  # throttle (a shared host)
-    cpu: float = Field(default=1.0, gt=0, le=256)
+    cpu: float = Field(default=1.0, gt=0, le=256)  # per worker (per shard)
     mem: Size | None = None
     reason: str = Field(default="", max_length=1024)
+    # Where the batch pipeline runs in Slurm: the input files split among this many workers, one job array
+    # (default: one per file, up to 64), at most `parallel` at once. A local batch has one worker.
+    shards: WholeInt | None = Field(default=None, ge=1, le=1000)
+    parallel: WholeInt | None = Field(default=None, ge=1, le=1000)
 
     def target_problem(self) -> tuple[str, str] | None:
         """(field, why) when the target is not one endpoint or one model version (a 422 naming the field)."""
@@ -88,6 +92,7 @@ class Batch(_Wire):
     submitted_by: str
     submitted_at: float
     attempt: int = 1  # the job's attempt: 1 + resumes
+    shards: int = 1  # workers (Slurm array tasks) the files are split among; file i goes to shard i % shards
 
 
 class BatchList(_Wire):

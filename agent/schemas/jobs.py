@@ -113,6 +113,10 @@ class JobSubmit(_Wire):
     # waits as PENDING DependencyNeverSatisfied until someone cancels it or requeues the dependency).
     kill_on_invalid_dep: bool = False
     hold: bool = False
+    # A Slurm job array (`--array=0-N-1%K`): N tasks of the same command, each told its index in
+    # SLURM_ARRAY_TASK_ID; at most `array_parallel` (K) run at once. Slurm backends only.
+    array: WholeInt | None = Field(default=None, ge=1, le=10_000)
+    array_parallel: WholeInt | None = Field(default=None, ge=1, le=10_000)
 
     @field_validator("command")
     @classmethod
@@ -165,6 +169,9 @@ class SlurmInfo(_Wire):
     alloc_mem: int | None = None
     alloc_gpus: int | None = None
     seen_at: float | None = None  # when squeue last listed it
+    # A job array: each task's state by index, ours (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, ...). A
+    # requeue or retry submits the tasks not COMPLETED again as a new array; the completed ones stay.
+    tasks: dict[str, str] | None = None
 
 
 class JobProgress(_Wire):
@@ -237,6 +244,8 @@ class Job(_Wire):
     oom_retry_mem: int | None = None  # memory an OOM retry asked for (the quota may have capped it)
     backend: Backend = "local"
     slurm: SlurmInfo | None = None  # backend "slurm": its Slurm job
+    array: int | None = None  # a Slurm job array of this many tasks (`slurm.tasks` says how each went)
+    array_parallel: int | None = None
     progress: JobProgress | None = None  # filled on reads for jobs that report it (batch transform)
 
 

@@ -2,7 +2,8 @@
 
     watchkeeper batch run ENDPOINT|MODEL:VERSION --input PATH --output PATH [--id-column COL] [--keep COL,...]
                           [--rows-per-batch N] [--log-sample-rate R] [--max-rows-per-s N] [--cpu N] [--mem SIZE]
-                          [--missing-policy reject|impute] [--reason TEXT] [--agent NAME] [--detach]
+                          [--missing-policy reject|impute] [--shards N] [--parallel K] [--reason TEXT]
+                          [--agent NAME] [--detach]
     watchkeeper batch status ID [--follow]      watchkeeper batch list
     watchkeeper batch resume ID [--detach]      watchkeeper batch cancel ID [--reason TEXT]
 
@@ -49,6 +50,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     r.add_argument("--missing-policy", choices=("reject", "impute"), help="default: the endpoint's, else reject")
     r.add_argument("--cpu", type=float, default=1.0, help="cores for the job (and ONNX Runtime threads)")
     r.add_argument("--mem", metavar="SIZE", help="the job's memory limit (default: the agent's default_mem)")
+    r.add_argument("--shards", type=int, help="where the batch pipeline runs in Slurm: workers (array tasks) the "
+                   "files are split among (default: one per file, up to 64)")  # fmt: skip
+    r.add_argument("--parallel", type=int, help="at most this many shards at once (Slurm's --array=...%%K)")
     r.add_argument("--reason", default="", help="why (in the audit log)")
     r.add_argument("--agent", metavar="NAME", help="the agent to run it on (default: the only one)")
     r.add_argument("--detach", action="store_true", help="answer once submitted; don't follow")
@@ -152,7 +156,8 @@ def _run_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
                             "id_column": args.id_column, "keep": [k for k in args.keep.split(",") if k],
                             "rows_per_batch": args.rows_per_batch, "log_sample_rate": args.log_sample_rate,
                             "max_rows_per_s": args.max_rows_per_s, "missing_policy": args.missing_policy,
-                            "cpu": args.cpu, "mem": args.mem, "reason": args.reason}  # fmt: skip
+                            "cpu": args.cpu, "mem": args.mem, "reason": args.reason, "shards": args.shards,
+                            "parallel": args.parallel}  # fmt: skip
     try:
         submit = BatchSubmit.model_validate({k: v for k, v in body.items() if v is not None}, strict=False)
     except ValidationError as e:

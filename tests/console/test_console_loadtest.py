@@ -106,9 +106,10 @@ async def test_drive_counts_and_percentiles_are_those_of_the_requests() -> None:
     for q in (50, 90, 99):
         assert lat[f"p{q}"] == pytest.approx(np.percentile(values, q), abs=1e-3)
     assert lat["max"] == pytest.approx(values[-1], abs=1e-3)
-    # And they are the server's delays (plus a little client and loopback overhead).
-    assert 20 <= lat["p50"] <= 40 + 15
-    assert 60 <= lat["p99"] <= 60 + 25
+    # And they are the server's delays (plus client and loopback overhead: generous, the client and the fake
+    # server share one process, so a GC pause or a busy CI host lands on one request).
+    assert 20 <= lat["p50"] <= 40 + 60
+    assert 60 <= lat["p99"] <= 60 + 150
 
 
 # --------------------------------------------------------------------------- the command
@@ -139,10 +140,10 @@ def test_bounded_by_time(capsys) -> None:
         took = time.monotonic() - t0
     assert rc == 0
     assert doc["requests"] is not None and doc["bounds"]["requests"] is None
-    assert 0.6 <= doc["elapsed_s"] < 0.6 + 0.5
-    assert took < 5
-    # ~2 workers x 0.6 s / 20 ms = 60 requests, give or take scheduling.
-    assert 15 <= doc["requests"] <= 70
+    assert 0.6 <= doc["elapsed_s"] < 0.6 + 1.5  # stops at the duration, not after it (slack: a busy CI host)
+    assert took < 8
+    # ~2 workers x 0.6 s / 20 ms = 60 requests, give or take scheduling (a busy host gets fewer done).
+    assert 5 <= doc["requests"] <= 70
     assert doc["req_per_s"] == pytest.approx(doc["requests"] / doc["elapsed_s"], rel=0.01)
 
 

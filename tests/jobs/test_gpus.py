@@ -75,8 +75,9 @@ def test_gpus_by_uuid_exclusive_across_pipelines_and_mig(gpu_jobs, tmp_path) -> 
     b = _wait(svc, b.id, {"RUNNING"})
     assert b.gpus == ["MIG-one", "MIG-two"]
     c = svc.submit(JobSubmit(pipeline="other", command=["true"], gpus=1, cpu=0.1, mem=64 * 2**20), "t")
-    time.sleep(0.5)
-    got = svc.get(c.id)
+    deadline = time.monotonic() + 10
+    while (got := svc.get(c.id)).reason != "Resources" and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert got.state == "PENDING" and got.reason == "Resources", got
     deadline = time.monotonic() + 10
     while not Path(f"{out}-{a.id}").exists() and time.monotonic() < deadline:
@@ -113,8 +114,12 @@ def test_job_over_gpu_memory_is_stopped_with_the_reason(gpu_jobs) -> None:
         time.sleep(0.02)
     child = kids[0]
     gpu.processes = [(child, 1 * GIB)]  # under the limit: runs on, and its peak is recorded
-    time.sleep(1.0)
-    running = svc.get(j.id)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # a GPU sample, then a usage sample, take it there
+        running = svc.get(j.id)
+        if running.gpu_use and running.gpu_use[0].peak_mem_bytes == GIB:
+            break
+        time.sleep(0.05)
     assert running.state == "RUNNING" and running.gpu_use[0].peak_mem_bytes == GIB
     gpu.processes = [(child, 3 * GIB)]
     done = _wait(svc, j.id, {"FAILED"})

@@ -35,7 +35,7 @@ def test_concurrent_saves_share_commits_and_all_land(tmp_path: Path) -> None:
     threads = [threading.Thread(target=store.save, args=([r],)) for r in recs[:200]]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    time.sleep(1.0)  # every save queued behind the blocker (200 thread starts take well under this)
     gate.set()
     for t in threads:
         t.join()

@@ -138,7 +138,7 @@ call = "steps:ok"
 inputs = { x = "shell.nums" }
 outputs = ["out"]
 [steps.sibling]
-command = ["/bin/sh", "-c", "sleep 0.5; echo hi > $WK_OUTPUT_O"]
+command = ["/bin/sh", "-c", "sleep 3; echo hi > $WK_OUTPUT_O"]
 outputs = ["o"]
 """
 

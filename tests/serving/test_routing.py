@@ -92,9 +92,12 @@ def test_shadow_never_changes_an_answer_and_is_compared(service: ServingService)
         plain = [orjson.loads((await service.predict("delays", b, "p")).body)["predictions"] for b in bodies]
         service.set_route("delays", Route("r3", cand, shadow=1.0))
         shadowed = [orjson.loads((await service.predict("delays", b, "s")).body) for b in bodies]
-        await asyncio.sleep(0.05)  # let the mirrored calls finish
         assert [a["predictions"] for a in shadowed] == plain and {a["version"] for a in shadowed} == {1}
-        m = service.route_metrics("delays", 60)
+        for _ in range(500):  # let the mirrored calls finish (batched on a timer, run on a thread)
+            m = service.route_metrics("delays", 60)
+            if m.shadow.requests >= 100:
+                break
+            await asyncio.sleep(0.01)
         assert m.shadow.requests == 100 and m.shadow.rows == 100 and m.shadow.errors == 0
         assert m.shadow.disagreements == 0 and m.shadow.score_abs_diff_mean == 0.0  # same weights
         assert m.candidate is not None and m.candidate.requests == 0  # mirrored calls serve nobody

@@ -1,125 +1,18 @@
-"""The Slurm backend (agent/jobs/slurm/backend.py) through a real agent's API against a real single-node Slurm.
-
-One cluster for the module, with Slurm's own memory enforcement without cgroups (jobacct_gather/linux +
-OverMemoryKill, as a cluster without task/cgroup has it) and a short MinJobAge (5 s) so jobs leave
-squeue's list soon after they end, as they do after 300 s on a real cluster; the partition oversubscribes
-its 2 cores (FORCE:16) so a few 1-CPU jobs run at once.
-"""
+"""The Slurm backend (agent/jobs/slurm/backend.py) through a real agent's API against a real single-node Slurm:
+one cluster for the module (tests/slurm/agents.py says how it is set up)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.agentproc import AgentProc, make_agent
 from tests.jobs.conftest import FINAL, submit, wait_job
-from tests.slurmproc import SlurmCluster, _which, unavailable_reason
+from tests.slurm.agents import forgotten, restart, slurm_state, start_agent
+from tests.slurmproc import _which
 
-SLURM_CONF = {
-    "JobAcctGatherType": "jobacct_gather/linux",
-    "JobAcctGatherFrequency": "1",
-    "JobAcctGatherParams": "OverMemoryKill",
-}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[SlurmCluster]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    c = SlurmCluster(min_job_age=5, extra_conf=SLURM_CONF, partition_options="OverSubscribe=FORCE:16").start()
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-def agent_config(cluster: SlurmCluster, backend: str = "slurm", slurm_extra: str = "") -> str:
-    return f"""
-[jobs]
-backend = "{backend}"
-default_mem = "32M"
-
-[jobs.slurm]
-conf = "{cluster.conf}"
-{slurm_extra}
-poll_interval = 0.5
-command_timeout = 40
-
-[[quotas]]
-pipeline = "train"
-cpu = 2
-mem = "1G"
-near_limit = 0.5
-partition = "{cluster.partition}"
-
-[[quotas]]
-pipeline = "here"
-backend = "local"
-"""
-
-
-def start_agent(tmp: Path, cluster: SlurmCluster, name: str = "agent", slurm_extra: str = "") -> AgentProc:
-    return make_agent(tmp, name=name, config=agent_config(cluster, slurm_extra=slurm_extra)).start(timeout=40)
-
-
-def restart(old: AgentProc) -> AgentProc:
-    """A new agent process on the same data dir, address and config."""
-    new = AgentProc(name=old.name, data_dir=old.data_dir, port=old.port, socket_path=old.socket_path,
-                    args=old.args, env=old.env)  # fmt: skip
-    old.socket_path.unlink(missing_ok=True)
-    return new.start(timeout=40)
-
-
-def slurm_state(cluster: SlurmCluster, sid: int) -> str:
-    return cluster.job_states().get(sid, "gone")
-
-
-def forgotten(cluster: SlurmCluster, sid: int) -> bool:
-    """Slurm no longer knows the job at all (squeue may stop listing it before scontrol forgets it)."""
-    return cluster.run(["scontrol", "show", "job", "-o", str(sid)], check=False).returncode != 0
-
-
-@pytest.fixture(autouse=True)
-def _empty_queue(cluster: SlurmCluster) -> Iterator[None]:
-    """Jobs outlive the agent that submitted them (by design): cancel what a test left in the module's cluster,
-    so the next test's jobs don't wait behind it."""
-    yield
-    cluster.run(["scancel", "--full", f"--partition={cluster.partition}"], check=False, timeout=10)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            states = cluster.job_states()
-        except Exception:  # slurmctld restarting after the outage test: try again
-            states = {0: "UNKNOWN"}
-        if not any(st in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "UNKNOWN")
-                   for st in states.values()):  # fmt: skip
-            return
-        time.sleep(0.5)
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[SlurmCluster]:
-    """A cluster of the test's own: for a test that kills slurmctld, or must not share the node with what the
-    module's other tests did to it (they passed alone and failed after the others on a shared cluster)."""
-    c = SlurmCluster(min_job_age=5, extra_conf=SLURM_CONF, partition_options="OverSubscribe=FORCE:16").start()
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture
-def agent(tmp_path, cluster) -> Iterator[AgentProc]:
-    a = start_agent(tmp_path, cluster)
-    try:
-        yield a
-    finally:
-        a.stop()
+pytestmark = pytest.mark.usefixtures("empty_queue")
 
 
 def test_a_job_runs_in_slurm_through_the_same_api(agent, cluster):

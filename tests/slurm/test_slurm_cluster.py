@@ -10,7 +10,7 @@ from tests.slurmproc import SlurmCluster
 
 def test_a_job_is_seen_running_then_completed_in_squeue_json_and_the_jobcomp_file(slurm: SlurmCluster):
     marker = slurm.base / "jobs" / "ran-once"
-    job = slurm.sbatch(["sh", "-c", f"echo $SLURM_JOB_ID >> {marker}; sleep 2"])
+    job = slurm.sbatch(["sh", "-c", f"echo $SLURM_JOB_ID >> {marker}; sleep 5"])
     assert slurm.wait_state(job, "RUNNING", timeout=60) == "RUNNING"
     raw = slurm.squeue_json()
     mine = [j for j in raw["jobs"] if j["job_id"] == job]
@@ -37,7 +37,7 @@ def test_a_failing_job_ends_failed_with_its_exit_code(slurm: SlurmCluster):
 
 def test_an_afterok_chain_runs_in_order_and_waits_on_dependency(slurm: SlurmCluster):
     log = slurm.base / "jobs" / f"chain-{os.getpid()}-{time.monotonic_ns()}"
-    a = slurm.sbatch(["sh", "-c", f"sleep 1; echo a >> {log}"])
+    a = slurm.sbatch(["sh", "-c", f"sleep 3; echo a >> {log}"])
     b = slurm.sbatch(["sh", "-c", f"echo b >> {log}"], f"--dependency=afterok:{a}")
     c = slurm.sbatch(["sh", "-c", f"echo c >> {log}"], f"--dependency=afterok:{b}", "--kill-on-invalid-dep=yes")
     jobs = {j["job_id"]: j for j in slurm.squeue_json()["jobs"]}

@@ -217,7 +217,8 @@ def test_breaker_config_reload_and_a_crash_are_on_the_timeline(agent_factory):
     a.start()
     reload = wait_for(lambda: [x for x in _items(c, t0) if x["kind"] == "config.reload"], timeout=10)
     assert reload[0]["actor"] == "watchkeeper-agent" and reload[0]["details"]["from"] != reload[0]["details"]["to"]
-    time.sleep(0.5)  # the start's row is flushed (flush_interval 0.2 s) before the kill
+    # the start's row is flushed (flush_interval 0.2 s) before the kill: seen through the API
+    wait_for(lambda: [x for x in _items(c, t0) if x["kind"] == "agent.start"][1:], timeout=10)
     a.kill()
     a.start()
     starts = wait_for(lambda: [x for x in _items(c, t0) if x["kind"] == "agent.start"][2:], timeout=10)

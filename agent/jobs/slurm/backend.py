@@ -188,6 +188,9 @@ class SlurmBackend:
             submitted_by=principal, submit_reason=body.reason, submitted_at=now, depends_on=list(body.depends_on),
             host=svc.host_name, tier="slurm", backend="slurm", slurm=info, max_retries=retry.max_retries,
         )  # fmt: skip
+        if body.array is not None:
+            job.array, job.array_parallel = body.array, body.array_parallel
+            info.tasks = {str(i): "PENDING" for i in range(body.array)}
         rec = JobRecord(job=job, retry=retry, hold=body.hold)
         try:
             info.job_id = self.client.sbatch(self._request(rec, after_ok), ["--open-mode=append"])
@@ -231,14 +234,21 @@ class SlurmBackend:
         j, info = rec.job, rec.job.slurm
         assert info is not None
         d = logs.ensure_dir(self.svc.root, rec.id)
-        (d / "rc").unlink(missing_ok=True)  # an earlier attempt's status is not this one's
+        array = None
+        if j.array:  # the tasks not yet COMPLETED (all of them, the first time)
+            todo = unfinished_tasks(info.tasks or {})
+            array = array_spec(todo, j.array_parallel)
+            for i in todo:
+                (d / f"rc.{i}").unlink(missing_ok=True)
+        else:
+            (d / "rc").unlink(missing_ok=True)  # an earlier attempt's status is not this one's
         env = dict(j.env)
         env.update(WATCHKEEPER_JOB_ID=rec.id, WATCHKEEPER_PIPELINE=j.pipeline, WATCHKEEPER_JOB_ATTEMPT=str(j.attempt))
         return SbatchRequest(
             command=j.command, job_dir=str(d), name=job_name(j), comment=self.comment(rec.id), cpus=j.cpu,
             mem_bytes=j.mem, gpus=j.gpus_requested or None, time_limit_s=j.time_limit, partition=info.partition,
             account=info.account, qos=info.qos, workdir=j.workdir, env=env, after_ok=after_ok, hold=rec.hold,
-            begin_s=begin_s,
+            begin_s=begin_s, array=array,
         )  # fmt: skip
 
     def comment(self, job_id: str) -> str:
@@ -286,15 +296,20 @@ class SlurmBackend:
             assert old is not None
         nxt = next_attempt(rec, time.time(), f"requeued by {principal}" + (f": {note}" if note else ""))
         nxt.job.tier, nxt.job.backend = "slurm", "slurm"
-        nxt.job.slurm = SlurmInfo(job_id=old.job_id, partition=old.partition, account=old.account, qos=old.qos,
-                                  restarts=old.restarts + 1)  # fmt: skip
+        nxt.job.slurm = next_info(old, old.job_id, old.restarts + 1)
         (logs.job_dir(svc.root, rec.id) / "rc").unlink(missing_ok=True)
-        try:
-            self.client.requeue(old.job_id)
-        except SlurmRefused as e:
-            if e.status != 404:
-                raise job_error(e, f"Slurm could not requeue job {old.job_id}") from None
-            try:  # Slurm no longer holds it (MinJobAge): submit it again
+        # A job array is always submitted again (only the tasks that did not complete: a new array); another
+        # job is requeued in place while Slurm still holds it, and submitted again once it has forgotten it.
+        fresh = bool(rec.job.array)
+        if not fresh:
+            try:
+                self.client.requeue(old.job_id)
+            except SlurmRefused as e:
+                if e.status != 404:
+                    raise job_error(e, f"Slurm could not requeue job {old.job_id}") from None
+                fresh = True
+        if fresh:
+            try:
                 nxt.job.slurm.restarts = 0
                 nxt.job.slurm.job_id = self.client.sbatch(self._request(nxt, []), ["--open-mode=append"])
             except SlurmRefused as e2:
@@ -338,10 +353,23 @@ class SlurmBackend:
             if self.down is not None:
                 log.warning("Slurm answers again (it was unreachable for %.0f s)", time.time() - (self.down_since or 0))
             self.down, self.down_since, self.last_poll_at = None, None, time.time()
-            by_id = {j.job_id: j for j in snap.jobs if j.array_task_id is None}
+            by_id = {j.job_id: j for j in snap.jobs if j.array_job_id is None}
+            arrays: dict[int, list[SlurmJob]] = {}
+            for sj in snap.jobs:
+                if sj.array_job_id is not None:
+                    arrays.setdefault(sj.array_job_id, []).append(sj)
             staged: list[tuple[JobRecord, Job, JobRecord | None]] = []
             for rec in tracked:
-                sj = by_id.get(rec.job.slurm.job_id)  # type: ignore[union-attr]
+                sid = rec.job.slurm.job_id  # type: ignore[union-attr]
+                if rec.job.array:
+                    mine = [t for t in arrays.get(sid, []) if not t.comment or t.comment == self.comment(rec.id)]
+                    out = self._update_array(rec, mine)
+                    if out is not None and out[1] is None and out[0].state == "FAILED":
+                        out = (out[0], self._retry(rec, out[0], snap.jobs))
+                    if out is not None:
+                        staged.append((rec, *out))
+                    continue
+                sj = by_id.get(sid)
                 if sj is not None and sj.comment and sj.comment != self.comment(rec.id):
                     sj = None  # that id is another job now (a reset cluster reuses ids)
                 try:
@@ -374,9 +402,9 @@ class SlurmBackend:
         why = f"retry {j.attempt}/{j.max_retries} after {j.state}"
         nxt = next_attempt(ended, now, why, eligible_at=now + plan.delay_s if plan.delay_s else None, mem=plan.mem)
         nxt.job.tier, nxt.job.backend = "slurm", "slurm"
-        nxt.job.slurm = SlurmInfo(job_id=0, partition=old.partition, account=old.account, qos=old.qos)
-        mine = [s.job_id for s in jobs_now if s.comment == self.comment(rec.id) and s.job_id > old.job_id
-                and s.array_task_id is None]  # fmt: skip
+        nxt.job.slurm = next_info(old, 0, 0)
+        mine = [s.array_job_id or s.job_id for s in jobs_now if s.comment == self.comment(rec.id)
+                and (s.array_job_id or s.job_id) > old.job_id and s.array_task_id is None]  # fmt: skip
         if mine:
             nxt.job.slurm.job_id = max(mine)
             return nxt
@@ -450,14 +478,113 @@ class SlurmBackend:
         if rec.cancel_requested and j.state in ("PENDING", "RUNNING"):
             j.reason = "cancelling"
         after = (j.state, j.reason, info.state, info.reason, info.nodes, info.alloc_cpu)
-        if after == before:
-            with self.svc.lock:  # nothing to record; keep what memory shows fresh
-                if rec.job.slurm is not None:
-                    rec.job.slurm.seen_at = now
-                if j.state == "RUNNING":
-                    rec.job.elapsed_s = j.elapsed_s
-            return None
-        return j, None
+        return self._changed(rec, j, before, after, now)
+
+    def _update_array(self, rec: JobRecord, sjs: list[SlurmJob]) -> tuple[Job, None] | None:
+        """A job array's next record from squeue's records of it: each task's state (from its own record while
+        Slurm lists it, its rc file once it ended), and the job's: RUNNING while any task runs, PENDING while
+        any waits, else COMPLETED when every task did, CANCELLED when we cancelled it, FAILED naming the tasks
+        that did not complete."""
+        with self.svc.lock:
+            j = rec.job.model_copy(deep=True)
+        info = j.slurm
+        assert info is not None
+        now = time.time()
+        tasks = dict(info.tasks or {})
+        before = (j.state, j.reason, dict(tasks), info.state, info.reason, info.nodes, info.alloc_cpu)
+        head_reason, states, nodes, starts = "", set(), set(), []
+        alloc = [0.0, 0, 0]
+        listed: set[str] = set()
+        for sj in sjs:
+            if sj.array_task_id is None:  # the array's own record: the tasks still pending, and why
+                for i in expand_tasks(sj.array_tasks_pending):
+                    listed.add(str(i))
+                    tasks[str(i)] = "PENDING"
+                head_reason = map_job(sj).reason
+                states.add(sj.state)
+                continue
+            i = str(sj.array_task_id)
+            listed.add(i)
+            states.add(sj.state)
+            m = map_job(sj)
+            if m.state is None:  # a Slurm state we don't know: the task keeps ours
+                tasks.setdefault(i, "PENDING")
+            elif m.state in ("PENDING", "REQUEUED"):
+                tasks[i] = "PENDING"
+            elif m.state == "RUNNING":
+                tasks[i] = "RUNNING"
+                starts.append(sj.start_time or now)
+                if sj.nodes:
+                    nodes.add(sj.nodes)
+                cpu, mem, gpus = tres_alloc(sj.tres_alloc)
+                alloc = [alloc[0] + (cpu or 0), alloc[1] + (mem or 0), alloc[2] + (gpus or 0)]
+            else:
+                tasks[i] = self._task_end(rec.id, i, m.state)
+        # Each of the array's tasks is in the head's pending list or has a record of its own until MinJobAge
+        # passes after it ended: one that is in neither ended a while ago, and its rc file says how.
+        for i, st in tasks.items():
+            if st in ("PENDING", "RUNNING") and i not in listed:
+                tasks[i] = self._task_end(rec.id, i, None)
+        info.tasks, info.seen_at = tasks, now
+        info.state, info.reason, info.nodes = "+".join(sorted(states)), head_reason, ",".join(sorted(nodes))
+        count = {st: sum(1 for v in tasks.values() if v == st) for st in set(tasks.values())}
+        summary = ", ".join(f"{n} {st.lower()}" for st, n in sorted(count.items())) + f" of {len(tasks)} tasks"
+        if count.get("RUNNING") or count.get("PENDING"):
+            if count.get("RUNNING"):
+                if j.state != "RUNNING":
+                    j.started_at = min(starts) if starts else now
+                    j.wait_s = max(0.0, j.started_at - j.submitted_at)
+                j.state = "RUNNING"
+                j.elapsed_s = max(0.0, now - (j.started_at or now))
+                info.alloc_cpu, info.alloc_mem, info.alloc_gpus = alloc[0], alloc[1], alloc[2]
+            else:
+                j.state = "PENDING"
+                info.alloc_cpu = info.alloc_mem = info.alloc_gpus = None
+            j.reason = summary + (f" ({head_reason})" if head_reason and not count.get("RUNNING") else "")
+            if rec.cancel_requested:
+                j.reason = "cancelling"
+        else:
+            bad = dict(sorted(((i, st) for i, st in tasks.items() if st != "COMPLETED"), key=lambda x: int(x[0])))
+            codes = [self._rc(rec.id, i) for i in bad]
+            if not bad:
+                j.state, j.reason, j.exit_code = "COMPLETED", "", 0
+            elif rec.cancel_requested:
+                who = rec.cancel_requested
+                j.state, j.cancelled_by = "CANCELLED", who
+                j.reason = f"cancelled by {who}" + (f": {rec.cancel_note}" if rec.cancel_note else "")
+            else:
+                j.state = "FAILED"
+                j.exit_code = next((c for c in codes if c), None)
+                told = [f"task {i} {st}" + (f" (exit code {c})" if c else "")
+                        for (i, st), c in zip(bad.items(), codes, strict=True)]  # fmt: skip
+                j.reason = (f"{len(bad)} of {len(tasks)} tasks did not complete: " + "; ".join(told))[:2000]
+            j.ended_at = now
+            if j.started_at is not None:
+                j.elapsed_s = max(0.0, now - j.started_at)
+            info.alloc_cpu = info.alloc_mem = info.alloc_gpus = None
+        after = (j.state, j.reason, dict(tasks), info.state, info.reason, info.nodes, info.alloc_cpu)
+        return self._changed(rec, j, before, after, now)
+
+    def _changed(self, rec: JobRecord, j: Job, before: tuple, after: tuple, now: float) -> tuple[Job, None] | None:
+        """(j, None) to record when what is shown changed; else None, with memory's seen/elapsed kept fresh."""
+        if after != before:
+            return j, None
+        with self.svc.lock:
+            if rec.job.slurm is not None:
+                rec.job.slurm.seen_at = now
+            if j.state == "RUNNING":
+                rec.job.elapsed_s = j.elapsed_s
+        return None
+
+    def _task_end(self, job_id: str, task: str, slurm_state: str | None) -> str:
+        """How an array task ended: its rc file first (the command's own status), else Slurm's word for it
+        (CANCELLED, TIMEOUT, ...; OUT_OF_MEMORY on slurmstepd's line in its stderr), else LOST."""
+        rc = self._rc(job_id, task)
+        if rc is not None:
+            return "COMPLETED" if rc == 0 else "FAILED"
+        if slurm_state in (None, "FAILED") and self._oom_line(job_id, f"stderr.{task}"):
+            return "OUT_OF_MEMORY"
+        return slurm_state or "LOST"
 
     def _final(self, rec: JobRecord, j: Job, m: Mapped, sj: SlurmJob | None) -> None:
         state, reason, rc_, sig = m.state, m.reason, m.exit_code, m.signal
@@ -474,7 +601,8 @@ class SlurmBackend:
             reason = f"cancelled by {who}" + (f": {rec.cancel_note}" if rec.cancel_note else "")
         j.state, j.reason, j.exit_code, j.signal = state, reason, rc_, sig  # type: ignore[assignment]
         j.ended_at = (sj.end_time if sj is not None else None) or time.time()
-        if j.started_at is None and sj is not None and sj.start_time:
+        # Slurm gives a job cancelled while pending a start time (its end): only one given nodes ever started.
+        if j.started_at is None and sj is not None and sj.start_time and sj.nodes:
             j.started_at = sj.start_time
         if j.started_at is not None:
             j.elapsed_s = max(0.0, j.ended_at - j.started_at)
@@ -523,14 +651,15 @@ class SlurmBackend:
 
     # ------------------------------------------------------------------ the job's files
 
-    def _rc(self, job_id: str) -> int | None:
+    def _rc(self, job_id: str, task: str | None = None) -> int | None:
+        """The command's exit status from its rc file (an array task's: `rc.<index>`); None: none written."""
         try:
-            return int((logs.job_dir(self.svc.root, job_id) / "rc").read_text().strip())
+            return int((logs.job_dir(self.svc.root, job_id) / ("rc" if task is None else f"rc.{task}")).read_text())
         except (OSError, ValueError):
             return None
 
-    def _oom_line(self, job_id: str) -> str | None:
-        p = logs.job_dir(self.svc.root, job_id) / "stderr"
+    def _oom_line(self, job_id: str, stream: str = "stderr") -> str | None:
+        p = logs.job_dir(self.svc.root, job_id) / stream
         try:
             with open(p, "rb") as f:
                 f.seek(max(0, p.stat().st_size - 65536))
@@ -547,6 +676,49 @@ class SlurmBackend:
                 logs.cap(d, stream, self.svc.cfg.log_max_bytes)
             except OSError:
                 pass
+
+
+def next_info(old: SlurmInfo, job_id: int, restarts: int) -> SlurmInfo:
+    """The Slurm side of a job's next attempt: same partition/account/qos; an array's completed tasks stay
+    COMPLETED and the others wait again."""
+    tasks = {i: ("COMPLETED" if st == "COMPLETED" else "PENDING") for i, st in old.tasks.items()} if old.tasks else None
+    return SlurmInfo(job_id=job_id, partition=old.partition, account=old.account, qos=old.qos, restarts=restarts,
+                     tasks=tasks)  # fmt: skip
+
+
+def unfinished_tasks(tasks: dict[str, str]) -> list[int]:
+    return sorted(int(i) for i, st in tasks.items() if st != "COMPLETED")
+
+
+def array_spec(indices: list[int], parallel: int | None) -> str:
+    """`--array`'s value for these task indices: runs of consecutive ones as ranges ("0-3", "1,4-6"), and
+    "%K" when at most K may run at once."""
+    parts: list[str] = []
+    run: list[int] = []
+    for i in sorted(indices):
+        if run and i != run[-1] + 1:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(i)
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts) + (f"%{parallel}" if parallel else "")
+
+
+def expand_tasks(text: str) -> list[int]:
+    """The task indices in Slurm's `array_task_string` ("1-3%1", "2,5-7", "0-9:2"); [] for ""."""
+    out: list[int] = []
+    for part in text.split("%")[0].split(","):
+        part = part.strip()
+        if not part:
+            continue
+        span, _, step = part.partition(":")
+        a, _, b = span.partition("-")
+        try:
+            out.extend(range(int(a), int(b or a) + 1, int(step or 1)))
+        except ValueError:
+            continue
+    return out
 
 
 _MEM = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
