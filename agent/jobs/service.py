@@ -333,13 +333,21 @@ class JobService:
             jobs = [r.job.model_copy(deep=True) for r in recs[:limit]]
         return JobList(jobs=[self._with_progress(j) for j in jobs], total=len(recs))
 
-    def logs(self, job_id: str, stream: str, offset: int, max_bytes: int) -> JobLog:
+    def logs(self, job_id: str, stream: str, offset: int, max_bytes: int, task: int | None = None) -> JobLog:
+        """A stream from `offset`; a job array's output is per task (`task`: its index)."""
         with self.lock:
             rec = self._get(job_id)
-            final = rec.final
-        start, nxt, data, cut = logs.read(logs.job_dir(self.root, job_id), stream, offset, max_bytes)
-        size = cut + _size(logs.job_dir(self.root, job_id) / stream)
-        return JobLog(job_id=job_id, stream=stream, offset=start, next_offset=nxt,  # type: ignore[arg-type]
+            final, array = rec.final, rec.job.array
+        if array and task is None:
+            raise JobError(422, "invalid_request", f"job {job_id} is an array of {array} tasks: each has its own "
+                           f"output (task=0..{array - 1})", "task")  # fmt: skip
+        if task is not None and (not array or task >= array):
+            why = f"job {job_id} has no task {task}" + (f" (tasks 0..{array - 1})" if array else ": it is not an array")
+            raise JobError(422, "invalid_request", why, "task")
+        name = stream if task is None else f"{stream}.{task}"
+        start, nxt, data, cut = logs.read(logs.job_dir(self.root, job_id), name, offset, max_bytes)
+        size = cut + _size(logs.job_dir(self.root, job_id) / name)
+        return JobLog(job_id=job_id, stream=stream, offset=start, next_offset=nxt, task=task,  # type: ignore[arg-type]
                       text=data.decode("utf-8", "replace"), dropped_bytes=cut, eof=final and nxt >= size)  # fmt: skip
 
     def attempts(self, job_id: str) -> list[Job]:

@@ -265,6 +265,7 @@ class JobLog(_Wire):
     text: str
     dropped_bytes: int = 0  # cut by the size cap before `offset`
     eof: bool  # the job is over and everything written has been read
+    task: int | None = None  # a job array's task whose output this is
 
 
 class JobAction(_Wire):

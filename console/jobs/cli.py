@@ -1,10 +1,10 @@
 """`watchkeeper jobs …` and `watchkeeper quotas`, across the fleet.
 
     watchkeeper jobs submit --pipeline NAME [--cpu N] [--mem SIZE] [--gpus N|UUID,...] [--time DUR]
-                            [--env K=V]... [--workdir DIR] [--retries N] [--reason TEXT] [--agent NAME]
-                            -- COMMAND ARGS...
+                            [--env K=V]... [--workdir DIR] [--retries N] [--array N [--array-parallel K]]
+                            [--reason TEXT] [--agent NAME] -- COMMAND ARGS...
     watchkeeper jobs list [--state S] [--pipeline P]
-    watchkeeper jobs show ID            watchkeeper jobs logs ID [--stderr] [-f]
+    watchkeeper jobs show ID            watchkeeper jobs logs ID [--stderr] [--task N] [-f]
     watchkeeper jobs cancel ID [--reason TEXT]      watchkeeper jobs requeue ID [--reason TEXT]
     watchkeeper quotas
 
@@ -64,6 +64,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("--env", metavar="K=V", action="append", default=[], help="an environment variable (repeatable)")
     s.add_argument("--workdir", metavar="DIR", help="working directory on the agent's host")
     s.add_argument("--retries", type=int, metavar="N", help="retries of a failed attempt")
+    s.add_argument("--array", type=int, metavar="N", help="a Slurm job array of N tasks (SLURM_ARRAY_TASK_ID)")
+    s.add_argument("--array-parallel", type=int, metavar="K", help="at most K of the array's tasks at once")
     s.add_argument("--name", help="a name to show beside the id")
     s.add_argument("--reason", default="", help="why (recorded in the audit log)")
     s.add_argument("--agent", metavar="NAME", help="the agent to run it on (default: the only one)")
@@ -89,6 +91,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         v.add_argument("--agent", metavar="NAME", help="look only on this agent")
         if verb == "logs":
             v.add_argument("--stderr", action="store_true", help="the stderr stream")
+            v.add_argument("--task", type=int, metavar="N", help="a job array's task (each has its own output)")
             v.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
         if verb in ("cancel", "requeue"):
             v.add_argument("--reason", default="", help="why (recorded in the audit log)")
@@ -207,6 +210,8 @@ def _submit_body(args: argparse.Namespace) -> Any:
         "env": env,
         "workdir": args.workdir,
         "retries": args.retries,
+        "array": args.array,
+        "array_parallel": args.array_parallel,
         "reason": args.reason,
         "name": args.name,
     }
@@ -330,7 +335,7 @@ def _run_logs(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         tail = LogTail(job.id, stream, keep=1)
 
         async def fetch(offset: int) -> Any:
-            return await client.job_log(job.id, stream, offset)
+            return await client.job_log(job.id, stream, offset, task=args.task)
 
         warned = 0
         while True:

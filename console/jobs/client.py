@@ -123,10 +123,14 @@ class JobsClient(RolloutsClient):
         body = submit.model_dump_json(exclude_none=True).encode()
         return self.parse(JOBS_PATH, _JOB, await self._jobs_request("POST", JOBS_PATH, body=body))
 
-    async def job_log(self, job_id: str, stream: str = "stdout", offset: int = 0, max_bytes: int = LOG_CHUNK) -> JobLog:
-        """`GET /api/v1/jobs/{id}/logs?stream=&offset=&max_bytes=`: bytes from `offset`; ask on at `next_offset`."""
+    async def job_log(self, job_id: str, stream: str = "stdout", offset: int = 0, max_bytes: int = LOG_CHUNK,
+                      task: int | None = None) -> JobLog:  # fmt: skip
+        """`GET /api/v1/jobs/{id}/logs?stream=&offset=&max_bytes=[&task=]`: bytes from `offset`; ask on at
+        `next_offset`. `task`: a job array's task (each writes its own output)."""
         path = self._job_path(job_id, "logs")
-        params = {"stream": stream, "offset": offset, "max_bytes": max_bytes}
+        params: dict[str, Any] = {"stream": stream, "offset": offset, "max_bytes": max_bytes}
+        if task is not None:
+            params["task"] = task
         return self.parse(path, _LOG, await self._jobs_request("GET", path, params=params))
 
     async def job_action(self, job_id: str, action: str, reason: str = "") -> Job:
@@ -188,7 +192,8 @@ class JobsSource(RolloutSource, Protocol):
 
     async def job_action(self, name: str, job_id: str, action: str, reason: str) -> Job: ...
 
-    async def job_log(self, name: str, job_id: str, stream: str, offset: int, max_bytes: int) -> JobLog: ...
+    async def job_log(self, name: str, job_id: str, stream: str, offset: int, max_bytes: int,
+                      task: int | None = None) -> JobLog: ...  # fmt: skip
 
 
 def job_counts(track: AgentTrack) -> object:
@@ -286,6 +291,7 @@ class JobsPoller(RolloutsPoller):
             track.attempt_at = None
             track.based_on(object(), quiet=False)
 
-    async def job_log(self, name: str, job_id: str, stream: str, offset: int, max_bytes: int) -> JobLog:
-        """A piece of job `job_id`'s log on agent `name`."""
-        return await self._jobs_client(name).job_log(job_id, stream, offset, max_bytes)
+    async def job_log(self, name: str, job_id: str, stream: str, offset: int, max_bytes: int,
+                      task: int | None = None) -> JobLog:  # fmt: skip
+        """A piece of job `job_id`'s log on agent `name` (a job array's: of task `task`)."""
+        return await self._jobs_client(name).job_log(job_id, stream, offset, max_bytes, task)

@@ -325,3 +325,17 @@ def detail_lines(row: JobRow) -> list[str]:
     if j.depends_on:
         lines.append(f"after {', '.join(j.depends_on)}")
     return lines
+
+
+def log_task(job: Job) -> int | None:
+    """Whose output a job array's log pane shows: its first running task, else its first not completed, else
+    task 0 (each task writes its own); None for a job that is not an array."""
+    if not job.array:
+        return None
+    tasks = (job.slurm.tasks if job.slurm is not None else None) or {}
+    order = sorted(tasks, key=int)
+    for want in ("RUNNING", None):
+        for i in order:
+            if (tasks[i] == "RUNNING") if want else tasks[i] != "COMPLETED":
+                return int(i)
+    return 0

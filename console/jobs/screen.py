@@ -37,7 +37,7 @@ from console.core.screens.confirm import ConfirmScreen
 from console.core.screens.filtered import FleetTableScreen
 from console.jobs.client import JobsSource, jobs_feed
 from console.jobs.logs import LogTail, read_on
-from console.jobs.rows import JobRow, detail_lines, job_counts, job_rows, state_reason
+from console.jobs.rows import JobRow, detail_lines, job_counts, job_rows, log_task, state_reason
 from console.jobs.table import LABELS, SCREEN_COLUMNS, JobTable
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ class JobsScreen(FleetTableScreen):
             return
         detail.update("\n".join(detail_lines(row)))
         self._show_log(row)
-        key = (row.agent, row.job.id, row.job.attempt, self.stream)
+        key = (row.agent, row.job.id, row.job.attempt, self.stream, log_task(row.job))
         if key != self._tail_key:
             self.refresh_log()
 
@@ -207,8 +207,9 @@ class JobsScreen(FleetTableScreen):
             body.update("")
             return
         j = row.job
-        tail = self.tail if self._tail_key == (row.agent, j.id, j.attempt, self.stream) else None
-        where = f"{j.id} {self.stream}"
+        task = log_task(j)
+        tail = self.tail if self._tail_key == (row.agent, j.id, j.attempt, self.stream, task) else None
+        where = f"{j.id} {self.stream}" + (f" of task {task} (of {j.array})" if task is not None else "")
         if tail is not None and tail.dropped_bytes:
             where += f" ({tail.dropped_bytes} bytes cut by the size cap)"
         state = "" if tail is None or not tail.eof else " · ended"
@@ -232,7 +233,8 @@ class JobsScreen(FleetTableScreen):
     async def _read_log(self, agent: str, job: Job, stream: str) -> None:
         if job.state == "PENDING" and job.started_at is None:
             return  # nothing written yet; the pane says why it waits
-        key = (agent, job.id, job.attempt, stream)
+        task = log_task(job)
+        key = (agent, job.id, job.attempt, stream, task)
         if key != self._tail_key or self.tail is None:
             self.tail, self._tail_key, self.log_error = LogTail(job.id, stream), key, None
         tail = self.tail
@@ -247,7 +249,7 @@ class JobsScreen(FleetTableScreen):
             return
 
         async def fetch(offset: int) -> Any:
-            return await fetch_log(agent, job.id, stream, offset, 256 * 1024)
+            return await fetch_log(agent, job.id, stream, offset, 256 * 1024, task)
 
         try:
             await read_on(tail, fetch)

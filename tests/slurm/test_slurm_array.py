@@ -37,7 +37,7 @@ def test_an_array_runs_its_tasks_and_a_requeue_runs_only_those_that_failed(agent
     ran = tmp_path / "ran"
     marker = tmp_path / "second-time"
     # task 2 fails the first time; every task notes that it ran
-    script = (f'echo "$SLURM_ARRAY_TASK_ID" >> {ran}; sleep 1; '
+    script = (f'echo "$SLURM_ARRAY_TASK_ID" >> {ran}; echo "task $SLURM_ARRAY_TASK_ID"; sleep 1; '
               f'if [ "$SLURM_ARRAY_TASK_ID" = 2 ] && [ ! -e {marker} ]; then touch {marker}; exit 7; fi')  # fmt: skip
     with agent.client() as c:
         j = submit(c, pipeline="train", command=["sh", "-c", script], cpu=0.5, mem="40M", array=4, array_parallel=2)
@@ -64,9 +64,14 @@ def test_an_array_runs_its_tasks_and_a_requeue_runs_only_those_that_failed(agent
         assert done["slurm"]["tasks"] == {"0": "COMPLETED", "1": "COMPLETED", "2": "FAILED", "3": "COMPLETED"}
         assert done["reason"] == "1 of 4 tasks did not complete: task 2 FAILED (exit code 7)"
         assert sorted(ran.read_text().split()) == ["0", "1", "2", "3"]
-        # each task wrote its own log
+        # each task wrote its own log, read by its index
         d = agent.data_dir / "jobs"
         assert len(list(d.rglob("stdout.*"))) == 4, list(d.rglob("*"))
+        r = c.get(f"/api/v1/jobs/{j['id']}/logs", params={"stream": "stdout", "task": 2})
+        assert r.status_code == 200 and r.json()["task"] == 2 and r.json()["text"] == "task 2\n", r.text
+        for params in ({"stream": "stdout"}, {"task": 4}):  # an array's output is per task; there is no task 4
+            r = c.get(f"/api/v1/jobs/{j['id']}/logs", params=params)
+            assert r.status_code == 422 and r.json()["field"] == "task", r.text
         # requeue: only task 2 runs again, as a new array
         r = c.post(f"/api/v1/jobs/{j['id']}/requeue", json={"reason": "flaky shard"})
         assert r.status_code == 200, r.text

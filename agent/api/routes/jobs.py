@@ -101,9 +101,10 @@ async def job_logs(
     stream: Literal["stdout", "stderr"] = "stdout",
     offset: int = Query(0, ge=0, le=2**62),
     max_bytes: int = Query(65536, ge=1, le=1 << 20),
+    task: int | None = Query(None, ge=0, le=9_999, description="a job array's task: its own output"),
 ) -> JobLog:
     """Output from `offset`; follow by asking again from `next_offset` until `eof`."""
-    return await call_jobs(_svc(request).logs, job_id, stream, offset, max_bytes)
+    return await call_jobs(_svc(request).logs, job_id, stream, offset, max_bytes, task)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=Job, responses=errors(404, 409, 503))

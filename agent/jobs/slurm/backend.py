@@ -368,6 +368,9 @@ class SlurmBackend:
                         out = (out[0], self._retry(rec, out[0], snap.jobs))
                     if out is not None:
                         staged.append((rec, *out))
+                    elif rec.state == "RUNNING":
+                        tasks = rec.job.slurm.tasks or {}  # type: ignore[union-attr]
+                        self._cap_logs(rec, [f".{i}" for i, st in tasks.items() if st == "RUNNING"])
                     continue
                 sj = by_id.get(sid)
                 if sj is not None and sj.comment and sj.comment != self.comment(rec.id):
@@ -669,13 +672,15 @@ class SlurmBackend:
         found = _OOM_LINE.search(tail)
         return found.group(0).strip()[:300] if found else None
 
-    def _cap_logs(self, rec: JobRecord) -> None:
+    def _cap_logs(self, rec: JobRecord, suffixes: list[str] | None = None) -> None:
+        """Cap the job's streams (an array's: those of its running tasks, `stdout.<i>`) at log_max_bytes."""
         d = logs.job_dir(self.svc.root, rec.id)
         for stream in logs.STREAMS:
-            try:
-                logs.cap(d, stream, self.svc.cfg.log_max_bytes)
-            except OSError:
-                pass
+            for suffix in suffixes if suffixes is not None else [""]:
+                try:
+                    logs.cap(d, stream + suffix, self.svc.cfg.log_max_bytes)
+                except OSError:
+                    pass
 
 
 def next_info(old: SlurmInfo, job_id: int, restarts: int) -> SlurmInfo:

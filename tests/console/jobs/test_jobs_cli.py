@@ -81,6 +81,13 @@ def test_refusals_are_one_line_and_non_zero(jobs_agent, tmp_path, capsys) -> Non
     assert rc == 1 and err.count("\n") == 1 and "409" in err and "never" in err and "(mem)" in err
     rc, _, err = run(capsys, "jobs", "show", "j-nope", "--fleet", fleet)
     assert rc == 1 and "no job 'j-nope' on 1 of 1 agents" in err
+    # A job array runs in Slurm: this agent runs the pipeline's jobs itself.
+    rc, _, err = run(capsys, "jobs", "submit", "--fleet", fleet, "--pipeline", "training", "--array", "3", "--", "true")
+    assert rc == 1 and err.count("\n") == 1 and "422" in err and "(array)" in err, err
+    # and a job that is not an array has no task's output to read
+    job = submit(jobs_agent, pipeline="training", command=["true"])
+    rc, _, err = run(capsys, "jobs", "logs", job["id"], "--task", "1", "--fleet", fleet)
+    assert rc == 1 and err.count("\n") == 1 and "not an array" in err and "(task)" in err, err
 
 
 def test_cancel_says_by_whom_then_requeue_makes_a_new_attempt(jobs_agent, tmp_path, capsys) -> None:

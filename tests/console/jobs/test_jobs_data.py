@@ -9,7 +9,8 @@ from console.core.feeds import FeedState
 from console.jobs.client import JobsClient, JobsPoller, jobs_feed
 from console.jobs.logs import LogTail, read_on
 from console.jobs.quota_rows import QuotaRow
-from console.jobs.rows import JobRow, detail_lines, state_reason
+from agent.schemas.jobs import SlurmInfo
+from console.jobs.rows import JobRow, detail_lines, log_task, state_reason
 from tests.console.jobs.agents import submit, wait_job
 from tests.console.jobs.fakes import gpu01_quotas, make_job
 from tests.console.wk_fakes import FROZEN_NOW
@@ -68,6 +69,17 @@ def test_reasons_beside_the_state() -> None:
     row = JobRow("k", "a", 0, "gpu-01", make_job("j", "RUNNING"), FROZEN_NOW, stale=True)
     assert row.text("state") == "RUNNING?" and "host not answering" in row.text("reason")
     assert row.blocked("cancel") is not None  # not while its host does not answer
+
+
+def test_an_arrays_log_pane_follows_the_task_that_matters() -> None:
+    def array(**tasks: str):
+        info = SlurmInfo(job_id=7, tasks={k[1:]: v for k, v in tasks.items()})
+        return make_job("j", "RUNNING", backend="slurm", tier="slurm", array=len(tasks), slurm=info)
+
+    assert log_task(make_job("j", "RUNNING")) is None  # not an array: its one output
+    assert log_task(array(t0="COMPLETED", t1="PENDING", t2="RUNNING", t10="RUNNING")) == 2
+    assert log_task(array(t0="COMPLETED", t1="COMPLETED", t2="FAILED", t3="CANCELLED")) == 2
+    assert log_task(array(t0="COMPLETED", t1="COMPLETED")) == 0
 
 
 def test_the_detail_says_which_cpus_a_job_was_pinned_to() -> None:
