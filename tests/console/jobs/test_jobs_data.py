@@ -3,13 +3,12 @@ agents); rows, reasons, bars and the log tail as plain values; no Textual in the
 
 from __future__ import annotations
 
-from agent.schemas.jobs import JobLog
+from agent.schemas.jobs import JobLog, SlurmInfo
 from console.core.config import AgentSpec
 from console.core.feeds import FeedState
 from console.jobs.client import JobsClient, JobsPoller, jobs_feed
 from console.jobs.logs import LogTail, read_on
 from console.jobs.quota_rows import QuotaRow
-from agent.schemas.jobs import SlurmInfo
 from console.jobs.rows import JobRow, detail_lines, log_task, state_reason
 from tests.console.jobs.agents import submit, wait_job
 from tests.console.jobs.fakes import gpu01_quotas, make_job
