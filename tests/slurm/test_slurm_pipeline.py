@@ -5,9 +5,12 @@ real single-node Slurm of test_slurm_backend.py's module setup."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.pipelines.test_api_agent import wait_run
+from tests.slurm.agents import restart
 
 pytestmark = pytest.mark.usefixtures("empty_queue")
 
@@ -79,3 +82,33 @@ def test_a_pipeline_in_slurm_queues_steps_behind_their_parents_and_skips_cached_
         assert s3["eval"]["state"] == "UPSTREAM_FAILED" and s3["eval"]["job_id"], s3["eval"]
         ev = c.get(f"/api/v1/jobs/{s3['eval']['job_id']}").json()
         assert ev["state"] == "CANCELLED" and ev["started_at"] is None, ev
+
+
+def test_a_run_with_steps_queued_in_slurm_survives_kill9_of_the_agent(agent, cluster):
+    slow = PIPE.replace("sleep 2; echo", "sleep 6; echo")  # fit runs long enough to kill the agent under it
+    with agent.client() as c:
+        assert c.post("/api/v1/pipelines", json={"content": slow}).status_code == 201
+        run_id = c.post("/api/v1/pipelines/train/runs", json={"params": {"lr": 3}}).json()["id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # fit running in Slurm, eval queued behind it
+            s = _steps(c.get(f"/api/v1/pipelines/runs/{run_id}").json())
+            if s["fit"]["state"] == "RUNNING" and s["eval"]["job_id"]:
+                fit = c.get(f"/api/v1/jobs/{s['fit']['job_id']}").json()
+                if fit["state"] == "RUNNING":
+                    break
+            time.sleep(0.2)
+        assert s["eval"]["state"] == "RUNNING" and s["eval"]["cache_key"] is None, s["eval"]
+    agent.kill()
+    b = restart(agent)
+    try:
+        with b.client() as c:
+            run = wait_run(c, run_id)
+            assert run["state"] == "COMPLETED", [(x["step"], x["state"], x["reason"]) for x in run["steps"]]
+            s2 = _steps(run)
+            # the same jobs, watched again: nothing submitted twice; eval's key settled when fit completed
+            assert s2["fit"]["job_id"] == s["fit"]["job_id"] and s2["eval"]["job_id"] == s["eval"]["job_id"]
+            assert s2["eval"]["cache_key"] and not s2["eval"]["cache_hit"]
+            score = b.data_dir / "pipelines" / "runs" / run_id / "eval" / "out" / "score"
+            assert score.read_text().strip() == "6"
+    finally:
+        b.stop()
