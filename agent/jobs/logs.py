@@ -43,11 +43,16 @@ def read(d: Path, stream: str, offset: int, max_bytes: int) -> tuple[int, int, b
     start = max(offset, cut)
     try:
         with open(d / stream, "rb") as f:
-            f.seek(start - cut)
-            data = f.read(min(max_bytes, READ_MAX))
+            # past the end: nothing yet (a seek far beyond it is EINVAL on filesystems with a smaller max size)
+            data = b"" if start - cut >= os.fstat(f.fileno()).st_size else _read_at(f, start - cut, max_bytes)
     except FileNotFoundError:
         data = b""
     return start, start + len(data), data, cut
+
+
+def _read_at(f, pos: int, max_bytes: int) -> bytes:  # type: ignore[no-untyped-def]
+    f.seek(pos)
+    return f.read(min(max_bytes, READ_MAX))
 
 
 def cap(d: Path, stream: str, max_bytes: int) -> int:

@@ -124,9 +124,13 @@ async def test_status_command_reads_prometheus(agent_factory, prometheus) -> Non
     a = agent_factory(name="prom-s")
     prom = prometheus([f"127.0.0.1:{a.port}", "127.0.0.1:1"])  # the second target never answers
     async with PrometheusSource(prom.url) as source:
-        await poll_until(
+        await poll_until(  # the dead target scraped at least once: "not scraped yet" until then
             source,
-            lambda s: any(x.state is AgentState.UP for x in s.agents) and len(s.agents) == 2,
+            lambda s: (
+                any(x.state is AgentState.UP for x in s.agents)
+                and any("refused" in (x.reason or "") for x in s.agents)
+                and len(s.agents) == 2
+            ),
             "one up, one down",
         )
     env = {k: v for k, v in os.environ.items() if k not in ("WATCHKEEPER_FLEET", "WATCHKEEPER_TOKEN")}

@@ -111,3 +111,13 @@ def test_old_finished_jobs_leave_memory_but_not_the_store(tmp_path: Path) -> Non
         assert again.attempt == 2 and svc.get(old.id).state == "PENDING"
     finally:
         writer.stop()
+
+
+def test_a_read_far_past_the_end_is_empty_not_an_error(tmp_path):
+    # Found by the API fuzzer: `?offset=9007199254740991` made the seek fail (EINVAL past the filesystem's
+    # largest file) and the agent answered 500.
+    (tmp_path / "stdout").write_bytes(b"hello\n")
+    for offset in (6, 10, 2**53 - 1, 2**62):
+        start, nxt, data, cut = logs.read(tmp_path, "stdout", offset, 65536)
+        assert (start, nxt, data, cut) == (offset, offset, b"", 0)
+    assert logs.read(tmp_path, "stdout", 2, 65536)[2] == b"llo\n"

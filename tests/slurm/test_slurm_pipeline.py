@@ -20,7 +20,7 @@ name = "train"
 lr = 1
 seed = 1
 [steps.prep]
-command = ["/bin/sh", "-c", "seq 5 > $WK_OUTPUT_DATA"]
+command = ["/bin/sh", "-c", "sleep 2; seq 5 > $WK_OUTPUT_DATA"]
 outputs = ["data"]
 resources = { cpu = 0.5, mem = "40M" }
 [steps.fit]
@@ -52,10 +52,11 @@ def test_a_pipeline_in_slurm_queues_steps_behind_their_parents_and_skips_cached_
         s = _steps(run1)
         jobs = {name: c.get(f"/api/v1/jobs/{s[name]['job_id']}").json() for name in s}
         assert {j["backend"] for j in jobs.values()} == {"slurm"}
-        # each job was submitted before its parent's ended, waiting on it in Slurm
+        # each job was submitted before its parent's ended (each parent runs 2 s; Slurm's times are whole
+        # seconds), waiting on it in Slurm
         assert jobs["fit"]["depends_on"] == [jobs["prep"]["id"]] and jobs["eval"]["depends_on"] == [jobs["fit"]["id"]]
-        assert jobs["fit"]["submitted_at"] < jobs["prep"]["ended_at"]
-        assert jobs["eval"]["submitted_at"] < jobs["fit"]["ended_at"]
+        assert jobs["fit"]["submitted_at"] < jobs["prep"]["ended_at"] - 0.5
+        assert jobs["eval"]["submitted_at"] < jobs["fit"]["ended_at"] - 0.5
         assert jobs["eval"]["started_at"] >= jobs["fit"]["ended_at"] - 1  # Slurm's times are whole seconds
         score = agent.data_dir / "pipelines" / "runs" / run1["id"] / "eval" / "out" / "score"
         assert score.read_text().strip() == "6"  # it read fit's output: lr and prep's five lines

@@ -145,8 +145,9 @@ class FakeJobsSource(FakeSource):
     logs: dict[str, str] = field(default_factory=dict)
     job_calls: list[tuple[str, str, str, str]] = field(default_factory=list)
 
-    async def job_log(self, name: str, job_id: str, stream: str, offset: int, max_bytes: int) -> JobLog:
-        text = self.logs.get(f"{name}/{job_id}/{stream}", "")
+    async def job_log(self, name: str, job_id: str, stream: str, offset: int, max_bytes: int,
+                      task: int | None = None) -> JobLog:  # fmt: skip
+        text = self.logs.get(f"{name}/{job_id}/{stream}" + (f".{task}" if task is not None else ""), "")
         chunk = text.encode()[offset : offset + max_bytes].decode(errors="replace")
         return JobLog(
             job_id=job_id, stream=stream, offset=offset, next_offset=offset + len(chunk.encode()), text=chunk, eof=True
