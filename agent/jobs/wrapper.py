@@ -4,8 +4,12 @@ Run as a plain script (`python -I -S wrapper.py ...`: stdlib only, no site-packa
 never imported by the agent. It exists so that a job outlives the agent that started it and still
 leaves its exit status behind:
 
-1. joins the job's cgroups (the files named by `--procs`) before the command starts, so nothing of the
-   job ever runs outside its limits;
+1. has the command's process join the job's cgroups (the files named by `--procs`) before the command
+   starts, so nothing of the job ever runs outside its limits. The wrapper itself stays out: in there
+   it would be held to the job's CPU quota and, with the jobs root `cpu.idle`, yield to every other
+   task. Under `cpu = 0.01` its few milliseconds of work (the fork, then the rc file) took 200-900 ms
+   of quota periods, and on a busy host 200 such wrappers waited tens of seconds to say their job had
+   ended;
 2. becomes a child subreaper, so a double-forked grandchild is re-parented to it (not to init) and
    stays findable as a descendant — the psutil tier's whole notion of "the job's processes";
    takes SCHED_BATCH and, given `--cpus`, pins itself to the job's CPUs (agent/jobs/placement.py): both
@@ -127,6 +131,29 @@ def _write_rc(path: str, exit_code: int | None, sig: int | None) -> None:
     os.replace(tmp, path)
 
 
+def _read_all(fd: int) -> str:
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return out.decode(errors="replace")
+        out += chunk
+
+
+def _wait_for(pid: int) -> None:
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return
+
+
 def _reap_leftovers() -> None:
     """Kill and reap whatever the command left running (daemonised grandchildren)."""
     deadline = time.monotonic() + _GRACE_S
@@ -175,26 +202,30 @@ def main(argv: list[str]) -> int:
     if not rc_path or not cmd:
         print("usage: wrapper.py --rc FILE [--procs FILE]... [--cpus 0,1] [--user NAME] -- COMMAND...", file=sys.stderr)
         return 2
-    try:
-        _join_cgroups(procs)
-    except OSError as exc:
-        print(f"watchkeeper: could not join the job's cgroup: {exc}", file=sys.stderr)
-        _write_rc(rc_path, None, None)
-        return 1
+    # Everything that isn't the job's is done before its process joins the cgroups: under `cpu = 0.01` a
+    # millisecond of our own work in there costs a whole quota period (100 ms) of waiting.
     _subreaper()
     if cpus:
         _pin(cpus)
     _batch()
+    exe = _which(cmd[0])  # before dropping rights: execvp imports lazily, and the stdlib may be root's only
+    joined_r, joined_w = os.pipe()  # the child says here why it could not join; closed unread: it did
 
     child = os.fork()
     if child == 0:
+        os.close(joined_r)
         os.setpgid(0, 0)
         _prefer_for_oom()
         # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec, so the command
         # would get EPIPE where a shell pipeline expects to be killed (`yes | head` spinning on errors).
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(s, signal.SIG_DFL)
-        exe = _which(cmd[0])  # before dropping rights: execvp imports lazily, and the stdlib may be root's only
+        try:  # the command's process joins first, so nothing of the job runs outside its limits
+            _join_cgroups(procs)
+        except OSError as exc:
+            os.write(joined_w, str(exc).encode())
+            os._exit(1)
+        os.close(joined_w)
         if user:
             try:
                 _become(user)
@@ -206,6 +237,15 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             os.write(2, f"watchkeeper: cannot run {cmd[0]!r}: {exc.strerror}\n".encode())
             os._exit(127)
+
+    os.close(joined_w)
+    why = _read_all(joined_r)
+    os.close(joined_r)
+    if why:
+        print(f"watchkeeper: could not join the job's cgroup: {why}", file=sys.stderr)
+        _wait_for(child)
+        _write_rc(rc_path, None, None)
+        return 1
 
     def forward(signum: int, _frame: object) -> None:
         try:
