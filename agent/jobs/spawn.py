@@ -2,7 +2,7 @@
 
 `launch()` hands the launcher a job's wrapper options, working dir, environment and output fds, and gets
 back the wrapper's pid. The launcher is started on first use and again after it died. Where it can't be
-started, or isn't turned on (`shared()`: off by default for now), the caller starts the wrapper as its own
+started, or is turned off (`WATCHKEEPER_JOB_LAUNCHER=0`), the caller starts the wrapper as its own
 interpreter (tiers/base.py `spawn_wrapper`).
 
 A request that reached the launcher but got no answer is an error, never retried another way: the
@@ -120,13 +120,14 @@ _shared_lock = threading.Lock()
 
 
 def shared() -> Launcher | None:
-    """The process's launcher where it is turned on (`WATCHKEEPER_JOB_LAUNCHER=1`), else None.
+    """The process's launcher; None where it is turned off (`WATCHKEEPER_JOB_LAUNCHER=0` in the agent's
+    environment: each wrapper then starts as its own interpreter, ~15 ms of CPU more per job).
 
-    Off by default: in 3 of ~10 bursts of 200 short jobs right after other heavy work, jobs launched this way
-    drained in 14-120 s instead of ~2.5 s, once with the agent at 100 % of a core; not yet explained, so
-    the wrapper still starts as its own interpreter unless asked (docs/jobs.md, "The job launcher")."""
+    It was off by default while bursts of short jobs sometimes took 14-120 s to be seen ending; the cause was
+    the wrapper's own work held to the job's CPU quota inside its cgroup (agent/jobs/wrapper.py), not the
+    launcher, which only made it likelier (docs/jobs.md, "The job launcher")."""
     global _shared
-    if os.environ.get("WATCHKEEPER_JOB_LAUNCHER", "0") != "1":
+    if os.environ.get("WATCHKEEPER_JOB_LAUNCHER", "1") == "0":
         return None
     with _shared_lock:
         if _shared is None:

@@ -16,7 +16,7 @@ from agent.jobs.spawn import Launcher
 from tests.jobs.conftest import submit, wait_job
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
-LAUNCHER_ON = {"WATCHKEEPER_JOB_LAUNCHER": "1"}
+LAUNCHER_OFF = {"WATCHKEEPER_JOB_LAUNCHER": "0"}
 
 
 def _launchers_of(pid: int) -> list[psutil.Process]:
@@ -24,7 +24,7 @@ def _launchers_of(pid: int) -> list[psutil.Process]:
 
 
 def test_a_jobs_wrapper_is_forked_by_the_agents_launcher_and_the_launcher_comes_back(agent_factory) -> None:
-    a = agent_factory("launch", env=LAUNCHER_ON)
+    a = agent_factory("launch")  # the default
     with a.client() as c:
         job = wait_job(c, submit(c, pipeline="p", command=SLEEPER, cpu=0.1, mem="64M")["id"], {"RUNNING"})
         try:
@@ -40,7 +40,7 @@ def test_a_jobs_wrapper_is_forked_by_the_agents_launcher_and_the_launcher_comes_
         assert second.pid != launcher.pid
 
 
-@pytest.mark.parametrize("env", [None, LAUNCHER_ON], ids=["wrapper", "launcher"])
+@pytest.mark.parametrize("env", [LAUNCHER_OFF, None], ids=["wrapper", "launcher"])
 def test_the_command_does_not_inherit_pythons_ignored_signals(agent_factory, env) -> None:
     """Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec: a job's command
     must start with them at their defaults (`yes | head -1` must end, killed by SIGPIPE)."""
@@ -84,8 +84,8 @@ def test_a_refused_request_is_an_error_and_a_launch_it_may_have_taken_is_not_ret
         launcher.close()
 
 
-def test_by_default_the_wrapper_is_its_own_interpreter(agent_factory) -> None:
-    a = agent_factory("nolauncher")  # the default, for now
+def test_with_the_launcher_off_the_wrapper_is_its_own_interpreter(agent_factory) -> None:
+    a = agent_factory("nolauncher", env=LAUNCHER_OFF)
     with a.client() as c:
         job = wait_job(c, submit(c, pipeline="p", command=SLEEPER, cpu=0.1, mem="64M")["id"], {"RUNNING"})
         try:

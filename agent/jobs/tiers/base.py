@@ -153,7 +153,7 @@ def boot_id() -> str:
 
 
 def wrapper_argv(spec: LaunchSpec, procs_files: Sequence[str] = ()) -> list[str]:
-    """The wrapper's command line for `spec` (it joins `procs_files` before the command starts)."""
+    """The wrapper's command line for `spec` (the command's process joins `procs_files` before it execs)."""
     argv = [sys.executable, "-I", "-S", WRAPPER, "--rc", str(spec.rc_path)]
     for f in procs_files:
         argv += ["--procs", f]
@@ -207,13 +207,14 @@ class Spawned:
 
 
 def spawn_wrapper(spec: LaunchSpec, procs_files: Sequence[str] = (), nice: int = 0) -> Spawned:
-    """Start the wrapper in a new session with the job's output files; it joins `procs_files`
-    (cgroup.procs / tasks files) itself before the command starts, and takes niceness `nice` first, so
-    the command inherits it from its first instruction.
+    """Start the wrapper in a new session with the job's output files; the command's process joins
+    `procs_files` (cgroup.procs / tasks files) before it execs, and the wrapper takes niceness `nice` first,
+    so the command inherits it from its first instruction.
 
     Forked by the job launcher (agent/jobs/spawn.py) where it runs: ~15 ms of CPU less per job than a new
-    interpreter. Either way the wrapper starts outside the job's cgroup on purpose: inside, a step under
-    `cpu = 0.1` spent ~100 ms throttled before its command even began."""
+    interpreter. Either way the wrapper stays outside the job's cgroup on purpose: inside, a step under
+    `cpu = 0.1` spent ~100 ms throttled before its command even began, and `true` under `cpu = 0.01` took
+    ~250 ms to be seen ending."""
     from agent.jobs import spawn
 
     spec.stdout_path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,9 @@ The jobs root is a sibling of the agent's own cgroup, never inside it: a job ins
 would count against the agent's MemoryMax and die with it on restart. Only where the hierarchy root is
 not writable do jobs go under our own cgroup instead (`detail` says so).
 
-The wrapper joins the job's cgroups itself (`--procs`) before the command starts, so nothing of the job
-runs unlimited. OOM comes from the job cgroup's `oom_kill` counter, never from exit 137.
+The command's process joins the job's cgroups (the wrapper's `--procs`) before it execs, so nothing of the
+job runs unlimited; the wrapper itself stays out (agent/jobs/wrapper.py says why). OOM comes from the job
+cgroup's `oom_kill` counter, never from exit 137.
 """
 
 from __future__ import annotations
