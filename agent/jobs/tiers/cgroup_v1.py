@@ -312,7 +312,8 @@ class CgroupV1Tier:
 
     def terminate(self, h: JobHandle, grace_s: float = 5.0) -> None:
         mem = h.cgroups.get("memory", "")
-        wait_forked(h.pid)
+        if wait_forked(h.pid):
+            fs.wait_populated(mem)
         fs.signal_all(mem, signal.SIGTERM, spare=h.pid)
         # Always armed: a task that joined or forked after the list was read is killed at the grace.
         t = threading.Timer(grace_s, self._kill_all, args=(h, h.pid))

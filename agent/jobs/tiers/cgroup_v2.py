@@ -214,7 +214,8 @@ class CgroupV2Tier:
             return Usage()
 
     def terminate(self, h: JobHandle, grace_s: float = 5.0) -> None:
-        wait_forked(h.pid)
+        if wait_forked(h.pid):
+            fs.wait_populated(h.cgroups.get("", ""))
         fs.signal_all(h.cgroups.get("", ""), signal.SIGTERM, spare=h.pid)
         t = threading.Timer(grace_s, self._kill_spared, args=(h,))
         t.daemon = True

@@ -83,6 +83,18 @@ def procs(cgroup_dir: str) -> list[int]:
     return out
 
 
+def wait_populated(cgroup_dir: str, timeout_s: float = 1.0) -> bool:
+    """Wait (briefly) until a process is in the cgroup: a job's command joins it a moment after its wrapper
+    forked it (agent/jobs/wrapper.py), and a signal sent to the cgroup before then would reach no one.
+    False if none joined in `timeout_s` (gone, or failed to join)."""
+    deadline = time.monotonic() + timeout_s
+    while not procs(cgroup_dir):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def signal_all(cgroup_dir: str, sig: int, spare: int | None = None) -> int:
     """Send `sig` to every process in the cgroup but `spare`; how many were signalled."""
     n = 0

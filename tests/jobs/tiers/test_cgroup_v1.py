@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -386,3 +387,15 @@ def test_a_tiny_cpu_quota_holds_back_the_command_not_its_wrapper(v1: CgroupV1Tie
             took[cpu].append(out.ended_at - t0)
     tiny, free = (sorted(took[c])[2] for c in took)
     assert tiny < free + 0.04, {c: [f"{t * 1000:.0f} ms" for t in ts] for c, ts in took.items()}
+
+
+def test_a_job_cancelled_the_moment_it_started_gets_the_sigterm(v1: CgroupV1Tier, spec) -> None:
+    """The command joins its cgroup a moment after the wrapper forks it; a SIGTERM sent to the cgroup in
+    between reached no one, and the job died only at the grace's SIGKILL (a pipeline's cancel timed out)."""
+    for _ in range(3):
+        h = v1.launch(spec(["sleep", "30"]))
+        t0 = time.monotonic()
+        v1.terminate(h, grace_s=10)
+        out = wait_outcome(v1, h)
+        v1.release(h)
+        assert out.signal == signal.SIGTERM and time.monotonic() - t0 < 5, out
