@@ -129,7 +129,7 @@ class Runner:
         if new_tick is not None:
             new_tick()
         with svc.lock:
-            running = [r for r in svc.jobs.values() if r.state == "RUNNING" and r.handle is not None]
+            running = [r for r in svc.live_records() if r.state == "RUNNING" and r.handle is not None]
         changed: list[JobRecord] = []
         check = time.monotonic() >= self._next_check
         if check:
@@ -194,6 +194,13 @@ class Runner:
         self._sampler.final(rec)
         state, reason = outcome_state(rec, out)
         retry = self._retry_of(rec, state, out)
+        # Before the end is published: a reader told the job ended finds its output already held to the cap.
+        d = logs.job_dir(svc.root, rec.id)
+        for stream in logs.STREAMS:  # a job that ended between two samples is held to the cap too
+            try:
+                logs.cap(d, stream, svc.cfg.log_max_bytes)
+            except OSError as e:
+                log.warning("job %s: could not cap %s: %s", rec.id, stream, e)
         with svc.lock:
             j.state, j.exit_code, j.signal = state, out.exit_code, out.signal  # type: ignore[assignment]
             j.reason = reason + (f" (retried as attempt {retry.job.attempt})" if retry is not None else "")
@@ -206,7 +213,7 @@ class Runner:
             svc.version += 1
             changed.append(rec)
             if retry is not None:
-                svc.jobs[rec.id] = retry
+                svc.put(retry)
                 changed.append(retry)
             svc.changed.notify_all()
         try:
@@ -214,12 +221,6 @@ class Runner:
                 svc.tier.release(rec.handle)
         except Exception as e:
             log.warning("job %s: tier release failed: %s", rec.id, e)
-        d = logs.job_dir(svc.root, rec.id)
-        for stream in logs.STREAMS:  # a job that ended between two samples is held to the cap too
-            try:
-                logs.cap(d, stream, svc.cfg.log_max_bytes)
-            except OSError as e:
-                log.warning("job %s: could not cap %s: %s", rec.id, stream, e)
 
     def _retry_of(self, rec: JobRecord, state: str, out: Outcome) -> JobRecord | None:
         quota = self.svc.quotas.spec(rec.job.pipeline)
@@ -240,7 +241,7 @@ class Runner:
         inventory = gpu_inventory(svc.snapshot())
         with svc.lock:
             # Slurm schedules its own jobs (backend "slurm"): they never pass our admission.
-            active = [r for r in svc.jobs.values() if r.active and r.job.backend != "slurm"]
+            active = [r for r in svc.live_records() if r.active and r.job.backend != "slurm"]
             if not any(r.state == "PENDING" and not r.launching for r in active):
                 return
             decision = admit(active, svc.quotas.spec, svc.host, inventory, svc.state_of, now)

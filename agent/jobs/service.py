@@ -114,6 +114,10 @@ class JobService:
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)  # notified when a job reaches a final state
         self.jobs: dict[str, JobRecord] = {}
+        # The jobs that may be active, each tick's whole view (`live_records`): finished jobs stay in `jobs` for
+        # the log retention (7 days), and scanning them every tick took the idle agent from 2 % to 13 % of a
+        # core at 12,000 of them, and a submit burst from 125/s to 70/s.
+        self.live: dict[str, JobRecord] = {}
         self.finished_total: Counter[tuple[str, str]] = Counter()
         self._p95_cache: dict[str, tuple[float, float | None]] = {}
         self.version = 0  # moves whenever a job's state does (summary ETag, metrics)
@@ -139,7 +143,7 @@ class JobService:
             except Exception as e:
                 log.error("jobs: the %s tier's set-up failed: %s", self.tier.name, e)
         for rec in self.store.load(time.time() - self.cfg.log_retention):
-            self.jobs[rec.id] = rec
+            self.put(rec)
             if rec.job.backend == "slurm":
                 continue  # re-attached by the Slurm backend's first poll (its Slurm id is in the row)
             if rec.state != "RUNNING" and not rec.launching:
@@ -248,7 +252,7 @@ class JobService:
             except StoreUnavailable as e:
                 raise JobError(503, "store_unavailable", str(e)) from None
         with self.lock:
-            self.jobs[rec.id] = rec
+            self.put(rec)
             self.version += 1
             out = rec.job.model_copy(deep=True)
         self.runner.wake()
@@ -303,7 +307,7 @@ class JobService:
                 raise JobError(409, "conflict", f"job {job_id} is {rec.state}: only a finished job is requeued", "id")
             nxt = next_attempt(rec, time.time(), f"requeued by {principal}" + (f": {note}" if note else ""))
             self._save([nxt])
-            self.jobs[job_id] = nxt
+            self.put(nxt)
             self.version += 1
             out = nxt.job.model_copy(deep=True)
         self.runner.wake()
@@ -432,6 +436,20 @@ class JobService:
         return jobs, p95s, self.quota_list().quotas
 
     # ------------------------------------------------------------------ helpers
+
+    def put(self, rec: JobRecord) -> None:
+        """Hold `rec` as its job's current attempt (caller holds `lock`); an active one is `live` too."""
+        self.jobs[rec.id] = rec
+        if rec.active:
+            self.live[rec.id] = rec
+
+    def live_records(self) -> list[JobRecord]:
+        """The active jobs (caller holds `lock`); those that ended since the last call leave `live`. A job
+        becomes active again only as a new attempt, which comes in through `put`."""
+        ended = [k for k, r in self.live.items() if not r.active]
+        for k in ended:
+            del self.live[k]
+        return list(self.live.values())
 
     def _get(self, job_id: str) -> JobRecord:
         """A job from memory, or from the store when it ended before the retention window (read-only)."""

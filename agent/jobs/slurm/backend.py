@@ -102,7 +102,7 @@ class SlurmBackend:
 
     def tracked(self) -> list[JobRecord]:
         with self.svc.lock:
-            return [r for r in self.svc.jobs.values() if r.job.backend == "slurm" and r.active and r.job.slurm]
+            return [r for r in self.svc.live_records() if r.job.backend == "slurm" and r.active and r.job.slurm]
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -203,7 +203,7 @@ class SlurmBackend:
             self._scancel_quietly(info.job_id)  # never leave a job running that we did not answer for
             raise JobError(503, "store_unavailable", str(e)) from None
         with svc.lock:
-            svc.jobs[rec.id] = rec
+            svc.put(rec)
             svc.version += 1
             return rec.job.model_copy(deep=True)
 
@@ -320,7 +320,7 @@ class SlurmBackend:
             self._scancel_quietly(nxt.job.slurm.job_id)
             raise JobError(503, "store_unavailable", str(e)) from None
         with svc.lock:
-            svc.jobs[rec.id] = nxt
+            svc.put(nxt)
             svc.version += 1
             return nxt.job.model_copy(deep=True)
 
@@ -438,7 +438,7 @@ class SlurmBackend:
                 if moved and job.state not in ("PENDING", "RUNNING"):
                     svc.finished_total[(job.pipeline, job.state)] += 1
                 if nxt is not None:
-                    svc.jobs[rec.id] = nxt
+                    svc.put(nxt)
             svc.version += 1
             svc.changed.notify_all()
 
