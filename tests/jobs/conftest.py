@@ -53,3 +53,28 @@ def _no_job_left(tmp_path: Path) -> Iterator[None]:
                 p.kill()
         except (psutil.Error, OSError, ValueError, KeyError):
             continue
+
+
+@pytest.fixture
+def in_process_jobs(tmp_path: Path) -> Iterator:
+    """`make(tier)`: a JobService over a real store in this process (not started); its writer stops at teardown."""
+    from agent.config import load_config
+    from agent.jobs.service import JobService
+    from agent.jobs.store import JobStore
+    from agent.store.db import open_store
+    from agent.store.writer import StoreWriter
+
+    writers: list[StoreWriter] = []
+
+    def make(tier) -> JobService:
+        cfg = load_config(None, {"data_dir": str(tmp_path / "data")})
+        cfg.data_dir.mkdir(mode=0o700)
+        opened = open_store(cfg.db_path)
+        writer = StoreWriter(opened.con, flush_interval=1)
+        writer.start()
+        writers.append(writer)
+        return JobService(cfg, JobStore(writer, opened.con), tier, lambda: None)
+
+    yield make
+    for w in writers:
+        w.stop()

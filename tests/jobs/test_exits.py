@@ -6,18 +6,12 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
 from agent.jobs.exits import ExitWatcher
-from agent.jobs.service import JobService
-from agent.jobs.store import JobStore
 from agent.jobs.tiers.psutil_tier import PsutilTier
 from agent.schemas.jobs import JobSubmit
-from agent.store.db import open_store
-from agent.store.writer import StoreWriter
 from tests.jobs.conftest import submit, wait_job
 
 
@@ -97,14 +91,9 @@ class CountingTier(PsutilTier):
         return super().poll(h)
 
 
-def test_running_jobs_are_not_polled_every_tick_while_their_exit_is_watched(tmp_path: Path) -> None:
-    cfg = load_config(None, {"data_dir": str(tmp_path / "data")})
-    cfg.data_dir.mkdir(mode=0o700)
-    opened = open_store(cfg.db_path)
-    writer = StoreWriter(opened.con, flush_interval=1)
-    writer.start()
+def test_running_jobs_are_not_polled_every_tick_while_their_exit_is_watched(in_process_jobs) -> None:
     tier = CountingTier()
-    svc = JobService(cfg, JobStore(writer, opened.con), tier, lambda: None)
+    svc = in_process_jobs(tier)
     if not svc.runner.exits.available:
         pytest.skip("no pidfd_open/epoll here: every tick polls")
     svc.start()
@@ -127,4 +116,3 @@ def test_running_jobs_are_not_polled_every_tick_while_their_exit_is_watched(tmp_
             assert j.state == "COMPLETED" and j.elapsed_s is not None and j.elapsed_s < 4.0, j  # sleep 2, not 3 s
     finally:
         svc.stop()
-        writer.stop()
