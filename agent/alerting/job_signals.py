@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from agent.alerting.rules import MIN_DURATIONS, Signal, breaches
 from agent.alerting.signals import default_threshold
-from agent.schemas.jobs import Job, QuotaUsage
+from agent.schemas.jobs import FAILED_STATES, Job, QuotaUsage
 
-FAILED = frozenset({"FAILED", "OUT_OF_MEMORY", "TIMEOUT", "LOST"})
+FAILED = FAILED_STATES
 RECENT_S = 3600.0
 UNJUDGED_PENDING = frozenset({"Held", "Dependency"})
 

@@ -26,6 +26,7 @@ from agent.jobs.store import JobStore
 from agent.jobs.tiers.base import JobHandle, Tier
 from agent.schemas import EnforcementInfo, Snapshot
 from agent.schemas.jobs import (
+    FAILED_STATES,
     FINAL_STATES,
     Job,
     JobList,
@@ -413,18 +414,21 @@ class JobService:
         with self.lock:
             running = sum(1 for r in self.jobs.values() if r.state == "RUNNING")
             pending = sum(1 for r in self.jobs.values() if r.state == "PENDING")
-            failed = sum(1 for r in self.jobs.values() if r.state in ("FAILED", "OUT_OF_MEMORY", "TIMEOUT", "LOST")
+            failed = sum(1 for r in self.jobs.values() if r.state in FAILED_STATES
                          and (r.job.ended_at or 0) > now - RECENT_FAILURE_S)  # fmt: skip
         near = sum(1 for q in self.quota_list().quotas if q.near_limit)
         return JobsSummary(running=running, pending=pending, failed_recent=failed, quotas_near_limit=near)
 
     def alert_view(self) -> tuple[list[Job], dict[str, float | None], list[QuotaUsage]]:
-        """What the jobs' alert kinds judge: active and recently ended jobs, each running pipeline's recent
-        p95 of completed elapsed times (cached a minute: it reads the store), and quota usage."""
-        now = time.time()
+        """What the jobs' alert kinds judge: active and recently failed jobs, each running pipeline's recent
+        p95 of completed elapsed times (cached a minute: it reads the store), and quota usage. A job that ended
+        otherwise gives no signal (agent/alerting/job_signals.py), so it is not copied: an hour of short jobs
+        on a busy host was thousands of copies per evaluation."""
+        since = time.time() - RECENT_FAILURE_S
         with self.lock:
             jobs = [r.job.model_copy() for r in self.jobs.values()
-                    if r.active or (r.job.ended_at or 0) > now - RECENT_FAILURE_S]  # fmt: skip
+                    if r.active or (r.state in FAILED_STATES and (r.job.ended_at or 0) > since)]  # fmt: skip
+        now = time.time()
         p95s: dict[str, float | None] = {}
         for p in {j.pipeline for j in jobs if j.state == "RUNNING"}:
             hit = self._p95_cache.get(p)

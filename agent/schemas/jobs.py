@@ -31,6 +31,8 @@ JobState = Literal[
 # is not final: the requeued attempt goes back to PENDING at once and the old attempt's row keeps it).
 FINAL_STATES: frozenset[str] = frozenset({"COMPLETED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED", "LOST"})
 ACTIVE_STATES: frozenset[str] = frozenset({"PENDING", "RUNNING"})
+# The final states that count as a failure (the `job_failed` alert kind, the summary's recent failures).
+FAILED_STATES: frozenset[str] = frozenset({"FAILED", "OUT_OF_MEMORY", "TIMEOUT", "LOST"})
 
 # Why a PENDING job waits (Slurm's words). "Priority": another pipeline's job is ahead of it.
 # "BeginTime": a retry waiting out its backoff (`Job.eligible_at`).

@@ -1,5 +1,5 @@
 """The runner's tick costs what the active jobs cost: the finished jobs an agent keeps in memory for the log
-retention (7 days of them on a busy host) are not looked at every tick."""
+retention (7 days of them on a busy host) are not looked at every tick, nor copied for every alert evaluation."""
 
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ def test_a_tick_does_not_grow_with_the_finished_jobs_kept_in_memory(in_process_j
         for i in range(20_000):
             svc.put(JobRecord(job=done.model_copy(update={"id": f"j-done{i:06d}"})))
     crowded = _tick_ms(svc)
+    # The alert kinds judge the active jobs and the failures of the last hour: an hour of completed jobs
+    # (each a copy per evaluation) gives no signal and is not copied.
+    failed = JobRecord(job=done.model_copy(update={"id": "j-failed0001", "state": "FAILED", "exit_code": 3}))
+    with svc.lock:
+        svc.put(failed)
+    assert sorted(j.id for j in svc.alert_view()[0]) == sorted([held.id, failed.id])
     with svc.lock:
         assert [r.id for r in svc.live_records()] == [held.id]  # the finished ones left `live` at once
         svc.jobs[held.id].job.state = "CANCELLED"  # ended in place (as a cancel does)
