@@ -11,7 +11,6 @@ from agent.alerting.rules import MIN_DURATIONS, Signal, breaches
 from agent.alerting.signals import default_threshold
 from agent.schemas.jobs import FAILED_STATES, Job, QuotaUsage
 
-FAILED = FAILED_STATES
 RECENT_S = 3600.0
 UNJUDGED_PENDING = frozenset({"Held", "Dependency"})
 
@@ -30,7 +29,7 @@ def job_signals(jobs: list[Job], p95_by_pipeline: dict[str, float | None], now: 
     wait_limit = default_threshold("job_pending")
     for j in jobs:
         labels = {"pipeline": j.pipeline, "state": j.state, "attempt": str(j.attempt)}
-        if j.state in FAILED and (j.ended_at or 0) > now - RECENT_S:
+        if j.state in FAILED_STATES and (j.ended_at or 0) > now - RECENT_S:
             why = j.reason or j.state
             s = f"job {j.id} ({j.name or ' '.join(j.command)[:60]}) of pipeline {j.pipeline} ended {j.state}: {why}"
             if j.exit_code is not None:

@@ -279,8 +279,8 @@ class CgroupV1Tier:
         return Outcome(exit_code=out.exit_code, signal=out.signal, oom=oom, ended_at=out.ended_at)
 
     def _protect_wrapper(self, h: JobHandle) -> None:
-        """Once the command is forked, make the wrapper the OOM killer's last choice in the cgroup
-        (small shells of a many-process job could otherwise be outweighed by the Python wrapper)."""
+        """Once the command is forked, make the wrapper the host-wide OOM killer's last choice. The job's own
+        OOM kills can't reach it: the wrapper never joins the job's cgroups (agent/jobs/wrapper.py)."""
         if h.job_id in self._protected:
             return
         try:
