@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +144,9 @@ class PendingEntry:
     done: threading.Event = field(default_factory=threading.Event)
     entry: AuditEntry | None = None
     error: BaseException | None = None
+    values: list | None = None  # its audit_log row, once linked onto the chain
+    # Acknowledged from a crash journal (the jobs store's): a failed commit keeps it queued, never refuses it.
+    journaled: bool = False
 
 
 class AuditLog:
@@ -154,9 +158,16 @@ class AuditLog:
         self.keyed_since: int | None = None  # the first keyed entry (set by start())
         self.head: tuple[int, str] | None = None  # (seq, hash) of the newest entry, in memory
         self.refusing: str | None = None  # why every append fails closed (a keyed chain and no key)
-        self._qlock = threading.Lock()  # the group commit's queue
+        self._qlock = threading.Lock()  # the group commit's queue, and the tip
         self._queue: list[PendingEntry] = []
         self._head_loaded = False  # the last hash is kept in memory after the first commit's one SELECT
+        # The newest entry linked onto the chain: the head, or past it by entries queued but not yet committed
+        # (journaled ones, and a batch being committed). Entries are linked in `take` or `link_journaled`.
+        self._tip: tuple[int, str] | None = None
+        # Set while a taken batch holds entries that a failed commit would refuse: their links are undone then,
+        # so no journaled entry may link after them until the commit's outcome is known.
+        self._settling = threading.Condition(self._qlock)
+        self._refusable_in_flight = False
         self.commits = 0  # group commits, and the entries they held (entries / commits: the batching)
         self.entries = 0
 
@@ -175,15 +186,17 @@ class AuditLog:
             return None
         return AuditHead(seq=h[0], hash=h[1], keyed=self.key is not None, keyed_since=self.keyed_since)
 
-    def start(self, con: duckdb.DuckDBPyConnection) -> str:
+    def start(self, con: duckdb.DuckDBPyConnection, replayed: tuple[int, int] | None = None) -> str:
         """At start-up: verify the chain, anchor keying, re-export a head a crash left behind, and put on
         record (a keyed entry, which can't be removed unnoticed) anything found wrong. Returns the
-        /readyz check line."""
+        /readyz check line. `replayed`: the entries (first, last seq) just put back from the jobs journal:
+        answered before their commit, so never exported; the head moves to them."""
         from agent.audit_verify import verify_chain
 
         v = verify_chain(con, self._head_file, self.key)
         last = (v.head_seq or 0, v.head or GENESIS)
         self.head = last if v.head_seq else None
+        self._load_head(con)  # the chain's last row as stored, which a broken chain's verified head may not be
         exported = read_head_record(self._head_file)
         if self.key is None and exported is not None and exported.mac is not None:
             # Plain links after keyed ones would break the chain for good: mutations fail closed (503)
@@ -194,10 +207,16 @@ class AuditLog:
             )
             log.error(self.refusing)
             return f"BROKEN: {self.refusing}"
+        at = v.exported_head_seq or 0
+        # The entries past the exported head are the ones just replayed (the whole chain, if none was exported).
+        ours = replayed is not None and replayed[1] == v.head_seq
+        if ours:
+            first = replayed[0]  # type: ignore[index]
+            ours = at >= first - 1 if v.status == "head_behind" else v.status == "head_missing" and first == 1
         if self.key is None:
             log.warning(UNKEYED_WARNING)
-            if v.status == "head_behind" and v.head_seq and (v.exported_head_seq or 0) == v.head_seq - 1:
-                self._write_head(*last)  # the crash window between a commit and its export
+            if v.head_seq and (ours or (v.status == "head_behind" and at == v.head_seq - 1)):  # -1: commit, crash
+                self._write_head(*last)
                 return "unkeyed (no audit key configured)"
             if not v.ok:
                 self._anomaly(v)
@@ -216,7 +235,7 @@ class AuditLog:
                     {"keyed_since": self.keyed_since, "unkeyed_entries": last[0],
                      "note": "entries before keyed_since are plain SHA-256 links"},
                 )  # fmt: skip
-        if not v.ok and v.status != "unkeyed":  # "unkeyed": a key configured since the last start
+        if not v.ok and v.status != "unkeyed" and not ours:  # "unkeyed": a key configured since the last start
             self._anomaly(v)
             return f"keyed since entry {self.keyed_since}; BROKEN at start: {v.problem}"
         return f"keyed since entry {self.keyed_since}"
@@ -267,10 +286,20 @@ class AuditLog:
         self, principal: Principal, action: str, target: str, detail: dict | None = None, client: str | None = None
     ) -> PendingEntry:
         """Queue an entry for the next group commit; raises AuditUnavailable while the log refuses."""
+        return self.queue(self.prepare(principal, action, target, detail, client))
+
+    def prepare(
+        self, principal: Principal, action: str, target: str, detail: dict | None = None, client: str | None = None
+    ) -> PendingEntry:
+        """An entry not yet queued: for `queue`, or `link_journaled`. Raises AuditUnavailable while the log
+        refuses."""
         if self.refusing is not None:
             raise AuditUnavailable(self.refusing)
         # Round-trip through JSON so what is hashed is exactly what is stored and read back.
-        item = PendingEntry(principal, action, target, json.loads(canonical_json(detail or {})), client)
+        return PendingEntry(principal, action, target, json.loads(canonical_json(detail or {})), client)
+
+    def queue(self, item: PendingEntry) -> PendingEntry:
+        """Queue a prepared entry for the next group commit."""
         with self._qlock:
             self._queue.append(item)
         return item
@@ -283,66 +312,115 @@ class AuditLog:
             raise AuditUnavailable("audit log write failed: not committed")
         return item.entry
 
-    def take(self) -> list[PendingEntry]:
-        """Writer thread: the queued entries, in the order they will be linked."""
+    def link_journaled(self, item: PendingEntry, write: Callable[[list], bool]) -> bool:
+        """Link a prepared entry onto the chain now, hand its row to `write` (the jobs journal's append, which
+        holds it with the job rows) and queue it, all under the queue lock, so no commit sees it half-done.
+        True: it is journaled, and its caller may answer before the commit (a failed commit then retries it,
+        never refuses it). False: not linked, not queued (`write` failed, or the head is not read yet)."""
+        if not self._head_loaded:  # the first commit reads it (a caller here may hold a lock that commit needs)
+            return False
+        with self._qlock:
+            while self._refusable_in_flight:
+                self._settling.wait()
+            before = self._tip
+            self._link(item)
+            if not write(item.values):  # type: ignore[arg-type]
+                item.entry, item.values, self._tip = None, None, before
+                return False
+            item.journaled = True
+            self._queue.append(item)
+            return True
+
+    def take(self, con: duckdb.DuckDBPyConnection) -> list[PendingEntry]:
+        """Writer thread: the queued entries, each linked onto the chain (journaled ones already are)."""
+        self._load_head(con)
         with self._qlock:
             items, self._queue = self._queue, []
+            for it in items:
+                if it.entry is None:
+                    self._link(it)
+                    self._refusable_in_flight = True
         return items
 
+    def _load_head(self, con: duckdb.DuckDBPyConnection) -> None:
+        if self._head_loaded:  # the chain's last row as stored (a broken chain's too): read once
+            return
+        rows = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchall()
+        with self._qlock:
+            if not self._head_loaded:
+                self.head = self._tip = (rows[0][0], rows[0][1]) if rows else None
+                self._head_loaded = True
+
+    def _link(self, it: PendingEntry) -> None:
+        """Under the queue lock: `it` becomes the entry after the tip."""
+        seq, prev = self._tip or (0, GENESIS)
+        seq += 1
+        fields = {
+            "seq": seq, "ts": round(time.time(), 6), "principal": it.principal.name,
+            "role": it.principal.role, "via": it.principal.via, "action": it.action, "target": it.target,
+            "detail": it.detail, "client": it.client, "prev_hash": prev,
+        }  # fmt: skip
+        fields["hash"] = entry_hash(fields, prev, self.key)
+        it.values = [seq, fields["ts"], fields["principal"], fields["role"], fields["via"], it.action, it.target,
+                     canonical_json(it.detail), it.client, prev, fields["hash"]]  # fmt: skip
+        it.entry = AuditEntry(**fields)
+        self._tip = (seq, fields["hash"])
+
     def insert(self, con: duckdb.DuckDBPyConnection, items: list[PendingEntry]) -> None:
-        """Writer thread, inside the caller's transaction: link `items` onto the head and INSERT them (one
-        statement). The head moves only in `published`, after the commit."""
+        """Writer thread, inside the caller's transaction: INSERT the taken `items` (one statement). The head
+        moves only in `published`, after the commit."""
         if not items:
             return
-        if not self._head_loaded:  # the chain's last row as stored (a broken chain's too): read once
-            rows = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchall()
-            self.head = (rows[0][0], rows[0][1]) if rows else None
-            self._head_loaded = True
-        seq, prev = self.head or (0, GENESIS)
-        values: list = []
-        for it in items:
-            seq += 1
-            fields = {
-                "seq": seq, "ts": round(time.time(), 6), "principal": it.principal.name,
-                "role": it.principal.role, "via": it.principal.via, "action": it.action, "target": it.target,
-                "detail": it.detail, "client": it.client, "prev_hash": prev,
-            }  # fmt: skip
-            fields["hash"] = entry_hash(fields, prev, self.key)
-            values += [seq, fields["ts"], fields["principal"], fields["role"], fields["via"], it.action,
-                       it.target, canonical_json(it.detail), it.client, prev, fields["hash"]]  # fmt: skip
-            it.entry = AuditEntry(**fields)
-            prev = fields["hash"]
+        values = [v for it in sorted(items, key=lambda it: it.values[0]) for v in it.values]  # type: ignore[index]
         con.execute("INSERT INTO audit_log VALUES " + ", ".join([_ROW] * len(items)), values)
 
     def published(self, items: list[PendingEntry]) -> None:
         """Writer thread, right after the COMMIT and under `lock` (so verify never sees the rows without their
         head): move the head, export it, answer the callers."""
         if items:
-            last = items[-1].entry
+            last = max(items, key=lambda it: it.entry.seq).entry  # type: ignore[union-attr]
             assert last is not None
             self.head = (last.seq, last.hash)
             if self.key is not None and self.keyed_since is None:  # start() not run (tools, tests)
-                self.keyed_since = items[0].entry.seq  # type: ignore[union-attr]
+                self.keyed_since = min(it.entry.seq for it in items)  # type: ignore[union-attr]
             try:
                 self._write_head(last.seq, last.hash)
             except OSError as e:  # committed: the entries stand; the next start re-exports the head
                 log.error("could not export the audit head: %s", e)
             self.commits += 1
             self.entries += len(items)
+        self._settled()
         for it in items:
             it.done.set()
 
     def failed(self, items: list[PendingEntry], err: BaseException) -> None:
-        """Writer thread: the transaction holding `items` was rolled back; their callers are refused."""
-        if items:
-            log.error("could not commit %d audit entr%s: %s", len(items), "y" if len(items) == 1 else "ies", err)
-        for it in items:
-            it.entry, it.error = None, err
+        """Writer thread: the transaction holding `items` was rolled back. Their callers are refused, except
+        journaled entries (already answered): those go back to the queue's front, links kept, for the next
+        commit. The links of the refused ones are undone (they were made last, in `take`)."""
+        keep = [it for it in items if it.journaled]
+        refused = [it for it in items if not it.journaled]
+        if refused:
+            log.error("could not commit %d audit entr%s: %s", len(refused), "y" if len(refused) == 1 else "ies", err)
+        with self._qlock:
+            self._queue[:0] = keep
+            for it in refused:
+                it.entry, it.values, it.error = None, None, err
+            if refused:
+                linked = [it.entry for it in self._queue if it.entry is not None]
+                newest = max(linked, key=lambda e: e.seq) if linked else None
+                self._tip = (newest.seq, newest.hash) if newest else self.head
+        self._settled()
+        for it in refused:
             it.done.set()
+
+    def _settled(self) -> None:
+        with self._qlock:
+            self._refusable_in_flight = False
+            self._settling.notify_all()
 
     def _commit_queued(self, con: duckdb.DuckDBPyConnection) -> None:
         """On the writer thread: every queued entry in one INSERT and one transaction."""
-        items = self.take()
+        items = self.take(con)
         if not items:
             return
         try:
@@ -367,15 +445,20 @@ class AuditLog:
         os.replace(tmp, self._head_file)
 
 
-def open_audit(cfg: AgentConfig, writer: StoreWriter, con: duckdb.DuckDBPyConnection) -> tuple[AuditLog, str]:
-    """The agent's audit log, keyed when a key is configured, checked at start; and its /readyz line.
-    Raises ConfigError for a configured key that can't be used."""
+def open_audit(
+    cfg: AgentConfig,
+    writer: StoreWriter,
+    con: duckdb.DuckDBPyConnection,
+    replayed: tuple[int, int] | None = None,
+) -> tuple[AuditLog, str]:
+    """The agent's audit log, keyed when a key is configured, checked at start (`replayed`: see `start`); and
+    its /readyz line. Raises ConfigError for a configured key that can't be used."""
     try:
         key, source = load_key(cfg.audit.key_file, cfg.data_dir)
     except AuditKeyError as e:
         raise ConfigError(str(e)) from None
     audit = AuditLog(writer, cfg.data_dir / "audit.head", key)
-    check = audit.start(con)
+    check = audit.start(con, replayed)
     if key is not None:
         log.info("audit chain keyed with %s: %s", source, check)
     return audit, check

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from agent.registry.store import Registry
     from agent.rollouts.engine import RolloutEngine
     from agent.serving.service import ServingService
+    from agent.store.journal import Journal
 
 
 @dataclass
@@ -48,6 +49,8 @@ class AgentContext:
     rollouts: RolloutEngine | None = None
     # Jobs under per-pipeline quotas ([jobs] enabled; None until wired).
     jobs: JobService | None = None
+    # The jobs store's crash journal, opened by `build` once a crash's leftovers are replayed (agent/jobs/store.py).
+    jobs_journal: Journal | None = None
     # Pipelines, their runs and triggers (needs jobs; None until wired).
     pipelines: PipelineService | None = None
     # Asynchronous inference: the durable queue, its worker and callbacks (None until wired).

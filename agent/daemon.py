@@ -158,7 +158,16 @@ def build(cfg: AgentConfig) -> AgentContext:
     checks = {"store": "ok"}
     if opened.startup_alerts:
         checks["store"] = "recovered: " + opened.startup_alerts[0][2][:120]
-    audit, checks["audit"] = open_audit(cfg, writer, opened.con)  # keyed chain, checked (agent/audit.py)
+    # Job rows and submits' audit entries a crash left only in the jobs journal: before the chain is checked.
+    from agent.jobs.store import replay_jobs_journal
+
+    jobs_replayed = replay_jobs_journal(opened.con, cfg.data_dir / "jobs-journal")
+    if jobs_replayed.replay.problem:
+        writer.append("agent_alerts", ALERT_ROW, [(time.time(), "critical", "store.journal_replay_failed",
+                                                   jobs_replayed.replay.problem)])  # fmt: skip
+        checks["store"] = "recovered: " + jobs_replayed.replay.problem[:120]
+    # The keyed chain, checked (agent/audit.py); entries just replayed are past the exported head, by design.
+    audit, checks["audit"] = open_audit(cfg, writer, opened.con, jobs_replayed.audit_seqs)
     ctx = AgentContext(
         cfg=cfg,
         writer=writer,
@@ -172,6 +181,7 @@ def build(cfg: AgentConfig) -> AgentContext:
         checks=checks,
         registry=registry,
         serving=serving,
+        jobs_journal=jobs_replayed.replay.journal,
     )
     # The async queue: replayed from its record file now (interrupted runs queued again), started with serving.
     ctx.asyncinf = AsyncService(cfg.data_dir / "async", serving)
@@ -227,7 +237,7 @@ def start_jobs(ctx: AgentContext, con) -> None:
 
     check_run_as(ctx.cfg.jobs.run_as)
     tier = choose_tier(ctx.enforcement, jobs_root(ctx.cfg), ctx.cfg.jobs.tier, ctx.cfg.jobs.run_as)
-    svc = JobService(ctx.cfg, JobStore(ctx.writer, con), tier, lambda: ctx.sampler.latest)
+    svc = JobService(ctx.cfg, JobStore(ctx.writer, con, ctx.jobs_journal), tier, lambda: ctx.sampler.latest)
     adopted, lost = svc.restore()
     if adopted or lost:
         ctx.writer.append("agent_alerts", ALERT_ROW, [(time.time(), "warning" if lost else "info", "jobs.restart",
@@ -291,6 +301,8 @@ def shutdown(ctx: AgentContext) -> None:
     ctx.writer.stop()
     if ctx.serving is not None:
         ctx.serving.predlog.close_journal()  # after the last flush: nothing uncommitted is left in it
+    if ctx.jobs_journal is not None:
+        ctx.jobs_journal.close()  # the writer's stop committed what it held
     try:
         ctx.reader.con.close()
     except Exception:  # already closed

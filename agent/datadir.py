@@ -25,7 +25,8 @@ log = logging.getLogger("watchkeeper.agent")
 LOCK_NAME = "agent.lock"
 # The agent's own files directly in the data dir; anything else there (a config, a log) is left as it is.
 PRIVATE_FILES = ("watchkeeper.duckdb", "watchkeeper.duckdb.wal", "audit.head", "admin.token", LOCK_NAME)
-PRIVATE_DIRS = ("journal", "tmp", "models", "datasets")
+PRIVATE_DIRS = ("journal", "jobs-journal", "tmp", "models", "datasets")
+JOURNAL_DIRS = ("journal", "jobs-journal")  # crash journals: the prediction log's, the jobs store's
 
 
 class DataDirInUse(Exception):
@@ -97,10 +98,11 @@ def make_private(data_dir: Path) -> list[str]:
         tighten(data_dir / name, 0o600)
     for name in PRIVATE_DIRS:
         tighten(data_dir / name, 0o700)
-    jdir = data_dir / "journal"
-    if jdir.is_dir():
-        for p in jdir.iterdir():
-            tighten(p, 0o600)
+    for jname in JOURNAL_DIRS:
+        jdir = data_dir / jname
+        if jdir.is_dir():
+            for p in jdir.iterdir():
+                tighten(p, 0o600)
     if fixed:
         log.warning("data dir %s was readable by others; tightened: %s", data_dir, ", ".join(fixed))
     return fixed

@@ -193,16 +193,16 @@ class JobService:
     ) -> Job:
         """Queue a job (committed before this returns). Raises JobError (409 never fits, 422, 503).
 
-        `audited`: called once the checks pass, it queues the submit's audit entry (`AuditLog.enqueue`, which
-        may raise AuditUnavailable); the job row and the entry then commit in one transaction, so the job
-        exists only if its entry does (fail closed), and concurrent submits share that commit."""
+        `audited`: called once the checks pass, it prepares the submit's audit entry (`AuditLog.prepare`, which
+        may raise AuditUnavailable); the job row and the entry are then kept together (one journal record, or
+        one transaction), so the job exists only if its entry does (fail closed)."""
         if body.array_parallel is not None and body.array is None:
             raise JobError(422, "invalid_request", "array_parallel limits the tasks of an array: give array too",
                            "array_parallel")  # fmt: skip
         if self.backend_of(body.pipeline) == "slurm":  # Slurm schedules: no admission or never_fits here
             if audited is not None:
                 audit, entry = audited()
-                audit.commit(entry)  # fail closed: the entry is committed before sbatch runs
+                audit.commit(audit.queue(entry))  # fail closed: the entry is committed before sbatch runs
             return self.slurm.submit(body, principal)
         if body.array is not None:
             raise JobError(422, "invalid_request", f"a job array runs in Slurm: pipeline {body.pipeline} runs its "

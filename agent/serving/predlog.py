@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from agent.store.journal import Journal, pending_segments, segments, set_committed_seq
+from agent.store.journal import Journal, replay, set_committed_seq
 from agent.store.writer import CHUNK_ROWS, StoreWriter, insert_arrow
 
 if TYPE_CHECKING:
@@ -252,46 +252,32 @@ class Replayed:
 def replay_journal(con: duckdb.DuckDBPyConnection, directory: Path) -> Replayed:
     """Put the requests a crash left in the journal into `predictions`, then open the journal for writing.
 
-    Runs at start, before the writer thread and before serving. One transaction inserts every pending
-    segment's records and moves the committed mark past them, so a crash during replay replays again,
-    and a crash after it replays nothing twice. Records that can't be inserted are moved aside
-    (`<seq>.wkj.failed-<time>`) rather than stop the agent from starting.
-    """
-    items: list[_Item] = []
-    upto = None
-    torn = 0
-    for seg in pending_segments(con, directory, JOURNAL_KEY):
-        upto = seg.seq
-        torn += seg.torn_bytes
-        for rec in seg.records:
+    Runs at start, before the writer thread and before serving (`agent/store/journal.py`'s `replay`: one
+    transaction, segments that can't be put back moved aside rather than stop the start)."""
+    undecodable = 0
+
+    def apply(con: duckdb.DuckDBPyConnection, records: list[bytes]) -> int:
+        nonlocal undecodable
+        items: list[_Item] = []
+        for rec in records:
             try:
                 items.append(tuple(orjson.loads(rec)))
             except orjson.JSONDecodeError:
-                torn += len(rec)
-    if torn:
-        log.warning("prediction journal: %d bytes of torn or corrupt records at segment ends were skipped", torn)
-    rows = 0
-    problem = None
-    if upto is not None:
-        con.begin()
-        try:
-            for n, tbl in PredictionLog.chunks(items, CHUNK_ROWS):
-                insert_arrow(con, TABLE, LOG_COLUMNS, tbl)
-                rows += n
-            set_committed_seq(con, JOURNAL_KEY, upto)
-            con.commit()
-        except Exception as e:
-            con.rollback()
-            stamp = time.strftime("%Y%m%dT%H%M%S")
-            for seg in segments(directory):
-                seg.path.rename(seg.path.with_name(f"{seg.path.name}.failed-{stamp}"))
-            problem = (
-                f"prediction journal replay failed ({str(e).splitlines()[0][:200]}); {len(items)} answered requests "
-                f"are not in the prediction log (segments kept as *.failed-{stamp})"
-            )
-            log.critical(problem)
-            items, rows = [], 0
-    if items:
+                undecodable += 1
+        rows = 0
+        for n, tbl in PredictionLog.chunks(items, CHUNK_ROWS):
+            insert_arrow(con, TABLE, LOG_COLUMNS, tbl)
+            rows += n
+        return rows
+
+    rep = replay(con, directory, JOURNAL_KEY, apply, "prediction journal")
+    if undecodable:
+        log.warning("prediction journal: %d undecodable records were skipped", undecodable)
+    requests = rep.records - undecodable
+    if rep.problem:
+        rep.problem += f"; {requests} answered requests are not in the prediction log"
+        return Replayed(rep.journal, 0, 0, rep.problem)
+    if requests:
         log.warning("prediction journal: %d answered requests (%d rows) a crash left unwritten are now logged",
-                    len(items), rows)  # fmt: skip
-    return Replayed(Journal.after_replay(con, directory, JOURNAL_KEY), len(items), rows, problem)
+                    requests, rep.applied)  # fmt: skip
+    return Replayed(rep.journal, requests, rep.applied)

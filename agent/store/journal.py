@@ -24,7 +24,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,13 +108,69 @@ def pending_segments(con: duckdb.DuckDBPyConnection, directory: Path, key: str) 
         yield SegmentRecords(seg.seq, records, torn)
 
 
+@dataclass
+class Replay:
+    journal: Journal  # open for writing, numbered past everything replayed
+    records: int = 0  # records found in the pending segments
+    applied: int = 0  # what `apply` said it put back (rows)
+    problem: str | None = None  # set when the records could not be put back (their segments moved aside)
+
+
+def replay(
+    con: duckdb.DuckDBPyConnection,
+    directory: Path,
+    key: str,
+    apply: Callable[[duckdb.DuckDBPyConnection, list[bytes]], int],
+    label: str,
+) -> Replay:
+    """Put back what a crash left in a journal, then open it for writing. Runs at start, before the writer.
+
+    One transaction runs `apply` on every pending segment's records (in order) and moves the committed mark
+    past them, so a crash during replay replays again and a crash after it replays nothing twice. Records that
+    can't be put back are moved aside (`<seq>.wkj.failed-<time>`) rather than stop the agent from starting."""
+    records: list[bytes] = []
+    upto = None
+    torn = 0
+    for seg in pending_segments(con, directory, key):
+        upto = seg.seq
+        torn += seg.torn_bytes
+        records.extend(seg.records)
+    if torn:
+        log.warning("%s: %d bytes of torn or corrupt records at segment ends were skipped", label, torn)
+    out = Replay(journal=None, records=len(records))  # type: ignore[arg-type]
+    if upto is not None:
+        con.begin()
+        try:
+            out.applied = apply(con, records)
+            set_committed_seq(con, key, upto)
+            con.commit()
+        except Exception as e:
+            con.rollback()
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            for seg in segments(directory):
+                seg.path.rename(seg.path.with_name(f"{seg.path.name}.failed-{stamp}"))
+            out.problem = f"{label} replay failed ({str(e).splitlines()[0][:200]}); segments kept as *.failed-{stamp}"
+            out.applied = 0
+            log.critical(out.problem)
+    out.journal = Journal.after_replay(con, directory, key, label=label)
+    return out
+
+
 class Journal:
     """The writing side: append records, seal segments for a batch, delete them once committed."""
 
-    def __init__(self, directory: Path, key: str, first_seq: int, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        key: str,
+        first_seq: int,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
+        label: str = "prediction journal",
+    ) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.dir = directory
         self.key = key
+        self.label = label
         self._seq = first_seq
         self._fd: int | None = None
         self._dirty = False
@@ -130,7 +186,9 @@ class Journal:
         self._open()
 
     @classmethod
-    def after_replay(cls, con: duckdb.DuckDBPyConnection, directory: Path, key: str) -> Journal:
+    def after_replay(
+        cls, con: duckdb.DuckDBPyConnection, directory: Path, key: str, label: str = "prediction journal"
+    ) -> Journal:
         """Start a journal numbered past everything committed and everything on disk.
 
         Call once the pending segments are replayed and committed: the files left are deleted."""
@@ -138,7 +196,7 @@ class Journal:
         for seg in segments(directory):
             last = max(last, seg.seq)
             seg.path.unlink(missing_ok=True)
-        return cls(directory, key, last + 1)
+        return cls(directory, key, last + 1, label=label)
 
     def _path(self, seq: int) -> Path:
         return self.dir / f"{seq:012d}{SUFFIX}"
@@ -158,18 +216,19 @@ class Journal:
         now = time.monotonic()
         if now - self._last_error_log >= 60:
             self._last_error_log = now
-            log.error("prediction journal %s: %s (answered requests are not crash-safe until it recovers)", self.dir, e)
+            log.error("%s %s: %s (answered requests are not crash-safe until it recovers)", self.label, self.dir, e)
 
-    def append(self, payload: bytes) -> None:
-        """Write one record (into the page cache: it survives a crash of this process)."""
+    def append(self, payload: bytes) -> bool:
+        """Write one record (into the page cache: it survives a crash of this process). False when it could not
+        be written (counted and logged): the caller decides whether to go on without it."""
         if self.pending_bytes >= self.max_pending_bytes:
             self.skipped += 1
             self._complain(f"{self.pending_bytes} bytes not yet committed to the store (is the writer stuck?)")
-            return
+            return False
         if self._fd is None:
             self._open()
             if self._fd is None:
-                return
+                return False
         frame = [_HEADER.pack(len(payload), zlib.crc32(payload)), payload]
         want = _HEADER.size + len(payload)
         try:
@@ -178,12 +237,13 @@ class Journal:
                 os.write(self._fd, (frame[0] + payload)[n:])
         except OSError as e:
             self._error(e)
-            return
+            return False
         self._dirty = True
         self.records += 1
         self.bytes += want
         self.pending_bytes += want
         self._sizes[self._seq] = self._sizes.get(self._seq, 0) + want
+        return True
 
     def seal(self) -> int | None:
         """Start a new segment; return the highest sealed segment (it holds every record appended so far)."""

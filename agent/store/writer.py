@@ -11,7 +11,9 @@ source's `mark` (its journal position), so its rows and "these journal records a
 together; a failing batch is rolled back whole and counted as dropped.
 
 Work that must be durable before the caller goes on (an audit entry, a token) uses `call`, which
-runs a function on the writer thread and waits for its commit.
+runs a function on the writer thread and waits for its commit. A source with its own crash journal (the
+jobs store) `post`s its commits instead and registers a settler, which readers that must see every
+answered write run first (`settle`).
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ class StoreWriter:
         self._lock = threading.Lock()
         self._buffers: dict[tuple[str, tuple[str, ...]], deque[tuple]] = {}
         self._buffered = 0
-        self._calls: queue.SimpleQueue[tuple[Callable, Future] | None] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[tuple[Callable, Future, bool] | None] = queue.SimpleQueue()
+        self._settlers: list[Callable[[], None]] = []
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
@@ -163,18 +166,45 @@ class StoreWriter:
         if self._stopping or not self._thread.is_alive():
             raise RuntimeError("store writer is not running")
         fut: Future = Future()
-        self._calls.put((fn, fut))
+        self._calls.put((fn, fut, True))
         self._wake.set()
         return fut.result(timeout=timeout)
+
+    def post(self, fn: Callable[[duckdb.DuckDBPyConnection], object]) -> Future:
+        """Run `fn(con)` on the writer thread soon, without waiting and without flushing the row buffers first
+        (a journaled source's commit: its records are already crash-safe, and flushing telemetry with every
+        commit would turn one INSERT a second into one per job). Raises RuntimeError once stopped."""
+        if self._stopping or not self._thread.is_alive():
+            raise RuntimeError("store writer is not running")
+        fut: Future = Future()
+        self._calls.put((fn, fut, False))
+        self._wake.set()
+        return fut
+
+    def add_settler(self, settle: Callable[[], None]) -> None:
+        """`settle()` commits what a journaled source has acknowledged but not yet committed (and waits for it);
+        `settle` below runs them all before a read that must see every answered write."""
+        self._settlers.append(settle)
+
+    def settle(self) -> None:
+        """Commit what journaled sources hold (the jobs store's rows and audit entries), so a read of the store
+        after this sees every write a caller was already answered for."""
+        for s in self._settlers:
+            try:
+                s()
+            except Exception as e:  # the read goes on, a moment behind; the rows stay in their journal
+                log.warning("could not commit journaled rows before a read: %s", e)
 
     def flush(self, timeout: float = 10.0) -> None:
         """Write everything buffered so far and wait until it is committed."""
         self.call(lambda _con: None, timeout=timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Flush, checkpoint (so the next start replays no WAL) and end the thread."""
+        """Commit what journaled sources hold, flush, checkpoint (so the next start replays no WAL) and end the
+        thread."""
         if not self._thread.is_alive():
             return
+        self.settle()  # what it can't commit stays in its journal: the next start replays it
         self._stopping = True
         self._calls.put(None)
         self._wake.set()
@@ -189,7 +219,7 @@ class StoreWriter:
             self._wake.wait(timeout=max(0.0, next_flush - time.monotonic()))
             self._wake.clear()
             stop = False
-            calls: list[tuple[Callable, Future]] = []
+            calls: list[tuple[Callable, Future, bool]] = []
             while True:
                 try:
                     item = self._calls.get_nowait()
@@ -200,10 +230,11 @@ class StoreWriter:
                 else:
                     calls.append(item)
             now = time.monotonic()
-            if calls or stop or now >= next_flush or self.buffered_rows >= self.flush_rows:
+            flush_first = any(c[2] for c in calls)
+            if flush_first or stop or now >= next_flush or self.buffered_rows >= self.flush_rows:
                 self._flush_buffers()
                 next_flush = now + self.flush_interval
-            for fn, fut in calls:
+            for fn, fut, _ in calls:
                 if not fut.set_running_or_notify_cancel():
                     continue
                 try:

@@ -89,7 +89,13 @@ def _last_admin(accessor: str) -> ApiError:
 async def audit(
     request: Request, limit: int = Query(100, ge=1, le=10000), after_seq: int | None = Query(None, ge=0, le=2**63 - 1)
 ) -> list[AuditEntry]:
-    return await run_in_threadpool(ctx(request).reader.audit, limit, after_seq)
+    c = ctx(request)
+
+    def read() -> list[AuditEntry]:
+        c.writer.settle()  # entries answered from the jobs journal are committed first
+        return c.reader.audit(limit, after_seq)
+
+    return await run_in_threadpool(read)
 
 
 @router.get("/audit/verify", response_model=AuditVerify, dependencies=[Depends(require_read)])
@@ -105,6 +111,7 @@ async def audit_verify(
         raise ApiError(422, "invalid_request", "give both since_seq and since_hash, or neither", field=field)
     c = ctx(request)
     since = (since_seq, since_hash) if since_seq is not None and since_hash is not None else None
+    await run_in_threadpool(c.writer.settle)  # the chain with every entry already answered for
     return await run_in_threadpool(verify_chain, c.reader.con, c.audit.head_file, c.audit.key, since, c.audit.lock)
 
 

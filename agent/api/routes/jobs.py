@@ -58,7 +58,7 @@ async def submit(body: JobSubmit, request: Request, principal: Principal = Depen
     audit = ctx(request).audit
 
     def entry() -> tuple[AuditLog, PendingEntry]:
-        return audit, audit.enqueue(principal, "job.submit", f"pipeline:{body.pipeline}", detail, client_of(request))
+        return audit, audit.prepare(principal, "job.submit", f"pipeline:{body.pipeline}", detail, client_of(request))
 
     def audited_submit() -> Job:  # one hop to the thread pool: a submit's cost is mostly waits
         try:  # checks, then the job row and its audit entry in one transaction (fail closed)

@@ -20,6 +20,7 @@ async def _run(request: Request, method: str, *args):
     c = ctx(request)
     svc = TimelineService(c.reader.con, c.cfg.name)
     try:
+        await run_in_threadpool(c.writer.settle)  # job rows and audit entries answered from the jobs journal
         return await run_in_threadpool(getattr(svc, method), *args)
     except TimelineError as e:
         raise ApiError(e.status, "not_found" if e.status == 404 else "invalid_request", e.detail, e.field) from None
