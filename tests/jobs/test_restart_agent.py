@@ -75,3 +75,45 @@ def test_a_201_survives_kill9_and_a_vanished_job_is_lost(tmp_path) -> None:
             assert g["state"] == "LOST" and ("re-adopt" in g["reason"] or "exit status" in g["reason"]), g
     finally:
         b.stop()
+
+
+def test_every_submit_answered_before_kill9_is_kept_with_its_audit_entry(tmp_path) -> None:
+    """Submits are answered from the jobs journal, before their DuckDB commit: kill -9 right after a burst must
+    lose none of them, nor their audit entries, and the audit chain must check at the restart."""
+    a = make_agent(tmp_path, name="agent").start()
+    answered: list[dict] = []
+    journaled_at_kill = 0
+    try:
+        with a.client() as c:
+            for round_ in range(3):  # until the kill finds answered rows still only in the journal
+                burst = [
+                    submit(c, pipeline="p", command=["true"], hold=i % 2 == 0, reason=f"r{round_}-{i}")
+                    for i in range(60)
+                ]
+                answered += burst
+                if round_ == 2 or any(p.stat().st_size for p in (a.data_dir / "jobs-journal").glob("*.wkj")):
+                    break
+            os.kill(a.proc.pid, signal.SIGKILL)
+            a.proc.wait()
+            journaled_at_kill = sum(p.stat().st_size for p in (a.data_dir / "jobs-journal").glob("*.wkj"))
+    finally:
+        a.kill()
+    b = make_agent(tmp_path, name="agent")
+    b.port, b.socket_path, b.args = a.port, a.socket_path, a.args
+    b.start()
+    try:
+        with b.client() as c:
+            for job in answered:
+                j = c.get(f"/api/v1/jobs/{job['id']}").json()
+                assert j.get("id") == job["id"], f"answered job {job['id']} lost across kill -9: {j}"
+                if job["reason"] == "Held":
+                    assert j["state"] == "PENDING" and j["reason"] == "Held", j
+            reasons = [e["detail"]["reason"] for e in c.get("/api/v1/audit", params={"limit": 10_000}).json()
+                       if e["action"] == "job.submit"]  # fmt: skip
+            assert sorted(reasons) == sorted(j["submit_reason"] for j in answered)
+            v = c.get("/api/v1/audit/verify").json()
+            assert v["ok"], v
+            assert "BROKEN" not in c.get("/readyz").json()["checks"]["audit"]
+    finally:
+        b.stop()
+    assert journaled_at_kill > 0, "every kill came after the commits: the replay went untested"
