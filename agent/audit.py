@@ -345,7 +345,11 @@ class AuditLog:
     def _load_head(self, con: duckdb.DuckDBPyConnection) -> None:
         if self._head_loaded:  # the chain's last row as stored (a broken chain's too): read once
             return
-        rows = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchall()
+        cur = con.cursor()  # its own transaction: start() reads while the writer thread may be in one
+        try:
+            rows = cur.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchall()
+        finally:
+            cur.close()
         with self._qlock:
             if not self._head_loaded:
                 self.head = self._tip = (rows[0][0], rows[0][1]) if rows else None

@@ -111,6 +111,13 @@ def build(cfg: AgentConfig) -> AgentContext:
     replayed = replay_journal(opened.con, cfg.data_dir / "journal")
     if replayed.problem:
         opened.startup_alerts.append(("critical", "store.journal_replay_failed", replayed.problem))
+    # Job rows and submits' audit entries a crash left only in the jobs journal: before the audit chain is
+    # checked, and before the writer thread shares the connection.
+    from agent.jobs.store import replay_jobs_journal
+
+    jobs_replayed = replay_jobs_journal(opened.con, cfg.data_dir / "jobs-journal")
+    if jobs_replayed.replay.problem:
+        opened.startup_alerts.append(("critical", "store.journal_replay_failed", jobs_replayed.replay.problem))
     writer = StoreWriter(
         opened.con,
         flush_interval=cfg.flush_interval,
@@ -158,14 +165,6 @@ def build(cfg: AgentConfig) -> AgentContext:
     checks = {"store": "ok"}
     if opened.startup_alerts:
         checks["store"] = "recovered: " + opened.startup_alerts[0][2][:120]
-    # Job rows and submits' audit entries a crash left only in the jobs journal: before the chain is checked.
-    from agent.jobs.store import replay_jobs_journal
-
-    jobs_replayed = replay_jobs_journal(opened.con, cfg.data_dir / "jobs-journal")
-    if jobs_replayed.replay.problem:
-        writer.append("agent_alerts", ALERT_ROW, [(time.time(), "critical", "store.journal_replay_failed",
-                                                   jobs_replayed.replay.problem)])  # fmt: skip
-        checks["store"] = "recovered: " + jobs_replayed.replay.problem[:120]
     # The keyed chain, checked (agent/audit.py); entries just replayed are past the exported head, by design.
     audit, checks["audit"] = open_audit(cfg, writer, opened.con, jobs_replayed.audit_seqs)
     ctx = AgentContext(

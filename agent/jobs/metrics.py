@@ -6,7 +6,10 @@
   jobs were allocated: their requests, what admission counts against the limit) and
   `watchkeeper_quota_used{pipeline,resource}` (measured now; absent where not measurable);
   resources cpu (cores), mem and gpu_mem (bytes), gpus, jobs. An unlimited resource has no limit sample.
-- `watchkeeper_jobs_store_commits_total`, `watchkeeper_jobs_store_rows_total`: the group commit at work.
+- `watchkeeper_jobs_store_commits_total`, `watchkeeper_jobs_store_rows_total`: the group commit at work;
+  `watchkeeper_jobs_store_journaled_total` (saves answered from the jobs journal),
+  `watchkeeper_jobs_store_commit_retries_total` (failed commits of those, tried again: the store is in trouble)
+  and `watchkeeper_jobs_journal_pending_bytes` (what is only in the journal; it stays up while commits fail).
 - `watchkeeper_slurm_polls_total`, `watchkeeper_slurm_poll_seconds_total`, `watchkeeper_slurm_up`: the Slurm
   backend's `squeue --json` polls (one per interval while it has jobs) and whether the last one was answered;
   `watchkeeper_slurm_orphans_cancelled_total`: jobs tagged as ours that no job of ours recorded (an earlier
@@ -65,8 +68,17 @@ def jobs_metrics(svc: JobService) -> Iterator:
     commits.add_metric([], st.commits)
     rows = CounterMetricFamily("watchkeeper_jobs_store_rows", "Job rows committed")
     rows.add_metric([], st.rows)
-    yield commits
-    yield rows
+    journaled = CounterMetricFamily("watchkeeper_jobs_store_journaled", "Job saves answered from the jobs journal")
+    journaled.add_metric([], st.journaled)
+    retries = CounterMetricFamily(
+        "watchkeeper_jobs_store_commit_retries", "Failed commits of journaled job rows, tried again (the store)"
+    )
+    retries.add_metric([], st.retries)
+    pending = GaugeMetricFamily(
+        "watchkeeper_jobs_journal_pending_bytes", "Jobs-journal bytes not yet committed to the store (0 at rest)"
+    )
+    pending.add_metric([], svc.store.journal_pending_bytes)
+    yield from (commits, rows, journaled, retries, pending)
     sb = svc.slurm
     polls = CounterMetricFamily("watchkeeper_slurm_polls", "squeue --json calls of the Slurm backend")
     polls.add_metric([], sb.polls)

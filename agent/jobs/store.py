@@ -142,6 +142,11 @@ class JobStore:
         if not idle:
             self._writer.call(self._commit_queued, timeout=timeout)
 
+    @property
+    def journal_pending_bytes(self) -> int:
+        """Journal bytes whose rows are not yet committed (0 without a journal)."""
+        return self._journal.pending_bytes if self._journal is not None else 0
+
     def _settled_for_read(self) -> None:
         if self._journal is not None:
             self._writer.settle()

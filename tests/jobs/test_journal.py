@@ -82,7 +82,7 @@ def test_a_journaled_save_returns_before_its_commit_and_a_crash_keeps_it(tmp_pat
     recs[1].job.state, recs[1].job.exit_code = "COMPLETED", 0
     a.store.save([recs[1]])
     assert held and a.rows() == {} and a.entries() == []  # nothing in DuckDB yet
-    assert a.store.stats.journaled == 7
+    assert a.store.stats.journaled == 7 and a.store.journal_pending_bytes > 0
     a.crash()
 
     b = Agent(tmp_path)
@@ -113,6 +113,7 @@ def test_the_commit_follows_and_the_journal_is_emptied(tmp_path: Path) -> None:
     while any(s.path.stat().st_size for s in segments(tmp_path / "jobs-journal")):
         assert time.monotonic() < deadline, "committed records stay in the journal"
         time.sleep(0.01)
+    assert a.store.journal_pending_bytes == 0
     a.writer.stop()
 
 

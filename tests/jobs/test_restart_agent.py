@@ -114,6 +114,15 @@ def test_every_submit_answered_before_kill9_is_kept_with_its_audit_entry(tmp_pat
             v = c.get("/api/v1/audit/verify").json()
             assert v["ok"], v
             assert "BROKEN" not in c.get("/readyz").json()["checks"]["audit"]
+            before = _metric(c, "watchkeeper_jobs_store_journaled_total")
+            submit(c, pipeline="p", command=["true"], hold=True)
+            assert _metric(c, "watchkeeper_jobs_store_journaled_total") == before + 1  # answered from the journal
+            assert _metric(c, "watchkeeper_jobs_journal_pending_bytes") >= 0
     finally:
         b.stop()
     assert journaled_at_kill > 0, "every kill came after the commits: the replay went untested"
+
+
+def _metric(c, name: str) -> float:
+    line = next(ln for ln in c.get("/metrics").text.splitlines() if ln.startswith(name + " "))
+    return float(line.split()[-1])
