@@ -22,7 +22,7 @@ from agent.jobs.record import JobRecord
 from agent.jobs.retry import plan_retry
 from agent.jobs.service import JobService, next_attempt
 from agent.jobs.store import StoreUnavailable
-from agent.jobs.tiers.base import LaunchSpec, Limits, Outcome
+from agent.jobs.tiers.base import JobHandle, LaunchSpec, Limits, Outcome
 from agent.jobs.usage import Sampler
 
 log = logging.getLogger("watchkeeper.jobs")
@@ -49,6 +49,7 @@ class Runner:
         self._next_check = 0.0
         self._next_poll = 0.0  # the next backstop poll of jobs whose exit is watched
         self._limited: set[str] = set()  # pipelines whose tier limits are set
+        self._ended: list[tuple[str, JobHandle]] = []  # ended jobs' handles, released after their end is saved
         self._dirty: set[str] = set()  # pipelines whose quota changed since
         self.ticks = 0
         self.last_error: str | None = None
@@ -156,6 +157,7 @@ class Runner:
             self._sampler.sample([r for r in running if r.state == "RUNNING"], changed)
         if changed:
             self._save(changed)
+            self._release_ended()
             if any(r.final for r in changed):
                 self._admit_and_launch(time.time())  # what the ended jobs held is free now
         if time.monotonic() >= self._next_sweep:
@@ -216,11 +218,18 @@ class Runner:
                 svc.put(retry)
                 changed.append(retry)
             svc.changed.notify_all()
-        try:
-            if rec.handle is not None:
-                svc.tier.release(rec.handle)
-        except Exception as e:
-            log.warning("job %s: tier release failed: %s", rec.id, e)
+        if rec.handle is not None:
+            # Released once the end is saved (`_release_ended`): a crash before the save re-adopts the job from
+            # its cgroup, which still says whether the kernel OOM-killed it.
+            self._ended.append((rec.id, rec.handle))
+
+    def _release_ended(self) -> None:
+        ended, self._ended = self._ended, []
+        for job_id, h in ended:
+            try:
+                self.svc.tier.release(h)
+            except Exception as e:
+                log.warning("job %s: tier release failed: %s", job_id, e)
 
     def _retry_of(self, rec: JobRecord, state: str, out: Outcome) -> JobRecord | None:
         quota = self.svc.quotas.spec(rec.job.pipeline)

@@ -69,3 +69,32 @@ def test_restart_after_a_recorded_launch(tmp_path: Path) -> None:
     again = open_store(cfg.db_path)
     rows = dict(again.con.execute("SELECT id, state FROM jobs").fetchall())
     assert rows == {never.id: "LOST", spawned.id: "FAILED"}
+
+
+def test_a_jobs_cgroup_is_released_only_once_its_end_is_saved(in_process_jobs) -> None:
+    """A crash between the two must find the job's cgroup still there: re-adopted, the kernel's OOM counter
+    still says whether it was OOM-killed (released first, an OOM kill came back FAILED, signal 9)."""
+    from agent.schemas.jobs import JobSubmit
+
+    seen: list[str | None] = []
+
+    class Watching(PsutilTier):
+        def release(self, h) -> None:
+            cur = svc.store._con.cursor()
+            try:  # what the store holds for the job at the moment its cgroup goes
+                row = cur.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()
+            finally:
+                cur.close()
+            seen.append(row[0] if row else None)
+            super().release(h)
+
+    svc = in_process_jobs(Watching())
+    job_id = svc.submit(JobSubmit(pipeline="p", command=["true"], cpu=0.1, mem="16M"), "t").id
+    svc.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        svc.stop()
+    assert seen == ["COMPLETED"], seen  # the end was committed first
