@@ -7,8 +7,9 @@ chain then; the writer thread commits the queued rows, the entries and the journ
 one transaction soon after, and `replay_jobs_journal` puts back at start what a crash left only in the
 journal. Waiting for each commit held a submit to ~100/s from one client (INSERT, audit INSERT and
 commit, then the runner's RUNNING and end UPDATEs each their own commit); an append costs ~20 us (a
-submit's, with its audit entry linked and hashed, ~50 us). Readers of the tables that must see every answered save call `settle` first. Without a journal
-(tools, tests), or when an append fails, a save waits for its commit as before.
+submit's, with its audit entry linked and hashed, ~50 us). Readers of the tables that must see every
+answered save call `settle` first. Without a journal (tools, tests), or when an append fails, a save waits
+for its commit as before.
 
 Measured here (a wide jobs row): one statement + commit costs ~5 ms, and 100 rows in one
 transaction of one statement each ~150 ms (the statement, not the fsync, is the cost), while 100 rows
