@@ -29,10 +29,7 @@ def test_kill9_readopts_running_jobs_with_their_exit_codes(tmp_path) -> None:
     finally:
         a.kill()
     time.sleep(0.5)
-    b = make_agent(tmp_path, name="agent")
-    b.port, b.socket_path = a.port, a.socket_path  # same data dir (same name), listening again
-    b.args = a.args
-    b.start()
+    b = _again(tmp_path, a)
     try:
         with b.client() as c:
             for i, jid in jobs.items():
@@ -63,9 +60,7 @@ def test_a_201_survives_kill9_and_a_vanished_job_is_lost(tmp_path) -> None:
     os.kill(pid, signal.SIGKILL)
     for k in kids:
         k.kill()
-    b = make_agent(tmp_path, name="agent")
-    b.port, b.socket_path, b.args = a.port, a.socket_path, a.args
-    b.start()
+    b = _again(tmp_path, a)
     try:
         with b.client() as c:
             h = c.get(f"/api/v1/jobs/{held['id']}").json()
@@ -98,9 +93,7 @@ def test_every_submit_answered_before_kill9_is_kept_with_its_audit_entry(tmp_pat
             journaled_at_kill = sum(p.stat().st_size for p in (a.data_dir / "jobs-journal").glob("*.wkj"))
     finally:
         a.kill()
-    b = make_agent(tmp_path, name="agent")
-    b.port, b.socket_path, b.args = a.port, a.socket_path, a.args
-    b.start()
+    b = _again(tmp_path, a)
     try:
         with b.client() as c:
             for job in answered:
@@ -126,3 +119,10 @@ def test_every_submit_answered_before_kill9_is_kept_with_its_audit_entry(tmp_pat
 def _metric(c, name: str) -> float:
     line = next(ln for ln in c.get("/metrics").text.splitlines() if ln.startswith(name + " "))
     return float(line.split()[-1])
+
+
+def _again(tmp_path, a):
+    """A new agent on `a`'s data dir (same name), listening where it did: started."""
+    b = make_agent(tmp_path, name="agent")
+    b.port, b.socket_path, b.args = a.port, a.socket_path, a.args
+    return b.start()
