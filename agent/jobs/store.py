@@ -44,6 +44,7 @@ QUOTA_USAGE_COLUMNS = ("ts", "pipeline", "resource", "allocated", "used", "limit
 # meta key: the highest jobs-journal segment whose records are committed (agent/store/journal.py).
 JOURNAL_KEY = "jobs.journal_committed"
 RETRY_S = 1.0  # after a failed commit of journaled rows
+MAX_JOURNAL_BYTES = 64 * 2**20
 
 
 class StoreUnavailable(Exception):
@@ -446,4 +447,8 @@ def replay_jobs_journal(con: duckdb.DuckDBPyConnection, directory: Path) -> Jobs
         return len(latest)
 
     rep = replay(con, directory, JOURNAL_KEY, apply, "jobs journal")
+    rep.journal.unwritten = "job saves wait for their commit"
+    # Past this much uncommitted (the store failing for a while), saves wait for their commit again, which
+    # then fail: 503s rather than an unbounded queue of rows in memory (~40,000 job saves).
+    rep.journal.max_pending_bytes = MAX_JOURNAL_BYTES
     return JobsReplay(rep, (seqs[0], seqs[1]) if seqs and rep.problem is None else None)

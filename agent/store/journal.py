@@ -171,6 +171,8 @@ class Journal:
         self.dir = directory
         self.key = key
         self.label = label
+        # What a record not written means for the caller, in the log line that says so.
+        self.unwritten = "answered requests are not crash-safe"
         self._seq = first_seq
         self._fd: int | None = None
         self._dirty = False
@@ -216,7 +218,7 @@ class Journal:
         now = time.monotonic()
         if now - self._last_error_log >= 60:
             self._last_error_log = now
-            log.error("%s %s: %s (answered requests are not crash-safe until it recovers)", self.label, self.dir, e)
+            log.error("%s %s: %s (%s until it recovers)", self.label, self.dir, e, self.unwritten)
 
     def append(self, payload: bytes) -> bool:
         """Write one record (into the page cache: it survives a crash of this process). False when it could not

@@ -186,3 +186,19 @@ def test_without_a_journal_a_save_waits_for_its_commit(tmp_path: Path) -> None:
     assert opened.con.cursor().execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
     assert store.stats.journaled == 0
     writer.stop()
+
+
+def test_past_its_bound_a_save_waits_for_its_commit_instead(tmp_path: Path, monkeypatch) -> None:
+    """A store that stopped committing must not queue answered rows without end: past the journal's bound a
+    save is not journaled, and waits for its commit (which then takes every queued row)."""
+    a = Agent(tmp_path)
+    monkeypatch.setattr(a.writer, "post", lambda fn: Future())  # the journaled saves' commits never come
+    a.store._journal.max_pending_bytes = 4_000  # a few rows' worth
+    recs = [_rec() for _ in range(10)]
+    for r in recs:
+        a.store.save([r])
+    assert 0 < a.store.stats.journaled < 10, a.store.stats
+    assert a.rows(), "no save waited for a commit"  # only a waiting save commits here: posted commits never run
+    a.writer.settle()
+    assert set(a.rows()) == {r.id for r in recs}
+    a.writer.stop()
