@@ -327,8 +327,8 @@ class JobStore:
         return out
 
     def latest(self, job_id: str) -> JobRecord | None:
-        """A job's newest attempt from the store (one no longer held in memory)."""
-        self._settled_for_read()
+        """A job's newest attempt from the store (one no longer held in memory). No `settle`: a job whose rows
+        may be only in the journal is in memory (callers hold the service's lock here, too)."""
         cur = self._con.cursor()
         try:
             row = cur.execute(
@@ -358,8 +358,8 @@ class JobStore:
         return [Job.model_validate_json(r[0]) for r in rows]
 
     def recent_elapsed(self, pipeline: str, limit: int = 50) -> list[float]:
-        """Elapsed seconds of the pipeline's latest completed attempts (job_duration's p95)."""
-        self._settled_for_read()
+        """Elapsed seconds of the pipeline's latest completed attempts (job_duration's p95, cached a minute: the
+        newest ends may be a commit behind)."""
         cur = self._con.cursor()
         try:
             rows = cur.execute(
