@@ -3,6 +3,7 @@ commit, and the audit chain kept whole (a real DuckDB file, the real writer thre
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import Future
@@ -201,4 +202,73 @@ def test_past_its_bound_a_save_waits_for_its_commit_instead(tmp_path: Path, monk
     assert a.rows(), "no save waited for a commit"  # only a waiting save commits here: posted commits never run
     a.writer.settle()
     assert set(a.rows()) == {r.id for r in recs}
+    a.writer.stop()
+
+
+def test_concurrent_submits_and_other_entries_through_failing_commits_keep_one_whole_chain(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Journaled submits from several threads, other audited actions beside them, and every few commits
+    failing: every answered submit and every committed action is in the chain exactly once, the refused
+    actions are not, and the chain checks."""
+    a = Agent(tmp_path)
+    monkeypatch.setattr(jobs_store, "RETRY_S", 0.01)
+    real_insert = a.audit.insert
+    n_commits = {"n": 0}
+
+    def flaky(con, items):
+        n_commits["n"] += 1
+        if n_commits["n"] % 4 == 0:
+            raise RuntimeError("disk trouble")
+        real_insert(con, items)
+
+    monkeypatch.setattr(a.audit, "insert", flaky)
+    submitted: list[str] = []
+    recorded: list[str] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+
+    def submitter() -> None:
+        for _ in range(40):
+            r = _rec()
+            entry = a.audit.prepare(ALICE, "job.submit", "pipeline:p", {"job": r.id})
+            try:
+                a.store.save_audited([r], a.audit, entry)
+            except Exception:
+                continue  # refused (not journaled, and its commit failed): must leave no trace
+            with lock:
+                submitted.append(r.id)
+
+    def recorder() -> None:
+        for i in range(40):
+            name = f"t{i}"
+            try:
+                a.audit.record(ALICE, "token.create", f"token:{name}", {"job": name})
+            except Exception:
+                with lock:
+                    refused.append(name)
+                continue
+            with lock:
+                recorded.append(name)
+
+    threads = [threading.Thread(target=submitter) for _ in range(4)] + [threading.Thread(target=recorder)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    deadline = time.monotonic() + 10
+    while True:
+        a.writer.settle()
+        got = [json.loads(d)["job"] for _, _, d in a.entries()]
+        if len([g for g in got if g.startswith("j-")]) >= len(submitted) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert refused, "no commit failed with an action in it: the test exercised nothing"
+    assert sorted(g for g in got if g.startswith("j-")) == sorted(submitted)
+    assert sorted(g for g in got if not g.startswith("j-")) == sorted(recorded)
+    seqs = [s for s, _, _ in a.entries()]
+    assert seqs == list(range(1, len(seqs) + 1))
+    v = verify_chain(a.opened.con, tmp_path / "audit.head", None)
+    assert v.ok, v.problem
+    assert set(a.rows()) == set(submitted)
     a.writer.stop()
