@@ -40,6 +40,7 @@ from agent.store.writer import StoreWriter
 log = logging.getLogger("watchkeeper.audit")
 
 GENESIS = "0" * 64
+LAST_GROUP_KEY = "audit.last_group"  # meta: "first last" seq of the newest committed group of entries
 KEY_CREDENTIAL = "audit-key"  # systemd LoadCredential= name
 MIN_KEY_BYTES = 16
 UNKEYED_WARNING = (
@@ -161,6 +162,7 @@ class AuditLog:
         self._qlock = threading.Lock()  # the group commit's queue, and the tip
         self._queue: list[PendingEntry] = []
         self._head_loaded = False  # the last hash is kept in memory after the first commit's one SELECT
+        self._group_row = False  # the meta row naming the last committed group exists (an UPDATE will do)
         # The newest entry linked onto the chain: the head, or past it by entries queued but not yet committed
         # (journaled ones, and a batch being committed). Entries are linked in `take` or `link_journaled`.
         self._tip: tuple[int, str] | None = None
@@ -207,15 +209,22 @@ class AuditLog:
             )
             log.error(self.refusing)
             return f"BROKEN: {self.refusing}"
-        at = v.exported_head_seq or 0
-        # The entries past the exported head are the ones just replayed (the whole chain, if none was exported).
-        ours = replayed is not None and replayed[1] == v.head_seq
-        if ours:
-            first = replayed[0]  # type: ignore[index]
-            ours = at >= first - 1 if v.status == "head_behind" else v.status == "head_missing" and first == 1
+        # Entries past the exported head (or a whole chain with none exported) that the agent itself wrote and
+        # had no chance to export: its last committed group, cut off by a crash before the export, and those
+        # just replayed from the jobs journal (never exported: answered before their commit).
+        ours = (
+            bool(v.head_seq)
+            and v.status in ("head_behind", "head_missing")
+            and _unexported_tail(
+                con,
+                v.exported_head_seq or 0,
+                v.head_seq,
+                replayed,  # type: ignore[arg-type]
+            )
+        )
         if self.key is None:
             log.warning(UNKEYED_WARNING)
-            if v.head_seq and (ours or (v.status == "head_behind" and at == v.head_seq - 1)):  # -1: commit, crash
+            if ours:
                 self._write_head(*last)
                 return "unkeyed (no audit key configured)"
             if not v.ok:
@@ -375,8 +384,16 @@ class AuditLog:
         moves only in `published`, after the commit."""
         if not items:
             return
-        values = [v for it in sorted(items, key=lambda it: it.values[0]) for v in it.values]  # type: ignore[index]
+        ordered = sorted(items, key=lambda it: it.values[0])  # type: ignore[index]
+        values = [v for it in ordered for v in it.values]  # type: ignore[union-attr]
         con.execute("INSERT INTO audit_log VALUES " + ", ".join([_ROW] * len(items)), values)
+        # The group this transaction commits: a crash between its COMMIT and the head's export leaves the head
+        # exactly this group behind, which start() then re-exports rather than report (an UPDATE: ~0.8 ms).
+        group = f"{ordered[0].values[0]} {ordered[-1].values[0]}"  # type: ignore[index]
+        if self._group_row:
+            con.execute("UPDATE meta SET value = ? WHERE key = ?", [group, LAST_GROUP_KEY])
+        else:
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [LAST_GROUP_KEY, group])
 
     def published(self, items: list[PendingEntry]) -> None:
         """Writer thread, right after the COMMIT and under `lock` (so verify never sees the rows without their
@@ -393,6 +410,7 @@ class AuditLog:
                 log.error("could not export the audit head: %s", e)
             self.commits += 1
             self.entries += len(items)
+            self._group_row = True
         self._settled()
         for it in items:
             it.done.set()
@@ -447,6 +465,28 @@ class AuditLog:
         tmp = self._head_file.with_suffix(".tmp")
         tmp.write_text(line + "\n")
         os.replace(tmp, self._head_file)
+
+
+def _unexported_tail(
+    con: duckdb.DuckDBPyConnection, exported: int, chain_head: int, replayed: tuple[int, int] | None
+) -> bool:
+    """Whether entries `exported`+1 .. `chain_head` are exactly: the last group a commit recorded in `meta`
+    (or a single entry, as before that record existed), then the entries `replayed` from the jobs journal."""
+    cur = con.cursor()
+    try:
+        row = cur.execute("SELECT value FROM meta WHERE key = ?", [LAST_GROUP_KEY]).fetchone()
+    finally:
+        cur.close()
+    try:
+        first, last = (int(x) for x in row[0].split()) if row else (exported + 1, exported + 1)
+    except ValueError:
+        return False
+    ends = {exported}  # where the committed-but-unexported part may end: nothing, or the whole last group
+    if first == exported + 1 and last <= chain_head:
+        ends.add(last)
+    if replayed is not None:
+        ends |= {replayed[1] for at in ends if replayed[0] == at + 1}
+    return chain_head in ends
 
 
 def open_audit(

@@ -116,3 +116,42 @@ def test_a_failed_group_commit_fails_its_callers_and_leaves_the_head(audit):
     assert e.seq == 3 and e.prev_hash == before[1]
     v = verify_chain(con, head)
     assert v.ok and v.entries == 3
+
+
+def _group(log: AuditLog, n: int, tag: str) -> None:
+    """`n` entries committed as one group (queued first, then one commit takes them all)."""
+    items = [log.enqueue(ALICE, "token.create", f"token:{tag}{i}", {"i": i}) for i in range(n)]
+    log.commit(items[-1])
+
+
+def test_a_crash_between_a_groups_commit_and_its_export_is_not_reported_broken(audit, monkeypatch):
+    """The head is exported after the commit: kill -9 between the two leaves it a whole group behind (a burst's
+    entries commit together). At start that group is recognised as the agent's own, from the `meta` row the
+    commit wrote with it, and the head is exported again; anything else past the head is still reported."""
+    log, con, _, head = audit
+    _group(log, 3, "a")
+    assert read_head(head)[0] == 3
+
+    def crash(*_a):
+        raise OSError("killed before the export")
+
+    monkeypatch.setattr(log, "_write_head", crash)
+    _group(log, 4, "b")  # committed as entries 4-7; the head still says 3
+    assert read_head(head)[0] == 3
+    monkeypatch.undo()
+    again = AuditLog(log._writer, head)
+    check = again.start(con)
+    assert "BROKEN" not in check, check
+    assert read_head(head)[0] == 7 and verify_chain(con, head).ok
+    # An entry added behind the agent's back (a valid link, no export) is not the last group: reported.
+    prev = con.execute("SELECT hash FROM audit_log WHERE seq = 7").fetchone()[0]
+    from agent.audit import canonical_json, entry_hash
+
+    fields = {"seq": 8, "ts": 1.0, "principal": "mallory", "role": "admin", "via": "token", "action": "token.create",
+              "target": "token:m", "detail": {}, "client": None, "prev_hash": prev}  # fmt: skip
+    fields["hash"] = entry_hash(fields, prev)
+    con.execute("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [8, 1.0, "mallory", "admin", "token", "token.create", "token:m", canonical_json({}), None, prev,
+                 fields["hash"]])  # fmt: skip
+    third = AuditLog(log._writer, head)
+    assert "BROKEN at start" in third.start(con)

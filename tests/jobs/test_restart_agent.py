@@ -75,25 +75,25 @@ def test_a_201_survives_kill9_and_a_vanished_job_is_lost(tmp_path) -> None:
 def test_every_submit_answered_before_kill9_is_kept_with_its_audit_entry(tmp_path) -> None:
     """Submits are answered from the jobs journal, before their DuckDB commit: kill -9 right after a burst must
     lose none of them, nor their audit entries, and the audit chain must check at the restart."""
-    a = make_agent(tmp_path, name="agent").start()
     answered: list[dict] = []
-    journaled_at_kill = 0
-    try:
-        with a.client() as c:
-            for round_ in range(3):  # until the kill finds answered rows still only in the journal
-                burst = [
+    replayed = False
+    a = make_agent(tmp_path, name="agent").start()
+    for round_ in range(3):  # until a kill finds answered rows still only in the journal
+        try:
+            with a.client() as c:
+                answered += [
                     submit(c, pipeline="p", command=["true"], hold=i % 2 == 0, reason=f"r{round_}-{i}")
                     for i in range(60)
                 ]
-                answered += burst
-                if round_ == 2 or any(p.stat().st_size for p in (a.data_dir / "jobs-journal").glob("*.wkj")):
-                    break
-            os.kill(a.proc.pid, signal.SIGKILL)
-            a.proc.wait()
-            journaled_at_kill = sum(p.stat().st_size for p in (a.data_dir / "jobs-journal").glob("*.wkj"))
-    finally:
-        a.kill()
-    b = _again(tmp_path, a)
+                os.kill(a.proc.pid, signal.SIGKILL)  # at once: the last commits are still to come
+                a.proc.wait()
+        finally:
+            a.kill()
+        a = _again(tmp_path, a)
+        replayed = "a crash left uncommitted are now stored" in a.log()  # said by replay_jobs_journal
+        if replayed:
+            break
+    b = a
     try:
         with b.client() as c:
             for job in answered:
@@ -109,11 +109,11 @@ def test_every_submit_answered_before_kill9_is_kept_with_its_audit_entry(tmp_pat
             assert "BROKEN" not in c.get("/readyz").json()["checks"]["audit"]
             before = _metric(c, "watchkeeper_jobs_store_journaled_total")
             submit(c, pipeline="p", command=["true"], hold=True)
-            assert _metric(c, "watchkeeper_jobs_store_journaled_total") == before + 1  # answered from the journal
+            assert _metric(c, "watchkeeper_jobs_store_journaled_total") > before  # answered from the journal
             assert _metric(c, "watchkeeper_jobs_journal_pending_bytes") >= 0
     finally:
         b.stop()
-    assert journaled_at_kill > 0, "every kill came after the commits: the replay went untested"
+    assert replayed, "every kill came after the commits: the replay went untested"
 
 
 def _metric(c, name: str) -> float:
