@@ -94,15 +94,17 @@ class JobStore:
         writer thread. Without one, or when the append fails: wait for the commit."""
         if not recs:
             return
-        rows = [r.row() for r in recs]
         if self._journal is not None:
             with self._lock:
+                # Rows taken under the lock: two saves of one job (a cancel's, the runner's end) reach the
+                # journal and the queue in the order of their snapshots, so the newest state is the last.
+                rows = [r.row() for r in recs]
                 if self._append({"rows": rows}):
                     self._queue.append(_Batch(rows, journaled=True))
                     self.stats.saves += 1
                     self._post_locked()
                     return
-        batch = self._enqueue(rows)
+        batch = self._enqueue(recs)
         try:
             self._writer.call(self._commit_queued, timeout=timeout)
         except Exception as e:  # writer stopped or too slow: maybe not committed
@@ -117,16 +119,16 @@ class JobStore:
         now); without one, they commit in one transaction, grouped with whatever else is queued in either.
         Raises AuditUnavailable or StoreUnavailable (nothing kept)."""
         self._audit = audit
-        rows = [r.row() for r in recs]
         if self._journal is not None:
             with self._lock:
+                rows = [r.row() for r in recs]
                 if audit.link_journaled(entry, lambda values: self._append({"rows": rows, "audit": [values]})):
                     self._queue.append(_Batch(rows, journaled=True))
                     self.stats.saves += 1
                     self._post_locked()
                     return
         audit.queue(entry)
-        batch = self._enqueue(rows)
+        batch = self._enqueue(recs)
         try:
             self._writer.call(lambda con: self._commit_queued(con, audit), timeout=timeout)
         except Exception as e:
@@ -180,9 +182,9 @@ class JobStore:
         t.daemon = True
         t.start()
 
-    def _enqueue(self, rows: list[tuple]) -> _Batch:
-        batch = _Batch(rows)
+    def _enqueue(self, recs: list[JobRecord]) -> _Batch:
         with self._lock:
+            batch = _Batch([r.row() for r in recs])
             self._queue.append(batch)
             self.stats.saves += 1
         return batch
@@ -196,7 +198,11 @@ class JobStore:
             batches, self._queue = self._queue, []
             upto = self._journal.seal() if self._journal is not None and batches else None
             # Under the lock: every entry journaled before the seal is in the audit queue now.
-            entries = audit.take(con) if audit is not None else []
+            try:
+                entries = audit.take(con) if audit is not None else []
+            except Exception:  # (its one-time read of the chain's head) the rows wait for the next commit
+                self._queue[:0] = batches
+                raise
             self._in_flight += 1
         try:
             self._commit(con, batches, entries, upto, audit)

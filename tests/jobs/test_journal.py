@@ -272,3 +272,32 @@ def test_concurrent_submits_and_other_entries_through_failing_commits_keep_one_w
     assert v.ok, v.problem
     assert set(a.rows()) == set(submitted)
     a.writer.stop()
+
+
+def test_two_saves_of_one_job_land_in_the_order_of_their_snapshots(tmp_path: Path, monkeypatch) -> None:
+    """A cancel's save and the runner's save of the job's end can race: the newer state must be the one the
+    store keeps, though the older snapshot was slow to reach the journal."""
+    a = Agent(tmp_path)
+    rec = _rec()
+    a.store.save([rec])
+    real_row = JobRecord.row
+    slow = threading.Event()
+
+    def row(self):
+        snap = real_row(self)
+        if threading.current_thread().name == "older":
+            slow.set()
+            time.sleep(0.1)  # the older snapshot taken, not yet appended
+        return snap
+
+    monkeypatch.setattr(JobRecord, "row", row)
+    rec.job.state = "RUNNING"
+    older = threading.Thread(target=a.store.save, args=([rec],), name="older")
+    older.start()
+    slow.wait(5)
+    rec.job.state, rec.job.exit_code = "COMPLETED", 0
+    a.store.save([rec])
+    older.join()
+    a.writer.settle()
+    assert a.rows() == {rec.id: "COMPLETED"}
+    a.writer.stop()
