@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from tests.jobs.conftest import submit, token, wait_job
 
 CONFIG = """
@@ -26,6 +28,18 @@ mem = "100MiB"
 """
 
 SLEEP = ["sleep", "30"]
+
+
+def wait_reason(c, job_id: str, reason: str, timeout: float = 10.0) -> dict:
+    """The job PENDING with `reason`: admission gives the reason at its next pass after the submit (a
+    submit is answered once journaled, often before that pass)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = c.get(f"/api/v1/jobs/{job_id}").json()
+        if job["state"] == "PENDING" and job["reason"] == reason:
+            return job
+        assert time.monotonic() < deadline, (reason, job)
+        time.sleep(0.02)
 
 
 def test_pending_reasons_and_fifo(agent_factory) -> None:
@@ -54,8 +68,7 @@ def test_pending_reasons_and_fifo(agent_factory) -> None:
             dep["id"]: "Dependency",
         }
         for jid, reason in expect.items():
-            job = wait_job(c, jid, {"PENDING"})
-            assert job["state"] == "PENDING" and job["reason"] == reason, (reason, job)
+            wait_reason(c, jid, reason)
         # Behind its pipeline's head (waiting for the host), a smaller job backfills and runs.
         assert wait_job(c, small["id"])["state"] == "COMPLETED"
 
@@ -78,7 +91,7 @@ def test_pending_reasons_and_fifo(agent_factory) -> None:
         assert wait_job(c, queued["id"])["state"] == "COMPLETED"
         # A dependency that can no longer complete keeps its dependant waiting, with the reason said (Slurm's
         # word for it: issue 13's follow-up changed this from "Dependency").
-        assert wait_job(c, dep["id"], {"PENDING"})["reason"] == "DependencyNeverSatisfied"
+        wait_reason(c, dep["id"], "DependencyNeverSatisfied")
         again = c.post(f"/api/v1/jobs/{first['id']}/cancel", json={})
         assert again.status_code == 409 and again.json()["field"] == "id"
 
