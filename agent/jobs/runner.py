@@ -3,7 +3,7 @@ change or a job's wrapper exiting (`exits.ExitWatcher`). Each tick: watch runnin
 limit, memory, GPU memory), sample usage every `usage_interval`, admit pending jobs and launch them.
 
 A launch is on record before the wrapper is spawned (`launching`), the handle is written to
-`<job dir>/handle.json` and committed with state RUNNING after; a restart never starts a job twice.
+`<job dir>/handle.json` and saved (journaled) with state RUNNING after; a restart never starts a job twice.
 """
 
 from __future__ import annotations

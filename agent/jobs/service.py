@@ -191,7 +191,7 @@ class JobService:
     def submit(
         self, body: JobSubmit, principal: str, audited: Callable[[], tuple[AuditLog, PendingEntry]] | None = None
     ) -> Job:
-        """Queue a job (committed before this returns). Raises JobError (409 never fits, 422, 503).
+        """Queue a job (durable, journaled, before this returns). Raises JobError (409 never fits, 422, 503).
 
         `audited`: called once the checks pass, it prepares the submit's audit entry (`AuditLog.prepare`, which
         may raise AuditUnavailable); the job row and the entry are then kept together (one journal record, or

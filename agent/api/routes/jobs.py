@@ -8,7 +8,7 @@
   (admin; audited).
 
 Every mutation: authorize -> checks -> audit (fail closed) -> act -> answer (a submit's audit entry and job
-row commit in one transaction). Bodies are capped by the gate
+row are kept together: one jobs-journal record, agent/jobs/store.py). Bodies are capped by the gate
 (agent/api/gate.py: submit 1 MiB, actions and quotas 64 KiB).
 """
 
@@ -50,7 +50,7 @@ async def call_jobs(fn, *args):
 
 @router.post("/jobs", response_model=Job, status_code=201, responses=errors(409, 503))
 async def submit(body: JobSubmit, request: Request, principal: Principal = Depends(require_operate)) -> Job:
-    """Queue a job; answered once it is committed (it survives a crash of the agent from here on)."""
+    """Queue a job; answered once it is durable (journaled: it survives a crash of the agent from here on)."""
     svc = _svc(request)
     detail = {"pipeline": body.pipeline, "command": body.command[:16], "cpu": body.cpu, "mem": body.mem,
               "gpus": body.gpus, "time_limit": body.time_limit, "reason": body.reason}  # fmt: skip
